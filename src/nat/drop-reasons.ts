@@ -1,0 +1,66 @@
+/**
+ * Every dropped packet is counted under one of these reasons. Numeric codes
+ * on the packet path, names for logs, metrics and the CLI.
+ */
+export const Drop = {
+  VNET_TRUNCATED: 0,
+  IP_TRUNCATED: 1,
+  IP_VERSION: 2,
+  IP_BAD_IHL: 3,
+  IP_BAD_TOTAL_LEN: 4,
+  IP_BAD_CHECKSUM: 5,
+  L4_TRUNCATED: 6,
+  L4_BAD_CHECKSUM: 7,
+  UNKNOWN_PROTOCOL: 8,
+  NOT_OURS: 9,
+  NO_MAPPING: 10,
+  FILTERED: 11,
+  TABLE_FULL: 12,
+  PORTS_EXHAUSTED: 13,
+  ICMP_UNSUPPORTED: 14,
+  ICMP_ERROR_NO_MAPPING: 15,
+  ICMP_ERROR_BAD_CHECKSUM: 16,
+  ICMP_ERROR_MALFORMED: 17,
+  FRAGMENT_HOLD_FULL: 18,
+  FRAGMENT_TIMEOUT: 19,
+  FRAGMENT_TOO_BIG: 20,
+  AH_REFUSED: 21,
+  ESP_ZERO_SPI: 22,
+  ESP_BLOCKED: 23,
+  ESP_SQUELCHED: 24,
+  ESP_NO_MAPPING: 25,
+  ISAKMP_COLLISION: 26,
+  ISAKMP_NO_MAPPING: 27,
+  GRE_NOT_PPTP: 28,
+  GRE_NO_MAPPING: 29,
+  PPTP_MALFORMED: 30,
+  TTL_EXPIRED: 31,
+} as const;
+
+export type DropCode = (typeof Drop)[keyof typeof Drop];
+
+/** Names indexed by code, kebab-case as shown to operators. */
+export const DROP_NAMES: readonly string[] = (() => {
+  const names: string[] = [];
+  for (const [k, v] of Object.entries(Drop)) names[v] = k.toLowerCase().replace(/_/g, '-');
+  return names;
+})();
+
+export const DROP_REASON_COUNT = DROP_NAMES.length;
+
+/** Drop counters as a typed array indexed by code. */
+export class DropCounters {
+  readonly counts = new Float64Array(DROP_REASON_COUNT);
+
+  byName(): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (let i = 0; i < DROP_REASON_COUNT; i++) out[DROP_NAMES[i]] = this.counts[i];
+    return out;
+  }
+
+  total(): number {
+    let t = 0;
+    for (let i = 0; i < DROP_REASON_COUNT; i++) t += this.counts[i];
+    return t;
+  }
+}

@@ -1,0 +1,165 @@
+/**
+ * IP fragments (RFC 4787 REQ-14, RFC 791 §3.2). Only the first fragment of a
+ * datagram carries the ports; later fragments follow the translation chosen
+ * for it. Datagrams are remembered by (source, destination, protocol, IP ID)
+ * as the NAT saw them arrive; fragments that arrive before their first
+ * fragment are held in a fixed pool and released when it comes. Memory is
+ * bounded by the pool and index sizes, time by a per-datagram deadline.
+ */
+import { FlowIndex } from './flow-index';
+
+const NONE = -1;
+const HELD = 1;
+/** Released in this batch; its bytes are still queued for writing. */
+const RELEASED = 2;
+
+export class FragmentTracker {
+  // Datagrams whose first fragment has been translated.
+  private readonly index: FlowIndex;
+  private readonly dSrc: Int32Array;
+  private readonly dDst: Int32Array;
+  private readonly dKey: Int32Array;
+  /** The address that replaces the source (outbound) or destination (inbound). */
+  readonly dNewAddr: Int32Array;
+  readonly dRewriteDst: Uint8Array;
+  private readonly dExpires: Float64Array;
+  private readonly dInUse: Uint8Array;
+  private readonly dFree: Int32Array;
+  private dFreeTop: number;
+
+  // Held fragments, each in one slot of the shared arena.
+  readonly holdBase: number;
+  readonly holdSlotSize: number;
+  private readonly hState: Uint8Array;
+  private readonly hLen: Uint32Array;
+  private readonly hSrc: Int32Array;
+  private readonly hDst: Int32Array;
+  private readonly hKey: Int32Array;
+  private readonly hExpires: Float64Array;
+  heldCount = 0;
+  private releasedPending = false;
+
+  constructor(maxDatagrams: number, holdBase: number, holdSlotSize: number, holdSlots: number) {
+    this.index = new FlowIndex(maxDatagrams);
+    this.dSrc = new Int32Array(maxDatagrams);
+    this.dDst = new Int32Array(maxDatagrams);
+    this.dKey = new Int32Array(maxDatagrams);
+    this.dNewAddr = new Int32Array(maxDatagrams);
+    this.dRewriteDst = new Uint8Array(maxDatagrams);
+    this.dExpires = new Float64Array(maxDatagrams);
+    this.dInUse = new Uint8Array(maxDatagrams);
+    this.dFree = new Int32Array(maxDatagrams);
+    for (let i = 0; i < maxDatagrams; i++) this.dFree[i] = maxDatagrams - 1 - i;
+    this.dFreeTop = maxDatagrams;
+    this.holdBase = holdBase;
+    this.holdSlotSize = holdSlotSize;
+    this.hState = new Uint8Array(holdSlots);
+    this.hLen = new Uint32Array(holdSlots);
+    this.hSrc = new Int32Array(holdSlots);
+    this.hDst = new Int32Array(holdSlots);
+    this.hKey = new Int32Array(holdSlots);
+    this.hExpires = new Float64Array(holdSlots);
+  }
+
+  static key(proto: number, id: number): number {
+    return (proto << 16) | id;
+  }
+
+  /** Datagram entry for a later fragment, or -1. */
+  find(src: number, dst: number, key: number, now: number): number {
+    const d = this.index.get(src, dst, key, 0);
+    if (d === NONE) return NONE;
+    if (this.dExpires[d] <= now) {
+      this.removeDatagram(d);
+      return NONE;
+    }
+    return d;
+  }
+
+  /** Records the translation of a datagram's first fragment. */
+  remember(src: number, dst: number, key: number, newAddr: number, rewriteDst: boolean, expires: number): void {
+    let d = this.index.get(src, dst, key, 0);
+    if (d === NONE) {
+      if (this.dFreeTop === 0) return;
+      d = this.dFree[--this.dFreeTop];
+      if (!this.index.set(src, dst, key, 0, d)) {
+        this.dFree[this.dFreeTop++] = d;
+        return;
+      }
+      this.dInUse[d] = 1;
+      this.dSrc[d] = src;
+      this.dDst[d] = dst;
+      this.dKey[d] = key;
+    }
+    this.dNewAddr[d] = newAddr;
+    this.dRewriteDst[d] = rewriteDst ? 1 : 0;
+    this.dExpires[d] = expires;
+  }
+
+  private removeDatagram(d: number): void {
+    this.index.delete(this.dSrc[d], this.dDst[d], this.dKey[d], 0);
+    this.dInUse[d] = 0;
+    this.dFree[this.dFreeTop++] = d;
+  }
+
+  /** Copies a fragment into a free hold slot; returns false when the pool is full or it does not fit. */
+  /** `off` points into `arena` itself (the packet as read). */
+  hold(arena: Uint8Array, off: number, len: number, src: number, dst: number, key: number, expires: number): boolean {
+    if (len > this.holdSlotSize) return false;
+    const slots = this.hState.length;
+    for (let h = 0; h < slots; h++) {
+      if (this.hState[h] !== 0) continue;
+      arena.copyWithin(this.holdBase + h * this.holdSlotSize, off, off + len);
+      this.hState[h] = HELD;
+      this.hLen[h] = len;
+      this.hSrc[h] = src;
+      this.hDst[h] = dst;
+      this.hKey[h] = key;
+      this.hExpires[h] = expires;
+      this.heldCount++;
+      return true;
+    }
+    return false;
+  }
+
+  /** Next held slot at or after `from` that belongs to the datagram, or -1. Marks it released. */
+  takeHeld(src: number, dst: number, key: number, from: number): number {
+    const slots = this.hState.length;
+    for (let h = from; h < slots; h++) {
+      if (this.hState[h] === HELD && this.hSrc[h] === src && this.hDst[h] === dst && this.hKey[h] === key) {
+        this.hState[h] = RELEASED;
+        this.heldCount--;
+        this.releasedPending = true;
+        return h;
+      }
+    }
+    return NONE;
+  }
+
+  heldOffset(h: number): number { return this.holdBase + h * this.holdSlotSize; }
+  heldLength(h: number): number { return this.hLen[h]; }
+
+  /** Called at the start of every batch: slots released in the previous batch have been written. */
+  recycleReleased(): void {
+    if (!this.releasedPending) return;
+    this.releasedPending = false;
+    const st = this.hState;
+    for (let h = 0; h < st.length; h++) if (st[h] === RELEASED) st[h] = 0;
+  }
+
+  /** Drops expired datagram entries and held fragments; returns the number of fragments dropped. */
+  sweep(now: number): number {
+    for (let d = 0; d < this.dInUse.length; d++) {
+      if (this.dInUse[d] === 1 && this.dExpires[d] <= now) this.removeDatagram(d);
+    }
+    let dropped = 0;
+    for (let h = 0; h < this.hState.length; h++) {
+      if (this.hState[h] === HELD && this.hExpires[h] <= now) {
+        this.hState[h] = 0;
+        this.heldCount--;
+        dropped++;
+      }
+    }
+    return dropped;
+  }
+}

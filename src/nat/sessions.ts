@@ -1,0 +1,277 @@
+/**
+ * The NAPT table for TCP, UDP and ICMP queries, as struct-of-arrays.
+ *
+ * A *mapping* binds a LAN endpoint (proto, address, port) to a public port;
+ * it is endpoint-independent (RFC 4787 REQ-1, RFC 5382 REQ-1): every
+ * destination of that LAN endpoint shares it. A *session* is one
+ * (mapping, remote address, remote port) conversation; inbound packets must
+ * match a session unless filtering is endpoint-independent (REQ-8).
+ *
+ * Lookups:
+ *  - outbound: (lan, remote, lanPort<<16|remotePort, proto) -> session
+ *  - inbound:  portOwner[proto][publicPort] -> mapping, then
+ *              (mapping, remote, remotePort) -> session
+ * No string keys, no allocation after construction.
+ */
+import { FlowIndex } from './flow-index';
+import { EV_DESTROY, EV_NEW, Journal } from './journal';
+import { PROTO_ICMP, PROTO_TCP, PROTO_UDP } from '../wire/ipv4';
+
+export const TABLE_SESSIONS = 1;
+
+/** Index of a protocol's public port space. */
+export const SLOT_TCP = 0;
+export const SLOT_UDP = 1;
+export const SLOT_ICMP = 2;
+export const SLOT_COUNT = 3;
+
+export function protoSlot(proto: number): number {
+  return proto === PROTO_TCP ? SLOT_TCP : proto === PROTO_UDP ? SLOT_UDP : proto === PROTO_ICMP ? SLOT_ICMP : -1;
+}
+
+export interface PortPolicy {
+  /** Public ports for LAN ports >= 1024 (and for all ports when lowRange is null). */
+  range: [number, number];
+  /** Public ports for LAN ports < 1024 (RFC 4787 REQ-3a), or null to use range. */
+  lowRange: [number, number] | null;
+  /** Keep the LAN port when it is free and in its class's range. */
+  preserve: boolean;
+}
+
+const NONE = -1;
+
+export class SessionTable {
+  readonly capacity: number;
+  publicAddr: number;
+  readonly journal: Journal | null;
+
+  // Mappings
+  readonly mProto: Uint8Array;
+  readonly mLan: Int32Array;
+  readonly mLanPort: Uint16Array;
+  readonly mPubPort: Uint16Array;
+  readonly mRefs: Int32Array;
+  private readonly mapIndex: FlowIndex;
+  private readonly portOwner: Int32Array[];
+  private readonly mFree: Int32Array;
+  private mFreeTop: number;
+  mappingCount = 0;
+
+  // Sessions
+  readonly sInUse: Uint8Array;
+  readonly sMap: Int32Array;
+  readonly sRem: Int32Array;
+  readonly sRemPort: Uint16Array;
+  readonly sState: Uint8Array;
+  readonly sExpires: Float64Array;
+  readonly sCreated: Float64Array;
+  readonly sLastSeen: Float64Array;
+  readonly sSerial: Float64Array;
+  readonly sPktsOut: Float64Array;
+  readonly sPktsIn: Float64Array;
+  readonly sBytesOut: Float64Array;
+  readonly sBytesIn: Float64Array;
+  private readonly outIndex: FlowIndex;
+  private readonly inIndex: FlowIndex;
+  private readonly sFree: Int32Array;
+  private sFreeTop: number;
+  sessionCount = 0;
+  readonly countBySlot = new Int32Array(SLOT_COUNT);
+  private nextSerial = 1;
+  private sweepCursor = 0;
+
+  private readonly ports: PortPolicy;
+  private random: () => number;
+
+  constructor(capacity: number, publicAddr: number, ports: PortPolicy, journal: Journal | null, random: () => number = Math.random) {
+    this.capacity = capacity;
+    this.publicAddr = publicAddr | 0;
+    this.ports = ports;
+    this.journal = journal;
+    this.random = random;
+    this.mProto = new Uint8Array(capacity);
+    this.mLan = new Int32Array(capacity);
+    this.mLanPort = new Uint16Array(capacity);
+    this.mPubPort = new Uint16Array(capacity);
+    this.mRefs = new Int32Array(capacity);
+    this.mapIndex = new FlowIndex(capacity);
+    this.portOwner = [];
+    for (let i = 0; i < SLOT_COUNT; i++) this.portOwner.push(new Int32Array(65536).fill(NONE));
+    this.mFree = new Int32Array(capacity);
+    for (let i = 0; i < capacity; i++) this.mFree[i] = capacity - 1 - i;
+    this.mFreeTop = capacity;
+
+    this.sInUse = new Uint8Array(capacity);
+    this.sMap = new Int32Array(capacity);
+    this.sRem = new Int32Array(capacity);
+    this.sRemPort = new Uint16Array(capacity);
+    this.sState = new Uint8Array(capacity);
+    this.sExpires = new Float64Array(capacity);
+    this.sCreated = new Float64Array(capacity);
+    this.sLastSeen = new Float64Array(capacity);
+    this.sSerial = new Float64Array(capacity);
+    this.sPktsOut = new Float64Array(capacity);
+    this.sPktsIn = new Float64Array(capacity);
+    this.sBytesOut = new Float64Array(capacity);
+    this.sBytesIn = new Float64Array(capacity);
+    this.outIndex = new FlowIndex(capacity);
+    this.inIndex = new FlowIndex(capacity);
+    this.sFree = new Int32Array(capacity);
+    for (let i = 0; i < capacity; i++) this.sFree[i] = capacity - 1 - i;
+    this.sFreeTop = capacity;
+  }
+
+  // ---- lookups -----------------------------------------------------------
+
+  /** Session for an outbound packet, or -1. */
+  findOut(proto: number, lan: number, lanPort: number, rem: number, remPort: number): number {
+    return this.outIndex.get(lan, rem, (lanPort << 16) | remPort, proto);
+  }
+
+  /** Mapping that owns a public port, or -1. */
+  mappingOfPort(slot: number, pubPort: number): number {
+    return this.portOwner[slot][pubPort];
+  }
+
+  /** Session of a mapping with a remote endpoint, or -1. */
+  findIn(mapping: number, rem: number, remPort: number): number {
+    return this.inIndex.get(mapping, rem, remPort, 0);
+  }
+
+  // ---- creation ----------------------------------------------------------
+
+  /**
+   * Creates a session for an outbound packet, reusing the LAN endpoint's
+   * mapping when it has one. Returns the session, or -1 when the table is
+   * full, or -2 when no public port is free.
+   */
+  createOut(proto: number, lan: number, lanPort: number, rem: number, remPort: number, now: number, state: number, expires: number): number {
+    let m = this.mapIndex.get(lan, lanPort, proto, 0);
+    if (m === NONE) {
+      m = this.createMapping(proto, lan, lanPort, -1);
+      if (m < 0) return m;
+    }
+    return this.createSession(m, rem, remPort, now, state, expires);
+  }
+
+  /** Creates the mapping for a LAN endpoint; `pubPort` < 0 allocates one. Returns -1 table full, -2 ports exhausted. */
+  createMapping(proto: number, lan: number, lanPort: number, pubPort: number): number {
+    const slot = protoSlot(proto);
+    if (this.mFreeTop === 0) return -1;
+    const port = pubPort >= 0 ? (this.portOwner[slot][pubPort] === NONE ? pubPort : -1) : this.allocPort(slot, lanPort);
+    if (port < 0) return -2;
+    const m = this.mFree[--this.mFreeTop];
+    this.mProto[m] = proto;
+    this.mLan[m] = lan;
+    this.mLanPort[m] = lanPort;
+    this.mPubPort[m] = port;
+    this.mRefs[m] = 0;
+    this.mapIndex.set(lan, lanPort, proto, 0, m);
+    this.portOwner[slot][port] = m;
+    this.mappingCount++;
+    return m;
+  }
+
+  /** Creates a session under an existing mapping. Returns -1 when the table is full. */
+  createSession(m: number, rem: number, remPort: number, now: number, state: number, expires: number): number {
+    if (this.sFreeTop === 0) {
+      if (this.mRefs[m] === 0) this.freeMapping(m);
+      return -1;
+    }
+    const s = this.sFree[--this.sFreeTop];
+    const proto = this.mProto[m];
+    this.sInUse[s] = 1;
+    this.sMap[s] = m;
+    this.sRem[s] = rem;
+    this.sRemPort[s] = remPort;
+    this.sState[s] = state;
+    this.sExpires[s] = expires;
+    this.sCreated[s] = now;
+    this.sLastSeen[s] = now;
+    this.sSerial[s] = this.nextSerial++;
+    this.sPktsOut[s] = 0;
+    this.sPktsIn[s] = 0;
+    this.sBytesOut[s] = 0;
+    this.sBytesIn[s] = 0;
+    this.outIndex.set(this.mLan[m], rem, (this.mLanPort[m] << 16) | remPort, proto, s);
+    this.inIndex.set(m, rem, remPort, 0, s);
+    this.mRefs[m]++;
+    this.sessionCount++;
+    this.countBySlot[protoSlot(proto)]++;
+    if (this.journal !== null) this.journal.push(EV_NEW, TABLE_SESSIONS, s, this.sSerial[s]);
+    return s;
+  }
+
+  /** Picks a public port: the LAN port itself when free (preservation), else a random free one of the same class. */
+  private allocPort(slot: number, lanPort: number): number {
+    const owner = this.portOwner[slot];
+    const p = this.ports;
+    const range = lanPort < 1024 && p.lowRange !== null && slot !== SLOT_ICMP ? p.lowRange : p.range;
+    const lo = range[0];
+    const hi = range[1];
+    if (p.preserve && lanPort >= lo && lanPort <= hi && owner[lanPort] === NONE) return lanPort;
+    const span = hi - lo + 1;
+    // Random start, then linear scan (RFC 6056 §3.3.1-style): unpredictable but bounded.
+    let port = lo + Math.floor(this.random() * span);
+    for (let i = 0; i < span; i++) {
+      if (owner[port] === NONE) return port;
+      port = port === hi ? lo : port + 1;
+    }
+    return -1;
+  }
+
+  // ---- removal -----------------------------------------------------------
+
+  removeSession(s: number): void {
+    if (this.sInUse[s] === 0) return;
+    const m = this.sMap[s];
+    const proto = this.mProto[m];
+    if (this.journal !== null) this.journal.push(EV_DESTROY, TABLE_SESSIONS, s, this.sSerial[s]);
+    this.outIndex.delete(this.mLan[m], this.sRem[s], (this.mLanPort[m] << 16) | this.sRemPort[s], proto);
+    this.inIndex.delete(m, this.sRem[s], this.sRemPort[s], 0);
+    this.sInUse[s] = 0;
+    this.sFree[this.sFreeTop++] = s;
+    this.sessionCount--;
+    this.countBySlot[protoSlot(proto)]--;
+    if (--this.mRefs[m] === 0) this.freeMapping(m);
+  }
+
+  private freeMapping(m: number): void {
+    const proto = this.mProto[m];
+    this.mapIndex.delete(this.mLan[m], this.mLanPort[m], proto, 0);
+    this.portOwner[protoSlot(proto)][this.mPubPort[m]] = NONE;
+    this.mFree[this.mFreeTop++] = m;
+    this.mappingCount--;
+  }
+
+  /**
+   * Expires at most `budget` session slots, continuing where the previous
+   * call stopped, so a sweep never stalls the packet loop. Returns the number
+   * removed.
+   */
+  sweep(now: number, budget: number): number {
+    let removed = 0;
+    const cap = this.capacity;
+    let i = this.sweepCursor;
+    for (let n = 0; n < budget && n < cap; n++) {
+      if (this.sInUse[i] === 1 && this.sExpires[i] <= now) {
+        this.removeSession(i);
+        removed++;
+      }
+      i = i + 1 === cap ? 0 : i + 1;
+    }
+    this.sweepCursor = i;
+    return removed;
+  }
+
+  /** Calls fn for every live session (not for the packet path). */
+  forEachSession(fn: (s: number) => void): void {
+    for (let s = 0; s < this.capacity; s++) if (this.sInUse[s] === 1) fn(s);
+  }
+
+  /** Session with this serial, or -1 (not for the packet path). */
+  findBySerial(serial: number): number {
+    for (let s = 0; s < this.capacity; s++) if (this.sInUse[s] === 1 && this.sSerial[s] === serial) return s;
+    return NONE;
+  }
+}
