@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Runs every test: unit tests on crafted packets (no root needed) and, as
+# root, the lab tests in network namespaces. One node:test run, one summary.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+shopt -s nullglob
+files=(dist/test/unit/*.test.js)
+if [ "$(id -u)" = 0 ]; then
+  node dist/test/lab/sweep.js
+  files+=(dist/test/lab/*.test.js)
+else
+  echo "test: not root, lab tests skipped" >&2
+fi
+exec node --test --test-concurrency=1 --test-reporter=spec "${files[@]}"

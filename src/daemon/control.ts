@@ -1,0 +1,115 @@
+/**
+ * The control socket: newline-delimited JSON over a Unix stream socket under
+ * /run/vpnmasq. One request per line, `{"cmd": ...}`; the answer is one JSON
+ * line, or for listings one line per row followed by `{"end": true, ...}`.
+ * Access is limited by the socket's mode (0660) and group.
+ */
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as path from 'node:path';
+
+export type ControlRequest = { cmd: string } & Record<string, unknown>;
+
+export interface ControlReply {
+  /** Rows streamed before the final line (for listings). */
+  rows?: Iterable<unknown>;
+  /** The final line. */
+  result: Record<string, unknown>;
+}
+
+export type ControlHandler = (req: ControlRequest) => ControlReply | Promise<ControlReply>;
+
+export interface ControlServer {
+  close(): Promise<void>;
+}
+
+const MAX_REQUEST_BYTES = 64 * 1024;
+
+export async function startControlServer(socketPath: string, groupId: number | null, handler: ControlHandler): Promise<ControlServer> {
+  fs.mkdirSync(path.dirname(socketPath), { recursive: true, mode: 0o755 });
+  try { fs.unlinkSync(socketPath); } catch { /* not there */ }
+  const server = net.createServer((conn) => {
+    let pending = '';
+    conn.setEncoding('utf8');
+    conn.on('error', () => conn.destroy());
+    conn.on('data', (chunk: string) => {
+      pending += chunk;
+      if (pending.length > MAX_REQUEST_BYTES) {
+        conn.end(JSON.stringify({ ok: false, error: 'request too large' }) + '\n');
+        return;
+      }
+      let nl: number;
+      while ((nl = pending.indexOf('\n')) >= 0) {
+        const line = pending.slice(0, nl);
+        pending = pending.slice(nl + 1);
+        void answer(conn, line, handler);
+      }
+    });
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(socketPath, () => resolve());
+  });
+  fs.chmodSync(socketPath, 0o660);
+  if (groupId !== null) fs.chownSync(socketPath, 0, groupId);
+  return {
+    close: () => new Promise<void>((resolve) => {
+      server.close(() => resolve());
+      try { fs.unlinkSync(socketPath); } catch { /* gone */ }
+    }),
+  };
+}
+
+async function answer(conn: net.Socket, line: string, handler: ControlHandler): Promise<void> {
+  let req: ControlRequest;
+  try {
+    const parsed = JSON.parse(line) as unknown;
+    if (typeof parsed !== 'object' || parsed === null || typeof (parsed as { cmd?: unknown }).cmd !== 'string') {
+      throw new Error('request must be an object with a "cmd" string');
+    }
+    req = parsed as ControlRequest;
+  } catch (e) {
+    conn.write(JSON.stringify({ ok: false, error: `bad request: ${(e as Error).message}` }) + '\n');
+    return;
+  }
+  try {
+    const reply = await handler(req);
+    if (reply.rows) {
+      for (const row of reply.rows) {
+        if (!conn.write(JSON.stringify(row) + '\n')) await new Promise((r) => conn.once('drain', r));
+        if (conn.destroyed) return;
+      }
+    }
+    conn.write(JSON.stringify({ ok: true, end: true, ...reply.result }) + '\n');
+  } catch (e) {
+    conn.write(JSON.stringify({ ok: false, error: (e as Error).message }) + '\n');
+  }
+}
+
+/** Sends one request and collects every line of the answer (for the CLI and tests). */
+export function controlRequest(socketPath: string, req: ControlRequest, onRow?: (row: unknown) => void, timeoutMs = 10000): Promise<Record<string, unknown>> {
+  return new Promise((resolve, reject) => {
+    const conn = net.createConnection(socketPath);
+    let buf = '';
+    const timer = setTimeout(() => { conn.destroy(); reject(new Error(`no answer from ${socketPath} within ${timeoutMs} ms`)); }, timeoutMs);
+    conn.setEncoding('utf8');
+    conn.on('error', (e) => { clearTimeout(timer); reject(e); });
+    conn.on('connect', () => conn.write(JSON.stringify(req) + '\n'));
+    conn.on('data', (chunk: string) => {
+      buf += chunk;
+      let nl: number;
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        const msg = JSON.parse(buf.slice(0, nl)) as Record<string, unknown>;
+        buf = buf.slice(nl + 1);
+        if (msg.end === true || msg.ok === false) {
+          clearTimeout(timer);
+          conn.end();
+          if (msg.ok === false) reject(new Error(String(msg.error)));
+          else resolve(msg);
+          return;
+        }
+        onRow?.(msg);
+      }
+    });
+  });
+}

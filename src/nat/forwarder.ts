@@ -1,0 +1,63 @@
+/**
+ * One batch of the packet loop: every packet read from the TUN sits in a
+ * slot of one shared arena; each is translated in place and the ones to send
+ * are listed as (offset, length) pairs for the TUN addon to write. The arena
+ * also holds the fragment hold pool, so released fragments are written from
+ * where they wait. Pure: the caller supplies the time.
+ */
+import { VNET_HDR_LEN } from '../wire/vnet';
+import { FragmentTracker } from './fragments';
+import { Napt, NaptOptions } from './napt';
+import { SessionTable } from './sessions';
+import { TxList } from './tx-list';
+
+export interface ArenaLayout {
+  /** Bytes per receive slot: a whole GSO super-packet plus its vnet header with offloads, else MTU + header. */
+  slotSize: number;
+  rxSlots: number;
+  holdSlots: number;
+  holdSlotSize: number;
+}
+
+/** Receive slot size for a TUN with or without offloads (a super-packet is at most 64 KiB). */
+export function rxSlotSize(offloads: boolean, mtu: number): number {
+  const need = offloads ? 65535 + VNET_HDR_LEN : mtu + VNET_HDR_LEN;
+  return (need + 63) & ~63;
+}
+
+export class Forwarder {
+  readonly arena: Uint8Array;
+  readonly rxLens: Uint32Array;
+  readonly tx: TxList;
+  readonly frags: FragmentTracker;
+  readonly napt: Napt;
+  readonly layout: ArenaLayout;
+
+  constructor(
+    readonly table: SessionTable,
+    layout: ArenaLayout,
+    maxFragmentDatagrams: number,
+    options: NaptOptions,
+  ) {
+    this.layout = layout;
+    const holdBase = layout.slotSize * layout.rxSlots;
+    this.arena = new Uint8Array(holdBase + layout.holdSlots * layout.holdSlotSize);
+    this.rxLens = new Uint32Array(layout.rxSlots);
+    this.tx = new TxList(layout.rxSlots + layout.holdSlots);
+    this.frags = new FragmentTracker(maxFragmentDatagrams, holdBase, layout.holdSlotSize, layout.holdSlots);
+    this.napt = new Napt(table, this.frags, this.arena, options);
+  }
+
+  /** Translates `count` packets read into the receive slots; returns how many tx entries to write. */
+  processBatch(count: number, now: number): number {
+    const napt = this.napt;
+    const tx = this.tx;
+    const slotSize = this.layout.slotSize;
+    const lens = this.rxLens;
+    napt.now = now;
+    this.frags.recycleReleased();
+    tx.count = 0;
+    for (let i = 0; i < count; i++) napt.process(i * slotSize, lens[i], tx);
+    return tx.count;
+  }
+}

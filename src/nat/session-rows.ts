@@ -1,0 +1,40 @@
+/**
+ * Operator-facing rows of the connection table (CLI, control socket, store).
+ * Not on the packet path: builds objects and strings freely.
+ */
+import { formatIpv4, PROTO_ICMP, PROTO_TCP, PROTO_UDP } from '../wire/ipv4';
+import { SessionTable } from './sessions';
+import { tcpStateName } from './tcp-tracker';
+
+export interface ConnRow {
+  /** Stable identifier of the session (unique for the daemon's lifetime and across restarts once persisted). */
+  id: number;
+  proto: 'tcp' | 'udp' | 'icmp';
+  lan: { addr: string; port: number };
+  public: { addr: string; port: number };
+  remote: { addr: string; port: number };
+  state: string;
+  idleSeconds: number;
+  expiresInSeconds: number;
+  packets: { out: number; in: number };
+  bytes: { out: number; in: number };
+}
+
+const PROTO_NAMES: Record<number, ConnRow['proto']> = { [PROTO_TCP]: 'tcp', [PROTO_UDP]: 'udp', [PROTO_ICMP]: 'icmp' };
+
+export function sessionRow(t: SessionTable, s: number, now: number): ConnRow {
+  const m = t.sMap[s];
+  const proto = PROTO_NAMES[t.mProto[m]];
+  return {
+    id: t.sSerial[s],
+    proto,
+    lan: { addr: formatIpv4(t.mLan[m]), port: t.mLanPort[m] },
+    public: { addr: formatIpv4(t.publicAddr), port: t.mPubPort[m] },
+    remote: { addr: formatIpv4(t.sRem[s]), port: t.sRemPort[s] },
+    state: proto === 'tcp' ? tcpStateName(t.sState[s]) : t.sPktsIn[s] > 0 ? 'REPLIED' : 'UNREPLIED',
+    idleSeconds: Math.max(0, Math.round((now - t.sLastSeen[s]) / 1000)),
+    expiresInSeconds: Math.max(0, Math.round((t.sExpires[s] - now) / 1000)),
+    packets: { out: t.sPktsOut[s], in: t.sPktsIn[s] },
+    bytes: { out: t.sBytesOut[s], in: t.sBytesIn[s] },
+  };
+}

@@ -1,0 +1,524 @@
+// Lab test of the TUN addon (native/tun.cc) through TunDevice. Needs root,
+// /dev/net/tun and iproute2; skipped otherwise. Each run creates its own network
+// namespace and removes it afterwards.
+//
+// The namespace side runs as child processes of this same file, selected by
+// VMQTUN_ROLE: a "router" that opens the TUN and answers UDP echo and TCP
+// (handshake + ACKs) for PEER_ADDR, and UDP/TCP clients that generate traffic.
+// Children report to the test as JSON lines on stdout.
+import assert from 'node:assert/strict';
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import dgram from 'node:dgram';
+import net from 'node:net';
+import readline from 'node:readline';
+import { after, before, describe, it } from 'node:test';
+import { Stat, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, VNET_HDR_LEN } from '../../src/tun/native';
+import { TunDevice } from '../../src/tun/tun-device';
+
+const ROLE_ENV = 'VMQTUN_ROLE';
+const DEV_ENV = 'VMQTUN_DEV';
+const OFFLOADS_ENV = 'VMQTUN_OFFLOADS';
+
+const TUN_ADDR = '10.99.0.1';
+const TUN_PREFIX = 24;
+/** Routed into the TUN; the router answers for it. */
+const PEER_ADDR = '10.99.0.2';
+const UDP_ECHO_PORT = 7;
+const UDP_PAYLOAD = 'vpnmasq tun echo';
+const UDP_RESEND_MS = 200;
+const TCP_SINK_PORT = 5001;
+const TCP_SEND_BYTES = 256 * 1024;
+const TCP_SERVER_ISN = 0x10000000;
+const TCP_WINDOW = 65535;
+const MTU = 1500;
+const TCP_MSS = MTU - 40;
+
+/** One slot holds a GSO super-packet: virtio_net_hdr + up to 64 KiB. */
+const SLOT_SIZE = VNET_HDR_LEN + 65535;
+const RX_SLOTS = 16;
+
+const STEP_TIMEOUT_MS = 5000;
+const COMMAND_TIMEOUT_MS = 5000;
+const CLIENT_LIFETIME_MS = 15000;
+const KILL_WAIT_MS = 2000;
+
+const IPV4_HDR_LEN = 20;
+const UDP_HDR_LEN = 8;
+const TCP_HDR_LEN = 20;
+const TCP_MSS_OPTION_LEN = 4;
+const IPPROTO_TCP = 6;
+const IPPROTO_UDP = 17;
+const IP_DF = 0x4000;
+const IP_TTL = 64;
+const TCP_FLAG_SYN = 0x02;
+const TCP_FLAG_ACK = 0x10;
+const TCP_OPT_MSS = 2;
+// include/uapi/linux/virtio_net.h
+const VIRTIO_NET_HDR_GSO_TCPV4 = 1;
+const VIRTIO_NET_HDR_GSO_ECN = 0x80;
+
+// ---------------------------------------------------------------- packets
+
+interface RxSummary {
+  len: number;
+  /** virtio_net_hdr fields */
+  flags: number;
+  gsoType: number;
+  gsoSize: number;
+  /** IPv4 fields; version is 0 when the packet is too short */
+  version: number;
+  ihl: number;
+  totalLen: number;
+  ipChecksumOk: boolean;
+  proto: number;
+  src: string;
+  dst: string;
+  dport: number;
+}
+
+function onesComplementSum(view: DataView, start: number, len: number, initial: number): number {
+  let sum = initial;
+  for (let i = 0; i + 1 < len; i += 2) sum += view.getUint16(start + i);
+  if (len & 1) sum += view.getUint8(start + len - 1) << 8;
+  while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16);
+  return sum;
+}
+
+/** Full TCP/UDP checksum over the IPv4 pseudo-header and the segment. */
+function l4Checksum(view: DataView, src: number, dst: number, proto: number, start: number, len: number): number {
+  const pseudo = (src >>> 16) + (src & 0xffff) + (dst >>> 16) + (dst & 0xffff) + proto + len;
+  return ~onesComplementSum(view, start, len, pseudo) & 0xffff;
+}
+
+function formatIpv4(addr: number): string {
+  return [addr >>> 24, (addr >>> 16) & 0xff, (addr >>> 8) & 0xff, addr & 0xff].join('.');
+}
+
+function summarize(view: DataView, off: number, len: number): RxSummary {
+  const ip = off + VNET_HDR_LEN;
+  const summary: RxSummary = {
+    len,
+    flags: view.getUint8(off),
+    gsoType: view.getUint8(off + 1),
+    gsoSize: view.getUint16(off + 4, true), // host (little-endian) byte order
+    version: 0,
+    ihl: 0,
+    totalLen: 0,
+    ipChecksumOk: false,
+    proto: 0,
+    src: '',
+    dst: '',
+    dport: 0,
+  };
+  if (len < VNET_HDR_LEN + IPV4_HDR_LEN) return summary;
+  summary.version = view.getUint8(ip) >> 4;
+  if (summary.version !== 4) return summary;
+  summary.ihl = (view.getUint8(ip) & 0x0f) * 4;
+  summary.totalLen = view.getUint16(ip + 2);
+  summary.ipChecksumOk = onesComplementSum(view, ip, summary.ihl, 0) === 0xffff;
+  summary.proto = view.getUint8(ip + 9);
+  summary.src = formatIpv4(view.getUint32(ip + 12));
+  summary.dst = formatIpv4(view.getUint32(ip + 16));
+  if (len >= VNET_HDR_LEN + summary.ihl + 4) summary.dport = view.getUint16(ip + summary.ihl + 2);
+  return summary;
+}
+
+/** Writes an option-less IPv4 header with a valid checksum. */
+function writeIpv4Header(view: DataView, ip: number, totalLen: number, proto: number, src: number, dst: number): void {
+  view.setUint8(ip, 0x45);
+  view.setUint8(ip + 1, 0);
+  view.setUint16(ip + 2, totalLen);
+  view.setUint16(ip + 4, 0);
+  view.setUint16(ip + 6, IP_DF);
+  view.setUint8(ip + 8, IP_TTL);
+  view.setUint8(ip + 9, proto);
+  view.setUint16(ip + 10, 0);
+  view.setUint32(ip + 12, src);
+  view.setUint32(ip + 16, dst);
+  view.setUint16(ip + 10, ~onesComplementSum(view, ip, IPV4_HDR_LEN, 0) & 0xffff);
+}
+
+/**
+ * Turns the packet in the slot at `off` into the reply the peer would send, in
+ * place, with complete checksums and a zero vnet header (no offload requested).
+ * Returns the reply length including the vnet header, or 0 for no reply.
+ */
+function answer(arena: Uint8Array, view: DataView, off: number, len: number): number {
+  const ip = off + VNET_HDR_LEN;
+  if (len < VNET_HDR_LEN + IPV4_HDR_LEN || view.getUint8(ip) >> 4 !== 4) return 0;
+  const ihl = (view.getUint8(ip) & 0x0f) * 4;
+  const proto = view.getUint8(ip + 9);
+  const src = view.getUint32(ip + 12);
+  const dst = view.getUint32(ip + 16);
+  const l4 = ip + ihl;
+  const l4Len = len - VNET_HDR_LEN - ihl;
+  const reply = ip + IPV4_HDR_LEN;
+  let replyL4Len: number;
+
+  if (proto === IPPROTO_UDP && l4Len >= UDP_HDR_LEN && view.getUint16(l4 + 2) === UDP_ECHO_PORT) {
+    const sport = view.getUint16(l4);
+    const udpLen = view.getUint16(l4 + 4);
+    arena.copyWithin(reply, l4, l4 + udpLen); // drops any IP options
+    view.setUint16(reply, UDP_ECHO_PORT);
+    view.setUint16(reply + 2, sport);
+    view.setUint16(reply + 6, 0);
+    view.setUint16(reply + 6, l4Checksum(view, dst, src, IPPROTO_UDP, reply, udpLen) || 0xffff);
+    replyL4Len = udpLen;
+  } else if (proto === IPPROTO_TCP && l4Len >= TCP_HDR_LEN && view.getUint16(l4 + 2) === TCP_SINK_PORT) {
+    const sport = view.getUint16(l4);
+    const seq = view.getUint32(l4 + 4);
+    const dataOffset = (view.getUint8(l4 + 12) >> 4) * 4;
+    const tcpFlags = view.getUint8(l4 + 13);
+    const payloadLen = l4Len - dataOffset;
+    const isSyn = (tcpFlags & TCP_FLAG_SYN) !== 0 && (tcpFlags & TCP_FLAG_ACK) === 0;
+    if (!isSyn && payloadLen <= 0) return 0;
+    replyL4Len = TCP_HDR_LEN + (isSyn ? TCP_MSS_OPTION_LEN : 0);
+    view.setUint16(reply, TCP_SINK_PORT);
+    view.setUint16(reply + 2, sport);
+    view.setUint32(reply + 4, isSyn ? TCP_SERVER_ISN : TCP_SERVER_ISN + 1);
+    view.setUint32(reply + 8, (seq + (isSyn ? 1 : payloadLen)) >>> 0);
+    view.setUint8(reply + 12, (replyL4Len / 4) << 4);
+    view.setUint8(reply + 13, isSyn ? TCP_FLAG_SYN | TCP_FLAG_ACK : TCP_FLAG_ACK);
+    view.setUint16(reply + 14, TCP_WINDOW);
+    view.setUint16(reply + 16, 0);
+    view.setUint16(reply + 18, 0);
+    if (isSyn) {
+      view.setUint8(reply + 20, TCP_OPT_MSS);
+      view.setUint8(reply + 21, TCP_MSS_OPTION_LEN);
+      view.setUint16(reply + 22, TCP_MSS);
+    }
+    view.setUint16(reply + 16, l4Checksum(view, dst, src, IPPROTO_TCP, reply, replyL4Len));
+  } else {
+    return 0;
+  }
+  writeIpv4Header(view, ip, IPV4_HDR_LEN + replyL4Len, proto, dst, src);
+  arena.fill(0, off, ip); // virtio_net_hdr: flags 0, GSO_NONE
+  return VNET_HDR_LEN + IPV4_HDR_LEN + replyL4Len;
+}
+
+// ---------------------------------------------------------------- child roles
+
+type ChildEvent =
+  | { event: 'opened'; name: string; offloads: number; offloadError: string | null }
+  | ({ event: 'rx' } & RxSummary)
+  | { event: 'closed'; stats: number[] }
+  | { event: 'udp-reply'; from: string; port: number; payload: string }
+  | { event: 'tcp-connected' };
+
+function emit(e: ChildEvent): void {
+  process.stdout.write(`${JSON.stringify(e)}\n`);
+}
+
+/** Opens the TUN, answers traffic; stdin "close" closes it, end of stdin exits. */
+function runRouter(): void {
+  const dev = TunDevice.open(process.env[DEV_ENV] ?? '', { offloads: process.env[OFFLOADS_ENV] === '1' });
+  const arena = new Uint8Array(SLOT_SIZE * RX_SLOTS);
+  const view = new DataView(arena.buffer);
+  const rxLens = new Uint32Array(RX_SLOTS);
+  const txList = new Uint32Array(2 * RX_SLOTS);
+  dev.start(arena, SLOT_SIZE, RX_SLOTS, rxLens, txList, (count) => {
+    let n = 0;
+    for (let i = 0; i < count; i++) {
+      const off = i * SLOT_SIZE;
+      emit({ event: 'rx', ...summarize(view, off, rxLens[i]) });
+      const replyLen = answer(arena, view, off, rxLens[i]);
+      if (replyLen > 0) {
+        txList[2 * n] = off;
+        txList[2 * n + 1] = replyLen;
+        n++;
+      }
+    }
+    return n;
+  });
+  emit({ event: 'opened', name: dev.name, offloads: dev.offloads, offloadError: dev.offloadError });
+
+  const input = readline.createInterface({ input: process.stdin });
+  input.on('line', (line) => {
+    if (line !== 'close') return;
+    dev.close();
+    emit({ event: 'closed', stats: Array.from(dev.stats) });
+  });
+  input.on('close', () => {
+    dev.close();
+    process.exit(0);
+  });
+}
+
+/** Sends UDP_PAYLOAD to PEER_ADDR until the echo comes back. */
+function runUdpClient(): void {
+  const sock = dgram.createSocket('udp4');
+  const send = (): void => sock.send(UDP_PAYLOAD, UDP_ECHO_PORT, PEER_ADDR);
+  sock.on('message', (msg, rinfo) => {
+    emit({ event: 'udp-reply', from: rinfo.address, port: rinfo.port, payload: msg.toString() });
+    process.exit(0);
+  });
+  send();
+  setInterval(send, UDP_RESEND_MS);
+  setTimeout(() => process.exit(1), STEP_TIMEOUT_MS);
+}
+
+/** Connects to PEER_ADDR and writes TCP_SEND_BYTES in one go, then idles. */
+function runTcpClient(): void {
+  const sock = net.connect(TCP_SINK_PORT, PEER_ADDR, () => {
+    emit({ event: 'tcp-connected' });
+    sock.write('a'.repeat(TCP_SEND_BYTES));
+  });
+  sock.on('error', (err) => {
+    process.stderr.write(`tcp client: ${err.message}\n`);
+    process.exit(1);
+  });
+  setTimeout(() => process.exit(0), CLIENT_LIFETIME_MS);
+}
+
+const ROLES: Record<string, () => void> = { router: runRouter, 'udp-client': runUdpClient, 'tcp-client': runTcpClient };
+
+// ---------------------------------------------------------------- test side
+
+function ip(...args: string[]): string {
+  return execFileSync('ip', args, { encoding: 'utf8', timeout: COMMAND_TIMEOUT_MS, stdio: ['ignore', 'pipe', 'pipe'] });
+}
+
+function linkExists(ns: string, dev: string): boolean {
+  try {
+    ip('-n', ns, 'link', 'show', 'dev', dev);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+type EventOf<K extends ChildEvent['event']> = Extract<ChildEvent, { event: K }>;
+
+/** A child of this file running `role` inside network namespace `ns`. */
+class NsChild {
+  readonly events: ChildEvent[] = [];
+  readonly exited: Promise<void>;
+  private readonly child: ChildProcess;
+  private stderr = '';
+  private readonly listeners = new Set<() => void>();
+
+  constructor(
+    ns: string,
+    readonly role: string,
+    env: Record<string, string> = {},
+  ) {
+    const childEnv: NodeJS.ProcessEnv = { ...process.env, ...env, [ROLE_ENV]: role };
+    delete childEnv.NODE_TEST_CONTEXT; // the child is not a test file
+    this.child = spawn('ip', ['netns', 'exec', ns, process.execPath, __filename], {
+      env: childEnv,
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
+    readline.createInterface({ input: this.child.stdout! }).on('line', (line) => {
+      this.events.push(JSON.parse(line) as ChildEvent);
+      this.notify();
+    });
+    this.child.stderr!.on('data', (chunk: Buffer) => {
+      this.stderr += chunk.toString();
+    });
+    this.exited = new Promise((resolve) => {
+      this.child.on('close', () => {
+        this.notify();
+        resolve();
+      });
+    });
+  }
+
+  get running(): boolean {
+    return this.child.exitCode === null && this.child.signalCode === null;
+  }
+
+  get exitCode(): number | null {
+    return this.child.exitCode;
+  }
+
+  /** First event of kind `kind` matching `pred`, waiting up to timeoutMs. */
+  waitFor<K extends ChildEvent['event']>(
+    kind: K,
+    pred: (e: EventOf<K>) => boolean = () => true,
+    timeoutMs = STEP_TIMEOUT_MS,
+  ): Promise<EventOf<K>> {
+    const find = (): EventOf<K> | undefined =>
+      this.events.find((e): e is EventOf<K> => e.event === kind && pred(e as EventOf<K>));
+    return new Promise((resolve, reject) => {
+      const check = (): void => {
+        const found = find();
+        if (found !== undefined) done(() => resolve(found));
+        else if (!this.running) done(() => reject(this.failure(`exited before '${kind}'`)));
+      };
+      const timer = setTimeout(() => done(() => reject(this.failure(`no '${kind}' within ${timeoutMs} ms`))), timeoutMs);
+      const done = (settle: () => void): void => {
+        clearTimeout(timer);
+        this.listeners.delete(check);
+        settle();
+      };
+      this.listeners.add(check);
+      check();
+    });
+  }
+
+  /** Resolves once the child exits, or rejects after timeoutMs. */
+  async waitExit(timeoutMs = STEP_TIMEOUT_MS): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(this.failure(`still running after ${timeoutMs} ms`)), timeoutMs);
+    });
+    try {
+      await Promise.race([this.exited, timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  send(line: string): void {
+    this.child.stdin!.write(`${line}\n`);
+  }
+
+  endInput(): void {
+    this.child.stdin!.end();
+  }
+
+  async kill(): Promise<void> {
+    if (this.running) this.child.kill('SIGKILL');
+    await this.waitExit(KILL_WAIT_MS).catch(() => undefined);
+  }
+
+  private notify(): void {
+    for (const listener of [...this.listeners]) listener();
+  }
+
+  private failure(what: string): Error {
+    return new Error(`${this.role} ${what}; exit ${this.child.exitCode}; stderr: ${this.stderr.trim() || '(empty)'}`);
+  }
+}
+
+function isUdpEchoRequest(e: RxSummary): boolean {
+  return e.proto === IPPROTO_UDP && e.dport === UDP_ECHO_PORT && e.dst === PEER_ADDR;
+}
+
+function assertValidIpv4(e: RxSummary): void {
+  assert.equal(e.version, 4);
+  assert.ok(e.ihl >= IPV4_HDR_LEN, `ihl ${e.ihl}`);
+  assert.equal(e.totalLen, e.len - VNET_HDR_LEN, 'IPv4 total length = read length - vnet header');
+  assert.ok(e.ipChecksumOk, 'IPv4 header checksum');
+}
+
+function registerTests(): void {
+  const notRoot = process.getuid?.() !== 0;
+  describe('TUN device in a network namespace', { skip: notRoot && 'needs root', timeout: 60_000 }, () => {
+    const suffix = randomBytes(4).toString('hex');
+    const ns = `vmqtun-${suffix}`;
+    const children: NsChild[] = [];
+    let nsCreated = false;
+
+    const startChild = (role: string, env?: Record<string, string>): NsChild => {
+      const child = new NsChild(ns, role, env);
+      children.push(child);
+      return child;
+    };
+
+    /** Assigns TUN_ADDR, brings the device up, and checks a UDP round trip. */
+    const udpRoundTrip = async (router: NsChild, dev: string): Promise<RxSummary> => {
+      ip('-n', ns, 'addr', 'add', `${TUN_ADDR}/${TUN_PREFIX}`, 'dev', dev);
+      ip('-n', ns, 'link', 'set', dev, 'up');
+      const client = startChild('udp-client');
+      const request = await router.waitFor('rx', isUdpEchoRequest);
+      assert.equal(request.src, TUN_ADDR);
+      assertValidIpv4(request);
+      const reply = await client.waitFor('udp-reply');
+      assert.deepEqual(reply, { event: 'udp-reply', from: PEER_ADDR, port: UDP_ECHO_PORT, payload: UDP_PAYLOAD });
+      return request;
+    };
+
+    /** Closes the device through the router and checks it is gone while the router still runs. */
+    const closeAndCheck = async (router: NsChild, dev: string): Promise<number[]> => {
+      router.send('close');
+      const { stats } = await router.waitFor('closed');
+      assert.ok(router.running, 'router still running');
+      assert.equal(linkExists(ns, dev), false, `${dev} removed`);
+      router.endInput();
+      await router.waitExit();
+      assert.equal(router.exitCode, 0);
+      assert.equal(stats[Stat.ERR_CALLBACK], 0, 'onBatch errors');
+      assert.equal(stats[Stat.RX_ERRORS], 0, 'rx errors');
+      assert.equal(stats[Stat.TX_ERRORS], 0, 'tx errors');
+      assert.equal(stats[Stat.TX_QUEUE_DROPS], 0, 'tx queue drops');
+      return stats;
+    };
+
+    before(() => {
+      ip('netns', 'add', ns);
+      nsCreated = true;
+      ip('-n', ns, 'link', 'set', 'lo', 'up');
+    });
+
+    after(async () => {
+      await Promise.all(children.map((c) => c.kill()));
+      if (nsCreated) ip('netns', 'del', ns);
+    });
+
+    describe('with offloads', () => {
+      const dev = `vmq${suffix}o`;
+      let router: NsChild;
+
+      it('(a) reports CSUM|TSO4|TSO6 and the device appears in the namespace', async () => {
+        router = startChild('router', { [DEV_ENV]: dev, [OFFLOADS_ENV]: '1' });
+        const opened = await router.waitFor('opened');
+        const required = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6;
+        assert.equal(opened.name, dev);
+        assert.equal(opened.offloads & required, required, `offloads 0x${opened.offloads.toString(16)}`);
+        assert.equal(opened.offloadError, null);
+        assert.ok(linkExists(ns, dev), `${dev} in ip -n ${ns} link`);
+      });
+
+      it('(b, c) a UDP datagram arrives with vnet header + IPv4; the written reply is received', async () => {
+        const request = await udpRoundTrip(router, dev);
+        assert.equal(request.gsoType, 0);
+      });
+
+      it('(d) a bulk TCP send yields a GSO super-packet (> MTU, gso_type TCPV4)', async () => {
+        const client = startChild('tcp-client');
+        await client.waitFor('tcp-connected');
+        const isSuperPacket = (e: RxSummary): boolean =>
+          e.proto === IPPROTO_TCP && e.dport === TCP_SINK_PORT && e.len - VNET_HDR_LEN > MTU;
+        const gso = await router.waitFor('rx', isSuperPacket);
+        assert.equal(gso.gsoType & ~VIRTIO_NET_HDR_GSO_ECN, VIRTIO_NET_HDR_GSO_TCPV4);
+        assert.ok(gso.gsoSize > 0 && gso.gsoSize <= TCP_MSS, `gso_size ${gso.gsoSize}`);
+        assert.equal(gso.src, TUN_ADDR);
+        assertValidIpv4(gso);
+        await client.kill();
+      });
+
+      it('(e) close() removes the device', async () => {
+        const stats = await closeAndCheck(router, dev);
+        assert.ok(stats[Stat.RX_PACKETS] >= 3, `rx packets ${stats[Stat.RX_PACKETS]}`);
+        assert.ok(stats[Stat.TX_PACKETS] >= 2, `tx packets ${stats[Stat.TX_PACKETS]}`);
+      });
+    });
+
+    describe('without offloads', () => {
+      const dev = `vmq${suffix}p`;
+
+      it('(f) opens with offloads 0 and still round-trips UDP with complete checksums', async () => {
+        const router = startChild('router', { [DEV_ENV]: dev, [OFFLOADS_ENV]: '0' });
+        const opened = await router.waitFor('opened');
+        assert.equal(opened.name, dev);
+        assert.equal(opened.offloads, 0);
+        assert.equal(opened.offloadError, null);
+        const request = await udpRoundTrip(router, dev);
+        assert.equal(request.flags, 0, 'no VIRTIO_NET_HDR_F_NEEDS_CSUM without TUN_F_CSUM');
+        assert.equal(request.gsoType, 0);
+        await closeAndCheck(router, dev);
+      });
+    });
+  });
+}
+
+const role = process.env[ROLE_ENV];
+if (role === undefined) {
+  registerTests();
+} else {
+  const run = ROLES[role];
+  if (run === undefined) throw new Error(`unknown ${ROLE_ENV} ${role}`);
+  run();
+}

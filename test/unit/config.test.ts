@@ -1,0 +1,217 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { Config, ConfigError, DEFAULTS, configDiff, loadConfig, parseConfig, reloadable } from '../../src/daemon/config';
+
+const FILE = '/etc/vpnmasq/vpnmasq.json';
+
+/** A document with the minimum required content, merged with `extra` sections. */
+function doc(extra: Record<string, unknown> = {}, wan: Record<string, unknown> = {}): string {
+  return JSON.stringify({ ...extra, wan: { interface: 'eth0', ...wan } }, null, 2);
+}
+
+/** The error lines parseConfig reports for `text`. */
+function errors(text: string): string[] {
+  try {
+    parseConfig(text, FILE);
+  } catch (err) {
+    assert.ok(err instanceof ConfigError);
+    assert.equal(err.message, err.problems.map((p) => (p.field ? `${FILE}: ${p.field}: ${p.message}` : `${FILE}: ${p.message}`)).join('\n'));
+    return err.message.split('\n');
+  }
+  assert.fail('expected a ConfigError');
+}
+
+function parse(text: string): Config {
+  return parseConfig(text, FILE);
+}
+
+test('syntax error reports line and column of the original file, counting comment lines', () => {
+  const text = ['# comment', '{', '  // another', '  "wan": { "interface": "eth0", }', '}'].join('\n');
+  assert.deepEqual(errors(text), [`${FILE}: syntax error at line 4, column 33: trailing comma before '}'`]);
+});
+
+test('syntax error for an unquoted value names the word', () => {
+  assert.deepEqual(errors('{\n  "wan": { "interface": eth0 }\n}'), [
+    `${FILE}: syntax error at line 2, column 25: unexpected word eth0; strings must be in double quotes`,
+  ]);
+});
+
+test('syntax error at end of file', () => {
+  assert.deepEqual(errors('{ "wan": {'), [`${FILE}: syntax error at line 1, column 11: expected a double-quoted field name, found end of file`]);
+});
+
+test('unknown field with a did-you-mean suggestion', () => {
+  assert.deepEqual(errors(doc({ timeouts: { tcpEstablised: 8000 } })), [
+    `${FILE}: timeouts.tcpEstablised: unknown field (did you mean "tcpEstablished"?)`,
+  ]);
+  assert.deepEqual(errors(doc({ colour: 'blue' })), [`${FILE}: colour: unknown field`]);
+});
+
+test('wrong type', () => {
+  assert.deepEqual(errors(doc({ tun: { mtu: '1400' } })), [`${FILE}: tun.mtu: expected integer, got string "1400"`]);
+  assert.deepEqual(errors(doc({ tun: { offloads: 1 } })), [`${FILE}: tun.offloads: expected boolean, got number 1`]);
+  assert.deepEqual(errors(doc({ lan: 'lan0' })), [`${FILE}: lan: expected object, got string "lan0"`]);
+});
+
+test('out of range', () => {
+  assert.deepEqual(errors(doc({ tun: { mtu: 70000 } })), [`${FILE}: tun.mtu: must be between 576 and 65535, got 70000`]);
+  assert.deepEqual(errors(doc({ mssClamp: 500 })), [`${FILE}: mssClamp: must be between 536 and 65495, got 500`]);
+});
+
+test('timers below the RFC minimums', () => {
+  assert.deepEqual(errors(doc({ timeouts: { tcpEstablished: 3600, udp: 30, icmp: 59, ipsec: 600 } })), [
+    `${FILE}: timeouts.tcpEstablished: must be at least 7440 (RFC 5382 REQ-5 minimum), got 3600`,
+    `${FILE}: timeouts.udp: must be at least 120 (RFC 4787 REQ-5 minimum), got 30`,
+    `${FILE}: timeouts.icmp: must be at least 60 (RFC 5508 REQ-2 minimum), got 59`,
+    `${FILE}: timeouts.ipsec: must be between 900 and 2147483, got 600`,
+  ]);
+});
+
+test('missing required fields', () => {
+  assert.deepEqual(errors('{}'), [`${FILE}: wan.interface: missing required field`]);
+  assert.deepEqual(errors(doc({}, { mode: 'dedicated' })), [`${FILE}: wan.publicAddress: missing required field`]);
+  assert.deepEqual(errors(doc({ forwards: [{ proto: 'tcp', lanAddress: '10.77.0.5' }] })), [
+    `${FILE}: forwards[0].publicPort: missing required field`,
+  ]);
+});
+
+test('bad CIDR and host bits set', () => {
+  assert.deepEqual(errors(doc({ lan: { prefixes: ['10.77.0/24', '10.77.0.0', '10.77.0.0/33'] } })), [
+    `${FILE}: lan.prefixes[0]: invalid IPv4 prefix "10.77.0/24" (expected a.b.c.d/len)`,
+    `${FILE}: lan.prefixes[1]: invalid IPv4 prefix "10.77.0.0" (expected a.b.c.d/len)`,
+    `${FILE}: lan.prefixes[2]: invalid IPv4 prefix "10.77.0.0/33" (expected a.b.c.d/len)`,
+  ]);
+  assert.deepEqual(errors(doc({ lan: { prefixes: ['10.77.0.1/24'] } })), [
+    `${FILE}: lan.prefixes[0]: host bits set in 10.77.0.1/24 (did you mean 10.77.0.0/24?)`,
+  ]);
+  assert.deepEqual(errors(doc({ lan: { prefixes: [] } })), [`${FILE}: lan.prefixes: must not be empty`]);
+});
+
+test('public address inside a LAN prefix', () => {
+  assert.deepEqual(errors(doc({}, { mode: 'dedicated', publicAddress: '10.77.0.9' })), [
+    `${FILE}: wan.publicAddress: 10.77.0.9 lies inside LAN prefix 10.77.0.0/24`,
+  ]);
+});
+
+test('forward lanAddress outside the LAN', () => {
+  assert.deepEqual(errors(doc({ forwards: [{ proto: 'esp', lanAddress: '192.168.1.5' }] })), [
+    `${FILE}: forwards[0].lanAddress: 192.168.1.5 is not inside a LAN prefix (10.77.0.0/24)`,
+  ]);
+});
+
+test('duplicate forwards and protocol forwards', () => {
+  const forwards = [
+    { proto: 'tcp', publicPort: 443, lanAddress: '10.77.0.5' },
+    { proto: 'udp', publicPort: 443, lanAddress: '10.77.0.5' },
+    { proto: 'tcp', publicPort: 443, lanAddress: '10.77.0.6', lanPort: 8443 },
+    { proto: 'gre', lanAddress: '10.77.0.5' },
+    { proto: 'gre', lanAddress: '10.77.0.6' },
+    { proto: 'esp', publicPort: 50, lanAddress: '10.77.0.6' },
+  ];
+  assert.deepEqual(errors(doc({ forwards })), [
+    `${FILE}: forwards[2].publicPort: tcp port 443 is already forwarded by forwards[0]`,
+    `${FILE}: forwards[4].proto: only one gre forward is allowed; forwards[3] already forwards gre`,
+    `${FILE}: forwards[5].publicPort: not allowed for esp forwards (esp has no ports)`,
+  ]);
+});
+
+test('port range too small, inverted, or overlapping the low range', () => {
+  assert.deepEqual(errors(doc({ ports: { range: [65500, 65535] } })), [
+    `${FILE}: ports.range: must contain at least 64 ports, got 36 (65500-65535)`,
+  ]);
+  assert.deepEqual(errors(doc({ ports: { range: [2000, 1000] } })), [`${FILE}: ports.range: low port 2000 is above high port 1000`]);
+  assert.deepEqual(errors(doc({ ports: { range: [1, 65535] } }, { mode: 'dedicated', publicAddress: '198.51.100.7' })), [
+    `${FILE}: ports.lowRange: 1-1023 overlaps ports.range 1-65535 (set ports.lowRange to null to map low ports into ports.range)`,
+  ]);
+});
+
+test('enum values', () => {
+  assert.deepEqual(errors(doc({ filtering: 'full-cone' }, { mode: 'exclusive' })), [
+    `${FILE}: wan.mode: expected one of "shared", "dedicated", got string "exclusive"`,
+    `${FILE}: filtering: expected one of "address-port", "endpoint-independent", got string "full-cone"`,
+  ]);
+});
+
+test('duplicate fields are reported with their position', () => {
+  assert.deepEqual(errors('{\n  "wan": { "interface": "eth0" },\n  "wan": { "interface": "eth1" }\n}'), [
+    `${FILE}: wan: duplicate field at line 3, column 3`,
+  ]);
+});
+
+test('all problems are collected, not just the first', () => {
+  const lines = errors(doc({ tun: { name: 'a-name-longer-than-15', mtu: 100 }, metrics: { listen: '[::1]:9469' } }, { interface: 7 }));
+  assert.deepEqual(lines, [
+    `${FILE}: tun.name: invalid interface name "a-name-longer-than-15" (1-15 characters from A-Z a-z 0-9 _ . -)`,
+    `${FILE}: tun.mtu: must be between 576 and 65535, got 100`,
+    `${FILE}: wan.interface: expected string, got number 7`,
+    `${FILE}: metrics.listen: expected "HOST:PORT" with an IPv4 address or localhost and a port 1-65535, got "[::1]:9469"`,
+  ]);
+});
+
+test('defaults in shared mode', () => {
+  const config = parse(doc());
+  assert.deepEqual(config.wan, { interface: 'eth0', mode: 'shared', publicAddress: null, onAddressChange: 'move' });
+  assert.deepEqual(config.ports, { range: [61000, 65535], lowRange: null, preserve: true });
+  assert.deepEqual(config.tun, DEFAULTS.tun);
+  assert.deepEqual(config.lan, DEFAULTS.lan);
+  assert.deepEqual(config.timeouts, DEFAULTS.timeouts);
+  assert.equal(config.filtering, 'address-port');
+  assert.deepEqual(config.forwards, []);
+  assert.equal(config.mssClamp, null);
+  assert.equal(config.metrics, null);
+  assert.deepEqual(config.state, DEFAULTS.state);
+  assert.deepEqual(config.log, { format: 'journal', level: 'info', rateLimitPerMinute: 60 });
+  assert.deepEqual(config.control, { socket: '/run/vpnmasq/control.sock', group: 'vpnmasq' });
+});
+
+test('defaults in dedicated mode, and lanPort defaulting to publicPort', () => {
+  const config = parse(
+    doc({ forwards: [{ proto: 'udp', publicPort: 500, lanAddress: '10.77.0.2' }] }, { mode: 'dedicated', publicAddress: '198.51.100.7' }),
+  );
+  assert.deepEqual(config.ports, { range: [1024, 65535], lowRange: [1, 1023], preserve: true });
+  assert.equal(config.wan.publicAddress, '198.51.100.7');
+  assert.deepEqual(config.forwards, [{ proto: 'udp', publicPort: 500, lanAddress: '10.77.0.2', lanPort: 500 }]);
+});
+
+test('comment lines with # and // are accepted, including indented ones', () => {
+  const text = ['# top', '{', '    # indented', '\t// tab-indented', '  "wan": {"interface": "eth0"}', '// last', '}'].join('\r\n');
+  assert.equal(parse(text).wan.interface, 'eth0');
+});
+
+test('the example config parses', () => {
+  const path = join(__dirname, '../../../examples/vpnmasq.json');
+  const config = parseConfig(readFileSync(path, 'utf8'), path);
+  assert.equal(config.wan.interface, 'eth0');
+  assert.equal(config.forwards.length, 2);
+});
+
+test('loadConfig reports unreadable files as a ConfigError', () => {
+  assert.throws(() => loadConfig('/nonexistent/vpnmasq.json'), (err: unknown) => {
+    assert.ok(err instanceof ConfigError);
+    assert.match(err.message, /^\/nonexistent\/vpnmasq\.json: cannot read file: ENOENT/);
+    return true;
+  });
+});
+
+test('configDiff and reloadable', () => {
+  const base = parse(doc());
+  assert.deepEqual(configDiff(base, parse(doc())), []);
+  assert.deepEqual(reloadable(base, parse(doc())), { ok: true });
+
+  const tuned = parse(doc({ timeouts: { udp: 600 }, log: { level: 'debug' }, metrics: { listen: 'localhost:9469' }, mssClamp: 'auto' }));
+  assert.deepEqual(configDiff(base, tuned), ['timeouts.udp', 'mssClamp', 'log.level', 'metrics']);
+  assert.deepEqual(reloadable(base, tuned), { ok: true });
+
+  const forwarded = parse(doc({ forwards: [{ proto: 'gre', lanAddress: '10.77.0.3' }] }));
+  assert.deepEqual(reloadable(base, forwarded), { ok: true });
+
+  const moved = parse(doc({ tun: { name: 'vpnmasq1' }, lan: { prefixes: ['10.78.0.0/24'] }, state: { path: '/srv/state.db' } }));
+  assert.deepEqual(reloadable(base, moved), {
+    ok: false,
+    reason: 'tun.name, lan.prefixes, state.path cannot change while running; restart vpnmasq to apply',
+  });
+  assert.equal(reloadable(base, parse(doc({}, { interface: 'eth1' }))).ok, false);
+  assert.equal(reloadable(base, parse(doc({}, { mode: 'dedicated', publicAddress: '198.51.100.7' }))).ok, false);
+});
