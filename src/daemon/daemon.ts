@@ -26,6 +26,18 @@ const SWEEP_INTERVAL_MS = 100;
 /** Sweep the whole table about every 10 s whatever its size. */
 const SWEEPS_PER_PASS = 100;
 
+/**
+ * Follows the table journal (state store, `conns watch`). `event` is called
+ * for every NEW/UPDATE/DESTROY in order; `flush` once after each drain. The
+ * journal is drained at the end of every batch that changed the table, before
+ * the batch's packets are written, so a listener that commits in `flush`
+ * makes new mappings durable before their first packet leaves (write-ahead).
+ */
+export interface JournalListener {
+  event(kind: number, table: number, index: number, serial: number): void;
+  flush(): void;
+}
+
 export interface DaemonOptions {
   /** Wall-clock milliseconds; injectable for tests. */
   now?: () => number;
@@ -41,6 +53,7 @@ export class Daemon {
   private control: ControlServer | null = null;
   private sweepTimer: NodeJS.Timeout | null = null;
   private stopping: Promise<void> | null = null;
+  private readonly journalListeners: JournalListener[] = [];
 
   constructor(readonly config: Config, private readonly log: Logger, opts: DaemonOptions = {}) {
     this.now = opts.now ?? Date.now;
@@ -105,7 +118,12 @@ export class Daemon {
       wanInterface: cfg.wan.interface,
     });
     const fw = this.forwarder;
-    tun.start(fw.arena, fw.layout.slotSize, fw.layout.rxSlots, fw.rxLens, fw.tx.list, (n) => fw.processBatch(n, this.now()));
+    const journal = this.table.journal as Journal;
+    tun.start(fw.arena, fw.layout.slotSize, fw.layout.rxSlots, fw.rxLens, fw.tx.list, (n) => {
+      const count = fw.processBatch(n, this.now());
+      if (journal.length > 0) this.drainJournal();
+      return count;
+    });
     this.control = await startControlServer(cfg.control.socket, null, (req) => this.handleControl(req));
     const budget = Math.max(1024, Math.ceil(this.table.capacity / SWEEPS_PER_PASS));
     this.sweepTimer = setInterval(() => this.sweep(budget), SWEEP_INTERVAL_MS);
@@ -122,8 +140,27 @@ export class Daemon {
     this.table.sweep(now, budget);
     const timedOut = this.forwarder.frags.sweep(now);
     if (timedOut > 0) this.forwarder.napt.drops.counts[Drop.FRAGMENT_TIMEOUT] += timedOut;
-    // Nobody follows the journal yet; keep it from overflowing.
-    this.table.journal?.drain(noop);
+    this.drainJournal();
+  }
+
+  addJournalListener(listener: JournalListener): void {
+    this.journalListeners.push(listener);
+  }
+
+  removeJournalListener(listener: JournalListener): void {
+    const i = this.journalListeners.indexOf(listener);
+    if (i >= 0) this.journalListeners.splice(i, 1);
+  }
+
+  /** Hands pending table events to every listener, then lets each flush. */
+  private drainJournal(): void {
+    const journal = this.table.journal as Journal;
+    const listeners = this.journalListeners;
+    if (journal.length === 0) return;
+    journal.drain((kind, table, index, serial) => {
+      for (const l of listeners) l.event(kind, table, index, serial);
+    });
+    for (const l of listeners) l.flush();
   }
 
   /** Stops forwarding and removes everything the daemon added. Idempotent. */
@@ -205,5 +242,3 @@ export class Daemon {
     }
   }
 }
-
-function noop(): void { /* discard */ }

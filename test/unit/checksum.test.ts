@@ -5,7 +5,7 @@ import {
 } from '../../src/wire/checksum';
 import {
   CAPTURED, NatHarness, PUBLIC, UDP, TCP, addr, checksumProblems, checksumsValid, completePartial, hex, inetChecksum, onesSum,
-  parse, prng, pseudo, r16, tcpPacket, udp, udpPacket, w16, w32,
+  parse, prng, pseudo, r16, tcpPacket, udp, udpPacket, w16,
 } from './packet-builder';
 
 describe('RFC 1071 sums', () => {
