@@ -13,6 +13,8 @@ export type ControlRequest = { cmd: string } & Record<string, unknown>;
 export interface ControlReply {
   /** Rows streamed before the final line (for listings). */
   rows?: Iterable<unknown>;
+  /** Writes lines until it resolves (`conns watch` resolves when the client goes away). */
+  stream?: (conn: net.Socket) => Promise<void>;
   /** The final line. */
   result: Record<string, unknown>;
 }
@@ -25,10 +27,24 @@ export interface ControlServer {
 
 const MAX_REQUEST_BYTES = 64 * 1024;
 
+/** Numeric id of a group from /etc/group, or null when there is no such group. */
+export function lookupGroup(name: string, groupFile = '/etc/group'): number | null {
+  let text: string;
+  try { text = fs.readFileSync(groupFile, 'utf8'); } catch { return null; }
+  for (const line of text.split('\n')) {
+    const f = line.split(':');
+    if (f[0] === name && /^\d+$/.test(f[2] ?? '')) return Number(f[2]);
+  }
+  return null;
+}
+
 export async function startControlServer(socketPath: string, groupId: number | null, handler: ControlHandler): Promise<ControlServer> {
   fs.mkdirSync(path.dirname(socketPath), { recursive: true, mode: 0o755 });
   try { fs.unlinkSync(socketPath); } catch { /* not there */ }
+  const open = new Set<net.Socket>();
   const server = net.createServer((conn) => {
+    open.add(conn);
+    conn.once('close', () => open.delete(conn));
     let pending = '';
     conn.setEncoding('utf8');
     conn.on('error', () => conn.destroy());
@@ -55,6 +71,7 @@ export async function startControlServer(socketPath: string, groupId: number | n
   return {
     close: () => new Promise<void>((resolve) => {
       server.close(() => resolve());
+      for (const conn of open) conn.destroy(); // watchers never end on their own
       try { fs.unlinkSync(socketPath); } catch { /* gone */ }
     }),
   };
@@ -76,14 +93,25 @@ async function answer(conn: net.Socket, line: string, handler: ControlHandler): 
     const reply = await handler(req);
     if (reply.rows) {
       for (const row of reply.rows) {
-        if (!conn.write(JSON.stringify(row) + '\n')) await new Promise((r) => conn.once('drain', r));
+        if (!conn.write(JSON.stringify(row) + '\n')) await writable(conn);
         if (conn.destroyed) return;
       }
     }
+    if (reply.stream) await reply.stream(conn);
+    if (conn.destroyed) return;
     conn.write(JSON.stringify({ ok: true, end: true, ...reply.result }) + '\n');
   } catch (e) {
     conn.write(JSON.stringify({ ok: false, error: (e as Error).message }) + '\n');
   }
+}
+
+/** Resolves when the socket has drained its write buffer or closed. */
+function writable(conn: net.Socket): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => { conn.off('drain', done); conn.off('close', done); resolve(); };
+    conn.on('drain', done);
+    conn.on('close', done);
+  });
 }
 
 /** Sends one request and collects every line of the answer (for the CLI and tests). */

@@ -2,8 +2,14 @@
  * `vpnmasq run`: wires the edges (TUN addon, netlink, control socket, timers)
  * around the pure packet path and keeps them in order on start and stop.
  */
+import * as path from 'node:path';
 import { Config } from './config';
-import { ControlReply, ControlRequest, ControlServer, startControlServer } from './control';
+import { MetricsServer, MetricsSource, startMetricsServer } from './metrics';
+import { mssClampValue } from '../nat/mss-clamp';
+import { SharedMode, steerableRange } from '../net/shared-mode';
+import { WanWatch } from '../net/wan-watch';
+import { ControlReply, ControlRequest, ControlServer, lookupGroup, startControlServer } from './control';
+import { ControlCommands } from './control-commands';
 import { Logger } from './log';
 import { Forwarder, rxSlotSize } from '../nat/forwarder';
 import { Journal } from '../nat/journal';
@@ -15,7 +21,13 @@ import { RouterNet } from '../net/router-net';
 import { parseCidr, prefixMask } from '../net/ipv4-addr';
 import { TunDevice } from '../tun/tun-device';
 import { Stat } from '../tun/native';
-import { parseIpv4 } from '../wire/ipv4';
+import { SessionCodec, Store } from '../store/store';
+import { DbHealth } from '../store/health';
+import { formatIpv4, parseIpv4 } from '../wire/ipv4';
+import { Forwards } from '../nat/forwards';
+import { GC_CALLS_CLEARED, GC_CALLS_CREATED, GC_CALLS_REFUSED, GC_NO_MAPPING_IN, GC_NO_MAPPING_OUT, GC_NOT_PPTP, GreCalls, greConnRow } from '../vpn/gre';
+import { PC_LOST_CALL, PC_MALFORMED, PptpControl } from '../vpn/pptp-control';
+import { IpsecMasq, MIN_LIFETIME_MS } from '../vpn/ipsec';
 
 /** Policy routing table and rule priority the daemon owns. */
 export const ROUTE_TABLE = 7100;
@@ -23,6 +35,10 @@ export const RULE_PRIORITY = 7100;
 
 const RX_SLOTS = 64;
 const SWEEP_INTERVAL_MS = 100;
+/** Capacity of the PPTP call and control-connection tables. */
+const PPTP_CALLS = 4096;
+/** Capacity of each IPsec table (ISAKMP entries, ESP entries, remotes). */
+const IPSEC_ENTRIES = 16384;
 /** Sweep the whole table about every 10 s whatever its size. */
 const SWEEPS_PER_PASS = 100;
 
@@ -41,9 +57,14 @@ export interface JournalListener {
 export interface DaemonOptions {
   /** Wall-clock milliseconds; injectable for tests. */
   now?: () => number;
+  /** Persist the tables in the state store (default true; the benchmark measures without). */
+  persist?: boolean;
 }
 
-export class Daemon {
+export class Daemon implements MetricsSource {
+  private shared: SharedMode | null = null;
+  private wanWatch: WanWatch | null = null;
+  private metrics: MetricsServer | null = null;
   private readonly now: () => number;
   readonly startedAt: number;
   readonly table: SessionTable;
@@ -54,19 +75,31 @@ export class Daemon {
   private sweepTimer: NodeJS.Timeout | null = null;
   private stopping: Promise<void> | null = null;
   private readonly journalListeners: JournalListener[] = [];
+  private readonly persist: boolean;
+  /** The state store, once started with persistence. */
+  store: Store | null = null;
+  private readonly commands: ControlCommands;
+  readonly forwards: Forwards;
+  /** PPTP calls (journal table 4) and the control-channel inspector. */
+  readonly greCalls: GreCalls;
+  readonly pptpControl: PptpControl;
+  /** IPsec masquerade: ISAKMP by cookie on port 500, ESP by SPI (spec §3, §4). */
+  readonly ipsec: IpsecMasq;
+  private readonly pptpLogged = new Float64Array(8);
+  private pptpSweptAt = 0;
 
-  constructor(readonly config: Config, private readonly log: Logger, opts: DaemonOptions = {}) {
+  constructor(public config: Config, private readonly log: Logger, opts: DaemonOptions = {}) {
     this.now = opts.now ?? Date.now;
+    this.persist = opts.persist ?? true;
     this.startedAt = this.now();
+    this.commands = new ControlCommands(this, this.now);
     const cfg = config;
-    if (cfg.wan.mode !== 'dedicated' || cfg.wan.publicAddress === null) {
-      throw new Error('wan.mode "shared" is not available yet: set wan.mode "dedicated" and wan.publicAddress');
-    }
     const ports = cfg.ports;
     this.table = new SessionTable(
       cfg.limits.maxSessions,
-      parseIpv4(cfg.wan.publicAddress),
-      { range: ports.range, lowRange: ports.lowRange, preserve: ports.preserve },
+      // Shared mode: the WAN interface's address, read in start().
+      parseIpv4(cfg.wan.publicAddress ?? '0.0.0.0'),
+      { range: cfg.wan.mode === 'shared' ? steerableRange(ports.range) : ports.range, lowRange: ports.lowRange, preserve: ports.preserve },
       new Journal(),
     );
     const t = cfg.timeouts;
@@ -95,14 +128,54 @@ export class Daemon {
         vnetLen: 10,
       },
     );
+    const napt = this.forwarder.napt;
+    this.forwards = new Forwards(this.table, cfg.forwards);
+    this.greCalls = new GreCalls(PPTP_CALLS, this.table, this.forwards, this.table.journal);
+    this.greCalls.graceMs = t.pptpGrace * 1000;
+    this.greCalls.allowNonPptp = cfg.pptp.nonPptpGre === 'address-only';
+    this.pptpControl = new PptpControl(PPTP_CALLS, this.table, this.greCalls);
+    napt.forwards = this.forwards;
+    napt.gre = this.greCalls;
+    napt.pptp = this.pptpControl;
+    this.ipsec = new IpsecMasq({
+      lifetimeMs: Math.max(MIN_LIFETIME_MS, t.ipsec * 1000),
+      pendingMs: t.espPending * 1000,
+      squelchMs: t.espSquelch * 1000,
+      retries: cfg.ipsec.retries,
+      parallel: cfg.ipsec.parallel,
+      guessing: cfg.ipsec.guessing,
+      guessMax: cfg.ipsec.guessMax,
+      capacity: IPSEC_ENTRIES,
+    });
+    napt.ipsec = this.ipsec;
+  }
+
+  /** PPTP/GRE upkeep once a second: expire calls, free control state, log spec §10 events (rate-limited). */
+  private pptpTick(now: number): void {
+    this.greCalls.sweep(now);
+    this.pptpControl.sweep();
+    const g = this.greCalls.counters;
+    const p = this.pptpControl.counters;
+    const seen = [g[GC_CALLS_CREATED], g[GC_CALLS_REFUSED], g[GC_CALLS_CLEARED], g[GC_NO_MAPPING_IN], g[GC_NO_MAPPING_OUT], g[GC_NOT_PPTP], p[PC_LOST_CALL], p[PC_MALFORMED]];
+    const names = ['pptp-call', 'pptp-refused', 'pptp-disconnect', 'gre-no-entry-in', 'gre-no-entry-out', 'gre-not-pptp', 'pptp-lost-call', 'pptp-malformed'];
+    for (let i = 0; i < seen.length; i++) {
+      const n = seen[i] - this.pptpLogged[i];
+      if (n > 0) this.log.event(names[i], `${names[i]}: ${n} since last report`, { count: n, calls: this.greCalls.count });
+      this.pptpLogged[i] = seen[i];
+    }
   }
 
   async start(): Promise<void> {
     const cfg = this.config;
+    // Shared mode moves the `local` rule: put it back before anything else removes rules.
+    const sharedLeft = await SharedMode.cleanupLeftovers(this.sharedSavePath());
+    if (sharedLeft > 0) this.log.warn('restored the local rule and sysctls of an earlier shared-mode run', { rules: sharedLeft });
+    if (cfg.wan.mode === 'shared') this.table.publicAddr = parseIpv4(await this.wanAddress());
     const leftovers = await RouterNet.cleanupLeftovers(ROUTE_TABLE);
     if (leftovers.rules + leftovers.routes + leftovers.proxyNeighbours > 0) {
       this.log.warn('removed leftovers of an earlier run', { ...leftovers });
     }
+    if (this.persist) this.openStore();
     const tun = TunDevice.open(cfg.tun.name, { offloads: cfg.tun.offloads });
     this.tun = tun;
     if (cfg.tun.offloads && tun.offloadError) this.log.warn('TUN offloads unavailable, running without them', { reason: tun.offloadError });
@@ -114,9 +187,11 @@ export class Daemon {
       rulePriority: RULE_PRIORITY,
       lanInterfaces: cfg.lan.interfaces,
       lanPrefixes: cfg.lan.prefixes,
-      publicAddress: cfg.wan.publicAddress as string,
+      publicAddress: cfg.wan.mode === 'shared' ? null : cfg.wan.publicAddress,
       wanInterface: cfg.wan.interface,
     });
+    if (cfg.wan.mode === 'shared') await this.startShared(tun.name);
+    this.forwarder.napt.mssClamp = mssClampValue(cfg.mssClamp, cfg.tun.mtu);
     const fw = this.forwarder;
     const journal = this.table.journal as Journal;
     tun.start(fw.arena, fw.layout.slotSize, fw.layout.rxSlots, fw.rxLens, fw.tx.list, (n) => {
@@ -124,15 +199,29 @@ export class Daemon {
       if (journal.length > 0) this.drainJournal();
       return count;
     });
-    this.control = await startControlServer(cfg.control.socket, null, (req) => this.handleControl(req));
+    const controlGroup = lookupGroup(cfg.control.group);
+    if (controlGroup === null) this.log.warn('control group not found: the control socket is open to root only', { group: cfg.control.group });
+    this.control = await startControlServer(cfg.control.socket, controlGroup, (req) => this.handleControl(req));
     const budget = Math.max(1024, Math.ceil(this.table.capacity / SWEEPS_PER_PASS));
     this.sweepTimer = setInterval(() => this.sweep(budget), SWEEP_INTERVAL_MS);
+    if (cfg.metrics) this.metrics = await startMetricsServer(cfg.metrics.listen, this, this.log);
     this.log.info('vpnmasq running', {
       tun: tun.name,
       offloads: `0x${tun.offloads.toString(16)}`,
-      public: cfg.wan.publicAddress,
+      mode: cfg.wan.mode,
+      public: this.publicAddress(),
       lan: cfg.lan.prefixes.join(','),
     });
+  }
+
+  /** Opens the state store and rebuilds the tables from it before the TUN starts, so no packet meets an empty table. */
+  private openStore(): void {
+    const store = new Store(this.config.state, this.log, { now: this.now });
+    store.registerTable(new SessionCodec(this.table));
+    store.restore({ now: this.now(), publicAddr: this.table.publicAddr, onAddressChange: this.config.wan.onAddressChange });
+    this.addJournalListener(store);
+    store.start();
+    this.store = store;
   }
 
   private sweep(budget: number): void {
@@ -140,6 +229,12 @@ export class Daemon {
     this.table.sweep(now, budget);
     const timedOut = this.forwarder.frags.sweep(now);
     if (timedOut > 0) this.forwarder.napt.drops.counts[Drop.FRAGMENT_TIMEOUT] += timedOut;
+    this.ipsec.sweep(now, budget);
+    this.ipsec.drainEvents((kind, msg, fields) => this.log.event(kind, msg, fields));
+    if (now - this.pptpSweptAt >= 1000) {
+      this.pptpSweptAt = now;
+      this.pptpTick(now);
+    }
     this.drainJournal();
   }
 
@@ -171,8 +266,10 @@ export class Daemon {
 
   private async doStop(): Promise<void> {
     if (this.sweepTimer) clearInterval(this.sweepTimer);
+    await this.stopAppliance();
     await this.control?.close().catch(() => undefined);
     this.tun?.close();
+    this.store?.close();
     if (this.net) {
       await this.net.teardown().catch((e: Error) => this.log.error('teardown failed', { error: e.message }));
       this.net.close();
@@ -182,11 +279,12 @@ export class Daemon {
 
   // ---- control socket ----------------------------------------------------
 
-  rows(): ConnRow[] {
+  /** Rows of the connection table, built one at a time so a listing streams. */
+  *rows(): Iterable<ConnRow> {
+    const t = this.table;
     const now = this.now();
-    const rows: ConnRow[] = [];
-    this.table.forEachSession((s) => rows.push(sessionRow(this.table, s, now)));
-    return rows;
+    for (let s = 0; s < t.capacity; s++) if (t.sInUse[s] === 1) yield sessionRow(t, s, now);
+    for (const r of this.greCalls.rows(now)) yield greConnRow(r, t.publicAddr);
   }
 
   stats(): Record<string, unknown> {
@@ -202,6 +300,7 @@ export class Daemon {
       sessions: t.sessionCount,
       limit: t.capacity,
       drops: napt.drops.byName(),
+      ipsec: this.ipsec.stats(),
       tun: tunStats,
     };
   }
@@ -213,32 +312,118 @@ export class Daemon {
       uptimeSeconds: Math.round((this.now() - this.startedAt) / 1000),
       tun: this.tun ? { name: this.tun.name, offloads: this.tun.offloads } : null,
       mode: this.config.wan.mode,
-      publicAddress: this.config.wan.publicAddress,
+      publicAddress: this.publicAddress(),
       lanPrefixes: this.config.lan.prefixes,
       sessions: this.table.sessionCount,
       limit: this.table.capacity,
+      state: this.store ? { path: this.store.path, ...this.store.health() } : null,
     };
   }
 
-  private handleControl(req: ControlRequest): ControlReply {
-    switch (req.cmd) {
-      case 'status':
-        return { result: this.status() };
-      case 'stats':
-        return { result: this.stats() };
-      case 'conns': {
-        const rows = this.rows();
-        return { rows, result: { count: rows.length } };
+  /** State database health for status and metrics (healthy and empty when persistence is off). */
+  db(): DbHealth {
+    return this.store?.health() ?? {
+      healthy: true, pendingWrites: 0, lastError: null, lastErrorAt: null, rowsRestored: 0, rowsDiscarded: 0, movedAside: null,
+    };
+  }
+
+  // ---- appliance: shared-address mode, WAN address changes, reload, metrics ----
+
+  publicAddress(): string {
+    return formatIpv4(this.table.publicAddr);
+  }
+
+  /** Previous sysctl values of shared mode live next to the control socket (RuntimeDirectory). */
+  private sharedSavePath(): string {
+    return path.join(path.dirname(this.config.control.socket), 'shared-mode-sysctls.json');
+  }
+
+  /** Shared mode: the configured address if set, else the WAN interface's primary address. */
+  private async wanAddress(): Promise<string> {
+    const cfg = this.config;
+    const rn = await RouterNet.open();
+    try {
+      const addrs = await rn.addressesOf(cfg.wan.interface);
+      const chosen = cfg.wan.publicAddress ?? addrs[0];
+      if (!chosen || !addrs.includes(chosen)) {
+        throw new Error(`wan.mode "shared": ${cfg.wan.interface} has no IPv4 address${cfg.wan.publicAddress ? ` ${cfg.wan.publicAddress}` : ''}`);
       }
-      case 'delete': {
-        const id = Number(req.id);
-        const s = this.table.findBySerial(id);
-        if (s < 0) throw new Error(`no connection with id ${req.id}`);
-        this.table.removeSession(s);
-        return { result: { deleted: 1 } };
-      }
-      default:
-        throw new Error(`unknown command "${req.cmd}"`);
+      return chosen;
+    } finally {
+      rn.close();
     }
+  }
+
+  private async startShared(tunName: string): Promise<void> {
+    const cfg = this.config;
+    this.shared = await SharedMode.setup({
+      tunName, publicAddress: this.publicAddress(), table: ROUTE_TABLE, portRange: cfg.ports.range,
+      forwards: cfg.forwards, savePath: this.sharedSavePath(),
+    });
+    this.wanWatch = await WanWatch.start(cfg.wan.interface, this.publicAddress(),
+      (next, old) => void this.wanAddressChanged(next, old),
+      (e) => this.log.error('watching WAN addresses failed', { error: e.message }));
+  }
+
+  /** DHCP renew / PPPoE redial: mappings move to the new address or are dropped (wan.onAddressChange). */
+  private async wanAddressChanged(next: string | null, old: string): Promise<void> {
+    const policy = this.config.wan.onAddressChange;
+    let dropped = 0;
+    if (policy === 'drop' || next === null) {
+      const sessions: number[] = [];
+      this.table.forEachSession((s) => sessions.push(s));
+      for (const s of sessions) this.table.removeSession(s);
+      dropped = sessions.length;
+    }
+    if (next !== null) {
+      this.table.publicAddr = parseIpv4(next);
+      await this.shared?.retarget(next).catch((e: Error) => this.log.error('retargeting shared-mode rules failed', { error: e.message }));
+    }
+    this.drainJournal();
+    this.log.warn('WAN address changed', { old, new: next ?? 'none', policy, dropped, kept: this.table.sessionCount });
+  }
+
+  /** SIGHUP: applies a validated config that reloadable() accepted; every mapping stays. */
+  async reload(next: Config): Promise<void> {
+    const prev = this.config;
+    this.config = next;
+    this.forwarder.napt.mssClamp = mssClampValue(next.mssClamp, next.tun.mtu);
+    if (this.shared && JSON.stringify(prev.forwards) !== JSON.stringify(next.forwards)) await this.shared.setForwards(next.forwards);
+    if (JSON.stringify(prev.metrics) !== JSON.stringify(next.metrics)) {
+      await this.metrics?.close();
+      this.metrics = next.metrics ? await startMetricsServer(next.metrics.listen, this, this.log) : null;
+    }
+  }
+
+  private async stopAppliance(): Promise<void> {
+    this.wanWatch?.close();
+    await this.metrics?.close().catch(() => undefined);
+    await this.shared?.teardown().catch((e: Error) => this.log.error('shared-mode teardown failed', { error: e.message }));
+  }
+
+  mappingsByProto(): Record<string, number> {
+    const c = this.table.countBySlot;
+    return { tcp: c[SLOT_TCP], udp: c[SLOT_UDP], icmp: c[SLOT_ICMP] };
+  }
+
+  tableLimit(): number {
+    return this.table.capacity;
+  }
+
+  drops(): Record<string, number> {
+    return this.forwarder.napt.drops.byName();
+  }
+
+  traffic(): { packetsOut: number; packetsIn: number; bytesOut: number; bytesIn: number } {
+    const t = this.forwarder.napt.traffic;
+    return { packetsOut: t[T_PKTS_OUT], packetsIn: t[T_PKTS_IN], bytesOut: t[T_BYTES_OUT], bytesIn: t[T_BYTES_IN] };
+  }
+
+  vpnEvents(): Record<string, number> {
+    return {};
+  }
+
+  private handleControl(req: ControlRequest): ControlReply {
+    return this.commands.handle(req);
   }
 }

@@ -35,6 +35,8 @@ export const Drop = {
   GRE_NO_MAPPING: 29,
   PPTP_MALFORMED: 30,
   TTL_EXPIRED: 31,
+  ESP_RESERVED_SPI: 32,
+  PPTP_OUT_OF_ORDER: 33,
 } as const;
 
 export type DropCode = (typeof Drop)[keyof typeof Drop];

@@ -105,21 +105,37 @@ export class FragmentTracker {
   /** Copies a fragment into a free hold slot; returns false when the pool is full or it does not fit. */
   /** `off` points into `arena` itself (the packet as read). */
   hold(arena: Uint8Array, off: number, len: number, src: number, dst: number, key: number, expires: number): boolean {
-    if (len > this.holdSlotSize) return false;
+    const h = this.claim(arena, off, len, HELD);
+    if (h < 0) return false;
+    this.hSrc[h] = src;
+    this.hDst[h] = dst;
+    this.hKey[h] = key;
+    this.hExpires[h] = expires;
+    this.heldCount++;
+    return true;
+  }
+
+  /**
+   * Copies a packet into a free slot to be written in this batch (a guessed
+   * copy of inbound ESP or ISAKMP, spec §4.3 step 4); returns the slot or -1.
+   */
+  borrow(arena: Uint8Array, off: number, len: number): number {
+    const h = this.claim(arena, off, len, RELEASED);
+    if (h >= 0) this.releasedPending = true;
+    return h;
+  }
+
+  private claim(arena: Uint8Array, off: number, len: number, state: number): number {
+    if (len > this.holdSlotSize) return NONE;
     const slots = this.hState.length;
     for (let h = 0; h < slots; h++) {
       if (this.hState[h] !== 0) continue;
       arena.copyWithin(this.holdBase + h * this.holdSlotSize, off, off + len);
-      this.hState[h] = HELD;
+      this.hState[h] = state;
       this.hLen[h] = len;
-      this.hSrc[h] = src;
-      this.hDst[h] = dst;
-      this.hKey[h] = key;
-      this.hExpires[h] = expires;
-      this.heldCount++;
-      return true;
+      return h;
     }
-    return false;
+    return NONE;
   }
 
   /** Next held slot at or after `from` that belongs to the datagram, or -1. Marks it released. */

@@ -8,10 +8,10 @@
  * outbound; a destination equal to the public address is inbound.
  */
 import {
-  checksum, fold, partialUpdate32, pseudoHeaderSum, read16, sumBytes, update16, update32, write16, write32,
+  checksum, fold, partialUpdate32, pseudoHeaderSum, read16, read32, sumBytes, update16, update32, write16, write32,
 } from '../wire/checksum';
 import {
-  IPV4_CSUM, IPV4_DST, IPV4_OK, IPV4_SRC, IPV4_TTL, Ipv4Header, PROTO_AH, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+  IPV4_CSUM, IPV4_DST, IPV4_OK, IPV4_SRC, IPV4_TTL, Ipv4Header, PROTO_AH, PROTO_ESP, PROTO_GRE, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
   IPV4_ERR_CHECKSUM, IPV4_ERR_IHL, IPV4_ERR_TOTAL_LEN, IPV4_ERR_TRUNCATED, IPV4_ERR_VERSION,
 } from '../wire/ipv4';
 import { TCP_CSUM, TCP_DPORT, TCP_FLAGS, TCP_MIN_HDR, TCP_SPORT, tcpHeaderLen } from '../wire/tcp';
@@ -20,11 +20,19 @@ import {
   ICMP_CSUM, ICMP_ERR_EMBEDDED, ICMP_HDR, ICMP_ID, ICMP_TYPE, isIcmpError, isIcmpQueryReply, isIcmpQueryRequest,
 } from '../wire/icmp';
 import { VNET_F_DATA_VALID, VNET_F_NEEDS_CSUM, VNET_FLAGS } from '../wire/vnet';
+import { ESP_MIN_HDR, ESP_SPI } from '../wire/esp';
+import { ISAKMP_HDR, ISAKMP_PORT } from '../wire/isakmp';
+import { IpsecMasq } from '../vpn/ipsec';
 import { Drop, DropCounters } from './drop-reasons';
 import { FragmentTracker } from './fragments';
+import { Forwards } from './forwards';
+import { GreCalls } from '../vpn/gre';
+import { PptpControl } from '../vpn/pptp-control';
+import { PPTP_PORT } from '../wire/pptp';
 import { SLOT_ICMP, SessionTable, protoSlot } from './sessions';
 import { tcpInitialState, tcpNextState, tcpTimeoutMs } from './tcp-tracker';
 import { TxList } from './tx-list';
+import { clampMss } from './mss-clamp';
 
 export interface NatTimers {
   tcpEstablishedMs: number;
@@ -63,12 +71,22 @@ IP_ERR_TO_DROP[IPV4_ERR_CHECKSUM] = Drop.IP_BAD_CHECKSUM;
 
 export class Napt {
   now = 0;
+  /** Largest TCP MSS let through in SYN/SYN-ACK options; 0 = no clamping (config mssClamp). */
+  mssClamp = 0;
   readonly drops = new DropCounters();
   readonly traffic = new Float64Array(4);
+  /** IPsec masquerade (set by the daemon); null: ESP is an unknown protocol and UDP 500 plain NAPT. */
+  ipsec: IpsecMasq | null = null;
   private readonly ip = new Ipv4Header();
   private readonly inner = new Ipv4Header();
   private readonly lanNet: Int32Array;
   private readonly lanMask: Int32Array;
+  /** Forwards for servers on the LAN (set by the daemon), consulted when an inbound packet matches nothing. */
+  forwards: Forwards | null = null;
+  /** PPTP calls / GRE (set by the daemon); null: GRE is an unknown protocol. */
+  gre: GreCalls | null = null;
+  /** PPTP control-channel inspection on TCP 1723 (set by the daemon together with `gre`). */
+  pptp: PptpControl | null = null;
 
   constructor(
     readonly table: SessionTable,
@@ -135,6 +153,7 @@ export class Napt {
     switch (ip.proto) {
       case PROTO_TCP:
       case PROTO_UDP: {
+        if (this.isIsakmp(buf, ip)) return this.outboundIsakmp(buf, ip, vflags, out);
         const lanSrc = ip.src;
         const r = this.outboundTransport(buf, ip, vflags);
         if (r !== TRANSLATED) return r;
@@ -144,8 +163,12 @@ export class Napt {
       }
       case PROTO_ICMP:
         return this.outboundIcmp(buf, ip);
+      case PROTO_ESP:
+        return this.outboundEsp(buf, ip, out);
+      case PROTO_GRE:
+        return this.outboundGre(buf, ip, out);
       case PROTO_AH:
-        return Drop.AH_REFUSED;
+        return this.refuseAh(ip);
       default:
         return Drop.UNKNOWN_PROTOCOL;
     }
@@ -156,7 +179,7 @@ export class Napt {
     const l4 = ip.payloadOff;
     const isTcp = proto === PROTO_TCP;
     const minLen = isTcp ? TCP_MIN_HDR : UDP_HDR;
-    if (ip.payloadLen < minLen || (isTcp && tcpHeaderLen(buf, l4) > ip.payloadLen && !ip.isFragment)) return Drop.L4_TRUNCATED;
+    if (ip.payloadLen < minLen || (isTcp && !this.tcpHeaderFits(buf, ip))) return Drop.L4_TRUNCATED;
     const csumOff = l4 + (isTcp ? TCP_CSUM : UDP_CSUM);
     const partial = (vflags & VNET_F_NEEDS_CSUM) !== 0;
     if (!partial && (vflags & VNET_F_DATA_VALID) === 0 && !ip.isFragment && !this.l4ChecksumOk(buf, ip, csumOff, isTcp)) {
@@ -181,7 +204,11 @@ export class Napt {
     }
     this.refresh(s, isTcp, flags, true, ip.totalLen);
     const pubPort = t.mPubPort[t.sMap[s]];
+    if (isTcp && this.mssClamp > 0) clampMss(buf, l4, ip.payloadLen, this.mssClamp, csumOff, partial);
     this.rewriteTransport(buf, ip.off, IPV4_SRC, src, t.publicAddr, l4 + (isTcp ? TCP_SPORT : UDP_SPORT), sport, pubPort, csumOff, partial, !isTcp);
+    if (isTcp && this.pptp !== null && (dport === PPTP_PORT || sport === PPTP_PORT) && !ip.isFragment) {
+      return this.pptp.segment(buf, l4, ip.payloadLen, s, true, partial, now);
+    }
     return TRANSLATED;
   }
 
@@ -273,6 +300,7 @@ export class Napt {
     switch (ip.proto) {
       case PROTO_TCP:
       case PROTO_UDP: {
+        if (this.isIsakmp(buf, ip)) return this.inboundIsakmp(buf, ip, vflags, out);
         const publicDst = ip.dst;
         const r = this.inboundTransport(buf, ip, vflags);
         if (r === TRANSLATED && ip.isFragment) this.rememberAndRelease(buf, ip.src, publicDst, ip.proto, ip.id, ip.dst, true, out);
@@ -280,8 +308,12 @@ export class Napt {
       }
       case PROTO_ICMP:
         return this.inboundIcmp(buf, ip);
+      case PROTO_ESP:
+        return this.inboundEsp(buf, ip, out);
+      case PROTO_GRE:
+        return this.inboundGre(buf, ip, out);
       case PROTO_AH:
-        return Drop.AH_REFUSED;
+        return this.refuseAh(ip);
       default:
         return Drop.UNKNOWN_PROTOCOL;
     }
@@ -291,7 +323,7 @@ export class Napt {
     const proto = ip.proto;
     const l4 = ip.payloadOff;
     const isTcp = proto === PROTO_TCP;
-    if (ip.payloadLen < (isTcp ? TCP_MIN_HDR : UDP_HDR)) return Drop.L4_TRUNCATED;
+    if (ip.payloadLen < (isTcp ? TCP_MIN_HDR : UDP_HDR) || (isTcp && !this.tcpHeaderFits(buf, ip))) return Drop.L4_TRUNCATED;
     const csumOff = l4 + (isTcp ? TCP_CSUM : UDP_CSUM);
     const partial = (vflags & VNET_F_NEEDS_CSUM) !== 0;
     if (!partial && (vflags & VNET_F_DATA_VALID) === 0 && !ip.isFragment && !this.l4ChecksumOk(buf, ip, csumOff, isTcp)) {
@@ -302,12 +334,20 @@ export class Napt {
     const t = this.table;
     const slot = protoSlot(proto);
     const m = t.mappingOfPort(slot, dport);
-    if (m < 0) return Drop.NO_MAPPING;
-    const s = this.inboundSession(m, slot, dport, ip.src, sport);
+    let s = m < 0 ? -2 : this.inboundSession(m, slot, dport, ip.src, sport);
+    // A forward (spec §6) serves what no mapping or session accepts.
+    if (s < 0 && this.forwards !== null) {
+      const f = this.forwards.inbound(proto, dport, ip.src, sport, this.now);
+      if (f >= 0) s = f;
+    }
     if (s < 0) return s === -1 ? Drop.FILTERED : Drop.NO_MAPPING;
     const mm = t.sMap[s];
     this.refresh(s, isTcp, isTcp ? buf[l4 + TCP_FLAGS] : 0, false, ip.totalLen);
+    if (isTcp && this.mssClamp > 0) clampMss(buf, l4, ip.payloadLen, this.mssClamp, csumOff, partial);
     this.rewriteTransport(buf, ip.off, IPV4_DST, ip.dst, t.mLan[mm], l4 + (isTcp ? TCP_DPORT : UDP_DPORT), dport, t.mLanPort[mm], csumOff, partial, !isTcp);
+    if (isTcp && this.pptp !== null && (sport === PPTP_PORT || dport === PPTP_PORT) && !ip.isFragment) {
+      return this.pptp.segment(buf, l4, ip.payloadLen, s, false, partial, this.now);
+    }
     return TRANSLATED;
   }
 
@@ -373,6 +413,8 @@ export class Napt {
     if (il4 + 8 > ip.off + ip.totalLen) return Drop.ICMP_ERROR_MALFORMED;
     // The error may come from the remote or from any router on the way, so only the embedded packet is matched.
     if (inner.src !== t.publicAddr) return Drop.ICMP_ERROR_NO_MAPPING;
+    if (innerProto === PROTO_ESP && this.ipsec !== null) return this.inboundIcmpErrorEsp(buf, ip);
+    if (innerProto === PROTO_GRE && this.gre !== null) return this.inboundIcmpErrorGre(buf, ip);
     let s: number;
     let pubPort: number;
     let portOff: number;
@@ -394,6 +436,162 @@ export class Napt {
     const lan = t.mLan[m];
     this.setAddress(buf, ip.off, IPV4_DST, ip.dst, lan);
     this.rewriteEmbedded(buf, ip, IPV4_SRC, inner.src, lan, innerProto, portOff, pubPort, t.mLanPort[m]);
+    return TRANSLATED;
+  }
+
+  // ---- IPsec (vpn-masquerade-spec §3, §4) -----------------------------------
+
+  /** UDP 500 -> 500 is ISAKMP masquerade (Rule I-1); any other port pair is plain NAPT (§9.13). */
+  private isIsakmp(buf: Uint8Array, ip: Ipv4Header): boolean {
+    const l4 = ip.payloadOff;
+    return this.ipsec !== null && ip.proto === PROTO_UDP && ip.payloadLen >= UDP_HDR &&
+      read16(buf, l4 + UDP_SPORT) === ISAKMP_PORT && read16(buf, l4 + UDP_DPORT) === ISAKMP_PORT;
+  }
+
+  /** The checks every UDP packet gets, plus a whole ISAKMP header; returns -1 or a drop reason. */
+  private checkIsakmp(buf: Uint8Array, ip: Ipv4Header, vflags: number): number {
+    if (ip.payloadLen < UDP_HDR + ISAKMP_HDR) return Drop.L4_TRUNCATED;
+    if ((vflags & (VNET_F_NEEDS_CSUM | VNET_F_DATA_VALID)) === 0 && !ip.isFragment &&
+      !this.l4ChecksumOk(buf, ip, ip.payloadOff + UDP_CSUM, false)) return Drop.L4_BAD_CHECKSUM;
+    return TRANSLATED;
+  }
+
+  /** L:500 -> R:500 leaves as P:500 -> R:500, demultiplexed later by cookie (Rule I-1, I-2). */
+  private outboundIsakmp(buf: Uint8Array, ip: Ipv4Header, vflags: number, out: TxList): number {
+    const c = this.checkIsakmp(buf, ip, vflags);
+    if (c !== TRANSLATED) return c;
+    const l4 = ip.payloadOff;
+    const lan = ip.src;
+    const pub = this.table.publicAddr;
+    const r = (this.ipsec as IpsecMasq).outIsakmp(lan, ip.dst, buf, l4 + UDP_HDR, this.now);
+    if (r !== TRANSLATED) return r;
+    const partial = (vflags & VNET_F_NEEDS_CSUM) !== 0;
+    this.rewriteTransport(buf, ip.off, IPV4_SRC, lan, pub, l4 + UDP_SPORT, ISAKMP_PORT, ISAKMP_PORT, l4 + UDP_CSUM, partial, true);
+    if (ip.isFragment) this.rememberAndRelease(buf, lan, ip.dst, PROTO_UDP, ip.id, pub, false, out);
+    return TRANSLATED;
+  }
+
+  private inboundIsakmp(buf: Uint8Array, ip: Ipv4Header, vflags: number, out: TxList): number {
+    const c = this.checkIsakmp(buf, ip, vflags);
+    if (c !== TRANSLATED) return c;
+    const ipsec = this.ipsec as IpsecMasq;
+    const n = ipsec.inIsakmp(ip.src, buf, ip.payloadOff + UDP_HDR, this.now);
+    if (n === 0) return ipsec.lastDrop;
+    this.deliver(buf, ip, n, (vflags & VNET_F_NEEDS_CSUM) !== 0, out);
+    return TRANSLATED;
+  }
+
+  private outboundEsp(buf: Uint8Array, ip: Ipv4Header, out: TxList): number {
+    const ipsec = this.ipsec;
+    if (ipsec === null) return Drop.UNKNOWN_PROTOCOL;
+    if (ip.payloadLen < ESP_MIN_HDR) return Drop.L4_TRUNCATED;
+    const lan = ip.src;
+    const pub = this.table.publicAddr;
+    const r = ipsec.outEsp(lan, ip.dst, read32(buf, ip.payloadOff + ESP_SPI), this.now);
+    if (r !== TRANSLATED) return r;
+    this.setAddress(buf, ip.off, IPV4_SRC, lan, pub);
+    if (ip.isFragment) this.rememberAndRelease(buf, lan, ip.dst, PROTO_ESP, ip.id, pub, false, out);
+    return TRANSLATED;
+  }
+
+  private inboundEsp(buf: Uint8Array, ip: Ipv4Header, out: TxList): number {
+    const ipsec = this.ipsec;
+    if (ipsec === null) return Drop.UNKNOWN_PROTOCOL;
+    if (ip.payloadLen < ESP_MIN_HDR) return Drop.L4_TRUNCATED;
+    const n = ipsec.inEsp(ip.src, read32(buf, ip.payloadOff + ESP_SPI), this.now);
+    if (n === 0) return ipsec.lastDrop;
+    this.deliver(buf, ip, n, false, out);
+    return TRANSLATED;
+  }
+
+  /**
+   * Sends an inbound ESP or ISAKMP packet to ipsec.targets[0..n): copies to
+   * targets 1.. go out from borrowed hold slots (guessing, spec §4.3 step 4),
+   * the packet itself to target 0. Later fragments follow target 0.
+   */
+  private deliver(buf: Uint8Array, ip: Ipv4Header, n: number, partial: boolean, out: TxList): void {
+    const targets = (this.ipsec as IpsecMasq).targets;
+    const f = this.frags;
+    const v = this.opts.vnetLen;
+    const len = v + ip.totalLen;
+    const pub = ip.dst;
+    for (let i = 1; i < n; i++) {
+      const h = f.borrow(buf, ip.off - v, len);
+      if (h < 0) {
+        this.drops.counts[Drop.FRAGMENT_HOLD_FULL]++;
+        break;
+      }
+      const copy = f.heldOffset(h);
+      this.retarget(buf, copy + v, copy + v + ip.hdrLen, ip.proto, pub, targets[i], partial);
+      this.restoreHop(buf, copy + v);
+      out.push(copy, len);
+    }
+    this.retarget(buf, ip.off, ip.payloadOff, ip.proto, pub, targets[0], partial);
+    if (ip.isFragment) this.rememberAndRelease(buf, ip.src, pub, ip.proto, ip.id, targets[0], true, out);
+  }
+
+  /** Rewrites the destination of an inbound ESP or ISAKMP packet (and the UDP checksum; the port stays 500). */
+  private retarget(buf: Uint8Array, ipOff: number, l4: number, proto: number, pub: number, lan: number, partial: boolean): void {
+    if (proto === PROTO_UDP) {
+      this.rewriteTransport(buf, ipOff, IPV4_DST, pub, lan, l4 + UDP_DPORT, ISAKMP_PORT, ISAKMP_PORT, l4 + UDP_CSUM, partial, true);
+    } else {
+      this.setAddress(buf, ipOff, IPV4_DST, pub, lan);
+    }
+  }
+
+  /** An ICMP error quoting our outbound ESP (inner P -> R, SPI = out-SPI) goes back to its sender (spec §9.14). */
+  private inboundIcmpErrorEsp(buf: Uint8Array, ip: Ipv4Header): number {
+    const inner = this.inner;
+    const ipsec = this.ipsec as IpsecMasq;
+    const e = ipsec.espByOutSpi(inner.dst, read32(buf, inner.payloadOff + ESP_SPI), this.now);
+    if (e < 0) return Drop.ICMP_ERROR_NO_MAPPING;
+    const lan = ipsec.eLan[e];
+    this.setAddress(buf, ip.off, IPV4_DST, ip.dst, lan);
+    this.rewriteEmbedded(buf, ip, IPV4_SRC, inner.src, lan, PROTO_ESP, -1, 0, 0);
+    return TRANSLATED;
+  }
+
+  /** AH signs the addresses, so it can never be translated (spec §4.5); logged once per flow. */
+  private refuseAh(ip: Ipv4Header): number {
+    if (this.ipsec !== null) this.ipsec.ahRefused(ip.src, ip.dst);
+    return Drop.AH_REFUSED;
+  }
+
+  // ---- PPTP GRE (vpn-masquerade-spec §5.3) ----------------------------------
+
+  /** Outbound GRE: only the source address changes (the Call ID is the remote's). */
+  private outboundGre(buf: Uint8Array, ip: Ipv4Header, out: TxList): number {
+    const gre = this.gre;
+    if (gre === null) return Drop.UNKNOWN_PROTOCOL;
+    const lan = ip.src;
+    const pub = this.table.publicAddr;
+    const r = gre.outbound(buf, ip.payloadOff, ip.payloadLen, lan, ip.dst, this.now);
+    if (r !== TRANSLATED) return r;
+    this.setAddress(buf, ip.off, IPV4_SRC, lan, pub);
+    if (ip.isFragment) this.rememberAndRelease(buf, lan, ip.dst, PROTO_GRE, ip.id, pub, false, out);
+    return TRANSLATED;
+  }
+
+  /** Inbound GRE: the public Call ID leads to the LAN host, whose own Call ID gre.inbound wrote back. */
+  private inboundGre(buf: Uint8Array, ip: Ipv4Header, out: TxList): number {
+    const gre = this.gre;
+    if (gre === null) return Drop.UNKNOWN_PROTOCOL;
+    const r = gre.inbound(buf, ip.payloadOff, ip.payloadLen, ip.src, this.now);
+    if (r !== TRANSLATED) return r;
+    const pub = ip.dst;
+    this.setAddress(buf, ip.off, IPV4_DST, pub, gre.resultAddr);
+    if (ip.isFragment) this.rememberAndRelease(buf, ip.src, pub, PROTO_GRE, ip.id, gre.resultAddr, true, out);
+    return TRANSLATED;
+  }
+
+  /** An ICMP error quoting our outbound GRE (inner P -> R, Call ID = R's): find the call by (R, Call ID) (spec §9.14). */
+  private inboundIcmpErrorGre(buf: Uint8Array, ip: Ipv4Header): number {
+    const inner = this.inner;
+    const gre = this.gre as GreCalls;
+    if (!gre.icmpTarget(buf, inner.payloadOff, inner.dst)) return Drop.ICMP_ERROR_NO_MAPPING;
+    const lan = gre.resultAddr;
+    this.setAddress(buf, ip.off, IPV4_DST, ip.dst, lan);
+    this.rewriteEmbedded(buf, ip, IPV4_SRC, inner.src, lan, PROTO_GRE, -1, 0, 0);
     return TRANSLATED;
   }
 
@@ -475,7 +673,7 @@ export class Napt {
 
   /**
    * Rewrites the embedded packet of an ICMP error (one address, one port or
-   * query ID), its IP header checksum and, where quoted, its transport
+   * query ID unless portOff < 0), its IP header checksum and, where quoted, its transport
    * checksum; then recomputes the ICMP checksum over the whole message.
    */
   private rewriteEmbedded(
@@ -487,7 +685,7 @@ export class Napt {
     const end = ip.off + ip.totalLen;
     const il4 = inner.payloadOff;
     this.setAddress(buf, inner.off, innerAddrField, oldAddr, newAddr);
-    write16(buf, il4 + portOff, newPort);
+    if (portOff >= 0) write16(buf, il4 + portOff, newPort);
     if (innerProto === PROTO_UDP) {
       const c = read16(buf, il4 + UDP_CSUM);
       if (c !== 0) {
@@ -499,11 +697,17 @@ export class Napt {
       if (il4 + TCP_CSUM + 2 <= end) {
         write16(buf, il4 + TCP_CSUM, update16(update32(read16(buf, il4 + TCP_CSUM), oldAddr, newAddr), oldPort, newPort));
       }
-    } else if (il4 + ICMP_CSUM + 2 <= end) {
+    } else if (innerProto === PROTO_ICMP && il4 + ICMP_CSUM + 2 <= end) {
       write16(buf, il4 + ICMP_CSUM, update16(read16(buf, il4 + ICMP_CSUM), oldPort, newPort));
     }
     write16(buf, icmp + ICMP_CSUM, 0);
     write16(buf, icmp + ICMP_CSUM, checksum(buf, icmp, end - icmp, 0));
+  }
+
+  /** The TCP data offset is at least 5 words and, unless the datagram is fragmented, inside the packet (RFC 9293 §3.1). */
+  private tcpHeaderFits(buf: Uint8Array, ip: Ipv4Header): boolean {
+    const hl = tcpHeaderLen(buf, ip.payloadOff);
+    return hl >= TCP_MIN_HDR && (hl <= ip.payloadLen || ip.isFragment);
   }
 
   private l4ChecksumOk(buf: Uint8Array, ip: Ipv4Header, csumOff: number, isTcp: boolean): boolean {

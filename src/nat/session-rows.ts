@@ -9,7 +9,8 @@ import { tcpStateName } from './tcp-tracker';
 export interface ConnRow {
   /** Stable identifier of the session (unique for the daemon's lifetime and across restarts once persisted). */
   id: number;
-  proto: 'tcp' | 'udp' | 'icmp';
+  /** 'gre': a PPTP call (src/vpn/gre.ts greConnRow), ports 0 and its Call IDs in `vpn`. */
+  proto: 'tcp' | 'udp' | 'icmp' | 'gre';
   lan: { addr: string; port: number };
   public: { addr: string; port: number };
   remote: { addr: string; port: number };

@@ -128,6 +128,11 @@ export class SessionTable {
     return this.outIndex.get(lan, rem, (lanPort << 16) | remPort, proto);
   }
 
+  /** Mapping of a LAN endpoint, or -1. */
+  findMapping(proto: number, lan: number, lanPort: number): number {
+    return this.mapIndex.get(lan, lanPort, proto, 0);
+  }
+
   /** Mapping that owns a public port, or -1. */
   mappingOfPort(slot: number, pubPort: number): number {
     return this.portOwner[slot][pubPort];
@@ -174,6 +179,36 @@ export class SessionTable {
 
   /** Creates a session under an existing mapping. Returns -1 when the table is full. */
   createSession(m: number, rem: number, remPort: number, now: number, state: number, expires: number): number {
+    const s = this.initSession(m, rem, remPort, now, state, expires, this.nextSerial);
+    if (s < 0) return s;
+    this.nextSerial++;
+    if (this.journal !== null) this.journal.push(EV_NEW, TABLE_SESSIONS, s, this.sSerial[s]);
+    return s;
+  }
+
+  /**
+   * Re-creates a persisted session at start (not the packet path): the
+   * mapping keeps its public port and the session its serial; no journal
+   * event, the row is already stored. Returns the session, -1 table full,
+   * -2 public port owned by another mapping (or the LAN endpoint already
+   * mapped to another port), -3 duplicate session.
+   */
+  restoreSession(proto: number, lan: number, lanPort: number, pubPort: number, rem: number, remPort: number,
+    created: number, state: number, expires: number, serial: number): number {
+    let m = this.mapIndex.get(lan, lanPort, proto, 0);
+    if (m === NONE) {
+      m = this.createMapping(proto, lan, lanPort, pubPort);
+      if (m < 0) return m;
+    } else if (this.mPubPort[m] !== pubPort) {
+      return -2;
+    }
+    if (this.inIndex.get(m, rem, remPort, 0) !== NONE) return -3;
+    const s = this.initSession(m, rem, remPort, created, state, expires, serial);
+    if (s >= 0 && serial >= this.nextSerial) this.nextSerial = serial + 1;
+    return s;
+  }
+
+  private initSession(m: number, rem: number, remPort: number, now: number, state: number, expires: number, serial: number): number {
     if (this.sFreeTop === 0) {
       if (this.mRefs[m] === 0) this.freeMapping(m);
       return -1;
@@ -188,7 +223,7 @@ export class SessionTable {
     this.sExpires[s] = expires;
     this.sCreated[s] = now;
     this.sLastSeen[s] = now;
-    this.sSerial[s] = this.nextSerial++;
+    this.sSerial[s] = serial;
     this.sPktsOut[s] = 0;
     this.sPktsIn[s] = 0;
     this.sBytesOut[s] = 0;
@@ -198,7 +233,6 @@ export class SessionTable {
     this.mRefs[m]++;
     this.sessionCount++;
     this.countBySlot[protoSlot(proto)]++;
-    if (this.journal !== null) this.journal.push(EV_NEW, TABLE_SESSIONS, s, this.sSerial[s]);
     return s;
   }
 

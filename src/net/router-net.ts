@@ -42,8 +42,11 @@ export interface RouterNetSetupOptions {
   lanInterfaces: string[];
   /** LAN source prefixes in CIDR notation. */
   lanPrefixes: string[];
-  /** The NAT's public IPv4 address (not assigned to any interface). */
-  publicAddress: string;
+  /**
+   * The NAT's public IPv4 address (not assigned to any interface), or null in
+   * shared-address mode, where shared-mode.ts steers the inbound packets instead.
+   */
+  publicAddress: string | null;
   wanInterface: string;
 }
 
@@ -166,12 +169,11 @@ export class RouterNet {
     if (!Number.isInteger(o.rulePriority) || o.rulePriority < 1 || o.rulePriority > 32765) {
       throw new Error(`RouterNet.setup: rulePriority ${o.rulePriority} must be within 1..32765 (after 'local' at 0, before 'main' at 32766)`);
     }
-    if (!isIPv4(o.publicAddress)) throw new Error(`RouterNet.setup: invalid publicAddress ${o.publicAddress}`);
+    if (o.publicAddress !== null && !isIPv4(o.publicAddress)) throw new Error(`RouterNet.setup: invalid publicAddress ${o.publicAddress}`);
     const prefixes = o.lanPrefixes.map((p) => parseCidr(p));
     sysctlIfName(o.tunName);
     sysctlIfName(o.wanInterface);
     for (const i of o.lanInterfaces) if (!i) throw new Error('RouterNet.setup: empty LAN interface name');
-    const pub = parseIPv4(o.publicAddress);
 
     const tunIndex = await this.ifindex(o.tunName);
     const wanIndex = await this.ifindex(o.wanInterface);
@@ -190,10 +192,13 @@ export class RouterNet {
 
     // ---- table: default dev TUN ----
     await this.addRoute({ kind: 'route', table: o.table, dst: new Uint8Array(4), dstLen: 0, oif: tunIndex, dev: o.tunName });
-    // ---- main: PUBLIC/32 dev TUN ----
-    await this.addRoute({ kind: 'route', table: RT_TABLE_MAIN, dst: pub, dstLen: 32, oif: tunIndex, dev: o.tunName });
-    // ---- proxy ARP for PUBLIC on WAN ----
-    await this.addProxyNeigh({ kind: 'proxyNeigh', ifindex: wanIndex, dst: pub, dev: o.wanInterface });
+    if (o.publicAddress !== null) {
+      const pub = parseIPv4(o.publicAddress);
+      // ---- main: PUBLIC/32 dev TUN ----
+      await this.addRoute({ kind: 'route', table: RT_TABLE_MAIN, dst: pub, dstLen: 32, oif: tunIndex, dev: o.tunName });
+      // ---- proxy ARP for PUBLIC on WAN ----
+      await this.addProxyNeigh({ kind: 'proxyNeigh', ifindex: wanIndex, dst: pub, dev: o.wanInterface });
+    }
     // ---- policy rules (last: only steer traffic once the table is populated) ----
     for (const iif of o.lanInterfaces) {
       for (const p of prefixes) {

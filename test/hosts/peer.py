@@ -5,18 +5,21 @@ Every command prints one JSON line with what it observed on the wire and
 exits; every wait is bounded by --timeout. Subcommands:
 
   tcp-server  --port P [--count N]         accept N connections; reply with the peer and the sha256 of what it read
-  tcp-client  --host H --port P --bytes N  send N pseudo-random bytes, print own sha256 and the server's reply
+  tcp-client  --host H --port P --bytes N [--rate B]  send N pseudo-random bytes (at most B bytes/s), print own sha256 and the server's reply
   udp-server  --port P [--count N]         answer N datagrams with {"peer": ..., "len": ..., "sha256": ...} (+ --echo-bytes)
   udp-client  --host H --port P [--sport S] [--size N] [--expect-bytes N]
   udp-refused --host H --port P            connected UDP socket; report whether ECONNREFUSED came back
   udp-pmtu    --host H --port P --size N   DF datagram; report the path MTU learnt from frag-needed
   raw         --dst D --proto N --hex PAYLOAD [--bad-checksum]  send one raw IPv4 payload (kernel builds the IP header)
   udp-frags   --src S --dst D --sport A --dport B --size N [--reverse]  send one UDP datagram as IP fragments
-  listen-raw  --proto N --seconds T         count raw packets of a protocol arriving at this host
+  listen-raw  --proto N --seconds T [--dump]  count raw packets of a protocol arriving at this host
+  ike-esp-responder --seconds T [--idle I] [--silent-spi S,...]  answer IKEv1-style headers on UDP 500 and raw ESP with own SPIs
+  ike-esp-client --host R --icookie HEX --spi S [--packets K] [--rekey-spi S2] [--start-at EPOCH]  Main+Quick Mode, then raw ESP
 """
 import argparse
 import hashlib
 import json
+import select
 import socket
 import struct
 import sys
@@ -71,7 +74,10 @@ def tcp_client(a):
     remote = s.getpeername()
     block, full, rest = pattern(a.bytes)
     h = hashlib.sha256()
-    for _ in range(full):
+    t0 = time.monotonic()
+    for i in range(full):
+        if a.rate > 0:  # pace to --rate bytes/s (long transfers that outlive a router restart)
+            time.sleep(max(0.0, t0 + i * len(block) / a.rate - time.monotonic()))
         s.sendall(block)
         h.update(block)
     s.sendall(block[:rest])
@@ -200,14 +206,142 @@ def listen_raw(a):
     s.settimeout(0.2)
     end = time.time() + a.seconds
     n = 0
+    dumps = []
     print("ready", file=sys.stderr, flush=True)
     while time.time() < end:
         try:
-            s.recv(65535)
+            data = s.recv(65535)
             n += 1
+            if a.dump and len(dumps) < 5:
+                dumps.append(data.hex())
         except socket.timeout:
             pass
-    out({"received": n})
+    out({"received": n, "packets": dumps})
+
+
+# ---- IPsec test hosts: IKEv1-style headers (RFC 2408 §3.1) with opaque bodies, raw ESP (RFC 4303 §2) ----
+
+def isakmp(icookie, rcookie, exchange, flags, body):
+    return icookie + rcookie + struct.pack("!BBBBII", 8, 0x10, exchange, flags, 0, 28 + len(body)) + body
+
+
+def esp_packet(spi, seq, payload):
+    return struct.pack("!II", spi, seq) + payload
+
+
+def responder_spi(spi):
+    """The remote's own SPI for a client SPI: different from it, deterministic, never reserved."""
+    return (spi ^ 0x5A5A0000) | 0x01000000
+
+
+def ike_esp_responder(a):
+    """The remote: answers every ISAKMP message (learning SPIs from Quick Mode bodies) and echoes ESP with its SPI."""
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    u.bind(("0.0.0.0", 500))
+    r = socket.socket(socket.AF_INET, socket.SOCK_RAW, 50)
+    silent = set(int(x, 0) for x in a.silent_spi.split(",") if x)
+    seen = {"ike": 0, "esp": {}, "ikeFrom": []}
+    print("ready", file=sys.stderr, flush=True)
+    end = time.time() + a.seconds
+    last = None  # --idle counts from the first packet
+    while time.time() < end and not (a.idle and last is not None and time.time() - last > a.idle):
+        ready, _, _ = select.select([u, r], [], [], 0.2)
+        if ready:
+            last = time.time()
+        if u in ready:
+            data, peer = u.recvfrom(65535)
+            if len(data) >= 28:
+                seen["ike"] += 1
+                seen["ikeFrom"].append("%s:%d" % peer)
+                ic, rc, exch = data[:8], data[8:16], data[18]
+                if rc == b"\0" * 8:
+                    rc = hashlib.sha256(ic).digest()[:8]
+                body = data[28:]
+                if exch == 32 and body[:3] == b"SPI":
+                    body = b"SPI" + struct.pack("!I", responder_spi(struct.unpack("!I", body[3:7])[0]))
+                u.sendto(isakmp(ic, rc, exch, 0x20, body), peer)
+        if r in ready:
+            data, peer = r.recvfrom(65535)
+            hl = (data[0] & 15) * 4
+            spi, seq = struct.unpack("!II", data[hl:hl + 8])
+            key = "%08x" % spi
+            seen["esp"][key] = seen["esp"].get(key, 0) + 1
+            if spi not in silent:
+                r.sendto(esp_packet(responder_spi(spi), seq, data[hl + 8:]), (peer[0], 0))
+    seen["ikeFrom"] = sorted(set(seen["ikeFrom"]))
+    out(seen)
+
+
+def ike_esp_client(a):
+    """A LAN host: Main Mode (3 round trips) and Quick Mode from port 500, then ESP until K own replies came back."""
+    if a.start_at:
+        time.sleep(max(0.0, a.start_at - time.time()))  # several hosts start together (benchmark)
+    start = time.time()
+    deadline = start + a.timeout
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    u.bind(("0.0.0.0", 500))
+    r = socket.socket(socket.AF_INET, socket.SOCK_RAW, 50)
+    ic = bytes.fromhex(a.icookie)
+    state = {"rc": b"\0" * 8, "foreign": [], "ikeReplies": 0}
+
+    def exchange(exch, body):
+        msg = isakmp(ic, state["rc"], exch, 0, body)
+        while time.time() < deadline:
+            u.sendto(msg, (a.host, 500))
+            ready, _, _ = select.select([u], [], [], 0.5)
+            if ready:
+                data, peer = u.recvfrom(65535)
+                if data[:8] == ic and peer == (a.host, 500):
+                    state["ikeReplies"] += 1
+                    state["rc"] = data[8:16]
+                    return data[28:]
+                state["foreign"].append("ike:" + data[:8].hex())
+        raise TimeoutError("no ISAKMP reply")
+
+    def quick_mode(spi):
+        body = exchange(32, b"SPI" + struct.pack("!I", spi))
+        return struct.unpack("!I", body[3:7])[0]
+
+    def esp_flow(spi, rspi, want):
+        sent = good = 0
+        seq = 0
+        next_send = 0
+        while good < want and time.time() < deadline:
+            now = time.time()
+            if now >= next_send:
+                seq += 1
+                r.sendto(esp_packet(spi, seq, b"TOKEN" + ic), (a.host, 0))
+                sent += 1
+                next_send = now + a.interval
+            ready, _, _ = select.select([r], [], [], max(0.0, next_send - time.time()))
+            if ready:
+                data = r.recv(65535)
+                hl = (data[0] & 15) * 4
+                rs = struct.unpack("!I", data[hl:hl + 4])[0]
+                if rs == rspi and data[hl + 8:] == b"TOKEN" + ic:
+                    good += 1
+                else:
+                    state["foreign"].append("esp:%08x" % rs)
+        return {"spi": "%08x" % spi, "rspi": "%08x" % rspi, "sent": sent, "good": good,
+                "ms": round((time.time() - start) * 1000)}
+
+    res = {}
+    try:
+        for _ in range(3):
+            exchange(2, b"MM" * 20)
+        rspi = quick_mode(a.spi)
+        res["flow"] = esp_flow(a.spi, rspi, a.packets)
+        if a.rekey_spi:
+            rspi2 = quick_mode(a.rekey_spi)
+            res["rekey"] = esp_flow(a.rekey_spi, rspi2, a.packets)
+            res["old"] = esp_flow(a.spi, rspi, 2)
+    except TimeoutError as e:
+        res["error"] = str(e)
+    res.update({"icookie": a.icookie, "rcookie": state["rc"].hex(), "ikeReplies": state["ikeReplies"],
+                "foreign": state["foreign"]})
+    out(res)
 
 
 def main():
@@ -219,6 +353,7 @@ def main():
     p.add_argument("--dport", type=int, default=0)
     p.add_argument("--count", type=int, default=1)
     p.add_argument("--bytes", type=int, default=0)
+    p.add_argument("--rate", type=float, default=0)
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--echo-bytes", type=int, default=0)
     p.add_argument("--expect-bytes", type=int, default=0)
@@ -230,9 +365,19 @@ def main():
     p.add_argument("--ident", type=int, default=0x4242)
     p.add_argument("--reverse", action="store_true")
     p.add_argument("--seconds", type=float, default=2)
+    p.add_argument("--dump", action="store_true")
+    p.add_argument("--silent-spi", default="")
+    p.add_argument("--idle", type=float, default=0)
+    p.add_argument("--start-at", type=float, default=0)
+    p.add_argument("--icookie", default="")
+    p.add_argument("--spi", type=lambda x: int(x, 0), default=0)
+    p.add_argument("--rekey-spi", type=lambda x: int(x, 0), default=0)
+    p.add_argument("--packets", type=int, default=5)
+    p.add_argument("--interval", type=float, default=0.1)
     a = p.parse_args()
     cmds = {"tcp-server": tcp_server, "tcp-client": tcp_client, "udp-server": udp_server, "udp-client": udp_client,
-            "udp-refused": udp_refused, "udp-pmtu": udp_pmtu, "raw": raw, "udp-frags": udp_frags, "listen-raw": listen_raw}
+            "udp-refused": udp_refused, "udp-pmtu": udp_pmtu, "raw": raw, "udp-frags": udp_frags, "listen-raw": listen_raw,
+            "ike-esp-responder": ike_esp_responder, "ike-esp-client": ike_esp_client}
     cmds[a.cmd](a)
 
 

@@ -12,6 +12,7 @@ import { Lab } from './lab';
 export const ROOT = path.resolve(__dirname, '../../..');
 export const CLI = path.join(ROOT, 'dist/src/cli/main.js');
 export const PEER = path.join(ROOT, 'test/hosts/peer.py');
+export const PPTP_HOST = path.join(ROOT, 'test/hosts/pptp_host.py');
 
 export interface RouterHandle {
   configPath: string;
@@ -87,17 +88,17 @@ export async function startRouter(lab: Lab, overrides: Record<string, unknown> =
   };
 }
 
-/** Runs the peer helper in a namespace and parses its JSON line. */
-export async function peer(lab: Lab, ns: string, args: string[], timeoutMs = 30000): Promise<Record<string, any>> {
-  const r = await lab.exec(ns, ['python3', PEER, ...args], { timeoutMs });
+/** Runs the peer helper (or another test-host `script`) in a namespace and parses its JSON line. */
+export async function peer(lab: Lab, ns: string, args: string[], timeoutMs = 30000, script = PEER): Promise<Record<string, any>> {
+  const r = await lab.exec(ns, ['python3', script, ...args], { timeoutMs });
   if (r.code !== 0) throw new Error(`peer ${args.join(' ')} in ${ns} failed (${r.code}): ${r.stderr}`);
   const line = r.stdout.trim().split('\n').pop() ?? '';
   return JSON.parse(line) as Record<string, any>;
 }
 
 /** Starts a peer server in the background and waits until it says "ready". */
-export async function peerServer(lab: Lab, ns: string, args: string[]): Promise<{ result: Promise<string>; proc: ChildProcess }> {
-  const proc = lab.spawn(ns, ['python3', PEER, ...args]);
+export async function peerServer(lab: Lab, ns: string, args: string[], script = PEER): Promise<{ result: Promise<string>; proc: ChildProcess }> {
+  const proc = lab.spawn(ns, ['python3', script, ...args]);
   let out = '';
   proc.stdout?.on('data', (d: Buffer) => { out += d.toString(); });
   const result = new Promise<string>((resolve) => proc.once('exit', () => resolve(out)));

@@ -155,6 +155,25 @@ export function fixIpChecksum(p: Uint8Array): Uint8Array {
   return p;
 }
 
+/** Recomputes the TCP/UDP (with pseudo-header) or ICMP checksum of a whole, unfragmented packet in place. */
+export function fixL4Checksum(p: Uint8Array): Uint8Array {
+  const q = parse(p);
+  const l4 = p.subarray(q.hdrLen, q.totalLen);
+  if (q.proto === ICMP) {
+    w16(l4, 2, 0);
+    w16(l4, 2, inetChecksum(l4));
+  } else {
+    finishL4(l4, q.proto === TCP ? 16 : 6, q.src, q.dst, q.proto);
+  }
+  return p;
+}
+
+/** The packet as a CHECKSUM_PARTIAL sender hands it over: the L4 checksum field holds the pseudo-header sum. */
+export function asPartial(p: Uint8Array): Uint8Array {
+  const q = parse(p);
+  return mutate(p, (b) => w16(b, q.hdrLen + (q.proto === TCP ? 16 : 6), pseudo(q.src, q.dst, q.proto, q.totalLen - q.hdrLen)));
+}
+
 export interface TcpSpec {
   sport: number;
   dport: number;

@@ -1,0 +1,123 @@
+/** `vpnmasq run|status|stats|forwards|config check`. */
+import { Command } from 'commander';
+import { ConfigError, loadConfig } from '../daemon/config';
+import { runDaemon } from '../daemon/lifecycle';
+import { CliError, DaemonDownError, EXIT_FAILURE, EXIT_USAGE } from './client';
+import { config, note, out, request } from './context';
+import { flatten, formatTable, keyValues, seconds } from './format';
+
+export function runCommand(program: Command): void {
+  program
+    .command('run')
+    .description('run the router in the foreground (as a systemd service)')
+    // Readiness, watchdog, SIGHUP reload and SIGTERM: src/daemon/lifecycle.ts.
+    .action(() => runDaemon(program.opts().config as string, config(program)));
+}
+
+/** Human status: a headline, then the known facts, then anything else the daemon reports. */
+function statusText(st: Record<string, unknown>): string {
+  const { running: _r, pid, uptimeSeconds, tun, mode, publicAddress, lanPrefixes, sessions, limit, state, ...rest } = st;
+  const t = tun as { name: string; offloads: number } | null;
+  const used = Number(sessions);
+  const cap = Number(limit);
+  const db = state as { path: string; healthy: boolean; lastError: string | null; rowsRestored: number; rowsDiscarded: number } | null;
+  const pairs: Array<[string, string]> = [
+    ['TUN', t ? `${t.name} (offloads 0x${t.offloads.toString(16)})` : '-'],
+    ['Mode', `${String(mode)}, public address ${String(publicAddress)}`],
+    ['LAN', (lanPrefixes as string[]).join(', ')],
+    ['Table', `${used} of ${cap} sessions (${((100 * used) / cap).toFixed(1)}%)`],
+    ['Database', db ? `${db.path}: ${db.healthy ? 'healthy' : `FAILING (${String(db.lastError)})`}; ${db.rowsRestored} rows restored, ${db.rowsDiscarded} discarded at start` : 'none (not persisted)'],
+    ...flatten(rest),
+  ];
+  return `vpnmasq is running (pid ${String(pid)}, up ${seconds(Number(uptimeSeconds))})\n${keyValues(pairs)}`;
+}
+
+/** Human stats: one aligned line per counter; zero drop counters are left out. */
+function statsText(st: Record<string, unknown>): string {
+  return keyValues(flatten(st).filter(([k, v]) => !(k.startsWith('drops.') && v === '0')));
+}
+
+export function systemCommands(program: Command): void {
+  program
+    .command('status')
+    .description('whether the daemon runs; its uptime, TUN, addresses, mode, table usage and state database')
+    .option('--json', 'one JSON object (schema "status"); {"running": false} when the daemon is down')
+    .addHelpText('after', '\nExit status: 0 when the daemon runs, 1 when it does not.')
+    .action(async (opts: { json?: boolean }) => {
+      try {
+        const st = await request(program, { cmd: 'status' });
+        await out(opts.json ? JSON.stringify(st) + '\n' : statusText(st));
+      } catch (e) {
+        if (!(e instanceof DaemonDownError)) throw e;
+        await out(opts.json ? JSON.stringify({ running: false }) + '\n' : 'vpnmasq is not running\n');
+        process.exitCode = EXIT_FAILURE;
+      }
+    });
+
+  program
+    .command('stats')
+    .description('packets, bytes, mappings per protocol, drops by reason, VPN events, TUN counters')
+    .option('--json', 'one JSON object (schema "stats")')
+    .action(async (opts: { json?: boolean }) => {
+      const st = await request(program, { cmd: 'stats' });
+      await out(opts.json ? JSON.stringify(st) + '\n' : statsText(st));
+    });
+
+  const fwd = program.command('forwards').description('port and protocol forwards to LAN hosts');
+  fwd.command('list')
+    .description('list the forwards in effect')
+    .option('--json', 'one JSON object per line (schema "forward")')
+    .action(async (opts: { json?: boolean }) => {
+      const rows: string[][] = [];
+      await request(program, { cmd: 'forwards-list' }, (f) => {
+        if (opts.json) return out(JSON.stringify(f) + '\n');
+        rows.push([String(f.proto), f.publicPort === undefined ? '-' : String(f.publicPort), String(f.lanAddress),
+          f.lanPort === undefined ? '-' : String(f.lanPort), String(f.source)]);
+        return undefined;
+      });
+      if (!opts.json) await out(formatTable(['PROTO', 'PUBLIC PORT', 'LAN ADDRESS', 'LAN PORT', 'SOURCE'], rows));
+    });
+  fwd.command('add')
+    .description('add a runtime forward (tcp/udp need ports; esp/gre forward the whole protocol)')
+    .argument('<proto>', 'tcp, udp, esp or gre')
+    .argument('<lan-address>', 'LAN host that receives the traffic')
+    .argument('[public-port]', 'public port (tcp, udp)')
+    .argument('[lan-port]', 'LAN port (tcp, udp; default: the public port)')
+    .action(async (proto: string, lanAddress: string, publicPort?: string, lanPort?: string) => {
+      const forward: Record<string, unknown> = { proto, lanAddress };
+      if (proto === 'tcp' || proto === 'udp') {
+        if (publicPort === undefined || !/^\d+$/.test(publicPort)) throw new CliError(`${proto} forwards need a public port`, EXIT_USAGE);
+        forward.publicPort = Number(publicPort);
+        forward.lanPort = Number(lanPort ?? publicPort);
+      } else if (proto !== 'esp' && proto !== 'gre') {
+        throw new CliError(`unknown forward protocol "${proto}" (tcp, udp, esp or gre)`, EXIT_USAGE);
+      }
+      await request(program, { cmd: 'forwards-add', forward });
+      note('forward added.');
+    });
+  fwd.command('remove')
+    .description('remove a runtime forward')
+    .argument('<proto>', 'tcp, udp, esp or gre')
+    .argument('[public-port]', 'public port (tcp, udp)')
+    .action(async (proto: string, publicPort?: string) => {
+      await request(program, { cmd: 'forwards-remove', proto, publicPort: publicPort === undefined ? undefined : Number(publicPort) });
+      note('forward removed.');
+    });
+
+  program
+    .command('config')
+    .description('configuration file tools')
+    .command('check')
+    .description('validate a config file without touching the system; prints every problem')
+    .argument('<file>', 'config file')
+    .action((file: string) => {
+      try {
+        loadConfig(file);
+      } catch (e) {
+        if (!(e instanceof ConfigError)) throw e;
+        for (const p of e.problems) note(p.field ? `${file}: ${p.field}: ${p.message}` : `${file}: ${p.message}`);
+        throw new CliError(`${file}: ${e.problems.length} problem${e.problems.length === 1 ? '' : 's'}`);
+      }
+      note(`${file}: ok`);
+    });
+}

@@ -1,0 +1,175 @@
+/**
+ * The control socket's commands (see control.ts for the framing):
+ *
+ *   status, stats                     one result line
+ *   conns {filter, sort, reverse, limit}   rows streamed, then {count}
+ *   conns-show {id}                   {conn}
+ *   conns-delete {id | filter}        {deleted}
+ *   conns-flush {filter}              {deleted}
+ *   watch {filter}                    {event, time, conn} lines until the client disconnects
+ *   forwards-list                     rows, then {count}
+ *   forwards-add / forwards-remove    runtime forwards (not available yet: see below)
+ *
+ * Filtering, sorting and the limit run here so that a filtered listing of a
+ * large table sends only what was asked for. Not on the packet path.
+ */
+import * as net from 'node:net';
+import { Config } from './config';
+import { ControlReply, ControlRequest } from './control';
+import type { JournalListener } from './daemon';
+import { AnyConnRow, compileFilter, ConnFilter, FilterError, isEmptyFilter, ListQuery, queryRows } from '../cli/filters';
+import { EV_DESTROY, EV_NEW, EV_UPDATE } from '../nat/journal';
+import { ConnRow, sessionRow } from '../nat/session-rows';
+import { SessionTable, TABLE_SESSIONS } from '../nat/sessions';
+
+/** What the commands need from the daemon. */
+export interface ControlTarget {
+  readonly config: Config;
+  readonly table: SessionTable;
+  rows(): Iterable<ConnRow>;
+  stats(): Record<string, unknown>;
+  status(): Record<string, unknown>;
+  addJournalListener(l: JournalListener): void;
+  removeJournalListener(l: JournalListener): void;
+}
+
+export const EVENT_NAMES: Record<number, string> = { [EV_NEW]: 'NEW', [EV_UPDATE]: 'UPDATE', [EV_DESTROY]: 'DESTROY' };
+
+/** A watcher that falls this far behind loses events and is told how many (conntrack's ENOBUFS). */
+const WATCH_BACKLOG_BYTES = 1 << 20;
+
+/** Rows of the session table (the others come from the VPN modules' tables). */
+const SESSION_PROTOS: ReadonlySet<string> = new Set(['tcp', 'udp', 'icmp']);
+
+export class ControlCommands {
+  constructor(private readonly target: ControlTarget, private readonly now: () => number) {}
+
+  handle(req: ControlRequest): ControlReply {
+    switch (req.cmd) {
+      case 'status':
+        return { result: this.target.status() };
+      case 'stats':
+        return { result: this.target.stats() };
+      case 'conns':
+        return this.list(req);
+      case 'conns-show': {
+        const id = connId(req.id);
+        for (const r of this.target.rows()) if (r.id === id) return { result: { conn: r } };
+        throw new Error(`no connection with id ${id}`);
+      }
+      case 'conns-delete': {
+        if (req.id === undefined && isEmptyFilter(req.filter as ConnFilter)) throw new Error('conns-delete needs an id or a filter');
+        const ids = this.matchingIds(req.id !== undefined ? connId(req.id) : null, req.filter as ConnFilter);
+        const deleted = this.deleteIds(ids);
+        if (req.id !== undefined && deleted === 0) throw new Error(`no connection with id ${req.id}`);
+        return { result: { deleted } };
+      }
+      case 'conns-flush':
+        return { result: { deleted: this.deleteIds(this.matchingIds(null, req.filter as ConnFilter)) } };
+      case 'watch':
+        return { stream: (conn) => this.watch(conn, req.filter as ConnFilter), result: {} };
+      case 'forwards-list': {
+        const rows = this.target.config.forwards.map((f) => ({ ...f, source: 'config' }));
+        return { rows, result: { count: rows.length } };
+      }
+      case 'forwards-add':
+      case 'forwards-remove':
+        // Runtime forwards go through src/nat/forwards.ts, which does not exist yet.
+        throw new Error('runtime forwards are not available yet: edit "forwards" in the config file and restart');
+      default:
+        throw new Error(`unknown command "${req.cmd}"`);
+    }
+  }
+
+  private list(req: ControlRequest): ControlReply {
+    const q: ListQuery = {
+      filter: req.filter as ConnFilter | undefined,
+      sort: req.sort as string | undefined,
+      reverse: req.reverse === true,
+      limit: req.limit === undefined ? undefined : Number(req.limit),
+    };
+    compileFilter(q.filter); // reject a bad filter before streaming starts
+    const counted = { count: 0 };
+    const rows = function* (src: Iterable<AnyConnRow>) {
+      for (const r of queryRows(src, q)) { counted.count++; yield r; }
+    };
+    return { rows: rows(this.target.rows() as Iterable<AnyConnRow>), result: counted };
+  }
+
+  /**
+   * Ids of the TCP/UDP/ICMP sessions with this id (or any id) that match the
+   * filter. ISAKMP/ESP/GRE rows cannot be deleted yet: asking for one by id
+   * is an error, a filter passes over them.
+   */
+  private matchingIds(id: number | null, filter: ConnFilter | undefined): Set<number> {
+    const match = compileFilter(filter);
+    const ids = new Set<number>();
+    let vpnRow = '';
+    for (const r of this.target.rows()) {
+      if ((id !== null && r.id !== id) || !match(r as AnyConnRow)) continue;
+      if (SESSION_PROTOS.has(r.proto)) ids.add(r.id);
+      else vpnRow = r.proto;
+    }
+    if (id !== null && ids.size === 0 && vpnRow) throw new Error(`connection ${id} (${vpnRow}) cannot be deleted yet: only tcp, udp and icmp rows can`);
+    return ids;
+  }
+
+  /**
+   * Removes the sessions with these ids in one pass over the table. Removing
+   * a session removes its lookup entries (and its mapping with its last
+   * session): the next outbound packet creates a new one, an inbound one is
+   * dropped as unmapped.
+   * ISAKMP/ESP/GRE rows: their modules add their removal here.
+   */
+  private deleteIds(ids: ReadonlySet<number>): number {
+    const t = this.target.table;
+    let deleted = 0;
+    if (ids.size === 0) return 0;
+    for (let s = 0; s < t.capacity; s++) {
+      if (t.sInUse[s] === 1 && ids.has(t.sSerial[s])) {
+        t.removeSession(s);
+        deleted++;
+      }
+    }
+    return deleted;
+  }
+
+  /** Row of a journal event, or only its id when the slot has been reused since. */
+  private eventRow(table: number, index: number, serial: number): AnyConnRow | { id: number } {
+    const t = this.target.table;
+    if (table === TABLE_SESSIONS && t.sSerial[index] === serial) return sessionRow(t, index, this.now());
+    return { id: serial };
+  }
+
+  private watch(conn: net.Socket, filter: ConnFilter | undefined): Promise<void> {
+    const match = compileFilter(filter);
+    let lost = 0;
+    const listener: JournalListener = {
+      event: (kind, table, index, serial) => {
+        const row = this.eventRow(table, index, serial);
+        if (!('proto' in row) ? !isEmptyFilter(filter) : !match(row)) return;
+        if (conn.writableLength > WATCH_BACKLOG_BYTES) { lost++; return; }
+        if (lost > 0) {
+          conn.write(JSON.stringify({ event: 'OVERRUN', time: new Date(this.now()).toISOString(), lost }) + '\n');
+          lost = 0;
+        }
+        conn.write(JSON.stringify({ event: EVENT_NAMES[kind], time: new Date(this.now()).toISOString(), conn: row }) + '\n');
+      },
+      flush: () => undefined,
+    };
+    this.target.addJournalListener(listener);
+    conn.write(JSON.stringify({ watching: true }) + '\n');
+    return new Promise((resolve) => {
+      const done = () => { this.target.removeJournalListener(listener); resolve(); };
+      conn.once('close', done);
+      // The client never sends more than its one request; its end of the stream means it is gone.
+      conn.once('end', () => conn.destroy());
+    });
+  }
+}
+
+function connId(v: unknown): number {
+  const n = typeof v === 'number' ? v : /^\d+$/.test(String(v)) ? Number(v) : NaN;
+  if (!Number.isSafeInteger(n) || n <= 0) throw new FilterError(`not a connection id: "${String(v)}"`);
+  return n;
+}

@@ -1,0 +1,113 @@
+/**
+ * `vpnmasq run` as a systemd service (sd_notify(3), daemon(7)): READY=1 once
+ * the TUN is up and the state is restored, WATCHDOG=1 at half of
+ * WATCHDOG_USEC, SIGHUP reloads the config (RELOADING=1 + MONOTONIC_USEC,
+ * then READY=1) keeping every mapping and keeping the old config when the
+ * new one is bad, SIGTERM/SIGINT send STOPPING=1, flush and exit cleanly.
+ * Leftovers of a crashed run are removed by Daemon.start().
+ */
+import { Config, ConfigError, loadConfig, reloadable } from './config';
+import { Daemon } from './daemon';
+import { createLogger, Logger } from './log';
+import { loadTunNative } from '../tun/native';
+
+const EXIT_FAILURE = 1;
+
+/** Sends sd_notify messages to $NOTIFY_SOCKET (no-op without it). */
+export class Notifier {
+  private readonly socket: string | undefined;
+
+  constructor(env: NodeJS.ProcessEnv = process.env) {
+    this.socket = env.NOTIFY_SOCKET || undefined;
+  }
+
+  send(message: string): boolean {
+    return this.socket !== undefined && loadTunNative().notify(this.socket, message);
+  }
+
+  /**
+   * The watchdog ping interval in ms (half of WATCHDOG_USEC, as sd_watchdog_enabled(3)
+   * recommends), or 0 when no watchdog is requested for this process.
+   */
+  static watchdogIntervalMs(env: NodeJS.ProcessEnv = process.env, pid = process.pid): number {
+    const usec = Number(env.WATCHDOG_USEC);
+    if (!Number.isFinite(usec) || usec <= 0) return 0;
+    if (env.WATCHDOG_PID && Number(env.WATCHDOG_PID) !== pid) return 0;
+    return Math.max(1, Math.floor(usec / 2000));
+  }
+}
+
+/** CLOCK_MONOTONIC in microseconds (libuv's hrtime is CLOCK_MONOTONIC on Linux). */
+function monotonicUsec(): bigint {
+  return process.hrtime.bigint() / 1000n;
+}
+
+/** Loads and validates `path` and checks it can replace `current` while running; returns it or the reason not to. */
+export function loadReload(path: string, current: Config): { config: Config } | { error: string } {
+  let next: Config;
+  try {
+    next = loadConfig(path);
+  } catch (e) {
+    return { error: e instanceof ConfigError ? e.message : (e as Error).message };
+  }
+  const ok = reloadable(current, next);
+  return ok.ok ? { config: next } : { error: ok.reason };
+}
+
+/** Runs the daemon until SIGTERM/SIGINT; exits the process. */
+export async function runDaemon(configPath: string, config: Config): Promise<void> {
+  const log = createLogger(config.log);
+  const notify = new Notifier();
+  const daemon = new Daemon(config, log);
+  let watchdog: NodeJS.Timeout | null = null;
+  let stopping = false;
+  let reloading: Promise<void> = Promise.resolve();
+
+  const stop = (signal: string): void => {
+    if (stopping) return;
+    stopping = true;
+    if (watchdog) clearInterval(watchdog);
+    notify.send('STOPPING=1');
+    log.info('stopping', { signal });
+    reloading.then(() => daemon.stop()).then(() => process.exit(0), (e: Error) => {
+      log.error('stop failed', { error: e.message });
+      process.exit(EXIT_FAILURE);
+    });
+  };
+  const reload = (): void => {
+    reloading = reloading.then(() => doReload(configPath, daemon, notify, log));
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+  process.on('SIGHUP', () => { if (!stopping) reload(); });
+
+  try {
+    await daemon.start();
+  } catch (e) {
+    log.error('start failed', { error: (e as Error).message });
+    await daemon.stop();
+    process.exit(EXIT_FAILURE);
+  }
+  if (stopping) return;
+  notify.send(`READY=1\nSTATUS=forwarding, public address ${daemon.publicAddress()}\nMAINPID=${process.pid}`);
+  const interval = Notifier.watchdogIntervalMs();
+  if (interval > 0) watchdog = setInterval(() => notify.send('WATCHDOG=1'), interval);
+}
+
+async function doReload(configPath: string, daemon: Daemon, notify: Notifier, log: Logger): Promise<void> {
+  notify.send(`RELOADING=1\nMONOTONIC_USEC=${monotonicUsec()}`);
+  const r = loadReload(configPath, daemon.config);
+  if ('error' in r) {
+    log.error('reload rejected, keeping the running config', { error: r.error });
+    notify.send('READY=1\nSTATUS=reload rejected, running the previous config');
+    return;
+  }
+  try {
+    await daemon.reload(r.config);
+    log.info('config reloaded', { mappings: daemon.table.sessionCount });
+    notify.send('READY=1\nSTATUS=config reloaded');
+  } catch (e) {
+    log.error('reload failed', { error: (e as Error).message });
+    notify.send('READY=1');
+  }
+}

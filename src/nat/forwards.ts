@@ -1,0 +1,92 @@
+/**
+ * Forwards for servers on the LAN (spec §6): TCP/UDP port forwards and the
+ * ESP / GRE protocol forwards.
+ *
+ * API (all hot-path safe: no allocation, numbers only):
+ *  - `protoForward(proto)`: the LAN address inbound ESP (50) or GRE (47) goes
+ *    to when nothing else claims it (the last resort of spec §6: established
+ *    -> pending -> guessing -> forward rule -> drop), or NO_FORWARD.
+ *  - `portForward(proto, pubPort)`: the LAN address of a TCP/UDP port forward,
+ *    or NO_FORWARD; `portForwardLanPort(proto, pubPort)` its LAN port.
+ *  - `inbound(proto, pubPort, rem, remPort, now)`: for an inbound TCP/UDP
+ *    packet that matched no mapping, creates the mapping (fixed public port)
+ *    and session to the LAN server and returns the session, or a negative
+ *    number (NO_FORWARD when no forward exists, -2/-3 when the table is full
+ *    or the port is taken).
+ * Hairpinning needs nothing extra: a LAN client's packet to the public
+ * address runs the inbound half after its outbound translation and lands here.
+ */
+import { Forward } from '../daemon/config';
+import { PROTO_ESP, PROTO_GRE, PROTO_TCP, PROTO_UDP, parseIpv4 } from '../wire/ipv4';
+import { SessionTable } from './sessions';
+
+/** Returned when there is no forward. As an address it is 255.255.255.255, never a LAN host. */
+export const NO_FORWARD = -1;
+
+export class Forwards {
+  private readonly tcpLan = new Int32Array(65536).fill(NO_FORWARD);
+  private readonly udpLan = new Int32Array(65536).fill(NO_FORWARD);
+  private readonly tcpLanPort = new Uint16Array(65536);
+  private readonly udpLanPort = new Uint16Array(65536);
+  private espLan = NO_FORWARD;
+  private greLan = NO_FORWARD;
+  /** Number of TCP/UDP port forwards (0 lets the packet path skip the lookup cheaply). */
+  portCount = 0;
+
+  constructor(private readonly table: SessionTable, forwards: readonly Forward[] = []) {
+    this.configure(forwards);
+  }
+
+  /** Replaces the rules (on start and on config reload). Existing sessions are kept. */
+  configure(forwards: readonly Forward[]): void {
+    this.tcpLan.fill(NO_FORWARD);
+    this.udpLan.fill(NO_FORWARD);
+    this.espLan = NO_FORWARD;
+    this.greLan = NO_FORWARD;
+    this.portCount = 0;
+    for (const f of forwards) {
+      const lan = parseIpv4(f.lanAddress);
+      if (f.proto === 'esp') this.espLan = lan;
+      else if (f.proto === 'gre') this.greLan = lan;
+      else if ('publicPort' in f) {
+        const tcp = f.proto === 'tcp';
+        (tcp ? this.tcpLan : this.udpLan)[f.publicPort] = lan;
+        (tcp ? this.tcpLanPort : this.udpLanPort)[f.publicPort] = f.lanPort;
+        this.portCount++;
+      }
+    }
+  }
+
+  /** LAN address for inbound packets of IP protocol 50 (ESP) or 47 (GRE) with no other owner, or NO_FORWARD. */
+  protoForward(proto: number): number {
+    return proto === PROTO_ESP ? this.espLan : proto === PROTO_GRE ? this.greLan : NO_FORWARD;
+  }
+
+  /** LAN address a TCP/UDP public port is forwarded to, or NO_FORWARD. */
+  portForward(proto: number, pubPort: number): number {
+    return proto === PROTO_TCP ? this.tcpLan[pubPort] : proto === PROTO_UDP ? this.udpLan[pubPort] : NO_FORWARD;
+  }
+
+  portForwardLanPort(proto: number, pubPort: number): number {
+    return proto === PROTO_TCP ? this.tcpLanPort[pubPort] : this.udpLanPort[pubPort];
+  }
+
+  /**
+   * Creates the mapping LAN server -> fixed public port (unless the server's
+   * endpoint already has exactly that mapping) and a session with the remote.
+   * The caller refreshes the session's state and timer as for any inbound packet.
+   */
+  inbound(proto: number, pubPort: number, rem: number, remPort: number, now: number): number {
+    if (this.portCount === 0) return NO_FORWARD;
+    const lan = this.portForward(proto, pubPort);
+    if (lan === NO_FORWARD) return NO_FORWARD;
+    const t = this.table;
+    const lanPort = this.portForwardLanPort(proto, pubPort);
+    let m = t.findMapping(proto, lan, lanPort);
+    if (m >= 0 && t.mPubPort[m] !== pubPort) return -3;
+    if (m < 0) m = t.createMapping(proto, lan, lanPort, pubPort);
+    if (m < 0) return m === -1 ? -2 : -3;
+    const s = t.createSession(m, rem, remPort, now, 0, now);
+    return s < 0 ? -2 : s;
+  }
+}

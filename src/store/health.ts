@@ -1,0 +1,49 @@
+/**
+ * Health of the state database as operators see it (status, metrics, log),
+ * and the classification of the faults the store survives.
+ */
+
+export interface DbHealth {
+  /** Writes reach the database; false while a fault lasts. */
+  healthy: boolean;
+  /** Table events not yet committed (queued, or the live rows still to rewrite after a fault). */
+  pendingWrites: number;
+  /** The last fault, kept after recovery for the operator: `CODE: message`. */
+  lastError: string | null;
+  /** When the last fault happened (wall-clock ms), or null. */
+  lastErrorAt: number | null;
+  rowsRestored: number;
+  rowsDiscarded: number;
+  /** The file was moved aside at start because it was corrupt: its new name. */
+  movedAside: string | null;
+}
+
+/** What the store does about an error. */
+export const enum Fault {
+  /** Another connection holds the lock: retry soon, nothing is wrong with the file. */
+  BUSY,
+  /** The file is not a database or is damaged: move it aside (at start) or rewrite it. */
+  CORRUPT,
+  /** Disk full, read-only, permissions, I/O: retry until it clears. */
+  IO,
+}
+
+const CORRUPT_CODES = new Set(['SQLITE_CORRUPT', 'SQLITE_NOTADB']);
+
+/** better-sqlite3 errors carry an extended code like SQLITE_BUSY_SNAPSHOT; node fs errors a code like EACCES. */
+export function classify(e: unknown): Fault {
+  const code = errorCode(e);
+  const primary = code.replace(/^(SQLITE_[A-Z]+)_.*$/, '$1');
+  if (primary === 'SQLITE_BUSY' || primary === 'SQLITE_LOCKED') return Fault.BUSY;
+  if (CORRUPT_CODES.has(primary)) return Fault.CORRUPT;
+  return Fault.IO;
+}
+
+export function errorCode(e: unknown): string {
+  const code = (e as { code?: unknown } | null)?.code;
+  return typeof code === 'string' ? code : 'ERROR';
+}
+
+export function describeError(e: unknown): string {
+  return `${errorCode(e)}: ${e instanceof Error ? e.message : String(e)}`;
+}

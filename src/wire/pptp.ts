@@ -1,0 +1,66 @@
+/**
+ * PPTP control messages on TCP 1723 (RFC 2637 §2; spec §2 table, RFC
+ * numbering). Offsets from the first byte of the PPTP message.
+ */
+import { read16, read32 } from './checksum';
+
+export const PPTP_PORT = 1723;
+
+export const PPTP_LENGTH = 0;
+export const PPTP_MSG_TYPE = 2;
+export const PPTP_MAGIC = 4;
+export const PPTP_CTRL_TYPE = 8;
+export const PPTP_HDR = 12;
+/** Body fields used by the Call-ID masquerade. */
+export const PPTP_CALL_ID = 12;
+export const PPTP_PEER_CALL_ID = 14;
+/** Result code of Outgoing-Call-Reply and Incoming-Call-Reply (1 = connected / accept). */
+export const PPTP_RESULT = 16;
+
+export const PPTP_MSG_CONTROL = 1;
+export const PPTP_MAGIC_COOKIE = 0x1a2b3c4d;
+export const PPTP_RESULT_OK = 1;
+
+export const START_CTRL_REQUEST = 1;
+export const START_CTRL_REPLY = 2;
+export const STOP_CTRL_REQUEST = 3;
+export const STOP_CTRL_REPLY = 4;
+export const ECHO_REQUEST = 5;
+export const ECHO_REPLY = 6;
+export const OUT_CALL_REQUEST = 7;
+export const OUT_CALL_REPLY = 8;
+export const IN_CALL_REQUEST = 9;
+export const IN_CALL_REPLY = 10;
+export const IN_CALL_CONNECTED = 11;
+export const CALL_CLEAR_REQUEST = 12;
+export const CALL_DISCONNECT_NOTIFY = 13;
+export const WAN_ERROR_NOTIFY = 14;
+export const SET_LINK_INFO = 15;
+export const PPTP_MAX_TYPE = 15;
+
+/** Fixed length of each control message type (index = type), spec §2. */
+export const PPTP_MSG_LEN: readonly number[] = [0, 156, 156, 16, 16, 16, 20, 168, 32, 220, 24, 28, 16, 148, 40, 24];
+
+/** Longest control message; a stated length above this is malformed. */
+export const PPTP_MAX_LEN = 220;
+
+export const PPTP_OK = 0;
+export const PPTP_ERR_LENGTH = 1;
+export const PPTP_ERR_MSG_TYPE = 2;
+export const PPTP_ERR_MAGIC = 3;
+export const PPTP_ERR_CTRL_TYPE = 4;
+
+/**
+ * Checks a complete message of `len` bytes (its Length field) at `off`:
+ * PPTP type 1, magic cookie, known control type, and Length equal to the
+ * type's fixed size (RFC 2637 gives every control message a fixed length;
+ * [NF] pptp_msg_size rejects shorter ones).
+ */
+export function checkPptp(buf: Uint8Array, off: number, len: number): number {
+  if (len < PPTP_HDR || len > PPTP_MAX_LEN) return PPTP_ERR_LENGTH;
+  if (read16(buf, off + PPTP_MSG_TYPE) !== PPTP_MSG_CONTROL) return PPTP_ERR_MSG_TYPE;
+  if (read32(buf, off + PPTP_MAGIC) !== PPTP_MAGIC_COOKIE) return PPTP_ERR_MAGIC;
+  const type = read16(buf, off + PPTP_CTRL_TYPE);
+  if (type < 1 || type > PPTP_MAX_TYPE) return PPTP_ERR_CTRL_TYPE;
+  return len === PPTP_MSG_LEN[type] ? PPTP_OK : PPTP_ERR_LENGTH;
+}

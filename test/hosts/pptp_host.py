@@ -1,0 +1,349 @@
+#!/usr/bin/env python3
+"""Crafted PPTP endpoints for the lab (the kernel here has no PPP/GRE stack).
+
+Control messages on TCP 1723 follow RFC 2637 §2 (lengths and Call ID offsets
+of vpn-masquerade-spec §2); data is enhanced GRE (RFC 2637 §4.1: K=1, S=1 with
+a payload, A=1 with an ack, version 1, protocol 0x880B) on a raw IP 47 socket.
+Every wait is bounded by --seconds. Each command prints one JSON line.
+
+  client --server S [--port 1723] --call-id X [--calls N] [--serial B]
+         --gre-count K [--gre-delay D] [--big N] [--clear] --seconds T
+      Start-Control-Connection, then N Outgoing-Call-Requests with Call IDs
+      X, X+1, ... (serial numbers B, B+1, ...; the serial is never rewritten by
+      a NAT, so servers refuse by serial). For each connected call, K GRE data
+      packets (payload "<local addr>/<call id>/<seq>") and one ack-only packet
+      to the SERVER's Call ID (after D seconds); meanwhile it records the GRE
+      that arrives. --clear ends each call with a Call-Clear-Request and waits
+      for the Call-Disconnect-Notify before closing.
+      --big N also sends one data packet of N payload bytes with DF and reports
+      an ICMP fragmentation-needed quoting it (raw ICMP socket).
+  server [--port 1723] --clients N [--refuse-serial Y] [--fixed-call-id F] --seconds T
+      Answers Start-Control-Connection-Requests and Outgoing-Call-Requests
+      (own Call ID unique per call, or always F: a server reusing the ID of a
+      cleared call; Peer's Call ID = the request's Call ID, result 1, or 2 for
+      serial Y), and Call-Clear-Requests with a Call-Disconnect-Notify. Each GRE data packet is answered with a
+      data packet "echo:<payload>" to its sender carrying the CLIENT's Call ID
+      as the server saw it, each ack-only packet with an ack-only packet.
+      Stops when N control connections have come and gone (or at --seconds).
+      Works on either side of the NAT: on the LAN behind a forward it is the
+      PAC of spec §6.
+"""
+import argparse
+import json
+import select
+import socket
+import struct
+import sys
+import time
+
+MAGIC = 0x1A2B3C4D
+SCCRQ, SCCRP, OCRQ, OCRP, CCRQ, CDN = 1, 2, 7, 8, 12, 13
+LENGTHS = {1: 156, 2: 156, 3: 16, 4: 16, 5: 16, 6: 20, 7: 168, 8: 32, 9: 220, 10: 24, 11: 28, 12: 16, 13: 148, 14: 40, 15: 24}
+GRE_PPP = 0x880B
+IP_MTU_DISCOVER, IP_PMTUDISC_DO = 10, 2
+
+
+def out(obj):
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def control(ctype, fields=()):
+    """A control message of its fixed length; fields: (offset, struct format, value)."""
+    m = bytearray(LENGTHS[ctype])
+    struct.pack_into("!HHIH", m, 0, len(m), 1, MAGIC, ctype)
+    for off, fmt, val in fields:
+        struct.pack_into(fmt, m, off, val)
+    return bytes(m)
+
+
+def start_msg(ctype):
+    # protocol version 1.0 @12, result @14 (reply only), framing/bearer caps, firmware @26
+    fields = [(12, "!H", 0x0100), (16, "!I", 1), (20, "!I", 1), (26, "!H", 1)]
+    if ctype == SCCRP:
+        fields.append((14, "!B", 1))
+    return control(ctype, fields)
+
+
+def gre_data(call_id, seq, payload, ack=None):
+    flags = 0x30  # K, S
+    ver = 0x01 | (0x80 if ack is not None else 0)
+    h = struct.pack("!BBHHHI", flags, ver, GRE_PPP, len(payload), call_id, seq)
+    if ack is not None:
+        h += struct.pack("!I", ack)
+    return h + payload
+
+
+def gre_ack(call_id, ack):
+    return struct.pack("!BBHHHI", 0x20, 0x81, GRE_PPP, 0, call_id, ack)
+
+
+def parse_gre(pkt):
+    """Raw IP 47 packet -> (src, call_id, seq or None, ack or None, payload) or None."""
+    ihl = (pkt[0] & 15) * 4
+    g = pkt[ihl:]
+    if len(g) < 8:
+        return None
+    flags, ver, proto, plen, call_id = struct.unpack("!BBHHH", g[:8])
+    if (ver & 7) != 1 or proto != GRE_PPP:
+        return None
+    off = 8
+    seq = ack = None
+    if flags & 0x10:
+        seq = struct.unpack("!I", g[off:off + 4])[0]
+        off += 4
+    if ver & 0x80:
+        ack = struct.unpack("!I", g[off:off + 4])[0]
+        off += 4
+    src = socket.inet_ntoa(pkt[12:16])
+    return src, call_id, seq, ack, bytes(g[off:off + plen])
+
+
+class Reader:
+    """Splits a TCP byte stream into PPTP control messages."""
+
+    def __init__(self):
+        self.buf = b""
+
+    def feed(self, data):
+        self.buf += data
+        msgs = []
+        while len(self.buf) >= 12:
+            length = struct.unpack("!H", self.buf[:2])[0]
+            if length < 12:
+                raise ValueError("bad PPTP length %d" % length)
+            if len(self.buf) < length:
+                break
+            msgs.append(self.buf[:length])
+            self.buf = self.buf[length:]
+        return msgs
+
+
+def check_msg(m):
+    length, mtype, magic, ctype = struct.unpack("!HHIH", m[:10])
+    if mtype != 1 or magic != MAGIC:
+        raise ValueError("bad PPTP header %s" % m[:12].hex())
+    return ctype
+
+
+# ---- client -----------------------------------------------------------------
+
+def client(a):
+    deadline = time.time() + a.seconds
+    res = {"calls": [], "received": [], "foreign": [], "ackOnly": 0, "wrongCallId": []}
+    raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, 47)
+    icmp = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) if a.big else None
+    t = socket.create_connection((a.server, a.port), timeout=max(0.5, deadline - time.time()))
+    name = t.getsockname()[0]
+    res["local"] = "%s:%d" % t.getsockname()
+    reader = Reader()
+    pending = []
+
+    def expect(ctype):
+        while True:
+            while pending:
+                m = pending.pop(0)
+                if check_msg(m) == ctype:
+                    return m
+            left = deadline - time.time()
+            if left <= 0:
+                raise TimeoutError("no control message %d" % ctype)
+            t.settimeout(left)
+            data = t.recv(4096)
+            if not data:
+                raise ConnectionError("control connection closed")
+            pending.extend(reader.feed(data))
+
+    try:
+        t.sendall(start_msg(SCCRQ))
+        rep = expect(SCCRP)
+        res["startResult"] = rep[14]
+        # All requests first: several calls in flight on one control connection.
+        for i in range(a.calls):
+            t.sendall(control(OCRQ, [(12, "!H", a.call_id + i), (14, "!H", a.serial + i), (16, "!I", 300),
+                                     (20, "!I", 100000000), (24, "!I", 3), (28, "!I", 3), (32, "!H", 64)]))
+        for i in range(a.calls):
+            rep = expect(OCRP)
+            server_id, peer_id, result = struct.unpack("!HHB", rep[12:17])
+            res["calls"].append({"callId": peer_id, "serverCallId": server_id, "result": result,
+                                 "sent": 0, "dataBack": 0, "ackBack": 0})
+    except (OSError, ValueError) as e:
+        res["error"] = "%s: %s" % (type(e).__name__, e)
+        out(res)
+        return
+    by_id = {c["callId"]: c for c in res["calls"]}
+    live = [c for c in res["calls"] if c["result"] == 1]
+    time.sleep(min(a.gre_delay, max(0.0, deadline - time.time())))
+    for c in live:
+        sid = c["serverCallId"]
+        for seq in range(a.gre_count):
+            raw.sendto(gre_data(sid, seq, ("%s/%d/%d" % (name, c["callId"], seq)).encode()), (a.server, 0))
+            c["sent"] += 1
+        raw.sendto(gre_ack(sid, max(0, a.gre_count - 1)), (a.server, 0))
+    if a.big and live:
+        raw.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
+        try:
+            raw.sendto(gre_data(live[0]["serverCallId"], 1000, b"B" * a.big), (a.server, 0))
+            res["bigSent"] = True
+        except OSError as e:
+            res["bigSent"] = str(e)
+    want = sum(a.gre_count + 1 for _ in live)
+    got = 0
+    frag_needed = None
+    t.setblocking(False)
+    socks = [raw] + ([icmp] if icmp else [])
+    while time.time() < deadline and (got < want or (a.big and live and frag_needed is None)):
+        ready, _, _ = select.select(socks, [], [], max(0.0, deadline - time.time()))
+        if raw in ready:
+            g = parse_gre(raw.recv(65535))
+            if g is None:
+                continue
+            src, call_id, seq, ack, payload = g
+            c = by_id.get(call_id)
+            if c is None:
+                res["wrongCallId"].append(call_id)
+                continue
+            got += 1
+            if seq is None:
+                c["ackBack"] += 1
+                res["ackOnly"] += 1
+                continue
+            text = payload.decode(errors="replace")
+            res["received"].append(text)
+            if text.startswith("echo:%s/%d/" % (name, call_id)):
+                c["dataBack"] += 1
+            else:
+                res["foreign"].append(text)
+        if icmp is not None and icmp in ready:
+            p = icmp.recv(65535)
+            ihl = (p[0] & 15) * 4
+            if p[ihl] == 3 and p[ihl + 1] == 4:
+                inner = p[ihl + 8:]
+                iihl = (inner[0] & 15) * 4
+                frag_needed = {"from": socket.inet_ntoa(p[12:16]), "mtu": struct.unpack("!H", p[ihl + 6:ihl + 8])[0],
+                               "quotedProto": inner[9], "quotedSrc": socket.inet_ntoa(inner[12:16]),
+                               "quotedDst": socket.inet_ntoa(inner[16:20])}
+                if inner[9] == 47 and len(inner) >= iihl + 8:
+                    frag_needed["quotedCallId"] = struct.unpack("!H", inner[iihl + 6:iihl + 8])[0]
+    res["fragNeeded"] = frag_needed
+    if a.clear:
+        t.setblocking(True)
+        try:
+            for c in live:
+                t.sendall(control(CCRQ, [(12, "!H", c["callId"])]))
+                m = expect(CDN)
+                c["disconnectCallId"] = struct.unpack("!H", m[12:14])[0]
+        except (OSError, ValueError) as e:
+            res["error"] = "clear: %s: %s" % (type(e).__name__, e)
+    t.close()
+    out(res)
+
+
+# ---- server -----------------------------------------------------------------
+
+def server(a):
+    deadline = time.time() + a.seconds
+    lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    lsock.bind(("0.0.0.0", a.port))
+    lsock.listen(16)
+    raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, 47)
+    print("ready", file=sys.stderr, flush=True)
+    conns = {}  # socket -> record
+    records = []
+    calls = {}  # own call id -> (peer addr, peer call id)
+    next_id = 0x5100
+    gre = {"data": {}, "ackOnly": {}, "from": [], "payloads": [], "unknownCallId": [], "sent": 0}
+    closed = 0
+    while time.time() < deadline and not (closed >= a.clients and not conns):
+        ready, _, _ = select.select([lsock, raw] + list(conns), [], [], max(0.0, min(0.2, deadline - time.time())))
+        for s in ready:
+            if s is lsock:
+                c, peer = lsock.accept()
+                rec = {"peer": "%s:%d" % peer, "callIds": [], "serials": [], "reader": Reader()}
+                conns[c] = rec
+                records.append(rec)
+            elif s is raw:
+                g = parse_gre(raw.recv(65535))
+                if g is None:
+                    continue
+                src, call_id, seq, ack, payload = g
+                if src not in gre["from"]:
+                    gre["from"].append(src)
+                target = calls.get(call_id)
+                if target is None or target[0] != src:
+                    gre["unknownCallId"].append(call_id)
+                    continue
+                key = str(call_id)
+                if seq is None:
+                    gre["ackOnly"][key] = gre["ackOnly"].get(key, 0) + 1
+                    raw.sendto(gre_ack(target[1], ack or 0), (src, 0))
+                else:
+                    gre["data"][key] = gre["data"].get(key, 0) + 1
+                    gre["payloads"].append(payload.decode(errors="replace"))
+                    raw.sendto(gre_data(target[1], seq, b"echo:" + payload), (src, 0))
+                gre["sent"] += 1
+            else:
+                rec = conns[s]
+                try:
+                    data = s.recv(4096)
+                except OSError:
+                    data = b""
+                if not data:
+                    del conns[s]
+                    s.close()
+                    closed += 1
+                    continue
+                for m in rec["reader"].feed(data):
+                    ctype = check_msg(m)
+                    if ctype == SCCRQ:
+                        s.sendall(start_msg(SCCRP))
+                    elif ctype == OCRQ:
+                        peer_id, serial = struct.unpack("!HH", m[12:16])
+                        rec["callIds"].append(peer_id)
+                        rec["serials"].append(serial)
+                        own = a.fixed_call_id if a.fixed_call_id >= 0 else next_id
+                        next_id += 1
+                        ok = serial != a.refuse_serial
+                        if ok:
+                            calls[own] = (rec["peer"].split(":")[0], peer_id)
+                        s.sendall(control(OCRP, [(12, "!H", own), (14, "!H", peer_id), (16, "!B", 1 if ok else 2),
+                                                 (20, "!I", 100000000), (24, "!H", 64)]))
+                    elif ctype == CCRQ:
+                        peer_id = struct.unpack("!H", m[12:14])[0]
+                        rec.setdefault("cleared", []).append(peer_id)
+                        own = next((k for k, v in calls.items() if v == (rec["peer"].split(":")[0], peer_id)), 0)
+                        calls.pop(own, None)
+                        s.sendall(control(CDN, [(12, "!H", own), (14, "!B", 3)]))
+    for rec in records:
+        del rec["reader"]
+    out({"connections": records, "calls": {str(k): {"peer": v[0], "peerCallId": v[1]} for k, v in calls.items()},
+         "gre": gre})
+
+
+def main():
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("client")
+    c.add_argument("--server", required=True)
+    c.add_argument("--port", type=int, default=1723)
+    c.add_argument("--calls", type=int, default=1)
+    c.add_argument("--call-id", type=lambda v: int(v, 0), required=True)
+    c.add_argument("--serial", type=lambda v: int(v, 0), default=1)
+    c.add_argument("--gre-count", type=int, default=3)
+    c.add_argument("--gre-delay", type=float, default=0)
+    c.add_argument("--clear", action="store_true")
+    c.add_argument("--big", type=int, default=0)
+    c.add_argument("--seconds", type=float, default=10)
+    s = sub.add_parser("server")
+    s.add_argument("--port", type=int, default=1723)
+    s.add_argument("--clients", type=int, default=1)
+    s.add_argument("--refuse-serial", type=lambda v: int(v, 0), default=-1)
+    s.add_argument("--fixed-call-id", type=lambda v: int(v, 0), default=-1)
+    s.add_argument("--seconds", type=float, default=15)
+    a = p.parse_args()
+    client(a) if a.cmd == "client" else server(a)
+
+
+if __name__ == "__main__":
+    main()

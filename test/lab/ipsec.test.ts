@@ -1,0 +1,130 @@
+/**
+ * IPsec masquerade against real kernel stacks, without NAT-T: LAN hosts run
+ * IKEv1-style Main + Quick Mode headers (real cookies, opaque bodies) from
+ * port 500 and then raw ESP with their own SPIs to one remote that answers
+ * with its own SPIs (test/hosts/peer.py ike-esp-*). Assertions are about what
+ * the hosts received (vpn-masquerade-spec §3, §4, §9, §11).
+ */
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { createLab, Lab } from './lab';
+import { peer, peerServer, RouterHandle, startRouter } from './router-harness';
+
+const isRoot = process.getuid?.() === 0;
+
+describe('IPsec masquerade in the lab (raw ESP, no NAT-T)', { skip: !isRoot && 'needs root' }, () => {
+  let lab: Lab;
+  let router: RouterHandle;
+  let remote: string;
+
+  before(async () => {
+    lab = await createLab({ lanHosts: 3, wanHosts: 2 });
+    router = await startRouter(lab);
+    remote = lab.addr.vpnServer;
+  });
+
+  after(async () => {
+    try {
+      if (router) await router.stop();
+    } finally {
+      if (lab) await lab.destroy();
+    }
+  });
+
+  const events = async (): Promise<Record<string, number>> => (await router.stats()).ipsec.events;
+  const client = (i: number, icookie: string, spi: number, extra: string[] = []) =>
+    peer(lab, lab.ns.lan[i], ['ike-esp-client', '--host', remote, '--icookie', icookie, '--spi', String(spi), '--timeout', '20', ...extra], 30000);
+
+  it('three hosts at once: IKE keeps port 500, each gets its own bidirectional ESP flow, nobody gets another host\'s ESP', async () => {
+    const srv = await peerServer(lab, lab.ns.vpnServer, ['ike-esp-responder', '--seconds', '20', '--idle', '3']);
+    const cookies = ['a1a1a1a100000001', 'a1a1a1a100000002', 'a1a1a1a100000003']; // differ only in bytes 4-7
+    const res = await Promise.all(cookies.map((c, i) => client(i, c, 0x1000 + i, ['--packets', '10'])));
+    for (const [i, r] of res.entries()) {
+      assert.equal(r.error, undefined, `host ${i}: ${JSON.stringify(r)}`);
+      assert.equal(r.flow.good, 10, `host ${i} got its ESP back`);
+      assert.deepEqual(r.foreign, [], `host ${i} received nothing of the others`);
+    }
+    const seen = JSON.parse((await srv.result).trim().split('\n').pop() as string);
+    assert.deepEqual(seen.ikeFrom, [`${lab.addr.public}:500`], 'ISAKMP left from public port 500');
+    for (let i = 0; i < 3; i++) assert.ok(seen.esp[(0x1000 + i).toString(16).padStart(8, '0')] >= 10);
+    const st = (await router.stats()).ipsec;
+    assert.equal(st.esp.established, 3);
+  });
+
+  it('a rekey to new SPIs on both sides keeps traffic flowing, and the old SA still drains', async () => {
+    const srv = await peerServer(lab, lab.ns.vpnServer, ['ike-esp-responder', '--seconds', '20', '--idle', '3']);
+    const r = await client(0, 'b2b2b2b2b2b2b2b2', 0x2000, ['--rekey-spi', '0x2001', '--packets', '5']);
+    await srv.result;
+    assert.equal(r.error, undefined, JSON.stringify(r));
+    assert.equal(r.flow.good, 5);
+    assert.equal(r.rekey.good, 5);
+    assert.equal(r.old.good, 2);
+    assert.deepEqual(r.foreign, []);
+  });
+
+  it('serialization: a host is held back while another\'s new SPI is pending, until that one is squelched after 5 retries', async () => {
+    const before = await events();
+    const srv = await peerServer(lab, lab.ns.vpnServer, ['ike-esp-responder', '--seconds', '20', '--idle', '3', '--silent-spi', '0x3001']);
+    const silent = client(1, 'c3c3c3c3c3c3c3c3', 0x3001, ['--packets', '1', '--timeout', '4']);
+    await new Promise((r) => setTimeout(r, 1200)); // the silent host's IKE is done and its ESP pending
+    const waiting = await client(2, 'c3c3c3c3c3c3c3c4', 0x3002, ['--packets', '3']);
+    const s = await silent;
+    await srv.result;
+    assert.equal(s.flow.good, 0, 'the remote never answered the silent host');
+    assert.equal(waiting.flow.good, 3, JSON.stringify(waiting));
+    assert.ok(waiting.flow.sent > 3, 'its first packets were held back');
+    const after = await events();
+    assert.ok(after['esp-blocked'] > before['esp-blocked'], 'blocked by the pending init');
+    assert.equal(after['esp-squelch'] - before['esp-squelch'], 1, 'squelched once');
+    assert.match(router.log(), /unblocking & squelching/);
+  });
+
+  it('guessing: ESP on an unknown SPI goes to every host that recently spoke ISAKMP with the remote', async () => {
+    const before = await events();
+    const listeners = await Promise.all([0, 1, 2].map((i) => peerServer(lab, lab.ns.lan[i], ['listen-raw', '--proto', '50', '--seconds', '2'])));
+    await peer(lab, lab.ns.vpnServer, ['raw', '--dst', lab.addr.public, '--proto', '50', '--hex', '7e7e7e7e00000001' + '00'.repeat(32)]);
+    const got = await Promise.all(listeners.map(async (l) => JSON.parse((await l.result).trim().split('\n').pop() as string).received));
+    assert.deepEqual(got, [1, 1, 1]);
+    const after = await events();
+    assert.equal(after['esp-guess'] - before['esp-guess'], 1);
+  });
+
+  it('AH is dropped with its log line', async () => {
+    const l = await peerServer(lab, lab.ns.vpnServer, ['listen-raw', '--proto', '51', '--seconds', '1.5']);
+    await peer(lab, lab.ns.lan[0], ['raw', '--dst', remote, '--proto', '51', '--hex', '0404000000000abc00000001' + '00'.repeat(16)]);
+    assert.equal(JSON.parse((await l.result).trim().split('\n').pop() as string).received, 0);
+    assert.ok((await router.stats()).drops['ah-refused'] >= 1);
+    const deadline = Date.now() + 3000;
+    while (!/AH refused/.test(router.log()) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    assert.match(router.log(), /AH refused: it signs the addresses/);
+  });
+
+  it('NAT-T: IKE from port 4500 and ESP-in-UDP from two hosts at once get distinct public ports', async () => {
+    const srv = await peerServer(lab, lab.ns.vpnServer, ['udp-server', '--port', '4500', '--count', '2']);
+    const [a, b] = await Promise.all([0, 1].map((i) =>
+      peer(lab, lab.ns.lan[i], ['udp-client', '--host', remote, '--port', '4500', '--sport', '4500', '--size', '200'])));
+    await srv.result;
+    assert.equal(a.reply.peer.split(':')[0], lab.addr.public);
+    assert.notEqual(a.reply.peer, b.reply.peer);
+    assert.equal(a.from, `${remote}:4500`);
+    assert.equal(b.from, `${remote}:4500`);
+  });
+
+  it('ICMP fragmentation-needed quoting outbound ESP reaches the sender', async () => {
+    const spi = '5f5f5f01';
+    const l = await peerServer(lab, lab.ns.lan[2], ['listen-raw', '--proto', '1', '--seconds', '2', '--dump']);
+    await peer(lab, lab.ns.lan[2], ['raw', '--dst', lab.addr.far, '--proto', '50', '--hex', spi + '00000001' + 'ab'.repeat(1392)]);
+    const r = JSON.parse((await l.result).trim().split('\n').pop() as string);
+    const fragNeeded = (r.packets as string[]).map((h) => Buffer.from(h, 'hex')).find((p) => {
+      const hl = (p[0] & 15) * 4;
+      return p[hl] === 3 && p[hl + 1] === 4;
+    });
+    assert.ok(fragNeeded, `no frag-needed among ${JSON.stringify(r)}`);
+    const hl = (fragNeeded[0] & 15) * 4;
+    const inner = fragNeeded.subarray(hl + 8);
+    const ihl = (inner[0] & 15) * 4;
+    assert.equal(inner[9], 50, 'quotes ESP');
+    assert.equal([...inner.subarray(12, 16)].join('.'), lab.addr.lan[2], 'quoted source is the LAN host again');
+    assert.equal(inner.subarray(ihl, ihl + 4).toString('hex'), spi);
+  });
+});

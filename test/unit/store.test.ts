@@ -1,0 +1,359 @@
+/**
+ * The state store without root: write-ahead, updates, restore with the wall
+ * clock advanced, migrations from every earlier schema, address changes and
+ * the faults the store must survive without throwing into the packet path.
+ */
+import { afterEach, beforeEach, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import Database from 'better-sqlite3';
+import type { AddressChangePolicy, StateConfig } from '../../src/daemon/config';
+import type { Logger } from '../../src/daemon/log';
+import { Journal } from '../../src/nat/journal';
+import { SessionTable } from '../../src/nat/sessions';
+import { openReadOnly } from '../../src/store/reader';
+import { SCHEMA_VERSION, SCHEMAS } from '../../src/store/schema';
+import { SessionCodec, Store } from '../../src/store/store';
+import { parseIpv4, PROTO_TCP, PROTO_UDP } from '../../src/wire/ipv4';
+
+const PUB = parseIpv4('198.18.0.2');
+const PUB2 = parseIpv4('198.18.0.3');
+const LAN = parseIpv4('10.77.0.11');
+const REM = parseIpv4('198.18.0.11');
+const T0 = 1_700_000_000_000;
+
+interface Logged { level: string; msg: string; fields?: Record<string, unknown> }
+
+function logger(lines: Logged[]): Logger {
+  const w = (level: string) => (msg: string, fields?: Record<string, unknown>) => { lines.push({ level, msg, fields }); };
+  return { error: w('error'), warn: w('warn'), info: w('info'), debug: w('debug'), event: (_k, msg, fields) => lines.push({ level: 'event', msg, fields }) };
+}
+
+function newTable(pub = PUB, capacity = 1024): SessionTable {
+  return new SessionTable(capacity, pub, { range: [1024, 65535], lowRange: null, preserve: true }, new Journal());
+}
+
+/** What the daemon does at the end of a batch: drain the journal into the store and flush. */
+function drain(t: SessionTable, store: Store): void {
+  (t.journal as Journal).drain((k, tb, i, s) => store.event(k, tb, i, s));
+  store.flush();
+}
+
+function rowsIn(file: string): Array<Record<string, number>> {
+  const db = new Database(file, { readonly: true });
+  try {
+    return db.prepare('SELECT * FROM sessions ORDER BY serial').all() as Array<Record<string, number>>;
+  } finally {
+    db.close();
+  }
+}
+
+describe('state store', () => {
+  let dir: string;
+  let cfg: StateConfig;
+  let lines: Logged[];
+  let clock: number;
+  const stores: Store[] = [];
+
+  function open(t: SessionTable, overrides: Partial<StateConfig> = {}): Store {
+    const store = new Store({ ...cfg, ...overrides }, logger(lines), { now: () => clock });
+    store.registerTable(new SessionCodec(t));
+    stores.push(store);
+    return store;
+  }
+
+  function restore(store: Store, t: SessionTable, policy: AddressChangePolicy = 'move') {
+    return store.restore({ now: clock, publicAddr: t.publicAddr, onAddressChange: policy });
+  }
+
+  beforeEach(() => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vpnmasq-store-'));
+    cfg = { path: path.join(dir, 'state', 'state.db'), synchronous: 'normal', groupCommitMs: 2, flushIntervalMs: 1000 };
+    lines = [];
+    clock = T0;
+  });
+
+  afterEach(() => {
+    for (const s of stores.splice(0)) s.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('write-ahead: a NEW event followed by flush is in the database (directory created)', () => {
+    const t = newTable();
+    const store = open(t);
+    const s = t.createOut(PROTO_UDP, LAN, 40000, REM, 7000, clock, 0, clock + 30000);
+    drain(t, store);
+    const rows = rowsIn(cfg.path);
+    assert.equal(rows.length, 1);
+    assert.equal(rows[0].serial, t.sSerial[s]);
+    assert.equal(rows[0].pub_port, 40000);
+    assert.equal(rows[0].pub_addr, PUB);
+    assert.equal(rows[0].expires, clock + 30000);
+    assert.equal(store.health().healthy, true);
+  });
+
+  it('updates are flushed by tick, deletions by the next flush', () => {
+    const t = newTable();
+    const store = open(t);
+    const a = t.createOut(PROTO_TCP, LAN, 40001, REM, 80, clock, 3, clock + 7440000);
+    const b = t.createOut(PROTO_UDP, LAN, 40002, REM, 53, clock, 0, clock + 30000);
+    drain(t, store);
+    t.sLastSeen[a] = clock + 500;
+    t.sPktsOut[a] = 10;
+    t.sBytesIn[a] = 1234;
+    t.sExpires[a] = clock + 500 + 7440000;
+    t.removeSession(b);
+    drain(t, store);
+    let rows = rowsIn(cfg.path);
+    assert.deepEqual(rows.map((r) => r.serial), [t.sSerial[a]], 'deleted row gone after flush');
+    assert.equal(rows[0].pkts_out, 0, 'no write per packet of an existing flow');
+    store.tick();
+    rows = rowsIn(cfg.path);
+    assert.equal(rows[0].pkts_out, 10);
+    assert.equal(rows[0].bytes_in, 1234);
+    assert.equal(rows[0].last_seen, clock + 500);
+    assert.equal(rows[0].state, 3);
+  });
+
+  it('restore: wall-clock deadlines count the downtime; same ports and serials; expired rows deleted', () => {
+    const t = newTable();
+    let store = open(t);
+    const short = t.createOut(PROTO_UDP, LAN, 40010, REM, 7000, clock, 0, clock + 30000);
+    const long = t.createOut(PROTO_TCP, LAN, 40011, REM, 80, clock, 3, clock + 300000);
+    const long2 = t.createOut(PROTO_TCP, LAN, 40011, parseIpv4('198.18.0.12'), 80, clock, 3, clock + 300000);
+    t.sPktsIn[long] = 5;
+    t.sLastSeen[long] = clock + 10;
+    drain(t, store);
+    store.close();
+
+    clock += 60000; // down for a minute: the UDP session's deadline passed
+    const t2 = newTable();
+    store = open(t2);
+    assert.deepEqual(restore(store, t2), { restored: 2, discarded: 1 });
+    assert.deepEqual(store.health().rowsRestored, 2);
+    assert.deepEqual(store.health().rowsDiscarded, 1);
+    assert.equal(t2.sessionCount, 2);
+    assert.equal(t2.mappingCount, 1, 'both sessions share the restored mapping');
+    const s = t2.findOut(PROTO_TCP, LAN, 40011, REM, 80);
+    assert.ok(s >= 0);
+    assert.equal(t2.sSerial[s], t.sSerial[long]);
+    assert.equal(t2.mPubPort[t2.sMap[s]], 40011);
+    assert.equal(t2.sPktsIn[s], 5);
+    assert.equal(t2.sLastSeen[s], T0 + 10);
+    assert.equal(t2.findOut(PROTO_UDP, LAN, 40010, REM, 7000), -1);
+    assert.deepEqual(rowsIn(cfg.path).map((r) => r.serial).sort(), [t.sSerial[long], t.sSerial[long2]].sort());
+    assert.ok(lines.some((l) => l.msg === 'state restored' && l.fields?.restored === 2 && l.fields?.discarded === 1));
+    // New sessions continue above the restored serials and keep the restored port owned.
+    const n = t2.createOut(PROTO_TCP, parseIpv4('10.77.0.12'), 40011, REM, 80, clock, 0, clock + 1000);
+    assert.ok(t2.sSerial[n] > Math.max(t.sSerial[long], t.sSerial[long2], t.sSerial[short]));
+    assert.notEqual(t2.mPubPort[t2.sMap[n]], 40011);
+  });
+
+  for (const policy of ['move', 'drop'] as const) {
+    it(`public address changed: wan.onAddressChange=${policy}`, () => {
+      const t = newTable(PUB);
+      let store = open(t);
+      t.createOut(PROTO_UDP, LAN, 40020, REM, 7000, clock, 0, clock + 30000);
+      drain(t, store);
+      store.close();
+      const t2 = newTable(PUB2);
+      store = open(t2);
+      const r = restore(store, t2, policy);
+      if (policy === 'move') {
+        assert.deepEqual(r, { restored: 1, discarded: 0 });
+        const s = t2.findOut(PROTO_UDP, LAN, 40020, REM, 7000);
+        assert.equal(t2.mPubPort[t2.sMap[s]], 40020, 'same port on the new address');
+        store.tick();
+        assert.equal(rowsIn(cfg.path)[0].pub_addr, PUB2, 'row rewritten with the new address');
+      } else {
+        assert.deepEqual(r, { restored: 0, discarded: 1 });
+        assert.equal(t2.sessionCount, 0);
+        assert.equal(rowsIn(cfg.path).length, 0);
+      }
+    });
+  }
+
+  /** A row of the sample session in each earlier schema version. */
+  const SAMPLE_ROW: Record<number, string> = {
+    1: `INSERT INTO sessions VALUES (77, ${PROTO_UDP}, ${LAN}, 40030, 40031, ${REM}, 7000, 0, ${T0}, ${T0}, ${T0 + 30000})`,
+  };
+
+  for (let v = 1; v < SCHEMA_VERSION; v++) {
+    it(`migrates a version ${v} database to version ${SCHEMA_VERSION}`, () => {
+      assert.ok(SAMPLE_ROW[v], `add a sample row for schema version ${v}`);
+      fs.mkdirSync(path.dirname(cfg.path), { recursive: true });
+      const old = new Database(cfg.path);
+      for (const sql of SCHEMAS[v]) old.exec(sql);
+      old.exec(SAMPLE_ROW[v]);
+      old.pragma(`user_version = ${v}`);
+      old.close();
+
+      const t = newTable();
+      const store = open(t);
+      assert.deepEqual(restore(store, t, 'move'), { restored: 1, discarded: 0 });
+      const s = t.findOut(PROTO_UDP, LAN, 40030, REM, 7000);
+      assert.equal(t.sSerial[s], 77);
+      assert.equal(t.mPubPort[t.sMap[s]], 40031);
+      store.close();
+
+      // Same columns and indexes as a database created at the current version.
+      const fresh = new Database(':memory:');
+      for (const sql of SCHEMAS[SCHEMA_VERSION]) fresh.exec(sql);
+      const migrated = new Database(cfg.path, { readonly: true });
+      const shape = (db: Database.Database) => ({
+        columns: (db.prepare("SELECT name, type, \"notnull\" FROM pragma_table_info('sessions') ORDER BY name").all()),
+        indexes: db.prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL ORDER BY name").all(),
+      });
+      assert.deepEqual(shape(migrated), shape(fresh));
+      assert.equal(migrated.pragma('user_version', { simple: true }), SCHEMA_VERSION);
+      migrated.close();
+      fresh.close();
+    });
+  }
+
+  it('reader streams stored rows as ConnRow without the daemon', () => {
+    const t = newTable();
+    const store = open(t);
+    t.createOut(PROTO_TCP, LAN, 40040, REM, 443, clock, 3, clock + 60000);
+    t.createOut(PROTO_UDP, LAN, 40041, REM, 53, clock, 0, clock + 30000);
+    drain(t, store);
+    const r = openReadOnly(cfg.path);
+    const rows = [...r.iterate(clock + 1000)];
+    r.close();
+    assert.equal(rows.length, 2);
+    assert.deepEqual(rows[0].lan, { addr: '10.77.0.11', port: 40040 });
+    assert.deepEqual(rows[0].public, { addr: '198.18.0.2', port: 40040 });
+    assert.equal(rows[0].proto, 'tcp');
+    assert.equal(rows[0].state, 'ESTABLISHED');
+    assert.equal(rows[1].proto, 'udp');
+    assert.equal(rows[1].expiresInSeconds, 29);
+  });
+
+  for (const kind of ['garbage', 'truncated'] as const) {
+    it(`a ${kind} file at start is moved aside and the router starts empty`, () => {
+      if (kind === 'garbage') {
+        fs.mkdirSync(path.dirname(cfg.path), { recursive: true });
+        fs.writeFileSync(cfg.path, new Uint8Array(64 * 1024).fill(0x5a));
+      } else {
+        const t = newTable(PUB, 8192);
+        const store = open(t);
+        for (let i = 0; i < 5000; i++) t.createOut(PROTO_UDP, LAN, 2000 + i, REM, 7000, clock, 0, clock + 30000);
+        drain(t, store);
+        store.close();
+        const size = fs.statSync(cfg.path).size;
+        fs.truncateSync(cfg.path, Math.floor(size / 2));
+      }
+      const t = newTable();
+      const store = open(t);
+      assert.deepEqual(restore(store, t), { restored: 0, discarded: 0 });
+      const h = store.health();
+      assert.equal(h.healthy, true);
+      assert.ok(h.movedAside && fs.existsSync(h.movedAside), `moved aside: ${h.movedAside}`);
+      assert.match(path.basename(h.movedAside), /^state\.db\.corrupt-/);
+      assert.ok(lines.some((l) => l.level === 'error' && /corrupt: moved it aside/.test(l.msg)));
+      t.createOut(PROTO_UDP, LAN, 40050, REM, 7000, clock, 0, clock + 30000);
+      drain(t, store);
+      assert.equal(rowsIn(cfg.path).length, 1, 'the new file works');
+    });
+  }
+
+  it('unwritable directory: unhealthy, no throw, full rewrite when it clears', () => {
+    // Root ignores file modes: make the parent a regular file instead.
+    const parent = path.dirname(cfg.path);
+    fs.writeFileSync(parent, 'not a directory');
+    const t = newTable();
+    const store = open(t);
+    assert.deepEqual(restore(store, t), { restored: 0, discarded: 0 });
+    t.createOut(PROTO_UDP, LAN, 40060, REM, 7000, clock, 0, clock + 30000);
+    t.createOut(PROTO_UDP, LAN, 40061, REM, 7000, clock, 0, clock + 30000);
+    assert.doesNotThrow(() => drain(t, store));
+    let h = store.health();
+    assert.equal(h.healthy, false);
+    assert.match(h.lastError ?? '', /ENOTDIR|EEXIST/);
+    assert.equal(h.pendingWrites, 2);
+    store.tick();
+    assert.equal(store.health().healthy, false, 'still failing');
+    fs.rmSync(parent);
+    clock += 1000;
+    store.tick();
+    h = store.health();
+    assert.equal(h.healthy, true);
+    assert.equal(h.pendingWrites, 0);
+    assert.equal(rowsIn(cfg.path).length, 2, 'whole live table written');
+    assert.ok(lines.some((l) => l.msg === 'state database writes resumed'));
+  });
+
+  it('file deleted while running: detected by the file check, recreated with the full table', () => {
+    const t = newTable();
+    const store = open(t);
+    t.createOut(PROTO_UDP, LAN, 40070, REM, 7000, clock, 0, clock + 30000);
+    drain(t, store);
+    for (const f of [cfg.path, `${cfg.path}-wal`, `${cfg.path}-shm`]) fs.rmSync(f, { force: true });
+    t.createOut(PROTO_UDP, LAN, 40071, REM, 7000, clock, 0, clock + 30000);
+    drain(t, store); // commits into the deleted file
+    clock += 2500;
+    store.tick();
+    assert.ok(lines.some((l) => l.level === 'error' && /deleted/.test(String(l.fields?.error))));
+    assert.match(store.health().lastError ?? '', /deleted/);
+    assert.equal(store.health().healthy, true, 'reopened in the same tick');
+    assert.deepEqual(rowsIn(cfg.path).map((r) => r.pub_port).sort(), [40070, 40071]);
+  });
+
+  it('file replaced while running: rewritten', () => {
+    const t = newTable();
+    const store = open(t);
+    t.createOut(PROTO_UDP, LAN, 40080, REM, 7000, clock, 0, clock + 30000);
+    drain(t, store);
+    const other = path.join(dir, 'other.db');
+    new Database(other).close();
+    fs.renameSync(other, cfg.path);
+    clock += 2500;
+    store.tick();
+    clock += 1000;
+    store.tick();
+    assert.equal(store.health().healthy, true);
+    assert.deepEqual(rowsIn(cfg.path).map((r) => r.pub_port), [40080]);
+  });
+
+  it('SQLITE_BUSY from a second writer: forwarding goes on, writes resume after release', () => {
+    const t = newTable();
+    const store = open(t);
+    drain(t, store);
+    const other = new Database(cfg.path);
+    other.exec('BEGIN IMMEDIATE');
+    t.createOut(PROTO_UDP, LAN, 40090, REM, 7000, clock, 0, clock + 30000);
+    assert.doesNotThrow(() => drain(t, store));
+    let h = store.health();
+    assert.equal(h.healthy, false);
+    assert.match(h.lastError ?? '', /SQLITE_BUSY/);
+    assert.equal(h.pendingWrites, 1);
+    other.exec('COMMIT');
+    other.close();
+    store.tick();
+    h = store.health();
+    assert.equal(h.healthy, true);
+    assert.deepEqual(rowsIn(cfg.path).map((r) => r.pub_port), [40090]);
+  });
+
+  it('file stays small: expired rows removed and pages reclaimed by incremental vacuum', () => {
+    const t = newTable(PUB, 32768);
+    const store = open(t);
+    for (let i = 0; i < 20000; i++) t.createOut(PROTO_UDP, LAN, 2000 + i, REM, 7000, clock, 0, clock + 30000);
+    drain(t, store);
+    store.tick();
+    const db = new Database(cfg.path);
+    db.pragma('wal_checkpoint(TRUNCATE)');
+    const pagesFull = db.pragma('page_count', { simple: true }) as number;
+    clock += 31000;
+    t.sweep(clock, t.capacity);
+    drain(t, store);
+    assert.equal(rowsIn(cfg.path).length, 0);
+    for (let i = 0; i < 200 && (db.pragma('freelist_count', { simple: true }) as number) > 0; i++) store.tick();
+    db.pragma('wal_checkpoint(TRUNCATE)');
+    const pagesAfter = db.pragma('page_count', { simple: true }) as number;
+    db.close();
+    assert.ok(pagesAfter < pagesFull / 4, `pages ${pagesFull} -> ${pagesAfter}`);
+  });
+});
