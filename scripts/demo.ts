@@ -5,7 +5,7 @@
  * `npm run demo -- --keep` leaves the lab and the router running until Ctrl-C.
  */
 import { createLab, Lab } from '../test/lab/lab';
-import { peer, peerServer, RouterHandle, startRouter } from '../test/lab/router-harness';
+import { peer, peerServer, PPTP_HOST, RouterHandle, startRouter } from '../test/lab/router-harness';
 import { formatConnTable } from '../src/cli/format';
 import { ConnRow } from '../src/nat/session-rows';
 
@@ -42,6 +42,27 @@ async function traffic(lab: Lab): Promise<void> {
   }
 }
 
+/** IPsec without NAT-T and PPTP from both LAN hosts to the VPN server host, all at once. */
+async function vpnTraffic(lab: Lab): Promise<void> {
+  say('IPsec without NAT-T: both LAN hosts run IKE from port 500 and raw ESP to one remote');
+  const ike = await peerServer(lab, lab.ns.vpnServer, ['ike-esp-responder', '--seconds', '20', '--idle', '3']);
+  const cookies = ['d0d0d0d000000001', 'd0d0d0d000000002'];
+  const esp = await Promise.all(lab.ns.lan.map((l, i) =>
+    peer(lab, l, ['ike-esp-client', '--host', lab.addr.vpnServer, '--icookie', cookies[i], '--spi', String(0x2000 + i), '--packets', '5', '--timeout', '20'], 30000)));
+  const seen = JSON.parse((await ike.result).trim().split('\n').pop() as string);
+  esp.forEach((r, i) => console.log(`  ${lab.ns.lan[i]} cookie ${cookies[i]} SPI 0x${(0x2000 + i).toString(16)}: ${r.flow?.good ?? 0} ESP replies back, foreign ${JSON.stringify(r.foreign ?? [])}`));
+  console.log(`  the remote saw ISAKMP from ${seen.ikeFrom.join(', ')}`);
+
+  say('PPTP: both LAN hosts call one server with the same Call ID 0x1234');
+  const pptp = await peerServer(lab, lab.ns.vpnServer, ['server', '--seconds', '15', '--clients', '2'], PPTP_HOST);
+  const calls = await Promise.all(lab.ns.lan.map((l) =>
+    peer(lab, l, ['client', '--server', lab.addr.vpnServer, '--call-id', String(0x1234), '--gre-count', '3', '--seconds', '8'], 20000, PPTP_HOST)));
+  const srv = JSON.parse((await pptp.result).trim().split('\n').pop() as string);
+  calls.forEach((r, i) => console.log(`  ${lab.ns.lan[i]}: ${r.calls.map((c: any) => `call 0x${c.callId.toString(16)} result ${c.result}, GRE back ${c.dataBack} data + ${c.ackBack} ack`).join('; ')}`));
+  const seenIds = (srv.connections as Array<{ peer: string; callIds: number[] }>).map((c) => `${c.callIds.map((id) => `0x${id.toString(16)}`).join(',')} from ${c.peer}`);
+  console.log(`  the server saw Call IDs ${seenIds.join('; ')}`);
+}
+
 async function show(router: RouterHandle): Promise<void> {
   say('connection table (vpnmasq conns list)');
   const rows = (await router.conns()) as unknown as ConnRow[];
@@ -76,6 +97,7 @@ async function main(): Promise<void> {
     router = await startRouter(lab);
     console.log(`  control socket ${router.socket}`);
     await traffic(lab);
+    await vpnTraffic(lab);
     await show(router);
     if (keep) {
       say(`lab kept; try: ip netns exec ${lab.ns.lan[0]} ping ${lab.addr.wan[0]}`);
