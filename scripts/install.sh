@@ -10,13 +10,8 @@
 set -euo pipefail
 
 SRC="$(cd "$(dirname "$0")/.." && pwd)"
-PREFIX=/opt/vpnmasq
-BIN=/usr/local/bin/vpnmasq
-CONFIG_DIR=/etc/vpnmasq
-CONFIG="$CONFIG_DIR/vpnmasq.json"
-UNIT=/etc/systemd/system/vpnmasq.service
-GROUP=vpnmasq
-MANIFEST="$PREFIX/.installed"
+# shellcheck source=install-paths.sh
+. "$SRC/scripts/install-paths.sh"
 
 die() { echo "install.sh: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "run as root"

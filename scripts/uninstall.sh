@@ -5,14 +5,8 @@
 # /var/lib/vpnmasq is kept unless --purge. Idempotent.
 set -euo pipefail
 
-PREFIX=/opt/vpnmasq
-BIN=/usr/local/bin/vpnmasq
-CONFIG_DIR=/etc/vpnmasq
-CONFIG="$CONFIG_DIR/vpnmasq.json"
-UNIT=/etc/systemd/system/vpnmasq.service
-GROUP=vpnmasq
-STATE_DIR=/var/lib/vpnmasq
-MANIFEST="$PREFIX/.installed"
+# shellcheck source=install-paths.sh
+. "$(dirname "$0")/install-paths.sh"
 
 purge=0
 case "${1:-}" in
