@@ -178,13 +178,10 @@ export class Napt {
     const proto = ip.proto;
     const l4 = ip.payloadOff;
     const isTcp = proto === PROTO_TCP;
-    const minLen = isTcp ? TCP_MIN_HDR : UDP_HDR;
-    if (ip.payloadLen < minLen || (isTcp && !this.tcpHeaderFits(buf, ip))) return Drop.L4_TRUNCATED;
+    const bad = this.checkTransport(buf, ip, vflags, isTcp ? TCP_MIN_HDR : UDP_HDR);
+    if (bad !== TRANSLATED) return bad;
     const csumOff = l4 + (isTcp ? TCP_CSUM : UDP_CSUM);
     const partial = (vflags & VNET_F_NEEDS_CSUM) !== 0;
-    if (!partial && (vflags & VNET_F_DATA_VALID) === 0 && !ip.isFragment && !this.l4ChecksumOk(buf, ip, csumOff, isTcp)) {
-      return Drop.L4_BAD_CHECKSUM;
-    }
     const src = ip.src;
     const dst = ip.dst;
     const sport = read16(buf, l4 + (isTcp ? TCP_SPORT : UDP_SPORT));
@@ -323,12 +320,10 @@ export class Napt {
     const proto = ip.proto;
     const l4 = ip.payloadOff;
     const isTcp = proto === PROTO_TCP;
-    if (ip.payloadLen < (isTcp ? TCP_MIN_HDR : UDP_HDR) || (isTcp && !this.tcpHeaderFits(buf, ip))) return Drop.L4_TRUNCATED;
+    const bad = this.checkTransport(buf, ip, vflags, isTcp ? TCP_MIN_HDR : UDP_HDR);
+    if (bad !== TRANSLATED) return bad;
     const csumOff = l4 + (isTcp ? TCP_CSUM : UDP_CSUM);
     const partial = (vflags & VNET_F_NEEDS_CSUM) !== 0;
-    if (!partial && (vflags & VNET_F_DATA_VALID) === 0 && !ip.isFragment && !this.l4ChecksumOk(buf, ip, csumOff, isTcp)) {
-      return Drop.L4_BAD_CHECKSUM;
-    }
     const sport = read16(buf, l4 + (isTcp ? TCP_SPORT : UDP_SPORT));
     const dport = read16(buf, l4 + (isTcp ? TCP_DPORT : UDP_DPORT));
     const t = this.table;
@@ -448,17 +443,9 @@ export class Napt {
       read16(buf, l4 + UDP_SPORT) === ISAKMP_PORT && read16(buf, l4 + UDP_DPORT) === ISAKMP_PORT;
   }
 
-  /** The checks every UDP packet gets, plus a whole ISAKMP header; returns -1 or a drop reason. */
-  private checkIsakmp(buf: Uint8Array, ip: Ipv4Header, vflags: number): number {
-    if (ip.payloadLen < UDP_HDR + ISAKMP_HDR) return Drop.L4_TRUNCATED;
-    if ((vflags & (VNET_F_NEEDS_CSUM | VNET_F_DATA_VALID)) === 0 && !ip.isFragment &&
-      !this.l4ChecksumOk(buf, ip, ip.payloadOff + UDP_CSUM, false)) return Drop.L4_BAD_CHECKSUM;
-    return TRANSLATED;
-  }
-
   /** L:500 -> R:500 leaves as P:500 -> R:500, demultiplexed later by cookie (Rule I-1, I-2). */
   private outboundIsakmp(buf: Uint8Array, ip: Ipv4Header, vflags: number, out: TxList): number {
-    const c = this.checkIsakmp(buf, ip, vflags);
+    const c = this.checkTransport(buf, ip, vflags, UDP_HDR + ISAKMP_HDR);
     if (c !== TRANSLATED) return c;
     const l4 = ip.payloadOff;
     const lan = ip.src;
@@ -472,7 +459,7 @@ export class Napt {
   }
 
   private inboundIsakmp(buf: Uint8Array, ip: Ipv4Header, vflags: number, out: TxList): number {
-    const c = this.checkIsakmp(buf, ip, vflags);
+    const c = this.checkTransport(buf, ip, vflags, UDP_HDR + ISAKMP_HDR);
     if (c !== TRANSLATED) return c;
     const ipsec = this.ipsec as IpsecMasq;
     const n = ipsec.inIsakmp(ip.src, buf, ip.payloadOff + UDP_HDR, this.now);
@@ -705,6 +692,22 @@ export class Napt {
   }
 
   /** The TCP data offset is at least 5 words and, unless the datagram is fragmented, inside the packet (RFC 9293 §3.1). */
+  /**
+   * Length and checksum checks every TCP and UDP packet gets, whichever path
+   * translates it: at least `minLen` bytes of transport header (and a sane TCP
+   * data offset); the L4 checksum is verified only where the kernel neither
+   * verified it (DATA_VALID) nor left it to be finished (NEEDS_CSUM), and
+   * never on fragments. Returns TRANSLATED when the packet may go on, else a
+   * drop reason.
+   */
+  private checkTransport(buf: Uint8Array, ip: Ipv4Header, vflags: number, minLen: number): number {
+    const isTcp = ip.proto === PROTO_TCP;
+    if (ip.payloadLen < minLen || (isTcp && !this.tcpHeaderFits(buf, ip))) return Drop.L4_TRUNCATED;
+    if ((vflags & (VNET_F_NEEDS_CSUM | VNET_F_DATA_VALID)) === 0 && !ip.isFragment &&
+      !this.l4ChecksumOk(buf, ip, ip.payloadOff + (isTcp ? TCP_CSUM : UDP_CSUM), isTcp)) return Drop.L4_BAD_CHECKSUM;
+    return TRANSLATED;
+  }
+
   private tcpHeaderFits(buf: Uint8Array, ip: Ipv4Header): boolean {
     const hl = tcpHeaderLen(buf, ip.payloadOff);
     return hl >= TCP_MIN_HDR && (hl <= ip.payloadLen || ip.isFragment);
