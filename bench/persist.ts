@@ -19,12 +19,12 @@ import { createLogger, Logger } from '../src/daemon/log';
 import { Journal } from '../src/nat/journal';
 import { SessionTable } from '../src/nat/sessions';
 import { SessionCodec, Store } from '../src/store/store';
-import { parseIpv4, PROTO_UDP } from '../src/wire/ipv4';
+import { PROTO_UDP } from '../src/wire/ipv4';
 import { createLab } from '../test/lab/lab';
 import { routerConfig } from '../test/lab/router-harness';
 
 const quiet: Logger = { error: () => undefined, warn: () => undefined, info: () => undefined, debug: () => undefined, event: () => undefined };
-const PUB = parseIpv4('198.18.0.2');
+const PUB = ipv4ToInt32('198.18.0.2');
 /** Remote endpoints per mapping: 1 M sessions need more than the 64 k public ports of one address. */
 const SESSIONS_PER_MAPPING = 20;
 
@@ -44,7 +44,7 @@ function restoreBench(n: number): Record<string, number> {
     const t0 = process.hrtime.bigint();
     for (let i = 0; i < n; i++) {
       const m = Math.floor(i / SESSIONS_PER_MAPPING);
-      const lan = parseIpv4('10.0.0.0') + (m >> 10);
+      const lan = ipv4ToInt32('10.0.0.0') + (m >> 10);
       t.createOut(PROTO_UDP, lan, 1024 + (m & 1023), 0x0a000000 + (i % SESSIONS_PER_MAPPING), 53, now, 0, now + 3600000);
       if (journal.length === 1000) {
         journal.drain((k, tb, ix, s) => store.event(k, tb, ix, s));
@@ -96,6 +96,7 @@ for p in range(procs):
     os.wait()
 print(total)
 `;
+import { ipv4ToInt32 } from '../src/net/ipv4-addr';
 
 async function cpsBench(seconds: number): Promise<Record<string, number>> {
   const lab = await createLab({ lanHosts: 1, wanHosts: 1 });

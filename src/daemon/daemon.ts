@@ -18,12 +18,11 @@ import { ConnRow, sessionRow } from '../nat/session-rows';
 import { Drop } from '../nat/drop-reasons';
 import { T_BYTES_IN, T_BYTES_OUT, T_PKTS_IN, T_PKTS_OUT } from '../nat/napt';
 import { RouterNet } from '../net/router-net';
-import { parseCidr, prefixMask } from '../net/ipv4-addr';
+import { int32ToIpv4, ipv4ToInt32, ipv4ToNumber, parseCidr, prefixMask } from '../net/ipv4-addr';
 import { TunDevice } from '../tun/tun-device';
 import { Stat } from '../tun/native';
 import { SessionCodec, Store } from '../store/store';
 import { DbHealth } from '../store/health';
-import { formatIpv4, parseIpv4 } from '../wire/ipv4';
 import { Forwards } from '../nat/forwards';
 import { GC_CALLS_CLEARED, GC_CALLS_CREATED, GC_CALLS_REFUSED, GC_NO_MAPPING_IN, GC_NO_MAPPING_OUT, GC_NOT_PPTP, GreCalls, greConnRow } from '../vpn/gre';
 import { PC_LOST_CALL, PC_MALFORMED, PptpControl } from '../vpn/pptp-control';
@@ -98,7 +97,7 @@ export class Daemon implements MetricsSource {
     this.table = new SessionTable(
       cfg.limits.maxSessions,
       // Shared mode: the WAN interface's address, read in start().
-      parseIpv4(cfg.wan.publicAddress ?? '0.0.0.0'),
+      ipv4ToInt32(cfg.wan.publicAddress ?? '0.0.0.0'),
       { range: cfg.wan.mode === 'shared' ? steerableRange(ports.range) : ports.range, lowRange: ports.lowRange, preserve: ports.preserve },
       new Journal(),
     );
@@ -115,7 +114,7 @@ export class Daemon implements MetricsSource {
       {
         lanPrefixes: cfg.lan.prefixes.map((p) => {
           const c = parseCidr(p);
-          return [parseIpv4(p.split('/')[0]), prefixMask(c.prefixLen) | 0] as [number, number];
+          return [ipv4ToNumber(c.network) | 0, prefixMask(c.prefixLen) | 0] as [number, number];
         }),
         timers: {
           tcpEstablishedMs: t.tcpEstablished * 1000,
@@ -170,7 +169,7 @@ export class Daemon implements MetricsSource {
     // Shared mode moves the `local` rule: put it back before anything else removes rules.
     const sharedLeft = await SharedMode.cleanupLeftovers(this.sharedSavePath());
     if (sharedLeft > 0) this.log.warn('restored the local rule and sysctls of an earlier shared-mode run', { rules: sharedLeft });
-    if (cfg.wan.mode === 'shared') this.table.publicAddr = parseIpv4(await this.wanAddress());
+    if (cfg.wan.mode === 'shared') this.table.publicAddr = ipv4ToInt32(await this.wanAddress());
     const leftovers = await RouterNet.cleanupLeftovers(ROUTE_TABLE);
     if (leftovers.rules + leftovers.routes + leftovers.proxyNeighbours > 0) {
       this.log.warn('removed leftovers of an earlier run', { ...leftovers });
@@ -330,7 +329,7 @@ export class Daemon implements MetricsSource {
   // ---- appliance: shared-address mode, WAN address changes, reload, metrics ----
 
   publicAddress(): string {
-    return formatIpv4(this.table.publicAddr);
+    return int32ToIpv4(this.table.publicAddr);
   }
 
   /** Previous sysctl values of shared mode live next to the control socket (RuntimeDirectory). */
@@ -376,7 +375,7 @@ export class Daemon implements MetricsSource {
       dropped = sessions.length;
     }
     if (next !== null) {
-      this.table.publicAddr = parseIpv4(next);
+      this.table.publicAddr = ipv4ToInt32(next);
       await this.shared?.retarget(next).catch((e: Error) => this.log.error('retargeting shared-mode rules failed', { error: e.message }));
     }
     this.drainJournal();

@@ -17,8 +17,9 @@
  * address runs the inbound half after its outbound translation and lands here.
  */
 import { Forward } from '../daemon/config';
-import { PROTO_ESP, PROTO_GRE, PROTO_TCP, PROTO_UDP, parseIpv4 } from '../wire/ipv4';
+import { PROTO_ESP, PROTO_GRE, PROTO_TCP, PROTO_UDP } from '../wire/ipv4';
 import { SessionTable } from './sessions';
+import { ipv4ToInt32 } from '../net/ipv4-addr';
 
 /** Returned when there is no forward. As an address it is 255.255.255.255, never a LAN host. */
 export const NO_FORWARD = -1;
@@ -45,7 +46,7 @@ export class Forwards {
     this.greLan = NO_FORWARD;
     this.portCount = 0;
     for (const f of forwards) {
-      const lan = parseIpv4(f.lanAddress);
+      const lan = ipv4ToInt32(f.lanAddress);
       if (f.proto === 'esp') this.espLan = lan;
       else if (f.proto === 'gre') this.greLan = lan;
       else if ('publicPort' in f) {

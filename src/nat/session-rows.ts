@@ -2,9 +2,10 @@
  * Operator-facing rows of the connection table (CLI, control socket, store).
  * Not on the packet path: builds objects and strings freely.
  */
-import { formatIpv4, PROTO_ICMP, PROTO_TCP, PROTO_UDP } from '../wire/ipv4';
+import { PROTO_ICMP, PROTO_TCP, PROTO_UDP } from '../wire/ipv4';
 import { SessionTable } from './sessions';
 import { tcpStateName } from './tcp-tracker';
+import { int32ToIpv4 } from '../net/ipv4-addr';
 
 export interface ConnRow {
   /** Stable identifier of the session (unique for the daemon's lifetime and across restarts once persisted). */
@@ -29,9 +30,9 @@ export function sessionRow(t: SessionTable, s: number, now: number): ConnRow {
   return {
     id: t.sSerial[s],
     proto,
-    lan: { addr: formatIpv4(t.mLan[m]), port: t.mLanPort[m] },
-    public: { addr: formatIpv4(t.publicAddr), port: t.mPubPort[m] },
-    remote: { addr: formatIpv4(t.sRem[s]), port: t.sRemPort[s] },
+    lan: { addr: int32ToIpv4(t.mLan[m]), port: t.mLanPort[m] },
+    public: { addr: int32ToIpv4(t.publicAddr), port: t.mPubPort[m] },
+    remote: { addr: int32ToIpv4(t.sRem[s]), port: t.sRemPort[s] },
     state: proto === 'tcp' ? tcpStateName(t.sState[s]) : t.sPktsIn[s] > 0 ? 'REPLIED' : 'UNREPLIED',
     idleSeconds: Math.max(0, Math.round((now - t.sLastSeen[s]) / 1000)),
     expiresInSeconds: Math.max(0, Math.round((t.sExpires[s] - now) / 1000)),

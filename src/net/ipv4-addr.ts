@@ -111,3 +111,13 @@ export function cidrContains(cidr: string | Cidr, addr: string | Uint8Array): bo
 export function ipv4Equal(a: Uint8Array, b: Uint8Array): boolean {
   return a.length === 4 && b.length === 4 && a[0] === b[0] && a[1] === b[1] && a[2] === b[2] && a[3] === b[3];
 }
+
+/** "a.b.c.d" -> int32, the form the packet path keeps addresses in. */
+export function ipv4ToInt32(s: string): number {
+  return ipv4ToNumber(s) | 0;
+}
+
+/** An int32 (or unsigned 32-bit) address -> "a.b.c.d". */
+export function int32ToIpv4(n: number): string {
+  return formatIPv4(numberToIPv4(n >>> 0));
+}

@@ -6,8 +6,9 @@
 import Database from 'better-sqlite3';
 import { ConnRow } from '../nat/session-rows';
 import { tcpStateName } from '../nat/tcp-tracker';
-import { formatIpv4, PROTO_ICMP, PROTO_TCP } from '../wire/ipv4';
+import { PROTO_ICMP, PROTO_TCP } from '../wire/ipv4';
 import { SCHEMA_VERSION } from './schema';
+import { int32ToIpv4 } from '../net/ipv4-addr';
 
 export interface StateReader {
   /** Schema version of the file. */
@@ -45,9 +46,9 @@ function storedRow(v: number[], now: number): ConnRow {
   return {
     id: serial,
     proto: name,
-    lan: { addr: formatIpv4(lan), port: lanPort },
-    public: { addr: formatIpv4(pubAddr), port: pubPort },
-    remote: { addr: formatIpv4(rem), port: remPort },
+    lan: { addr: int32ToIpv4(lan), port: lanPort },
+    public: { addr: int32ToIpv4(pubAddr), port: pubPort },
+    remote: { addr: int32ToIpv4(rem), port: remPort },
     state: name === 'tcp' ? tcpStateName(state) : pktsIn > 0 ? 'REPLIED' : 'UNREPLIED',
     idleSeconds: Math.max(0, Math.round((now - lastSeen) / 1000)),
     expiresInSeconds: Math.max(0, Math.round((expires - now) / 1000)),

@@ -10,8 +10,8 @@ export const TUN_F_TSO6 = 0x04;
 export const TUN_F_USO4 = 0x20;
 export const TUN_F_USO6 = 0x40;
 
-/** sizeof(struct virtio_net_hdr), include/uapi/linux/virtio_net.h: prefixes every read and write. */
-export const VNET_HDR_LEN = 10;
+/** sizeof(struct virtio_net_hdr): prefixes every read and write (defined with the header's fields in src/wire/vnet.ts). */
+export { VNET_HDR_LEN } from '../wire/vnet';
 
 /** Indexes into the stats Float64Array that start() fills. Bytes include the vnet header. */
 export const Stat = {

@@ -15,13 +15,14 @@
  */
 import { read16, write16 } from '../wire/checksum';
 import { GRE_CALL_ID, isPptpGre } from '../wire/gre';
-import { formatIpv4, PROTO_GRE } from '../wire/ipv4';
+import { PROTO_GRE } from '../wire/ipv4';
 import { Drop } from '../nat/drop-reasons';
 import { FlowIndex } from '../nat/flow-index';
 import { Forwards, NO_FORWARD } from '../nat/forwards';
 import { EV_DESTROY, EV_NEW, EV_UPDATE, Journal } from '../nat/journal';
 import { SessionTable } from '../nat/sessions';
 import { ConnRow } from '../nat/session-rows';
+import { int32ToIpv4 } from '../net/ipv4-addr';
 
 export const TABLE_GRE_CALLS = 4;
 
@@ -362,9 +363,9 @@ export function greConnRow(r: GreRow, publicAddr: number): ConnRow & { vpn: Reco
   return {
     id: r.id,
     proto: 'gre',
-    lan: { addr: formatIpv4(r.lan.addr), port: 0 },
-    public: { addr: formatIpv4(publicAddr), port: 0 },
-    remote: { addr: formatIpv4(r.remote.addr), port: 0 },
+    lan: { addr: int32ToIpv4(r.lan.addr), port: 0 },
+    public: { addr: int32ToIpv4(publicAddr), port: 0 },
+    remote: { addr: int32ToIpv4(r.remote.addr), port: 0 },
     state: r.state.toUpperCase(),
     idleSeconds: r.idleSeconds,
     expiresInSeconds: r.expiresInSeconds ?? -1,

@@ -9,9 +9,9 @@
 import { FlowIndex } from '../nat/flow-index';
 import { Drop } from '../nat/drop-reasons';
 import { read32 } from '../wire/checksum';
-import { formatIpv4 } from '../wire/ipv4';
 import { ISAKMP_ICOOKIE, ISAKMP_RCOOKIE } from '../wire/isakmp';
 import { ESP_SPI_RESERVED_MAX } from '../wire/esp';
+import { int32ToIpv4 } from '../net/ipv4-addr';
 
 export interface IpsecOptions {
   /** Lifetime of established ESP entries and of ISAKMP entries (spec Rule I-5; never below 15 min). */
@@ -628,7 +628,7 @@ export class IpsecMasq {
     for (let k = 0; k < this.opts.capacity; k++) {
       if (this.kInUse[k] === 0) continue;
       rows.push({
-        proto: 'isakmp', lan: formatIpv4(this.kLan[k]), remote: formatIpv4(this.kRem[k]),
+        proto: 'isakmp', lan: int32ToIpv4(this.kLan[k]), remote: int32ToIpv4(this.kRem[k]),
         icookie: hex64(this.kIc0[k], this.kIc1[k]), rcookie: this.kHasRc[k] ? hex64(this.kRc0[k], this.kRc1[k]) : null,
         expiresIn: Math.max(0, Math.round((this.kExpires[k] - now) / 1000)),
       });
@@ -637,7 +637,7 @@ export class IpsecMasq {
       const st = this.eState[e];
       if (st === ESP_FREE) continue;
       rows.push({
-        proto: 'esp', lan: formatIpv4(this.eLan[e]), remote: formatIpv4(this.eRem[e]), state: STATE_NAMES[st],
+        proto: 'esp', lan: int32ToIpv4(this.eLan[e]), remote: int32ToIpv4(this.eRem[e]), state: STATE_NAMES[st],
         outSpi: hex32(this.eOutSpi[e]), inSpi: st === ESP_ESTABLISHED ? hex32(this.eInSpi[e]) : null,
         blocking: this.eBlocking[e] === 1, retries: this.eRetries[e],
         packetsOut: this.ePktsOut[e], packetsIn: this.ePktsIn[e],
@@ -669,7 +669,7 @@ const hex64 = (a: number, b: number): string => hex32(a) + hex32(b);
 
 /** Log line for an event, in the words of the 2.0 patch where it had some (spec §10). */
 function describe(kind: number, a: number, b: number, c: number, d: number): [string, Record<string, unknown>] {
-  const ip = formatIpv4;
+  const ip = int32ToIpv4;
   switch (kind) {
     case IpsecEvent.ZERO_SPI:
       return ['ESP with zero SPI dropped', { from: ip(a), to: b === 0 ? undefined : ip(b) }];

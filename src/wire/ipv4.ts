@@ -79,21 +79,3 @@ export class Ipv4Header {
   get payloadOff(): number { return this.off + this.hdrLen; }
   get payloadLen(): number { return this.totalLen - this.hdrLen; }
 }
-
-/** Formats an int32 IPv4 address as dotted quad (not for the packet path). */
-export function formatIpv4(addr: number): string {
-  return `${(addr >>> 24) & 255}.${(addr >>> 16) & 255}.${(addr >>> 8) & 255}.${addr & 255}`;
-}
-
-/** Parses a dotted quad into an int32; throws on malformed input. */
-export function parseIpv4(text: string): number {
-  const m = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.exec(text.trim());
-  if (!m) throw new Error(`not an IPv4 address: "${text}"`);
-  let v = 0;
-  for (let i = 1; i <= 4; i++) {
-    const b = Number(m[i]);
-    if (b > 255) throw new Error(`not an IPv4 address: "${text}"`);
-    v = (v << 8) | b;
-  }
-  return v | 0;
-}

@@ -8,10 +8,11 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawn } from 'node:child_process';
-import { PROTO_ICMP, PROTO_TCP, PROTO_UDP, parseIpv4 } from '../../src/wire/ipv4';
+import { PROTO_ICMP, PROTO_TCP, PROTO_UDP } from '../../src/wire/ipv4';
 import { TCP_SYN_IN, TCP_SYN_OUT } from '../../src/nat/tcp-tracker';
 import { SLOT_UDP } from '../../src/nat/sessions';
 import { FakeDaemon, generateStateDb, jsonLines, PUBLIC, runCli, schemaErrors, tempDir, writeConfig, CLI } from './cli-fixture';
+import { ipv4ToInt32 } from '../../src/net/ipv4-addr';
 
 describe('vpnmasq conns against a control socket', () => {
   let d: FakeDaemon;
@@ -68,7 +69,7 @@ describe('vpnmasq conns against a control socket', () => {
   });
 
   it('filters by every conntrack-style and VPN key', async () => {
-    const pub = d.table.mPubPort[d.table.sMap[d.table.findOut(PROTO_UDP, parseIpv4('10.77.0.12'), 40001, parseIpv4('198.18.0.12'), 7000)]];
+    const pub = d.table.mPubPort[d.table.sMap[d.table.findOut(PROTO_UDP, ipv4ToInt32('10.77.0.12'), 40001, ipv4ToInt32('198.18.0.12'), 7000)]];
     assert.notEqual(pub, 40001, 'second LAN host got another public port');
     const cases: Array<[string[], number[]]> = [
       [['-p', 'udp'], [udpA, udpB]],
@@ -188,14 +189,14 @@ describe('vpnmasq conns against a control socket', () => {
 
   it('delete by id stops the translation; delete by filter and flush remove what matches', async () => {
     const t = d.table;
-    const s = t.findOut(PROTO_UDP, parseIpv4('10.77.0.11'), 40001, parseIpv4('198.18.0.11'), 53);
+    const s = t.findOut(PROTO_UDP, ipv4ToInt32('10.77.0.11'), 40001, ipv4ToInt32('198.18.0.11'), 53);
     const m = t.sMap[s];
     const pub = t.mPubPort[m];
     const r = await cli('conns', 'delete', String(udpA), '--json');
     assert.equal(r.code, 0, r.stderr);
     assert.deepEqual(JSON.parse(r.stdout), { deleted: 1 });
     assert.equal(r.stderr, '1 connection deleted.\n');
-    assert.equal(t.findOut(PROTO_UDP, parseIpv4('10.77.0.11'), 40001, parseIpv4('198.18.0.11'), 53), -1, 'outbound lookup gone');
+    assert.equal(t.findOut(PROTO_UDP, ipv4ToInt32('10.77.0.11'), 40001, ipv4ToInt32('198.18.0.11'), 53), -1, 'outbound lookup gone');
     assert.equal(t.mappingOfPort(SLOT_UDP, pub), -1, 'public port no longer maps inbound packets');
     assert.equal((await cli('conns', 'delete', String(udpA))).code, 1, 'already gone');
     const vpn = await cli('conns', 'delete', '9000');

@@ -17,7 +17,7 @@ import { Journal } from '../../src/nat/journal';
 import { ConnRow, sessionRow } from '../../src/nat/session-rows';
 import { SessionTable } from '../../src/nat/sessions';
 import { CREATE_STATEMENTS, SCHEMA_VERSION } from '../../src/store/schema';
-import { parseIpv4 } from '../../src/wire/ipv4';
+import { ipv4ToInt32 } from '../../src/net/ipv4-addr';
 
 export const ROOT = path.resolve(__dirname, '../../..');
 export const CLI = path.join(ROOT, 'dist/src/cli/main.js');
@@ -114,7 +114,7 @@ export function writeConfig(dir: string, socket: string, statePath = path.join(d
 
 export class FakeDaemon implements ControlTarget {
   now = 1_000_000_000;
-  readonly table = new SessionTable(1024, parseIpv4(PUBLIC), { range: [1024, 65535], lowRange: [1, 1023], preserve: true }, new Journal());
+  readonly table = new SessionTable(1024, ipv4ToInt32(PUBLIC), { range: [1024, 65535], lowRange: [1, 1023], preserve: true }, new Journal());
   readonly config: Config;
   /** Extra rows (standing in for the ISAKMP/ESP/GRE modules' rows). */
   readonly extra: Array<ConnRow & Record<string, unknown>> = [];
@@ -144,7 +144,7 @@ export class FakeDaemon implements ControlTarget {
 
   /** Creates a session the way the packet path does; returns its slot. */
   add(proto: number, lan: string, lanPort: number, rem: string, remPort: number, state = 0, ttlMs = 300_000): number {
-    const s = this.table.createOut(proto, parseIpv4(lan), lanPort, parseIpv4(rem), remPort, this.now, state, this.now + ttlMs);
+    const s = this.table.createOut(proto, ipv4ToInt32(lan), lanPort, ipv4ToInt32(rem), remPort, this.now, state, this.now + ttlMs);
     if (s < 0) throw new Error(`createOut failed: ${s}`);
     return s;
   }
@@ -185,9 +185,9 @@ export function generateStateDb(file: string, n: number, now = Date.now()): void
   db.pragma(`user_version = ${SCHEMA_VERSION}`);
   const ins = db.prepare(`INSERT INTO sessions (serial, proto, lan, lan_port, pub_addr, pub_port, rem, rem_port, state, created, last_seen, expires,
     pkts_out, pkts_in, bytes_out, bytes_in) VALUES (?, 17, ?, ?, ?, ?, ?, 53, 0, ?, ?, ?, ?, ?, ?, ?)`);
-  const lan0 = parseIpv4('10.77.0.0');
-  const pub = parseIpv4(PUBLIC);
-  const rem0 = parseIpv4('198.18.1.0');
+  const lan0 = ipv4ToInt32('10.77.0.0');
+  const pub = ipv4ToInt32(PUBLIC);
+  const rem0 = ipv4ToInt32('198.18.1.0');
   db.transaction(() => {
     for (let i = 1; i <= n; i++) {
       ins.run(i, lan0 + 1 + (i % 250), 1024 + (i % 60000), pub, 1024 + (i % 64000), rem0 + (i % 250), now - 1000, now - 1000, now + 3_600_000, i, i - 1, i * 100, i * 90);

@@ -8,13 +8,13 @@
  * against something it does not share code with.
  */
 import assert from 'node:assert/strict';
-import { formatIpv4, parseIpv4 } from '../../src/wire/ipv4';
 import { Drop, DROP_NAMES } from '../../src/nat/drop-reasons';
 import { FragmentTracker } from '../../src/nat/fragments';
 import { Journal } from '../../src/nat/journal';
 import { Napt, NatTimers } from '../../src/nat/napt';
 import { PortPolicy, SessionTable } from '../../src/nat/sessions';
 import { TxList } from '../../src/nat/tx-list';
+import { int32ToIpv4, ipv4ToInt32 } from '../../src/net/ipv4-addr';
 
 export const ICMP = 1;
 export const TCP = 6;
@@ -28,7 +28,7 @@ export const PSH = 0x08;
 export const ACK = 0x10;
 
 export type Addr = string | number;
-export const addr = (a: Addr): number => (typeof a === 'string' ? parseIpv4(a) : a | 0);
+export const addr = (a: Addr): number => (typeof a === 'string' ? ipv4ToInt32(a) : a | 0);
 
 // ---- byte helpers ---------------------------------------------------------
 
@@ -329,7 +329,7 @@ export function parse(b: Uint8Array): Parsed {
   const frag = r16(b, 6);
   const p: Parsed = {
     hdrLen, totalLen, id: r16(b, 4), flags: frag & (DF | MF), fragOffset: (frag & 0x1fff) << 3,
-    ttl: b[8], proto: b[9], src: formatIpv4(r32(b, 12)), dst: formatIpv4(r32(b, 16)),
+    ttl: b[8], proto: b[9], src: int32ToIpv4(r32(b, 12)), dst: int32ToIpv4(r32(b, 16)),
     l4: b.subarray(hdrLen, Math.min(totalLen, b.length)),
   };
   const l4 = p.l4;

@@ -16,12 +16,13 @@ import { SessionTable } from '../../src/nat/sessions';
 import { openReadOnly } from '../../src/store/reader';
 import { SCHEMA_VERSION, SCHEMAS } from '../../src/store/schema';
 import { SessionCodec, Store } from '../../src/store/store';
-import { parseIpv4, PROTO_TCP, PROTO_UDP } from '../../src/wire/ipv4';
+import { PROTO_TCP, PROTO_UDP } from '../../src/wire/ipv4';
+import { ipv4ToInt32 } from '../../src/net/ipv4-addr';
 
-const PUB = parseIpv4('198.18.0.2');
-const PUB2 = parseIpv4('198.18.0.3');
-const LAN = parseIpv4('10.77.0.11');
-const REM = parseIpv4('198.18.0.11');
+const PUB = ipv4ToInt32('198.18.0.2');
+const PUB2 = ipv4ToInt32('198.18.0.3');
+const LAN = ipv4ToInt32('10.77.0.11');
+const REM = ipv4ToInt32('198.18.0.11');
 const T0 = 1_700_000_000_000;
 
 interface Logged { level: string; msg: string; fields?: Record<string, unknown> }
@@ -122,7 +123,7 @@ describe('state store', () => {
     let store = open(t);
     const short = t.createOut(PROTO_UDP, LAN, 40010, REM, 7000, clock, 0, clock + 30000);
     const long = t.createOut(PROTO_TCP, LAN, 40011, REM, 80, clock, 3, clock + 300000);
-    const long2 = t.createOut(PROTO_TCP, LAN, 40011, parseIpv4('198.18.0.12'), 80, clock, 3, clock + 300000);
+    const long2 = t.createOut(PROTO_TCP, LAN, 40011, ipv4ToInt32('198.18.0.12'), 80, clock, 3, clock + 300000);
     t.sPktsIn[long] = 5;
     t.sLastSeen[long] = clock + 10;
     drain(t, store);
@@ -146,7 +147,7 @@ describe('state store', () => {
     assert.deepEqual(rowsIn(cfg.path).map((r) => r.serial).sort(), [t.sSerial[long], t.sSerial[long2]].sort());
     assert.ok(lines.some((l) => l.msg === 'state restored' && l.fields?.restored === 2 && l.fields?.discarded === 1));
     // New sessions continue above the restored serials and keep the restored port owned.
-    const n = t2.createOut(PROTO_TCP, parseIpv4('10.77.0.12'), 40011, REM, 80, clock, 0, clock + 1000);
+    const n = t2.createOut(PROTO_TCP, ipv4ToInt32('10.77.0.12'), 40011, REM, 80, clock, 0, clock + 1000);
     assert.ok(t2.sSerial[n] > Math.max(t.sSerial[long], t.sSerial[long2], t.sSerial[short]));
     assert.notEqual(t2.mPubPort[t2.sMap[n]], 40011);
   });
