@@ -7,6 +7,7 @@
  * bounded by the pool and index sizes, time by a per-datagram deadline.
  */
 import { FlowIndex } from './flow-index';
+import { SlotPool } from './slot-pool';
 
 const NONE = -1;
 const HELD = 1;
@@ -24,8 +25,7 @@ export class FragmentTracker {
   readonly dRewriteDst: Uint8Array;
   private readonly dExpires: Float64Array;
   private readonly dInUse: Uint8Array;
-  private readonly dFree: Int32Array;
-  private dFreeTop: number;
+  private readonly dFree: SlotPool;
 
   // Held fragments, each in one slot of the shared arena.
   readonly holdBase: number;
@@ -48,9 +48,7 @@ export class FragmentTracker {
     this.dRewriteDst = new Uint8Array(maxDatagrams);
     this.dExpires = new Float64Array(maxDatagrams);
     this.dInUse = new Uint8Array(maxDatagrams);
-    this.dFree = new Int32Array(maxDatagrams);
-    for (let i = 0; i < maxDatagrams; i++) this.dFree[i] = maxDatagrams - 1 - i;
-    this.dFreeTop = maxDatagrams;
+    this.dFree = new SlotPool(maxDatagrams);
     this.holdBase = holdBase;
     this.holdSlotSize = holdSlotSize;
     this.hState = new Uint8Array(holdSlots);
@@ -80,10 +78,10 @@ export class FragmentTracker {
   remember(src: number, dst: number, key: number, newAddr: number, rewriteDst: boolean, expires: number): void {
     let d = this.index.get(src, dst, key, 0);
     if (d === NONE) {
-      if (this.dFreeTop === 0) return;
-      d = this.dFree[--this.dFreeTop];
+      d = this.dFree.take();
+      if (d === NONE) return;
       if (!this.index.set(src, dst, key, 0, d)) {
-        this.dFree[this.dFreeTop++] = d;
+        this.dFree.give(d);
         return;
       }
       this.dInUse[d] = 1;
@@ -99,7 +97,7 @@ export class FragmentTracker {
   private removeDatagram(d: number): void {
     this.index.delete(this.dSrc[d], this.dDst[d], this.dKey[d], 0);
     this.dInUse[d] = 0;
-    this.dFree[this.dFreeTop++] = d;
+    this.dFree.give(d);
   }
 
   /** Copies a fragment into a free hold slot; returns false when the pool is full or it does not fit. */

@@ -16,6 +16,7 @@
 import { FlowIndex } from './flow-index';
 import { EV_DESTROY, EV_NEW, Journal } from './journal';
 import { PROTO_ICMP, PROTO_TCP, PROTO_UDP } from '../wire/ipv4';
+import { SlotPool } from './slot-pool';
 
 export const TABLE_SESSIONS = 1;
 
@@ -53,8 +54,7 @@ export class SessionTable {
   readonly mRefs: Int32Array;
   private readonly mapIndex: FlowIndex;
   private readonly portOwner: Int32Array[];
-  private readonly mFree: Int32Array;
-  private mFreeTop: number;
+  private readonly mFree: SlotPool;
   mappingCount = 0;
 
   // Sessions
@@ -73,8 +73,7 @@ export class SessionTable {
   readonly sBytesIn: Float64Array;
   private readonly outIndex: FlowIndex;
   private readonly inIndex: FlowIndex;
-  private readonly sFree: Int32Array;
-  private sFreeTop: number;
+  private readonly sFree: SlotPool;
   sessionCount = 0;
   readonly countBySlot = new Int32Array(SLOT_COUNT);
   private nextSerial = 1;
@@ -97,9 +96,7 @@ export class SessionTable {
     this.mapIndex = new FlowIndex(capacity);
     this.portOwner = [];
     for (let i = 0; i < SLOT_COUNT; i++) this.portOwner.push(new Int32Array(65536).fill(NONE));
-    this.mFree = new Int32Array(capacity);
-    for (let i = 0; i < capacity; i++) this.mFree[i] = capacity - 1 - i;
-    this.mFreeTop = capacity;
+    this.mFree = new SlotPool(capacity);
 
     this.sInUse = new Uint8Array(capacity);
     this.sMap = new Int32Array(capacity);
@@ -116,9 +113,7 @@ export class SessionTable {
     this.sBytesIn = new Float64Array(capacity);
     this.outIndex = new FlowIndex(capacity);
     this.inIndex = new FlowIndex(capacity);
-    this.sFree = new Int32Array(capacity);
-    for (let i = 0; i < capacity; i++) this.sFree[i] = capacity - 1 - i;
-    this.sFreeTop = capacity;
+    this.sFree = new SlotPool(capacity);
   }
 
   // ---- lookups -----------------------------------------------------------
@@ -162,10 +157,10 @@ export class SessionTable {
   /** Creates the mapping for a LAN endpoint; `pubPort` < 0 allocates one. Returns -1 table full, -2 ports exhausted. */
   createMapping(proto: number, lan: number, lanPort: number, pubPort: number): number {
     const slot = protoSlot(proto);
-    if (this.mFreeTop === 0) return -1;
+    if (this.mFree.available === 0) return -1;
     const port = pubPort >= 0 ? (this.portOwner[slot][pubPort] === NONE ? pubPort : -1) : this.allocPort(slot, lanPort);
     if (port < 0) return -2;
-    const m = this.mFree[--this.mFreeTop];
+    const m = this.mFree.take();
     this.mProto[m] = proto;
     this.mLan[m] = lan;
     this.mLanPort[m] = lanPort;
@@ -209,11 +204,11 @@ export class SessionTable {
   }
 
   private initSession(m: number, rem: number, remPort: number, now: number, state: number, expires: number, serial: number): number {
-    if (this.sFreeTop === 0) {
+    if (this.sFree.available === 0) {
       if (this.mRefs[m] === 0) this.freeMapping(m);
       return -1;
     }
-    const s = this.sFree[--this.sFreeTop];
+    const s = this.sFree.take();
     const proto = this.mProto[m];
     this.sInUse[s] = 1;
     this.sMap[s] = m;
@@ -264,7 +259,7 @@ export class SessionTable {
     this.outIndex.delete(this.mLan[m], this.sRem[s], (this.mLanPort[m] << 16) | this.sRemPort[s], proto);
     this.inIndex.delete(m, this.sRem[s], this.sRemPort[s], 0);
     this.sInUse[s] = 0;
-    this.sFree[this.sFreeTop++] = s;
+    this.sFree.give(s);
     this.sessionCount--;
     this.countBySlot[protoSlot(proto)]--;
     if (--this.mRefs[m] === 0) this.freeMapping(m);
@@ -274,7 +269,7 @@ export class SessionTable {
     const proto = this.mProto[m];
     this.mapIndex.delete(this.mLan[m], this.mLanPort[m], proto, 0);
     this.portOwner[protoSlot(proto)][this.mPubPort[m]] = NONE;
-    this.mFree[this.mFreeTop++] = m;
+    this.mFree.give(m);
     this.mappingCount--;
   }
 

@@ -23,6 +23,7 @@ import { EV_DESTROY, EV_NEW, EV_UPDATE, Journal } from '../nat/journal';
 import { SessionTable } from '../nat/sessions';
 import { ConnRow } from '../nat/session-rows';
 import { int32ToIpv4 } from '../net/ipv4-addr';
+import { SlotPool } from '../nat/slot-pool';
 
 export const TABLE_GRE_CALLS = 4;
 
@@ -89,8 +90,7 @@ export class GreCalls {
   readonly pktsOut: Float64Array;
   readonly pktsIn: Float64Array;
   private readonly index: FlowIndex;
-  private readonly free: Int32Array;
-  private freeTop: number;
+  private readonly free: SlotPool;
   count = 0;
   private nextSerial = 1;
   /** Non-PPTP GRE entries (address-only NAT). */
@@ -127,9 +127,7 @@ export class GreCalls {
     this.pktsOut = new Float64Array(capacity);
     this.pktsIn = new Float64Array(capacity);
     this.index = new FlowIndex(capacity * 3 + 1024);
-    this.free = new Int32Array(capacity);
-    for (let i = 0; i < capacity; i++) this.free[i] = capacity - 1 - i;
-    this.freeTop = capacity;
+    this.free = new SlotPool(capacity);
     this.rawLan = new Int32Array(1024);
     this.rawRem = new Int32Array(1024);
     this.rawExpires = new Float64Array(1024);
@@ -147,7 +145,7 @@ export class GreCalls {
    * the table is full or no ID with that high byte is free.
    */
   create(lan: number, rem: number, lanId: number, role: number, ctlSession: number, ctlSerial: number, now: number): number {
-    if (this.freeTop === 0) return NONE;
+    if (this.free.available === 0) return NONE;
     const hi = lanId & 0xff00;
     // Start away from the LAN's own ID so a rewrite is visible; scan the 256 IDs of this high byte.
     let low = (lanId + 1 + this.nextSerial * 151) & 0xff;
@@ -157,7 +155,7 @@ export class GreCalls {
       if (cand !== 0 && this.findPub(rem, cand) === NONE) { pub = cand; break; }
     }
     if (pub === NONE) return NONE;
-    const c = this.free[--this.freeTop];
+    const c = this.free.take();
     this.inUse[c] = 1;
     this.lan[c] = lan;
     this.rem[c] = rem;
@@ -215,7 +213,7 @@ export class GreCalls {
     this.unindex(this.rem[c], this.pubId[c], 0, TAG_PUB, c);
     if (this.remId[c] !== NONE) this.unindex(this.rem[c], this.remId[c], 0, TAG_REM, c);
     this.inUse[c] = 0;
-    this.free[this.freeTop++] = c;
+    this.free.give(c);
     this.count--;
   }
 

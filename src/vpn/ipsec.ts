@@ -12,6 +12,7 @@ import { read32 } from '../wire/checksum';
 import { ISAKMP_ICOOKIE, ISAKMP_RCOOKIE } from '../wire/isakmp';
 import { ESP_SPI_RESERVED_MAX } from '../wire/esp';
 import { int32ToIpv4 } from '../net/ipv4-addr';
+import { SlotPool } from '../nat/slot-pool';
 
 export interface IpsecOptions {
   /** Lifetime of established ESP entries and of ISAKMP entries (spec Rule I-5; never below 15 min). */
@@ -90,8 +91,7 @@ export class IpsecMasq {
   private readonly kRemote: Int32Array;
   private readonly kOut: FlowIndex;
   private readonly kIn: FlowIndex;
-  private readonly kFree: Int32Array;
-  private kFreeTop: number;
+  private readonly kFree: SlotPool;
   isakmpCount = 0;
 
   // ESP entries.
@@ -110,8 +110,7 @@ export class IpsecMasq {
   private readonly eOut: FlowIndex;
   private readonly eIn: FlowIndex;
   private readonly eByOutSpi: FlowIndex;
-  private readonly eFree: Int32Array;
-  private eFreeTop: number;
+  private readonly eFree: SlotPool;
   readonly espCountByState = new Int32Array(4);
 
   // Remotes: serialization slot, parallel owner, recent ISAKMP hosts.
@@ -123,8 +122,7 @@ export class IpsecMasq {
   private readonly rOwner: Int32Array;
   private readonly rRecentLan: Int32Array;
   private readonly rRecentSeen: Float64Array;
-  private readonly rFree: Int32Array;
-  private rFreeTop: number;
+  private readonly rFree: SlotPool;
 
   // Event ring.
   private readonly evKind = new Uint8Array(RING);
@@ -153,8 +151,7 @@ export class IpsecMasq {
     this.kRemote = new Int32Array(cap);
     this.kOut = new FlowIndex(cap);
     this.kIn = new FlowIndex(cap);
-    this.kFree = descending(cap);
-    this.kFreeTop = cap;
+    this.kFree = new SlotPool(cap);
 
     this.eLan = new Int32Array(cap);
     this.eRem = new Int32Array(cap);
@@ -171,8 +168,7 @@ export class IpsecMasq {
     this.eOut = new FlowIndex(cap);
     this.eIn = new FlowIndex(cap);
     this.eByOutSpi = new FlowIndex(cap);
-    this.eFree = descending(cap);
-    this.eFreeTop = cap;
+    this.eFree = new SlotPool(cap);
 
     this.rIndex = new FlowIndex(cap);
     this.rRem = new Int32Array(cap);
@@ -182,8 +178,7 @@ export class IpsecMasq {
     this.rOwner = new Int32Array(cap);
     this.rRecentLan = new Int32Array(cap * GUESS_SLOTS);
     this.rRecentSeen = new Float64Array(cap * GUESS_SLOTS).fill(-1);
-    this.rFree = descending(cap);
-    this.rFreeTop = cap;
+    this.rFree = new SlotPool(cap);
   }
 
   // ---- ISAKMP (spec §3) ------------------------------------------------------
@@ -271,10 +266,10 @@ export class IpsecMasq {
   }
 
   private createIsakmp(lan: number, rem: number, ic0: number, ic1: number): number {
-    if (this.kFreeTop === 0) return NONE;
+    if (this.kFree.available === 0) return NONE;
     const r = this.remote(rem);
     if (r < 0) return NONE;
-    const k = this.kFree[--this.kFreeTop];
+    const k = this.kFree.take();
     this.kInUse[k] = 1;
     this.kLan[k] = lan;
     this.kRem[k] = rem;
@@ -308,7 +303,7 @@ export class IpsecMasq {
     deleteIf(this.kOut, this.kLan[k], rem, this.kIc0[k], this.kIc1[k], k);
     deleteIf(this.kIn, rem, this.kIc0[k], this.kIc1[k], this.kHasRc[k] === 1 ? rcookieKey(this.kRc0[k], this.kRc1[k]) : 0, k);
     this.kInUse[k] = 0;
-    this.kFree[this.kFreeTop++] = k;
+    this.kFree.give(k);
     this.isakmpCount--;
     this.unref(this.kRemote[k]);
   }
@@ -444,8 +439,8 @@ export class IpsecMasq {
   }
 
   private createEsp(lan: number, rem: number, spi: number, r: number, now: number): number {
-    if (this.eFreeTop === 0) return NONE;
-    const e = this.eFree[--this.eFreeTop];
+    if (this.eFree.available === 0) return NONE;
+    const e = this.eFree.take();
     this.eLan[e] = lan;
     this.eRem[e] = rem;
     this.eOutSpi[e] = spi;
@@ -483,7 +478,7 @@ export class IpsecMasq {
     if (st === ESP_ESTABLISHED) deleteIf(this.eIn, rem, this.eInSpi[e], 0, 0, e);
     if (this.rPending[r] === e) this.rPending[r] = NONE;
     this.setState(e, ESP_FREE);
-    this.eFree[this.eFreeTop++] = e;
+    this.eFree.give(e);
     this.rLive[r]--;
     this.unref(r);
   }
@@ -494,8 +489,8 @@ export class IpsecMasq {
   private remote(rem: number): number {
     let r = this.rIndex.get(rem, 0, 0, 0);
     if (r >= 0) return r;
-    if (this.rFreeTop === 0) return NONE;
-    r = this.rFree[--this.rFreeTop];
+    if (this.rFree.available === 0) return NONE;
+    r = this.rFree.take();
     this.rRem[r] = rem;
     this.rRefs[r] = 0;
     this.rPending[r] = NONE;
@@ -516,7 +511,7 @@ export class IpsecMasq {
 
   private freeRemote(r: number): void {
     this.rIndex.delete(this.rRem[r], 0, 0, 0);
-    this.rFree[this.rFreeTop++] = r;
+    this.rFree.give(r);
   }
 
   private touchRecent(r: number, lan: number, now: number): void {
@@ -648,11 +643,6 @@ export class IpsecMasq {
   }
 }
 
-function descending(n: number): Int32Array {
-  const a = new Int32Array(n);
-  for (let i = 0; i < n; i++) a[i] = n - 1 - i;
-  return a;
-}
 
 /** Index word for a known responder cookie; never 0, which marks "not learnt yet". */
 function rcookieKey(rc0: number, rc1: number): number {

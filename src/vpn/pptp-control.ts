@@ -31,6 +31,7 @@ import { Drop } from '../nat/drop-reasons';
 import { FlowIndex } from '../nat/flow-index';
 import { SessionTable } from '../nat/sessions';
 import { GRE_PASS, GreCalls, ROLE_PAC, ROLE_PNS } from './gre';
+import { SlotPool } from '../nat/slot-pool';
 
 /** Offset of the sender's own Call ID per control type, or -1 (spec §2 table). */
 const OWN_FIELD = [-1, -1, -1, -1, -1, -1, -1, 12, 12, 12, 12, -1, 12, 12, -1, -1];
@@ -61,8 +62,7 @@ export class PptpControl {
   private readonly session: Int32Array;
   private readonly sessSerial: Float64Array;
   private readonly role: Uint8Array;
-  private readonly free: Int32Array;
-  private freeTop: number;
+  private readonly free: SlotPool;
   // Per direction (ctl * 2 + dir).
   private readonly synced: Uint8Array;
   private readonly nextSeq: Int32Array;
@@ -94,9 +94,7 @@ export class PptpControl {
     this.session = new Int32Array(capacity);
     this.sessSerial = new Float64Array(capacity);
     this.role = new Uint8Array(capacity);
-    this.free = new Int32Array(capacity);
-    for (let i = 0; i < capacity; i++) this.free[i] = capacity - 1 - i;
-    this.freeTop = capacity;
+    this.free = new SlotPool(capacity);
     const d = capacity * 2;
     this.synced = new Uint8Array(d);
     this.nextSeq = new Int32Array(d);
@@ -122,8 +120,8 @@ export class PptpControl {
     const key = t.sSerial[s] % 0x7fffffff;
     let ctl = this.index.get(s, key, 0, 0);
     if (ctl < 0) {
-      if (this.freeTop === 0) return GRE_PASS;
-      ctl = this.free[--this.freeTop];
+      if (this.free.available === 0) return GRE_PASS;
+      ctl = this.free.take();
       this.inUse[ctl] = 1;
       this.session[ctl] = s;
       this.sessSerial[ctl] = t.sSerial[s];
@@ -359,7 +357,7 @@ export class PptpControl {
       if (t.sInUse[s] === 1 && t.sSerial[s] === this.sessSerial[ctl]) continue;
       this.index.delete(s, this.sessSerial[ctl] % 0x7fffffff, 0, 0);
       this.inUse[ctl] = 0;
-      this.free[this.freeTop++] = ctl;
+      this.free.give(ctl);
       this.count--;
     }
   }
