@@ -20,9 +20,9 @@ export class FragmentTracker {
   private readonly dSrc: Int32Array;
   private readonly dDst: Int32Array;
   private readonly dKey: Int32Array;
-  /** The address that replaces the source (outbound) or destination (inbound). */
-  readonly dNewAddr: Int32Array;
-  readonly dRewriteDst: Uint8Array;
+  /** The addresses later fragments leave with (a hairpinned datagram changes both). */
+  readonly dNewSrc: Int32Array;
+  readonly dNewDst: Int32Array;
   private readonly dExpires: Float64Array;
   private readonly dInUse: Uint8Array;
   private readonly dFree: SlotPool;
@@ -44,8 +44,8 @@ export class FragmentTracker {
     this.dSrc = new Int32Array(maxDatagrams);
     this.dDst = new Int32Array(maxDatagrams);
     this.dKey = new Int32Array(maxDatagrams);
-    this.dNewAddr = new Int32Array(maxDatagrams);
-    this.dRewriteDst = new Uint8Array(maxDatagrams);
+    this.dNewSrc = new Int32Array(maxDatagrams);
+    this.dNewDst = new Int32Array(maxDatagrams);
     this.dExpires = new Float64Array(maxDatagrams);
     this.dInUse = new Uint8Array(maxDatagrams);
     this.dFree = new SlotPool(maxDatagrams);
@@ -75,7 +75,7 @@ export class FragmentTracker {
   }
 
   /** Records the translation of a datagram's first fragment. */
-  remember(src: number, dst: number, key: number, newAddr: number, rewriteDst: boolean, expires: number): void {
+  remember(src: number, dst: number, key: number, newSrc: number, newDst: number, expires: number): void {
     let d = this.index.get(src, dst, key, 0);
     if (d === NONE) {
       d = this.dFree.take();
@@ -89,8 +89,8 @@ export class FragmentTracker {
       this.dDst[d] = dst;
       this.dKey[d] = key;
     }
-    this.dNewAddr[d] = newAddr;
-    this.dRewriteDst[d] = rewriteDst ? 1 : 0;
+    this.dNewSrc[d] = newSrc;
+    this.dNewDst[d] = newDst;
     this.dExpires[d] = expires;
   }
 

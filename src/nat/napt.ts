@@ -149,17 +149,20 @@ export class Napt {
 
   /** Returns TRANSLATED, HELD or a drop reason; a hairpinned packet also runs the inbound half. */
   private outbound(buf: Uint8Array, ip: Ipv4Header, vflags: number, out: TxList): number {
-    if (ip.isLaterFragment) return this.laterFragment(buf, ip, false);
+    if (ip.isLaterFragment) return this.laterFragment(buf, ip);
     switch (ip.proto) {
       case PROTO_TCP:
       case PROTO_UDP: {
         if (this.isIsakmp(buf, ip)) return this.outboundIsakmp(buf, ip, vflags, out);
         const lanSrc = ip.src;
-        const r = this.outboundTransport(buf, ip, vflags);
+        const dst = ip.dst;
+        let r = this.outboundTransport(buf, ip, vflags);
         if (r !== TRANSLATED) return r;
-        if (ip.isFragment) this.rememberAndRelease(buf, lanSrc, ip.dst, ip.proto, ip.id, ip.src, false, out);
-        // Hairpinning (RFC 4787 REQ-9, RFC 5382 REQ-8): a LAN host addressed another one's public endpoint.
-        return ip.dst === this.table.publicAddr ? this.inbound(buf, ip, vflags, out) : TRANSLATED;
+        // Hairpinning (RFC 4787 REQ-9, RFC 5382 REQ-8): a LAN host addressed
+        // another one's public endpoint; the inbound half runs on the same packet.
+        if (dst === this.table.publicAddr) r = this.inboundTransport(buf, ip, vflags);
+        if (r === TRANSLATED && ip.isFragment) this.rememberAndRelease(buf, lanSrc, dst, ip.proto, ip.id, ip.src, ip.dst, out);
+        return r;
       }
       case PROTO_ICMP:
         return this.outboundIcmp(buf, ip);
@@ -293,14 +296,14 @@ export class Napt {
   // ---- inbound -------------------------------------------------------------
 
   private inbound(buf: Uint8Array, ip: Ipv4Header, vflags: number, out: TxList): number {
-    if (ip.isLaterFragment) return this.laterFragment(buf, ip, true);
+    if (ip.isLaterFragment) return this.laterFragment(buf, ip);
     switch (ip.proto) {
       case PROTO_TCP:
       case PROTO_UDP: {
         if (this.isIsakmp(buf, ip)) return this.inboundIsakmp(buf, ip, vflags, out);
         const publicDst = ip.dst;
         const r = this.inboundTransport(buf, ip, vflags);
-        if (r === TRANSLATED && ip.isFragment) this.rememberAndRelease(buf, ip.src, publicDst, ip.proto, ip.id, ip.dst, true, out);
+        if (r === TRANSLATED && ip.isFragment) this.rememberAndRelease(buf, ip.src, publicDst, ip.proto, ip.id, ip.src, ip.dst, out);
         return r;
       }
       case PROTO_ICMP:
@@ -454,7 +457,7 @@ export class Napt {
     if (r !== TRANSLATED) return r;
     const partial = (vflags & VNET_F_NEEDS_CSUM) !== 0;
     this.rewriteTransport(buf, ip.off, IPV4_SRC, lan, pub, l4 + UDP_SPORT, ISAKMP_PORT, ISAKMP_PORT, l4 + UDP_CSUM, partial, true);
-    if (ip.isFragment) this.rememberAndRelease(buf, lan, ip.dst, PROTO_UDP, ip.id, pub, false, out);
+    if (ip.isFragment) this.rememberAndRelease(buf, lan, ip.dst, PROTO_UDP, ip.id, pub, ip.dst, out);
     return TRANSLATED;
   }
 
@@ -477,7 +480,7 @@ export class Napt {
     const r = ipsec.outEsp(lan, ip.dst, read32(buf, ip.payloadOff + ESP_SPI), this.now);
     if (r !== TRANSLATED) return r;
     this.setAddress(buf, ip.off, IPV4_SRC, lan, pub);
-    if (ip.isFragment) this.rememberAndRelease(buf, lan, ip.dst, PROTO_ESP, ip.id, pub, false, out);
+    if (ip.isFragment) this.rememberAndRelease(buf, lan, ip.dst, PROTO_ESP, ip.id, pub, ip.dst, out);
     return TRANSLATED;
   }
 
@@ -514,7 +517,7 @@ export class Napt {
       out.push(copy, len);
     }
     this.retarget(buf, ip.off, ip.payloadOff, ip.proto, pub, targets[0], partial);
-    if (ip.isFragment) this.rememberAndRelease(buf, ip.src, pub, ip.proto, ip.id, targets[0], true, out);
+    if (ip.isFragment) this.rememberAndRelease(buf, ip.src, pub, ip.proto, ip.id, ip.src, targets[0], out);
   }
 
   /** Rewrites the destination of an inbound ESP or ISAKMP packet (and the UDP checksum; the port stays 500). */
@@ -555,7 +558,7 @@ export class Napt {
     const r = gre.outbound(buf, ip.payloadOff, ip.payloadLen, lan, ip.dst, this.now);
     if (r !== TRANSLATED) return r;
     this.setAddress(buf, ip.off, IPV4_SRC, lan, pub);
-    if (ip.isFragment) this.rememberAndRelease(buf, lan, ip.dst, PROTO_GRE, ip.id, pub, false, out);
+    if (ip.isFragment) this.rememberAndRelease(buf, lan, ip.dst, PROTO_GRE, ip.id, pub, ip.dst, out);
     return TRANSLATED;
   }
 
@@ -567,7 +570,7 @@ export class Napt {
     if (r !== TRANSLATED) return r;
     const pub = ip.dst;
     this.setAddress(buf, ip.off, IPV4_DST, pub, gre.resultAddr);
-    if (ip.isFragment) this.rememberAndRelease(buf, ip.src, pub, PROTO_GRE, ip.id, gre.resultAddr, true, out);
+    if (ip.isFragment) this.rememberAndRelease(buf, ip.src, pub, PROTO_GRE, ip.id, ip.src, gre.resultAddr, out);
     return TRANSLATED;
   }
 
@@ -585,7 +588,7 @@ export class Napt {
   // ---- fragments -----------------------------------------------------------
 
   /** A fragment without transport header: follow its datagram's translation, or hold it until the first fragment comes. */
-  private laterFragment(buf: Uint8Array, ip: Ipv4Header, inbound: boolean): number {
+  private laterFragment(buf: Uint8Array, ip: Ipv4Header): number {
     const f = this.frags;
     const src = ip.src;
     const dst = ip.dst;
@@ -597,36 +600,37 @@ export class Napt {
       const held = f.hold(this.arena, ip.off - this.opts.vnetLen, len, src, dst, key, this.now + this.opts.timers.fragmentMs);
       return held ? HELD : Drop.FRAGMENT_HOLD_FULL;
     }
-    if (f.dRewriteDst[d] === 1) {
-      if (!inbound) return Drop.NOT_OURS;
-      this.setAddress(buf, ip.off, IPV4_DST, dst, f.dNewAddr[d]);
-    } else {
-      this.setAddress(buf, ip.off, IPV4_SRC, src, f.dNewAddr[d]);
-    }
+    this.setAddresses(buf, ip.off, src, dst, f.dNewSrc[d], f.dNewDst[d]);
     return TRANSLATED;
   }
 
   /**
    * After translating a first fragment: remember the datagram, keyed by the
-   * addresses its later fragments carry, and release those that came early.
+   * addresses its later fragments carry and with the addresses they leave
+   * with, and release those that came early.
    */
-  private rememberAndRelease(buf: Uint8Array, src: number, dst: number, proto: number, id: number, newAddr: number, rewriteDst: boolean, out: TxList): void {
+  private rememberAndRelease(buf: Uint8Array, src: number, dst: number, proto: number, id: number, newSrc: number, newDst: number, out: TxList): void {
     const f = this.frags;
     const key = FragmentTracker.key(proto, id);
-    f.remember(src, dst, key, newAddr, rewriteDst, this.now + this.opts.timers.fragmentMs);
+    f.remember(src, dst, key, newSrc, newDst, this.now + this.opts.timers.fragmentMs);
     if (f.heldCount === 0) return;
     const v = this.opts.vnetLen;
     for (let h = f.takeHeld(src, dst, key, 0); h >= 0; h = f.takeHeld(src, dst, key, h + 1)) {
       const hOff = f.heldOffset(h);
       const ipOff = hOff + v;
-      if (rewriteDst) this.setAddress(buf, ipOff, IPV4_DST, dst, newAddr);
-      else this.setAddress(buf, ipOff, IPV4_SRC, src, newAddr);
+      this.setAddresses(buf, ipOff, src, dst, newSrc, newDst);
       this.restoreHop(buf, ipOff);
       if (!out.push(hOff, f.heldLength(h))) this.drops.counts[Drop.FRAGMENT_HOLD_FULL]++;
     }
   }
 
   // ---- rewriting helpers ---------------------------------------------------
+
+  /** Sets source and destination (each only if it changes) with the header checksum. */
+  private setAddresses(buf: Uint8Array, ipOff: number, src: number, dst: number, newSrc: number, newDst: number): void {
+    if (newSrc !== src) this.setAddress(buf, ipOff, IPV4_SRC, src, newSrc);
+    if (newDst !== dst) this.setAddress(buf, ipOff, IPV4_DST, dst, newDst);
+  }
 
   /** Replaces an IPv4 address field and updates the header checksum (RFC 1624). */
   private setAddress(buf: Uint8Array, ipOff: number, field: number, oldAddr: number, newAddr: number): void {

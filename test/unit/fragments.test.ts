@@ -61,11 +61,11 @@ describe('FragmentTracker', () => {
     const udp = FragmentTracker.key(17, 7);
     const tcp = FragmentTracker.key(6, 7);
     assert.notEqual(udp, tcp);
-    f.remember(SRC, DST, udp, NEW, false, 5000);
+    f.remember(SRC, DST, udp, NEW, DST, 5000);
     const d = f.find(SRC, DST, udp, 4999);
     assert.ok(d >= 0);
-    assert.equal(f.dNewAddr[d], NEW);
-    assert.equal(f.dRewriteDst[d], 0);
+    assert.equal(f.dNewSrc[d], NEW);
+    assert.equal(f.dNewDst[d], DST);
     assert.equal(f.find(SRC, DST, tcp, 0), -1);
     assert.equal(f.find(DST, SRC, udp, 0), -1);
     assert.equal(f.find(SRC, DST, udp, 5000), -1, 'expired at its deadline');
@@ -74,18 +74,18 @@ describe('FragmentTracker', () => {
 
   it('when the datagram table is full, new datagrams are not remembered (their later fragments get held instead)', () => {
     const { f } = setUp(2);
-    f.remember(SRC, DST, 1, NEW, false, 5000);
-    f.remember(SRC, DST, 2, NEW, false, 5000);
-    f.remember(SRC, DST, 3, NEW, false, 5000);
+    f.remember(SRC, DST, 1, NEW, DST, 5000);
+    f.remember(SRC, DST, 2, NEW, DST, 5000);
+    f.remember(SRC, DST, 3, NEW, DST, 5000);
     assert.ok(f.find(SRC, DST, 1, 0) >= 0);
     assert.ok(f.find(SRC, DST, 2, 0) >= 0);
     assert.equal(f.find(SRC, DST, 3, 0), -1);
     // Updating a known datagram still works when full, and sweep frees entries.
-    f.remember(SRC, DST, 2, DST, true, 9000);
-    assert.equal(f.dRewriteDst[f.find(SRC, DST, 2, 0)], 1);
+    f.remember(SRC, DST, 2, SRC, NEW, 9000);
+    assert.equal(f.dNewDst[f.find(SRC, DST, 2, 0)], NEW);
     assert.equal(f.sweep(5000), 0, 'no held fragments to drop');
     assert.equal(f.find(SRC, DST, 1, 5000), -1);
-    f.remember(SRC, DST, 3, NEW, false, 9000);
+    f.remember(SRC, DST, 3, NEW, DST, 9000);
     assert.ok(f.find(SRC, DST, 3, 0) >= 0);
   });
 

@@ -491,6 +491,26 @@ for (const vnetLen of [10, 0]) {
 
     describe('fragments (RFC 4787 REQ-14)', () => {
       const PAYLOAD = pattern(7992); // an 8000-byte UDP datagram
+      for (const order of ['in order', 'in reverse order'] as const) {
+        it(`hairpinned, ${order}: every fragment leaves with both addresses translated in one pass`, () => {
+          const h = nat({ eif: true });
+          const pubB = lanSide(parse(h.one(UDP_KIND.out(B, 6000, R1, 53))), true);
+          const frags = fragment(udpPacket(A, PUBLIC, { sport: 5000, dport: pubB, payload: PAYLOAD }, { id: 0x7878, ttl: 40 }), 1480);
+          const outputs: Uint8Array[] = [];
+          for (const f of order === 'in order' ? frags : [...frags].reverse()) outputs.push(...h.send(f));
+          assert.equal(h.napt.drops.total(), 0);
+          assert.equal(outputs.length, 6);
+          for (const o of outputs) {
+            const p = parse(o);
+            assert.equal(p.src, PUBLIC, `fragment at ${p.fragOffset}`);
+            assert.equal(p.dst, B, `fragment at ${p.fragOffset}`);
+            assert.deepEqual(checksumProblems(o), [], `fragment at ${p.fragOffset}`);
+          }
+          const whole = parse(reassemble(outputs));
+          assert.equal(whole.dport, 6000);
+          assert.deepEqual(checksumProblems(reassemble(outputs)), []);
+        });
+      }
       for (const dir of ['outbound', 'inbound'] as const) {
         for (const order of ['in order', 'in reverse order'] as const) {
           it(`${dir}, ${order}: every fragment comes out translated and the datagram reassembles with a valid checksum`, () => {
