@@ -20,6 +20,7 @@ import { Journal } from '../src/nat/journal';
 import { SessionTable } from '../src/nat/sessions';
 import { SessionCodec, Store } from '../src/store/store';
 import { PROTO_UDP } from '../src/wire/ipv4';
+import { ipv4ToInt32 } from '../src/net/ipv4-addr';
 import { createLab } from '../test/lab/lab';
 import { routerConfig } from '../test/lab/router-harness';
 
@@ -96,7 +97,6 @@ for p in range(procs):
     os.wait()
 print(total)
 `;
-import { ipv4ToInt32 } from '../src/net/ipv4-addr';
 
 async function cpsBench(seconds: number): Promise<Record<string, number>> {
   const lab = await createLab({ lanHosts: 1, wanHosts: 1 });

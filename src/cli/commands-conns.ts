@@ -171,6 +171,15 @@ export function connsCommand(program: Command): Command {
   addFilterOptions(conns.command('delete').argument('[id]', 'connection id'))
     .description('delete a connection by id, or every connection matching the filters; its translation stops at once')
     .option('--json', 'print {"deleted": N}')
+    .addHelpText('after', `
+Every row can be deleted, VPN rows too (ids are unique across protocols). The
+entry goes as if it had expired: the next outbound packet makes a new one
+(TCP/UDP/ICMP: a new mapping; ESP: a new pending entry; ISAKMP: a new entry),
+inbound packets for it are dropped. A deleted PPTP call (gre) stays gone: its
+GRE is dropped until the client places a new call.
+Examples:
+  vpnmasq conns delete 42
+  vpnmasq conns delete -p esp --spi 0xc0ffee01`)
     .action(async (id: string | undefined, opts: Record<string, unknown>) => {
       const filter = filterFrom(opts);
       if (id === undefined && isEmptyFilter(filter)) throw new CliError('conns delete needs an id or at least one filter (use "conns flush" to delete all)', EXIT_USAGE);

@@ -63,7 +63,22 @@ export function systemCommands(program: Command): void {
       await out(opts.json ? JSON.stringify(st) + '\n' : statsText(st));
     });
 
-  const fwd = program.command('forwards').description('port and protocol forwards to LAN hosts');
+  const fwd = program.command('forwards').description('port and protocol forwards to LAN hosts')
+    .addHelpText('after', `
+Forwards come from "forwards" in the config file and from "forwards add" at
+runtime. A runtime forward is checked exactly like a config entry (LAN prefix,
+one forward per public port or protocol) and takes effect at once, on the
+packet path and, in shared-address mode, in the steering rules. Runtime
+forwards are NOT written to the config file: they end when the daemon stops
+or restarts (a reload keeps them unless the new config claims their port).
+"forwards remove" removes runtime forwards only; connections already made
+through a forward stay until they expire or "conns delete --public-port N".
+
+Examples:
+  vpnmasq forwards add tcp 10.77.0.13 8443 443
+  vpnmasq forwards add esp 10.77.0.14
+  vpnmasq forwards remove tcp 8443
+  vpnmasq forwards list --json`);
   fwd.command('list')
     .description('list the forwards in effect')
     .option('--json', 'one JSON object per line (schema "forward")')
@@ -78,7 +93,7 @@ export function systemCommands(program: Command): void {
       if (!opts.json) await out(formatTable(['PROTO', 'PUBLIC PORT', 'LAN ADDRESS', 'LAN PORT', 'SOURCE'], rows));
     });
   fwd.command('add')
-    .description('add a runtime forward (tcp/udp need ports; esp/gre forward the whole protocol)')
+    .description('add a runtime forward (tcp/udp need ports; esp/gre forward the whole protocol); not saved to the config file')
     .argument('<proto>', 'tcp, udp, esp or gre')
     .argument('<lan-address>', 'LAN host that receives the traffic')
     .argument('[public-port]', 'public port (tcp, udp)')
@@ -96,7 +111,7 @@ export function systemCommands(program: Command): void {
       note('forward added.');
     });
   fwd.command('remove')
-    .description('remove a runtime forward')
+    .description('remove a runtime forward (config-file forwards are edited in the file)')
     .argument('<proto>', 'tcp, udp, esp or gre')
     .argument('[public-port]', 'public port (tcp, udp)')
     .action(async (proto: string, publicPort?: string) => {

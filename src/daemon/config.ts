@@ -700,7 +700,20 @@ function resolvePptp(check: Checker, value: unknown): PptpConfig {
   return { nonPptpGre: check.choice('pptp.nonPptpGre', raw.nonPptpGre, ['drop', 'address-only']) ?? DEFAULTS.pptp.nonPptpGre };
 }
 
-function resolveForwards(check: Checker, value: unknown, lanPrefixes: Cidr[] | null): Forward[] {
+/**
+ * A list of forwards checked exactly as the config's "forwards" section is
+ * (shape, LAN prefix, one owner per port or protocol), for runtime forwards
+ * (`vpnmasq forwards add`). `lanPrefixes` null skips the prefix check;
+ * `fieldOf(i)` names entry i in problems. Throws ConfigError.
+ */
+export function checkForwards(list: unknown[], lanPrefixes: readonly string[] | null, fieldOf: (i: number) => string, source: string): Forward[] {
+  const check = new Checker();
+  const forwards = resolveForwards(check, list, lanPrefixes && lanPrefixes.map((p) => parseCidr(p)), fieldOf);
+  if (check.problems.length > 0) throw new ConfigError(source, check.problems);
+  return forwards;
+}
+
+function resolveForwards(check: Checker, value: unknown, lanPrefixes: Cidr[] | null, fieldOf = (i: number) => `forwards[${i}]`): Forward[] {
   if (value === undefined) return [];
   if (!Array.isArray(value)) {
     check.report('forwards', `expected array, got ${describe(value)}`);
@@ -709,7 +722,7 @@ function resolveForwards(check: Checker, value: unknown, lanPrefixes: Cidr[] | n
   const claimedBy = new Map<string, string>();
   const forwards: Forward[] = [];
   value.forEach((item, i) => {
-    const field = `forwards[${i}]`;
+    const field = fieldOf(i);
     const forward = resolveForward(check, field, item, lanPrefixes);
     if (!forward) return;
     const claim = forward.proto === 'tcp' || forward.proto === 'udp' ? `${forward.proto} port ${forward.publicPort}` : forward.proto;

@@ -8,7 +8,8 @@
  *   conns-flush {filter}              {deleted}
  *   watch {filter}                    {event, time, conn} lines until the client disconnects
  *   forwards-list                     rows, then {count}
- *   forwards-add / forwards-remove    runtime forwards (not available yet: see below)
+ *   forwards-add {forward}            {forward}: a runtime forward, checked like the config's
+ *   forwards-remove {proto, publicPort}   {forward}: removes a runtime forward
  *
  * Filtering, sorting and the limit run here so that a filtered listing of a
  * large table sends only what was asked for. Not on the packet path.
@@ -21,12 +22,18 @@ import { AnyConnRow, compileFilter, ConnFilter, FilterError, isEmptyFilter, List
 import { EV_DESTROY, EV_NEW, EV_UPDATE } from '../nat/journal';
 import { ConnRow, sessionRow } from '../nat/session-rows';
 import { SessionTable, TABLE_SESSIONS } from '../nat/sessions';
+import { Forwards } from '../nat/forwards';
 
 /** What the commands need from the daemon. */
 export interface ControlTarget {
   readonly config: Config;
   readonly table: SessionTable;
+  readonly forwards: Forwards;
   rows(): Iterable<ConnRow>;
+  /** Deletes the rows with these ids from whichever table holds them; returns how many. */
+  deleteConns(ids: ReadonlySet<number>): number;
+  /** The forwards changed at runtime (shared mode re-steers their ports). */
+  forwardsChanged(): Promise<void>;
   stats(): Record<string, unknown>;
   status(): Record<string, unknown>;
   addJournalListener(l: JournalListener): void;
@@ -38,13 +45,10 @@ export const EVENT_NAMES: Record<number, string> = { [EV_NEW]: 'NEW', [EV_UPDATE
 /** A watcher that falls this far behind loses events and is told how many (conntrack's ENOBUFS). */
 const WATCH_BACKLOG_BYTES = 1 << 20;
 
-/** Rows of the session table (the others come from the VPN modules' tables). */
-const SESSION_PROTOS: ReadonlySet<string> = new Set(['tcp', 'udp', 'icmp']);
-
 export class ControlCommands {
   constructor(private readonly target: ControlTarget, private readonly now: () => number) {}
 
-  handle(req: ControlRequest): ControlReply {
+  handle(req: ControlRequest): ControlReply | Promise<ControlReply> {
     switch (req.cmd) {
       case 'status':
         return { result: this.target.status() };
@@ -60,22 +64,23 @@ export class ControlCommands {
       case 'conns-delete': {
         if (req.id === undefined && isEmptyFilter(req.filter as ConnFilter)) throw new Error('conns-delete needs an id or a filter');
         const ids = this.matchingIds(req.id !== undefined ? connId(req.id) : null, req.filter as ConnFilter);
-        const deleted = this.deleteIds(ids);
+        const deleted = this.target.deleteConns(ids);
         if (req.id !== undefined && deleted === 0) throw new Error(`no connection with id ${req.id}`);
         return { result: { deleted } };
       }
       case 'conns-flush':
-        return { result: { deleted: this.deleteIds(this.matchingIds(null, req.filter as ConnFilter)) } };
+        return { result: { deleted: this.target.deleteConns(this.matchingIds(null, req.filter as ConnFilter)) } };
       case 'watch':
         return { stream: (conn) => this.watch(conn, req.filter as ConnFilter), result: {} };
       case 'forwards-list': {
-        const rows = this.target.config.forwards.map((f) => ({ ...f, source: 'config' }));
+        const rows = this.target.forwards.list();
         return { rows, result: { count: rows.length } };
       }
       case 'forwards-add':
+        return this.forwardsChange(() => this.target.forwards.add(req.forward, this.target.config.lan.prefixes));
       case 'forwards-remove':
-        // Runtime forwards go through src/nat/forwards.ts, which does not exist yet.
-        throw new Error('runtime forwards are not available yet: edit "forwards" in the config file and restart');
+        return this.forwardsChange(() => this.target.forwards.remove(String(req.proto),
+          req.publicPort === undefined || req.publicPort === null ? undefined : Number(req.publicPort)));
       default:
         throw new Error(`unknown command "${req.cmd}"`);
     }
@@ -96,42 +101,19 @@ export class ControlCommands {
     return { rows: rows(this.target.rows() as Iterable<AnyConnRow>), result: counted };
   }
 
-  /**
-   * Ids of the TCP/UDP/ICMP sessions with this id (or any id) that match the
-   * filter. ISAKMP/ESP/GRE rows cannot be deleted yet: asking for one by id
-   * is an error, a filter passes over them.
-   */
+  /** Ids of the rows (any table: ids are one space) with this id, or any id, that match the filter. */
   private matchingIds(id: number | null, filter: ConnFilter | undefined): Set<number> {
     const match = compileFilter(filter);
     const ids = new Set<number>();
-    let vpnRow = '';
-    for (const r of this.target.rows()) {
-      if ((id !== null && r.id !== id) || !match(r as AnyConnRow)) continue;
-      if (SESSION_PROTOS.has(r.proto)) ids.add(r.id);
-      else vpnRow = r.proto;
-    }
-    if (id !== null && ids.size === 0 && vpnRow) throw new Error(`connection ${id} (${vpnRow}) cannot be deleted yet: only tcp, udp and icmp rows can`);
+    for (const r of this.target.rows()) if ((id === null || r.id === id) && match(r as AnyConnRow)) ids.add(r.id);
     return ids;
   }
 
-  /**
-   * Removes the sessions with these ids in one pass over the table. Removing
-   * a session removes its lookup entries (and its mapping with its last
-   * session): the next outbound packet creates a new one, an inbound one is
-   * dropped as unmapped.
-   * ISAKMP/ESP/GRE rows: their modules add their removal here.
-   */
-  private deleteIds(ids: ReadonlySet<number>): number {
-    const t = this.target.table;
-    let deleted = 0;
-    if (ids.size === 0) return 0;
-    for (let s = 0; s < t.capacity; s++) {
-      if (t.sInUse[s] === 1 && ids.has(t.sSerial[s])) {
-        t.removeSession(s);
-        deleted++;
-      }
-    }
-    return deleted;
+  /** Applies a runtime forward change, then lets the daemon re-steer; answers with the forward. */
+  private async forwardsChange(change: () => unknown): Promise<ControlReply> {
+    const forward = change();
+    await this.target.forwardsChanged();
+    return { result: { forward } };
   }
 
   /** Row of a journal event, or only its id when the slot has been reused since. */

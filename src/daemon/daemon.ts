@@ -22,6 +22,7 @@ import { int32ToIpv4, ipv4ToInt32, ipv4ToNumber, parseCidr, prefixMask } from '.
 import { TunDevice } from '../tun/tun-device';
 import { Stat } from '../tun/native';
 import { SessionCodec, Store } from '../store/store';
+import { EspCodec, GreCallCodec, IsakmpCodec } from '../store/vpn-codecs';
 import { DbHealth } from '../store/health';
 import { Forwards } from '../nat/forwards';
 import { GC_CALLS_CLEARED, GC_CALLS_CREATED, GC_CALLS_REFUSED, GC_NO_MAPPING_IN, GC_NO_MAPPING_OUT, GC_NOT_PPTP, GreCalls, greConnRow } from '../vpn/gre';
@@ -136,6 +137,7 @@ export class Daemon implements MetricsSource {
     napt.forwards = this.forwards;
     napt.gre = this.greCalls;
     napt.pptp = this.pptpControl;
+    napt.sharedAddress = cfg.wan.mode === 'shared';
     this.ipsec = new IpsecMasq({
       lifetimeMs: Math.max(MIN_LIFETIME_MS, t.ipsec * 1000),
       pendingMs: t.espPending * 1000,
@@ -147,6 +149,8 @@ export class Daemon implements MetricsSource {
       capacity: IPSEC_ENTRIES,
     });
     napt.ipsec = this.ipsec;
+    this.ipsec.serials = this.table.serials;
+    this.ipsec.journal = this.table.journal;
   }
 
   /** PPTP/GRE upkeep once a second: expire calls, free control state, log spec §10 events (rate-limited). */
@@ -217,6 +221,10 @@ export class Daemon implements MetricsSource {
   private openStore(): void {
     const store = new Store(this.config.state, this.log, { now: this.now });
     store.registerTable(new SessionCodec(this.table));
+    // After the sessions: a PPTP call refers to its control connection's session.
+    store.registerTable(new IsakmpCodec(this.ipsec, this.table));
+    store.registerTable(new EspCodec(this.ipsec, this.table));
+    store.registerTable(new GreCallCodec(this.greCalls, this.table));
     store.restore({ now: this.now(), publicAddr: this.table.publicAddr, onAddressChange: this.config.wan.onAddressChange });
     this.addJournalListener(store);
     store.start();
@@ -284,6 +292,23 @@ export class Daemon implements MetricsSource {
     const now = this.now();
     for (let s = 0; s < t.capacity; s++) if (t.sInUse[s] === 1) yield sessionRow(t, s, now);
     for (const r of this.greCalls.rows(now)) yield greConnRow(r, t.publicAddr);
+    yield* this.ipsec.rows(now, t.publicAddr);
+  }
+
+  /**
+   * Deletes the rows with these ids from every table (`conns delete|flush`)
+   * as their expiry would: the next outbound packet creates a new entry, an
+   * inbound one finds none. Returns how many.
+   */
+  deleteConns(ids: ReadonlySet<number>): number {
+    const deleted = this.table.deleteSerials(ids) + this.greCalls.deleteSerials(ids) + this.ipsec.deleteSerials(ids);
+    this.drainJournal();
+    return deleted;
+  }
+
+  /** After `forwards add|remove` or a reload: shared mode steers the forwards' ports to the TUN. */
+  async forwardsChanged(): Promise<void> {
+    await this.shared?.setForwards(this.forwards.all());
   }
 
   stats(): Record<string, unknown> {
@@ -387,7 +412,11 @@ export class Daemon implements MetricsSource {
     const prev = this.config;
     this.config = next;
     this.forwarder.napt.mssClamp = mssClampValue(next.mssClamp, next.tun.mtu);
-    if (this.shared && JSON.stringify(prev.forwards) !== JSON.stringify(next.forwards)) await this.shared.setForwards(next.forwards);
+    if (JSON.stringify(prev.forwards) !== JSON.stringify(next.forwards)) {
+      const dropped = this.forwards.configure(next.forwards);
+      if (dropped.length > 0) this.log.warn('runtime forwards dropped: the reloaded config claims their ports', { forwards: JSON.stringify(dropped) });
+      await this.forwardsChanged();
+    }
     if (JSON.stringify(prev.metrics) !== JSON.stringify(next.metrics)) {
       await this.metrics?.close();
       this.metrics = next.metrics ? await startMetricsServer(next.metrics.listen, this, this.log) : null;
@@ -422,7 +451,7 @@ export class Daemon implements MetricsSource {
     return {};
   }
 
-  private handleControl(req: ControlRequest): ControlReply {
+  private handleControl(req: ControlRequest): ControlReply | Promise<ControlReply> {
     return this.commands.handle(req);
   }
 }

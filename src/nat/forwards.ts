@@ -8,16 +8,22 @@
  *    -> pending -> guessing -> forward rule -> drop), or NO_FORWARD.
  *  - `portForward(proto, pubPort)`: the LAN address of a TCP/UDP port forward,
  *    or NO_FORWARD; `portForwardLanPort(proto, pubPort)` its LAN port.
+ *  - `isakmpServer()`: the LAN IPsec server that owns IKE exchanges started
+ *    from outside (a udp/500 forward to port 500), or NO_FORWARD.
  *  - `inbound(proto, pubPort, rem, remPort, now)`: for an inbound TCP/UDP
  *    packet that matched no mapping, creates the mapping (fixed public port)
  *    and session to the LAN server and returns the session, or a negative
  *    number (NO_FORWARD when no forward exists, -2/-3 when the table is full
  *    or the port is taken).
+ * Runtime forwards (`vpnmasq forwards add|remove`, not on the packet path)
+ * sit next to the config's and are checked like them (checkForwards); they
+ * are never written to the config file and end with the daemon.
  * Hairpinning needs nothing extra: a LAN client's packet to the public
  * address runs the inbound half after its outbound translation and lands here.
  */
-import { Forward } from '../daemon/config';
+import { checkForwards, ConfigError, Forward } from '../daemon/config';
 import { PROTO_ESP, PROTO_GRE, PROTO_TCP, PROTO_UDP } from '../wire/ipv4';
+import { ISAKMP_PORT } from '../wire/isakmp';
 import { SessionTable } from './sessions';
 import { ipv4ToInt32 } from '../net/ipv4-addr';
 
@@ -34,18 +40,87 @@ export class Forwards {
   /** Number of TCP/UDP port forwards (0 lets the packet path skip the lookup cheaply). */
   portCount = 0;
 
+  private configured: readonly Forward[] = [];
+  private runtime: Forward[] = [];
+
   constructor(private readonly table: SessionTable, forwards: readonly Forward[] = []) {
     this.configure(forwards);
   }
 
-  /** Replaces the rules (on start and on config reload). Existing sessions are kept. */
-  configure(forwards: readonly Forward[]): void {
+  /**
+   * Replaces the config's rules (on start and on config reload). Runtime
+   * forwards stay unless the new config claims their port or protocol: those
+   * are dropped and returned. Existing sessions are kept.
+   */
+  configure(forwards: readonly Forward[]): Forward[] {
+    this.configured = forwards;
+    const kept: Forward[] = [];
+    const dropped: Forward[] = [];
+    for (const f of this.runtime) {
+      try {
+        checkForwards([...forwards, ...kept, f], null, (i) => `forwards[${i}]`, 'reload');
+        kept.push(f);
+      } catch (e) {
+        if (!(e instanceof ConfigError)) throw e;
+        dropped.push(f);
+      }
+    }
+    this.runtime = kept;
+    this.apply();
+    return dropped;
+  }
+
+  /**
+   * Adds a runtime forward, checked like an entry of the config's "forwards"
+   * against every forward in effect; throws ConfigError with the problems.
+   */
+  add(value: unknown, lanPrefixes: readonly string[]): Forward {
+    const nc = this.configured.length;
+    const n = nc + this.runtime.length;
+    const name = (i: number) => (i < nc ? `forwards[${i}]` : i < n ? `runtime forward ${i - nc + 1}` : 'forward');
+    const all = checkForwards([...this.configured, ...this.runtime, value], lanPrefixes, name, 'forwards add');
+    const f = all[n];
+    this.runtime.push(f);
+    this.apply();
+    return f;
+  }
+
+  /** Removes a runtime forward: tcp/udp by public port, esp/gre by protocol. Config forwards live in the file. */
+  remove(proto: string, publicPort: number | undefined): Forward {
+    const ported = proto === 'tcp' || proto === 'udp';
+    if (ported && publicPort === undefined) throw new Error(`${proto} forwards are named by their public port`);
+    const what = ported ? `${proto} port ${publicPort}` : proto;
+    const match = (f: Forward) => f.proto === proto && (!ported || ('publicPort' in f && f.publicPort === publicPort));
+    const i = this.runtime.findIndex(match);
+    if (i < 0) {
+      if (this.configured.some(match)) throw new Error(`the ${what} forward comes from the config file: edit "forwards" there and reload`);
+      throw new Error(`no runtime ${what} forward`);
+    }
+    const [f] = this.runtime.splice(i, 1);
+    this.apply();
+    return f;
+  }
+
+  /** Every forward in effect, the config's first. */
+  all(): Forward[] {
+    return [...this.configured, ...this.runtime];
+  }
+
+  /** Every forward in effect with where it comes from (`forwards list`). */
+  list(): Array<Forward & { source: 'config' | 'runtime' }> {
+    return [
+      ...this.configured.map((f) => ({ ...f, source: 'config' as const })),
+      ...this.runtime.map((f) => ({ ...f, source: 'runtime' as const })),
+    ];
+  }
+
+  private apply(): void {
     this.tcpLan.fill(NO_FORWARD);
     this.udpLan.fill(NO_FORWARD);
     this.espLan = NO_FORWARD;
     this.greLan = NO_FORWARD;
     this.portCount = 0;
-    for (const f of forwards) {
+    for (const f of this.all()) {
       const lan = ipv4ToInt32(f.lanAddress);
       if (f.proto === 'esp') this.espLan = lan;
       else if (f.proto === 'gre') this.greLan = lan;
@@ -70,6 +145,17 @@ export class Forwards {
 
   portForwardLanPort(proto: number, pubPort: number): number {
     return proto === PROTO_TCP ? this.tcpLanPort[pubPort] : this.udpLanPort[pubPort];
+  }
+
+  /**
+   * The LAN server of a udp/500 forward that keeps port 500, or NO_FORWARD.
+   * UDP 500 <-> 500 runs through ISAKMP masquerade, which keeps the port
+   * (spec Rule I-1, §6 "portfw, keeping 500"); there this server takes every
+   * exchange a remote starts. A udp/500 forward to another LAN port is not
+   * used for ISAKMP.
+   */
+  isakmpServer(): number {
+    return this.udpLanPort[ISAKMP_PORT] === ISAKMP_PORT ? this.udpLan[ISAKMP_PORT] : NO_FORWARD;
   }
 
   /**

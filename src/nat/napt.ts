@@ -25,7 +25,7 @@ import { ISAKMP_HDR, ISAKMP_PORT } from '../wire/isakmp';
 import { IpsecMasq } from '../vpn/ipsec';
 import { Drop, DropCounters } from './drop-reasons';
 import { FragmentTracker } from './fragments';
-import { Forwards } from './forwards';
+import { Forwards, NO_FORWARD } from './forwards';
 import { GreCalls } from '../vpn/gre';
 import { PptpControl } from '../vpn/pptp-control';
 import { PPTP_PORT } from '../wire/pptp';
@@ -61,6 +61,8 @@ export const T_BYTES_IN = 3;
 /** Verdicts below zero: translated, or kept back until its first fragment arrives. */
 const TRANSLATED = -1;
 const HELD = -2;
+/** Shared-address mode: the box's own ICMP, written back unchanged for the kernel to deliver locally. */
+const TO_KERNEL = -3;
 
 const IP_ERR_TO_DROP: number[] = [];
 IP_ERR_TO_DROP[IPV4_ERR_TRUNCATED] = Drop.IP_TRUNCATED;
@@ -87,6 +89,12 @@ export class Napt {
   gre: GreCalls | null = null;
   /** PPTP control-channel inspection on TCP 1723 (set by the daemon together with `gre`). */
   pptp: PptpControl | null = null;
+  /**
+   * Shared-address mode (set by the daemon): the public address is also the
+   * box's own, so inbound ICMP that belongs to no mapping goes to the kernel
+   * (TO_KERNEL) instead of being dropped.
+   */
+  sharedAddress = false;
 
   constructor(
     readonly table: SessionTable,
@@ -125,9 +133,11 @@ export class Napt {
     else verdict = Drop.NOT_OURS;
     if (verdict >= 0) { this.drops.counts[verdict]++; return; }
     if (verdict === HELD) return;
-    const dir = outbound ? T_PKTS_OUT : T_PKTS_IN;
-    this.traffic[dir]++;
-    this.traffic[dir + 2] += ip.totalLen;
+    if (verdict === TRANSLATED) {
+      const dir = outbound ? T_PKTS_OUT : T_PKTS_IN;
+      this.traffic[dir]++;
+      this.traffic[dir + 2] += ip.totalLen;
+    }
     this.restoreHop(buf, ipOff);
     out.push(off, sendLen);
   }
@@ -242,7 +252,12 @@ export class Napt {
     if (ip.payloadLen < ICMP_HDR) return Drop.L4_TRUNCATED;
     if (sumBytes(buf, l4, ip.payloadLen, 0) !== 0xffff) return Drop.L4_BAD_CHECKSUM;
     const type = buf[l4 + ICMP_TYPE];
-    if (isIcmpError(type)) return this.outboundIcmpError(buf, ip);
+    if (isIcmpError(type)) {
+      const r = this.outboundIcmpError(buf, ip);
+      // The router's own error about a packet it forwarded for us (frag-needed on a narrower WAN link) is
+      // addressed to the public address but leaves from its LAN address: it quotes our outbound packet.
+      return r === Drop.ICMP_ERROR_NO_MAPPING && ip.dst === this.table.publicAddr ? this.inboundIcmpError(buf, ip) : r;
+    }
     if (!isIcmpQueryRequest(type)) return Drop.ICMP_UNSUPPORTED;
     const t = this.table;
     const now = this.now;
@@ -307,7 +322,7 @@ export class Napt {
         return r;
       }
       case PROTO_ICMP:
-        return this.inboundIcmp(buf, ip);
+        return this.ownIcmp(this.inboundIcmp(buf, ip), buf, ip, out);
       case PROTO_ESP:
         return this.inboundEsp(buf, ip, out);
       case PROTO_GRE:
@@ -394,6 +409,20 @@ export class Napt {
   }
 
   /**
+   * Shared-address mode: inbound ICMP that matches no session (echo requests
+   * to the box, replies to its own pings, errors about its own traffic,
+   * fragmented ICMP) is the box's, so it goes back to the kernel unchanged;
+   * later fragments follow the first. Mapped traffic keeps RFC 5508 handling.
+   * Dedicated mode drops it: nothing else owns that address.
+   */
+  private ownIcmp(verdict: number, buf: Uint8Array, ip: Ipv4Header, out: TxList): number {
+    if (!this.sharedAddress || (verdict !== Drop.NO_MAPPING && verdict !== Drop.FILTERED &&
+      verdict !== Drop.ICMP_ERROR_NO_MAPPING && verdict !== Drop.ICMP_UNSUPPORTED)) return verdict;
+    if (ip.isFragment) this.rememberAndRelease(buf, ip.src, ip.dst, PROTO_ICMP, ip.id, ip.src, ip.dst, out);
+    return TO_KERNEL;
+  }
+
+  /**
    * An error from the outside about a packet we translated (RFC 5508 REQ-3,
    * REQ-4): the embedded packet runs public address -> remote. Both checksums
    * are verified first; the session's timer is left alone (REQ-6).
@@ -465,7 +494,8 @@ export class Napt {
     const c = this.checkTransport(buf, ip, vflags, UDP_HDR + ISAKMP_HDR);
     if (c !== TRANSLATED) return c;
     const ipsec = this.ipsec as IpsecMasq;
-    const n = ipsec.inIsakmp(ip.src, buf, ip.payloadOff + UDP_HDR, this.now);
+    const server = this.forwards === null ? NO_FORWARD : this.forwards.isakmpServer();
+    const n = ipsec.inIsakmp(ip.src, buf, ip.payloadOff + UDP_HDR, this.now, server);
     if (n === 0) return ipsec.lastDrop;
     this.deliver(buf, ip, n, (vflags & VNET_F_NEEDS_CSUM) !== 0, out);
     return TRANSLATED;
@@ -488,7 +518,8 @@ export class Napt {
     const ipsec = this.ipsec;
     if (ipsec === null) return Drop.UNKNOWN_PROTOCOL;
     if (ip.payloadLen < ESP_MIN_HDR) return Drop.L4_TRUNCATED;
-    const n = ipsec.inEsp(ip.src, read32(buf, ip.payloadOff + ESP_SPI), this.now);
+    const forward = this.forwards === null ? NO_FORWARD : this.forwards.protoForward(PROTO_ESP);
+    const n = ipsec.inEsp(ip.src, read32(buf, ip.payloadOff + ESP_SPI), this.now, forward);
     if (n === 0) return ipsec.lastDrop;
     this.deliver(buf, ip, n, false, out);
     return TRANSLATED;

@@ -10,8 +10,11 @@ import { int32ToIpv4 } from '../net/ipv4-addr';
 export interface ConnRow {
   /** Stable identifier of the session (unique for the daemon's lifetime and across restarts once persisted). */
   id: number;
-  /** 'gre': a PPTP call (src/vpn/gre.ts greConnRow), ports 0 and its Call IDs in `vpn`. */
-  proto: 'tcp' | 'udp' | 'icmp' | 'gre';
+  /**
+   * 'gre': a PPTP call (src/vpn/gre.ts greConnRow), ports 0 and its Call IDs in `vpn`;
+   * 'isakmp' / 'esp': an IPsec entry (src/vpn/ipsec.ts rows()), cookies or SPIs in `vpn`.
+   */
+  proto: 'tcp' | 'udp' | 'icmp' | 'isakmp' | 'esp' | 'gre';
   lan: { addr: string; port: number };
   public: { addr: string; port: number };
   remote: { addr: string; port: number };
@@ -20,6 +23,8 @@ export interface ConnRow {
   expiresInSeconds: number;
   packets: { out: number; in: number };
   bytes: { out: number; in: number };
+  /** VPN detail of isakmp/esp/gre rows (docs/cli-json-schema.json); null: not learnt yet. */
+  vpn?: Record<string, string | number | null>;
 }
 
 const PROTO_NAMES: Record<number, ConnRow['proto']> = { [PROTO_TCP]: 'tcp', [PROTO_UDP]: 'udp', [PROTO_ICMP]: 'icmp' };

@@ -18,6 +18,21 @@ import { EV_DESTROY, EV_NEW, Journal } from './journal';
 import { PROTO_ICMP, PROTO_TCP, PROTO_UDP } from '../wire/ipv4';
 import { SlotPool } from './slot-pool';
 
+/**
+ * The one id space of every table's rows (sessions, PPTP calls, ISAKMP and
+ * ESP entries), so `vpnmasq conns show|delete ID` names exactly one row.
+ * `next` is read and incremented in place on the packet path.
+ */
+export class Serials {
+  /** The id the next row gets. */
+  next = 1;
+
+  /** A restored row keeps its id; new rows continue above it. */
+  seen(serial: number): void {
+    if (serial >= this.next) this.next = serial + 1;
+  }
+}
+
 export const TABLE_SESSIONS = 1;
 
 /** Index of a protocol's public port space. */
@@ -76,7 +91,8 @@ export class SessionTable {
   private readonly sFree: SlotPool;
   sessionCount = 0;
   readonly countBySlot = new Int32Array(SLOT_COUNT);
-  private nextSerial = 1;
+  /** Ids of this table's sessions; the VPN tables take theirs from here too (one id space). */
+  readonly serials = new Serials();
   private sweepCursor = 0;
 
   private readonly ports: PortPolicy;
@@ -174,9 +190,9 @@ export class SessionTable {
 
   /** Creates a session under an existing mapping. Returns -1 when the table is full. */
   createSession(m: number, rem: number, remPort: number, now: number, state: number, expires: number): number {
-    const s = this.initSession(m, rem, remPort, now, state, expires, this.nextSerial);
+    const s = this.initSession(m, rem, remPort, now, state, expires, this.serials.next);
     if (s < 0) return s;
-    this.nextSerial++;
+    this.serials.next++;
     if (this.journal !== null) this.journal.push(EV_NEW, TABLE_SESSIONS, s, this.sSerial[s]);
     return s;
   }
@@ -199,7 +215,7 @@ export class SessionTable {
     }
     if (this.inIndex.get(m, rem, remPort, 0) !== NONE) return -3;
     const s = this.initSession(m, rem, remPort, created, state, expires, serial);
-    if (s >= 0 && serial >= this.nextSerial) this.nextSerial = serial + 1;
+    if (s >= 0) this.serials.seen(serial);
     return s;
   }
 
@@ -296,6 +312,20 @@ export class SessionTable {
   /** Calls fn for every live session (not for the packet path). */
   forEachSession(fn: (s: number) => void): void {
     for (let s = 0; s < this.capacity; s++) if (this.sInUse[s] === 1) fn(s);
+  }
+
+  /**
+   * Removes the sessions with these ids (`vpnmasq conns delete`; not the
+   * packet path) with their lookup entries, and a mapping with its last
+   * session: the next outbound packet creates a new one, an inbound one is
+   * dropped as unmapped. Returns how many.
+   */
+  deleteSerials(ids: ReadonlySet<number>): number {
+    let n = 0;
+    for (let s = 0; s < this.capacity; s++) {
+      if (this.sInUse[s] === 1 && ids.has(this.sSerial[s])) { this.removeSession(s); n++; }
+    }
+    return n;
   }
 
   /** Session with this serial, or -1 (not for the packet path). */

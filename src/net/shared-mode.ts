@@ -12,12 +12,20 @@
  *   pref 50   to WAN/32 ipproto udp sport 500 dport 500 lookup TABLE  (IKE, spec §3)
  *   pref 50   to WAN/32 ipproto esp | gre              lookup TABLE
  *   pref 50   to WAN/32 ipproto tcp|udp dport FORWARD   lookup TABLE
+ *   pref 50   to WAN/32 ipproto icmp                    lookup TABLE
  *   pref 100  lookup local        (moved here from pref 0, which matches first)
  *   pref 7100 from LAN iif LAN lookup TABLE            (router-net.ts)
  *
  * The `local` rule must follow ours (it matches every local address) but
  * precede the LAN rule, so LAN traffic to the router itself is still
- * delivered. Translated packets carry the router's own address as source,
+ * delivered. ICMP identifiers cannot be matched by a rule, so all ICMP to the
+ * WAN address goes to vpnmasq, which writes what belongs to no mapping (the
+ * box's own pings and errors) back unchanged; a rule ahead of the steering
+ * ones delivers what comes out of the TUN to a local address instead of
+ * steering it in again:
+ *
+ *   pref 49   iif TUN lookup local
+ * Translated packets carry the router's own address as source,
  * so the TUN accepts local sources (accept_local). Previous sysctl values are
  * kept in a file so a crashed run's changes are undone at the next start.
  */
@@ -28,12 +36,15 @@ import type { Forward, PortRange } from '../daemon/config';
 import { parseIPv4 } from './ipv4-addr';
 import { netlinkErrno, VPNMASQ_RTPROT } from './router-net';
 
+/** `iif TUN lookup local`: packets vpnmasq hands back to the box are not steered again. */
+export const TUN_LOCAL_PRIORITY = 49;
 export const STEER_PRIORITY = 50;
 export const LOCAL_PRIORITY = 100;
 
 const AF_INET = 2;
 const RT_TABLE_LOCAL = 255;
 const RTPROT_KERNEL = 2;
+const IPPROTO_ICMP = 1;
 const IPPROTO_TCP = 6;
 const IPPROTO_UDP = 17;
 const IPPROTO_GRE = 47;
@@ -78,6 +89,7 @@ export function steeringRules(configured: PortRange, forwards: Forward[]): Steer
     { ipProto: IPPROTO_UDP, sport: [IKE_PORT, IKE_PORT], dport: [IKE_PORT, IKE_PORT] },
     { ipProto: IPPROTO_ESP },
     { ipProto: IPPROTO_GRE },
+    { ipProto: IPPROTO_ICMP },
   ];
   for (const f of forwards) {
     if ((f.proto !== 'tcp' && f.proto !== 'udp') || f.publicPort === 0xffff) continue;
@@ -103,6 +115,7 @@ export function narrowPortRange(current: PortRange, ours: PortRange): PortRange 
 
 export class SharedMode {
   private steering: rt.RuleAttrs[] = [];
+  private tunLocal: rt.RuleAttrs | null = null;
   private localMoved = false;
   private closed = false;
 
@@ -112,6 +125,7 @@ export class SharedMode {
   static async setup(o: SharedModeOptions): Promise<SharedMode> {
     const sm = new SharedMode(createRtNetlink(), o);
     await sm.saveAndWriteSysctls();
+    await sm.addTunLocal();
     await sm.addSteering(o.publicAddress, steeringRules(o.portRange, o.forwards));
     await sm.moveLocalRule();
     return sm;
@@ -146,6 +160,8 @@ export class SharedMode {
     }
     await this.removeRules(this.steering);
     this.steering = [];
+    if (this.tunLocal) await delRule(this.sock, this.tunLocal);
+    this.tunLocal = null;
     await restoreSysctls(this.o.savePath);
     this.sock.socket.close();
     this.closed = true;
@@ -153,7 +169,7 @@ export class SharedMode {
 
   /**
    * Crash recovery, before anything else touches rules: puts `lookup local`
-   * back at priority 0, removes the moved local rule and steering rules, and
+   * back at priority 0, removes the moved local rule, the TUN rule and the steering rules, and
    * restores the sysctls a crashed run saved. Returns how many rules it removed.
    */
   static async cleanupLeftovers(savePath: string): Promise<number> {
@@ -161,7 +177,7 @@ export class SharedMode {
     try {
       const rules = await sock.getRules({ family: AF_INET }, {}, OPTS);
       const ours = rules.filter((r) => r.attrs.protocol === VPNMASQ_RTPROT &&
-        (r.attrs.priority === LOCAL_PRIORITY || r.attrs.priority === STEER_PRIORITY));
+        (r.attrs.priority === LOCAL_PRIORITY || r.attrs.priority === STEER_PRIORITY || r.attrs.priority === TUN_LOCAL_PRIORITY));
       if (ours.length > 0) await restoreLocalRule(sock);
       for (const r of ours) await delRule(sock, { ...r.attrs });
       await restoreSysctls(savePath);
@@ -200,6 +216,13 @@ export class SharedMode {
       await addRule(this.sock, attrs, 32);
       this.steering.push(attrs);
     }
+  }
+
+  /** Added before the ICMP steering rule, so nothing vpnmasq hands back can loop. */
+  private async addTunLocal(): Promise<void> {
+    const attrs: rt.RuleAttrs = { priority: TUN_LOCAL_PRIORITY, table: RT_TABLE_LOCAL, iifname: this.o.tunName, protocol: VPNMASQ_RTPROT };
+    this.tunLocal = attrs;
+    await addRule(this.sock, attrs, 0);
   }
 
   private async moveLocalRule(): Promise<void> {

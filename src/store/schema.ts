@@ -34,10 +34,36 @@ const V2: readonly string[] = [
   'CREATE INDEX sessions_expires ON sessions (expires)',
 ];
 
-/** CREATE statements of every version, by version (for the migration tests). */
-export const SCHEMAS: Readonly<Record<number, readonly string[]>> = { 1: V1, 2: V2 };
+/**
+ * Added in version 3: the VPN tables (src/store/vpn-codecs.ts). Cookies and
+ * SPIs are signed 32-bit halves as the packet path reads them; expires is
+ * Infinity while a PPTP call's control connection holds it; a call refers to
+ * that connection by the session's serial.
+ */
+const VPN_TABLES: readonly string[] = [
+  `CREATE TABLE isakmp (
+    serial INTEGER PRIMARY KEY, lan INTEGER NOT NULL, rem INTEGER NOT NULL, pub_addr INTEGER NOT NULL,
+    icookie0 INTEGER NOT NULL, icookie1 INTEGER NOT NULL, rcookie0 INTEGER NOT NULL, rcookie1 INTEGER NOT NULL,
+    has_rcookie INTEGER NOT NULL, server INTEGER NOT NULL, expires REAL NOT NULL)`,
+  `CREATE TABLE esp (
+    serial INTEGER PRIMARY KEY, lan INTEGER NOT NULL, rem INTEGER NOT NULL, pub_addr INTEGER NOT NULL,
+    out_spi INTEGER NOT NULL, in_spi INTEGER NOT NULL, state INTEGER NOT NULL, blocking INTEGER NOT NULL,
+    retries INTEGER NOT NULL, created REAL NOT NULL, expires REAL NOT NULL,
+    pkts_out REAL NOT NULL, pkts_in REAL NOT NULL)`,
+  `CREATE TABLE gre_calls (
+    serial INTEGER PRIMARY KEY, lan INTEGER NOT NULL, rem INTEGER NOT NULL, pub_addr INTEGER NOT NULL,
+    lan_call_id INTEGER NOT NULL, pub_call_id INTEGER NOT NULL, rem_call_id INTEGER NOT NULL,
+    role INTEGER NOT NULL, state INTEGER NOT NULL, ctl_serial REAL NOT NULL, expires REAL NOT NULL,
+    last_seen REAL NOT NULL, pkts_out REAL NOT NULL, pkts_in REAL NOT NULL)`,
+];
 
-export const SCHEMA_VERSION = 2;
+/** Version 3: version 2 plus the ISAKMP, ESP and PPTP call tables. */
+const V3: readonly string[] = [...V2, ...VPN_TABLES];
+
+/** CREATE statements of every version, by version (for the migration tests). */
+export const SCHEMAS: Readonly<Record<number, readonly string[]>> = { 1: V1, 2: V2, 3: V3 };
+
+export const SCHEMA_VERSION = 3;
 export const CREATE_STATEMENTS = SCHEMAS[SCHEMA_VERSION];
 
 /**
@@ -54,4 +80,5 @@ export const MIGRATIONS: readonly (readonly string[])[] = [
     'ALTER TABLE sessions ADD COLUMN bytes_in REAL NOT NULL DEFAULT 0',
     'CREATE INDEX sessions_expires ON sessions (expires)',
   ],
+  VPN_TABLES,
 ];

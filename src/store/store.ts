@@ -28,8 +28,10 @@
  *    migration). The first column must be `serial INTEGER PRIMARY KEY`.
  * 2. Push EV_NEW / EV_DESTROY (src/nat/journal.ts) with your table id and the
  *    row's index and serial, exactly like SessionTable does.
- * 3. Implement TableCodec below and call `store.registerTable(codec)` in the
- *    daemon before `store.restore(...)`.
+ * 3. Implement TableCodec below (DirtyScan does the dirty scan) and call
+ *    `store.registerTable(codec)` in the daemon before `store.restore(...)`,
+ *    after the tables its rows refer to (codecs restore in that order).
+ * The VPN tables (ISAKMP, ESP, PPTP calls) are in vpn-codecs.ts.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -49,6 +51,11 @@ export interface RestoreContext {
   /** The configured public address (int32), and what to do with rows stored under another one. */
   publicAddr: number;
   onAddressChange: AddressChangePolicy;
+}
+
+/** Whether a row stored under `pubAddr` is kept: same address, or another one with policy 'move' (it is then rewritten). */
+export function addressKept(pubAddr: number, ctx: RestoreContext): boolean {
+  return pubAddr === ctx.publicAddr || ctx.onAddressChange === 'move';
 }
 
 /** How the store reads and rebuilds one in-memory table. Not called per packet. */
@@ -75,6 +82,30 @@ export interface TableCodec {
   forEachLive(fn: (index: number, serial: number) => void): void;
   /** Rebuilds one stored row (values in `columns` order); false discards it (expired, address policy, conflict). */
   restore(values: unknown[], ctx: RestoreContext): boolean;
+  /** Called once after this table's rows were restored (drop restore-only helpers). */
+  restored?(): void;
+}
+
+/**
+ * The round-robin scan behind `TableCodec.dirty`: continues where the last
+ * call stopped and visits each slot at most once per call.
+ */
+export class DirtyScan {
+  private cursor = 0;
+
+  constructor(private readonly capacity: number, private readonly isDirty: (index: number) => boolean) {}
+
+  next(out: Int32Array, max: number): number {
+    const cap = this.capacity;
+    let i = this.cursor;
+    let n = 0;
+    for (let k = 0; k < cap && n < max; k++) {
+      if (this.isDirty(i)) out[n++] = i;
+      i = i + 1 === cap ? 0 : i + 1;
+    }
+    this.cursor = i;
+    return n;
+  }
 }
 
 /** Codec of the NAPT sessions (TCP/UDP/ICMP), journal table TABLE_SESSIONS. */
@@ -86,10 +117,11 @@ export class SessionCodec implements TableCodec {
   readonly updateColumns = ['pub_addr', 'state', 'last_seen', 'expires', 'pkts_out', 'pkts_in', 'bytes_out', 'bytes_in'] as const;
   /** sLastSeen of each session when it was last written; -1 forces a rewrite. */
   private readonly writtenSeen: Float64Array;
-  private cursor = 0;
+  private readonly scan: DirtyScan;
 
   constructor(private readonly t: SessionTable) {
     this.writtenSeen = new Float64Array(t.capacity);
+    this.scan = new DirtyScan(t.capacity, (s) => t.sInUse[s] === 1 && t.sLastSeen[s] > this.writtenSeen[s]);
   }
 
   row(s: number, serial: number, out: unknown[]): boolean {
@@ -129,16 +161,7 @@ export class SessionCodec implements TableCodec {
   }
 
   dirty(out: Int32Array, max: number): number {
-    const t = this.t;
-    const cap = t.capacity;
-    let i = this.cursor;
-    let n = 0;
-    for (let k = 0; k < cap && n < max; k++) {
-      if (t.sInUse[i] === 1 && t.sLastSeen[i] > this.writtenSeen[i]) out[n++] = i;
-      i = i + 1 === cap ? 0 : i + 1;
-    }
-    this.cursor = i;
-    return n;
+    return this.scan.next(out, max);
   }
 
   written(s: number): void {
@@ -158,9 +181,8 @@ export class SessionCodec implements TableCodec {
     const t = this.t;
     const expires = v[11] as number;
     const pubAddr = v[4] as number;
-    if (expires <= ctx.now) return false;
+    if (expires <= ctx.now || !addressKept(pubAddr, ctx)) return false;
     const moved = pubAddr !== ctx.publicAddr;
-    if (moved && ctx.onAddressChange === 'drop') return false;
     const s = t.restoreSession(v[1] as number, v[2] as number, v[3] as number, v[5] as number, v[6] as number, v[7] as number,
       v[9] as number, v[8] as number, expires, v[0] as number);
     if (s < 0) return false;
@@ -278,6 +300,7 @@ export class Store implements JournalListener {
           }
           last = page[page.length - 1][0] as number;
         }
+        r.codec.restored?.();
       }
       this.tx(() => {
         this.registered.forEach((r, i) => { for (const serial of discard[i]) (r.remove as Database.Statement).run(serial); });

@@ -92,7 +92,6 @@ export class GreCalls {
   private readonly index: FlowIndex;
   private readonly free: SlotPool;
   count = 0;
-  private nextSerial = 1;
   /** Non-PPTP GRE entries (address-only NAT). */
   private readonly rawLan: Int32Array;
   private readonly rawRem: Int32Array;
@@ -146,36 +145,57 @@ export class GreCalls {
    */
   create(lan: number, rem: number, lanId: number, role: number, ctlSession: number, ctlSerial: number, now: number): number {
     if (this.free.available === 0) return NONE;
+    const serials = this.sessions.serials;
     const hi = lanId & 0xff00;
     // Start away from the LAN's own ID so a rewrite is visible; scan the 256 IDs of this high byte.
-    let low = (lanId + 1 + this.nextSerial * 151) & 0xff;
+    let low = (lanId + 1 + serials.next * 151) & 0xff;
     let pub = NONE;
     for (let i = 0; i < 256; i++, low = (low + 1) & 0xff) {
       const cand = hi | low;
       if (cand !== 0 && this.findPub(rem, cand) === NONE) { pub = cand; break; }
     }
     if (pub === NONE) return NONE;
+    const c = this.place(lan, rem, lanId, pub, NONE, role, CALL_REQUESTED, now + REQUEST_MS, ctlSession, ctlSerial, serials.next++, now);
+    this.counters[GC_CALLS_CREATED]++;
+    if (this.journal !== null) this.journal.push(EV_NEW, TABLE_GRE_CALLS, c, this.serial[c]);
+    return c;
+  }
+
+  /**
+   * Rebuilds a persisted call (state store) with its serial and public Call
+   * ID. Returns the call, or -1 when the table is full or an ID is taken.
+   */
+  restore(lan: number, rem: number, lanId: number, pubId: number, remId: number, role: number, state: number, expires: number,
+    ctlSession: number, ctlSerial: number, serial: number, lastSeen: number): number {
+    if (this.free.available === 0 || pubId === 0 || this.findLan(lan, rem, lanId) !== NONE || this.findPub(rem, pubId) !== NONE) return NONE;
+    if (remId !== NONE && this.findRem(rem, remId) !== NONE) return NONE;
+    const c = this.place(lan, rem, lanId, pubId, remId, role, state, expires, ctlSession, ctlSerial, serial, lastSeen);
+    if (remId !== NONE) this.index.set(rem, remId, 0, TAG_REM, c);
+    this.sessions.serials.seen(serial);
+    return c;
+  }
+
+  private place(lan: number, rem: number, lanId: number, pub: number, remId: number, role: number, state: number, expires: number,
+    ctlSession: number, ctlSerial: number, serial: number, now: number): number {
     const c = this.free.take();
     this.inUse[c] = 1;
     this.lan[c] = lan;
     this.rem[c] = rem;
     this.lanId[c] = lanId;
     this.pubId[c] = pub;
-    this.remId[c] = NONE;
+    this.remId[c] = remId;
     this.role[c] = role;
-    this.state[c] = CALL_REQUESTED;
-    this.expires[c] = now + REQUEST_MS;
+    this.state[c] = state;
+    this.expires[c] = expires;
     this.ctlSession[c] = ctlSession;
     this.ctlSerial[c] = ctlSerial;
-    this.serial[c] = this.nextSerial++;
+    this.serial[c] = serial;
     this.lastSeen[c] = now;
     this.pktsOut[c] = 0;
     this.pktsIn[c] = 0;
     this.index.set(lan, rem, lanId, TAG_LAN, c);
     this.index.set(rem, pub, 0, TAG_PUB, c);
     this.count++;
-    this.counters[GC_CALLS_CREATED]++;
-    if (this.journal !== null) this.journal.push(EV_NEW, TABLE_GRE_CALLS, c, this.serial[c]);
     return c;
   }
 
@@ -330,6 +350,19 @@ export class GreCalls {
     return removed;
   }
 
+  /**
+   * Removes the calls with these ids (`vpnmasq conns delete`) as their expiry
+   * does: their GRE is dropped as unmapped from then on, and the control
+   * connection's later messages about them count as lost calls. Returns how many.
+   */
+  deleteSerials(ids: ReadonlySet<number>): number {
+    let n = 0;
+    for (let c = 0; c < this.capacity; c++) {
+      if (this.inUse[c] === 1 && ids.has(this.serial[c])) { this.remove(c); n++; }
+    }
+    return n;
+  }
+
   /** Connection-listing rows (not for the packet path). */
   rows(now: number): GreRow[] {
     const out: GreRow[] = [];
@@ -357,7 +390,7 @@ export class GreCalls {
  * A call as a connection-listing row (control `conns`, CLI): ports 0, the
  * Call IDs in `vpn`; expiresInSeconds -1 while its control connection holds it.
  */
-export function greConnRow(r: GreRow, publicAddr: number): ConnRow & { vpn: Record<string, string | number | null> } {
+export function greConnRow(r: GreRow, publicAddr: number): ConnRow {
   return {
     id: r.id,
     proto: 'gre',

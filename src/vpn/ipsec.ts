@@ -9,10 +9,18 @@
 import { FlowIndex } from '../nat/flow-index';
 import { Drop } from '../nat/drop-reasons';
 import { read32 } from '../wire/checksum';
-import { ISAKMP_ICOOKIE, ISAKMP_RCOOKIE } from '../wire/isakmp';
+import { ISAKMP_ICOOKIE, ISAKMP_PORT, ISAKMP_RCOOKIE } from '../wire/isakmp';
 import { ESP_SPI_RESERVED_MAX } from '../wire/esp';
 import { int32ToIpv4 } from '../net/ipv4-addr';
 import { SlotPool } from '../nat/slot-pool';
+import { Serials } from '../nat/sessions';
+import { ConnRow } from '../nat/session-rows';
+import { NO_FORWARD } from '../nat/forwards';
+import { EV_DESTROY, EV_NEW, Journal } from '../nat/journal';
+
+/** Journal table ids of the two tables (state store, src/store/vpn-codecs.ts). */
+export const TABLE_ISAKMP = 2;
+export const TABLE_ESP = 3;
 
 export interface IpsecOptions {
   /** Lifetime of established ESP entries and of ISAKMP entries (spec Rule I-5; never below 15 min). */
@@ -62,6 +70,9 @@ export const IpsecEvent = {
   ISAKMP_GUESS: 12,
   ISAKMP_NO_MAPPING: 13,
   AH_REFUSED: 14,
+  ISAKMP_FORWARD: 15,
+  ESP_SERVER: 16,
+  ESP_FORWARD: 17,
 } as const;
 export const IPSEC_EVENT_NAMES: readonly string[] = Object.keys(IpsecEvent).map((k) => k.toLowerCase().replace(/_/g, '-'));
 const EVENT_COUNT = IPSEC_EVENT_NAMES.length;
@@ -88,6 +99,11 @@ export class IpsecMasq {
   readonly kHasRc: Uint8Array;
   readonly kInUse: Uint8Array;
   readonly kExpires: Float64Array;
+  /** 1: the entry belongs to the forwarded server, created by the remote's first packet (spec §6). */
+  readonly kServer: Uint8Array;
+  readonly kSerial: Float64Array;
+  readonly kPktsOut: Float64Array;
+  readonly kPktsIn: Float64Array;
   private readonly kRemote: Int32Array;
   private readonly kOut: FlowIndex;
   private readonly kIn: FlowIndex;
@@ -106,6 +122,7 @@ export class IpsecMasq {
   readonly eCreated: Float64Array;
   readonly ePktsOut: Float64Array;
   readonly ePktsIn: Float64Array;
+  readonly eSerial: Float64Array;
   private readonly eRemote: Int32Array;
   private readonly eOut: FlowIndex;
   private readonly eIn: FlowIndex;
@@ -122,6 +139,8 @@ export class IpsecMasq {
   private readonly rOwner: Int32Array;
   private readonly rRecentLan: Int32Array;
   private readonly rRecentSeen: Float64Array;
+  /** The newest forwarded-server ISAKMP entry with this remote, or -1 (inbound ESP steering, spec §6). */
+  private readonly rServer: Int32Array;
   private readonly rFree: SlotPool;
 
   // Event ring.
@@ -136,6 +155,10 @@ export class IpsecMasq {
 
   private kCursor = 0;
   private eCursor = 0;
+  /** Serials of new entries (both tables); restored entries keep theirs. The daemon hands in the session table's: one id space. */
+  serials = new Serials();
+  /** NEW / DESTROY of both tables for the state store; set by the daemon. */
+  journal: Journal | null = null;
 
   constructor(readonly opts: IpsecOptions) {
     const cap = opts.capacity;
@@ -148,6 +171,10 @@ export class IpsecMasq {
     this.kHasRc = new Uint8Array(cap);
     this.kInUse = new Uint8Array(cap);
     this.kExpires = new Float64Array(cap);
+    this.kServer = new Uint8Array(cap);
+    this.kSerial = new Float64Array(cap);
+    this.kPktsOut = new Float64Array(cap);
+    this.kPktsIn = new Float64Array(cap);
     this.kRemote = new Int32Array(cap);
     this.kOut = new FlowIndex(cap);
     this.kIn = new FlowIndex(cap);
@@ -164,6 +191,7 @@ export class IpsecMasq {
     this.eCreated = new Float64Array(cap);
     this.ePktsOut = new Float64Array(cap);
     this.ePktsIn = new Float64Array(cap);
+    this.eSerial = new Float64Array(cap);
     this.eRemote = new Int32Array(cap);
     this.eOut = new FlowIndex(cap);
     this.eIn = new FlowIndex(cap);
@@ -178,6 +206,7 @@ export class IpsecMasq {
     this.rOwner = new Int32Array(cap);
     this.rRecentLan = new Int32Array(cap * GUESS_SLOTS);
     this.rRecentSeen = new Float64Array(cap * GUESS_SLOTS).fill(-1);
+    this.rServer = new Int32Array(cap).fill(NONE);
     this.rFree = new SlotPool(cap);
   }
 
@@ -209,21 +238,24 @@ export class IpsecMasq {
         }
         this.removeIsakmp(o);
       }
-      k = this.createIsakmp(lan, rem, ic0, ic1);
+      k = this.createIsakmp(lan, rem, ic0, ic1, this.serials.next);
       if (k < 0) return Drop.TABLE_FULL;
+      this.journalNew(TABLE_ISAKMP, k, this.serials.next++);
     }
     // A LAN host answering an exchange the remote started carries the responder cookie from its first packet.
     if (this.kHasRc[k] === 0 && (rc0 | rc1) !== 0) this.learnRcookie(k, rc0, rc1);
     this.kExpires[k] = now + this.opts.lifetimeMs;
+    this.kPktsOut[k]++;
     this.touchRecent(this.kRemote[k], lan, now);
     return -1;
   }
 
   /**
-   * Inbound R:500 -> P:500. Returns how many LAN hosts get the packet
-   * (targets[0..n)), or 0 with lastDrop set.
+   * Inbound R:500 -> P:500. `server` is the LAN server of a udp/500 forward
+   * (Forwards.isakmpServer) or NO_FORWARD. Returns how many LAN hosts get the
+   * packet (targets[0..n)), or 0 with lastDrop set.
    */
-  inIsakmp(rem: number, buf: Uint8Array, ike: number, now: number): number {
+  inIsakmp(rem: number, buf: Uint8Array, ike: number, now: number, server: number): number {
     const ic0 = read32(buf, ike + ISAKMP_ICOOKIE);
     const ic1 = read32(buf, ike + ISAKMP_ICOOKIE + 4);
     const rc0 = read32(buf, ike + ISAKMP_RCOOKIE);
@@ -239,6 +271,7 @@ export class IpsecMasq {
       return this.deliverIsakmp(k, now);
     }
     if ((ic0 | ic1) === 0) this.event(IpsecEvent.ZERO_COOKIE, rem, 0, 0, 0);
+    if (server !== NO_FORWARD) return this.isakmpToServer(server, rem, ic0, ic1, rc0, rc1, now);
     // Rule I-7: an exchange the remote starts goes to the hosts that spoke ISAKMP with it most recently.
     const n = this.opts.guessing ? this.candidates(rem, now) : 0;
     if (n > 0) {
@@ -248,6 +281,30 @@ export class IpsecMasq {
     this.event(IpsecEvent.ISAKMP_NO_MAPPING, rem, ic0, ic1, 0);
     this.lastDrop = Drop.ISAKMP_NO_MAPPING;
     return 0;
+  }
+
+  /**
+   * Spec §6: with a udp/500 forward, every exchange the remote starts belongs
+   * to the forwarded server, not to recent LAN initiators (Rule I-7). The entry
+   * is made now, keyed by the remote's cookie, so the exchange's retransmits
+   * stay with the server and its replies leave from public port 500 (Rule I-1).
+   */
+  private isakmpToServer(server: number, rem: number, ic0: number, ic1: number, rc0: number, rc1: number, now: number): number {
+    // The server may hold this cookie under another responder cookie (a lost SA); it keeps the exchange.
+    let k = this.liveIsakmp(this.kOut.get(server, rem, ic0, ic1), now);
+    if (k < 0) {
+      k = this.createIsakmp(server, rem, ic0, ic1, this.serials.next);
+      if (k < 0) {
+        this.lastDrop = Drop.TABLE_FULL;
+        return 0;
+      }
+      this.journalNew(TABLE_ISAKMP, k, this.serials.next++);
+      if ((rc0 | rc1) !== 0) this.learnRcookie(k, rc0, rc1);
+      this.event(IpsecEvent.ISAKMP_FORWARD, rem, server, ic0, ic1);
+    }
+    this.kServer[k] = 1;
+    this.rServer[this.kRemote[k]] = k;
+    return this.deliverIsakmp(k, now);
   }
 
   private liveIsakmp(k: number, now: number): number {
@@ -260,12 +317,13 @@ export class IpsecMasq {
 
   private deliverIsakmp(k: number, now: number): number {
     this.kExpires[k] = now + this.opts.lifetimeMs;
+    this.kPktsIn[k]++;
     this.touchRecent(this.kRemote[k], this.kLan[k], now);
     this.targets[0] = this.kLan[k];
     return 1;
   }
 
-  private createIsakmp(lan: number, rem: number, ic0: number, ic1: number): number {
+  private createIsakmp(lan: number, rem: number, ic0: number, ic1: number, serial: number): number {
     if (this.kFree.available === 0) return NONE;
     const r = this.remote(rem);
     if (r < 0) return NONE;
@@ -278,7 +336,11 @@ export class IpsecMasq {
     this.kRc0[k] = 0;
     this.kRc1[k] = 0;
     this.kHasRc[k] = 0;
+    this.kServer[k] = 0;
     this.kRemote[k] = r;
+    this.kSerial[k] = serial;
+    this.kPktsOut[k] = 0;
+    this.kPktsIn[k] = 0;
     this.rRefs[r]++;
     this.kOut.set(lan, rem, ic0, ic1, k);
     this.kIn.set(rem, ic0, ic1, 0, k);
@@ -299,12 +361,14 @@ export class IpsecMasq {
 
   private removeIsakmp(k: number): void {
     if (this.kInUse[k] === 0) return;
+    if (this.journal !== null) this.journal.push(EV_DESTROY, TABLE_ISAKMP, k, this.kSerial[k]);
     const rem = this.kRem[k];
     deleteIf(this.kOut, this.kLan[k], rem, this.kIc0[k], this.kIc1[k], k);
     deleteIf(this.kIn, rem, this.kIc0[k], this.kIc1[k], this.kHasRc[k] === 1 ? rcookieKey(this.kRc0[k], this.kRc1[k]) : 0, k);
     this.kInUse[k] = 0;
     this.kFree.give(k);
     this.isakmpCount--;
+    if (this.rServer[this.kRemote[k]] === k) this.rServer[this.kRemote[k]] = NONE;
     this.unref(this.kRemote[k]);
   }
 
@@ -362,20 +426,22 @@ export class IpsecMasq {
       this.unrefIfIdle(r);
       return Drop.ESP_BLOCKED;
     }
-    e = this.createEsp(lan, rem, spi, r, now);
+    e = this.createEsp(lan, rem, spi, r, now, this.serials.next);
     if (e < 0) {
       this.unrefIfIdle(r);
       return Drop.TABLE_FULL;
     }
+    this.journalNew(TABLE_ESP, e, this.serials.next++);
     this.ePktsOut[e]++;
     return -1;
   }
 
   /**
-   * Inbound ESP R -> P with SPI `spi` (spec §4.3). Returns how many LAN hosts
-   * get the packet (targets[0..n)), or 0 with lastDrop set.
+   * Inbound ESP R -> P with SPI `spi` (spec §4.3). `forward` is the LAN
+   * address of the ESP protocol forward or NO_FORWARD. Returns how many LAN
+   * hosts get the packet (targets[0..n)), or 0 with lastDrop set.
    */
-  inEsp(rem: number, spi: number, now: number): number {
+  inEsp(rem: number, spi: number, now: number, forward: number): number {
     if ((spi >>> 0) <= ESP_SPI_RESERVED_MAX) {
       this.event(spi === 0 ? IpsecEvent.ZERO_SPI : IpsecEvent.RESERVED_SPI, rem, 0, spi, 0);
       this.lastDrop = spi === 0 ? Drop.ESP_ZERO_SPI : Drop.ESP_RESERVED_SPI;
@@ -408,11 +474,27 @@ export class IpsecMasq {
       this.targets[0] = this.eLan[e];
       return 1;
     }
+    // Spec §6, like IPVS: a new SPI from a remote that a forwarded server
+    // holds an ISAKMP session with goes to that server, whose first ESP answer
+    // then builds the entry (pending -> established) as for any LAN host.
+    const r = this.rIndex.get(rem, 0, 0, 0);
+    const k = r < 0 ? NONE : this.liveIsakmp(this.rServer[r], now);
+    if (k >= 0) {
+      this.event(IpsecEvent.ESP_SERVER, rem, this.kLan[k], spi, 0);
+      this.targets[0] = this.kLan[k];
+      return 1;
+    }
     // Guessing: copies to recent ISAKMP hosts, no entry created; the right host's answer builds it.
     const n = this.opts.guessing ? this.candidates(rem, now) : 0;
     if (n > 0) {
       this.event(IpsecEvent.ESP_GUESS, rem, this.targets[0], spi, n);
       return n;
+    }
+    // The protocol forward is the last resort (spec §6: established -> pending -> guessing -> forward -> drop).
+    if (forward !== NO_FORWARD) {
+      this.event(IpsecEvent.ESP_FORWARD, rem, forward, spi, 0);
+      this.targets[0] = forward;
+      return 1;
     }
     this.event(IpsecEvent.ESP_NO_MAPPING, rem, 0, spi, 0);
     this.lastDrop = Drop.ESP_NO_MAPPING;
@@ -438,7 +520,7 @@ export class IpsecMasq {
     this.event(IpsecEvent.AH_REFUSED, src, dst, 0, 0);
   }
 
-  private createEsp(lan: number, rem: number, spi: number, r: number, now: number): number {
+  private createEsp(lan: number, rem: number, spi: number, r: number, now: number, serial: number): number {
     if (this.eFree.available === 0) return NONE;
     const e = this.eFree.take();
     this.eLan[e] = lan;
@@ -454,6 +536,7 @@ export class IpsecMasq {
     this.ePktsOut[e] = 0;
     this.ePktsIn[e] = 0;
     this.eRemote[e] = r;
+    this.eSerial[e] = serial;
     this.eOut.set(lan, rem, spi, 0, e);
     this.eByOutSpi.set(rem, spi, 0, 0, e);
     this.rRefs[r]++;
@@ -471,6 +554,7 @@ export class IpsecMasq {
   private removeEsp(e: number): void {
     const st = this.eState[e];
     if (st === ESP_FREE) return;
+    if (this.journal !== null) this.journal.push(EV_DESTROY, TABLE_ESP, e, this.eSerial[e]);
     const rem = this.eRem[e];
     const r = this.eRemote[e];
     deleteIf(this.eOut, this.eLan[e], rem, this.eOutSpi[e], 0, e);
@@ -481,6 +565,73 @@ export class IpsecMasq {
     this.eFree.give(e);
     this.rLive[r]--;
     this.unref(r);
+  }
+
+  private journalNew(table: number, i: number, serial: number): void {
+    if (this.journal !== null) this.journal.push(EV_NEW, table, i, serial);
+  }
+
+  // ---- restore (state store, not the packet path) ------------------------------
+
+  /**
+   * Rebuilds a persisted ISAKMP entry with its serial and cookies. The remote
+   * counts as last seen at expires - lifetime (for guessing). Returns the
+   * entry, or -1 when the table is full or the cookies are taken.
+   */
+  restoreIsakmp(lan: number, rem: number, ic0: number, ic1: number, rc0: number, rc1: number, hasRc: boolean,
+    server: boolean, expires: number, serial: number): number {
+    if (this.kOut.get(lan, rem, ic0, ic1) >= 0 || this.kIn.get(rem, ic0, ic1, 0) >= 0) return NONE;
+    if (hasRc && this.kIn.get(rem, ic0, ic1, rcookieKey(rc0, rc1)) >= 0) return NONE;
+    const k = this.createIsakmp(lan, rem, ic0, ic1, serial);
+    if (k < 0) return NONE;
+    if (hasRc) this.learnRcookie(k, rc0, rc1);
+    if (server) {
+      // Restored in serial order: the last one is the remote's newest server entry.
+      this.kServer[k] = 1;
+      this.rServer[this.kRemote[k]] = k;
+    }
+    this.kExpires[k] = expires;
+    this.touchRecent(this.kRemote[k], lan, expires - this.opts.lifetimeMs);
+    this.seenSerial(serial);
+    return k;
+  }
+
+  /**
+   * Rebuilds a persisted ESP entry (pending, established or squelched) with
+   * its serial and SPI pairing. Returns the entry, or -1 when the table is
+   * full, an SPI is taken, or the remote already has a pending entry.
+   */
+  restoreEsp(lan: number, rem: number, outSpi: number, inSpi: number, state: number, blocking: boolean, retries: number,
+    created: number, expires: number, serial: number): number {
+    if (state !== ESP_PENDING && state !== ESP_ESTABLISHED && state !== ESP_SQUELCHED) return NONE;
+    if (this.eOut.get(lan, rem, outSpi, 0) >= 0 || this.eByOutSpi.get(rem, outSpi, 0, 0) >= 0) return NONE;
+    if (state === ESP_ESTABLISHED && this.eIn.get(rem, inSpi, 0, 0) >= 0) return NONE;
+    const r = this.remote(rem);
+    if (r < 0) return NONE;
+    const pending = this.rPending[r];
+    const e = state === ESP_PENDING && pending >= 0 ? NONE : this.createEsp(lan, rem, outSpi, r, created, serial);
+    if (e < 0) {
+      this.unrefIfIdle(r);
+      return NONE;
+    }
+    if (state !== ESP_PENDING) {
+      // createEsp made it the remote's pending entry; only a pending one is.
+      this.rPending[r] = pending;
+      this.setState(e, state);
+    }
+    if (state === ESP_ESTABLISHED) {
+      this.eInSpi[e] = inSpi;
+      this.eIn.set(rem, inSpi, 0, 0, e);
+    }
+    this.eBlocking[e] = blocking ? 1 : 0;
+    this.eRetries[e] = retries;
+    this.eExpires[e] = expires;
+    this.seenSerial(serial);
+    return e;
+  }
+
+  private seenSerial(serial: number): void {
+    this.serials.seen(serial);
   }
 
   // ---- remotes and guessing --------------------------------------------------
@@ -496,6 +647,7 @@ export class IpsecMasq {
     this.rPending[r] = NONE;
     this.rLive[r] = 0;
     this.rRecentSeen.fill(-1, r * GUESS_SLOTS, (r + 1) * GUESS_SLOTS);
+    this.rServer[r] = NONE;
     this.rIndex.set(rem, 0, 0, 0, r);
     return r;
   }
@@ -617,29 +769,56 @@ export class IpsecMasq {
     };
   }
 
-  /** Every ISAKMP and ESP entry with its state and remaining time (admin view, spec §10). */
-  rows(now: number): Array<Record<string, unknown>> {
-    const rows: Array<Record<string, unknown>> = [];
-    for (let k = 0; k < this.opts.capacity; k++) {
+  /**
+   * Every ISAKMP and ESP entry as a connection-listing row (admin view, spec
+   * §10; not for the packet path). ISAKMP keeps port 500 on every side (Rule
+   * I-1), ESP has no ports; the cookies and SPIs are in `vpn`. Bytes are not
+   * counted for these tables. Idle time is derived from the timer, which every
+   * packet restarts: lifetime (or the pending time) minus what is left.
+   */
+  *rows(now: number, publicAddr: number): Generator<ConnRow> {
+    const pub = int32ToIpv4(publicAddr);
+    const o = this.opts;
+    for (let k = 0; k < o.capacity; k++) {
       if (this.kInUse[k] === 0) continue;
-      rows.push({
-        proto: 'isakmp', lan: int32ToIpv4(this.kLan[k]), remote: int32ToIpv4(this.kRem[k]),
-        icookie: hex64(this.kIc0[k], this.kIc1[k]), rcookie: this.kHasRc[k] ? hex64(this.kRc0[k], this.kRc1[k]) : null,
-        expiresIn: Math.max(0, Math.round((this.kExpires[k] - now) / 1000)),
-      });
+      const has = this.kHasRc[k] === 1;
+      yield {
+        id: this.kSerial[k], proto: 'isakmp',
+        lan: { addr: int32ToIpv4(this.kLan[k]), port: ISAKMP_PORT }, public: { addr: pub, port: ISAKMP_PORT },
+        remote: { addr: int32ToIpv4(this.kRem[k]), port: ISAKMP_PORT },
+        state: has ? 'REPLIED' : 'UNREPLIED',
+        ...timing(now, this.kExpires[k], o.lifetimeMs),
+        packets: { out: this.kPktsOut[k], in: this.kPktsIn[k] }, bytes: { out: 0, in: 0 },
+        vpn: { icookie: hex64(this.kIc0[k], this.kIc1[k]), rcookie: has ? hex64(this.kRc0[k], this.kRc1[k]) : null },
+      };
     }
-    for (let e = 0; e < this.opts.capacity; e++) {
+    for (let e = 0; e < o.capacity; e++) {
       const st = this.eState[e];
       if (st === ESP_FREE) continue;
-      rows.push({
-        proto: 'esp', lan: int32ToIpv4(this.eLan[e]), remote: int32ToIpv4(this.eRem[e]), state: STATE_NAMES[st],
-        outSpi: hex32(this.eOutSpi[e]), inSpi: st === ESP_ESTABLISHED ? hex32(this.eInSpi[e]) : null,
-        blocking: this.eBlocking[e] === 1, retries: this.eRetries[e],
-        packetsOut: this.ePktsOut[e], packetsIn: this.ePktsIn[e],
-        expiresIn: Math.max(0, Math.round((this.eExpires[e] - now) / 1000)),
-      });
+      yield {
+        id: this.eSerial[e], proto: 'esp',
+        lan: { addr: int32ToIpv4(this.eLan[e]), port: 0 }, public: { addr: pub, port: 0 },
+        remote: { addr: int32ToIpv4(this.eRem[e]), port: 0 },
+        state: STATE_NAMES[st].toUpperCase(),
+        ...timing(now, this.eExpires[e], st === ESP_ESTABLISHED ? o.lifetimeMs : st === ESP_PENDING ? o.pendingMs : o.squelchMs),
+        packets: { out: this.ePktsOut[e], in: this.ePktsIn[e] }, bytes: { out: 0, in: 0 },
+        vpn: { spiOut: `0x${hex32(this.eOutSpi[e])}`, spiIn: st === ESP_ESTABLISHED ? `0x${hex32(this.eInSpi[e])}` : null, state: STATE_NAMES[st] },
+      };
     }
-    return rows;
+  }
+
+  /**
+   * Removes the ISAKMP and ESP entries with these ids (`vpnmasq conns
+   * delete`) as their expiry does: the next outbound packet makes a new
+   * entry, an inbound one no longer finds the LAN host. Returns how many.
+   */
+  deleteSerials(ids: ReadonlySet<number>): number {
+    let n = 0;
+    for (let i = 0; i < this.opts.capacity; i++) {
+      if (this.kInUse[i] === 1 && ids.has(this.kSerial[i])) { this.removeIsakmp(i); n++; }
+      if (this.eState[i] !== ESP_FREE && ids.has(this.eSerial[i])) { this.removeEsp(i); n++; }
+    }
+    return n;
   }
 }
 
@@ -655,6 +834,12 @@ function deleteIf(index: FlowIndex, k0: number, k1: number, k2: number, k3: numb
 }
 
 const hex32 = (v: number): string => (v >>> 0).toString(16).padStart(8, '0');
+
+/** Idle and remaining seconds of an entry whose timer every packet restarts to `ttlMs`. */
+function timing(now: number, expires: number, ttlMs: number): { idleSeconds: number; expiresInSeconds: number } {
+  const left = Math.max(0, expires - now);
+  return { idleSeconds: Math.max(0, Math.round((ttlMs - left) / 1000)), expiresInSeconds: Math.round(left / 1000) };
+}
 const hex64 = (a: number, b: number): string => hex32(a) + hex32(b);
 
 /** Log line for an event, in the words of the 2.0 patch where it had some (spec §10). */
@@ -689,6 +874,12 @@ function describe(kind: number, a: number, b: number, c: number, d: number): [st
       return [`ISAKMP from ${ip(a)} with unknown cookie sent to ${d} recent host(s)`, { remote: ip(a), icookieHigh: hex32(c), first: ip(b), candidates: d }];
     case IpsecEvent.ISAKMP_NO_MAPPING:
       return [`inbound ISAKMP from ${ip(a)} has no masq table entry`, { remote: ip(a), icookie: hex64(b, c) }];
+    case IpsecEvent.ISAKMP_FORWARD:
+      return [`ISAKMP from ${ip(a)} starts an exchange with the forwarded server ${ip(b)}`, { remote: ip(a), server: ip(b), icookie: hex64(c, d) }];
+    case IpsecEvent.ESP_SERVER:
+      return [`inbound ESP from ${ip(a)} SPI ${hex32(c)} sent to ${ip(b)}, its ISAKMP server`, { remote: ip(a), server: ip(b), spi: hex32(c) }];
+    case IpsecEvent.ESP_FORWARD:
+      return [`inbound ESP from ${ip(a)} SPI ${hex32(c)} forwarded to ${ip(b)}`, { remote: ip(a), lan: ip(b), spi: hex32(c) }];
     default:
       return ['AH refused: it signs the addresses a NAT must change', { from: ip(a), to: ip(b) }];
   }

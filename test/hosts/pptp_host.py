@@ -17,6 +17,9 @@ Every wait is bounded by --seconds. Each command prints one JSON line.
       for the Call-Disconnect-Notify before closing.
       --big N also sends one data packet of N payload bytes with DF and reports
       an ICMP fragmentation-needed quoting it (raw ICMP socket).
+      --hold H keeps the first call up for H more seconds (a long-running
+      call across a router restart): one data packet every 0.2 s, reporting
+      in "hold" how many were sent and the times (epoch s) echoes came back.
   server [--port 1723] --clients N [--refuse-serial Y] [--fixed-call-id F] --seconds T
       Answers Start-Control-Connection-Requests and Outgoing-Call-Requests
       (own Call ID unique per call, or always F: a server reusing the ID of a
@@ -226,6 +229,8 @@ def client(a):
                 if inner[9] == 47 and len(inner) >= iihl + 8:
                     frag_needed["quotedCallId"] = struct.unpack("!H", inner[iihl + 6:iihl + 8])[0]
     res["fragNeeded"] = frag_needed
+    if a.hold and live:
+        hold(a, raw, name, live[0], res)
     if a.clear:
         t.setblocking(True)
         try:
@@ -237,6 +242,29 @@ def client(a):
             res["error"] = "clear: %s: %s" % (type(e).__name__, e)
     t.close()
     out(res)
+
+
+def hold(a, raw, name, c, res):
+    h = {"sent": 0, "backAt": []}
+    res["hold"] = h
+    end = time.time() + a.hold
+    seq = 10000
+    next_send = 0.0
+    while time.time() < end:
+        now = time.time()
+        if now >= next_send:
+            try:
+                raw.sendto(gre_data(c["serverCallId"], seq, ("%s/%d/%d" % (name, c["callId"], seq)).encode()), (a.server, 0))
+                h["sent"] += 1
+            except OSError:
+                pass  # the router is down: the next packet retries
+            seq += 1
+            next_send = now + 0.2
+        ready, _, _ = select.select([raw], [], [], max(0.0, min(next_send, end) - time.time()))
+        if ready:
+            g = parse_gre(raw.recv(65535))
+            if g is not None and g[1] == c["callId"] and g[4] and g[4].startswith(("echo:%s/%d/" % (name, c["callId"])).encode()):
+                h["backAt"].append(round(time.time(), 3))
 
 
 # ---- server -----------------------------------------------------------------
@@ -335,6 +363,7 @@ def main():
     c.add_argument("--clear", action="store_true")
     c.add_argument("--big", type=int, default=0)
     c.add_argument("--seconds", type=float, default=10)
+    c.add_argument("--hold", type=float, default=0)
     s = sub.add_parser("server")
     s.add_argument("--port", type=int, default=1723)
     s.add_argument("--clients", type=int, default=1)

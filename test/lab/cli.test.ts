@@ -1,8 +1,9 @@
 /**
- * The `vpnmasq` CLI against the real daemon in the lab: live TCP, UDP and
- * ICMP mappings listed and filtered, --json checked against
- * docs/cli-json-schema.json, deletion checked on the wire, `conns watch`,
- * a non-root user, and a daemon that is down.
+ * The `vpnmasq` CLI against the real daemon in the lab: live TCP, UDP,
+ * ICMP, ISAKMP, ESP and GRE entries listed and filtered, --json checked
+ * against docs/cli-json-schema.json, deletion checked on the wire (a UDP
+ * mapping, an ESP entry), runtime forwards, `conns watch`, a non-root user,
+ * and a daemon that is down.
  *
  * Set CLI_SAMPLE_OUT=FILE to save the real output of `conns list`, `stats`
  * and `status` (docs/cli-sample-output.txt comes from this).
@@ -13,10 +14,18 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawn } from 'node:child_process';
 import { createLab, Lab } from './lab';
-import { CLI, peer, peerServer, RouterHandle, startRouter } from './router-harness';
+import { CLI, peer, peerServer, PPTP_HOST, RouterHandle, startRouter } from './router-harness';
 import { jsonLines, runCli, schemaErrors } from '../unit/cli-fixture';
 
 const isRoot = process.getuid?.() === 0;
+/** The IPsec exchange of LAN host 0 (test/hosts/peer.py ike-esp-*): its cookie, its SPI and the remote's answer to it. */
+const ICOOKIE = 'c11c11c100000007';
+const SPI = 0x3100;
+const RSPI = ((SPI ^ 0x5a5a0000) | 0x01000000) >>> 0;
+const hex8 = (n: number) => n.toString(16).padStart(8, '0');
+/** The PPTP call of LAN host 1 (test/hosts/pptp_host.py). */
+const CALL_ID = 0x4242;
+const SESSION_PROTOS = ['tcp', 'udp', 'icmp'];
 
 describe('vpnmasq CLI in the lab', { skip: !isRoot && 'needs root' }, () => {
   let lab: Lab;
@@ -38,14 +47,26 @@ describe('vpnmasq CLI in the lab', { skip: !isRoot && 'needs root' }, () => {
   };
 
   before(async () => {
-    lab = await createLab({ lanHosts: 2, wanHosts: 1, vpnServer: false, farHost: false });
-    router = await startRouter(lab);
+    lab = await createLab({ lanHosts: 2, wanHosts: 1, farHost: false });
+    // No guessing: an inbound ESP packet whose entry was deleted must not be copied to the host anyway.
+    // A long PPTP grace keeps the finished call listed for the whole file.
+    router = await startRouter(lab, { ipsec: { guessing: false }, timeouts: { pptpGrace: 600 } });
     await udp(0, 40100, 7100);
     const srv = await peerServer(lab, lab.ns.wan[0], ['tcp-server', '--port', '7101']);
     await peer(lab, lab.ns.lan[1], ['tcp-client', '--host', lab.addr.wan[0], '--port', '7101', '--bytes', '100000']);
     await srv.result;
     const ping = await lab.ping(lab.ns.lan[1], lab.addr.wan[0], { count: 2 });
     assert.equal(ping.received, 2);
+    // ISAKMP + ESP from LAN host 0, a PPTP call (GRE) from LAN host 1, both to the VPN server, at once.
+    const ikeSrv = await peerServer(lab, lab.ns.vpnServer, ['ike-esp-responder', '--seconds', '20', '--idle', '1']);
+    const pptpSrv = await peerServer(lab, lab.ns.vpnServer, ['server', '--seconds', '15', '--clients', '1'], PPTP_HOST);
+    const [ike, call] = await Promise.all([
+      peer(lab, lab.ns.lan[0], ['ike-esp-client', '--host', lab.addr.vpnServer, '--icookie', ICOOKIE, '--spi', String(SPI), '--packets', '3', '--timeout', '15'], 20000),
+      peer(lab, lab.ns.lan[1], ['client', '--server', lab.addr.vpnServer, '--call-id', String(CALL_ID), '--gre-count', '2', '--seconds', '8'], 20000, PPTP_HOST),
+    ]);
+    await Promise.all([ikeSrv.result, pptpSrv.result]);
+    assert.equal(ike.flow?.good, 3, JSON.stringify(ike));
+    assert.equal(call.calls?.[0]?.dataBack, 2, JSON.stringify(call));
   });
 
   after(async () => {
@@ -75,8 +96,48 @@ describe('vpnmasq CLI in the lab', { skip: !isRoot && 'needs root' }, () => {
     assert.match(table.stdout, /^ID +PROTO +LAN +PUBLIC +REMOTE +VPN +STATE +IDLE +EXPIRES +PKTS OUT\/IN +BYTES OUT\/IN$/m);
     assert.match(table.stdout, new RegExp(`udp +${lab.addr.lan[0]}:40100 +${lab.addr.public}:40100 +${lab.addr.wan[0]}:7100 +- +REPLIED`));
     assert.equal(table.stderr, `${rows.length} connections listed.\n`);
-    // ISAKMP / ESP / GRE rows: listed and filtered (--spi, --cookie, --call-id) here once the IPsec and
-    // PPTP modules add their rows to the daemon's rows(); until then covered by test/unit/cli-conns.test.ts.
+  });
+
+  it('lists the ISAKMP, ESP and GRE entries with their VPN detail; --spi, --cookie, --call-id select them', async () => {
+    const rows = await list();
+    assert.equal(new Set(rows.map((r) => r.id)).size, rows.length, 'ids unique across protocols');
+    const k = rows.find((r) => r.proto === 'isakmp');
+    assert.ok(k, JSON.stringify(rows));
+    assert.deepEqual([k.lan, k.public, k.remote], [
+      { addr: lab.addr.lan[0], port: 500 }, { addr: lab.addr.public, port: 500 }, { addr: lab.addr.vpnServer, port: 500 }]);
+    assert.equal(k.vpn.icookie, ICOOKIE);
+    assert.match(k.vpn.rcookie, /^[0-9a-f]{16}$/, 'responder cookie learnt');
+    assert.equal(k.state, 'REPLIED');
+    assert.ok(k.packets.out >= 4 && k.packets.in >= 4, 'Main + Quick Mode both ways');
+    assert.ok(k.expiresInSeconds > 850, 'the IPsec lifetime, not the UDP timeout');
+    const e = rows.find((r) => r.proto === 'esp');
+    assert.ok(e, JSON.stringify(rows));
+    assert.deepEqual([e.lan.addr, e.public.addr, e.remote.addr], [lab.addr.lan[0], lab.addr.public, lab.addr.vpnServer]);
+    assert.deepEqual(e.vpn, { spiOut: `0x${hex8(SPI)}`, spiIn: `0x${hex8(RSPI)}`, state: 'established' });
+    assert.equal(e.state, 'ESTABLISHED');
+    assert.ok(e.packets.out >= 3 && e.packets.in >= 3, JSON.stringify(e));
+    const g = rows.find((r) => r.proto === 'gre');
+    assert.ok(g, JSON.stringify(rows));
+    assert.deepEqual([g.lan.addr, g.public.addr, g.remote.addr], [lab.addr.lan[1], lab.addr.public, lab.addr.vpnServer]);
+    assert.equal(g.vpn.callIdLan, CALL_ID);
+    assert.notEqual(g.vpn.callIdRemote, null, 'answered');
+    assert.ok(g.packets.out >= 2 && g.packets.in >= 2, JSON.stringify(g));
+
+    const ids = async (...args: string[]) => (await list(...args)).map((r) => r.id).sort();
+    assert.deepEqual(await ids('-p', 'esp'), [e.id]);
+    assert.deepEqual(await ids('-p', 'isakmp'), [k.id]);
+    assert.deepEqual(await ids('--spi', hex8(RSPI)), [e.id], 'inbound SPI');
+    assert.deepEqual(await ids('--spi', `0x${SPI.toString(16)}`), [e.id], 'outbound SPI');
+    assert.deepEqual(await ids('--cookie', ICOOKIE), [k.id]);
+    assert.deepEqual(await ids('--cookie', k.vpn.rcookie), [k.id]);
+    assert.deepEqual(await ids('--call-id', `0x${CALL_ID.toString(16)}`), [g.id]);
+    assert.deepEqual(await ids('--call-id', String(g.vpn.callIdPub)), [g.id], 'the public Call ID');
+    assert.deepEqual(await ids('-p', 'gre', '--lan-host', lab.addr.lan[0]), []);
+
+    const table = await cli('conns', 'list', '-p', 'esp');
+    assert.match(table.stdout, new RegExp(`esp +${lab.addr.lan[0]}:0 +${lab.addr.public}:0 +${lab.addr.vpnServer}:0 +spiOut=0x${hex8(SPI)} spiIn=0x${hex8(RSPI)} state=established +ESTABLISHED`));
+    const show = await cli('conns', 'show', String(g.id), '--json');
+    assert.deepEqual(JSON.parse(show.stdout).proto, 'gre');
   });
 
   it('every filter selects the right rows', async () => {
@@ -89,14 +150,18 @@ describe('vpnmasq CLI in the lab', { skip: !isRoot && 'needs root' }, () => {
     assert.deepEqual(await ids('-p', 'icmp'), pick((r) => r.proto === 'icmp'));
     assert.deepEqual(await ids('-s', lab.addr.lan[1]), pick((r) => r.lan.addr === lab.addr.lan[1]));
     assert.deepEqual(await ids('--lan-host', `${lab.addr.lan[0]}:40100`), [u.id]);
-    assert.deepEqual(await ids('-d', lab.addr.wan[0]), pick(() => true));
-    assert.deepEqual(await ids('--remote', `${lab.addr.wan[0]}:7101`), pick((r) => r.proto === 'tcp'));
+    assert.deepEqual(await ids('-d', lab.addr.wan[0]), pick((r) => r.remote.addr === lab.addr.wan[0]));
+    const vpnSide = await ids('-d', lab.addr.vpnServer);
+    assert.deepEqual(vpnSide, pick((r) => r.remote.addr === lab.addr.vpnServer));
+    assert.deepEqual(new Set(all.filter((r) => vpnSide.includes(r.id)).map((r) => r.proto)), new Set(['isakmp', 'esp', 'gre', 'tcp']), 'the VPN entries and the PPTP control connection');
+    const transfer = pick((r) => r.proto === 'tcp' && r.remote.port === 7101);
+    assert.deepEqual(await ids('--remote', `${lab.addr.wan[0]}:7101`), transfer);
     assert.deepEqual(await ids('--sport', '40100'), [u.id]);
     assert.deepEqual(await ids('--dport', '7100'), [u.id]);
     assert.deepEqual(await ids('--public-port', '40100'), [u.id]);
     assert.deepEqual(await ids('--state', 'replied', '-p', 'udp'), pick((r) => r.proto === 'udp' && r.state === 'REPLIED'));
-    assert.deepEqual(await ids('--spi', '0x1234'), [], 'no ESP rows');
-    assert.deepEqual(await ids('-n', '1', '--sort', 'bytes', '-r'), pick((r) => r.proto === 'tcp'), 'the TCP transfer has the most bytes');
+    assert.deepEqual(await ids('--spi', '0x1234'), [], 'no ESP entry with that SPI');
+    assert.deepEqual(await ids('-n', '1', '--sort', 'bytes', '-r'), transfer, 'the TCP transfer has the most bytes');
   });
 
   it('status and stats report the live daemon; --json matches the schema', async () => {
@@ -121,6 +186,42 @@ describe('vpnmasq CLI in the lab', { skip: !isRoot && 'needs root' }, () => {
       ].join('\n');
       fs.writeFileSync(process.env.CLI_SAMPLE_OUT, text);
     }
+  });
+
+  it('deleting an ESP entry stops its translation: inbound ESP for it no longer reaches the LAN host', async () => {
+    const esp = async () => {
+      const listener = await peerServer(lab, lab.ns.lan[0], ['listen-raw', '--proto', '50', '--seconds', '1.5']);
+      await peer(lab, lab.ns.vpnServer, ['raw', '--dst', lab.addr.public, '--proto', '50', '--hex', `${hex8(RSPI)}00000063${'ab'.repeat(16)}`]);
+      return JSON.parse((await listener.result).trim()).received as number;
+    };
+    assert.equal(await esp(), 1, 'translated while the entry lives');
+    const before = (await router.stats()).drops['esp-no-mapping'];
+    const del = await cli('conns', 'delete', '-p', 'esp', '--spi', hex8(RSPI));
+    assert.equal(del.code, 0, del.stderr);
+    assert.equal(del.stderr, '1 connection deleted.\n');
+    assert.deepEqual(await list('-p', 'esp'), []);
+    assert.equal(await esp(), 0, 'the LAN host received nothing');
+    assert.equal((await router.stats()).drops['esp-no-mapping'], before + 1, 'dropped as unmapped');
+  });
+
+  it('forwards add: an inbound connection reaches the LAN host; forwards remove: a new one does not', async () => {
+    const add = await cli('forwards', 'add', 'udp', lab.addr.lan[0], '8080', '7200');
+    assert.equal(add.code, 0, add.stderr);
+    const fw = jsonLines((await cli('forwards', 'list', '--json')).stdout);
+    assert.deepEqual(fw, [{ proto: 'udp', publicPort: 8080, lanAddress: lab.addr.lan[0], lanPort: 7200, source: 'runtime' }]);
+    for (const f of fw) assert.deepEqual(schemaErrors(f, 'forward'), []);
+    const srv = await peerServer(lab, lab.ns.lan[0], ['udp-server', '--port', '7200']);
+    const r = await peer(lab, lab.ns.wan[0], ['udp-client', '--host', lab.addr.public, '--port', '8080', '--sport', '7202']);
+    await srv.result;
+    assert.equal(r.reply?.peer, `${lab.addr.wan[0]}:7202`, 'the LAN server saw the remote itself');
+    assert.equal(r.from, `${lab.addr.public}:8080`, 'answered from the forwarded port');
+
+    const rm = await cli('forwards', 'remove', 'udp', '8080');
+    assert.equal(rm.code, 0, rm.stderr);
+    assert.equal((await cli('forwards', 'list', '--json')).stdout, '');
+    const listener = await peerServer(lab, lab.ns.lan[0], ['udp-server', '--port', '7200', '--timeout', '2']);
+    await peer(lab, lab.ns.wan[0], ['udp-client', '--host', lab.addr.public, '--port', '8080', '--sport', '7203', '--timeout', '1']);
+    assert.equal((await listener.result).trim(), '', 'the LAN host received nothing');
   });
 
   it('watch sees a new flow appear and a deleted one go; deleting stops its translation', async () => {
@@ -182,7 +283,8 @@ describe('vpnmasq CLI in the lab', { skip: !isRoot && 'needs root' }, () => {
   });
 
   it('a daemon that is down is reported; conns list reads the database it left', async () => {
-    const before = (await list()).map((r) => r.id).sort();
+    const sessionIds = (rows: Array<Record<string, any>>) => rows.filter((r) => SESSION_PROTOS.includes(r.proto)).map((r) => r.id).sort();
+    const before = sessionIds(await list());
     assert.equal(await router.stop(), 0);
     const st = await cli('status');
     assert.equal(st.code, 1);
@@ -190,7 +292,7 @@ describe('vpnmasq CLI in the lab', { skip: !isRoot && 'needs root' }, () => {
     const r = await cli('conns', 'list', '--json');
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stderr, /vpnmasq is not running .* reading \S+state\.db read-only/);
-    assert.deepEqual(jsonLines(r.stdout).map((x) => x.id).sort(), before, 'the persisted rows');
+    assert.deepEqual(sessionIds(jsonLines(r.stdout)), before, 'the persisted sessions');
     const del = await cli('conns', 'flush', '--yes');
     assert.equal(del.code, 1);
     assert.match(del.stderr, /not running/);

@@ -140,6 +140,8 @@ export interface Lab extends LabInfo {
   namespaces(): string[];
   /** Plain JSON description (what `scripts/lab.ts up` prints). */
   info(): LabInfo;
+  /** Deletes the router namespace and builds it again (new bridges, every host re-wired); processes on the hosts live on. */
+  rebuildRouter(): Promise<void>;
   /** Kills tracked process groups and everything left in the namespaces, deletes the namespaces. Idempotent, never throws. */
   destroy(): Promise<void>;
   readonly destroyed: boolean;
@@ -238,6 +240,12 @@ function killQuiet(pid: number, sig: NodeJS.Signals): void {
   } catch {
     /* gone */
   }
+}
+
+/** IPv6 off before any interface exists (default.* is what new interfaces inherit), loopback up. */
+async function prepareNamespace(ns: string): Promise<void> {
+  await run('ip', ['netns', 'exec', ns, 'sysctl', '-q', '-w', 'net.ipv6.conf.all.disable_ipv6=1', 'net.ipv6.conf.default.disable_ipv6=1']);
+  await run('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
 }
 
 /** Kill every process left inside the namespaces (they can only be ours) and delete them. Synchronous; never throws. */
@@ -435,14 +443,57 @@ class LabImpl implements Lab {
       await run('ip', ['netns', 'add', ns]);
       this.created.push(ns);
     }
-    // IPv6 off before any interface exists (default.* is what new interfaces inherit).
-    await Promise.all(
-      all.map(async (ns) => {
-        await run('ip', ['netns', 'exec', ns, 'sysctl', '-q', '-w', 'net.ipv6.conf.all.disable_ipv6=1', 'net.ipv6.conf.default.disable_ipv6=1']);
-        await run('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
-      }),
-    );
+    await Promise.all(all.map((ns) => prepareNamespace(ns)));
 
+    if (this.ns.wanRouter && this.ns.far) {
+      const WR = this.ns.wanRouter;
+      const FAR = this.ns.far;
+      await run('ip', ['link', 'add', 'eth1', 'netns', WR, 'mtu', String(LAB_FAR_MTU), 'type', 'veth', 'peer', 'name', 'eth0', 'netns', FAR, 'mtu', String(LAB_FAR_MTU)]);
+      await run('ip', ['-n', WR, 'addr', 'add', `${LAB_WAN_ROUTER_FAR}/24`, 'dev', 'eth1']);
+      await run('ip', ['-n', WR, 'link', 'set', 'eth1', 'up']);
+      await run('ip', ['netns', 'exec', WR, 'sysctl', '-q', '-w', 'net.ipv4.ip_forward=1']);
+      await run('ip', ['-n', FAR, 'addr', 'add', `${LAB_FAR}/24`, 'dev', 'eth0']);
+      await run('ip', ['-n', FAR, 'link', 'set', 'eth0', 'up']);
+      await run('ip', ['-n', FAR, 'route', 'add', 'default', 'via', LAB_WAN_ROUTER_FAR]);
+    }
+    await this.wireRouter();
+  }
+
+  /**
+   * Deletes the router namespace (everything in it is killed; the hosts'
+   * veths die with it) and builds it again from scratch: bridges, every
+   * host's link, addresses and routes, as after createLab. A "reboot" of the
+   * router that the hosts, and the processes on them, survive.
+   */
+  async rebuildRouter(): Promise<void> {
+    const R = this.ns.router;
+    for (const pid of nsPidsSync(R)) killQuiet(pid, 'SIGKILL');
+    await run('ip', ['netns', 'del', R]);
+    // The namespace (and with it the hosts' ends of the veths) goes away once its last user is gone.
+    const hosts = this.wiredHosts().map(([ns]) => ns);
+    for (const deadline = Date.now() + 10_000; ;) {
+      const left = await Promise.all(hosts.map((ns) => run('ip', ['-n', ns, 'link', 'show', 'eth0']).then(() => true, () => false)));
+      if (!left.includes(true)) break;
+      if (Date.now() > deadline) throw new Error('host links of the deleted router namespace did not go away');
+      await sleep(50);
+    }
+    await run('ip', ['netns', 'add', R]);
+    await prepareNamespace(R);
+    await this.wireRouter();
+  }
+
+  /** Namespaces with an eth0 to one of the router's bridges, with their router-side port and bridge. */
+  private wiredHosts(): [ns: string, port: string, bridge: string][] {
+    const hosts: [string, string, string][] = [];
+    this.ns.lan.forEach((ns, i) => hosts.push([ns, `l${i + 1}`, 'lan0']));
+    this.ns.wan.forEach((ns, i) => hosts.push([ns, `w${i + 1}`, 'wan0']));
+    if (this.ns.vpnServer) hosts.push([this.ns.vpnServer, 'vs', 'wan0']);
+    if (this.ns.wanRouter) hosts.push([this.ns.wanRouter, 'wr', 'wan0']);
+    return hosts;
+  }
+
+  /** The router namespace's bridges and every host's link to them, with addresses and routes (build and rebuildRouter). */
+  private async wireRouter(): Promise<void> {
     const R = this.ns.router;
     const ipR = (...a: string[]): Promise<string> => run('ip', ['-n', R, ...a]);
     await ipR('link', 'add', 'lan0', 'type', 'bridge');
@@ -456,10 +507,7 @@ class LabImpl implements Lab {
       await run('ip', ['-n', hostNs, 'link', 'set', 'eth0', 'up']);
     };
 
-    for (let i = 0; i < this.ns.lan.length; i++) await attach(`l${i + 1}`, 'lan0', this.ns.lan[i]!);
-    for (let i = 0; i < this.ns.wan.length; i++) await attach(`w${i + 1}`, 'wan0', this.ns.wan[i]!);
-    if (this.ns.vpnServer) await attach('vs', 'wan0', this.ns.vpnServer);
-    if (this.ns.wanRouter) await attach('wr', 'wan0', this.ns.wanRouter);
+    for (const [ns, port, bridge] of this.wiredHosts()) await attach(port, bridge, ns);
 
     await ipR('addr', 'add', `${LAB_ROUTER_LAN}/24`, 'dev', 'lan0');
     await ipR('addr', 'add', `${LAB_ROUTER_WAN}/24`, 'dev', 'wan0');
@@ -482,17 +530,8 @@ class LabImpl implements Lab {
       }),
     );
 
-    if (this.ns.wanRouter && this.ns.far) {
-      const WR = this.ns.wanRouter;
-      const FAR = this.ns.far;
-      await run('ip', ['-n', WR, 'addr', 'add', `${LAB_WAN_ROUTER}/24`, 'dev', 'eth0']);
-      await run('ip', ['link', 'add', 'eth1', 'netns', WR, 'mtu', String(LAB_FAR_MTU), 'type', 'veth', 'peer', 'name', 'eth0', 'netns', FAR, 'mtu', String(LAB_FAR_MTU)]);
-      await run('ip', ['-n', WR, 'addr', 'add', `${LAB_WAN_ROUTER_FAR}/24`, 'dev', 'eth1']);
-      await run('ip', ['-n', WR, 'link', 'set', 'eth1', 'up']);
-      await run('ip', ['netns', 'exec', WR, 'sysctl', '-q', '-w', 'net.ipv4.ip_forward=1']);
-      await run('ip', ['-n', FAR, 'addr', 'add', `${LAB_FAR}/24`, 'dev', 'eth0']);
-      await run('ip', ['-n', FAR, 'link', 'set', 'eth0', 'up']);
-      await run('ip', ['-n', FAR, 'route', 'add', 'default', 'via', LAB_WAN_ROUTER_FAR]);
+    if (this.ns.wanRouter) {
+      await run('ip', ['-n', this.ns.wanRouter, 'addr', 'add', `${LAB_WAN_ROUTER}/24`, 'dev', 'eth0']);
       // 198.18.0.0/24 is connected on wr's eth0; the router knows the far net via wr.
       await ipR('route', 'add', LAB_FAR_PREFIX, 'via', LAB_WAN_ROUTER);
     }

@@ -4,8 +4,11 @@
  * Flows are checked on the wire: the public port the WAN peer saw before and
  * after the restart, and the hash of a TCP transfer that spans the restart.
  *
- * The VPN tables (ISAKMP, ESP, GRE) join the kill -9 scenario through
- * `FLOWS`: each entry starts traffic before the kill and checks it after.
+ * Each flow starts traffic before the kill and checks it after: a TCP
+ * transfer, a UDP stream, a strongSwan IPsec tunnel carrying ping (its IKE SA
+ * must stay the same one: no renegotiation) and a PPTP call whose GRE keeps
+ * flowing on the same public Call ID. The same flows survive a "reboot":
+ * the router namespace deleted and rebuilt (new TUN, same database file).
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -15,7 +18,8 @@ import * as path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { DbHealth } from '../../src/store/health';
 import { createLab, Lab } from './lab';
-import { peer, peerServer, PEER, RouterHandle, startRouter } from './router-harness';
+import { peer, peerServer, PEER, PPTP_HOST, RouterHandle, startRouter } from './router-harness';
+import { Charon, hasCharon, initiate, listSas, PROTECTED_HOST, startClient, startServer } from './charon';
 
 const isRoot = process.getuid?.() === 0;
 
@@ -52,6 +56,7 @@ function tcpTransfer(): Flow {
   let client: Promise<Record<string, any>>;
   let server: { result: Promise<string> };
   let publicPort = '';
+  let id = 0;
   return {
     name: 'TCP transfer',
     async start(lab, router) {
@@ -59,12 +64,14 @@ function tcpTransfer(): Flow {
       client = peer(lab, lab.ns.lan[0], ['tcp-client', '--host', lab.addr.wan[0], '--port', '7100',
         '--bytes', String(TCP_BYTES), '--rate', String(TCP_RATE), '--timeout', '40'], 60000);
       await sleep(1500);
-      const c = (await router.conns()).find((r) => r.proto === 'tcp' && r.remote.port === 7100);
+      // The newest one: a finished transfer of an earlier test may still be listed.
+      const c = (await router.conns()).filter((r) => r.proto === 'tcp' && r.remote.port === 7100).sort((a, b) => b.id - a.id)[0];
       assert.ok(c, 'TCP session visible before the kill');
       publicPort = String(c.public.port);
+      id = c.id;
     },
     async check(lab, router) {
-      const c = (await router.conns()).find((r) => r.proto === 'tcp' && r.remote.port === 7100);
+      const c = (await router.conns()).find((r) => r.id === id);
       assert.ok(c, 'TCP session restored');
       assert.equal(String(c.public.port), publicPort);
       const r = await client;
@@ -99,11 +106,89 @@ function udpStream(): Flow {
   };
 }
 
+/** The IKE SA line of `swanctl --list-sas` (name, unique id, state, SPIs): unchanged means never renegotiated. */
+function ikeSa(sas: string): string {
+  const line = sas.split('\n').find((l) => /ESTABLISHED/.test(l));
+  assert.ok(line, `an established IKE SA: ${sas}`);
+  return line.replace(/, ESTABLISHED \d+ \w+ ago/, '').trim();
+}
+
+/**
+ * A strongSwan tunnel from a LAN host to the VPN server, carrying ping. It is
+ * brought up once and kept for every test of the file: each restart must
+ * leave the same IKE SA (unique id, SPIs) in place and ping working.
+ */
+function ipsecTunnel(base: () => string): Flow {
+  let client: Charon | null = null;
+  let sa = '';
+  let isakmpPort = '';
+  return {
+    name: 'IPsec tunnel',
+    async start(lab, router) {
+      if (client === null) {
+        await startServer(lab, base(), lab.ns.vpnServer, lab.addr.vpnServer);
+        client = await startClient(lab, base(), lab.ns.lan[1], 'client1', lab.addr.vpnServer);
+        const up = await initiate(lab, client);
+        assert.match(up.stdout, /initiate completed successfully/, `${up.stdout}${up.stderr}\n${client.log().slice(-3000)}`);
+      }
+      const p = await lab.ping(lab.ns.lan[1], PROTECTED_HOST, { count: 2 });
+      assert.equal(p.received, 2, `ping through the tunnel: ${JSON.stringify(p)}`);
+      sa = ikeSa(await listSas(lab, client));
+      const nat = (await router.conns()).find((r) => r.proto === 'udp' && r.lan.addr === lab.addr.lan[1] && r.remote.port === 4500);
+      assert.ok(nat, 'the NAT-T flow is visible');
+      isakmpPort = String(nat.public.port);
+    },
+    async check(lab, router) {
+      const c = client as Charon;
+      const p = await lab.ping(lab.ns.lan[1], PROTECTED_HOST, { count: 5 });
+      assert.ok(p.received >= 4, `ping through the tunnel after the restart: ${JSON.stringify(p)}`);
+      assert.equal(ikeSa(await listSas(lab, c)), sa, 'the same IKE SA: never renegotiated');
+      const nat = (await router.conns()).find((r) => r.proto === 'udp' && r.lan.addr === lab.addr.lan[1] && r.remote.port === 4500);
+      assert.equal(String(nat?.public.port), isakmpPort, 'NAT-T keeps its public port');
+    },
+  };
+}
+
+const PPTP_HOLD_S = 14;
+
+/** A PPTP call whose GRE runs across the restart (pptp_host.py client --hold). */
+function pptpCall(): Flow {
+  let client: Promise<Record<string, any>>;
+  let server: { result: Promise<string> };
+  let pubCallId: unknown;
+  return {
+    name: 'PPTP call',
+    async start(lab, router) {
+      server = await peerServer(lab, lab.ns.wan[1], ['server', '--clients', '1', '--seconds', String(PPTP_HOLD_S + 20)], PPTP_HOST);
+      client = peer(lab, lab.ns.lan[0], ['client', '--server', lab.addr.wan[1], '--call-id', '0x0100', '--gre-count', '3',
+        '--seconds', '8', '--hold', String(PPTP_HOLD_S)], (PPTP_HOLD_S + 25) * 1000, PPTP_HOST);
+      const deadline = Date.now() + 8000;
+      let row: any;
+      while (!(row = (await router.conns()).find((r: any) => r.proto === 'gre' && r.state === 'CONFIRMED')) && Date.now() < deadline) await sleep(200);
+      assert.ok(row, 'PPTP call confirmed before the kill');
+      pubCallId = row.vpn.callIdPub;
+    },
+    async check(_lab, router) {
+      const resumed = Date.now() / 1000;
+      const row = (await router.conns()).find((r: any) => r.proto === 'gre') as any;
+      assert.ok(row, 'PPTP call restored');
+      assert.equal(row.vpn.callIdPub, pubCallId, 'same public Call ID');
+      const r = await client;
+      const seen = JSON.parse((await server.result).trim().split('\n').pop() as string);
+      assert.equal(r.calls[0].result, 1, JSON.stringify(r));
+      assert.deepEqual(Object.values(seen.calls).map((c: any) => c.peerCallId), [pubCallId], 'the server only ever knew one Call ID');
+      const after = r.hold.backAt.filter((t: number) => t >= resumed);
+      assert.ok(after.length >= 5, `GRE echoes after the restart: ${after.length} of ${r.hold.sent} sent`);
+    },
+  };
+}
+
 describe('persisted connection table in the lab', { skip: !isRoot && 'needs root' }, () => {
   let lab: Lab;
   let dir: string;
   const routers: RouterHandle[] = [];
   let mounted = '';
+  let swanBase = '';
 
   async function start(overrides: Record<string, unknown> = {}): Promise<RouterHandle> {
     const r = await startRouter(lab, { state: { path: path.join(dir, 'state.db') }, ...overrides });
@@ -114,6 +199,7 @@ describe('persisted connection table in the lab', { skip: !isRoot && 'needs root
   before(async () => {
     lab = await createLab({ lanHosts: 2, wanHosts: 2 });
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vpnmasq-persist-'));
+    swanBase = fs.mkdtempSync(path.join(os.tmpdir(), 'vpnmasq-persist-swan-'));
   });
 
   after(async () => {
@@ -123,15 +209,21 @@ describe('persisted connection table in the lab', { skip: !isRoot && 'needs root
     } finally {
       if (lab) await lab.destroy();
       fs.rmSync(dir, { recursive: true, force: true });
+      fs.rmSync(swanBase, { recursive: true, force: true });
     }
   });
 
-  it('kill -9 mid-traffic: flows resume on the same public ports, TCP completes without reset', async () => {
-    const flows = [tcpTransfer(), udpStream()];
+  const tunnel = ipsecTunnel(() => swanBase);
+  /** VPN flows first: the TCP transfer (about 6 s) must still be running at the kill. */
+  const flows = (): Flow[] => [...(hasCharon ? [tunnel] : []), pptpCall(), tcpTransfer(), udpStream()];
+
+  /** Starts the flows, stops the router with `down` (which also brings it back), checks every row and flow. */
+  async function survives(down: (router: RouterHandle) => Promise<void>): Promise<void> {
+    const fl = flows();
     let router = await start();
-    for (const f of flows) await f.start(lab, router);
+    for (const f of fl) await f.start(lab, router);
     const before = await router.conns();
-    await kill9(router);
+    await down(router);
     router = await start();
     const st = await dbState(router);
     assert.ok(st.rowsRestored >= before.length, `restored ${st.rowsRestored} of ${before.length}`);
@@ -141,9 +233,21 @@ describe('persisted connection table in the lab', { skip: !isRoot && 'needs root
       const a = afterRows.find((r) => r.id === b.id);
       assert.ok(a, `connection ${b.id} (${b.proto} ${b.lan.addr}:${b.lan.port}) restored`);
       assert.deepEqual(a.public, b.public);
+      assert.deepEqual((a as any).vpn, (b as any).vpn);
     }
-    for (const f of flows) await f.check(lab, router);
+    for (const f of fl) await f.check(lab, router);
     await router.stop();
+  }
+
+  it('kill -9 mid-traffic: TCP, UDP, IPsec and PPTP resume on the same public ports / SAs / Call IDs', async () => {
+    await survives((router) => kill9(router));
+  });
+
+  it('reboot: the router namespace is rebuilt (new TUN, same database file) and the flows resume', async () => {
+    await survives(async (router) => {
+      await kill9(router);
+      await lab.rebuildRouter();
+    });
   });
 
   it('write-ahead: a mapping whose first packet left 1 ms before SIGKILL is present after restart', async () => {

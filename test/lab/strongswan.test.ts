@@ -14,15 +14,9 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { createLab, Lab } from './lab';
 import { peer, peerServer, RouterHandle, startRouter } from './router-harness';
+import { PROTECTED_HOST, hasCharon, initiate, startClient, startServer } from './charon';
 
 const isRoot = process.getuid?.() === 0;
-const hasCharon = fs.existsSync('/usr/lib/ipsec/charon') && fs.existsSync('/usr/sbin/swanctl');
-const PROTECTED = '10.99.0.0/24';
-const PROTECTED_HOST = '10.99.0.1';
-const POOL = '100.64.0.0/24';
-const PSK = 'vpnmasq-lab-psk';
-
-interface Charon { dir: string; uri: string }
 
 describe('strongSwan peers through vpnmasq', { skip: (!isRoot && 'needs root') || (!hasCharon && 'strongSwan not installed') }, () => {
   let lab: Lab;
@@ -44,76 +38,13 @@ describe('strongSwan peers through vpnmasq', { skip: (!isRoot && 'needs root') |
     }
   });
 
-  /** Starts charon in `ns` with its own strongswan.conf, /run and vici socket; loads `swanctl` once it answers. */
-  async function charon(ns: string, name: string, swanctl: string): Promise<Charon> {
-    const dir = path.join(base, name);
-    fs.mkdirSync(dir);
-    const uri = `unix://${dir}/charon.vici`;
-    fs.writeFileSync(path.join(dir, 'strongswan.conf'), `charon {
-  plugins {
-    include /etc/strongswan.d/charon/*.conf
-    kernel-libipsec { load = yes }
-    vici { socket = ${uri} }
-  }
-  filelog { log { path = ${dir}/charon.log
-    default = 1
-    append = no } }
-}
-`);
-    fs.writeFileSync(path.join(dir, 'swanctl.conf'), swanctl);
-    lab.spawn(ns, ['unshare', '-m', 'sh', '-c', 'mount -t tmpfs tmpfs /run && exec /usr/lib/ipsec/charon'], {
-      env: { ...process.env, STRONGSWAN_CONF: path.join(dir, 'strongswan.conf') },
-      stdio: 'ignore',
-    });
-    const deadline = Date.now() + 15000;
-    for (;;) {
-      const r = await lab.exec(ns, ['swanctl', '--load-all', '--uri', uri, '--file', path.join(dir, 'swanctl.conf')], { timeoutMs: 10000 });
-      if (r.code === 0) break;
-      if (Date.now() > deadline) throw new Error(`charon ${name} not ready: ${r.stderr}${r.stdout}`);
-      await new Promise((res) => setTimeout(res, 250));
-    }
-    return { dir, uri };
-  }
-
   it('three LAN hosts bring up tunnels to one server at once; ping and TCP through each are seen at the far end', async () => {
     const server = lab.ns.vpnServer;
-    await lab.exec(server, ['ip', 'addr', 'add', `${PROTECTED_HOST}/32`, 'dev', 'lo']);
-    await charon(server, 'server', `connections {
-  rw {
-    local_addrs = ${lab.addr.vpnServer}
-    pools = p
-    proposals = aes128-sha256-modp2048
-    local { auth = psk
-      id = server.test }
-    remote { auth = psk }
-    children { net { local_ts = ${PROTECTED}
-      esp_proposals = aes128gcm16 } }
-  }
-}
-pools { p { addrs = ${POOL} } }
-secrets { ike-1 { secret = "${PSK}" } }
-`);
-    const clients = await Promise.all(lab.ns.lan.map((ns, i) => charon(ns, `client${i}`, `connections {
-  c {
-    remote_addrs = ${lab.addr.vpnServer}
-    vips = 0.0.0.0
-    proposals = aes128-sha256-modp2048
-    local { auth = psk
-      id = client${i}.test }
-    remote { auth = psk
-      id = server.test }
-    children { net { remote_ts = ${PROTECTED}
-      esp_proposals = aes128gcm16 } }
-  }
-}
-secrets { ike-1 { secret = "${PSK}"
-  id-1 = server.test
-  id-2 = client${i}.test } }
-`)));
+    await startServer(lab, base, server, lab.addr.vpnServer);
+    const clients = await Promise.all(lab.ns.lan.map((ns, i) => startClient(lab, base, ns, `client${i}`, lab.addr.vpnServer)));
     const started = Date.now();
-    const up = await Promise.all(clients.map((c, i) =>
-      lab.exec(lab.ns.lan[i], ['swanctl', '--initiate', '--uri', c.uri, '--child', 'net', '--timeout', '25'], { timeoutMs: 30000 })));
-    up.forEach((r, i) => assert.match(r.stdout, /initiate completed successfully/, `client ${i}: ${r.stdout}${r.stderr}\n${fs.readFileSync(path.join(clients[i].dir, 'charon.log'), 'utf8').slice(-3000)}`));
+    const up = await Promise.all(clients.map((c) => initiate(lab, c)));
+    up.forEach((r, i) => assert.match(r.stdout, /initiate completed successfully/, `client ${i}: ${r.stdout}${r.stderr}\n${clients[i].log().slice(-3000)}`));
     const upMs = Date.now() - started;
 
     for (const ns of lab.ns.lan) {

@@ -35,11 +35,18 @@ describe('vpnmasq conns against a control socket', () => {
     udpA = t.sSerial[su];
     udpB = t.sSerial[d.add(PROTO_UDP, '10.77.0.12', 40001, '198.18.0.12', 7000)];
     icmp = t.sSerial[d.add(PROTO_ICMP, '10.77.0.12', 77, '198.18.0.11', 77, 0, 60_000)];
-    // Stand-in for an ESP row of the IPsec module: only its vpn detail matters to the filters.
+    // Stand-ins for the rows of the IPsec and PPTP modules (src/vpn/ipsec.ts rows(), src/vpn/gre.ts greConnRow).
+    const vpnRow = { lan: { addr: '10.77.0.13', port: 0 }, public: { addr: PUBLIC, port: 0 }, remote: { addr: '198.18.0.20', port: 0 }, idleSeconds: 1 };
     d.extra.push({
-      id: 9000, proto: 'esp' as never, lan: { addr: '10.77.0.13', port: 0 }, public: { addr: PUBLIC, port: 0 },
-      remote: { addr: '198.18.0.20', port: 0 }, state: 'ESTABLISHED', idleSeconds: 1, expiresInSeconds: 1799,
-      packets: { out: 1, in: 1 }, bytes: { out: 100, in: 100 }, vpn: { spiOut: '0xc0ffee01', spiIn: '0x0badf00d', icookie: '0011223344556677', callIdLan: 4660 },
+      ...vpnRow, id: 9000, proto: 'esp', state: 'ESTABLISHED', expiresInSeconds: 1799,
+      packets: { out: 1, in: 1 }, bytes: { out: 100, in: 100 }, vpn: { spiOut: '0xc0ffee01', spiIn: '0x0badf00d', state: 'established' },
+    }, {
+      ...vpnRow, id: 9001, proto: 'isakmp', lan: { addr: '10.77.0.13', port: 500 }, public: { addr: PUBLIC, port: 500 },
+      remote: { addr: '198.18.0.20', port: 500 }, state: 'REPLIED', expiresInSeconds: 1799,
+      packets: { out: 4, in: 4 }, bytes: { out: 0, in: 0 }, vpn: { icookie: '0011223344556677', rcookie: null },
+    }, {
+      ...vpnRow, id: 9002, proto: 'gre', state: 'CONFIRMED', expiresInSeconds: -1,
+      packets: { out: 2, in: 2 }, bytes: { out: 0, in: 0 }, vpn: { role: 'pns', callIdLan: 4660, callIdPub: 4700, callIdRemote: 77 },
     });
     d.drain();
     await d.start();
@@ -55,16 +62,18 @@ describe('vpnmasq conns against a control socket', () => {
     assert.equal(r.code, 0, r.stderr);
     const lines = r.stdout.trimEnd().split('\n');
     assert.match(lines[0], /^ID +PROTO +LAN +PUBLIC +REMOTE +VPN +STATE +IDLE +EXPIRES +PKTS OUT\/IN +BYTES OUT\/IN$/);
-    assert.equal(lines.length, 6);
+    assert.equal(lines.length, 8);
     const udp = lines.find((l) => l.includes('10.77.0.11:40001'))!;
     assert.match(udp, /udp +10\.77\.0\.11:40001 +198\.18\.0\.2:40001 +198\.18\.0\.11:53 +- +REPLIED +0s +5m +5\/4 +488K\/400/);
-    assert.match(lines.find((l) => l.includes('esp'))!, /spiOut=0xc0ffee01 spiIn=0x0badf00d/);
-    const cols = lines.map((l) => l.indexOf('PROTO') >= 0 ? l.indexOf('PROTO') : l.search(/ (tcp|udp|icmp|esp) /) + 1);
+    assert.match(lines.find((l) => l.includes(' esp '))!, /spiOut=0xc0ffee01 spiIn=0x0badf00d state=established/);
+    assert.match(lines.find((l) => l.includes(' isakmp '))!, /10\.77\.0\.13:500 +198\.18\.0\.2:500 +198\.18\.0\.20:500 +icookie=0011223344556677 rcookie=pending +REPLIED/);
+    assert.match(lines.find((l) => l.includes(' gre '))!, /role=pns callIdLan=4660 callIdPub=4700 callIdRemote=77 +CONFIRMED +1s +- /);
+    const cols = lines.map((l) => l.indexOf('PROTO') >= 0 ? l.indexOf('PROTO') : l.search(/ (tcp|udp|icmp|esp|isakmp|gre) /) + 1);
     assert.equal(new Set(cols).size, 1, 'PROTO column aligned');
-    assert.equal(r.stderr, '5 connections listed.\n');
+    assert.equal(r.stderr, '7 connections listed.\n');
     assert.doesNotMatch(r.stdout, /\x1b\[/);
     const bare = await cli('conns', 'list', '--no-legend');
-    assert.equal(bare.stdout.trimEnd().split('\n').length, 5);
+    assert.equal(bare.stdout.trimEnd().split('\n').length, 7);
     assert.equal(bare.stderr, '');
   });
 
@@ -89,9 +98,11 @@ describe('vpnmasq conns against a control socket', () => {
       [['--spi', 'c0ffee01'], [9000]],
       [['--spi', '0x0BADF00D'], [9000]],
       [['--spi', '0x1'], []],
-      [['--cookie', '0x0011223344556677'], [9000]],
-      [['--call-id', '4660'], [9000]],
-      [['--call-id', '0x1234'], [9000]],
+      [['--cookie', '0x0011223344556677'], [9001]],
+      [['--call-id', '4660'], [9002]],
+      [['--call-id', '0x1234'], [9002]],
+      [['--call-id', '77'], [9002]],
+      [['-p', 'isakmp', '--sport', '500'], [9001]],
     ];
     const got = await Promise.all(cases.map(([args]) => ids(...args)));
     cases.forEach(([args, want], i) => assert.deepEqual(got[i], want, args.join(' ')));
@@ -145,9 +156,31 @@ describe('vpnmasq conns against a control socket', () => {
     const rows = jsonLines(fw.stdout);
     for (const f of rows) assert.deepEqual(schemaErrors(f, 'forward'), []);
     assert.deepEqual(rows.map((f) => [f.proto, f.publicPort, f.lanAddress]), [['tcp', 8443, '10.77.0.13'], ['gre', undefined, '10.77.0.14']]);
-    const add = await cli('forwards', 'add', 'udp', '10.77.0.13', '5000');
-    assert.equal(add.code, 1);
-    assert.match(add.stderr, /runtime forwards are not available yet/);
+  });
+
+  it('forwards add|remove change the running forwards, checked like the config file', async () => {
+    const add = await cli('forwards', 'add', 'udp', '10.77.0.13', '5000', '5001');
+    assert.equal(add.code, 0, add.stderr);
+    assert.equal(add.stderr, 'forward added.\n');
+    assert.equal(d.forwards.portForward(PROTO_UDP, 5000), ipv4ToInt32('10.77.0.13'), 'in effect on the packet path');
+    assert.equal(d.forwards.portForwardLanPort(PROTO_UDP, 5000), 5001);
+    const rows = jsonLines((await cli('forwards', 'list', '--json')).stdout);
+    for (const f of rows) assert.deepEqual(schemaErrors(f, 'forward'), []);
+    assert.deepEqual(rows.at(-1), { proto: 'udp', publicPort: 5000, lanAddress: '10.77.0.13', lanPort: 5001, source: 'runtime' });
+    const taken = await cli('forwards', 'add', 'tcp', '10.77.0.12', '8443');
+    assert.equal(taken.code, 1);
+    assert.equal(taken.stderr, 'vpnmasq: forwards add: forward.publicPort: tcp port 8443 is already forwarded by forwards[0]\n');
+    const outside = await cli('forwards', 'add', 'esp', '192.168.9.9');
+    assert.equal(outside.code, 1);
+    assert.match(outside.stderr, /forward\.lanAddress: 192\.168\.9\.9 is not inside a LAN prefix \(10\.77\.0\.0\/24\)/);
+    const cfg = await cli('forwards', 'remove', 'tcp', '8443');
+    assert.equal(cfg.code, 1);
+    assert.match(cfg.stderr, /the tcp port 8443 forward comes from the config file/);
+    const rm = await cli('forwards', 'remove', 'udp', '5000');
+    assert.equal(rm.code, 0, rm.stderr);
+    assert.equal(d.forwards.portForward(PROTO_UDP, 5000), -1, 'gone from the packet path');
+    assert.equal((await cli('forwards', 'remove', 'udp', '5000')).code, 1, 'already gone');
+    assert.equal(jsonLines((await cli('forwards', 'list', '--json')).stdout).length, 2);
   });
 
   it('watch reports a new flow and an expired one, and filters', async () => {
@@ -199,17 +232,17 @@ describe('vpnmasq conns against a control socket', () => {
     assert.equal(t.findOut(PROTO_UDP, ipv4ToInt32('10.77.0.11'), 40001, ipv4ToInt32('198.18.0.11'), 53), -1, 'outbound lookup gone');
     assert.equal(t.mappingOfPort(SLOT_UDP, pub), -1, 'public port no longer maps inbound packets');
     assert.equal((await cli('conns', 'delete', String(udpA))).code, 1, 'already gone');
-    const vpn = await cli('conns', 'delete', '9000');
-    assert.equal(vpn.code, 1);
-    assert.match(vpn.stderr, /connection 9000 \(esp\) cannot be deleted yet/);
-    assert.deepEqual(await ids('-p', 'esp'), [9000], 'a filter passes over VPN rows');
     const f = await cli('conns', 'delete', '-s', '10.77.0.12', '-p', 'icmp');
     assert.equal(f.stderr, '1 connection deleted.\n');
     assert.deepEqual((await ids('-p', 'icmp')), []);
-    const flush = await cli('conns', 'flush', '--state', 'ESTABLISHED', '--yes');
-    assert.equal(flush.stderr, '1 connection deleted.\n', 'the ESTABLISHED esp row is passed over');
+    const flush = await cli('conns', 'flush', '--state', 'ESTABLISHED', '-p', 'tcp', '--yes');
+    assert.equal(flush.stderr, '1 connection deleted.\n');
     assert.equal(flush.code, 0, flush.stderr);
     assert.deepEqual(await ids('--state', 'established'), [9000]);
+    // VPN rows are deleted like the others: ids are one space across tables.
+    const vpn = await cli('conns', 'delete', '9000');
+    assert.equal(vpn.code, 0, vpn.stderr);
+    assert.deepEqual(await ids('-p', 'esp'), []);
     assert.deepEqual(await ids('-p', 'udp'), [udpB]);
   });
 });

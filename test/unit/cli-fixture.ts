@@ -16,6 +16,7 @@ import type { JournalListener } from '../../src/daemon/daemon';
 import { Journal } from '../../src/nat/journal';
 import { ConnRow, sessionRow } from '../../src/nat/session-rows';
 import { SessionTable } from '../../src/nat/sessions';
+import { Forwards } from '../../src/nat/forwards';
 import { CREATE_STATEMENTS, SCHEMA_VERSION } from '../../src/store/schema';
 import { ipv4ToInt32 } from '../../src/net/ipv4-addr';
 
@@ -116,6 +117,7 @@ export class FakeDaemon implements ControlTarget {
   now = 1_000_000_000;
   readonly table = new SessionTable(1024, ipv4ToInt32(PUBLIC), { range: [1024, 65535], lowRange: [1, 1023], preserve: true }, new Journal());
   readonly config: Config;
+  readonly forwards: Forwards;
   /** Extra rows (standing in for the ISAKMP/ESP/GRE modules' rows). */
   readonly extra: Array<ConnRow & Record<string, unknown>> = [];
   private readonly listeners: JournalListener[] = [];
@@ -124,6 +126,7 @@ export class FakeDaemon implements ControlTarget {
 
   constructor(readonly dir: string, readonly socket = path.join(dir, 'control.sock')) {
     this.config = parseConfig(fs.readFileSync(writeConfig(dir, socket), 'utf8'), 'test');
+    this.forwards = new Forwards(this.table, this.config.forwards);
     this.commands = new ControlCommands(this, () => this.now);
   }
 
@@ -141,6 +144,14 @@ export class FakeDaemon implements ControlTarget {
     for (let s = 0; s < this.table.capacity; s++) if (this.table.sInUse[s] === 1) yield sessionRow(this.table, s, this.now);
     yield* this.extra;
   }
+
+  deleteConns(ids: ReadonlySet<number>): number {
+    const before = this.extra.length;
+    this.extra.splice(0, before, ...this.extra.filter((r) => !ids.has(r.id)));
+    return this.table.deleteSerials(ids) + before - this.extra.length;
+  }
+
+  async forwardsChanged(): Promise<void> {}
 
   /** Creates a session the way the packet path does; returns its slot. */
   add(proto: number, lan: string, lanPort: number, rem: string, remPort: number, state = 0, ttlMs = 300_000): number {

@@ -53,3 +53,13 @@ test('hairpinning: a LAN client reaches the forwarded port on the public address
   assert.equal(back.src, PUBLIC);
   assert.equal(back.sport, 8080);
 });
+
+test('isakmpServer: only a udp/500 forward that keeps port 500 takes ISAKMP exchanges', () => {
+  const h = new NatHarness();
+  const f = new Forwards(h.table, [{ proto: 'udp', publicPort: 500, lanAddress: SERVER, lanPort: 500 }]);
+  assert.equal(f.isakmpServer(), addr(SERVER));
+  f.configure([{ proto: 'udp', publicPort: 500, lanAddress: SERVER, lanPort: 4500 }]);
+  assert.equal(f.isakmpServer(), NO_FORWARD);
+  f.configure([]);
+  assert.equal(f.isakmpServer(), NO_FORWARD);
+});

@@ -10,6 +10,7 @@ import {
   udpPacket, w32,
 } from './packet-builder';
 import { IpsecMasq, IpsecOptions } from '../../src/vpn/ipsec';
+import { Forwards } from '../../src/nat/forwards';
 
 const ESP = 50;
 const AH = 51;
@@ -111,8 +112,8 @@ describe('ISAKMP masquerade (spec §3)', () => {
     assert.deepEqual(dests(h, ike(R, PUBLIC, 'efefefefefefefef', ZERO)), [L1]);
     h.one(ike(L1, R, 'efefefefefefefef', '1212121212121212'));
     assert.deepEqual(dests(h, ike(R, PUBLIC, 'efefefefefefefef', '1212121212121212')), [L1]);
-    const rows = h.napt.ipsec!.rows(h.now);
-    assert.ok(rows.some((r) => r.icookie === 'efefefefefefefef' && r.rcookie === '1212121212121212' && r.lan === L1));
+    const rows = [...h.napt.ipsec!.rows(h.now, h.table.publicAddr)];
+    assert.ok(rows.some((r) => r.vpn?.icookie === 'efefefefefefefef' && r.vpn?.rcookie === '1212121212121212' && r.lan.addr === L1));
   });
 
   it('entries expire with the IPsec lifetime, not the UDP timeout', () => {
@@ -151,9 +152,10 @@ describe('ESP masquerade (spec §4)', () => {
     assert.deepEqual(dests(h, esp(R, PUBLIC, 0x2000)), [L1]);
     assert.deepEqual(dests(h, esp(R, PUBLIC, 0x2000, 2)), [L1]);
     h.one(esp(L1, R, 0x1000, 2));
-    const row = h.napt.ipsec!.rows(h.now).find((r) => r.proto === 'esp');
-    assert.equal(row?.state, 'established');
-    assert.equal(row?.inSpi, '00002000');
+    const row = [...h.napt.ipsec!.rows(h.now, h.table.publicAddr)].find((r) => r.proto === 'esp');
+    assert.equal(row?.state, 'ESTABLISHED');
+    assert.deepEqual(row?.vpn, { spiOut: '0x00001000', spiIn: '0x00002000', state: 'established' });
+    assert.deepEqual([row?.lan.addr, row?.public.addr, row?.remote.addr], [L1, PUBLIC, R]);
   });
 
   it('SPI 0 and reserved inbound SPIs are dropped', () => {
@@ -307,5 +309,92 @@ describe('without IPsec masquerade', () => {
     assert.equal(o.sport, 500);
     h.dropped(Drop.UNKNOWN_PROTOCOL, esp(L1, R, 0x100));
     assert.equal(UDP, 17);
+  });
+});
+
+describe('IPsec server behind the NAT (spec §6)', () => {
+  /** A LAN IPsec server L3 behind udp/500, udp/4500 and an ESP forward to `espTo`. */
+  function serverSetup(espTo: string, over: Partial<IpsecOptions> = {}): NatHarness {
+    const h = setup(over);
+    h.napt.forwards = new Forwards(h.table, [
+      { proto: 'udp', publicPort: 500, lanAddress: L3, lanPort: 500 },
+      { proto: 'udp', publicPort: 4500, lanAddress: L3, lanPort: 4500 },
+      { proto: 'esp', lanAddress: espTo },
+    ]);
+    return h;
+  }
+  const events = (h: NatHarness): Record<string, number> => h.napt.ipsec!.stats().events as Record<string, number>;
+
+  it('an exchange the remote starts goes to the forwarded server, not to recent LAN initiators; replies leave from 500', () => {
+    const h = serverSetup(L3);
+    h.one(ike(L1, R, '1010101010101010', ZERO));
+    assert.deepEqual(dests(h, ike(R, PUBLIC, '1010101010101010', '2020202020202020')), [L1], 'L1 is a recent initiator');
+    assert.deepEqual(dests(h, ike(R, PUBLIC, 'c1c1c1c1c1c1c1c1', ZERO)), [L3]);
+    assert.deepEqual(dests(h, ike(R, PUBLIC, 'c1c1c1c1c1c1c1c1', ZERO)), [L3], 'a retransmit stays with the server');
+    const reply = parse(h.one(ike(L3, R, 'c1c1c1c1c1c1c1c1', 'd2d2d2d2d2d2d2d2')));
+    assert.deepEqual([reply.src, reply.sport, reply.dst, reply.dport], [PUBLIC, 500, R, 500]);
+    assert.deepEqual(dests(h, ike(R, PUBLIC, 'c1c1c1c1c1c1c1c1', 'd2d2d2d2d2d2d2d2', 35)), [L3]);
+    assert.deepEqual(dests(h, ike(R, PUBLIC, '1010101010101010', '2020202020202020', 32)), [L1], 'the LAN client keeps its own exchange');
+    const rows = [...h.napt.ipsec!.rows(h.now, h.table.publicAddr)];
+    assert.ok(rows.some((r) => r.lan.addr === L3 && r.vpn?.icookie === 'c1c1c1c1c1c1c1c1' && r.vpn?.rcookie === 'd2d2d2d2d2d2d2d2'));
+    assert.equal(events(h)['isakmp-forward'], 1);
+    assert.equal(events(h)['isakmp-guess'], 0);
+  });
+
+  it('new ESP from a remote goes to the server holding its ISAKMP session, before the ESP forward, then pairs', () => {
+    const R2 = '198.18.0.21';
+    const h = serverSetup(L2, { guessing: false });
+    h.one(ike(R, PUBLIC, 'e1e1e1e1e1e1e1e1', ZERO));
+    h.one(ike(L3, R, 'e1e1e1e1e1e1e1e1', 'f2f2f2f2f2f2f2f2'));
+    assert.deepEqual(dests(h, esp(R, PUBLIC, 0x1000)), [L3], 'the ISAKMP owner, like IPVS');
+    const out = parse(h.one(esp(L3, R, 0x2000)));
+    assert.equal(out.src, PUBLIC);
+    assert.deepEqual(dests(h, esp(R, PUBLIC, 0x1000, 2)), [L3]);
+    assert.equal((h.napt.ipsec!.stats().esp as Record<string, number>).established, 1);
+    assert.equal(events(h)['esp-server'], 1, 'the second packet matched the established entry');
+    // A remote with no ISAKMP session here: the ESP protocol forward is the last resort.
+    assert.deepEqual(dests(h, esp(R2, PUBLIC, 0x3000)), [L2]);
+    assert.equal(events(h)['esp-forward'], 1);
+    // Once the server's ISAKMP session has expired, a new SPI from R also falls to the forward.
+    h.now += 31 * MIN;
+    assert.deepEqual(dests(h, esp(R, PUBLIC, 0x4000)), [L2]);
+  });
+
+  it('without forwards unknown ESP is still dropped', () => {
+    const h = setup({ guessing: false });
+    h.dropped(Drop.ESP_NO_MAPPING, esp(R, PUBLIC, 0x5000));
+  });
+});
+
+describe('IPsec entries in the connection listing (vpnmasq conns)', () => {
+  it('share one id space with the sessions; deleting an entry stops its translation', () => {
+    const h = setup({ guessing: false });
+    h.napt.ipsec!.serials = h.table.serials;
+    h.one(udpPacket(L1, R, { sport: 4000, dport: 53, payload: new Uint8Array(8) }));
+    h.one(ike(L1, R, '5151515151515151', ZERO));
+    h.one(ike(R, PUBLIC, '5151515151515151', '6161616161616161'));
+    h.one(esp(L1, R, 0x7000));
+    assert.deepEqual(dests(h, esp(R, PUBLIC, 0x7001)), [L1]);
+    const rows = [...h.napt.ipsec!.rows(h.now, h.table.publicAddr)];
+    const isakmpRow = rows.find((r) => r.proto === 'isakmp')!;
+    const espRow = rows.find((r) => r.proto === 'esp')!;
+    assert.deepEqual([isakmpRow.lan, isakmpRow.public, isakmpRow.remote], [{ addr: L1, port: 500 }, { addr: PUBLIC, port: 500 }, { addr: R, port: 500 }]);
+    assert.deepEqual(isakmpRow.vpn, { icookie: '5151515151515151', rcookie: '6161616161616161' });
+    assert.deepEqual([isakmpRow.state, isakmpRow.packets], ['REPLIED', { out: 1, in: 1 }]);
+    assert.deepEqual([espRow.state, espRow.packets, espRow.expiresInSeconds, espRow.idleSeconds], ['ESTABLISHED', { out: 1, in: 1 }, 30 * 60, 0]);
+    const sessionIds: number[] = [];
+    h.table.forEachSession((s) => sessionIds.push(h.table.sSerial[s]));
+    const all = [...sessionIds, isakmpRow.id, espRow.id];
+    assert.equal(new Set(all).size, all.length, `ids unique across tables: ${all}`);
+
+    assert.equal(h.napt.ipsec!.deleteSerials(new Set([espRow.id])), 1);
+    h.dropped(Drop.ESP_NO_MAPPING, esp(R, PUBLIC, 0x7001, 2));
+    assert.deepEqual([...h.napt.ipsec!.rows(h.now, h.table.publicAddr)].map((r) => r.proto), ['isakmp']);
+    h.one(esp(L1, R, 0x7000, 2));
+    const again = [...h.napt.ipsec!.rows(h.now, h.table.publicAddr)].find((r) => r.proto === 'esp')!;
+    assert.deepEqual([again.state, again.vpn?.spiIn], ['PENDING', null], 'the next outbound packet makes a new, pending entry');
+    assert.ok(again.id > espRow.id);
+    assert.equal(h.napt.ipsec!.deleteSerials(new Set([isakmpRow.id])), 1);
+    h.dropped(Drop.ISAKMP_NO_MAPPING, ike(R, PUBLIC, '5151515151515151', '6161616161616161', 32));
   });
 });

@@ -16,6 +16,12 @@ import { SessionTable } from '../../src/nat/sessions';
 import { openReadOnly } from '../../src/store/reader';
 import { SCHEMA_VERSION, SCHEMAS } from '../../src/store/schema';
 import { SessionCodec, Store } from '../../src/store/store';
+import { EspCodec, GreCallCodec, IsakmpCodec } from '../../src/store/vpn-codecs';
+import { ESP_ESTABLISHED, ESP_PENDING, ESP_SQUELCHED, IpsecMasq } from '../../src/vpn/ipsec';
+import { CALL_CONFIRMED, CALL_REQUESTED, GreCalls, ROLE_PAC, ROLE_PNS } from '../../src/vpn/gre';
+import { write32 } from '../../src/wire/checksum';
+import { NO_FORWARD } from '../../src/nat/forwards';
+import { ISAKMP_HDR, ISAKMP_ICOOKIE, ISAKMP_RCOOKIE } from '../../src/wire/isakmp';
 import { PROTO_TCP, PROTO_UDP } from '../../src/wire/ipv4';
 import { ipv4ToInt32 } from '../../src/net/ipv4-addr';
 
@@ -42,10 +48,10 @@ function drain(t: SessionTable, store: Store): void {
   store.flush();
 }
 
-function rowsIn(file: string): Array<Record<string, number>> {
+function rowsIn(file: string, table = 'sessions'): Array<Record<string, number>> {
   const db = new Database(file, { readonly: true });
   try {
-    return db.prepare('SELECT * FROM sessions ORDER BY serial').all() as Array<Record<string, number>>;
+    return db.prepare(`SELECT * FROM ${table} ORDER BY serial`).all() as Array<Record<string, number>>;
   } finally {
     db.close();
   }
@@ -179,6 +185,7 @@ describe('state store', () => {
   /** A row of the sample session in each earlier schema version. */
   const SAMPLE_ROW: Record<number, string> = {
     1: `INSERT INTO sessions VALUES (77, ${PROTO_UDP}, ${LAN}, 40030, 40031, ${REM}, 7000, 0, ${T0}, ${T0}, ${T0 + 30000})`,
+    2: `INSERT INTO sessions VALUES (77, ${PROTO_UDP}, ${LAN}, 40030, ${PUB}, 40031, ${REM}, 7000, 0, ${T0}, ${T0}, ${T0 + 30000}, 1, 2, 3, 4)`,
   };
 
   for (let v = 1; v < SCHEMA_VERSION; v++) {
@@ -204,7 +211,7 @@ describe('state store', () => {
       for (const sql of SCHEMAS[SCHEMA_VERSION]) fresh.exec(sql);
       const migrated = new Database(cfg.path, { readonly: true });
       const shape = (db: Database.Database) => ({
-        columns: (db.prepare("SELECT name, type, \"notnull\" FROM pragma_table_info('sessions') ORDER BY name").all()),
+        columns: db.prepare("SELECT m.name AS tbl, c.name, c.type, c.\"notnull\" FROM sqlite_master m, pragma_table_info(m.name) c WHERE m.type = 'table' ORDER BY m.name, c.name").all(),
         indexes: db.prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL ORDER BY name").all(),
       });
       assert.deepEqual(shape(migrated), shape(fresh));
@@ -356,5 +363,182 @@ describe('state store', () => {
     const pagesAfter = db.pragma('page_count', { simple: true }) as number;
     db.close();
     assert.ok(pagesAfter < pagesFull / 4, `pages ${pagesFull} -> ${pagesAfter}`);
+  });
+
+  describe('VPN tables (ISAKMP, ESP, PPTP calls)', () => {
+    const VPN = ipv4ToInt32('198.18.0.20');
+    const VPN2 = ipv4ToInt32('198.18.0.21');
+    const MIN = 60_000;
+    const ike = new Uint8Array(ISAKMP_HDR);
+
+    /** The tables of one daemon run, sharing the session table's journal and serials as the daemon wires them. */
+    function vpnTables(pub = PUB) {
+      const t = newTable(pub);
+      const m = new IpsecMasq({
+        lifetimeMs: 30 * MIN, pendingMs: 2 * MIN, squelchMs: 30_000, retries: 5,
+        parallel: true, guessing: false, guessMax: 5, capacity: 256,
+      });
+      m.journal = t.journal;
+      m.serials = t.serials;
+      const g = new GreCalls(64, t, null, t.journal);
+      return { t, m, g };
+    }
+
+    function openVpn(v: ReturnType<typeof vpnTables>): Store {
+      const store = open(v.t);
+      store.registerTable(new IsakmpCodec(v.m, v.t));
+      store.registerTable(new EspCodec(v.m, v.t));
+      store.registerTable(new GreCallCodec(v.g, v.t));
+      return store;
+    }
+
+    function cookies(ic0: number, ic1: number, rc0: number, rc1: number): Uint8Array {
+      write32(ike, ISAKMP_ICOOKIE, ic0);
+      write32(ike, ISAKMP_ICOOKIE + 4, ic1);
+      write32(ike, ISAKMP_RCOOKIE, rc0);
+      write32(ike, ISAKMP_RCOOKIE + 4, rc1);
+      return ike;
+    }
+
+    it('new entries are written ahead, state changes reach the database in the update flush', () => {
+      const v = vpnTables();
+      const store = openVpn(v);
+      assert.equal(v.m.outIsakmp(LAN, VPN, cookies(0x11111111, 0x22222222, 0, 0), 0, clock), -1);
+      assert.equal(v.m.outEsp(LAN, VPN, 0x1000, clock), -1);
+      const ctl = v.t.createOut(PROTO_TCP, LAN, 40100, VPN, 1723, clock, 3, clock + 7440000);
+      const call = v.g.create(LAN, VPN, 0x0100, ROLE_PNS, ctl, v.t.sSerial[ctl], clock);
+      drain(v.t, store);
+      assert.equal(rowsIn(cfg.path, 'isakmp')[0].has_rcookie, 0);
+      assert.equal(rowsIn(cfg.path, 'esp')[0].state, ESP_PENDING);
+      assert.equal(rowsIn(cfg.path, 'gre_calls')[0].state, CALL_REQUESTED);
+
+      clock += 1000;
+      assert.equal(v.m.inIsakmp(VPN, cookies(0x11111111, 0x22222222, 0x33333333, 0x44444444), 0, clock, NO_FORWARD), 1);
+      assert.equal(v.m.inEsp(VPN, 0x2000, clock, NO_FORWARD), 1);
+      v.g.confirm(call, 0x5555);
+      drain(v.t, store);
+      assert.equal(rowsIn(cfg.path, 'esp')[0].state, ESP_PENDING, 'no write per packet');
+      store.tick();
+      const k = rowsIn(cfg.path, 'isakmp')[0];
+      assert.deepEqual([k.has_rcookie, k.rcookie0, k.rcookie1, k.expires], [1, 0x33333333, 0x44444444, clock + 30 * MIN]);
+      const e = rowsIn(cfg.path, 'esp')[0];
+      assert.deepEqual([e.state, e.out_spi, e.in_spi, e.pkts_in], [ESP_ESTABLISHED, 0x1000, 0x2000, 1]);
+      const c = rowsIn(cfg.path, 'gre_calls')[0];
+      assert.deepEqual([c.state, c.rem_call_id, c.pub_call_id, c.ctl_serial], [CALL_CONFIRMED, 0x5555, v.g.pubId[call], v.t.sSerial[ctl]]);
+      assert.equal(c.expires, Infinity, 'the control connection holds the call');
+
+      // Expiry is persisted too.
+      clock += 31 * MIN;
+      v.m.sweep(clock, 256);
+      drain(v.t, store);
+      assert.equal(rowsIn(cfg.path, 'isakmp').length, 0);
+      assert.equal(rowsIn(cfg.path, 'esp').length, 0);
+    });
+
+    it('restore keeps cookies, SPI pairings, Call IDs and serials; pending ESP past its deadline is dropped', () => {
+      const v = vpnTables();
+      let store = openVpn(v);
+      v.m.outIsakmp(LAN, VPN, cookies(0x11111111, 0x22222222, 0, 0), 0, clock);
+      v.m.inIsakmp(VPN, cookies(0x11111111, 0x22222222, 0x33333333, 0x44444444), 0, clock, NO_FORWARD);
+      v.m.outEsp(LAN, VPN, 0x1000, clock);
+      v.m.inEsp(VPN, 0x2000, clock, NO_FORWARD);
+      v.m.outEsp(LAN, VPN2, 0x3000, clock); // stays pending: 2 min
+      const lan2 = ipv4ToInt32('10.77.0.12');
+      const ctl = v.t.createOut(PROTO_TCP, LAN, 40100, VPN, 1723, clock, 3, clock + 7440000);
+      const call = v.g.create(LAN, VPN, 0x0100, ROLE_PNS, ctl, v.t.sSerial[ctl], clock);
+      v.g.confirm(call, 0x5555);
+      const ctl2 = v.t.createOut(PROTO_TCP, lan2, 40101, VPN, 1723, clock, 3, clock + 7440000);
+      const call2 = v.g.create(lan2, VPN, 0x0100, ROLE_PAC, ctl2, v.t.sSerial[ctl2], clock);
+      v.g.confirm(call2, 0x6666);
+      drain(v.t, store);
+      store.close(); // the final flush; a kill -9 would leave the last second of updates out
+
+      clock += 3 * MIN; // down 3 minutes: the pending ESP entry's deadline passed
+      const w = vpnTables();
+      store = openVpn(w);
+      assert.deepEqual(restore(store, w.t), { restored: 2 + 1 + 1 + 2, discarded: 1 });
+      assert.equal(rowsIn(cfg.path, 'esp').length, 1, 'the dropped pending entry is deleted');
+      assert.deepEqual(w.m.stats().esp, { pending: 0, established: 1, squelched: 0 });
+      // Both cookies lead to the LAN host; the SPI pairing works both ways.
+      assert.equal(w.m.inIsakmp(VPN, cookies(0x11111111, 0x22222222, 0x33333333, 0x44444444), 0, clock, NO_FORWARD), 1);
+      assert.equal(w.m.targets[0], LAN);
+      assert.equal(w.m.inEsp(VPN, 0x2000, clock, NO_FORWARD), 1);
+      assert.equal(w.m.targets[0], LAN);
+      assert.equal(w.m.outEsp(LAN, VPN, 0x1000, clock), -1);
+      // A new SPI towards the remote whose pending entry was dropped is not blocked.
+      assert.equal(w.m.outEsp(lan2, VPN2, 0x4000, clock), -1);
+      // Calls: same public Call IDs (different per LAN host), serials, remote IDs, control connection.
+      for (const [old, rem] of [[call, 0x5555], [call2, 0x6666]]) {
+        const c = w.g.findPub(VPN, v.g.pubId[old]);
+        assert.ok(c >= 0);
+        assert.equal(w.g.serial[c], v.g.serial[old]);
+        assert.equal(w.g.lanId[c], 0x0100);
+        assert.equal(w.g.remId[c], rem);
+        assert.equal(w.g.findRem(VPN, rem), c);
+        assert.equal(w.g.state[c], CALL_CONFIRMED);
+        assert.equal(w.t.sSerial[w.g.ctlSession[c]], v.g.ctlSerial[old]);
+      }
+      assert.equal(w.g.sweep(clock), 0, 'the restored control connections hold the calls');
+      // New rows continue above every restored serial (one id space).
+      const n = w.t.createOut(PROTO_UDP, LAN, 40102, REM, 53, clock, 0, clock + 30000);
+      assert.ok(w.t.sSerial[n] > Math.max(v.g.serial[call2], v.t.sSerial[ctl2]));
+    });
+
+    it('a squelched entry is restored squelched; a call without its control connection is dropped', () => {
+      const v = vpnTables();
+      let store = openVpn(v);
+      v.m.outEsp(LAN, VPN, 0x1000, clock);
+      v.m.outEsp(ipv4ToInt32('10.77.0.12'), VPN, 0x1001, clock); // blocked: marks 0x1000 contended
+      for (let i = 0; i < 6; i++) v.m.outEsp(LAN, VPN, 0x1000, clock);
+      assert.equal(v.m.espCountByState[ESP_SQUELCHED], 1);
+      const ctl = v.t.createOut(PROTO_TCP, LAN, 40100, VPN, 1723, clock, 3, clock + 60000);
+      v.g.create(LAN, VPN, 0x0100, ROLE_PNS, ctl, v.t.sSerial[ctl], clock);
+      drain(v.t, store);
+      store.close();
+      clock += 61000; // the control session (60 s) expired while down; the squelch (30 s) too
+      const w = vpnTables();
+      store = openVpn(w);
+      assert.deepEqual(restore(store, w.t), { restored: 0, discarded: 3 });
+
+      // Within the squelch time the state comes back as it was.
+      clock = T0;
+      const x = vpnTables();
+      store = openVpn(x);
+      x.m.outEsp(LAN, VPN, 0x1000, clock);
+      x.m.outEsp(ipv4ToInt32('10.77.0.12'), VPN, 0x1001, clock);
+      for (let i = 0; i < 6; i++) x.m.outEsp(LAN, VPN, 0x1000, clock);
+      drain(x.t, store);
+      store.close();
+      clock += 10000;
+      const y = vpnTables();
+      store = openVpn(y);
+      restore(store, y.t);
+      assert.deepEqual(y.m.stats().esp, { pending: 0, established: 0, squelched: 1 });
+      assert.equal(rowsIn(cfg.path, 'esp')[0].state, ESP_SQUELCHED);
+    });
+
+    it('public address changed: VPN rows follow wan.onAddressChange', () => {
+      for (const policy of ['move', 'drop'] as const) {
+        fs.rmSync(path.dirname(cfg.path), { recursive: true, force: true });
+        const v = vpnTables(PUB);
+        let store = openVpn(v);
+        v.m.outIsakmp(LAN, VPN, cookies(1, 2, 0, 0), 0, clock);
+        v.m.outEsp(LAN, VPN, 0x1000, clock);
+        drain(v.t, store);
+        store.close();
+        const w = vpnTables(PUB2);
+        store = openVpn(w);
+        const r = restore(store, w.t, policy);
+        if (policy === 'drop') {
+          assert.deepEqual(r, { restored: 0, discarded: 2 });
+        } else {
+          assert.deepEqual(r, { restored: 2, discarded: 0 });
+          store.tick();
+          assert.equal(rowsIn(cfg.path, 'isakmp')[0].pub_addr, PUB2);
+          assert.equal(rowsIn(cfg.path, 'esp')[0].pub_addr, PUB2);
+        }
+        store.close();
+      }
+    });
   });
 });
