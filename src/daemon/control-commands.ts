@@ -20,8 +20,8 @@ import { ControlReply, ControlRequest } from './control';
 import type { JournalListener } from './daemon';
 import { AnyConnRow, compileFilter, ConnFilter, FilterError, isEmptyFilter, ListQuery, queryRows } from '../cli/filters';
 import { EV_DESTROY, EV_NEW, EV_UPDATE } from '../nat/journal';
-import { ConnRow, sessionRow } from '../nat/session-rows';
-import { SessionTable, TABLE_SESSIONS } from '../nat/sessions';
+import { ConnRow } from '../nat/session-rows';
+import { SessionTable } from '../nat/sessions';
 import { Forwards } from '../nat/forwards';
 
 /** What the commands need from the daemon. */
@@ -30,6 +30,8 @@ export interface ControlTarget {
   readonly table: SessionTable;
   readonly forwards: Forwards;
   rows(): Iterable<ConnRow>;
+  /** The row of a table entry named by a journal event, if it still has that serial. */
+  rowOf(table: number, index: number, serial: number): ConnRow | null;
   /** Deletes the rows with these ids from whichever table holds them; returns how many. */
   deleteConns(ids: ReadonlySet<number>): number;
   /** The forwards changed at runtime (shared mode re-steers their ports). */
@@ -118,9 +120,7 @@ export class ControlCommands {
 
   /** Row of a journal event, or only its id when the slot has been reused since. */
   private eventRow(table: number, index: number, serial: number): AnyConnRow | { id: number } {
-    const t = this.target.table;
-    if (table === TABLE_SESSIONS && t.sSerial[index] === serial) return sessionRow(t, index, this.now());
-    return { id: serial };
+    return this.target.rowOf(table, index, serial) ?? { id: serial };
   }
 
   private watch(conn: net.Socket, filter: ConnFilter | undefined): Promise<void> {

@@ -13,7 +13,7 @@ import { ControlCommands } from './control-commands';
 import { Logger } from './log';
 import { Forwarder, rxSlotSize } from '../nat/forwarder';
 import { Journal } from '../nat/journal';
-import { SessionTable, SLOT_ICMP, SLOT_TCP, SLOT_UDP } from '../nat/sessions';
+import { SessionTable, SLOT_ICMP, SLOT_TCP, SLOT_UDP, TABLE_SESSIONS } from '../nat/sessions';
 import { ConnRow, sessionRow } from '../nat/session-rows';
 import { Drop } from '../nat/drop-reasons';
 import { T_BYTES_IN, T_BYTES_OUT, T_PKTS_IN, T_PKTS_OUT } from '../nat/napt';
@@ -25,7 +25,7 @@ import { SessionCodec, Store } from '../store/store';
 import { EspCodec, GreCallCodec, IsakmpCodec } from '../store/vpn-codecs';
 import { DbHealth } from '../store/health';
 import { Forwards } from '../nat/forwards';
-import { GC_CALLS_CLEARED, GC_CALLS_CREATED, GC_CALLS_REFUSED, GC_NO_MAPPING_IN, GC_NO_MAPPING_OUT, GC_NOT_PPTP, GreCalls, greConnRow } from '../vpn/gre';
+import { GC_CALLS_CLEARED, GC_CALLS_CREATED, GC_CALLS_REFUSED, GC_NO_MAPPING_IN, GC_NO_MAPPING_OUT, GC_NOT_PPTP, GreCalls, greConnRow, TABLE_GRE_CALLS } from '../vpn/gre';
 import { PC_LOST_CALL, PC_MALFORMED, PptpControl } from '../vpn/pptp-control';
 import { IpsecMasq, MIN_LIFETIME_MS } from '../vpn/ipsec';
 
@@ -293,6 +293,19 @@ export class Daemon implements MetricsSource {
     for (let s = 0; s < t.capacity; s++) if (t.sInUse[s] === 1) yield sessionRow(t, s, now);
     for (const r of this.greCalls.rows(now)) yield greConnRow(r, t.publicAddr);
     yield* this.ipsec.rows(now, t.publicAddr);
+  }
+
+  rowOf(table: number, index: number, serial: number): ConnRow | null {
+    const t = this.table;
+    const now = this.now();
+    switch (table) {
+      case TABLE_SESSIONS:
+        return t.sSerial[index] === serial ? sessionRow(t, index, now) : null;
+      case TABLE_GRE_CALLS:
+        return this.greCalls.serial[index] === serial ? greConnRow(this.greCalls.row(index, now), t.publicAddr) : null;
+      default:
+        return this.ipsec.rowOf(table, index, serial, now, t.publicAddr);
+    }
   }
 
   /**

@@ -366,23 +366,25 @@ export class GreCalls {
   /** Connection-listing rows (not for the packet path). */
   rows(now: number): GreRow[] {
     const out: GreRow[] = [];
-    for (let c = 0; c < this.capacity; c++) {
-      if (this.inUse[c] === 0) continue;
-      const st = this.state[c];
-      out.push({
-        id: this.serial[c],
-        proto: 'gre',
-        lan: { addr: this.lan[c], callId: this.lanId[c] },
-        pub: { callId: this.pubId[c] },
-        remote: { addr: this.rem[c], callId: this.remId[c] === NONE ? null : this.remId[c] },
-        role: this.role[c] === ROLE_PAC ? 'pac' : 'pns',
-        state: st === CALL_REQUESTED ? 'requested' : st === CALL_CONFIRMED ? 'confirmed' : 'clearing',
-        idleSeconds: Math.max(0, Math.round((now - this.lastSeen[c]) / 1000)),
-        expiresInSeconds: this.expires[c] === Infinity ? null : Math.max(0, Math.round((this.expires[c] - now) / 1000)),
-        packets: { out: this.pktsOut[c], in: this.pktsIn[c] },
-      });
-    }
+    for (let c = 0; c < this.capacity; c++) if (this.inUse[c] === 1) out.push(this.row(c, now));
     return out;
+  }
+
+  /** The listing row of call `c` (also after removal, until the record is reused). */
+  row(c: number, now: number): GreRow {
+    const st = this.state[c];
+    return {
+      id: this.serial[c],
+      proto: 'gre',
+      lan: { addr: this.lan[c], callId: this.lanId[c] },
+      pub: { callId: this.pubId[c] },
+      remote: { addr: this.rem[c], callId: this.remId[c] === NONE ? null : this.remId[c] },
+      role: this.role[c] === ROLE_PAC ? 'pac' : 'pns',
+      state: st === CALL_REQUESTED ? 'requested' : st === CALL_CONFIRMED ? 'confirmed' : 'clearing',
+      idleSeconds: Math.max(0, Math.round((now - this.lastSeen[c]) / 1000)),
+      expiresInSeconds: this.expires[c] === Infinity ? null : Math.max(0, Math.round((this.expires[c] - now) / 1000)),
+      packets: { out: this.pktsOut[c], in: this.pktsIn[c] },
+    };
   }
 }
 

@@ -116,6 +116,8 @@ export class IpsecMasq {
   readonly eOutSpi: Int32Array;
   readonly eInSpi: Int32Array;
   readonly eState: Uint8Array;
+  /** The state an entry had when it was removed, for its DESTROY event (`conns watch`). */
+  private readonly eEndState: Uint8Array;
   readonly eBlocking: Uint8Array;
   readonly eRetries: Int32Array;
   readonly eExpires: Float64Array;
@@ -185,6 +187,7 @@ export class IpsecMasq {
     this.eOutSpi = new Int32Array(cap);
     this.eInSpi = new Int32Array(cap);
     this.eState = new Uint8Array(cap);
+    this.eEndState = new Uint8Array(cap);
     this.eBlocking = new Uint8Array(cap);
     this.eRetries = new Int32Array(cap);
     this.eExpires = new Float64Array(cap);
@@ -561,6 +564,7 @@ export class IpsecMasq {
     deleteIf(this.eByOutSpi, rem, this.eOutSpi[e], 0, 0, e);
     if (st === ESP_ESTABLISHED) deleteIf(this.eIn, rem, this.eInSpi[e], 0, 0, e);
     if (this.rPending[r] === e) this.rPending[r] = NONE;
+    this.eEndState[e] = st;
     this.setState(e, ESP_FREE);
     this.eFree.give(e);
     this.rLive[r]--;
@@ -778,33 +782,43 @@ export class IpsecMasq {
    */
   *rows(now: number, publicAddr: number): Generator<ConnRow> {
     const pub = int32ToIpv4(publicAddr);
+    const cap = this.opts.capacity;
+    for (let k = 0; k < cap; k++) if (this.kInUse[k] === 1) yield this.isakmpRow(k, now, pub);
+    for (let e = 0; e < cap; e++) if (this.eState[e] !== ESP_FREE) yield this.espRow(e, now, pub);
+  }
+
+  /** The row of one entry of `table` (TABLE_ISAKMP or TABLE_ESP) if it still has this serial (`conns watch`). */
+  rowOf(table: number, index: number, serial: number, now: number, publicAddr: number): ConnRow | null {
+    if (table === TABLE_ISAKMP) return this.kSerial[index] === serial ? this.isakmpRow(index, now, int32ToIpv4(publicAddr)) : null;
+    if (table === TABLE_ESP) return this.eSerial[index] === serial ? this.espRow(index, now, int32ToIpv4(publicAddr)) : null;
+    return null;
+  }
+
+  private isakmpRow(k: number, now: number, pub: string): ConnRow {
+    const has = this.kHasRc[k] === 1;
+    return {
+      id: this.kSerial[k], proto: 'isakmp',
+      lan: { addr: int32ToIpv4(this.kLan[k]), port: ISAKMP_PORT }, public: { addr: pub, port: ISAKMP_PORT },
+      remote: { addr: int32ToIpv4(this.kRem[k]), port: ISAKMP_PORT },
+      state: has ? 'REPLIED' : 'UNREPLIED',
+      ...timing(now, this.kExpires[k], this.opts.lifetimeMs),
+      packets: { out: this.kPktsOut[k], in: this.kPktsIn[k] }, bytes: { out: 0, in: 0 },
+      vpn: { icookie: hex64(this.kIc0[k], this.kIc1[k]), rcookie: has ? hex64(this.kRc0[k], this.kRc1[k]) : null },
+    };
+  }
+
+  private espRow(e: number, now: number, pub: string): ConnRow {
+    const st = this.eState[e] === ESP_FREE ? this.eEndState[e] : this.eState[e];
     const o = this.opts;
-    for (let k = 0; k < o.capacity; k++) {
-      if (this.kInUse[k] === 0) continue;
-      const has = this.kHasRc[k] === 1;
-      yield {
-        id: this.kSerial[k], proto: 'isakmp',
-        lan: { addr: int32ToIpv4(this.kLan[k]), port: ISAKMP_PORT }, public: { addr: pub, port: ISAKMP_PORT },
-        remote: { addr: int32ToIpv4(this.kRem[k]), port: ISAKMP_PORT },
-        state: has ? 'REPLIED' : 'UNREPLIED',
-        ...timing(now, this.kExpires[k], o.lifetimeMs),
-        packets: { out: this.kPktsOut[k], in: this.kPktsIn[k] }, bytes: { out: 0, in: 0 },
-        vpn: { icookie: hex64(this.kIc0[k], this.kIc1[k]), rcookie: has ? hex64(this.kRc0[k], this.kRc1[k]) : null },
-      };
-    }
-    for (let e = 0; e < o.capacity; e++) {
-      const st = this.eState[e];
-      if (st === ESP_FREE) continue;
-      yield {
-        id: this.eSerial[e], proto: 'esp',
-        lan: { addr: int32ToIpv4(this.eLan[e]), port: 0 }, public: { addr: pub, port: 0 },
-        remote: { addr: int32ToIpv4(this.eRem[e]), port: 0 },
-        state: STATE_NAMES[st].toUpperCase(),
-        ...timing(now, this.eExpires[e], st === ESP_ESTABLISHED ? o.lifetimeMs : st === ESP_PENDING ? o.pendingMs : o.squelchMs),
-        packets: { out: this.ePktsOut[e], in: this.ePktsIn[e] }, bytes: { out: 0, in: 0 },
-        vpn: { spiOut: `0x${hex32(this.eOutSpi[e])}`, spiIn: st === ESP_ESTABLISHED ? `0x${hex32(this.eInSpi[e])}` : null, state: STATE_NAMES[st] },
-      };
-    }
+    return {
+      id: this.eSerial[e], proto: 'esp',
+      lan: { addr: int32ToIpv4(this.eLan[e]), port: 0 }, public: { addr: pub, port: 0 },
+      remote: { addr: int32ToIpv4(this.eRem[e]), port: 0 },
+      state: STATE_NAMES[st].toUpperCase(),
+      ...timing(now, this.eExpires[e], st === ESP_ESTABLISHED ? o.lifetimeMs : st === ESP_PENDING ? o.pendingMs : o.squelchMs),
+      packets: { out: this.ePktsOut[e], in: this.ePktsIn[e] }, bytes: { out: 0, in: 0 },
+      vpn: { spiOut: `0x${hex32(this.eOutSpi[e])}`, spiIn: st === ESP_ESTABLISHED ? `0x${hex32(this.eInSpi[e])}` : null, state: STATE_NAMES[st] },
+    };
   }
 
   /**

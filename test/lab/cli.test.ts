@@ -164,6 +164,33 @@ describe('vpnmasq CLI in the lab', { skip: !isRoot && 'needs root' }, () => {
     assert.deepEqual(await ids('-n', '1', '--sort', 'bytes', '-r'), transfer, 'the TCP transfer has the most bytes');
   });
 
+  /** `vpnmasq conns watch --json ARGS` in the background; `until` waits (bounded) for a condition on its output. */
+  const watch = async (...args: string[]) => {
+    const child = spawn(process.execPath, [CLI, '-c', router.configPath, 'conns', 'watch', '--json', ...args]);
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (b: Buffer) => { out += b.toString(); });
+    child.stderr.on('data', (b: Buffer) => { err += b.toString(); });
+    const until = async (cond: () => boolean, what: string) => {
+      const deadline = Date.now() + 10000;
+      while (!cond()) {
+        if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}: ${out} ${err}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    };
+    const stop = async () => {
+      child.kill('SIGINT');
+      if (child.exitCode === null) await new Promise((r) => child.once('close', r));
+    };
+    try {
+      await until(() => err.includes('watching'), 'watch to start');
+    } catch (e) {
+      await stop();
+      throw e;
+    }
+    return { output: () => out, until, stop };
+  };
+
   it('status and stats report the live daemon; --json matches the schema', async () => {
     const st = await cli('status');
     assert.equal(st.code, 0, st.stderr);
@@ -196,9 +223,18 @@ describe('vpnmasq CLI in the lab', { skip: !isRoot && 'needs root' }, () => {
     };
     assert.equal(await esp(), 1, 'translated while the entry lives');
     const before = (await router.stats()).drops['esp-no-mapping'];
-    const del = await cli('conns', 'delete', '-p', 'esp', '--spi', hex8(RSPI));
-    assert.equal(del.code, 0, del.stderr);
-    assert.equal(del.stderr, '1 connection deleted.\n');
+    const w = await watch('-p', 'esp');
+    try {
+      const del = await cli('conns', 'delete', '-p', 'esp', '--spi', hex8(RSPI));
+      assert.equal(del.code, 0, del.stderr);
+      assert.equal(del.stderr, '1 connection deleted.\n');
+      // `conns watch` shows the ESP entry going, with its SPIs.
+      await w.until(() => jsonLines(w.output()).some((e) => e.event === 'DESTROY' && e.conn.proto === 'esp' &&
+        e.conn.vpn?.spiIn === `0x${hex8(RSPI)}`), 'the ESP DESTROY event');
+      for (const e of jsonLines(w.output())) assert.deepEqual(schemaErrors(e, 'event'), [], JSON.stringify(e));
+    } finally {
+      await w.stop();
+    }
     assert.deepEqual(await list('-p', 'esp'), []);
     assert.equal(await esp(), 0, 'the LAN host received nothing');
     assert.equal((await router.stats()).drops['esp-no-mapping'], before + 1, 'dropped as unmapped');
@@ -225,31 +261,19 @@ describe('vpnmasq CLI in the lab', { skip: !isRoot && 'needs root' }, () => {
   });
 
   it('watch sees a new flow appear and a deleted one go; deleting stops its translation', async () => {
-    const child = spawn(process.execPath, [CLI, '-c', router.configPath, 'conns', 'watch', '--json', '-p', 'udp']);
-    let out = '';
-    let err = '';
-    child.stdout.on('data', (b: Buffer) => { out += b.toString(); });
-    child.stderr.on('data', (b: Buffer) => { err += b.toString(); });
-    const until = async (cond: () => boolean, what: string) => {
-      const deadline = Date.now() + 10000;
-      while (!cond()) {
-        if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}: ${out} ${err}`);
-        await new Promise((r) => setTimeout(r, 50));
-      }
-    };
+    const w = await watch('-p', 'udp');
     try {
-      await until(() => err.includes('watching'), 'watch to start');
       const seen = await udp(0, 40102, 7102);
       const pubPort = seen.split(':')[1];
-      await until(() => jsonLines(out).some((e) => e.event === 'NEW' && e.conn.lan?.port === 40102), 'NEW');
+      await w.until(() => jsonLines(w.output()).some((e) => e.event === 'NEW' && e.conn.lan?.port === 40102), 'NEW');
       const row = (await list('--sport', '40102'))[0];
       assert.equal(row.public.port, Number(pubPort));
 
       const del = await cli('conns', 'delete', '--sport', '40102', '-p', 'udp');
       assert.equal(del.code, 0, del.stderr);
       assert.equal(del.stderr, '1 connection deleted.\n');
-      await until(() => jsonLines(out).some((e) => e.event === 'DESTROY' && e.conn.id === row.id), 'DESTROY');
-      for (const e of jsonLines(out)) assert.deepEqual(schemaErrors(e, 'event'), [], JSON.stringify(e));
+      await w.until(() => jsonLines(w.output()).some((e) => e.event === 'DESTROY' && e.conn.id === row.id), 'DESTROY');
+      for (const e of jsonLines(w.output())) assert.deepEqual(schemaErrors(e, 'event'), [], JSON.stringify(e));
 
       // Inbound to the deleted mapping's public port: dropped, the LAN host gets nothing.
       const before = (await router.stats()).drops['no-mapping'];
@@ -263,8 +287,7 @@ describe('vpnmasq CLI in the lab', { skip: !isRoot && 'needs root' }, () => {
       assert.equal(again.length, 1);
       assert.notEqual(again[0].id, row.id);
     } finally {
-      child.kill('SIGINT');
-      await new Promise((r) => child.once('close', r));
+      await w.stop();
     }
   });
 

@@ -15,7 +15,7 @@ import { ControlCommands, ControlTarget } from '../../src/daemon/control-command
 import type { JournalListener } from '../../src/daemon/daemon';
 import { Journal } from '../../src/nat/journal';
 import { ConnRow, sessionRow } from '../../src/nat/session-rows';
-import { SessionTable } from '../../src/nat/sessions';
+import { SessionTable, TABLE_SESSIONS } from '../../src/nat/sessions';
 import { Forwards } from '../../src/nat/forwards';
 import { CREATE_STATEMENTS, SCHEMA_VERSION } from '../../src/store/schema';
 import { ipv4ToInt32 } from '../../src/net/ipv4-addr';
@@ -143,6 +143,10 @@ export class FakeDaemon implements ControlTarget {
   *rows(): Iterable<ConnRow> {
     for (let s = 0; s < this.table.capacity; s++) if (this.table.sInUse[s] === 1) yield sessionRow(this.table, s, this.now);
     yield* this.extra;
+  }
+
+  rowOf(table: number, index: number, serial: number): ConnRow | null {
+    return table === TABLE_SESSIONS && this.table.sSerial[index] === serial ? sessionRow(this.table, index, this.now) : null;
   }
 
   deleteConns(ids: ReadonlySet<number>): number {
