@@ -16,11 +16,11 @@ import * as path from 'node:path';
 import { loadConfig, StateConfig } from '../src/daemon/config';
 import { Daemon } from '../src/daemon/daemon';
 import { createLogger, Logger } from '../src/daemon/log';
-import { Journal } from '../src/nat/journal';
+import { Journal } from '../src/core/journal';
 import { SessionTable } from '../src/nat/sessions';
-import { SessionCodec, Store } from '../src/store/store';
+import { SessionCodec, Store } from '../src/persist/store';
 import { PROTO_UDP } from '../src/wire/ipv4';
-import { ipv4ToInt32 } from '../src/net/ipv4-addr';
+import { ipv4ToInt32 } from '../src/core/ipv4-addr';
 import { createLab } from '../test/lab/lab';
 import { routerConfig } from '../test/lab/router-harness';
 

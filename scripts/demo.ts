@@ -7,7 +7,7 @@
 import { createLab, Lab } from '../test/lab/lab';
 import { peer, peerServer, PPTP_HOST, RouterHandle, startRouter } from '../test/lab/router-harness';
 import { formatConnTable } from '../src/cli/format';
-import { ConnRow } from '../src/nat/session-rows';
+import { ConnRow } from '../src/query/rows';
 
 const keep = process.argv.includes('--keep');
 

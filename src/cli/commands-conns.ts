@@ -1,13 +1,13 @@
 /** `vpnmasq conns list|show|delete|flush|watch`. */
 import * as readline from 'node:readline';
 import { Command } from 'commander';
-import { openReadOnly } from '../store/reader';
+import { openReadOnly } from '../persist/reader';
 import { CliError, DaemonDownError, EXIT_USAGE } from './client';
 import { config, note, out, request } from './context';
 import {
   AnyConnRow, compileFilter, comparator, ConnFilter, FILTER_KEYS, FilterError, isEmptyFilter, ListQuery, PROTOCOLS,
   queryRows, SORT_KEYS,
-} from './filters';
+} from '../query/filters';
 import { CONN_HEADERS, connCells, flatten, keyValues, TableWriter, useColour, vpnDetail } from './format';
 
 /** The state database, read-only (for reads while the daemon is down). */

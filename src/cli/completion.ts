@@ -3,7 +3,7 @@
  * command tree, so it never lags behind the commands and options.
  */
 import { Command } from 'commander';
-import { PROTOCOLS, SORT_KEYS } from './filters';
+import { PROTOCOLS, SORT_KEYS } from '../query/filters';
 
 interface Node {
   path: string;

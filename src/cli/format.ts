@@ -2,7 +2,7 @@
  * Human output of the CLI: aligned columns, plain text unless stdout is a
  * terminal and NO_COLOR is unset (https://no-color.org, clig.dev).
  */
-import { AnyConnRow } from './filters';
+import { AnyConnRow } from '../query/filters';
 
 export const CONN_HEADERS = ['ID', 'PROTO', 'LAN', 'PUBLIC', 'REMOTE', 'VPN', 'STATE', 'IDLE', 'EXPIRES', 'PKTS OUT/IN', 'BYTES OUT/IN'];
 

@@ -7,7 +7,7 @@
  * `vpnmasq check-config` shows everything that needs fixing.
  */
 import { readFileSync } from 'node:fs';
-import { Cidr, cidrContains, formatCidr, ipv4Equal, isIPv4, parseCidr } from '../net/ipv4-addr';
+import { Cidr, cidrContains, formatCidr, ipv4Equal, isIPv4, parseCidr } from '../core/ipv4-addr';
 
 export const DEFAULT_CONFIG_PATH = '/etc/vpnmasq/vpnmasq.json';
 

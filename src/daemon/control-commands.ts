@@ -18,9 +18,9 @@ import * as net from 'node:net';
 import { Config } from './config';
 import { ControlReply, ControlRequest } from './control';
 import type { JournalListener } from './daemon';
-import { AnyConnRow, compileFilter, ConnFilter, FilterError, isEmptyFilter, ListQuery, queryRows } from '../cli/filters';
-import { EV_DESTROY, EV_NEW, EV_UPDATE } from '../nat/journal';
-import { ConnRow } from '../nat/session-rows';
+import { AnyConnRow, compileFilter, ConnFilter, FilterError, isEmptyFilter, ListQuery, queryRows } from '../query/filters';
+import { EV_DESTROY, EV_NEW, EV_UPDATE } from '../core/journal';
+import { ConnRow } from '../query/rows';
 import { SessionTable } from '../nat/sessions';
 import { Forwards } from '../nat/forwards';
 

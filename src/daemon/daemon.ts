@@ -6,28 +6,28 @@ import * as path from 'node:path';
 import { Config } from './config';
 import { MetricsServer, MetricsSource, startMetricsServer } from './metrics';
 import { mssClampValue } from '../nat/mss-clamp';
-import { SharedMode, steerableRange } from '../net/shared-mode';
-import { WanWatch } from '../net/wan-watch';
+import { SharedMode, steerableRange } from '../edge/netlink/shared-mode';
+import { WanWatch } from '../edge/netlink/wan-watch';
 import { ControlReply, ControlRequest, ControlServer, lookupGroup, startControlServer } from './control';
 import { ControlCommands } from './control-commands';
 import { Logger } from './log';
-import { Forwarder, rxSlotSize } from '../nat/forwarder';
-import { Journal } from '../nat/journal';
+import { Datapath, rxSlotSize } from '../nat/datapath';
+import { Journal } from '../core/journal';
 import { SessionTable, SLOT_ICMP, SLOT_TCP, SLOT_UDP, TABLE_SESSIONS } from '../nat/sessions';
-import { ConnRow, sessionRow } from '../nat/session-rows';
-import { Drop } from '../nat/drop-reasons';
+import { ConnRow, sessionRow } from '../query/rows';
+import { Drop } from '../core/verdict';
 import { T_BYTES_IN, T_BYTES_OUT, T_PKTS_IN, T_PKTS_OUT } from '../nat/napt';
-import { RouterNet } from '../net/router-net';
-import { int32ToIpv4, ipv4ToInt32, ipv4ToNumber, parseCidr, prefixMask } from '../net/ipv4-addr';
-import { TunDevice } from '../tun/tun-device';
-import { Stat } from '../tun/native';
-import { SessionCodec, Store } from '../store/store';
-import { EspCodec, GreCallCodec, IsakmpCodec } from '../store/vpn-codecs';
-import { DbHealth } from '../store/health';
+import { RouterNet } from '../edge/netlink/router-net';
+import { int32ToIpv4, ipv4ToInt32, ipv4ToNumber, parseCidr, prefixMask } from '../core/ipv4-addr';
+import { TunDevice } from '../edge/tun/tun-device';
+import { Stat } from '../edge/tun/native';
+import { SessionCodec, Store } from '../persist/store';
+import { EspCodec, GreCallCodec, IsakmpCodec } from '../persist/vpn-codecs';
+import { DbHealth } from '../persist/health';
 import { Forwards } from '../nat/forwards';
-import { GC_CALLS_CLEARED, GC_CALLS_CREATED, GC_CALLS_REFUSED, GC_NO_MAPPING_IN, GC_NO_MAPPING_OUT, GC_NOT_PPTP, GreCalls, greConnRow, TABLE_GRE_CALLS } from '../vpn/gre';
-import { PC_LOST_CALL, PC_MALFORMED, PptpControl } from '../vpn/pptp-control';
-import { IpsecMasq, MIN_LIFETIME_MS } from '../vpn/ipsec';
+import { GC_CALLS_CLEARED, GC_CALLS_CREATED, GC_CALLS_REFUSED, GC_NO_MAPPING_IN, GC_NO_MAPPING_OUT, GC_NOT_PPTP, PptpCalls, greConnRow, TABLE_GRE_CALLS } from '../helpers/pptp/calls';
+import { PC_LOST_CALL, PC_MALFORMED, PptpControl } from '../helpers/pptp/control';
+import { IpsecMasq, MIN_LIFETIME_MS } from '../helpers/ipsec/ipsec';
 
 /** Policy routing table and rule priority the daemon owns. */
 export const ROUTE_TABLE = 7100;
@@ -68,7 +68,7 @@ export class Daemon implements MetricsSource {
   private readonly now: () => number;
   readonly startedAt: number;
   readonly table: SessionTable;
-  readonly forwarder: Forwarder;
+  readonly forwarder: Datapath;
   private tun: TunDevice | null = null;
   private net: RouterNet | null = null;
   private control: ControlServer | null = null;
@@ -81,7 +81,7 @@ export class Daemon implements MetricsSource {
   private readonly commands: ControlCommands;
   readonly forwards: Forwards;
   /** PPTP calls (journal table 4) and the control-channel inspector. */
-  readonly greCalls: GreCalls;
+  readonly greCalls: PptpCalls;
   readonly pptpControl: PptpControl;
   /** IPsec masquerade: ISAKMP by cookie on port 500, ESP by SPI (spec §3, §4). */
   readonly ipsec: IpsecMasq;
@@ -103,7 +103,7 @@ export class Daemon implements MetricsSource {
       new Journal(),
     );
     const t = cfg.timeouts;
-    this.forwarder = new Forwarder(
+    this.forwarder = new Datapath(
       this.table,
       {
         slotSize: rxSlotSize(cfg.tun.offloads, cfg.tun.mtu),
@@ -130,7 +130,7 @@ export class Daemon implements MetricsSource {
     );
     const napt = this.forwarder.napt;
     this.forwards = new Forwards(this.table, cfg.forwards);
-    this.greCalls = new GreCalls(PPTP_CALLS, this.table, this.forwards, this.table.journal);
+    this.greCalls = new PptpCalls(PPTP_CALLS, this.table, this.forwards, this.table.journal);
     this.greCalls.graceMs = t.pptpGrace * 1000;
     this.greCalls.allowNonPptp = cfg.pptp.nonPptpGre === 'address-only';
     this.pptpControl = new PptpControl(PPTP_CALLS, this.table, this.greCalls);

@@ -9,7 +9,7 @@
 import { Config, ConfigError, loadConfig, reloadable } from './config';
 import { Daemon } from './daemon';
 import { createLogger, Logger } from './log';
-import { loadTunNative } from '../tun/native';
+import { loadTunNative } from '../edge/tun/native';
 
 const EXIT_FAILURE = 1;
 

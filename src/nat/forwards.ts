@@ -25,7 +25,7 @@ import { checkForwards, ConfigError, Forward } from '../daemon/config';
 import { PROTO_ESP, PROTO_GRE, PROTO_TCP, PROTO_UDP } from '../wire/ipv4';
 import { ISAKMP_PORT } from '../wire/isakmp';
 import { SessionTable } from './sessions';
-import { ipv4ToInt32 } from '../net/ipv4-addr';
+import { ipv4ToInt32 } from '../core/ipv4-addr';
 
 /** Returned when there is no forward. As an address it is 255.255.255.255, never a LAN host. */
 export const NO_FORWARD = -1;

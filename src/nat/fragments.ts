@@ -6,8 +6,8 @@
  * fragment are held in a fixed pool and released when it comes. Memory is
  * bounded by the pool and index sizes, time by a per-datagram deadline.
  */
-import { FlowIndex } from './flow-index';
-import { SlotPool } from './slot-pool';
+import { FlowIndex } from '../core/flow-index';
+import { SlotPool } from '../core/slot-pool';
 
 const NONE = -1;
 const HELD = 1;

@@ -22,16 +22,16 @@ import {
 import { VNET_F_DATA_VALID, VNET_F_NEEDS_CSUM, VNET_FLAGS } from '../wire/vnet';
 import { ESP_MIN_HDR, ESP_SPI } from '../wire/esp';
 import { ISAKMP_HDR, ISAKMP_PORT } from '../wire/isakmp';
-import { IpsecMasq } from '../vpn/ipsec';
-import { Drop, DropCounters } from './drop-reasons';
+import { IpsecMasq } from '../helpers/ipsec/ipsec';
+import { Drop, DropCounters } from '../core/verdict';
 import { FragmentTracker } from './fragments';
 import { Forwards, NO_FORWARD } from './forwards';
-import { GreCalls } from '../vpn/gre';
-import { PptpControl } from '../vpn/pptp-control';
+import { PptpCalls } from '../helpers/pptp/calls';
+import { PptpControl } from '../helpers/pptp/control';
 import { PPTP_PORT } from '../wire/pptp';
 import { SLOT_ICMP, SessionTable, protoSlot } from './sessions';
 import { tcpInitialState, tcpNextState, tcpTimeoutMs } from './tcp-tracker';
-import { TxList } from './tx-list';
+import { TxList } from '../core/tx-list';
 import { clampMss } from './mss-clamp';
 
 export interface NatTimers {
@@ -86,7 +86,7 @@ export class Napt {
   /** Forwards for servers on the LAN (set by the daemon), consulted when an inbound packet matches nothing. */
   forwards: Forwards | null = null;
   /** PPTP calls / GRE (set by the daemon); null: GRE is an unknown protocol. */
-  gre: GreCalls | null = null;
+  gre: PptpCalls | null = null;
   /** PPTP control-channel inspection on TCP 1723 (set by the daemon together with `gre`). */
   pptp: PptpControl | null = null;
   /**
@@ -608,7 +608,7 @@ export class Napt {
   /** An ICMP error quoting our outbound GRE (inner P -> R, Call ID = R's): find the call by (R, Call ID) (spec §9.14). */
   private inboundIcmpErrorGre(buf: Uint8Array, ip: Ipv4Header): number {
     const inner = this.inner;
-    const gre = this.gre as GreCalls;
+    const gre = this.gre as PptpCalls;
     if (!gre.icmpTarget(buf, inner.payloadOff, inner.dst)) return Drop.ICMP_ERROR_NO_MAPPING;
     const lan = gre.resultAddr;
     this.setAddress(buf, ip.off, IPV4_DST, ip.dst, lan);

@@ -13,10 +13,10 @@
  *              (mapping, remote, remotePort) -> session
  * No string keys, no allocation after construction.
  */
-import { FlowIndex } from './flow-index';
-import { EV_DESTROY, EV_NEW, Journal } from './journal';
+import { FlowIndex } from '../core/flow-index';
+import { EV_DESTROY, EV_NEW, Journal } from '../core/journal';
 import { PROTO_ICMP, PROTO_TCP, PROTO_UDP } from '../wire/ipv4';
-import { SlotPool } from './slot-pool';
+import { SlotPool } from '../core/slot-pool';
 
 /**
  * The one id space of every table's rows (sessions, PPTP calls, ISAKMP and

@@ -16,7 +16,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { execFileSync } from 'node:child_process';
-import { DbHealth } from '../../src/store/health';
+import { DbHealth } from '../../src/persist/health';
 import { createLab, Lab } from './lab';
 import { peer, peerServer, PEER, PPTP_HOST, RouterHandle, startRouter } from './router-harness';
 import { Charon, hasCharon, initiate, listSas, PROTECTED_HOST, startClient, startServer } from './charon';

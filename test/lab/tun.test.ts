@@ -13,8 +13,8 @@ import dgram from 'node:dgram';
 import net from 'node:net';
 import readline from 'node:readline';
 import { after, before, describe, it } from 'node:test';
-import { Stat, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, VNET_HDR_LEN } from '../../src/tun/native';
-import { TunDevice } from '../../src/tun/tun-device';
+import { Stat, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, VNET_HDR_LEN } from '../../src/edge/tun/native';
+import { TunDevice } from '../../src/edge/tun/tun-device';
 
 const ROLE_ENV = 'VMQTUN_ROLE';
 const DEV_ENV = 'VMQTUN_DEV';

@@ -12,7 +12,7 @@ import { PROTO_ICMP, PROTO_TCP, PROTO_UDP } from '../../src/wire/ipv4';
 import { TCP_SYN_IN, TCP_SYN_OUT } from '../../src/nat/tcp-tracker';
 import { SLOT_UDP } from '../../src/nat/sessions';
 import { FakeDaemon, generateStateDb, jsonLines, PUBLIC, runCli, schemaErrors, tempDir, writeConfig, CLI } from './cli-fixture';
-import { ipv4ToInt32 } from '../../src/net/ipv4-addr';
+import { ipv4ToInt32 } from '../../src/core/ipv4-addr';
 
 describe('vpnmasq conns against a control socket', () => {
   let d: FakeDaemon;
@@ -35,7 +35,7 @@ describe('vpnmasq conns against a control socket', () => {
     udpA = t.sSerial[su];
     udpB = t.sSerial[d.add(PROTO_UDP, '10.77.0.12', 40001, '198.18.0.12', 7000)];
     icmp = t.sSerial[d.add(PROTO_ICMP, '10.77.0.12', 77, '198.18.0.11', 77, 0, 60_000)];
-    // Stand-ins for the rows of the IPsec and PPTP modules (src/vpn/ipsec.ts rows(), src/vpn/gre.ts greConnRow).
+    // Stand-ins for the rows of the IPsec and PPTP modules (src/helpers/ipsec/ipsec.ts rows(), src/helpers/pptp/calls.ts greConnRow).
     const vpnRow = { lan: { addr: '10.77.0.13', port: 0 }, public: { addr: PUBLIC, port: 0 }, remote: { addr: '198.18.0.20', port: 0 }, idleSeconds: 1 };
     d.extra.push({
       ...vpnRow, id: 9000, proto: 'esp', state: 'ESTABLISHED', expiresInSeconds: 1799,

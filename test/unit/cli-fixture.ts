@@ -13,12 +13,12 @@ import { parseConfig, Config } from '../../src/daemon/config';
 import { ControlServer, startControlServer } from '../../src/daemon/control';
 import { ControlCommands, ControlTarget } from '../../src/daemon/control-commands';
 import type { JournalListener } from '../../src/daemon/daemon';
-import { Journal } from '../../src/nat/journal';
-import { ConnRow, sessionRow } from '../../src/nat/session-rows';
+import { Journal } from '../../src/core/journal';
+import { ConnRow, sessionRow } from '../../src/query/rows';
 import { SessionTable, TABLE_SESSIONS } from '../../src/nat/sessions';
 import { Forwards } from '../../src/nat/forwards';
-import { CREATE_STATEMENTS, SCHEMA_VERSION } from '../../src/store/schema';
-import { ipv4ToInt32 } from '../../src/net/ipv4-addr';
+import { CREATE_STATEMENTS, SCHEMA_VERSION } from '../../src/persist/schema';
+import { ipv4ToInt32 } from '../../src/core/ipv4-addr';
 
 export const ROOT = path.resolve(__dirname, '../../..');
 export const CLI = path.join(ROOT, 'dist/src/cli/main.js');
@@ -192,7 +192,7 @@ export class FakeDaemon implements ControlTarget {
 
 // ---- a state database ------------------------------------------------------------
 
-/** Writes `n` unexpired UDP sessions into a fresh state database at `file` (schema of src/store/schema.ts). */
+/** Writes `n` unexpired UDP sessions into a fresh state database at `file` (schema of src/persist/schema.ts). */
 export function generateStateDb(file: string, n: number, now = Date.now()): void {
   const db = new Database(file);
   db.pragma('journal_mode = WAL');

@@ -6,7 +6,7 @@ import * as path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { Command } from 'commander';
 import { buildProgram } from '../../src/cli/main';
-import { AnyConnRow, compileFilter, FilterError, queryRows } from '../../src/cli/filters';
+import { AnyConnRow, compileFilter, FilterError, queryRows } from '../../src/query/filters';
 import { TableWriter, quantity, seconds } from '../../src/cli/format';
 import { lookupGroup } from '../../src/daemon/control';
 import { runCli, tempDir } from './cli-fixture';

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { FlowIndex } from '../../src/nat/flow-index';
+import { FlowIndex } from '../../src/core/flow-index';
 import { prng } from './packet-builder';
 
 type Key = [number, number, number, number];

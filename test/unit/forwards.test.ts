@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ACK, NatHarness, SYN, TCP, addr, parse, tcpPacket } from './packet-builder';
 import { Forwards, NO_FORWARD } from '../../src/nat/forwards';
-import { Drop } from '../../src/nat/drop-reasons';
+import { Drop } from '../../src/core/verdict';
 
 const SERVER = '10.77.0.13';
 const CLIENT = '10.77.0.11';

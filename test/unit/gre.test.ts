@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { parse, w16 } from './packet-builder';
 import { isPptpGre } from '../../src/wire/gre';
-import { Drop } from '../../src/nat/drop-reasons';
+import { Drop } from '../../src/core/verdict';
 import { grePacket, pptpHarness } from './pptp-builder';
 
 test('libalias mask: K, version 1, 0x880B; S and A ignored; C, R, s, version 0 or other protocols refused', () => {

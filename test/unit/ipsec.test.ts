@@ -9,7 +9,7 @@ import {
   Drop, NatHarness, PUBLIC, MF, UDP, checksumsValid, concat, fragment, icmpError, icmpPacket, ipv4, parse, r32,
   udpPacket, w32,
 } from './packet-builder';
-import { IpsecMasq, IpsecOptions } from '../../src/vpn/ipsec';
+import { IpsecMasq, IpsecOptions } from '../../src/helpers/ipsec/ipsec';
 import { Forwards } from '../../src/nat/forwards';
 
 const ESP = 50;

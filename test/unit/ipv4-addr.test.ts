@@ -11,7 +11,7 @@ import {
   parseCidr,
   parseIPv4,
   prefixMask,
-} from '../../src/net/ipv4-addr';
+} from '../../src/core/ipv4-addr';
 
 describe('ipv4-addr', () => {
   test('parseIPv4 / formatIPv4 round trip', () => {

@@ -5,8 +5,8 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { Drop, DROP_NAMES } from '../../src/nat/drop-reasons';
-import { EV_DESTROY, EV_NEW } from '../../src/nat/journal';
+import { Drop, DROP_NAMES } from '../../src/core/verdict';
+import { EV_DESTROY, EV_NEW } from '../../src/core/journal';
 import { T_BYTES_IN, T_BYTES_OUT, T_PKTS_IN, T_PKTS_OUT } from '../../src/nat/napt';
 import { TABLE_SESSIONS } from '../../src/nat/sessions';
 import { VNET_F_DATA_VALID, VNET_F_NEEDS_CSUM, VNET_GSO_TCPV4, VNET_GSO_UDP_L4 } from '../../src/wire/vnet';

@@ -8,13 +8,13 @@
  * against something it does not share code with.
  */
 import assert from 'node:assert/strict';
-import { Drop, DROP_NAMES } from '../../src/nat/drop-reasons';
+import { Drop, DROP_NAMES } from '../../src/core/verdict';
 import { FragmentTracker } from '../../src/nat/fragments';
-import { Journal } from '../../src/nat/journal';
+import { Journal } from '../../src/core/journal';
 import { Napt, NatTimers } from '../../src/nat/napt';
 import { PortPolicy, SessionTable } from '../../src/nat/sessions';
-import { TxList } from '../../src/nat/tx-list';
-import { int32ToIpv4, ipv4ToInt32 } from '../../src/net/ipv4-addr';
+import { TxList } from '../../src/core/tx-list';
+import { int32ToIpv4, ipv4ToInt32 } from '../../src/core/ipv4-addr';
 
 export const ICMP = 1;
 export const TCP = 6;

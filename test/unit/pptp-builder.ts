@@ -2,8 +2,8 @@
 import { NatHarness, w16, w32 } from './packet-builder';
 import { Forward } from '../../src/daemon/config';
 import { Forwards } from '../../src/nat/forwards';
-import { GreCalls } from '../../src/vpn/gre';
-import { PptpControl } from '../../src/vpn/pptp-control';
+import { PptpCalls } from '../../src/helpers/pptp/calls';
+import { PptpControl } from '../../src/helpers/pptp/control';
 import { PPTP_MSG_LEN } from '../../src/wire/pptp';
 
 const GRE = 47;
@@ -50,10 +50,10 @@ export function ipPacket(src: string, dst: string, proto: number, payload: Uint8
 
 export const ipInt = (a: string): number => a.split('.').reduce((v, x) => (v << 8) | Number(x), 0) | 0;
 
-export function pptpHarness(forwardRules: Forward[] = []): { h: NatHarness; calls: GreCalls; ctl: PptpControl } {
+export function pptpHarness(forwardRules: Forward[] = []): { h: NatHarness; calls: PptpCalls; ctl: PptpControl } {
   const h = new NatHarness();
   const forwards = forwardRules.length > 0 ? new Forwards(h.table, forwardRules) : null;
-  const calls = new GreCalls(64, h.table, forwards, h.journal);
+  const calls = new PptpCalls(64, h.table, forwards, h.journal);
   const ctl = new PptpControl(64, h.table, calls);
   h.napt.forwards = forwards;
   h.napt.gre = calls;

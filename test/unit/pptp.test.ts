@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import {
   ACK, NatHarness, PSH, SYN, TCP, checksumsValid, concat, parse, r16, tcpPacket, w16, w32,
 } from './packet-builder';
-import { Drop } from '../../src/nat/drop-reasons';
+import { Drop } from '../../src/core/verdict';
 import { grePacket, ipInt, ipPacket, pptpHarness, pptpMsg } from './pptp-builder';
 
 const LAN = '10.77.0.11';

@@ -11,19 +11,19 @@ import * as path from 'node:path';
 import Database from 'better-sqlite3';
 import type { AddressChangePolicy, StateConfig } from '../../src/daemon/config';
 import type { Logger } from '../../src/daemon/log';
-import { Journal } from '../../src/nat/journal';
+import { Journal } from '../../src/core/journal';
 import { SessionTable } from '../../src/nat/sessions';
-import { openReadOnly } from '../../src/store/reader';
-import { SCHEMA_VERSION, SCHEMAS } from '../../src/store/schema';
-import { SessionCodec, Store } from '../../src/store/store';
-import { EspCodec, GreCallCodec, IsakmpCodec } from '../../src/store/vpn-codecs';
-import { ESP_ESTABLISHED, ESP_PENDING, ESP_SQUELCHED, IpsecMasq } from '../../src/vpn/ipsec';
-import { CALL_CONFIRMED, CALL_REQUESTED, GreCalls, ROLE_PAC, ROLE_PNS } from '../../src/vpn/gre';
+import { openReadOnly } from '../../src/persist/reader';
+import { SCHEMA_VERSION, SCHEMAS } from '../../src/persist/schema';
+import { SessionCodec, Store } from '../../src/persist/store';
+import { EspCodec, GreCallCodec, IsakmpCodec } from '../../src/persist/vpn-codecs';
+import { ESP_ESTABLISHED, ESP_PENDING, ESP_SQUELCHED, IpsecMasq } from '../../src/helpers/ipsec/ipsec';
+import { CALL_CONFIRMED, CALL_REQUESTED, PptpCalls, ROLE_PAC, ROLE_PNS } from '../../src/helpers/pptp/calls';
 import { write32 } from '../../src/wire/checksum';
 import { NO_FORWARD } from '../../src/nat/forwards';
 import { ISAKMP_HDR, ISAKMP_ICOOKIE, ISAKMP_RCOOKIE } from '../../src/wire/isakmp';
 import { PROTO_TCP, PROTO_UDP } from '../../src/wire/ipv4';
-import { ipv4ToInt32 } from '../../src/net/ipv4-addr';
+import { ipv4ToInt32 } from '../../src/core/ipv4-addr';
 
 const PUB = ipv4ToInt32('198.18.0.2');
 const PUB2 = ipv4ToInt32('198.18.0.3');
@@ -380,7 +380,7 @@ describe('state store', () => {
       });
       m.journal = t.journal;
       m.serials = t.serials;
-      const g = new GreCalls(64, t, null, t.journal);
+      const g = new PptpCalls(64, t, null, t.journal);
       return { t, m, g };
     }
 

@@ -9,7 +9,7 @@ import { VNET_HDR_LEN } from '../wire/vnet';
 import { FragmentTracker } from './fragments';
 import { Napt, NaptOptions } from './napt';
 import { SessionTable } from './sessions';
-import { TxList } from './tx-list';
+import { TxList } from '../core/tx-list';
 
 export interface ArenaLayout {
   /** Bytes per receive slot: a whole GSO super-packet plus its vnet header with offloads, else MTU + header. */
@@ -25,7 +25,7 @@ export function rxSlotSize(offloads: boolean, mtu: number): number {
   return (need + 63) & ~63;
 }
 
-export class Forwarder {
+export class Datapath {
   readonly arena: Uint8Array;
   readonly rxLens: Uint32Array;
   readonly tx: TxList;

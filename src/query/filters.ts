@@ -7,8 +7,8 @@
  * the VPN keys --spi, --cookie, --call-id, matched against the row's `vpn`
  * detail (fields whose names contain "spi", "cookie" or "callid").
  */
-import { ConnRow } from '../nat/session-rows';
-import { Cidr, cidrContains, ipv4ToNumber, parseCidr } from '../net/ipv4-addr';
+import { ConnRow } from './rows';
+import { Cidr, cidrContains, ipv4ToNumber, parseCidr } from '../core/ipv4-addr';
 
 /** A filter as sent over the control socket (every field optional, all must match). */
 export interface ConnFilter {

@@ -3,16 +3,16 @@
  * Not on the packet path: builds objects and strings freely.
  */
 import { PROTO_ICMP, PROTO_TCP, PROTO_UDP } from '../wire/ipv4';
-import { SessionTable } from './sessions';
-import { tcpStateName } from './tcp-tracker';
-import { int32ToIpv4 } from '../net/ipv4-addr';
+import { SessionTable } from '../nat/sessions';
+import { tcpStateName } from '../nat/tcp-tracker';
+import { int32ToIpv4 } from '../core/ipv4-addr';
 
 export interface ConnRow {
   /** Stable identifier of the session (unique for the daemon's lifetime and across restarts once persisted). */
   id: number;
   /**
-   * 'gre': a PPTP call (src/vpn/gre.ts greConnRow), ports 0 and its Call IDs in `vpn`;
-   * 'isakmp' / 'esp': an IPsec entry (src/vpn/ipsec.ts rows()), cookies or SPIs in `vpn`.
+   * 'gre': a PPTP call (src/helpers/pptp/calls.ts greConnRow), ports 0 and its Call IDs in `vpn`;
+   * 'isakmp' / 'esp': an IPsec entry (src/helpers/ipsec/ipsec.ts rows()), cookies or SPIs in `vpn`.
    */
   proto: 'tcp' | 'udp' | 'icmp' | 'isakmp' | 'esp' | 'gre';
   lan: { addr: string; port: number };

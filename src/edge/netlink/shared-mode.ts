@@ -32,8 +32,8 @@
 import { promises as fsp } from 'fs';
 import * as path from 'path';
 import { createRtNetlink, FlagsNew, RtNetlinkSocket, rt } from 'netlink';
-import type { Forward, PortRange } from '../daemon/config';
-import { parseIPv4 } from './ipv4-addr';
+import type { Forward, PortRange } from '../../daemon/config';
+import { parseIPv4 } from '../../core/ipv4-addr';
 import { netlinkErrno, VPNMASQ_RTPROT } from './router-net';
 
 /** `iif TUN lookup local`: packets vpnmasq hands back to the box are not steered again. */

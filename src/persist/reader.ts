@@ -4,11 +4,11 @@
  * connections never sits in memory at once.
  */
 import Database from 'better-sqlite3';
-import { ConnRow } from '../nat/session-rows';
+import { ConnRow } from '../query/rows';
 import { tcpStateName } from '../nat/tcp-tracker';
 import { PROTO_ICMP, PROTO_TCP } from '../wire/ipv4';
 import { SCHEMA_VERSION } from './schema';
-import { int32ToIpv4 } from '../net/ipv4-addr';
+import { int32ToIpv4 } from '../core/ipv4-addr';
 
 export interface StateReader {
   /** Schema version of the file. */

@@ -6,19 +6,19 @@
  * allocation and no logging on the packet path: events are counted and
  * queued in a bounded ring that the daemon drains from a timer.
  */
-import { FlowIndex } from '../nat/flow-index';
-import { Drop } from '../nat/drop-reasons';
-import { read32 } from '../wire/checksum';
-import { ISAKMP_ICOOKIE, ISAKMP_PORT, ISAKMP_RCOOKIE } from '../wire/isakmp';
-import { ESP_SPI_RESERVED_MAX } from '../wire/esp';
-import { int32ToIpv4 } from '../net/ipv4-addr';
-import { SlotPool } from '../nat/slot-pool';
-import { Serials } from '../nat/sessions';
-import { ConnRow } from '../nat/session-rows';
-import { NO_FORWARD } from '../nat/forwards';
-import { EV_DESTROY, EV_NEW, Journal } from '../nat/journal';
+import { FlowIndex } from '../../core/flow-index';
+import { Drop } from '../../core/verdict';
+import { read32 } from '../../wire/checksum';
+import { ISAKMP_ICOOKIE, ISAKMP_PORT, ISAKMP_RCOOKIE } from '../../wire/isakmp';
+import { ESP_SPI_RESERVED_MAX } from '../../wire/esp';
+import { int32ToIpv4 } from '../../core/ipv4-addr';
+import { SlotPool } from '../../core/slot-pool';
+import { Serials } from '../../nat/sessions';
+import { ConnRow } from '../../query/rows';
+import { NO_FORWARD } from '../../nat/forwards';
+import { EV_DESTROY, EV_NEW, Journal } from '../../core/journal';
 
-/** Journal table ids of the two tables (state store, src/store/vpn-codecs.ts). */
+/** Journal table ids of the two tables (state store, src/persist/vpn-codecs.ts). */
 export const TABLE_ISAKMP = 2;
 export const TABLE_ESP = 3;
 

@@ -20,18 +20,18 @@
  * endpoint's ID (lan -> pub); inbound, the receiver's (peer) field is (pub ->
  * lan). That covers the LAN host as PNS and as PAC alike.
  */
-import { read16, read32, update16 } from '../wire/checksum';
+import { read16, read32, update16 } from '../../wire/checksum';
 import {
   CALL_CLEAR_REQUEST, CALL_DISCONNECT_NOTIFY, IN_CALL_REPLY, IN_CALL_REQUEST, OUT_CALL_REPLY, OUT_CALL_REQUEST,
   PPTP_CTRL_TYPE, PPTP_ERR_CTRL_TYPE, PPTP_ERR_LENGTH, PPTP_HDR, PPTP_LENGTH, PPTP_MAGIC, PPTP_MAGIC_COOKIE,
   PPTP_MSG_CONTROL, PPTP_MSG_TYPE, PPTP_OK, PPTP_PORT, PPTP_RESULT, PPTP_RESULT_OK, checkPptp,
-} from '../wire/pptp';
-import { TCP_CSUM, TCP_FLAGS, TCP_SEQ, TCP_SYN, tcpHeaderLen } from '../wire/tcp';
-import { Drop } from '../nat/drop-reasons';
-import { FlowIndex } from '../nat/flow-index';
-import { SessionTable } from '../nat/sessions';
-import { GRE_PASS, GreCalls, ROLE_PAC, ROLE_PNS } from './gre';
-import { SlotPool } from '../nat/slot-pool';
+} from '../../wire/pptp';
+import { TCP_CSUM, TCP_FLAGS, TCP_SEQ, TCP_SYN, tcpHeaderLen } from '../../wire/tcp';
+import { Drop } from '../../core/verdict';
+import { FlowIndex } from '../../core/flow-index';
+import { SessionTable } from '../../nat/sessions';
+import { GRE_PASS, PptpCalls, ROLE_PAC, ROLE_PNS } from './calls';
+import { SlotPool } from '../../core/slot-pool';
 
 /** Offset of the sender's own Call ID per control type, or -1 (spec §2 table). */
 const OWN_FIELD = [-1, -1, -1, -1, -1, -1, -1, 12, 12, 12, 12, -1, 12, 12, -1, -1];
@@ -87,7 +87,7 @@ export class PptpControl {
   private seq = 0;
   private partial = false;
 
-  constructor(capacity: number, private readonly sessions: SessionTable, private readonly calls: GreCalls) {
+  constructor(capacity: number, private readonly sessions: SessionTable, private readonly calls: PptpCalls) {
     this.capacity = capacity;
     this.index = new FlowIndex(capacity);
     this.inUse = new Uint8Array(capacity);
@@ -299,7 +299,7 @@ export class PptpControl {
   /**
    * Replaces the field whose last byte is just before segment index `i`.
    * Its first byte may lie in the previous segment; call IDs keep their high
-   * byte (GreCalls.create), so only bytes inside this segment change.
+   * byte (PptpCalls.create), so only bytes inside this segment change.
    */
   private rewrite(d: number, i: number, oldValue: number, newValue: number): void {
     const fieldSeq = (this.seq + i - 2) | 0;

@@ -39,7 +39,7 @@ import Database from 'better-sqlite3';
 import type { JournalListener } from '../daemon/daemon';
 import type { AddressChangePolicy, StateConfig } from '../daemon/config';
 import type { Logger } from '../daemon/log';
-import { EV_DESTROY, EV_NEW, EV_UPDATE } from '../nat/journal';
+import { EV_DESTROY, EV_NEW, EV_UPDATE } from '../core/journal';
 import { SessionTable, TABLE_SESSIONS } from '../nat/sessions';
 import { classify, DbHealth, describeError, Fault } from './health';
 import { CREATE_STATEMENTS, MIGRATIONS, SCHEMA_VERSION } from './schema';

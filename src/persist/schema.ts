@@ -35,7 +35,7 @@ const V2: readonly string[] = [
 ];
 
 /**
- * Added in version 3: the VPN tables (src/store/vpn-codecs.ts). Cookies and
+ * Added in version 3: the VPN tables (src/persist/vpn-codecs.ts). Cookies and
  * SPIs are signed 32-bit halves as the packet path reads them; expires is
  * Infinity while a PPTP call's control connection holds it; a call refers to
  * that connection by the session's serial.

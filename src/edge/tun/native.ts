@@ -11,7 +11,7 @@ export const TUN_F_USO4 = 0x20;
 export const TUN_F_USO6 = 0x40;
 
 /** sizeof(struct virtio_net_hdr): prefixes every read and write (defined with the header's fields in src/wire/vnet.ts). */
-export { VNET_HDR_LEN } from '../wire/vnet';
+export { VNET_HDR_LEN } from '../../wire/vnet';
 
 /** Indexes into the stats Float64Array that start() fills. Bytes include the vnet header. */
 export const Stat = {
@@ -79,10 +79,10 @@ export interface TunNative {
 }
 
 const ADDON_CANDIDATES = [
-  // compiled: dist/src/tun/native.js
+  // compiled: dist/src/edge/tun/native.js
+  path.join(__dirname, '../../../../build/Release/vpnmasq_tun.node'),
+  // run from source: src/edge/tun/native.ts
   path.join(__dirname, '../../../build/Release/vpnmasq_tun.node'),
-  // run from source: src/tun/native.ts
-  path.join(__dirname, '../../build/Release/vpnmasq_tun.node'),
 ];
 
 let addon: TunNative | undefined;

@@ -5,7 +5,7 @@
  * the interface's addresses and reports when the one in use is gone.
  */
 import { createRtNetlink, RtNetlinkSocket } from 'netlink';
-import { formatIPv4 } from './ipv4-addr';
+import { formatIPv4 } from '../../core/ipv4-addr';
 
 const AF_INET = 2;
 /** Address changes come in bursts (add new, delete old): act once they settle. */

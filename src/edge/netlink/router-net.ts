@@ -18,7 +18,7 @@
  */
 import { promises as fsp } from 'fs';
 import { createRtNetlink, FlagsNew, RtNetlinkSocket, rt } from 'netlink';
-import { formatIPv4, isIPv4, parseCidr, parseIPv4 } from './ipv4-addr';
+import { formatIPv4, isIPv4, parseCidr, parseIPv4 } from '../../core/ipv4-addr';
 
 /** Route / rule / proxy-neighbour originator tag used for everything we add. */
 export const VPNMASQ_RTPROT = 247;

@@ -11,8 +11,8 @@
  * (deadline, state, learnt cookie or Call ID) with what was last written.
  */
 import { SessionTable } from '../nat/sessions';
-import { ESP_FREE, IpsecMasq, TABLE_ESP, TABLE_ISAKMP } from '../vpn/ipsec';
-import { CALL_CLEARING, CALL_CONFIRMED, CALL_REQUESTED, GreCalls, TABLE_GRE_CALLS } from '../vpn/gre';
+import { ESP_FREE, IpsecMasq, TABLE_ESP, TABLE_ISAKMP } from '../helpers/ipsec/ipsec';
+import { CALL_CLEARING, CALL_CONFIRMED, CALL_REQUESTED, PptpCalls, TABLE_GRE_CALLS } from '../helpers/pptp/calls';
 import { addressKept, DirtyScan, RestoreContext, TableCodec } from './store';
 
 /** ISAKMP entries: cookies, the LAN host and whether it is the forwarded server. */
@@ -200,7 +200,7 @@ export class GreCallCodec implements TableCodec {
   /** Session index by serial, built on the first restored call and dropped when restore ends. */
   private ctlBySerial: Map<number, number> | null = null;
 
-  constructor(private readonly g: GreCalls, private readonly t: SessionTable) {
+  constructor(private readonly g: PptpCalls, private readonly t: SessionTable) {
     this.writtenSeen = new Float64Array(g.capacity);
     this.writtenExpires = new Float64Array(g.capacity);
     this.writtenRem = new Int32Array(g.capacity);

@@ -13,17 +13,17 @@
  * connection; a requested call that is never answered expires after 2 min
  * (2.0 initial GRE timer); a refused call is removed at once.
  */
-import { read16, write16 } from '../wire/checksum';
-import { GRE_CALL_ID, isPptpGre } from '../wire/gre';
-import { PROTO_GRE } from '../wire/ipv4';
-import { Drop } from '../nat/drop-reasons';
-import { FlowIndex } from '../nat/flow-index';
-import { Forwards, NO_FORWARD } from '../nat/forwards';
-import { EV_DESTROY, EV_NEW, EV_UPDATE, Journal } from '../nat/journal';
-import { SessionTable } from '../nat/sessions';
-import { ConnRow } from '../nat/session-rows';
-import { int32ToIpv4 } from '../net/ipv4-addr';
-import { SlotPool } from '../nat/slot-pool';
+import { read16, write16 } from '../../wire/checksum';
+import { GRE_CALL_ID, isPptpGre } from '../../wire/gre';
+import { PROTO_GRE } from '../../wire/ipv4';
+import { Drop } from '../../core/verdict';
+import { FlowIndex } from '../../core/flow-index';
+import { Forwards, NO_FORWARD } from '../../nat/forwards';
+import { EV_DESTROY, EV_NEW, EV_UPDATE, Journal } from '../../core/journal';
+import { SessionTable } from '../../nat/sessions';
+import { ConnRow } from '../../query/rows';
+import { int32ToIpv4 } from '../../core/ipv4-addr';
+import { SlotPool } from '../../core/slot-pool';
 
 export const TABLE_GRE_CALLS = 4;
 
@@ -70,7 +70,7 @@ export interface GreRow {
   packets: { out: number; in: number };
 }
 
-export class GreCalls {
+export class PptpCalls {
   readonly capacity: number;
   readonly inUse: Uint8Array;
   readonly lan: Int32Array;
