@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEBS=(iproute2 iputils-ping iperf3 python3 nftables tcpdump socat g++ make
-      strongswan-charon strongswan-swanctl libcharon-extra-plugins)
+      strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-standard-plugins)
 
 missing=()
 for p in "${DEBS[@]}"; do
