@@ -4,6 +4,7 @@ BIN=/usr/local/bin/vpnmasq
 CONFIG_DIR=/etc/vpnmasq
 CONFIG="$CONFIG_DIR/vpnmasq.json"
 UNIT=/etc/systemd/system/vpnmasq.service
+EARLY_UNIT=/etc/systemd/system/vpnmasq-safety-net.service
 GROUP=vpnmasq
 STATE_DIR=/var/lib/vpnmasq
 MANIFEST="$PREFIX/.installed"

@@ -3,7 +3,7 @@
 #   /opt/vpnmasq/                program: dist/, native addon, runtime node_modules
 #   /usr/local/bin/vpnmasq       wrapper
 #   /etc/vpnmasq/vpnmasq.json    commented example config (only if absent)
-#   /etc/systemd/system/vpnmasq.service
+#   /etc/systemd/system/vpnmasq.service, vpnmasq-safety-net.service (the safety net at boot)
 #   group "vpnmasq"              may use the control socket
 # and enables the unit when systemd runs. Idempotent: run it again to upgrade.
 # What it created is listed in /opt/vpnmasq/.installed for scripts/uninstall.sh.
@@ -79,12 +79,13 @@ cp "$SRC/examples/vpnmasq.json" "$PREFIX/vpnmasq.json.example"
 
 # ---- unit ----
 install -m 0644 "$SRC/systemd/vpnmasq.service" "$UNIT"
+install -m 0644 "$SRC/systemd/vpnmasq-safety-net.service" "$EARLY_UNIT"
 
 printf '%s\n' "${record[@]}" > "$MANIFEST"
 
 if [ -d /run/systemd/system ]; then
   systemctl daemon-reload
-  systemctl enable vpnmasq.service
+  systemctl enable vpnmasq.service vpnmasq-safety-net.service
   echo "vpnmasq installed and enabled; edit $CONFIG, then: systemctl start vpnmasq"
 else
   echo "vpnmasq installed; systemd is not running, so the unit was not enabled (run: $BIN run)"

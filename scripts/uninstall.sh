@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Removes what scripts/install.sh installed: the program, the wrapper, the
-# unit, and the config file and group if install.sh created them (a config
+# units, and the config file and group if install.sh created them (a config
 # the operator edited is kept unless --purge). The state directory
-# /var/lib/vpnmasq is kept unless --purge. Idempotent.
+# /var/lib/vpnmasq is kept unless --purge. Before that, `vpnmasq teardown`
+# removes the safety net and restores the host settings vpnmasq changed, so
+# the host is left as it was found. Idempotent.
 set -euo pipefail
 
 # shellcheck source=install-paths.sh
@@ -21,9 +23,14 @@ manifest=""
 created() { grep -qx "$1" <<<"$manifest"; }
 
 if [ -d /run/systemd/system ] && [ -f "$UNIT" ]; then
-  systemctl disable --now vpnmasq.service || true
+  systemctl disable --now vpnmasq.service vpnmasq-safety-net.service || true
 fi
-rm -f "$UNIT"
+# The daemon is stopped: take away the safety net and put back every host
+# setting it changed (sysctls, the local rule), as saved before its first change.
+if [ -x "$BIN" ]; then
+  "$BIN" teardown || { echo "uninstall.sh: vpnmasq teardown failed; the host settings may still be vpnmasq's" >&2; exit 1; }
+fi
+rm -f "$UNIT" "$EARLY_UNIT"
 [ -d /run/systemd/system ] && systemctl daemon-reload
 
 if [ -f "$CONFIG" ] && { [ "$purge" = 1 ] || { created config && cmp -s "$CONFIG" "$PREFIX/vpnmasq.json.example"; }; }; then

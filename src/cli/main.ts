@@ -7,6 +7,7 @@ import { Command, CommanderError } from 'commander';
 import { DEFAULT_CONFIG_PATH } from '../daemon/config';
 import { CliError, EXIT_FAILURE, EXIT_USAGE } from './client';
 import { connsCommand } from './commands-conns';
+import { netCommands } from './commands-net';
 import { runCommand, systemCommands } from './commands-system';
 import { completionCommand } from './completion';
 
@@ -25,6 +26,7 @@ Data goes to stdout, messages to stderr; no colour unless stdout is a terminal a
 The daemon's control socket (control.socket in the config) is open to root and the control.group group.`);
   runCommand(program);
   systemCommands(program);
+  netCommands(program);
   connsCommand(program);
   completionCommand(program);
   program.helpCommand(false);

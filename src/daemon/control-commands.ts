@@ -37,7 +37,7 @@ export interface ControlTarget {
   /** The forwards changed at runtime (shared mode re-steers their ports). */
   forwardsChanged(): Promise<void>;
   stats(): Record<string, unknown>;
-  status(): Record<string, unknown>;
+  status(): Record<string, unknown> | Promise<Record<string, unknown>>;
   addJournalListener(l: JournalListener): void;
   removeJournalListener(l: JournalListener): void;
 }
@@ -53,7 +53,7 @@ export class ControlCommands {
   handle(req: ControlRequest): ControlReply | Promise<ControlReply> {
     switch (req.cmd) {
       case 'status':
-        return { result: this.target.status() };
+        return Promise.resolve(this.target.status()).then((result) => ({ result }));
       case 'stats':
         return { result: this.target.stats() };
       case 'conns':

@@ -140,11 +140,20 @@ export interface Lab extends LabInfo {
   namespaces(): string[];
   /** Plain JSON description (what `scripts/lab.ts up` prints). */
   info(): LabInfo;
-  /** Deletes the router namespace and builds it again (new bridges, every host re-wired); processes on the hosts live on. */
-  rebuildRouter(): Promise<void>;
+  /**
+   * Deletes the router namespace and builds it again (new bridges, every host re-wired); processes on the hosts live on.
+   * `beforeWire` runs in between, in the new and still empty namespace: what a boot does before the network
+   * is configured (systemd's network-pre.target). Resolves with the time the router's addresses were in place.
+   */
+  rebuildRouter(opts?: { beforeWire?: () => Promise<void> }): Promise<{ addressesAt: number }>;
   /** Kills tracked process groups and everything left in the namespaces, deletes the namespaces. Idempotent, never throws. */
   destroy(): Promise<void>;
   readonly destroyed: boolean;
+}
+
+/** What a test hands to helpers that own resources: node:test's TestContext (its after() runs also when the test fails). */
+export interface TestOwner {
+  after(fn: () => unknown): void;
 }
 
 export const LAB_LAN_PREFIX = '10.77.0.0/24' as const;
@@ -465,7 +474,7 @@ class LabImpl implements Lab {
    * host's link, addresses and routes, as after createLab. A "reboot" of the
    * router that the hosts, and the processes on them, survive.
    */
-  async rebuildRouter(): Promise<void> {
+  async rebuildRouter(opts: { beforeWire?: () => Promise<void> } = {}): Promise<{ addressesAt: number }> {
     const R = this.ns.router;
     for (const pid of nsPidsSync(R)) killQuiet(pid, 'SIGKILL');
     await run('ip', ['netns', 'del', R]);
@@ -479,7 +488,8 @@ class LabImpl implements Lab {
     }
     await run('ip', ['netns', 'add', R]);
     await prepareNamespace(R);
-    await this.wireRouter();
+    await opts.beforeWire?.();
+    return { addressesAt: await this.wireRouter() };
   }
 
   /** Namespaces with an eth0 to one of the router's bridges, with their router-side port and bridge. */
@@ -492,8 +502,11 @@ class LabImpl implements Lab {
     return hosts;
   }
 
-  /** The router namespace's bridges and every host's link to them, with addresses and routes (build and rebuildRouter). */
-  private async wireRouter(): Promise<void> {
+  /**
+   * The router namespace's bridges and every host's link to them, with addresses and routes (build and
+   * rebuildRouter). Returns when (Date.now()) the router's own addresses went up.
+   */
+  private async wireRouter(): Promise<number> {
     const R = this.ns.router;
     const ipR = (...a: string[]): Promise<string> => run('ip', ['-n', R, ...a]);
     await ipR('link', 'add', 'lan0', 'type', 'bridge');
@@ -513,6 +526,7 @@ class LabImpl implements Lab {
     await ipR('addr', 'add', `${LAB_ROUTER_WAN}/24`, 'dev', 'wan0');
     await ipR('link', 'set', 'lan0', 'up');
     await ipR('link', 'set', 'wan0', 'up');
+    const addressesAt = Date.now();
 
     await Promise.all(
       this.ns.lan.map(async (ns, i) => {
@@ -535,6 +549,7 @@ class LabImpl implements Lab {
       // 198.18.0.0/24 is connected on wr's eth0; the router knows the far net via wr.
       await ipR('route', 'add', LAB_FAR_PREFIX, 'via', LAB_WAN_ROUTER);
     }
+    return addressesAt;
   }
 
   // ------------------------------------------------------- processes
