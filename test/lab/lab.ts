@@ -251,9 +251,22 @@ function killQuiet(pid: number, sig: NodeJS.Signals): void {
   }
 }
 
-/** IPv6 off before any interface exists (default.* is what new interfaces inherit), loopback up. */
+/**
+ * Who owns a lab namespace, written on its loopback (the interface alias):
+ * unlike the pid file, it is visible from any mount namespace that sees
+ * /run/netns (a chroot or container running another test suite on the same
+ * machine), so a sweep there never takes a live lab for a dead one.
+ */
+function ownerMarker(): string {
+  return `vmq-lab owner=${process.pid} start=${procStartTime(process.pid) ?? ''} pidns=${fs.readlinkSync('/proc/self/ns/pid')}`;
+}
+
+const MARKER_RE = /alias vmq-lab owner=(\d+) start=(\d*) pidns=(\S+)/;
+
+/** IPv6 off before any interface exists (default.* is what new interfaces inherit), loopback up, the owner marked. */
 async function prepareNamespace(ns: string): Promise<void> {
   await run('ip', ['netns', 'exec', ns, 'sysctl', '-q', '-w', 'net.ipv6.conf.all.disable_ipv6=1', 'net.ipv6.conf.default.disable_ipv6=1']);
+  await run('ip', ['-n', ns, 'link', 'set', 'lo', 'alias', ownerMarker()]);
   await run('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
 }
 
@@ -775,7 +788,7 @@ export async function sweepStaleLabs(): Promise<string[]> {
   const removed: string[] = [];
   const dirs = pidDirs();
   for (const [prefix, names] of byPrefix) {
-    if (ownerAlive(prefix, dirs)) continue;
+    if (ownerAlive(prefix, dirs, names)) continue;
     deleteNamespacesSync(names);
     removed.push(...names);
     removePidFiles(prefix, dirs);
@@ -791,13 +804,47 @@ export async function sweepStaleLabs(): Promise<string[]> {
     for (const f of entries) {
       const m = /^vmq-lab-(vmq[0-9a-f]{6})\.pid$/.exec(f);
       if (!m || mine.has(m[1]!) || byPrefix.has(m[1]!)) continue;
-      if (!ownerAlive(m[1]!, [dir])) removePidFiles(m[1]!, [dir]);
+      if (!pidFileOwnerAlive(m[1]!, [dir])) removePidFiles(m[1]!, [dir]);
     }
   }
   return removed;
 }
 
-function ownerAlive(prefix: string, dirs: string[]): boolean {
+/** A namespace nobody can be told the owner of is left alone this long (it may be another environment's). */
+const UNMARKED_GRACE_MS = 30 * 60 * 1000;
+
+/**
+ * Whether a lab of `prefix` may still be in use: its pid file (this mount
+ * namespace), else the marker on one of its namespaces' loopback; an owner in
+ * another PID namespace cannot be checked and counts as alive; an unmarked
+ * namespace counts as alive while it is young.
+ */
+function ownerAlive(prefix: string, dirs: string[], names: string[] = []): boolean {
+  if (dirs.some((dir) => fs.existsSync(path.join(dir, pidFileName(prefix))))) return pidFileOwnerAlive(prefix, dirs);
+  for (const ns of names) {
+    let link = '';
+    try {
+      link = execFileSync('ip', ['-n', ns, '-o', 'link', 'show', 'lo'], { encoding: 'utf8', timeout: 5000, stdio: ['ignore', 'pipe', 'ignore'] });
+    } catch {
+      continue;
+    }
+    const m = MARKER_RE.exec(link);
+    if (!m) continue;
+    if (m[3] !== fs.readlinkSync('/proc/self/ns/pid')) return true;
+    const now = procStartTime(Number(m[1]));
+    return now !== null && (m[2] === '' || now === m[2]);
+  }
+  for (const ns of names) {
+    try {
+      if (Date.now() - fs.statSync(`/run/netns/${ns}`).mtimeMs < UNMARKED_GRACE_MS) return true;
+    } catch {
+      /* gone */
+    }
+  }
+  return false;
+}
+
+function pidFileOwnerAlive(prefix: string, dirs: string[]): boolean {
   for (const dir of dirs) {
     let raw: string;
     try {
