@@ -5,12 +5,12 @@
 # really run, by what the tools do rather than by package names: network
 # namespaces and veths, a TUN device, policy rules with port ranges, nftables,
 # charon with its gcm, openssl and kernel-libipsec plugins answering swanctl,
-# and iperf3, tcpdump, socat and python3. A missing prerequisite stops here
+# and iperf3, tcpdump, socat, python3 and systemd-analyze (the unit's checks). A missing prerequisite stops here
 # with its reason. Quiet when everything is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBS=(iproute2 iputils-ping iperf3 python3 nftables tcpdump socat procps util-linux g++ make
+DEBS=(iproute2 iputils-ping iperf3 python3 nftables tcpdump socat procps util-linux systemd g++ make
       strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-standard-plugins)
 
 fail() { echo "ensure-deps: $*" >&2; exit 1; }
@@ -47,7 +47,8 @@ npx --no-install tsc -p tsconfig.json
 [ "$(id -u)" = 0 ] || exit 0
 
 # ---- capabilities the lab tests use (root only: they run only as root) ----
-for tool in "iperf3 --version" "tcpdump --version" "socat -V" "nft --version" "setpriv --version" "unshare --version" "sysctl --version"; do
+for tool in "iperf3 --version" "tcpdump --version" "socat -V" "nft --version" "setpriv --version" "unshare --version" "sysctl --version" \
+    "systemd-analyze --version"; do
   out=$($tool 2>&1) || fail "'$tool' does not run: $out"
 done
 python3 -c 'import hashlib, json, select, socket, struct' 2>/dev/null || fail "python3 cannot import the modules test/hosts/*.py use"
