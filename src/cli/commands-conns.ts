@@ -1,7 +1,7 @@
 /** `vpnmasq conns list|show|delete|flush|watch`. */
 import * as readline from 'node:readline';
 import { Command } from 'commander';
-import { openReadOnly } from '../persist/reader';
+import { openReadOnly } from '../query/stored';
 import { CliError, DaemonDownError, EXIT_USAGE } from './client';
 import { config, note, out, request } from './context';
 import {
