@@ -13,7 +13,7 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { loadConfig, StateConfig } from '../src/daemon/config';
+import { loadConfig, StateConfig } from '../src/config/schema';
 import { Daemon } from '../src/daemon/daemon';
 import { createLogger, Logger } from '../src/daemon/log';
 import { Journal } from '../src/core/journal';
@@ -36,7 +36,7 @@ function table(n: number): SessionTable {
 
 function restoreBench(n: number): Record<string, number> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vpnmasq-bench-'));
-  const cfg: StateConfig = { path: path.join(dir, 'state.db'), synchronous: 'normal', groupCommitMs: 2, flushIntervalMs: 1000 };
+  const cfg: StateConfig = { path: path.join(dir, 'state.db'), synchronous: 'normal', flushIntervalMs: 1000 };
   try {
     const now = Date.now();
     const t = table(n);

@@ -1,6 +1,6 @@
 /** `vpnmasq run|status|stats|forwards|config check`. */
 import { Command } from 'commander';
-import { ConfigError, loadConfig } from '../daemon/config';
+import { ConfigError, ConfigProblem, loadConfig } from '../config/schema';
 import { runDaemon } from '../daemon/lifecycle';
 import { CliError, DaemonDownError, EXIT_FAILURE, EXIT_USAGE } from './client';
 import { config, note, out, request } from './context';
@@ -126,13 +126,17 @@ Examples:
     .description('validate a config file without touching the system; prints every problem')
     .argument('<file>', 'config file')
     .action((file: string) => {
+      const warnings: ConfigProblem[] = [];
+      const show = (p: ConfigProblem, kind = '') => note(p.field ? `${file}: ${p.field}: ${kind}${p.message}` : `${file}: ${kind}${p.message}`);
       try {
-        loadConfig(file);
+        loadConfig(file, warnings);
       } catch (e) {
         if (!(e instanceof ConfigError)) throw e;
-        for (const p of e.problems) note(p.field ? `${file}: ${p.field}: ${p.message}` : `${file}: ${p.message}`);
+        for (const p of e.problems) show(p);
+        for (const w of warnings) show(w, 'warning: ');
         throw new CliError(`${file}: ${e.problems.length} problem${e.problems.length === 1 ? '' : 's'}`);
       }
+      for (const w of warnings) show(w, 'warning: ');
       note(`${file}: ok`);
     });
 }

@@ -4,7 +4,7 @@
  * (conntrack's convention). Data goes to stdout, messages to stderr.
  */
 import { Command, CommanderError } from 'commander';
-import { DEFAULT_CONFIG_PATH } from '../daemon/config';
+import { DEFAULT_CONFIG_PATH } from '../config/schema';
 import { CliError, EXIT_FAILURE, EXIT_USAGE } from './client';
 import { connsCommand } from './commands-conns';
 import { runCommand, systemCommands } from './commands-system';

@@ -15,7 +15,8 @@
  * large table sends only what was asked for. Not on the packet path.
  */
 import * as net from 'node:net';
-import { Config } from './config';
+import { checkForwards, Config } from '../config/schema';
+import type { Forward } from '../core/forward';
 import { ControlReply, ControlRequest } from './control';
 import type { JournalListener } from './daemon';
 import { AnyConnRow, compileFilter, ConnFilter, FilterError, isEmptyFilter, ListQuery, queryRows } from '../query/filters';
@@ -79,7 +80,7 @@ export class ControlCommands {
         return { rows, result: { count: rows.length } };
       }
       case 'forwards-add':
-        return this.forwardsChange(() => this.target.forwards.add(req.forward, this.target.config.lan.prefixes));
+        return this.forwardsChange(() => this.target.forwards.add(this.checkedForward(req.forward)));
       case 'forwards-remove':
         return this.forwardsChange(() => this.target.forwards.remove(String(req.proto),
           req.publicPort === undefined || req.publicPort === null ? undefined : Number(req.publicPort)));
@@ -109,6 +110,19 @@ export class ControlCommands {
     const ids = new Set<number>();
     for (const r of this.target.rows()) if ((id === null || r.id === id) && match(r as AnyConnRow)) ids.add(r.id);
     return ids;
+  }
+
+  /**
+   * A runtime forward checked exactly like an entry of the config's
+   * "forwards" against every forward in effect; throws ConfigError.
+   */
+  private checkedForward(value: unknown): Forward {
+    const fw = this.target.forwards;
+    const nc = fw.list().filter((f) => f.source === 'config').length;
+    const all = fw.all();
+    const n = all.length;
+    const name = (i: number) => (i < nc ? `forwards[${i}]` : i < n ? `runtime forward ${i - nc + 1}` : 'forward');
+    return checkForwards([...all, value], this.target.config.lan.prefixes, name, 'forwards add')[n];
   }
 
   /** Applies a runtime forward change, then lets the daemon re-steer; answers with the forward. */

@@ -3,7 +3,7 @@
  * around the pure packet path and keeps them in order on start and stop.
  */
 import * as path from 'node:path';
-import { Config } from './config';
+import { Config } from '../config/schema';
 import { MetricsServer, MetricsSource, startMetricsServer } from './metrics';
 import { mssClampValue } from '../nat/mss-clamp';
 import { SharedMode, steerableRange } from '../edge/netlink/shared-mode';

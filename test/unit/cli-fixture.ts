@@ -9,7 +9,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawn } from 'node:child_process';
 import Database from 'better-sqlite3';
-import { parseConfig, Config } from '../../src/daemon/config';
+import { parseConfig, Config } from '../../src/config/schema';
 import { ControlServer, startControlServer } from '../../src/daemon/control';
 import { ControlCommands, ControlTarget } from '../../src/daemon/control-commands';
 import type { JournalListener } from '../../src/daemon/daemon';

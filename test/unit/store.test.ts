@@ -9,7 +9,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import Database from 'better-sqlite3';
-import type { AddressChangePolicy, StateConfig } from '../../src/daemon/config';
+import type { AddressChangePolicy, StateConfig } from '../../src/config/schema';
 import type { Logger } from '../../src/daemon/log';
 import { Journal } from '../../src/core/journal';
 import { SessionTable } from '../../src/nat/sessions';
@@ -77,7 +77,7 @@ describe('state store', () => {
 
   beforeEach(() => {
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vpnmasq-store-'));
-    cfg = { path: path.join(dir, 'state', 'state.db'), synchronous: 'normal', groupCommitMs: 2, flushIntervalMs: 1000 };
+    cfg = { path: path.join(dir, 'state', 'state.db'), synchronous: 'normal', flushIntervalMs: 1000 };
     lines = [];
     clock = T0;
   });
