@@ -12,9 +12,11 @@ import { ControlReply, ControlRequest, ControlServer, lookupGroup, startControlS
 import { ControlCommands } from './control-commands';
 import { Logger } from './log';
 import { Datapath, rxSlotSize } from '../nat/datapath';
-import { Journal } from '../core/journal';
+import { Journal, JournalListener } from '../core/journal';
 import { SessionTable, SLOT_ICMP, SLOT_TCP, SLOT_UDP, TABLE_SESSIONS } from '../nat/sessions';
 import { ConnRow, sessionRow } from '../query/rows';
+import { JournalFeed, JournalObserver } from '../query/journal-feed';
+import { IdIndex, IdSource } from '../query/id-index';
 import { Drop } from '../core/verdict';
 import { T_BYTES_IN, T_BYTES_OUT, T_PKTS_IN, T_PKTS_OUT } from '../nat/napt';
 import { RouterNet } from '../edge/netlink/router-net';
@@ -27,7 +29,7 @@ import { DbHealth } from '../persist/health';
 import { Forwards } from '../nat/forwards';
 import { GC_CALLS_CLEARED, GC_CALLS_CREATED, GC_CALLS_REFUSED, GC_NO_MAPPING_IN, GC_NO_MAPPING_OUT, GC_NOT_PPTP, PptpCalls, greConnRow, TABLE_GRE_CALLS } from '../helpers/pptp/calls';
 import { PC_LOST_CALL, PC_MALFORMED, PptpControl } from '../helpers/pptp/control';
-import { IpsecMasq, MIN_LIFETIME_MS } from '../helpers/ipsec/ipsec';
+import { IpsecMasq, MIN_LIFETIME_MS, TABLE_ESP, TABLE_ISAKMP } from '../helpers/ipsec/ipsec';
 
 /** Policy routing table and rule priority the daemon owns. */
 export const ROUTE_TABLE = 7100;
@@ -41,18 +43,6 @@ const PPTP_CALLS = 4096;
 const IPSEC_ENTRIES = 16384;
 /** Sweep the whole table about every 10 s whatever its size. */
 const SWEEPS_PER_PASS = 100;
-
-/**
- * Follows the table journal (state store, `conns watch`). `event` is called
- * for every NEW/UPDATE/DESTROY in order; `flush` once after each drain. The
- * journal is drained at the end of every batch that changed the table, before
- * the batch's packets are written, so a listener that commits in `flush`
- * makes new mappings durable before their first packet leaves (write-ahead).
- */
-export interface JournalListener {
-  event(kind: number, table: number, index: number, serial: number): void;
-  flush(): void;
-}
 
 export interface DaemonOptions {
   /** Wall-clock milliseconds; injectable for tests. */
@@ -74,7 +64,12 @@ export class Daemon implements MetricsSource {
   private control: ControlServer | null = null;
   private sweepTimer: NodeJS.Timeout | null = null;
   private stopping: Promise<void> | null = null;
+  /** Write-ahead listeners: they see every table event before the batch is written (the store). */
   private readonly journalListeners: JournalListener[] = [];
+  /** Observers (`conns watch`, the id index) get the events after the batch was written. */
+  private readonly feed = new JournalFeed();
+  /** Where each id lives, for `conns show|delete ID`. */
+  private readonly ids: IdIndex;
   private readonly persist: boolean;
   /** The state store, once started with persistence. */
   store: Store | null = null;
@@ -151,6 +146,23 @@ export class Daemon implements MetricsSource {
     napt.ipsec = this.ipsec;
     this.ipsec.serials = this.table.serials;
     this.ipsec.journal = this.table.journal;
+    this.ids = new IdIndex(() => this.idSources());
+    this.feed.add(this.ids);
+    this.journalListeners.push(this.feed);
+  }
+
+  /** Every table's records and serials, for the id index. */
+  private idSources(): IdSource[] {
+    const t = this.table;
+    const g = this.greCalls;
+    const m = this.ipsec;
+    return [
+      { table: TABLE_SESSIONS, capacity: t.capacity, inUse: t.sInUse, serial: t.sSerial },
+      { table: TABLE_GRE_CALLS, capacity: g.capacity, inUse: g.inUse, serial: g.serial },
+      { table: TABLE_ISAKMP, capacity: m.opts.capacity, inUse: m.kInUse, serial: m.kSerial },
+      // A free ESP entry's state is 0.
+      { table: TABLE_ESP, capacity: m.opts.capacity, inUse: m.eState, serial: m.eSerial },
+    ];
   }
 
   /** PPTP/GRE upkeep once a second: expire calls, free control state, log spec §10 events (rate-limited). */
@@ -226,6 +238,8 @@ export class Daemon implements MetricsSource {
     store.registerTable(new EspCodec(this.ipsec, this.table));
     store.registerTable(new GreCallCodec(this.greCalls, this.table));
     store.restore({ now: this.now(), publicAddr: this.table.publicAddr, onAddressChange: this.config.wan.onAddressChange });
+    // Restored entries come without table events.
+    this.ids.invalidate();
     this.addJournalListener(store);
     store.start();
     this.store = store;
@@ -254,15 +268,33 @@ export class Daemon implements MetricsSource {
     if (i >= 0) this.journalListeners.splice(i, 1);
   }
 
-  /** Hands pending table events to every listener, then lets each flush. */
+  /**
+   * Hands pending table events to every listener, then lets each flush: the
+   * store commits (write-ahead), the feed schedules the observers for after
+   * the batch is written.
+   */
   private drainJournal(): void {
     const journal = this.table.journal as Journal;
     const listeners = this.journalListeners;
+    if (journal.lost > 0) {
+      this.log.warn('table events were lost: the state database is rewritten and watchers are told', { lost: journal.lost });
+      this.store?.resync();
+      this.feed.lose(journal.lost);
+      journal.lost = 0;
+    }
     if (journal.length === 0) return;
     journal.drain((kind, table, index, serial) => {
       for (const l of listeners) l.event(kind, table, index, serial);
     });
     for (const l of listeners) l.flush();
+  }
+
+  addObserver(o: JournalObserver): void {
+    this.feed.add(o);
+  }
+
+  removeObserver(o: JournalObserver): void {
+    this.feed.remove(o);
   }
 
   /** Stops forwarding and removes everything the daemon added. Idempotent. */
@@ -314,9 +346,32 @@ export class Daemon implements MetricsSource {
    * inbound one finds none. Returns how many.
    */
   deleteConns(ids: ReadonlySet<number>): number {
-    const deleted = this.table.deleteSerials(ids) + this.greCalls.deleteSerials(ids) + this.ipsec.deleteSerials(ids);
+    this.feed.deliver();
+    const t = this.table;
+    const g = this.greCalls;
+    const vpn = new Set<number>();
+    let deleted = 0;
+    for (const id of ids) {
+      const at = this.ids.find(id);
+      if (at === null) continue;
+      if (at.table === TABLE_SESSIONS) {
+        if (t.sInUse[at.index] === 1 && t.sSerial[at.index] === id) { t.removeSession(at.index); deleted++; }
+      } else if (at.table === TABLE_GRE_CALLS) {
+        if (g.inUse[at.index] === 1 && g.serial[at.index] === id) { g.remove(at.index); deleted++; }
+      } else {
+        vpn.add(id);
+      }
+    }
+    if (vpn.size > 0) deleted += this.ipsec.deleteSerials(vpn);
     this.drainJournal();
     return deleted;
+  }
+
+  /** The row with this id: one index lookup (the feed is delivered first, so a new entry is found). */
+  connById(id: number): ConnRow | null {
+    this.feed.deliver();
+    const at = this.ids.find(id);
+    return at === null ? null : this.rowOf(at.table, at.index, id);
   }
 
   /** After `forwards add|remove` or a reload: shared mode steers the forwards' ports to the TUN. */

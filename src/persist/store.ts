@@ -225,6 +225,11 @@ export class Store implements JournalListener {
     this.qSerial[i] = serial;
   }
 
+  /** Table events were lost before they reached the store: the next tick rewrites every live row. */
+  resync(): void {
+    this.needsRewrite = true;
+  }
+
   /** Commits the queued events (write-ahead point). Skipped while unhealthy: `tick` recovers. */
   flush(): void {
     if (this.qLen === 0 || !this.healthy) return;
