@@ -4,6 +4,7 @@
  */
 import * as path from 'node:path';
 import { Config } from '../config/schema';
+import { configDiff } from './reload';
 import { MetricsServer, MetricsSource, startMetricsServer } from './metrics';
 import { mssClampValue } from '../nat/mss-clamp';
 import { SharedMode, steerableRange } from '../edge/netlink/shared-mode';
@@ -480,12 +481,13 @@ export class Daemon implements MetricsSource {
     const prev = this.config;
     this.config = next;
     this.forwarder.napt.mssClamp = mssClampValue(next.mssClamp, next.tun.mtu);
-    if (JSON.stringify(prev.forwards) !== JSON.stringify(next.forwards)) {
+    const changed = configDiff(prev, next);
+    if (changed.includes('forwards')) {
       const dropped = this.forwards.configure(next.forwards);
       if (dropped.length > 0) this.log.warn('runtime forwards dropped: the reloaded config claims their ports', { forwards: JSON.stringify(dropped) });
       await this.forwardsChanged();
     }
-    if (JSON.stringify(prev.metrics) !== JSON.stringify(next.metrics)) {
+    if (changed.some((field) => field === 'metrics' || field.startsWith('metrics.'))) {
       await this.metrics?.close();
       this.metrics = next.metrics ? await startMetricsServer(next.metrics.listen, this, this.log) : null;
     }
