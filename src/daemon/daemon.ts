@@ -277,11 +277,13 @@ export class Daemon implements MetricsSource {
   private drainJournal(): void {
     const journal = this.table.journal as Journal;
     const listeners = this.journalListeners;
-    if (journal.lost > 0) {
-      this.log.warn('table events were lost: the state database is rewritten and watchers are told', { lost: journal.lost });
-      this.store?.resync();
-      this.feed.lose(journal.lost);
+    const lost = journal.lost;
+    if (lost > 0) {
       journal.lost = 0;
+      this.store?.resync();
+      this.feed.lose(lost);
+      // Logged after the batch, like every other report.
+      setImmediate(() => this.log.warn('table events were lost: the state database is rewritten, watchers are told', { lost }));
     }
     if (journal.length === 0) return;
     journal.drain((kind, table, index, serial) => {
