@@ -47,6 +47,8 @@ describe('systemd/vpnmasq.service', () => {
     assert.equal(one('CapabilityBoundingSet'), 'CAP_NET_ADMIN');
     assert.equal(one('AmbientCapabilities'), 'CAP_NET_ADMIN');
     for (const k of ['StateDirectory', 'RuntimeDirectory', 'ConfigurationDirectory']) assert.equal(one(k), 'vpnmasq', k);
+    // The mode install.sh and the package give /etc/vpnmasq (root:vpnmasq): systemd warns at every start when they differ.
+    assert.equal(one('ConfigurationDirectoryMode'), '0750');
     assert.equal(one('ProtectSystem'), 'strict');
     assert.equal(one('ProtectHome'), 'yes');
     assert.equal(one('PrivateTmp'), 'yes');
