@@ -10,12 +10,14 @@ import { CliError, EXIT_FAILURE, EXIT_USAGE } from './client';
 import { connsCommand } from './commands-conns';
 import { runCommand, systemCommands } from './commands-system';
 import { completionCommand } from './completion';
+import { version } from '../version';
 
 export function buildProgram(): Command {
   const program = new Command();
   program
     .name('vpnmasq')
     .description('VPN-aware masquerading router on a TUN device')
+    .version(`vpnmasq ${version()}`, '-V, --version', 'print the version and exit')
     .option('-c, --config <path>', 'config file', DEFAULT_CONFIG_PATH)
     .exitOverride()
     .showHelpAfterError('(run "vpnmasq help COMMAND" for its usage)')
