@@ -102,7 +102,7 @@ box_name="vmqa-${W##*-}"
 nspawn=""
 leader=""
 # Runs a command in the box (stdin closed: a prompt fails instead of waiting).
-box() { nsenter -t "$leader" -m -u -i -n -p -- /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 "$@" < /dev/null; }
+box() { nsenter -t "$leader" -m -u -i -n -p -- /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 "$@" < /dev/null; }
 cleanup() {
   if [ -n "$nspawn" ] && kill -0 "$nspawn" 2>/dev/null; then
     [ -n "$leader" ] && box systemctl poweroff >/dev/null 2>&1
@@ -218,7 +218,13 @@ for _ in $(seq 100); do
   sleep 0.2
 done
 [ -n "$leader" ] || die "the box's systemd did not start: $(tail -5 "$W/console.log")"
-state="$(timeout 120 nsenter -t "$leader" -m -u -i -n -p -- /usr/bin/systemctl is-system-running --wait 2>&1)"
+# Until systemd listens on its socket, systemctl cannot connect: ask again.
+for _ in $(seq 240); do
+  state="$(timeout 120 nsenter -t "$leader" -m -u -i -n -p -- /usr/bin/systemctl is-system-running --wait 2>&1)"
+  case "$state" in running|degraded) break ;; esac
+  kill -0 "$nspawn" 2>/dev/null || break
+  sleep 0.5
+done
 case "$state" in running|degraded) ;; *) die "the box did not boot ($state): $W/console.log" ;; esac
 
 # ---- checks ------------------------------------------------------------------
@@ -250,8 +256,9 @@ wait_new_pid() {
 }
 probe() { box ip netns exec lanhost python3 /usr/local/sbin/box-probe 40000; }
 journal_since() { box journalctl -u vpnmasq.service --no-pager -o cat --since "@$1" "${@:2}"; }
+# What vpnmasq changes on the box's network (it is IPv4 only; IPv6 link-local routes come and go on their own).
 net_state() {
-  box sh -c 'ip -o link show | cut -d" " -f2; ip rule; ip route show table all; ip neigh show proxy; sysctl -n net.ipv4.ip_local_port_range'
+  box sh -c 'ip -o link show | cut -d" " -f2; ip -4 rule; ip -4 route show table all; ip -4 neigh show proxy; sysctl -n net.ipv4.ip_local_port_range'
 }
 CONFIG=/etc/vpnmasq/vpnmasq.json
 apt_install() { box env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@"; }
@@ -412,6 +419,7 @@ c_source_install() {
   out="$(box bash /root/src/scripts/install.sh 2>&1)" || { echo "install.sh failed: $(tail -3 <<<"$out")"; return 1; }
   box systemctl start vpnmasq.service || { echo "did not start"; return 1; }
   new="$(wait_new_pid 0 20)" || { echo "not active"; return 1; }
+  [ "$(box readlink /usr/local/bin/vpnmasq)" = /opt/vpnmasq/bin/vpnmasq ] || { echo "/usr/local/bin/vpnmasq is not the installed command"; return 1; }
   public="$(probe)" || { echo "no traffic"; return 1; }
   echo "$(box vpnmasq --version) from install.sh, active (pid $new), LAN traffic leaves as $public"
 }

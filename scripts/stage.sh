@@ -16,7 +16,7 @@ die() { echo "stage.sh: $*" >&2; exit 1; }
 
 addon="$SRC/build/Release/vpnmasq_tun.node"
 [ -f "$addon" ] || die "TUN addon missing: run 'npm ci && npm run build' in $SRC"
-[ -z "$(find "$SRC/native" "$SRC/binding.gyp" -newer "$addon" 2>/dev/null | head -1)" ] || die "TUN addon older than native/: run 'npm run build' in $SRC"
+[ -z "$(find "$SRC/native" "$SRC/binding.gyp" -type f -newer "$addon" 2>/dev/null | head -1)" ] || die "TUN addon older than native/: run 'npm run build' in $SRC"
 [ -x "$SRC/node_modules/.bin/tsc" ] || die "TypeScript missing: run 'npm ci' in $SRC"
 [ ! -e "$DEST" ] || die "$DEST exists"
 
