@@ -466,5 +466,5 @@ if [ ${#failed[@]} = 0 ]; then
   echo "appliance check: all $total checks passed in $(( $(date +%s) - t_start )) s"
   exit 0
 fi
-echo "appliance check: ${#failed[@]} of $total checks FAILED ($(IFS=,; echo "${failed[*]}")) in $(( $(date +%s) - t_start )) s; console log: $W/console.log (--keep keeps it)"
+echo "appliance check: ${#failed[@]} of $total checks FAILED ($(IFS=,; echo "${failed[*]}")) in $(( $(date +%s) - t_start )) s; $( [ "$keep" = 1 ] && echo "the box's console log: $W/console.log" || echo "--keep keeps the box's files")"
 exit 1
