@@ -1,7 +1,8 @@
-/** `vpnmasq run|status|stats|forwards|config check`. */
+/** `vpnmasq run|check-native|status|stats|forwards|config check`. */
 import { Command } from 'commander';
 import { ConfigError, ConfigProblem, loadConfig } from '../config/schema';
 import { runDaemon } from '../daemon/lifecycle';
+import { checkNativeModules, nodeDescription } from '../edge/native-modules';
 import { CliError, DaemonDownError, EXIT_FAILURE, EXIT_USAGE } from './client';
 import { config, note, out, request } from './context';
 import { flatten, formatTable, keyValues, seconds } from './format';
@@ -11,7 +12,23 @@ export function runCommand(program: Command): void {
     .command('run')
     .description('run the router in the foreground (as a systemd service)')
     // Readiness, watchdog, SIGHUP reload and SIGTERM: src/daemon/lifecycle.ts.
-    .action(() => runDaemon(program.opts().config as string, config(program)));
+    .action(() => {
+      const cfg = config(program);
+      const problems = checkNativeModules().flatMap((r) => (r.problem === null ? [] : [r.problem]));
+      if (problems.length > 0) throw new CliError(problems.join('\n'));
+      return runDaemon(program.opts().config as string, cfg);
+    });
+
+  program
+    .command('check-native')
+    .description('load the native modules (SQLite, TUN) with this Node, as "run" does first; run after an install or a Node upgrade')
+    .addHelpText('after', '\nExit status: 0 when every module loads, 1 otherwise (the message says how to rebuild).')
+    .action(() => {
+      const reports = checkNativeModules();
+      for (const r of reports) note(r.problem ?? `${r.module}: ok`);
+      if (reports.some((r) => r.problem !== null)) throw new CliError(`native modules do not match Node ${nodeDescription()}`);
+      note(`native modules load in Node ${nodeDescription()}`);
+    });
 }
 
 /** Human status: a headline, then the known facts, then anything else the daemon reports. */

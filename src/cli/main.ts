@@ -3,18 +3,21 @@
  * The `vpnmasq` command. Exit codes: 0 success, 1 failure, 2 usage error
  * (conntrack's convention). Data goes to stdout, messages to stderr.
  */
+import * as fs from 'node:fs';
 import { Command, CommanderError } from 'commander';
 import { DEFAULT_CONFIG_PATH } from '../config/schema';
 import { CliError, EXIT_FAILURE, EXIT_USAGE } from './client';
 import { connsCommand } from './commands-conns';
 import { runCommand, systemCommands } from './commands-system';
 import { completionCommand } from './completion';
+import { version } from '../core/version';
 
 export function buildProgram(): Command {
   const program = new Command();
   program
     .name('vpnmasq')
     .description('VPN-aware masquerading router on a TUN device')
+    .version(`vpnmasq ${version()}`, '-V, --version', 'print the version and exit')
     .option('-c, --config <path>', 'config file', DEFAULT_CONFIG_PATH)
     .exitOverride()
     .showHelpAfterError('(run "vpnmasq help COMMAND" for its usage)')
@@ -44,8 +47,30 @@ The daemon's control socket (control.socket in the config) is open to root and t
   return program;
 }
 
+/**
+ * Whether stderr is the journal: systemd.exec(5) sets JOURNAL_STREAM to the
+ * "DEVICE:INODE" of the stream it connected, so services can tell it apart
+ * from a terminal or a pipe they were redirected to.
+ */
+export function stderrIsJournal(env: NodeJS.ProcessEnv = process.env, fd = 2): boolean {
+  const m = /^(\d+):(\d+)$/.exec(env.JOURNAL_STREAM ?? '');
+  if (!m) return false;
+  try {
+    const st = fs.fstatSync(fd, { bigint: true });
+    return st.dev === BigInt(m[1]) && st.ino === BigInt(m[2]);
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Writes `vpnmasq: message` (one line per line of it) and exits. In the
+ * journal every line carries the sd-daemon(3) error prefix, so the reason a
+ * start failed shows in `journalctl -p err`.
+ */
 function fail(message: string, code: number): never {
-  process.stderr.write(`vpnmasq: ${message}\n`);
+  const prefix = stderrIsJournal() ? '<3>vpnmasq: ' : 'vpnmasq: ';
+  process.stderr.write(message.split('\n').map((line) => prefix + line + '\n').join(''));
   process.exit(code);
 }
 

@@ -22,8 +22,10 @@ import { Drop } from '../core/verdict';
 import { T_BYTES_IN, T_BYTES_OUT, T_PKTS_IN, T_PKTS_OUT } from '../nat/napt';
 import { RouterNet } from '../edge/netlink/router-net';
 import { int32ToIpv4, ipv4ToInt32, ipv4ToNumber, parseCidr, prefixMask } from '../core/ipv4-addr';
-import { TunDevice } from '../edge/tun/tun-device';
+import type { TunDevice, TunEvent, TunFactory } from '../edge/tun/device';
+import { NativeTun } from '../edge/tun/native-tun';
 import { Stat } from '../edge/tun/native';
+import { BatchFaults } from '../edge/tun/batch-faults';
 import { Store } from '../persist/store';
 import { EspCodec, GreCallCodec, IsakmpCodec, SessionCodec } from '../persist/tables';
 import { DbHealth } from '../persist/health';
@@ -50,6 +52,15 @@ export interface DaemonOptions {
   now?: () => number;
   /** Persist the tables in the state store (default true; the benchmark measures without). */
   persist?: boolean;
+  /** Opens the TUN device (default: the kernel device through the addon); tests pass a FakeTun. */
+  openTun?: TunFactory;
+  /**
+   * Called once when forwarding cannot go on: the TUN device failed or was
+   * deleted, or the packet path keeps throwing (BatchFaults). The reason is
+   * already logged; the caller stops the daemon, which flushes the state
+   * store, and exits non-zero for the service manager to restart it.
+   */
+  onFatal?: (reason: Error) => void;
 }
 
 export class Daemon implements MetricsSource {
@@ -61,6 +72,12 @@ export class Daemon implements MetricsSource {
   readonly table: SessionTable;
   readonly forwarder: Datapath;
   private tun: TunDevice | null = null;
+  private readonly openTun: TunFactory;
+  private readonly onFatal: (reason: Error) => void;
+  /** Why forwarding stopped for good, once it has. */
+  private fatal: Error | null = null;
+  /** Exceptions on the packet path: logged, counted, fatal when they repeat. */
+  readonly faults: BatchFaults;
   private net: RouterNet | null = null;
   private control: ControlServer | null = null;
   private sweepTimer: NodeJS.Timeout | null = null;
@@ -87,6 +104,9 @@ export class Daemon implements MetricsSource {
   constructor(public config: Config, private readonly log: Logger, opts: DaemonOptions = {}) {
     this.now = opts.now ?? Date.now;
     this.persist = opts.persist ?? true;
+    this.openTun = opts.openTun ?? ((o) => NativeTun.open(o.name, { offloads: o.offloads }));
+    this.onFatal = opts.onFatal ?? (() => undefined);
+    this.faults = new BatchFaults(log, (reason) => this.fail(reason), this.now);
     this.startedAt = this.now();
     this.commands = new ControlCommands(this, this.now);
     const cfg = config;
@@ -192,7 +212,7 @@ export class Daemon implements MetricsSource {
       this.log.warn('removed leftovers of an earlier run', { ...leftovers });
     }
     if (this.persist) this.openStore();
-    const tun = TunDevice.open(cfg.tun.name, { offloads: cfg.tun.offloads });
+    const tun = this.openTun({ name: cfg.tun.name, offloads: cfg.tun.offloads });
     this.tun = tun;
     if (cfg.tun.offloads && tun.offloadError) this.log.warn('TUN offloads unavailable, running without them', { reason: tun.offloadError });
     this.net = await RouterNet.open();
@@ -207,14 +227,7 @@ export class Daemon implements MetricsSource {
       wanInterface: cfg.wan.interface,
     });
     if (cfg.wan.mode === 'shared') await this.startShared(tun.name);
-    this.forwarder.napt.mssClamp = mssClampValue(cfg.mssClamp, cfg.tun.mtu);
-    const fw = this.forwarder;
-    const journal = this.table.journal as Journal;
-    tun.start(fw.arena, fw.layout.slotSize, fw.layout.rxSlots, fw.rxLens, fw.tx.list, (n) => {
-      const count = fw.processBatch(n, this.now());
-      if (journal.length > 0) this.drainJournal();
-      return count;
-    });
+    this.startPacketLoop(tun);
     const controlGroup = lookupGroup(cfg.control.group);
     if (controlGroup === null) this.log.warn('control group not found: the control socket is open to root only', { group: cfg.control.group });
     this.control = await startControlServer(cfg.control.socket, controlGroup, (req) => this.handleControl(req));
@@ -228,6 +241,47 @@ export class Daemon implements MetricsSource {
       public: this.publicAddress(),
       lan: cfg.lan.prefixes.join(','),
     });
+  }
+
+  /**
+   * Starts translating on `tun`: once per batch the packets are translated in
+   * place, the journal is drained (new mappings committed before their first
+   * packet is written) and the translated packets are handed back to write.
+   * start() calls this once routing is up; tests run it on a FakeTun.
+   */
+  startPacketLoop(tun: TunDevice): void {
+    this.tun = tun;
+    this.forwarder.napt.mssClamp = mssClampValue(this.config.mssClamp, this.config.tun.mtu);
+    const fw = this.forwarder;
+    const journal = this.table.journal as Journal;
+    const faults = this.faults;
+    const onError = (e: unknown, index: number): void => faults.packet(e, index);
+    tun.start({ arena: fw.arena, slotSize: fw.layout.slotSize, rxSlots: fw.layout.rxSlots, rxLens: fw.rxLens, txList: fw.tx.list }, {
+      onBatch: (n) => {
+        const count = fw.processBatch(n, this.now(), onError);
+        faults.batchDone(n);
+        if (journal.length > 0) this.drainJournal();
+        return count;
+      },
+      onEvent: (event) => this.tunEvent(tun, event),
+    });
+  }
+
+  private tunEvent(tun: TunDevice, event: TunEvent): void {
+    if (event.kind === 'callback-error') {
+      this.faults.batch(event.error, event.dropped);
+      return;
+    }
+    const what = event.code === 'EBADFD' ? 'is gone (deleted or detached)' : 'failed';
+    this.fail(new Error(`TUN ${tun.name} ${what}: ${event.message} (${event.code}); forwarding has stopped`));
+  }
+
+  /** Forwarding cannot go on: logged once, then onFatal (the lifecycle stops and exits non-zero). */
+  private fail(reason: Error): void {
+    if (this.fatal !== null) return;
+    this.fatal = reason;
+    this.log.error(reason.message, { fatal: true });
+    this.onFatal(reason);
   }
 
   /** Opens the state store and rebuilds the tables from it before the TUN starts, so no packet meets an empty table. */
@@ -388,6 +442,10 @@ export class Daemon implements MetricsSource {
     const tunStats: Record<string, number> = {};
     const tun = this.tun;
     if (tun) for (const [name, i] of Object.entries(Stat)) tunStats[name.toLowerCase()] = tun.stats[i];
+    const f = this.faults;
+    tunStats.packet_errors = f.packetErrors;
+    tunStats.batch_errors = f.batchErrors;
+    tunStats.batch_dropped = f.batchDropped;
     return {
       packets: { out: napt.traffic[T_PKTS_OUT], in: napt.traffic[T_PKTS_IN] },
       bytes: { out: napt.traffic[T_BYTES_OUT], in: napt.traffic[T_BYTES_IN] },
@@ -402,7 +460,8 @@ export class Daemon implements MetricsSource {
 
   status(): Record<string, unknown> {
     return {
-      running: true,
+      running: this.fatal === null,
+      ...(this.fatal !== null ? { failed: this.fatal.message } : {}),
       pid: process.pid,
       uptimeSeconds: Math.round((this.now() - this.startedAt) / 1000),
       tun: this.tun ? { name: this.tun.name, offloads: this.tun.offloads } : null,
