@@ -30,9 +30,11 @@ import { Store } from '../persist/store';
 import { EspCodec, GreCallCodec, IsakmpCodec, SessionCodec } from '../persist/tables';
 import { DbHealth } from '../persist/health';
 import { Forwards } from '../nat/forwards';
-import { GC_CALLS_CLEARED, GC_CALLS_CREATED, GC_CALLS_REFUSED, GC_NO_MAPPING_IN, GC_NO_MAPPING_OUT, GC_NOT_PPTP, PptpCalls, greConnRow, TABLE_GRE_CALLS } from '../helpers/pptp/calls';
-import { PC_LOST_CALL, PC_MALFORMED, PptpControl } from '../helpers/pptp/control';
-import { IpsecMasq, MIN_LIFETIME_MS, TABLE_ESP, TABLE_ISAKMP } from '../helpers/ipsec/ipsec';
+import {
+  GC_CALLS_CLEARED, GC_CALLS_CREATED, GC_CALLS_REFUSED, GC_IN, GC_NO_MAPPING_IN, GC_NO_MAPPING_OUT, GC_NOT_PPTP, GC_OUT, PptpCalls, greConnRow, TABLE_GRE_CALLS,
+} from '../helpers/pptp/calls';
+import { PC_LOST_CALL, PC_MALFORMED, PC_MESSAGES, PC_NO_CALL_SLOT, PC_OUT_OF_ORDER, PC_REWRITES, PptpControl } from '../helpers/pptp/control';
+import { IPSEC_EVENT_NAMES, IpsecMasq, MIN_LIFETIME_MS, TABLE_ESP, TABLE_ISAKMP } from '../helpers/ipsec/ipsec';
 
 /** Policy routing table and rule priority the daemon owns. */
 export const ROUTE_TABLE = 7100;
@@ -44,6 +46,8 @@ const SWEEP_INTERVAL_MS = 100;
 const PPTP_CALLS = 4096;
 /** Capacity of each IPsec table (ISAKMP entries, ESP entries, remotes). */
 const IPSEC_ENTRIES = 16384;
+/** PPTP counters of traffic volume, left out of the VPN events. */
+const PPTP_VOLUME_COUNTERS: ReadonlySet<string> = new Set(['gre-out', 'gre-in', 'messages', 'rewrites']);
 /** Sweep the whole table about every 10 s whatever its size. */
 const SWEEPS_PER_PASS = 100;
 
@@ -454,6 +458,7 @@ export class Daemon implements MetricsSource {
       limit: t.capacity,
       drops: napt.drops.byName(),
       ipsec: this.ipsec.stats(),
+      pptp: this.pptpCounters(),
       tun: tunStats,
     };
   }
@@ -578,8 +583,25 @@ export class Daemon implements MetricsSource {
     return { packetsOut: t[T_PKTS_OUT], packetsIn: t[T_PKTS_IN], bytesOut: t[T_BYTES_OUT], bytesIn: t[T_BYTES_IN] };
   }
 
+  /** The PPTP call table's and control tracker's counters (spec §10), by name. */
+  private pptpCounters(): Record<string, number> {
+    const g = this.greCalls.counters;
+    const p = this.pptpControl.counters;
+    return {
+      'calls-created': g[GC_CALLS_CREATED], 'calls-refused': g[GC_CALLS_REFUSED], 'calls-cleared': g[GC_CALLS_CLEARED],
+      'gre-out': g[GC_OUT], 'gre-in': g[GC_IN], 'gre-no-mapping-in': g[GC_NO_MAPPING_IN], 'gre-no-mapping-out': g[GC_NO_MAPPING_OUT],
+      'gre-not-pptp': g[GC_NOT_PPTP], messages: p[PC_MESSAGES], rewrites: p[PC_REWRITES], malformed: p[PC_MALFORMED],
+      'lost-call': p[PC_LOST_CALL], 'out-of-order': p[PC_OUT_OF_ORDER], 'no-call-slot': p[PC_NO_CALL_SLOT],
+    };
+  }
+
+  /** VPN events for the metrics: every IPsec event count, and the PPTP counters that count events (not packets or messages). */
   vpnEvents(): Record<string, number> {
-    return {};
+    const out: Record<string, number> = {};
+    const ipsec = this.ipsec.eventCounts;
+    IPSEC_EVENT_NAMES.forEach((name, i) => { out[`ipsec-${name}`] = ipsec[i]; });
+    for (const [name, n] of Object.entries(this.pptpCounters())) if (!PPTP_VOLUME_COUNTERS.has(name)) out[`pptp-${name}`] = n;
+    return out;
   }
 
   private handleControl(req: ControlRequest): ControlReply | Promise<ControlReply> {
