@@ -165,16 +165,17 @@ export class Store implements JournalListener {
       for (const r of this.registered) {
         const gone: number[] = [];
         discard.push(gone);
-        // Pages of RESTORE_PAGE rows by serial: `all()` is several times faster than `iterate()` per row.
+        // Pages of RESTORE_PAGE rows by serial (every spec's first column): `all()` is several times faster than `iterate()` per row.
         const sel = db.prepare(`SELECT ${r.codec.columns.join(', ')} FROM ${r.codec.sqlTable} WHERE serial > ? ORDER BY serial LIMIT ${RESTORE_PAGE}`).raw();
         for (let last = -1, page = sel.all(last) as unknown[][]; page.length > 0; page = sel.all(last) as unknown[][]) {
           for (const v of page) {
+            const [serial] = v;
             const why = r.codec.restore(v, ctx);
             if (why === undefined) restored++;
-            else if (why.kind === 'invalid') invalid.push({ r, serial: v[0], column: why.column, problem: why.problem });
-            else gone.push(v[0] as number);
+            else if (why.kind === 'invalid') invalid.push({ r, serial, column: why.column, problem: why.problem });
+            else gone.push(serial as number);
           }
-          last = page[page.length - 1][0] as number;
+          [last] = page[page.length - 1] as number[];
         }
         r.codec.restored();
       }
