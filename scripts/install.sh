@@ -29,6 +29,9 @@ record=()
 staging="$(mktemp -d /opt/.vpnmasq-install.XXXXXX)"
 trap 'rm -rf "$staging"' EXIT
 cp -a "$SRC/dist" "$staging/dist"
+# Tests are not part of the program: the test tree and the vector tests beside the sources.
+rm -rf "$staging/dist/test"
+find "$staging/dist" \( -name '*.test.js' -o -name '*.test.js.map' \) -delete
 mkdir -p "$staging/build/Release"
 cp "$SRC/build/Release/vpnmasq_tun.node" "$staging/build/Release/"
 cp "$SRC/package.json" "$staging/"

@@ -3,6 +3,8 @@
  * Offsets from the start of the ISAKMP header (UDP payload + 0 on port 500,
  * + 4 after the non-ESP marker on port 4500, RFC 3948 §2.2).
  */
+import { read32 } from './checksum';
+
 export const ISAKMP_PORT = 500;
 /** Initiator cookie (IKEv2: initiator SPI), 8 bytes, read as two words. */
 export const ISAKMP_ICOOKIE = 0;
@@ -15,3 +17,37 @@ export const ISAKMP_FLAGS = 19;
 export const ISAKMP_MESSAGE_ID = 20;
 export const ISAKMP_LENGTH = 24;
 export const ISAKMP_HDR = 28;
+
+export const ISAKMP_OK = 0;
+export const ISAKMP_ERR_TRUNCATED = 1;
+
+const EMPTY = new Uint8Array(0);
+
+/**
+ * A reusable, checked view of the 28-byte ISAKMP header. The cookies are
+ * read as two big-endian int32 words each, the form the tables key on.
+ */
+export class IsakmpHeader {
+  buf: Uint8Array = EMPTY;
+  off = 0;
+
+  parse(buf: Uint8Array, off: number, avail: number): number {
+    if (avail < ISAKMP_HDR) return ISAKMP_ERR_TRUNCATED;
+    this.buf = buf;
+    this.off = off;
+    return ISAKMP_OK;
+  }
+
+  get icookie0(): number { return read32(this.buf, this.off + ISAKMP_ICOOKIE); }
+  get icookie1(): number { return read32(this.buf, this.off + ISAKMP_ICOOKIE + 4); }
+  get rcookie0(): number { return read32(this.buf, this.off + ISAKMP_RCOOKIE); }
+  get rcookie1(): number { return read32(this.buf, this.off + ISAKMP_RCOOKIE + 4); }
+  get nextPayload(): number { return this.buf[this.off + ISAKMP_NEXT_PAYLOAD]; }
+  /** Major version in the high nibble: 1 for IKEv1, 2 for IKEv2. */
+  get majorVersion(): number { return this.buf[this.off + ISAKMP_VERSION] >>> 4; }
+  get exchange(): number { return this.buf[this.off + ISAKMP_EXCHANGE]; }
+  get flags(): number { return this.buf[this.off + ISAKMP_FLAGS]; }
+  get messageId(): number { return read32(this.buf, this.off + ISAKMP_MESSAGE_ID); }
+  /** Length of the whole message as stated; a first fragment holds less of it. */
+  get length(): number { return read32(this.buf, this.off + ISAKMP_LENGTH) >>> 0; }
+}

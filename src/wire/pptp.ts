@@ -20,6 +20,8 @@ export const PPTP_RESULT = 16;
 export const PPTP_MSG_CONTROL = 1;
 export const PPTP_MAGIC_COOKIE = 0x1a2b3c4d;
 export const PPTP_RESULT_OK = 1;
+/** Outgoing-Call-Reply result "general error" (RFC 2637 §2.8). */
+export const PPTP_RESULT_GENERAL_ERROR = 2;
 
 export const START_CTRL_REQUEST = 1;
 export const START_CTRL_REPLY = 2;
@@ -49,12 +51,14 @@ export const PPTP_ERR_LENGTH = 1;
 export const PPTP_ERR_MSG_TYPE = 2;
 export const PPTP_ERR_MAGIC = 3;
 export const PPTP_ERR_CTRL_TYPE = 4;
+/** parse only: the header is good but fewer bytes than its length are present. */
+export const PPTP_ERR_TRUNCATED = 5;
 
 /**
- * Checks a complete message of `len` bytes (its Length field) at `off`:
- * PPTP type 1, magic cookie, known control type, and Length equal to the
- * type's fixed size (RFC 2637 gives every control message a fixed length;
- * [NF] pptp_msg_size rejects shorter ones).
+ * Checks the 12-byte header at `off` whose Length field says `len`: PPTP
+ * type 1, magic cookie, known control type, and Length equal to the type's
+ * fixed size (RFC 2637 gives every control message a fixed length; [NF]
+ * pptp_msg_size rejects shorter ones). The caller guarantees 12 bytes.
  */
 export function checkPptp(buf: Uint8Array, off: number, len: number): number {
   if (len < PPTP_HDR || len > PPTP_MAX_LEN) return PPTP_ERR_LENGTH;
@@ -63,4 +67,42 @@ export function checkPptp(buf: Uint8Array, off: number, len: number): number {
   const type = read16(buf, off + PPTP_CTRL_TYPE);
   if (type < 1 || type > PPTP_MAX_TYPE) return PPTP_ERR_CTRL_TYPE;
   return len === PPTP_MSG_LEN[type] ? PPTP_OK : PPTP_ERR_LENGTH;
+}
+
+/** True when 12 bytes at `off` begin a control message: PPTP type 1 and the magic cookie. */
+export function isPptpFramed(buf: Uint8Array, off: number, avail: number): boolean {
+  return avail >= PPTP_HDR && read16(buf, off + PPTP_MSG_TYPE) === PPTP_MSG_CONTROL &&
+    read32(buf, off + PPTP_MAGIC) === PPTP_MAGIC_COOKIE;
+}
+
+const EMPTY = new Uint8Array(0);
+
+/**
+ * A reusable, checked view of one complete control message (for messages
+ * that sit whole in a buffer; the TCP stream walker checks headers with
+ * checkPptp as bytes arrive). After `parse` the whole fixed-length message
+ * is present, so every body field of its type can be read.
+ */
+export class PptpMessage {
+  buf: Uint8Array = EMPTY;
+  off = 0;
+  length = 0;
+
+  parse(buf: Uint8Array, off: number, avail: number): number {
+    if (avail < PPTP_HDR) return PPTP_ERR_TRUNCATED;
+    const len = read16(buf, off + PPTP_LENGTH);
+    const err = checkPptp(buf, off, len);
+    if (err !== PPTP_OK) return err;
+    if (len > avail) return PPTP_ERR_TRUNCATED;
+    this.buf = buf;
+    this.off = off;
+    this.length = len;
+    return PPTP_OK;
+  }
+
+  get ctrlType(): number { return read16(this.buf, this.off + PPTP_CTRL_TYPE); }
+  /** Call ID @12 (every type that has a Call ID field is at least 16 bytes). */
+  get callId(): number { return read16(this.buf, this.off + PPTP_CALL_ID); }
+  get peerCallId(): number { return this.length >= PPTP_PEER_CALL_ID + 2 ? read16(this.buf, this.off + PPTP_PEER_CALL_ID) : 0; }
+  get result(): number { return this.length > PPTP_RESULT ? this.buf[this.off + PPTP_RESULT] : 0; }
 }

@@ -1,7 +1,7 @@
 /**
  * struct virtio_net_hdr (include/uapi/linux/virtio_net.h), the 10-byte prefix
  * of every TUN read and write once IFF_VNET_HDR is set. Fields are in host
- * byte order (little-endian on the machines this runs on).
+ * byte order (little-endian on the machines this runs on; TUNSETVNETLE).
  */
 export const VNET_HDR_LEN = 10;
 
@@ -21,3 +21,31 @@ export const VNET_GSO_NONE = 0;
 export const VNET_GSO_TCPV4 = 1;
 export const VNET_GSO_UDP_L4 = 5;
 export const VNET_GSO_ECN = 0x80;
+
+export const VNET_OK = 0;
+export const VNET_ERR_TRUNCATED = 1;
+
+const EMPTY = new Uint8Array(0);
+const le16 = (b: Uint8Array, o: number): number => b[o] | (b[o + 1] << 8);
+
+/** A reusable, checked view of one virtio_net_hdr. */
+export class VnetHeader {
+  buf: Uint8Array = EMPTY;
+  off = 0;
+
+  parse(buf: Uint8Array, off: number, avail: number): number {
+    if (avail < VNET_HDR_LEN) return VNET_ERR_TRUNCATED;
+    this.buf = buf;
+    this.off = off;
+    return VNET_OK;
+  }
+
+  get flags(): number { return this.buf[this.off + VNET_FLAGS]; }
+  get gsoType(): number { return this.buf[this.off + VNET_GSO_TYPE]; }
+  get hdrLen(): number { return le16(this.buf, this.off + VNET_HDR_LEN_FIELD); }
+  get gsoSize(): number { return le16(this.buf, this.off + VNET_GSO_SIZE); }
+  get csumStart(): number { return le16(this.buf, this.off + VNET_CSUM_START); }
+  get csumOffset(): number { return le16(this.buf, this.off + VNET_CSUM_OFFSET); }
+  get needsChecksum(): boolean { return (this.flags & VNET_F_NEEDS_CSUM) !== 0; }
+  get dataValid(): boolean { return (this.flags & VNET_F_DATA_VALID) !== 0; }
+}
