@@ -1,5 +1,5 @@
 /** ICMPv4 (RFC 792). Offsets from the start of the ICMP header. */
-import { read16 } from './checksum';
+import { View } from './view';
 
 export const ICMP_TYPE = 0;
 export const ICMP_CODE = 1;
@@ -13,23 +13,16 @@ export const ICMP_HDR = 8;
 /** Fragmentation-needed carries the next-hop MTU here (RFC 1191 §4). */
 export const ICMP_NEXT_HOP_MTU = 6;
 
-export const ICMP_ECHO_REPLY = 0;
-export const ICMP_DEST_UNREACH = 3;
-export const ICMP_SOURCE_QUENCH = 4;
-export const ICMP_ECHO_REQUEST = 8;
-export const ICMP_TIME_EXCEEDED = 11;
-export const ICMP_PARAM_PROBLEM = 12;
-export const ICMP_TIMESTAMP = 13;
-export const ICMP_TIMESTAMP_REPLY = 14;
-
-export const ICMP_CODE_PORT_UNREACH = 3;
-export const ICMP_CODE_FRAG_NEEDED = 4;
+/** Message types (RFC 792). */
+export const ICMP_ECHO_REPLY = 0, ICMP_ECHO_REQUEST = 8, ICMP_TIMESTAMP = 13, ICMP_TIMESTAMP_REPLY = 14;
+export const ICMP_DEST_UNREACH = 3, ICMP_SOURCE_QUENCH = 4, ICMP_TIME_EXCEEDED = 11, ICMP_PARAM_PROBLEM = 12;
+/** Destination-unreachable codes. */
+export const ICMP_CODE_PORT_UNREACH = 3, ICMP_CODE_FRAG_NEEDED = 4;
 
 /** An error quotes the offending IP header plus at least 64 bits of its payload (RFC 792). */
 export const ICMP_QUOTE_MIN_L4 = 8;
 
-export const ICMP_OK = 0;
-export const ICMP_ERR_TRUNCATED = 1;
+export const ICMP_OK = 0, ICMP_ERR_TRUNCATED = 1;
 
 /** Query requests sent from the inside, keyed by their identifier (RFC 5508 §3.1). */
 export function isIcmpQueryRequest(type: number): boolean {
@@ -46,32 +39,24 @@ export function isIcmpError(type: number): boolean {
     type === ICMP_PARAM_PROBLEM || type === ICMP_SOURCE_QUENCH;
 }
 
-const EMPTY = new Uint8Array(0);
-
 /**
- * A reusable, checked view of one ICMP message: the 8-byte header is present
- * after `parse`; an error's embedded datagram is [embeddedOff, +embeddedLen),
- * to be parsed with its own Ipv4Header.
+ * A checked view of one ICMP message: the 8-byte header is present after
+ * `parse`; an error's embedded datagram is [embeddedOff, +embeddedLen), to be
+ * parsed with its own Ipv4Header.
  */
-export class IcmpHeader {
-  buf: Uint8Array = EMPTY;
-  off = 0;
-  avail = 0;
-
+export class IcmpHeader extends View {
   parse(buf: Uint8Array, off: number, avail: number): number {
-    if (avail < ICMP_HDR) return ICMP_ERR_TRUNCATED;
-    this.buf = buf;
-    this.off = off;
-    this.avail = avail;
-    return ICMP_OK;
+    return this.bind(buf, off, avail, ICMP_HDR) ? ICMP_OK : ICMP_ERR_TRUNCATED;
   }
 
-  get type(): number { return this.buf[this.off + ICMP_TYPE]; }
-  get code(): number { return this.buf[this.off + ICMP_CODE]; }
-  get checksum(): number { return read16(this.buf, this.off + ICMP_CSUM); }
-  get id(): number { return read16(this.buf, this.off + ICMP_ID); }
-  get seq(): number { return read16(this.buf, this.off + ICMP_SEQ); }
-  get nextHopMtu(): number { return read16(this.buf, this.off + ICMP_NEXT_HOP_MTU); }
+  get type(): number { return this.u8(ICMP_TYPE); }
+  get code(): number { return this.u8(ICMP_CODE); }
+  get checksum(): number { return this.u16(ICMP_CSUM); }
+  /** Query messages. */
+  get id(): number { return this.u16(ICMP_ID); }
+  get seq(): number { return this.u16(ICMP_SEQ); }
+  /** Fragmentation-needed. */
+  get nextHopMtu(): number { return this.u16(ICMP_NEXT_HOP_MTU); }
   get isError(): boolean { return isIcmpError(this.type); }
   get idOff(): number { return this.off + ICMP_ID; }
   get csumOff(): number { return this.off + ICMP_CSUM; }
