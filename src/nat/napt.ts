@@ -143,10 +143,12 @@ export class Napt implements SessionListener {
     const err = ip.parse(buf, ipOff, len - v, true, true);
     if (err !== IPV4_OK) { this.drops.counts[IP_ERR_TO_DROP[err]]++; return; }
     const sendLen = v + ip.totalLen;
-    const outbound = this.isLan(ip.src);
+    p.src = ip.src;
+    p.dst = ip.dst;
+    const outbound = this.isLan(p.src);
     let verdict: number;
     if (outbound) verdict = this.outbound(p, out);
-    else if (ip.dst === this.table.publicAddr) verdict = this.inbound(p, out);
+    else if (p.dst === this.table.publicAddr) verdict = this.inbound(p, out);
     else verdict = Drop.NOT_OURS;
     if (verdict >= 0) { this.drops.counts[verdict]++; return; }
     if (verdict === HELD) return;
@@ -186,8 +188,7 @@ export class Napt implements SessionListener {
   private outbound(p: Packet, out: TxList): Verdict {
     const ip = p.ip;
     if (ip.isLaterFragment) return this.laterFragment(p);
-    const src = ip.src;
-    const dst = ip.dst;
+    const dst = p.dst;
     const proto = ip.proto;
     let r: Verdict;
     if (proto === PROTO_TCP || proto === PROTO_UDP) {
@@ -208,7 +209,7 @@ export class Napt implements SessionListener {
       if (t === 0) return proto === PROTO_AH ? Drop.AH_REFUSED : Drop.UNKNOWN_PROTOCOL;
       r = this.trackers.at(t).outbound(p);
     }
-    if (r === TRANSLATED && ip.isFragment) this.rememberAndRelease(src, dst, proto, ip.id, ip.src, ip.dst, out);
+    if (r === TRANSLATED && ip.isFragment) this.rememberAndRelease(p.src, dst, proto, ip.id, ip.src, ip.dst, out);
     return r;
   }
 
@@ -224,9 +225,8 @@ export class Napt implements SessionListener {
         const r = this.pairCheck(p);
         return r === TRANSLATED ? this.deliver(p, this.trackers.at(owner), out) : r;
       }
-      const publicDst = ip.dst;
       const r = this.transport.inbound(p);
-      if (r === TRANSLATED && ip.isFragment) this.rememberAndRelease(ip.src, publicDst, proto, ip.id, ip.src, ip.dst, out);
+      if (r === TRANSLATED && ip.isFragment) this.rememberAndRelease(p.src, p.dst, proto, ip.id, ip.src, ip.dst, out);
       return r;
     }
     if (proto === PROTO_ICMP) return this.ownIcmp(this.icmp.inbound(p), p, out);
@@ -251,7 +251,7 @@ export class Napt implements SessionListener {
     const buf = p.buf;
     const v = this.opts.vnetLen;
     const len = v + ip.totalLen;
-    const pub = ip.dst;
+    const pub = p.dst;
     const partial = p.partial;
     for (let i = 1; i < n; i++) {
       const h = f.borrow(buf, ip.off - v, len);
@@ -265,7 +265,7 @@ export class Napt implements SessionListener {
       out.push(copy - v, len);
     }
     tracker.deliver(buf, ip.off, ip.payloadOff, pub, to.addr[0], partial);
-    if (ip.isFragment) this.rememberAndRelease(ip.src, pub, ip.proto, ip.id, ip.src, to.addr[0], out);
+    if (ip.isFragment) this.rememberAndRelease(p.src, pub, ip.proto, ip.id, p.src, to.addr[0], out);
     return TRANSLATED;
   }
 

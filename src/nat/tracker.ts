@@ -27,6 +27,9 @@ export class Packet {
   readonly udp = new UdpHeader();
   /** ICMP errors: the quoted datagram (its source is the public address for an error from outside). */
   readonly inner = new Ipv4Header();
+  /** Source and destination as the packet arrived (before any rewrite). */
+  src = 0;
+  dst = 0;
   /** virtio_net_hdr flags (0 without a vnet header). */
   vflags = 0;
   /** Time of the batch (ms). */

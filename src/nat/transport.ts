@@ -10,7 +10,7 @@ import { TCP_OK } from '../wire/tcp';
 import { UDP_OK } from '../wire/udp';
 import { VNET_F_DATA_VALID, VNET_F_NEEDS_CSUM } from '../wire/vnet';
 import { Drop, Verdict } from '../core/verdict';
-import { SessionTable, protoSlot } from './sessions';
+import { SLOT_TCP, SLOT_UDP, SessionTable, protoSlot } from './sessions';
 import { tcpInitialState, tcpNextState, tcpTimeoutMs } from './tcp-tracker';
 import { clampMss } from './mss-clamp';
 import { rewriteTransport } from './rewrite';
@@ -72,8 +72,8 @@ export class Transport {
     const ip = p.ip;
     const proto = ip.proto;
     const isTcp = proto === PROTO_TCP;
-    const src = ip.src;
-    const dst = ip.dst;
+    const src = p.src;
+    const dst = p.dst;
     const sport = isTcp ? p.tcp.sport : p.udp.sport;
     const dport = isTcp ? p.tcp.dport : p.udp.dport;
     const flags = isTcp ? p.tcp.flags : 0;
@@ -95,7 +95,8 @@ export class Transport {
     if (isTcp && this.mssClamp > 0) clampMss(p.buf, ip.payloadOff, ip.payloadLen, this.mssClamp, csumOff, partial);
     rewriteTransport(p.buf, ip.off, IPV4_SRC, src, t.publicAddr, isTcp ? p.tcp.sportOff : p.udp.sportOff, sport, pubPort,
       csumOff, partial, !isTcp);
-    return this.helper(p, s, true);
+    const h = this.helperFor(isTcp ? SLOT_TCP : SLOT_UDP, dport, sport, pubPort);
+    return h === 0 ? TRANSLATED : this.helper(p, s, h, true);
   }
 
   /** Outside -> public address: the session, or a new one under endpoint-independent filtering or a forward. */
@@ -122,9 +123,11 @@ export class Transport {
     const csumOff = isTcp ? p.tcp.csumOff : p.udp.csumOff;
     const partial = p.partial;
     if (isTcp && this.mssClamp > 0) clampMss(p.buf, ip.payloadOff, ip.payloadLen, this.mssClamp, csumOff, partial);
-    rewriteTransport(p.buf, ip.off, IPV4_DST, ip.dst, t.mLan[mm], isTcp ? p.tcp.dportOff : p.udp.dportOff, dport, t.mLanPort[mm],
+    const lanPort = t.mLanPort[mm];
+    rewriteTransport(p.buf, ip.off, IPV4_DST, ip.dst, t.mLan[mm], isTcp ? p.tcp.dportOff : p.udp.dportOff, dport, lanPort,
       csumOff, partial, !isTcp);
-    return this.helper(p, s, false);
+    const h = this.helperFor(isTcp ? SLOT_TCP : SLOT_UDP, sport, lanPort, dport);
+    return h === 0 ? TRANSLATED : this.helper(p, s, h, false);
   }
 
   /**
@@ -132,19 +135,22 @@ export class Transport {
    * port (the LAN host is the client), its LAN port or its public port (a
    * server on the LAN, reached through a forward or a mapping); 0 for none.
    */
+  helperFor(slot: number, remPort: number, lanPort: number, pubPort: number): number {
+    const h = this.trackers.helper[slot];
+    return h[remPort] || h[lanPort] || h[pubPort];
+  }
+
+  /** The session helper of session `s`, or 0. */
   helperOf(s: number): number {
     const t = this.table;
     const m = t.sMap[s];
     const slot = protoSlot(t.mProto[m]);
-    if (slot > 1) return 0;
-    const h = this.trackers.helper[slot];
-    return h[t.sRemPort[s]] || h[t.mLanPort[m]] || h[t.mPubPort[m]];
+    return slot === SLOT_TCP || slot === SLOT_UDP ? this.helperFor(slot, t.sRemPort[s], t.mLanPort[m], t.mPubPort[m]) : 0;
   }
 
-  /** Runs the session helper on a translated segment; first fragments pass (their payload is not whole). */
-  private helper(p: Packet, s: number, outbound: boolean): Verdict {
-    const h = this.helperOf(s);
-    if (h === 0 || p.ip.isFragment) return TRANSLATED;
+  /** Runs session helper `h` on a translated segment; first fragments pass (their payload is not whole). */
+  private helper(p: Packet, s: number, h: number, outbound: boolean): Verdict {
+    if (p.ip.isFragment) return TRANSLATED;
     p.session = s;
     const tr = this.trackers.at(h);
     return outbound ? tr.outbound(p) : tr.inbound(p);

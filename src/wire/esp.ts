@@ -2,6 +2,7 @@
  * ESP (RFC 4303 §2) and AH (RFC 4302 §2) headers, as far as a NAT reads them.
  * Offsets from the start of the ESP / AH header.
  */
+import { read32 } from './checksum';
 import { View } from './view';
 
 export const ESP_SPI = 0, ESP_SEQ = 4;
@@ -18,22 +19,26 @@ export const ESP_OK = 0, ESP_ERR_TRUNCATED = 1;
 /** A checked view of the SPI and sequence number that start every ESP packet. */
 export class EspHeader extends View {
   parse(buf: Uint8Array, off: number, avail: number): number {
-    return this.bind(buf, off, avail, ESP_MIN_HDR) ? ESP_OK : ESP_ERR_TRUNCATED;
+    if (avail < ESP_MIN_HDR) return ESP_ERR_TRUNCATED;
+    this.buf = buf; this.off = off; this.avail = avail;
+    return ESP_OK;
   }
 
-  get spi(): number { return this.i32(ESP_SPI); }
-  get seq(): number { return this.i32(ESP_SEQ); }
+  get spi(): number { return read32(this.buf, this.off + ESP_SPI); }
+  get seq(): number { return read32(this.buf, this.off + ESP_SEQ); }
 }
 
 /** A checked view of the fixed part of an AH header (the ICV is opaque). */
 export class AhHeader extends View {
   parse(buf: Uint8Array, off: number, avail: number): number {
-    return this.bind(buf, off, avail, AH_MIN_HDR) ? ESP_OK : ESP_ERR_TRUNCATED;
+    if (avail < AH_MIN_HDR) return ESP_ERR_TRUNCATED;
+    this.buf = buf; this.off = off; this.avail = avail;
+    return ESP_OK;
   }
 
-  get nextHeader(): number { return this.u8(AH_NEXT_HEADER); }
+  get nextHeader(): number { return this.buf[this.off + AH_NEXT_HEADER]; }
   /** Length of the AH header in bytes: (payload length field + 2) 32-bit words (RFC 4302 §2.2). */
-  get hdrLen(): number { return (this.u8(AH_PAYLOAD_LEN) + 2) << 2; }
-  get spi(): number { return this.i32(AH_SPI); }
-  get seq(): number { return this.i32(AH_SEQ); }
+  get hdrLen(): number { return (this.buf[this.off + AH_PAYLOAD_LEN] + 2) << 2; }
+  get spi(): number { return read32(this.buf, this.off + AH_SPI); }
+  get seq(): number { return read32(this.buf, this.off + AH_SEQ); }
 }

@@ -2,7 +2,7 @@
  * GRE (RFC 2784, RFC 2890) and the enhanced GRE header of PPTP (RFC 2637
  * §4.1; spec §2). Offsets from the start of the GRE header.
  */
-import { read32 } from './checksum';
+import { read16, read32 } from './checksum';
 import { View } from './view';
 
 export const GRE_FLAGS = 0, GRE_VERSION = 1, GRE_PROTO = 2;
@@ -40,14 +40,15 @@ export class GreHeader extends View {
   pptp = false;
 
   parse(buf: Uint8Array, off: number, avail: number): number {
-    if (!this.bind(buf, off, avail, GRE_BASE)) return GRE_ERR_TRUNCATED;
+    if (avail < GRE_BASE) return GRE_ERR_TRUNCATED;
+    this.buf = buf; this.off = off; this.avail = avail;
     this.pptp = isPptpGre(buf, off, avail);
     return this.pptp ? GRE_PPTP : GRE_OTHER;
   }
 
-  get flags(): number { return this.u8(GRE_FLAGS); }
-  get version(): number { return this.u8(GRE_VERSION) & 0x07; }
-  get protocol(): number { return this.u16(GRE_PROTO); }
-  get callId(): number { return this.pptp ? this.u16(GRE_CALL_ID) : 0; }
+  get flags(): number { return this.buf[this.off + GRE_FLAGS]; }
+  get version(): number { return this.buf[this.off + GRE_VERSION] & 0x07; }
+  get protocol(): number { return read16(this.buf, this.off + GRE_PROTO); }
+  get callId(): number { return this.pptp ? read16(this.buf, this.off + GRE_CALL_ID) : 0; }
   get callIdOff(): number { return this.off + GRE_CALL_ID; }
 }

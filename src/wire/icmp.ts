@@ -1,4 +1,5 @@
 /** ICMPv4 (RFC 792). Offsets from the start of the ICMP header. */
+import { read16 } from './checksum';
 import { View } from './view';
 
 export const ICMP_TYPE = 0;
@@ -46,17 +47,19 @@ export function isIcmpError(type: number): boolean {
  */
 export class IcmpHeader extends View {
   parse(buf: Uint8Array, off: number, avail: number): number {
-    return this.bind(buf, off, avail, ICMP_HDR) ? ICMP_OK : ICMP_ERR_TRUNCATED;
+    if (avail < ICMP_HDR) return ICMP_ERR_TRUNCATED;
+    this.buf = buf; this.off = off; this.avail = avail;
+    return ICMP_OK;
   }
 
-  get type(): number { return this.u8(ICMP_TYPE); }
-  get code(): number { return this.u8(ICMP_CODE); }
-  get checksum(): number { return this.u16(ICMP_CSUM); }
+  get type(): number { return this.buf[this.off + ICMP_TYPE]; }
+  get code(): number { return this.buf[this.off + ICMP_CODE]; }
+  get checksum(): number { return read16(this.buf, this.off + ICMP_CSUM); }
   /** Query messages. */
-  get id(): number { return this.u16(ICMP_ID); }
-  get seq(): number { return this.u16(ICMP_SEQ); }
+  get id(): number { return read16(this.buf, this.off + ICMP_ID); }
+  get seq(): number { return read16(this.buf, this.off + ICMP_SEQ); }
   /** Fragmentation-needed. */
-  get nextHopMtu(): number { return this.u16(ICMP_NEXT_HOP_MTU); }
+  get nextHopMtu(): number { return read16(this.buf, this.off + ICMP_NEXT_HOP_MTU); }
   get isError(): boolean { return isIcmpError(this.type); }
   get idOff(): number { return this.off + ICMP_ID; }
   get csumOff(): number { return this.off + ICMP_CSUM; }

@@ -75,14 +75,15 @@ export class PptpMessage extends View {
     const len = read16(buf, off + PPTP_LENGTH);
     const err = checkPptp(buf, off, len);
     if (err !== PPTP_OK) return err;
-    if (!this.bind(buf, off, avail, len)) return PPTP_ERR_TRUNCATED;
+    if (avail < len) return PPTP_ERR_TRUNCATED;
+    this.buf = buf; this.off = off; this.avail = avail;
     this.length = len;
     return PPTP_OK;
   }
 
-  get ctrlType(): number { return this.u16(PPTP_CTRL_TYPE); }
+  get ctrlType(): number { return read16(this.buf, this.off + PPTP_CTRL_TYPE); }
   /** Call ID @12 (every type that has a Call ID field is at least 16 bytes). */
-  get callId(): number { return this.u16(PPTP_CALL_ID); }
-  get peerCallId(): number { return this.length >= PPTP_PEER_CALL_ID + 2 ? this.u16(PPTP_PEER_CALL_ID) : 0; }
-  get result(): number { return this.length > PPTP_RESULT ? this.u8(PPTP_RESULT) : 0; }
+  get callId(): number { return read16(this.buf, this.off + PPTP_CALL_ID); }
+  get peerCallId(): number { return this.length >= PPTP_PEER_CALL_ID + 2 ? read16(this.buf, this.off + PPTP_PEER_CALL_ID) : 0; }
+  get result(): number { return this.length > PPTP_RESULT ? this.buf[this.off + PPTP_RESULT] : 0; }
 }

@@ -1,4 +1,5 @@
 /** TCP header (RFC 9293 §3.1). Offsets from the start of the TCP header. */
+import { read16, read32 } from './checksum';
 import { View } from './view';
 
 export const TCP_SPORT = 0;
@@ -32,18 +33,18 @@ export class TcpHeader extends View {
     if (avail < TCP_MIN_HDR) return TCP_ERR_TRUNCATED;
     const hl = (buf[off + TCP_DATA_OFF] >>> 4) << 2;
     if (hl < TCP_MIN_HDR || (hl > avail && !fragment)) return TCP_ERR_DATA_OFFSET;
-    this.bind(buf, off, avail, TCP_MIN_HDR);
+    this.buf = buf; this.off = off; this.avail = avail;
     this.hdrLen = hl < avail ? hl : avail;
     return TCP_OK;
   }
 
-  get sport(): number { return this.u16(TCP_SPORT); }
-  get dport(): number { return this.u16(TCP_DPORT); }
-  get seq(): number { return this.i32(TCP_SEQ); }
-  get ack(): number { return this.i32(TCP_ACK); }
-  get flags(): number { return this.u8(TCP_FLAGS); }
-  get window(): number { return this.u16(TCP_WINDOW); }
-  get checksum(): number { return this.u16(TCP_CSUM); }
+  get sport(): number { return read16(this.buf, this.off + TCP_SPORT); }
+  get dport(): number { return read16(this.buf, this.off + TCP_DPORT); }
+  get seq(): number { return read32(this.buf, this.off + TCP_SEQ); }
+  get ack(): number { return read32(this.buf, this.off + TCP_ACK); }
+  get flags(): number { return this.buf[this.off + TCP_FLAGS]; }
+  get window(): number { return read16(this.buf, this.off + TCP_WINDOW); }
+  get checksum(): number { return read16(this.buf, this.off + TCP_CSUM); }
   /** Absolute offsets of the fields a translator writes. */
   get sportOff(): number { return this.off + TCP_SPORT; }
   get dportOff(): number { return this.off + TCP_DPORT; }

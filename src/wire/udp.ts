@@ -1,4 +1,5 @@
 /** UDP header (RFC 768). Offsets from the start of the UDP header. */
+import { read16 } from './checksum';
 import { View } from './view';
 
 export const UDP_SPORT = 0, UDP_DPORT = 2;
@@ -16,14 +17,16 @@ export const UDP_OK = 0, UDP_ERR_TRUNCATED = 1;
  */
 export class UdpHeader extends View {
   parse(buf: Uint8Array, off: number, avail: number): number {
-    return this.bind(buf, off, avail, UDP_HDR) ? UDP_OK : UDP_ERR_TRUNCATED;
+    if (avail < UDP_HDR) return UDP_ERR_TRUNCATED;
+    this.buf = buf; this.off = off; this.avail = avail;
+    return UDP_OK;
   }
 
-  get sport(): number { return this.u16(UDP_SPORT); }
-  get dport(): number { return this.u16(UDP_DPORT); }
-  get length(): number { return this.u16(UDP_LEN); }
+  get sport(): number { return read16(this.buf, this.off + UDP_SPORT); }
+  get dport(): number { return read16(this.buf, this.off + UDP_DPORT); }
+  get length(): number { return read16(this.buf, this.off + UDP_LEN); }
   /** 0 means "no checksum" (RFC 768). */
-  get checksum(): number { return this.u16(UDP_CSUM); }
+  get checksum(): number { return read16(this.buf, this.off + UDP_CSUM); }
   get sportOff(): number { return this.off + UDP_SPORT; }
   get dportOff(): number { return this.off + UDP_DPORT; }
   get csumOff(): number { return this.off + UDP_CSUM; }

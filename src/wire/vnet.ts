@@ -23,12 +23,14 @@ export const VNET_OK = 0, VNET_ERR_TRUNCATED = 1;
 /** A checked view of one virtio_net_hdr (little-endian fields). */
 export class VnetHeader extends View {
   parse(buf: Uint8Array, off: number, avail: number): number {
-    return this.bind(buf, off, avail, VNET_HDR_LEN) ? VNET_OK : VNET_ERR_TRUNCATED;
+    if (avail < VNET_HDR_LEN) return VNET_ERR_TRUNCATED;
+    this.buf = buf; this.off = off; this.avail = avail;
+    return VNET_OK;
   }
 
   private le16(at: number): number { return this.buf[this.off + at] | (this.buf[this.off + at + 1] << 8); }
-  get flags(): number { return this.u8(VNET_FLAGS); }
-  get gsoType(): number { return this.u8(VNET_GSO_TYPE); }
+  get flags(): number { return this.buf[this.off + VNET_FLAGS]; }
+  get gsoType(): number { return this.buf[this.off + VNET_GSO_TYPE]; }
   get hdrLen(): number { return this.le16(VNET_HDR_LEN_FIELD); }
   get gsoSize(): number { return this.le16(VNET_GSO_SIZE); }
   get csumStart(): number { return this.le16(VNET_CSUM_START); }

@@ -27,8 +27,8 @@ export class IsakmpNat implements Tracker {
     const ike = this.ike;
     if (ike.parse(p.buf, p.udp.payloadOff, p.udp.payloadLen) !== ISAKMP_OK) return Drop.L4_TRUNCATED;
     const ip = p.ip;
-    const lan = ip.src;
-    const r = this.m.outIsakmp(lan, ip.dst, ike.icookie0, ike.icookie1, ike.rcookie0, ike.rcookie1, p.now);
+    const lan = p.src;
+    const r = this.m.outIsakmp(lan, p.dst, ike.icookie0, ike.icookie1, ike.rcookie0, ike.rcookie1, p.now);
     if (r === TRANSLATED) setUdpAddress(p.buf, ip.off, p.udp.off, IPV4_SRC, lan, p.publicAddr, p.partial);
     return r;
   }
@@ -37,7 +37,7 @@ export class IsakmpNat implements Tracker {
     const ike = this.ike;
     if (ike.parse(p.buf, p.udp.payloadOff, p.udp.payloadLen) !== ISAKMP_OK) return Drop.L4_TRUNCATED;
     const server = p.forwards === null ? NO_FORWARD : p.forwards.isakmpServer();
-    return this.m.inIsakmp(p.ip.src, ike.icookie0, ike.icookie1, ike.rcookie0, ike.rcookie1, p.now, server, p.to);
+    return this.m.inIsakmp(p.src, ike.icookie0, ike.icookie1, ike.rcookie0, ike.rcookie1, p.now, server, p.to);
   }
 
   /** The destination becomes the LAN host; the UDP checksum follows (the port stays 500). */
@@ -59,8 +59,8 @@ export class EspNat implements Tracker {
   outbound(p: Packet): Verdict {
     const ip = p.ip;
     if (this.esp.parse(p.buf, ip.payloadOff, ip.payloadLen) !== ESP_OK) return Drop.L4_TRUNCATED;
-    const lan = ip.src;
-    const r = this.m.outEsp(lan, ip.dst, this.esp.spi, p.now);
+    const lan = p.src;
+    const r = this.m.outEsp(lan, p.dst, this.esp.spi, p.now);
     if (r === TRANSLATED) setAddress(p.buf, ip.off, IPV4_SRC, lan, p.publicAddr);
     return r;
   }
@@ -69,7 +69,7 @@ export class EspNat implements Tracker {
     const ip = p.ip;
     if (this.esp.parse(p.buf, ip.payloadOff, ip.payloadLen) !== ESP_OK) return Drop.L4_TRUNCATED;
     const forward = p.forwards === null ? NO_FORWARD : p.forwards.protoForward(PROTO_ESP);
-    return this.m.inEsp(ip.src, this.esp.spi, p.now, forward, p.to);
+    return this.m.inEsp(p.src, this.esp.spi, p.now, forward, p.to);
   }
 
   deliver(buf: Uint8Array, ipOff: number, _l4Off: number, pub: number, lan: number): void {
@@ -102,7 +102,7 @@ export class AhNat implements Tracker {
   sessionRemoved(): void { /* no sessions */ }
 
   private refuse(p: Packet): Verdict {
-    this.m.ahRefused(p.ip.src, p.ip.dst);
+    this.m.ahRefused(p.src, p.dst);
     return Drop.AH_REFUSED;
   }
 }

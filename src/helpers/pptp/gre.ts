@@ -43,11 +43,11 @@ export class GreNat implements Tracker {
     const ip = p.ip;
     const g = this.gre;
     const kind = g.parse(p.buf, ip.payloadOff, ip.payloadLen);
-    const lan = ip.src;
+    const lan = p.src;
     let r: Verdict;
-    if (kind === GRE_PPTP) r = this.callOut(p, lan, ip.dst, g.callId);
+    if (kind === GRE_PPTP) r = this.callOut(p, lan, p.dst, g.callId);
     else if (kind === GRE_ERR_TRUNCATED) r = this.notPptp();
-    else r = this.rawOut(lan, ip.dst, p.now);
+    else r = this.rawOut(lan, p.dst, p.now);
     if (r === TRANSLATED) setAddress(p.buf, ip.off, IPV4_SRC, lan, p.publicAddr);
     return r;
   }
@@ -73,9 +73,9 @@ export class GreNat implements Tracker {
     const g = this.gre;
     const kind = g.parse(p.buf, ip.payloadOff, ip.payloadLen);
     if (kind === GRE_ERR_TRUNCATED) return this.notPptp();
-    if (kind !== GRE_PPTP) return this.rawIn(p, ip.src);
+    if (kind !== GRE_PPTP) return this.rawIn(p, p.src);
     const calls = this.calls;
-    const c = calls.findPub(ip.src, g.callId);
+    const c = calls.findPub(p.src, g.callId);
     if (c === NONE) return this.forwardIn(p);
     write16(p.buf, g.callIdOff, calls.lanId[c]);
     calls.lastSeen[c] = p.now;
