@@ -9,7 +9,8 @@ import {
   Drop, NatHarness, PUBLIC, MF, UDP, checksumsValid, concat, fragment, icmpError, icmpPacket, ipv4, parse, r32,
   udpPacket, w32,
 } from './packet-builder';
-import { IpsecMasq, IpsecOptions } from '../../src/helpers/ipsec/ipsec';
+import { IpsecMasq, IpsecOptions, TABLE_ESP } from '../../src/helpers/ipsec/ipsec';
+import { EV_DESTROY, EV_NEW, EV_UPDATE } from '../../src/core/journal';
 import { attachIpsec } from '../../src/helpers/ipsec/nat';
 import { ConnRow, espRow, isakmpRow } from '../../src/query/rows';
 import { Forwards } from '../../src/nat/forwards';
@@ -406,5 +407,41 @@ describe('IPsec entries in the connection listing (vpnmasq conns)', () => {
     assert.ok(again.id > espRow.id);
     assert.equal(h.ipsec!.deleteSerials(new Set([isakmpRow.id])), 1);
     h.dropped(Drop.ISAKMP_NO_MAPPING, ike(R, PUBLIC, '5151515151515151', '6161616161616161', 32));
+  });
+});
+
+describe('IPsec tables and the journal', () => {
+  /** The journal events since the last call, as [kind, table] pairs. */
+  const events = (h: NatHarness): Array<[number, number]> => {
+    const out: Array<[number, number]> = [];
+    h.journal.drain((kind, table) => { out.push([kind, table]); });
+    return out;
+  };
+
+  it('the pending -> established change of an ESP entry is an UPDATE event (conns watch, the store)', () => {
+    const h = setup({ guessing: false });
+    h.ipsec!.journal = h.journal;
+    h.one(esp(L1, R, 0x7100));
+    assert.deepEqual(events(h), [[EV_NEW, TABLE_ESP]]);
+    h.one(esp(R, PUBLIC, 0x7200));
+    assert.deepEqual(events(h), [[EV_UPDATE, TABLE_ESP]]);
+    h.one(esp(R, PUBLIC, 0x7200, 2));
+    assert.deepEqual(events(h), [], 'no event per packet');
+  });
+
+  it('removeAll ends every ISAKMP and ESP entry: nothing translates inbound afterwards', () => {
+    const h = setup({ guessing: false });
+    h.ipsec!.journal = h.journal;
+    h.one(ike(L1, R, '7171717171717171', ZERO));
+    h.one(ike(R, PUBLIC, '7171717171717171', '8181818181818181'));
+    h.one(esp(L1, R, 0x7300));
+    h.one(esp(R, PUBLIC, 0x7400));
+    events(h);
+    assert.equal(h.ipsec!.removeAll(), 2);
+    assert.deepEqual(events(h).map(([k]) => k), [EV_DESTROY, EV_DESTROY]);
+    assert.deepEqual(h.ipsec!.stats().esp, { pending: 0, established: 0, squelched: 0 });
+    assert.equal(h.ipsec!.stats().isakmp, 0);
+    h.dropped(Drop.ESP_NO_MAPPING, esp(R, PUBLIC, 0x7400, 3));
+    h.dropped(Drop.ISAKMP_NO_MAPPING, ike(R, PUBLIC, '7171717171717171', '8181818181818181', 32));
   });
 });
