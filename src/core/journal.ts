@@ -54,3 +54,17 @@ export class Journal {
     return n;
   }
 }
+
+/**
+ * A consumer that must see table events before the batch that caused them is
+ * written (the state store). `event` is called for every NEW/UPDATE/DESTROY in
+ * order; `flush` once after each drain. The journal is drained at the end of
+ * every batch that changed a table, before the batch's packets are written,
+ * so a listener that commits in `flush` makes new entries durable before
+ * their first packet leaves (write-ahead). Observers that only report (`conns
+ * watch`) are fed after the batch is written instead.
+ */
+export interface JournalListener {
+  event(kind: number, table: number, index: number, serial: number): void;
+  flush(): void;
+}

@@ -8,6 +8,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { Cidr, cidrContains, formatCidr, ipv4Equal, isIPv4, parseCidr } from '../core/ipv4-addr';
+import type { Forward } from '../nat/forwards';
 
 export const DEFAULT_CONFIG_PATH = '/etc/vpnmasq/vpnmasq.json';
 
@@ -46,9 +47,7 @@ export interface TimeoutsConfig {
 export interface LimitsConfig { maxSessions: number; maxHeldFragments: number }
 export interface IpsecConfig { parallel: boolean; guessing: boolean; guessMax: number; retries: number }
 export interface PptpConfig { nonPptpGre: NonPptpGrePolicy }
-export interface PortForward { proto: 'tcp' | 'udp'; publicPort: number; lanAddress: string; lanPort: number }
-export interface ProtocolForward { proto: 'esp' | 'gre'; lanAddress: string }
-export type Forward = PortForward | ProtocolForward;
+export type { Forward, PortForward, ProtocolForward } from '../nat/forwards';
 /** null: no clamping; 'auto': clamp to the TUN MTU; a number: clamp to that MSS. */
 export type MssClamp = null | 'auto' | number;
 export interface StateConfig { path: string; synchronous: SyncMode; groupCommitMs: number; flushIntervalMs: number }

@@ -17,7 +17,7 @@
 import * as net from 'node:net';
 import { Config } from './config';
 import { ControlReply, ControlRequest } from './control';
-import type { JournalListener } from './daemon';
+import type { JournalListener } from '../core/journal';
 import { AnyConnRow, compileFilter, ConnFilter, FilterError, isEmptyFilter, ListQuery, queryRows } from '../query/filters';
 import { EV_DESTROY, EV_NEW, EV_UPDATE } from '../core/journal';
 import { ConnRow } from '../query/rows';

@@ -36,7 +36,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import Database from 'better-sqlite3';
-import type { JournalListener } from '../daemon/daemon';
+import type { JournalListener } from '../core/journal';
 import type { AddressChangePolicy, StateConfig } from '../daemon/config';
 import type { Logger } from '../daemon/log';
 import { EV_DESTROY, EV_NEW, EV_UPDATE } from '../core/journal';

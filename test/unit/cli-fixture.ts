@@ -9,10 +9,10 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawn } from 'node:child_process';
 import Database from 'better-sqlite3';
-import { parseConfig, Config } from '../../src/daemon/config';
+import { checkForwards, parseConfig, Config } from '../../src/daemon/config';
 import { ControlServer, startControlServer } from '../../src/daemon/control';
 import { ControlCommands, ControlTarget } from '../../src/daemon/control-commands';
-import type { JournalListener } from '../../src/daemon/daemon';
+import type { JournalListener } from '../../src/core/journal';
 import { Journal } from '../../src/core/journal';
 import { ConnRow, sessionRow } from '../../src/query/rows';
 import { SessionTable, TABLE_SESSIONS } from '../../src/nat/sessions';
@@ -126,7 +126,7 @@ export class FakeDaemon implements ControlTarget {
 
   constructor(readonly dir: string, readonly socket = path.join(dir, 'control.sock')) {
     this.config = parseConfig(fs.readFileSync(writeConfig(dir, socket), 'utf8'), 'test');
-    this.forwards = new Forwards(this.table, this.config.forwards);
+    this.forwards = new Forwards(this.table, this.config.forwards, checkForwards);
     this.commands = new ControlCommands(this, () => this.now);
   }
 
