@@ -26,6 +26,8 @@ trap 'rm -rf "$tmp"' EXIT
 (cd "$SRC" && node_modules/.bin/tsc -p tsconfig.json --outDir "$tmp/dist" --sourceMap false) || die "TypeScript build failed"
 mkdir -p "$DEST/dist"
 mv "$tmp/dist/src" "$DEST/dist/src"
+# The byte-vector tests beside the wire views are not part of the program.
+find "$DEST/dist" -name '*.test.js' -delete
 
 mkdir -p "$DEST/build/Release" "$DEST/bin"
 cp "$addon" "$DEST/build/Release/"

@@ -1,7 +1,7 @@
 /** `vpnmasq conns list|show|delete|flush|watch`. */
 import * as readline from 'node:readline';
 import { Command } from 'commander';
-import { openReadOnly, StoredConns } from '../query/stored';
+import type { StoredConns } from '../query/stored';
 import { CliError, DaemonDownError, EXIT_USAGE } from './client';
 import { config, note, out, request } from './context';
 import {
@@ -10,8 +10,9 @@ import {
 } from '../query/filters';
 import { CONN_HEADERS, connCells, flatten, keyValues, TableWriter, useColour, vpnDetail } from './format';
 
-/** The state database, read-only (for reads while the daemon is down). */
-function openStore(path: string): StoredConns {
+/** The state database, read-only (for reads while the daemon is down; loaded only then). */
+async function openStore(path: string): Promise<StoredConns> {
+  const { openReadOnly } = await import('../query/stored');
   try {
     return openReadOnly(path);
   } catch (e) {
@@ -74,7 +75,7 @@ async function list(program: Command, opts: ListOpts): Promise<void> {
     if (!(e instanceof DaemonDownError)) throw e;
     const path = config(program).state.path;
     note(`${e.message}; reading ${path} read-only`);
-    const store = openStore(path);
+    const store = await openStore(path);
     count = 0;
     try {
       for (const r of queryRows(store.iterate() as Iterable<AnyConnRow>, q)) {
@@ -99,7 +100,7 @@ async function show(program: Command, idText: string, opts: { json?: boolean }):
     if (!(e instanceof DaemonDownError)) throw e;
     const path = config(program).state.path;
     note(`${e.message}; reading ${path} read-only`);
-    const store = openStore(path);
+    const store = await openStore(path);
     try {
       conn = store.byId(id);
     } finally {

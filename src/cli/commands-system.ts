@@ -1,7 +1,6 @@
 /** `vpnmasq run|check-native|status|stats|forwards|config check`. */
 import { Command } from 'commander';
 import { ConfigError, ConfigProblem, loadConfig } from '../config/schema';
-import { runDaemon } from '../daemon/lifecycle';
 import { checkNativeModules, nodeDescription } from '../edge/native-modules';
 import { CliError, DaemonDownError, EXIT_FAILURE, EXIT_USAGE } from './client';
 import { config, note, out, request } from './context';
@@ -12,10 +11,12 @@ export function runCommand(program: Command): void {
     .command('run')
     .description('run the router in the foreground (as a systemd service)')
     // Readiness, watchdog, SIGHUP reload and SIGTERM: src/daemon/lifecycle.ts.
-    .action(() => {
+    .action(async () => {
       const cfg = config(program);
       const problems = checkNativeModules().flatMap((r) => (r.problem === null ? [] : [r.problem]));
       if (problems.length > 0) throw new CliError(problems.join('\n'));
+      // Loaded here only: the other commands are clients and never load the daemon.
+      const { runDaemon } = await import('../daemon/lifecycle');
       return runDaemon(program.opts().config as string, cfg);
     });
 

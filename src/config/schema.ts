@@ -8,8 +8,7 @@
 import { readFileSync } from 'node:fs';
 import { Cidr, cidrContains, formatCidr, parseCidr } from '../core/ipv4-addr';
 import { Forward, forwardClaim, PortRange } from '../core/forward';
-import { ADDRESS_CHANGE_POLICIES, AddressChangePolicy } from '../persist/columns';
-import { Synchronous, SYNCHRONOUS_MODES } from '../persist/store';
+import { ADDRESS_CHANGE_POLICIES, AddressChangePolicy, Synchronous, SYNCHRONOUS_MODES } from '../persist/options';
 import {
   absolutePathProblem, Checker, ConfigError, ConfigProblem, describe, groupNameProblem, IntegerBounds, interfaceNameProblem, ipv4Problem,
   isPlainObject, listenProblem, parsePrefix, prefixProblem, socketPathProblem,

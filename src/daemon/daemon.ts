@@ -15,7 +15,7 @@ import { Logger } from './log';
 import { Datapath, rxSlotSize } from '../nat/datapath';
 import { Journal, JournalListener } from '../core/journal';
 import { SessionTable, SLOT_ICMP, SLOT_TCP, SLOT_UDP, TABLE_SESSIONS } from '../nat/sessions';
-import { ConnRow, sessionRow } from '../query/rows';
+import { allRows, ConnRow, ConnTables, rowOf } from '../query/rows';
 import { JournalFeed, JournalObserver } from '../query/journal-feed';
 import { IdIndex, IdSource } from '../query/id-index';
 import { Drop } from '../core/verdict';
@@ -30,11 +30,11 @@ import { Store } from '../persist/store';
 import { EspCodec, GreCallCodec, IsakmpCodec, SessionCodec } from '../persist/tables';
 import { DbHealth } from '../persist/health';
 import { Forwards } from '../nat/forwards';
-import {
-  GC_CALLS_CLEARED, GC_CALLS_CREATED, GC_CALLS_REFUSED, GC_IN, GC_NO_MAPPING_IN, GC_NO_MAPPING_OUT, GC_NOT_PPTP, GC_OUT, PptpCalls, greConnRow, TABLE_GRE_CALLS,
-} from '../helpers/pptp/calls';
-import { PC_LOST_CALL, PC_MALFORMED, PC_MESSAGES, PC_NO_CALL_SLOT, PC_OUT_OF_ORDER, PC_REWRITES, PptpControl } from '../helpers/pptp/control';
+import { PptpCounter } from '../helpers/pptp/counters';
+import { PptpMasq } from '../helpers/pptp/pptp';
+import { TABLE_GRE_CALLS } from '../helpers/pptp/calls';
 import { IPSEC_EVENT_NAMES, IpsecMasq, MIN_LIFETIME_MS, TABLE_ESP, TABLE_ISAKMP } from '../helpers/ipsec/ipsec';
+import { attachIpsec } from '../helpers/ipsec/nat';
 
 /** Policy routing table and rule priority the daemon owns. */
 export const ROUTE_TABLE = 7100;
@@ -50,6 +50,14 @@ const IPSEC_ENTRIES = 16384;
 const PPTP_VOLUME_COUNTERS: ReadonlySet<string> = new Set(['gre-out', 'gre-in', 'messages', 'rewrites']);
 /** Sweep the whole table about every 10 s whatever its size. */
 const SWEEPS_PER_PASS = 100;
+
+/** PPTP counters logged once a second when they moved (spec §10), with their log event names. */
+const PPTP_LOGGED: ReadonlyArray<[number, string]> = [
+  [PptpCounter.CALLS_CREATED, 'pptp-call'], [PptpCounter.CALLS_REFUSED, 'pptp-refused'],
+  [PptpCounter.CALLS_CLEARED, 'pptp-disconnect'], [PptpCounter.GRE_NO_MAPPING_IN, 'gre-no-entry-in'],
+  [PptpCounter.GRE_NO_MAPPING_OUT, 'gre-no-entry-out'], [PptpCounter.GRE_NOT_PPTP, 'gre-not-pptp'],
+  [PptpCounter.LOST_CALL, 'pptp-lost-call'], [PptpCounter.MALFORMED, 'pptp-malformed'],
+];
 
 export interface DaemonOptions {
   /** Wall-clock milliseconds; injectable for tests. */
@@ -74,7 +82,7 @@ export class Daemon implements MetricsSource {
   private readonly now: () => number;
   readonly startedAt: number;
   readonly table: SessionTable;
-  readonly forwarder: Datapath;
+  readonly datapath: Datapath;
   private tun: TunDevice | null = null;
   private readonly openTun: TunFactory;
   private readonly onFatal: (reason: Error) => void;
@@ -97,12 +105,11 @@ export class Daemon implements MetricsSource {
   store: Store | null = null;
   private readonly commands: ControlCommands;
   readonly forwards: Forwards;
-  /** PPTP calls (journal table 4) and the control-channel inspector. */
-  readonly greCalls: PptpCalls;
-  readonly pptpControl: PptpControl;
+  /** PPTP calls (journal table 4), their GRE and the control-channel tracker. */
+  readonly pptp: PptpMasq;
   /** IPsec masquerade: ISAKMP by cookie on port 500, ESP by SPI (spec §3, §4). */
   readonly ipsec: IpsecMasq;
-  private readonly pptpLogged = new Float64Array(8);
+  private readonly pptpLogged = new Float64Array(PPTP_LOGGED.length);
   private pptpSweptAt = 0;
 
   constructor(public config: Config, private readonly log: Logger, opts: DaemonOptions = {}) {
@@ -123,7 +130,7 @@ export class Daemon implements MetricsSource {
       new Journal(),
     );
     const t = cfg.timeouts;
-    this.forwarder = new Datapath(
+    this.datapath = new Datapath(
       this.table,
       {
         slotSize: rxSlotSize(cfg.tun.offloads, cfg.tun.mtu),
@@ -148,15 +155,13 @@ export class Daemon implements MetricsSource {
         vnetLen: 10,
       },
     );
-    const napt = this.forwarder.napt;
+    const napt = this.datapath.napt;
     this.forwards = new Forwards(this.table, cfg.forwards);
-    this.greCalls = new PptpCalls(PPTP_CALLS, this.table, this.forwards, this.table.journal);
-    this.greCalls.graceMs = t.pptpGrace * 1000;
-    this.greCalls.allowNonPptp = cfg.pptp.nonPptpGre === 'address-only';
-    this.pptpControl = new PptpControl(PPTP_CALLS, this.table, this.greCalls);
+    this.pptp = new PptpMasq(PPTP_CALLS, this.table, this.table.journal);
+    this.pptp.calls.graceMs = t.pptpGrace * 1000;
+    this.pptp.gre.allowNonPptp = cfg.pptp.nonPptpGre === 'address-only';
+    this.pptp.attach(napt);
     napt.forwards = this.forwards;
-    napt.gre = this.greCalls;
-    napt.pptp = this.pptpControl;
     napt.sharedAddress = cfg.wan.mode === 'shared';
     this.ipsec = new IpsecMasq({
       lifetimeMs: Math.max(MIN_LIFETIME_MS, t.ipsec * 1000),
@@ -168,7 +173,7 @@ export class Daemon implements MetricsSource {
       guessMax: cfg.ipsec.guessMax,
       capacity: IPSEC_ENTRIES,
     });
-    napt.ipsec = this.ipsec;
+    attachIpsec(napt, this.ipsec);
     this.ipsec.serials = this.table.serials;
     this.ipsec.journal = this.table.journal;
     this.ids = new IdIndex(() => this.idSources());
@@ -179,29 +184,25 @@ export class Daemon implements MetricsSource {
   /** Every table's records and serials, for the id index. */
   private idSources(): IdSource[] {
     const t = this.table;
-    const g = this.greCalls;
+    const g = this.pptp.calls;
     const m = this.ipsec;
     return [
       { table: TABLE_SESSIONS, capacity: t.capacity, inUse: t.sInUse, serial: t.sSerial },
       { table: TABLE_GRE_CALLS, capacity: g.capacity, inUse: g.inUse, serial: g.serial },
       { table: TABLE_ISAKMP, capacity: m.opts.capacity, inUse: m.kInUse, serial: m.kSerial },
-      // A free ESP entry's state is 0.
-      { table: TABLE_ESP, capacity: m.opts.capacity, inUse: m.eState, serial: m.eSerial },
+      { table: TABLE_ESP, capacity: m.opts.capacity, inUse: m.eInUse, serial: m.eSerial },
     ];
   }
 
-  /** PPTP/GRE upkeep once a second: expire calls, free control state, log spec §10 events (rate-limited). */
+  /** PPTP/GRE upkeep once a second: expire calls, log spec §10 events (rate-limited). */
   private pptpTick(now: number): void {
-    this.greCalls.sweep(now);
-    this.pptpControl.sweep();
-    const g = this.greCalls.counters;
-    const p = this.pptpControl.counters;
-    const seen = [g[GC_CALLS_CREATED], g[GC_CALLS_REFUSED], g[GC_CALLS_CLEARED], g[GC_NO_MAPPING_IN], g[GC_NO_MAPPING_OUT], g[GC_NOT_PPTP], p[PC_LOST_CALL], p[PC_MALFORMED]];
-    const names = ['pptp-call', 'pptp-refused', 'pptp-disconnect', 'gre-no-entry-in', 'gre-no-entry-out', 'gre-not-pptp', 'pptp-lost-call', 'pptp-malformed'];
-    for (let i = 0; i < seen.length; i++) {
-      const n = seen[i] - this.pptpLogged[i];
-      if (n > 0) this.log.event(names[i], `${names[i]}: ${n} since last report`, { count: n, calls: this.greCalls.count });
-      this.pptpLogged[i] = seen[i];
+    this.pptp.sweep(now);
+    const counts = this.pptp.counters.counts;
+    for (let i = 0; i < PPTP_LOGGED.length; i++) {
+      const [counter, name] = PPTP_LOGGED[i];
+      const n = counts[counter] - this.pptpLogged[i];
+      if (n > 0) this.log.event(name, `${name}: ${n} since last report`, { count: n, calls: this.pptp.calls.count });
+      this.pptpLogged[i] = counts[counter];
     }
   }
 
@@ -255,8 +256,8 @@ export class Daemon implements MetricsSource {
    */
   startPacketLoop(tun: TunDevice): void {
     this.tun = tun;
-    this.forwarder.napt.mssClamp = mssClampValue(this.config.mssClamp, this.config.tun.mtu);
-    const fw = this.forwarder;
+    this.datapath.napt.mssClamp = mssClampValue(this.config.mssClamp, this.config.tun.mtu);
+    const fw = this.datapath;
     const journal = this.table.journal as Journal;
     const faults = this.faults;
     const onError = (e: unknown, index: number): void => faults.packet(e, index);
@@ -295,7 +296,7 @@ export class Daemon implements MetricsSource {
     // After the sessions: a PPTP call refers to its control connection's session.
     store.registerTable(new IsakmpCodec(this.ipsec, this.table));
     store.registerTable(new EspCodec(this.ipsec, this.table));
-    store.registerTable(new GreCallCodec(this.greCalls, this.table));
+    store.registerTable(new GreCallCodec(this.pptp.calls, this.table));
     store.restore({ now: this.now(), publicAddr: this.table.publicAddr, onAddressChange: this.config.wan.onAddressChange });
     // Restored entries come without table events.
     this.ids.invalidate();
@@ -307,10 +308,10 @@ export class Daemon implements MetricsSource {
   private sweep(budget: number): void {
     const now = this.now();
     this.table.sweep(now, budget);
-    const timedOut = this.forwarder.frags.sweep(now);
-    if (timedOut > 0) this.forwarder.napt.drops.counts[Drop.FRAGMENT_TIMEOUT] += timedOut;
+    const timedOut = this.datapath.frags.sweep(now);
+    if (timedOut > 0) this.datapath.napt.drops.counts[Drop.FRAGMENT_TIMEOUT] += timedOut;
     this.ipsec.sweep(now, budget);
-    this.ipsec.drainEvents((kind, msg, fields) => this.log.event(kind, msg, fields));
+    this.ipsec.events.drain((kind, msg, fields) => this.log.event(kind, msg, fields));
     if (now - this.pptpSweptAt >= 1000) {
       this.pptpSweptAt = now;
       this.pptpTick(now);
@@ -380,25 +381,16 @@ export class Daemon implements MetricsSource {
   // ---- control socket ----------------------------------------------------
 
   /** Rows of the connection table, built one at a time so a listing streams. */
-  *rows(): Iterable<ConnRow> {
-    const t = this.table;
-    const now = this.now();
-    for (let s = 0; s < t.capacity; s++) if (t.sInUse[s] === 1) yield sessionRow(t, s, now);
-    for (const r of this.greCalls.rows(now)) yield greConnRow(r, t.publicAddr);
-    yield* this.ipsec.rows(now, t.publicAddr);
+  rows(): Iterable<ConnRow> {
+    return allRows(this.connTables(), this.now());
   }
 
   rowOf(table: number, index: number, serial: number): ConnRow | null {
-    const t = this.table;
-    const now = this.now();
-    switch (table) {
-      case TABLE_SESSIONS:
-        return t.sSerial[index] === serial ? sessionRow(t, index, now) : null;
-      case TABLE_GRE_CALLS:
-        return this.greCalls.serial[index] === serial ? greConnRow(this.greCalls.row(index, now), t.publicAddr) : null;
-      default:
-        return this.ipsec.rowOf(table, index, serial, now, t.publicAddr);
-    }
+    return rowOf(this.connTables(), table, index, serial, this.now());
+  }
+
+  private connTables(): ConnTables {
+    return { sessions: this.table, ipsec: this.ipsec, calls: this.pptp.calls };
   }
 
   /**
@@ -409,7 +401,7 @@ export class Daemon implements MetricsSource {
   deleteConns(ids: ReadonlySet<number>): number {
     this.feed.deliver();
     const t = this.table;
-    const g = this.greCalls;
+    const g = this.pptp.calls;
     const vpn = new Set<number>();
     let deleted = 0;
     for (const id of ids) {
@@ -441,7 +433,7 @@ export class Daemon implements MetricsSource {
   }
 
   stats(): Record<string, unknown> {
-    const napt = this.forwarder.napt;
+    const napt = this.datapath.napt;
     const t = this.table;
     const tunStats: Record<string, number> = {};
     const tun = this.tun;
@@ -458,7 +450,7 @@ export class Daemon implements MetricsSource {
       limit: t.capacity,
       drops: napt.drops.byName(),
       ipsec: this.ipsec.stats(),
-      pptp: this.pptpCounters(),
+      pptp: this.pptp.stats(),
       tun: tunStats,
     };
   }
@@ -529,10 +521,8 @@ export class Daemon implements MetricsSource {
     const policy = this.config.wan.onAddressChange;
     let dropped = 0;
     if (policy === 'drop' || next === null) {
-      const sessions: number[] = [];
-      this.table.forEachSession((s) => sessions.push(s));
-      for (const s of sessions) this.table.removeSession(s);
-      dropped = sessions.length;
+      // Every table: NAPT sessions (and with them their PPTP control state), calls, ISAKMP and ESP entries.
+      dropped = this.table.removeAll() + this.pptp.removeAll() + this.ipsec.removeAll();
     }
     if (next !== null) {
       this.table.publicAddr = ipv4ToInt32(next);
@@ -546,7 +536,7 @@ export class Daemon implements MetricsSource {
   async reload(next: Config): Promise<void> {
     const prev = this.config;
     this.config = next;
-    this.forwarder.napt.mssClamp = mssClampValue(next.mssClamp, next.tun.mtu);
+    this.datapath.napt.mssClamp = mssClampValue(next.mssClamp, next.tun.mtu);
     const changed = configDiff(prev, next);
     if (changed.includes('forwards')) {
       const dropped = this.forwards.configure(next.forwards);
@@ -575,24 +565,12 @@ export class Daemon implements MetricsSource {
   }
 
   drops(): Record<string, number> {
-    return this.forwarder.napt.drops.byName();
+    return this.datapath.napt.drops.byName();
   }
 
   traffic(): { packetsOut: number; packetsIn: number; bytesOut: number; bytesIn: number } {
-    const t = this.forwarder.napt.traffic;
+    const t = this.datapath.napt.traffic;
     return { packetsOut: t[T_PKTS_OUT], packetsIn: t[T_PKTS_IN], bytesOut: t[T_BYTES_OUT], bytesIn: t[T_BYTES_IN] };
-  }
-
-  /** The PPTP call table's and control tracker's counters (spec §10), by name. */
-  private pptpCounters(): Record<string, number> {
-    const g = this.greCalls.counters;
-    const p = this.pptpControl.counters;
-    return {
-      'calls-created': g[GC_CALLS_CREATED], 'calls-refused': g[GC_CALLS_REFUSED], 'calls-cleared': g[GC_CALLS_CLEARED],
-      'gre-out': g[GC_OUT], 'gre-in': g[GC_IN], 'gre-no-mapping-in': g[GC_NO_MAPPING_IN], 'gre-no-mapping-out': g[GC_NO_MAPPING_OUT],
-      'gre-not-pptp': g[GC_NOT_PPTP], messages: p[PC_MESSAGES], rewrites: p[PC_REWRITES], malformed: p[PC_MALFORMED],
-      'lost-call': p[PC_LOST_CALL], 'out-of-order': p[PC_OUT_OF_ORDER], 'no-call-slot': p[PC_NO_CALL_SLOT],
-    };
   }
 
   /** VPN events for the metrics: every IPsec event count, and the PPTP counters that count events (not packets or messages). */
@@ -600,7 +578,7 @@ export class Daemon implements MetricsSource {
     const out: Record<string, number> = {};
     const ipsec = this.ipsec.eventCounts;
     IPSEC_EVENT_NAMES.forEach((name, i) => { out[`ipsec-${name}`] = ipsec[i]; });
-    for (const [name, n] of Object.entries(this.pptpCounters())) if (!PPTP_VOLUME_COUNTERS.has(name)) out[`pptp-${name}`] = n;
+    for (const [name, n] of Object.entries(this.pptp.counters.byName())) if (!PPTP_VOLUME_COUNTERS.has(name)) out[`pptp-${name}`] = n;
     return out;
   }
 

@@ -15,6 +15,7 @@
  * Nothing here runs per packet: the store calls it at the write-ahead point
  * (rows of new entries), from its timer (updates) and at start (restore).
  */
+import type { AddressChangePolicy } from './options';
 
 /** SQLite storage class of a column (times and counters are REAL: they exceed 2^31). */
 export type SqlType = 'INTEGER' | 'REAL';
@@ -131,9 +132,6 @@ const EXPIRED: Rejection = { kind: 'expired' };
 const ADDRESS: Rejection = { kind: 'address' };
 const CONFLICT: Rejection = { kind: 'conflict' };
 
-/** What restore (and the daemon, when the WAN address changes) does with entries under another public address. */
-export const ADDRESS_CHANGE_POLICIES = ['move', 'drop'] as const;
-export type AddressChangePolicy = (typeof ADDRESS_CHANGE_POLICIES)[number];
 
 /** What restore needs to decide about a stored row. */
 export interface RestoreContext {

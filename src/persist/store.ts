@@ -39,19 +39,8 @@ import Database from 'better-sqlite3';
 import { EV_DESTROY, EV_NEW, EV_UPDATE, JournalListener } from '../core/journal';
 import { RestoreContext, TableCodec } from './columns';
 import { classify, DbHealth, describeError, Fault } from './health';
+import type { StoreConfig } from './options';
 import { CREATE_STATEMENTS, MIGRATIONS, SCHEMA_VERSION } from './schema';
-
-/** `state.synchronous`: SQLite's PRAGMA synchronous for the WAL (see the header). */
-export const SYNCHRONOUS_MODES = ['normal', 'full', 'off'] as const;
-export type Synchronous = (typeof SYNCHRONOUS_MODES)[number];
-
-/** Where and how the store writes (the `state` section of the config). */
-export interface StoreConfig {
-  path: string;
-  synchronous: Synchronous;
-  /** Period of the update flush and health check. */
-  flushIntervalMs: number;
-}
 
 /** What the store logs through (the daemon's logger). */
 export interface StoreLog {

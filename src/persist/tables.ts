@@ -100,8 +100,7 @@ export const ESP = defineTable<IpsecTables>()({
   },
   capacity: (x) => x.m.opts.capacity,
   count: (x) => x.m.espCountByState[ESP_PENDING] + x.m.espCountByState[ESP_ESTABLISHED] + x.m.espCountByState[ESP_SQUELCHED],
-  // A free entry's state is ESP_FREE (0).
-  inUse: (x) => x.m.eState,
+  inUse: (x) => x.m.eInUse,
   restore: (x, r) => x.m.restoreEsp(r.lan, r.rem, r.out_spi, r.in_spi, r.state, r.blocking === 1, r.retries, r.created, r.expires, r.serial),
 });
 

@@ -55,7 +55,7 @@ const packet = (src: string, dst: string, sport: number, dport: number): Uint8Ar
 
 /** Makes translation throw for UDP packets to `dport`. */
 function poison(daemon: Daemon, dport: number): void {
-  const napt = daemon.forwarder.napt;
+  const napt = daemon.datapath.napt;
   const process = napt.process.bind(napt);
   napt.process = (off, len, out) => {
     const a = napt.arena;

@@ -77,8 +77,8 @@ describe('daemon observers', () => {
 describe('daemon VPN counters', () => {
   it('stats show the PPTP counters; the VPN events metric gets the IPsec events and the PPTP event counters', () => {
     const { daemon } = rig();
-    const stats = daemon.stats() as { pptp: Record<string, number> };
-    for (const name of ['calls-created', 'calls-refused', 'gre-out', 'gre-in', 'malformed', 'lost-call']) assert.equal(stats.pptp[name], 0, name);
+    const stats = daemon.stats() as { pptp: { events: Record<string, number> } };
+    for (const name of ['calls-created', 'calls-refused', 'gre-out', 'gre-in', 'malformed', 'lost-call']) assert.equal(stats.pptp.events[name], 0, name);
     const events = daemon.vpnEvents();
     for (const name of ['ipsec-esp-established', 'ipsec-ah-refused', 'pptp-calls-created', 'pptp-malformed', 'pptp-gre-not-pptp']) assert.equal(events[name], 0, name);
     assert.equal(events['pptp-gre-out'], undefined, 'packet counts are not events');

@@ -19,9 +19,9 @@ import { Store } from '../../src/persist/store';
 import { EspCodec, GreCallCodec, IsakmpCodec, SessionCodec } from '../../src/persist/tables';
 import { ESP_ESTABLISHED, ESP_PENDING, ESP_SQUELCHED, IpsecMasq } from '../../src/helpers/ipsec/ipsec';
 import { CALL_CONFIRMED, CALL_REQUESTED, PptpCalls, ROLE_PAC, ROLE_PNS } from '../../src/helpers/pptp/calls';
-import { write32 } from '../../src/wire/checksum';
 import { NO_FORWARD } from '../../src/nat/forwards';
-import { ISAKMP_HDR, ISAKMP_ICOOKIE, ISAKMP_RCOOKIE } from '../../src/wire/isakmp';
+import { Targets } from '../../src/core/targets';
+import { Verdict } from '../../src/core/verdict';
 import { PROTO_TCP, PROTO_UDP } from '../../src/wire/ipv4';
 import { ipv4ToInt32 } from '../../src/core/ipv4-addr';
 
@@ -390,7 +390,6 @@ describe('state store', () => {
     const VPN = ipv4ToInt32('198.18.0.20');
     const VPN2 = ipv4ToInt32('198.18.0.21');
     const MIN = 60_000;
-    const ike = new Uint8Array(ISAKMP_HDR);
 
     /** The tables of one daemon run, sharing the session table's journal and serials as the daemon wires them. */
     function vpnTables(pub = PUB) {
@@ -401,7 +400,7 @@ describe('state store', () => {
       });
       m.journal = t.journal;
       m.serials = t.serials;
-      const g = new PptpCalls(64, t, null, t.journal);
+      const g = new PptpCalls(64, t.serials, t.journal);
       return { t, m, g };
     }
 
@@ -413,18 +412,17 @@ describe('state store', () => {
       return store;
     }
 
-    function cookies(ic0: number, ic1: number, rc0: number, rc1: number): Uint8Array {
-      write32(ike, ISAKMP_ICOOKIE, ic0);
-      write32(ike, ISAKMP_ICOOKIE + 4, ic1);
-      write32(ike, ISAKMP_RCOOKIE, rc0);
-      write32(ike, ISAKMP_RCOOKIE + 4, rc1);
-      return ike;
+    function cookies(ic0: number, ic1: number, rc0: number, rc1: number): [number, number, number, number] {
+      return [ic0, ic1, rc0, rc1];
     }
+    /** Where an inbound packet went: the LAN hosts in `to`, their number returned (0: dropped). */
+    const to = new Targets();
+    const delivered = (v: number): number => (v === Verdict.TRANSLATED ? to.count : 0);
 
     it('new entries are written ahead, state changes reach the database in the update flush', () => {
       const v = vpnTables();
       const store = openVpn(v);
-      assert.equal(v.m.outIsakmp(LAN, VPN, cookies(0x11111111, 0x22222222, 0, 0), 0, clock), -1);
+      assert.equal(v.m.outIsakmp(LAN, VPN, ...cookies(0x11111111, 0x22222222, 0, 0), clock), -1);
       assert.equal(v.m.outEsp(LAN, VPN, 0x1000, clock), -1);
       const ctl = v.t.createOut(PROTO_TCP, LAN, 40100, VPN, 1723, clock, 3, clock + 7440000);
       const call = v.g.create(LAN, VPN, 0x0100, ROLE_PNS, ctl, v.t.sSerial[ctl], clock);
@@ -434,8 +432,8 @@ describe('state store', () => {
       assert.equal(rowsIn(cfg.path, 'gre_calls')[0].state, CALL_REQUESTED);
 
       clock += 1000;
-      assert.equal(v.m.inIsakmp(VPN, cookies(0x11111111, 0x22222222, 0x33333333, 0x44444444), 0, clock, NO_FORWARD), 1);
-      assert.equal(v.m.inEsp(VPN, 0x2000, clock, NO_FORWARD), 1);
+      assert.equal(delivered(v.m.inIsakmp(VPN, ...cookies(0x11111111, 0x22222222, 0x33333333, 0x44444444), clock, NO_FORWARD, to)), 1);
+      assert.equal(delivered(v.m.inEsp(VPN, 0x2000, clock, NO_FORWARD, to)), 1);
       v.g.confirm(call, 0x5555);
       drain(v.t, store);
       assert.equal(rowsIn(cfg.path, 'esp')[0].state, ESP_PENDING, 'no write per packet');
@@ -459,10 +457,10 @@ describe('state store', () => {
     it('restore keeps cookies, SPI pairings, Call IDs and serials; pending ESP past its deadline is dropped', () => {
       const v = vpnTables();
       let store = openVpn(v);
-      v.m.outIsakmp(LAN, VPN, cookies(0x11111111, 0x22222222, 0, 0), 0, clock);
-      v.m.inIsakmp(VPN, cookies(0x11111111, 0x22222222, 0x33333333, 0x44444444), 0, clock, NO_FORWARD);
+      v.m.outIsakmp(LAN, VPN, ...cookies(0x11111111, 0x22222222, 0, 0), clock);
+      v.m.inIsakmp(VPN, ...cookies(0x11111111, 0x22222222, 0x33333333, 0x44444444), clock, NO_FORWARD, to);
       v.m.outEsp(LAN, VPN, 0x1000, clock);
-      v.m.inEsp(VPN, 0x2000, clock, NO_FORWARD);
+      v.m.inEsp(VPN, 0x2000, clock, NO_FORWARD, to);
       v.m.outEsp(LAN, VPN2, 0x3000, clock); // stays pending: 2 min
       const lan2 = ipv4ToInt32('10.77.0.12');
       const ctl = v.t.createOut(PROTO_TCP, LAN, 40100, VPN, 1723, clock, 3, clock + 7440000);
@@ -481,10 +479,10 @@ describe('state store', () => {
       assert.equal(rowsIn(cfg.path, 'esp').length, 1, 'the dropped pending entry is deleted');
       assert.deepEqual(w.m.stats().esp, { pending: 0, established: 1, squelched: 0 });
       // Both cookies lead to the LAN host; the SPI pairing works both ways.
-      assert.equal(w.m.inIsakmp(VPN, cookies(0x11111111, 0x22222222, 0x33333333, 0x44444444), 0, clock, NO_FORWARD), 1);
-      assert.equal(w.m.targets[0], LAN);
-      assert.equal(w.m.inEsp(VPN, 0x2000, clock, NO_FORWARD), 1);
-      assert.equal(w.m.targets[0], LAN);
+      assert.equal(delivered(w.m.inIsakmp(VPN, ...cookies(0x11111111, 0x22222222, 0x33333333, 0x44444444), clock, NO_FORWARD, to)), 1);
+      assert.equal(to.addr[0], LAN);
+      assert.equal(delivered(w.m.inEsp(VPN, 0x2000, clock, NO_FORWARD, to)), 1);
+      assert.equal(to.addr[0], LAN);
       assert.equal(w.m.outEsp(LAN, VPN, 0x1000, clock), -1);
       // A new SPI towards the remote whose pending entry was dropped is not blocked.
       assert.equal(w.m.outEsp(lan2, VPN2, 0x4000, clock), -1);
@@ -543,7 +541,7 @@ describe('state store', () => {
         fs.rmSync(path.dirname(cfg.path), { recursive: true, force: true });
         const v = vpnTables(PUB);
         let store = openVpn(v);
-        v.m.outIsakmp(LAN, VPN, cookies(1, 2, 0, 0), 0, clock);
+        v.m.outIsakmp(LAN, VPN, ...cookies(1, 2, 0, 0), clock);
         v.m.outEsp(LAN, VPN, 0x1000, clock);
         drain(v.t, store);
         store.close();
