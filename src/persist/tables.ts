@@ -15,7 +15,7 @@ import { PROTO_ICMP, PROTO_TCP, PROTO_UDP } from '../wire/ipv4';
 import { SessionTable, TABLE_SESSIONS } from '../nat/sessions';
 import { ESP_ESTABLISHED, ESP_PENDING, ESP_SQUELCHED, IpsecMasq, TABLE_ESP, TABLE_ISAKMP } from '../helpers/ipsec/ipsec';
 import { CALL_CLEARING, CALL_CONFIRMED, CALL_REQUESTED, PptpCalls, ROLE_PAC, ROLE_PNS, TABLE_GRE_CALLS } from '../helpers/pptp/calls';
-import { defineTable, FLAG, INT32, inRange, NON_NEGATIVE, oneOf, PORT, SERIAL, TableCodec, UINT8 } from './columns';
+import { ColumnDef, defineTable, FLAG, INT32, inRange, NON_NEGATIVE, oneOf, PORT, SERIAL, TableCodec, UINT8 } from './columns';
 
 const NO_CALL_ID = -1;
 
@@ -49,6 +49,20 @@ export const SESSIONS = defineTable<SessionTable>()({
   restore: (t, r) => t.restoreSession(r.proto, r.lan, r.lan_port, r.pub_port, r.rem, r.rem_port, r.created, r.state, r.expires, r.serial),
 });
 
+/**
+ * The first columns of every VPN table: the id, the LAN host, the remote,
+ * and the public address (the session table's, like a session's).
+ */
+function vpnEntry<T extends { readonly t: SessionTable }>(serial: (x: T) => Float64Array, lan: (x: T) => Int32Array,
+  rem: (x: T) => Int32Array): Record<'serial' | 'lan' | 'rem' | 'pub_addr', ColumnDef<T>> {
+  return {
+    serial: { type: 'INTEGER', array: serial, check: SERIAL },
+    lan: { type: 'INTEGER', array: lan, check: INT32 },
+    rem: { type: 'INTEGER', array: rem, check: INT32 },
+    pub_addr: { type: 'INTEGER', get: (x) => x.t.publicAddr, update: true, check: INT32 },
+  };
+}
+
 /** The IPsec tables' live side: the masquerade and the session table (for the public address). */
 export interface IpsecTables { readonly m: IpsecMasq; readonly t: SessionTable }
 
@@ -57,10 +71,7 @@ export const ISAKMP = defineTable<IpsecTables>()({
   sqlTable: 'isakmp',
   journalTable: TABLE_ISAKMP,
   columns: {
-    serial: { type: 'INTEGER', array: (x) => x.m.kSerial, check: SERIAL },
-    lan: { type: 'INTEGER', array: (x) => x.m.kLan, check: INT32 },
-    rem: { type: 'INTEGER', array: (x) => x.m.kRem, check: INT32 },
-    pub_addr: { type: 'INTEGER', get: (x) => x.t.publicAddr, update: true, check: INT32 },
+    ...vpnEntry<IpsecTables>((x) => x.m.kSerial, (x) => x.m.kLan, (x) => x.m.kRem),
     icookie0: { type: 'INTEGER', array: (x) => x.m.kIc0, check: INT32 },
     icookie1: { type: 'INTEGER', array: (x) => x.m.kIc1, check: INT32 },
     rcookie0: { type: 'INTEGER', array: (x) => x.m.kRc0, update: true, check: INT32 },
@@ -81,10 +92,7 @@ export const ESP = defineTable<IpsecTables>()({
   sqlTable: 'esp',
   journalTable: TABLE_ESP,
   columns: {
-    serial: { type: 'INTEGER', array: (x) => x.m.eSerial, check: SERIAL },
-    lan: { type: 'INTEGER', array: (x) => x.m.eLan, check: INT32 },
-    rem: { type: 'INTEGER', array: (x) => x.m.eRem, check: INT32 },
-    pub_addr: { type: 'INTEGER', get: (x) => x.t.publicAddr, update: true, check: INT32 },
+    ...vpnEntry<IpsecTables>((x) => x.m.eSerial, (x) => x.m.eLan, (x) => x.m.eRem),
     out_spi: { type: 'INTEGER', array: (x) => x.m.eOutSpi, check: INT32 },
     in_spi: { type: 'INTEGER', array: (x) => x.m.eInSpi, update: true, check: INT32 },
     state: {
@@ -121,10 +129,7 @@ export const GRE_CALLS = defineTable<CallTables>()({
   sqlTable: 'gre_calls',
   journalTable: TABLE_GRE_CALLS,
   columns: {
-    serial: { type: 'INTEGER', array: (x) => x.g.serial, check: SERIAL },
-    lan: { type: 'INTEGER', array: (x) => x.g.lan, check: INT32 },
-    rem: { type: 'INTEGER', array: (x) => x.g.rem, check: INT32 },
-    pub_addr: { type: 'INTEGER', get: (x) => x.t.publicAddr, update: true, check: INT32 },
+    ...vpnEntry<CallTables>((x) => x.g.serial, (x) => x.g.lan, (x) => x.g.rem),
     lan_call_id: { type: 'INTEGER', array: (x) => x.g.lanId, check: PORT },
     pub_call_id: { type: 'INTEGER', array: (x) => x.g.pubId, check: PORT },
     // -1 until the remote's Call ID is learnt.
