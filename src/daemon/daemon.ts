@@ -299,7 +299,7 @@ export class Daemon implements MetricsSource {
     store.registerTable(new GreCallCodec(this.pptp.calls, this.table));
     store.restore({ now: this.now(), publicAddr: this.table.publicAddr, onAddressChange: this.config.wan.onAddressChange });
     // Restored entries come without table events.
-    this.ids.invalidate();
+    this.ids.rebuild();
     this.addJournalListener(store);
     store.start();
     this.store = store;

@@ -30,9 +30,10 @@ const TABLE_BITS = 8;
 
 export class IdIndex implements JournalObserver {
   private readonly index: FlowIndex;
-  /** Events were lost or the tables were rebuilt without events: rebuild before the next lookup. */
-  private stale = true;
+  /** Events were lost: rebuild before the next lookup. */
+  private stale = false;
 
+  /** Built while the tables are empty; after that every entry arrives as an event or through rebuild(). */
   constructor(private readonly sources: () => readonly IdSource[]) {
     const entries = sources().reduce((n, s) => n + s.capacity, 0);
     this.index = new FlowIndex(entries);
@@ -51,10 +52,6 @@ export class IdIndex implements JournalObserver {
     this.stale = true;
   }
 
-  /** The tables changed without events (restore): rebuild before the next lookup. */
-  invalidate(): void {
-    this.stale = true;
-  }
 
   /** Where the entry with this id is, or null. The caller checks the record still holds it. */
   find(serial: number): EntryRef | null {
@@ -63,7 +60,8 @@ export class IdIndex implements JournalObserver {
     return v < 0 ? null : { table: v % TABLE_BITS, index: Math.floor(v / TABLE_BITS) };
   }
 
-  private rebuild(): void {
+  /** Reads every table's records (after restore, which makes no events, or when events were lost). */
+  rebuild(): void {
     const idx = this.index;
     idx.clear();
     for (const s of this.sources()) {
