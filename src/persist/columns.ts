@@ -132,7 +132,6 @@ const EXPIRED: Rejection = { kind: 'expired' };
 const ADDRESS: Rejection = { kind: 'address' };
 const CONFLICT: Rejection = { kind: 'conflict' };
 
-
 /** What restore needs to decide about a stored row. */
 export interface RestoreContext {
   /** Wall-clock ms: rows whose deadline passed (also while the router was down) are discarded. */
