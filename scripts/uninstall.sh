@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Removes what scripts/install.sh installed: the program, the wrapper, the
-# units, and the config file and group if install.sh created them (a config
-# the operator edited is kept unless --purge). The state directory
-# /var/lib/vpnmasq is kept unless --purge. Before that, `vpnmasq teardown`
-# removes the safety net and restores the host settings vpnmasq changed, so
-# the host is left as it was found. Idempotent.
+# Removes what scripts/install.sh installed: the program, the command, the
+# completion, the units, and the config file and group if install.sh created
+# them (a config the operator edited is kept unless --purge). The state
+# directory /var/lib/vpnmasq is kept unless --purge. Before any of that,
+# `vpnmasq teardown` removes the safety net and puts back the host settings
+# vpnmasq changed, so the host is left as it was found. Idempotent. Installed
+# as /opt/vpnmasq/scripts/uninstall.sh; runs from a source tree as well.
 set -euo pipefail
 
 # shellcheck source=install-paths.sh
@@ -27,8 +28,8 @@ if [ -d /run/systemd/system ] && [ -f "$UNIT" ]; then
 fi
 # The daemon is stopped: take away the safety net and put back every host
 # setting it changed (sysctls, the local rule), as saved before its first change.
-if [ -x "$BIN" ]; then
-  "$BIN" teardown || { echo "uninstall.sh: vpnmasq teardown failed; the host settings may still be vpnmasq's" >&2; exit 1; }
+if [ -x "$PREFIX/bin/vpnmasq" ]; then
+  "$PREFIX/bin/vpnmasq" teardown || { echo "uninstall.sh: vpnmasq teardown failed; the host settings may still be vpnmasq's" >&2; exit 1; }
 fi
 rm -f "$UNIT" "$EARLY_UNIT"
 [ -d /run/systemd/system ] && systemctl daemon-reload
@@ -43,7 +44,10 @@ if [ -d "$CONFIG_DIR" ] && { [ "$purge" = 1 ] || created config-dir; }; then
 fi
 [ "$purge" = 1 ] && rm -rf "$STATE_DIR"
 
-rm -f "$BIN"
+rm -f "$BIN" "$COMPLETION_DIR/vpnmasq"
+if created completion-dir; then
+  rmdir "$COMPLETION_DIR" 2>/dev/null && rmdir "$(dirname "$COMPLETION_DIR")" 2>/dev/null || true
+fi
 rm -rf "$PREFIX"
 
 if getent group "$GROUP" >/dev/null && { created group || [ "$purge" = 1 ]; }; then

@@ -3,7 +3,7 @@
  * safety net (src/edge/netlink/plan.ts) when the daemon is down or waits.
  */
 import { Command } from 'commander';
-import { Config, DEFAULTS, loadConfig } from '../daemon/config';
+import { Config, DEFAULTS, loadConfig } from '../config/schema';
 import { HostState, hostStatePath } from '../edge/netlink/host-state';
 import { RouterNet, SafetyNetStatus } from '../edge/netlink/router-net';
 import { CliError, DaemonDownError, streamRequest } from './client';

@@ -7,7 +7,8 @@
  * answers, also while the daemon still waits for the WAN; STATUS= says which.
  * No exit, clean or not, removes the safety net (Daemon.start() reconciles it).
  */
-import { Config, ConfigError, loadConfig, reloadable } from './config';
+import { Config, ConfigError, loadConfig } from '../config/schema';
+import { reloadable } from './reload';
 import { Daemon } from './daemon';
 import { createLogger, Logger } from './log';
 import { loadTunNative } from '../edge/tun/native';
@@ -63,24 +64,24 @@ export async function runDaemon(configPath: string, config: Config): Promise<voi
   let stopping = false;
   let reloading: Promise<void> = Promise.resolve();
 
-  const stop = (signal: string, code = 0): void => {
+  const stop = (signal: string, code = 0, status?: string): void => {
     if (stopping) return;
     stopping = true;
     if (watchdog) clearInterval(watchdog);
-    notify.send('STOPPING=1');
+    notify.send(status === undefined ? 'STOPPING=1' : `STOPPING=1\nSTATUS=${status}`);
     log.info('stopping', { signal });
     reloading.then(() => daemon.stop()).then(() => process.exit(code), (e: Error) => {
       log.error('stop failed', { error: e.message });
       process.exit(EXIT_FAILURE);
     });
   };
+  // A failed TUN device, a packet path that keeps throwing, or a translation
+  // that cannot start once the WAN came: no more watchdog pings, the state
+  // flushed by stop(), the safety net left in place, and a non-zero exit for
+  // a restart.
   const daemon = new Daemon(config, log, {
     onStatus: (status) => notify.send(`STATUS=${status}`),
-    // The safety net stays: exiting with a failure lets systemd start a fresh process.
-    onFatal: (e) => {
-      log.error('start failed', { error: e.message });
-      stop('fatal', EXIT_FAILURE);
-    },
+    onFatal: (reason) => stop('fatal', EXIT_FAILURE, reason.message),
   });
   const reload = (): void => {
     reloading = reloading.then(() => doReload(configPath, daemon, notify, log));

@@ -10,7 +10,7 @@ import { controlRequest } from '../../src/daemon/control';
 import { ExecResult, Lab, TestOwner } from './lab';
 
 export const ROOT = path.resolve(__dirname, '../../..');
-export const CLI = path.join(ROOT, 'dist/src/cli/main.js');
+export const CLI = path.join(ROOT, 'dist/src/bin/vpnmasq.js');
 export const PEER = path.join(ROOT, 'test/hosts/peer.py');
 export const PPTP_HOST = path.join(ROOT, 'test/hosts/pptp_host.py');
 
@@ -56,7 +56,7 @@ export function readableCli(dir: string): string {
     if (st.isDirectory()) for (const e of fs.readdirSync(p)) open(path.join(p, e));
   };
   open(dir);
-  return path.join(dir, 'dist', 'src', 'cli', 'main.js');
+  return path.join(dir, 'dist', 'src', 'bin', 'vpnmasq.js');
 }
 
 export interface StartOptions {
