@@ -10,10 +10,11 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { ChildProcess } from 'node:child_process';
-import { createLab, Lab } from './lab';
+import { requireRoot, createLab, Lab } from './lab';
 import { peer, peerServer, RouterHandle, startRouter } from './router-harness';
 
-const isRoot = process.getuid?.() === 0;
+requireRoot();
+
 const ROUTER_WAN = '198.18.0.1';
 const NEW_WAN = '198.18.0.3';
 const RANGE: [number, number] = [61000, 65535];
@@ -59,7 +60,7 @@ function inRange(port: number): boolean {
   return port >= RANGE[0] && port <= RANGE[1];
 }
 
-describe('appliance: shared-address mode in the lab', { skip: !isRoot && 'needs root' }, () => {
+describe('appliance: shared-address mode in the lab', () => {
   let lab: Lab;
   let router: RouterHandle;
   let dir: string;

@@ -12,6 +12,11 @@ import * as path from 'node:path';
 import { ExecResult, Lab } from './lab';
 
 export const hasCharon = fs.existsSync('/usr/lib/ipsec/charon') && fs.existsSync('/usr/sbin/swanctl');
+
+/** strongSwan lab tests fail at once without charon and swanctl (scripts/ensure-deps.sh installs them). */
+export function requireCharon(): void {
+  if (!hasCharon) throw new Error('strongSwan is not installed (/usr/lib/ipsec/charon, /usr/sbin/swanctl): run scripts/ensure-deps.sh as root');
+}
 /** The network behind the server, reachable only through the tunnel. */
 export const PROTECTED = '10.99.0.0/24';
 export const PROTECTED_HOST = '10.99.0.1';

@@ -14,11 +14,12 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawn } from 'node:child_process';
-import { createLab, Lab } from './lab';
+import { requireRoot, createLab, Lab } from './lab';
 import { CLI, peer, peerServer, PPTP_HOST, readableCli, RouterHandle, startRouter } from './router-harness';
 import { jsonLines, runCli, schemaErrors } from '../unit/cli-fixture';
 
-const isRoot = process.getuid?.() === 0;
+requireRoot();
+
 /** The IPsec exchange of LAN host 0 (test/hosts/peer.py ike-esp-*): its cookie, its SPI and the remote's answer to it. */
 const ICOOKIE = 'c11c11c100000007';
 const SPI = 0x3100;
@@ -28,7 +29,7 @@ const hex8 = (n: number) => n.toString(16).padStart(8, '0');
 const CALL_ID = 0x4242;
 const SESSION_PROTOS = ['tcp', 'udp', 'icmp'];
 
-describe('vpnmasq CLI in the lab', { skip: !isRoot && 'needs root' }, () => {
+describe('vpnmasq CLI in the lab', () => {
   let lab: Lab;
   let router: RouterHandle;
   const cli = (...args: string[]) => runCli(['-c', router.configPath, ...args]);

@@ -14,11 +14,12 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { createLab, Lab, TestOwner } from './lab';
+import { requireRoot, createLab, Lab, TestOwner } from './lab';
 import { peer, peerServer, RouterHandle, startRouter } from './router-harness';
 import { capture, isPrivateSource, leaks } from './capture';
 
-const isRoot = process.getuid?.() === 0;
+requireRoot();
+
 type Mode = 'shared' | 'dedicated';
 const SYSCTLS = ['net/ipv4/ip_forward', 'net/ipv4/conf/all/rp_filter', 'net/ipv4/neigh/wan0/proxy_delay',
   'net/ipv4/ip_local_port_range', 'net/ipv4/ip_local_reserved_ports'];
@@ -132,7 +133,7 @@ async function udpThrough(w: World, port: number, sport: number): Promise<string
 }
 
 for (const mode of ['shared', 'dedicated'] as const) {
-  describe(`fail closed, ${mode} mode`, { skip: !isRoot && 'needs root' }, () => {
+  describe(`fail closed, ${mode} mode`, () => {
     it('killed and kept down: nothing leaks or is answered, the box answers its own pings, status says so, teardown restores the host', async (t) => {
       const w = await world(t);
       const { lab } = w;
@@ -221,7 +222,7 @@ for (const mode of ['shared', 'dedicated'] as const) {
   });
 }
 
-describe('fail closed across failed starts and changed configs', { skip: !isRoot && 'needs root' }, () => {
+describe('fail closed across failed starts and changed configs', () => {
   it('a start that fails (the TUN name is taken) leaves the box closed and says so; the next good start forwards', async (t) => {
     const w = await world(t);
     const { lab } = w;

@@ -4,9 +4,9 @@ import { execFileSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { createLab, Lab, sweepStaleLabs, withLab } from './lab';
+import { requireRoot, createLab, Lab, sweepStaleLabs, withLab } from './lab';
 
-const skip = process.getuid?.() !== 0 ? 'requires root (network namespaces)' : false;
+requireRoot();
 
 function netnsList(): string[] {
   return execFileSync('ip', ['netns', 'list'], { encoding: 'utf8', timeout: 5000 })
@@ -38,7 +38,7 @@ async function waitFor(cond: () => boolean, timeoutMs: number): Promise<boolean>
   return cond();
 }
 
-describe('namespace lab', { skip, timeout: 120_000 }, () => {
+describe('namespace lab', { timeout: 120_000 }, () => {
   let lab: Lab | undefined;
   const L = (): Lab => {
     assert.ok(lab, 'lab was not created');
@@ -198,7 +198,7 @@ describe('namespace lab', { skip, timeout: 120_000 }, () => {
   });
 });
 
-describe('lab lifecycle helpers', { skip, timeout: 60_000 }, () => {
+describe('lab lifecycle helpers', { timeout: 60_000 }, () => {
   test('withLab destroys the lab even when the callback throws', async () => {
     let prefix = '';
     await assert.rejects(

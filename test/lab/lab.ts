@@ -156,6 +156,16 @@ export interface TestOwner {
   after(fn: () => unknown): void;
 }
 
+/**
+ * Lab tests need root (network namespaces, TUN devices): without it a lab
+ * test file fails at once with this reason instead of skipping (a missing
+ * prerequisite is a failure, never a silent skip). scripts/test.sh runs the
+ * lab tests only as root.
+ */
+export function requireRoot(): void {
+  if (process.getuid?.() !== 0) throw new Error('lab tests need root (network namespaces, TUN devices): run them as root, or run only dist/test/unit');
+}
+
 export const LAB_LAN_PREFIX = '10.77.0.0/24' as const;
 export const LAB_ROUTER_LAN = '10.77.0.1' as const;
 export const LAB_ROUTER_WAN = '198.18.0.1' as const;

@@ -22,12 +22,14 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { DbHealth } from '../../src/persist/health';
-import { createLab, Lab, TestOwner } from './lab';
+import { requireRoot, createLab, Lab, TestOwner } from './lab';
 import { CLI, peer, peerServer, PEER, PPTP_HOST, RouterHandle, startRouter } from './router-harness';
-import { Charon, hasCharon, initiate, listSas, PROTECTED_HOST, startClient, startServer } from './charon';
+import { Charon, initiate, requireCharon, listSas, PROTECTED_HOST, startClient, startServer } from './charon';
 import { capture, Capture, isPrivateSource, leaks } from './capture';
 
-const isRoot = process.getuid?.() === 0;
+requireRoot();
+requireCharon();
+
 type Mode = 'shared' | 'dedicated';
 type Down = 'kill' | 'restart' | 'reboot';
 
@@ -246,9 +248,8 @@ async function survives(t: TestOwner, mode: Mode, how: Down): Promise<void> {
   const c = await newCase(t, mode);
   const long = mode === 'shared' && how !== 'reboot';
   // VPN flows first: the download must still be running when the daemon goes down.
-  const flows = [...(hasCharon ? [ipsecTunnel()] : []), rawEsp(), pptpCall(),
+  const flows = [ipsecTunnel(), rawEsp(), pptpCall(),
     long ? tcpDownload(300 * 1024 * 1024, 20 * 1024 * 1024) : tcpDownload(24 * 1024 * 1024, 3 * 1024 * 1024), udpStream()];
-  assert.ok(hasCharon, 'strongSwan (charon, swanctl) is installed: scripts/ensure-deps.sh');
   const wanSide = [c.lab.ns.wan[0], c.lab.ns.wan[1], c.lab.ns.vpnServer];
   const caps: Capture[] = [];
   for (const ns of wanSide) caps.push(await capture(c.lab, ns));
@@ -299,14 +300,14 @@ async function survives(t: TestOwner, mode: Mode, how: Down): Promise<void> {
 }
 
 for (const mode of ['shared', 'dedicated'] as const) {
-  describe(`persisted connection table in the lab, ${mode} mode`, { skip: !isRoot && 'needs root' }, () => {
+  describe(`persisted connection table in the lab, ${mode} mode`, () => {
     it('kill -9 mid-traffic: TCP, UDP, strongSwan, raw ESP and PPTP resume on the same public ports, SPIs and Call IDs', (t) => survives(t, mode, 'kill'));
     it('SIGTERM and start again: the same flows resume, nothing is answered or leaked in between', (t) => survives(t, mode, 'restart'));
     it('reboot: the router namespace is rebuilt (new TUN, same database), the safety net goes in before its addresses, the flows resume', (t) => survives(t, mode, 'reboot'));
   });
 }
 
-describe('persisted connection table: write-ahead and a full disk', { skip: !isRoot && 'needs root' }, () => {
+describe('persisted connection table: write-ahead and a full disk', () => {
   it('write-ahead: a mapping whose first packet left 1 ms before SIGKILL is present after restart', async (t) => {
     const c = await newCase(t, 'dedicated', 2);
     const { lab } = c;

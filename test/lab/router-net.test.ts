@@ -12,11 +12,12 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { createLab, Lab, TestOwner } from './lab';
+import { requireRoot, createLab, Lab, TestOwner } from './lab';
 import { capture, leaks } from './capture';
 import { NetSpec, TABLE_LAN, TABLE_WAN, TABLE_WAN_ICMP } from '../../src/edge/netlink/plan';
 
-const skip = process.getuid?.() !== 0 ? 'requires root (network namespaces)' : false;
+requireRoot();
+
 const FIXTURE = path.join(__dirname, 'fixtures', 'router-net-fixture.js');
 const PYTHON = fs.existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
 const PREFIXES = ['10.77.0.0/24', '10.78.0.0/16'];
@@ -91,7 +92,7 @@ const sysctl = async (e: Env, key: string) => (await e.sh(e.R, ['cat', `/proc/sy
 const tableRoutes = async (e: Env, table: number) =>
   (await e.sh(e.R, ['ip', 'route', 'show', 'table', 'all'])).split('\n').filter((l) => l.includes(` table ${table} `)).join('\n');
 
-describe('RouterNet (netlink) in a lab router namespace', { skip, timeout: 180_000 }, () => {
+describe('RouterNet (netlink) in a lab router namespace', { timeout: 180_000 }, () => {
   it('dedicated: safety net, TUN routes, proxy ARP and sysctls; the toy NAT carries a ping; without the TUN nothing leaks or answers; teardown restores the namespace', async (t) => {
     const e = await env(t);
     const { lab, R, tun } = e;

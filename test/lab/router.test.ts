@@ -5,12 +5,12 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { createLab, Lab } from './lab';
+import { requireRoot, createLab, Lab } from './lab';
 import { peer, peerServer, RouterHandle, startRouter } from './router-harness';
 
-const isRoot = process.getuid?.() === 0;
+requireRoot();
 
-describe('router core in the lab', { skip: !isRoot && 'needs root' }, () => {
+describe('router core in the lab', () => {
   let lab: Lab;
   let router: RouterHandle;
 
@@ -201,7 +201,7 @@ describe('router core in the lab', { skip: !isRoot && 'needs root' }, () => {
   });
 });
 
-describe('router core without offloads', { skip: !isRoot && 'needs root' }, () => {
+describe('router core without offloads', () => {
   it('bulk TCP works with offloads off', async () => {
     const lab = await createLab({ lanHosts: 1, wanHosts: 1, vpnServer: false, farHost: false });
     let router: RouterHandle | undefined;

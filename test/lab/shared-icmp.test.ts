@@ -6,10 +6,11 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { createLab, Lab } from './lab';
+import { requireRoot, createLab, Lab } from './lab';
 import { peer, peerServer, RouterHandle, startRouter } from './router-harness';
 
-const isRoot = process.getuid?.() === 0;
+requireRoot();
+
 const ROUTER_WAN = '198.18.0.1';
 const ROUTER_LAN = '10.77.0.1';
 
@@ -41,7 +42,7 @@ function echoRequestSources(dumps: string[]): string[] {
   return dumps.map((h) => Buffer.from(h, 'hex')).filter((b) => b[(b[0] & 15) * 4] === 8).map((b) => [...b.subarray(12, 16)].join('.'));
 }
 
-describe('shared-address mode: ICMP', { skip: !isRoot && 'needs root' }, () => {
+describe('shared-address mode: ICMP', () => {
   let lab: Lab;
   let router: RouterHandle;
 

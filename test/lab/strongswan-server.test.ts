@@ -18,14 +18,15 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { createLab, Lab } from './lab';
+import { requireRoot, createLab, Lab } from './lab';
 import { peer, peerServer, RouterHandle, startRouter } from './router-harness';
 import { capture } from './capture';
-import { PROTECTED_HOST, hasCharon, initiate, listSas, startClient, startServer } from './charon';
+import { PROTECTED_HOST, requireCharon, initiate, listSas, startClient, startServer } from './charon';
 
-const isRoot = process.getuid?.() === 0;
+requireRoot();
+requireCharon();
 
-describe('IPsec server on the LAN behind forwards', { skip: (!isRoot && 'needs root') || (!hasCharon && 'strongSwan not installed') }, () => {
+describe('IPsec server on the LAN behind forwards', () => {
   let lab: Lab;
   let router: RouterHandle;
   let base: string;
