@@ -5,6 +5,7 @@ COMPLETION_DIR=/usr/local/share/bash-completion/completions
 CONFIG_DIR=/etc/vpnmasq
 CONFIG="$CONFIG_DIR/vpnmasq.json"
 UNIT=/etc/systemd/system/vpnmasq.service
+EARLY_UNIT=/etc/systemd/system/vpnmasq-safety-net.service
 GROUP=vpnmasq
 STATE_DIR=/var/lib/vpnmasq
 MANIFEST="$PREFIX/.installed"

@@ -5,7 +5,7 @@
 #   /usr/local/bin/vpnmasq       -> /opt/vpnmasq/bin/vpnmasq (runs the node on PATH)
 #   /usr/local/share/bash-completion/completions/vpnmasq
 #   /etc/vpnmasq/vpnmasq.json    commented example config (only if absent)
-#   /etc/systemd/system/vpnmasq.service
+#   /etc/systemd/system/vpnmasq.service, vpnmasq-safety-net.service (the safety net at boot)
 #   group "vpnmasq"              may use the control socket
 # and enables the unit when systemd runs. Idempotent: run it again to upgrade;
 # a running vpnmasq is stopped before /opt/vpnmasq is replaced and started
@@ -86,13 +86,14 @@ fi
 
 # ---- unit ----
 install -m 0644 "$SRC/systemd/vpnmasq.service" "$UNIT"
+install -m 0644 "$SRC/systemd/vpnmasq-safety-net.service" "$EARLY_UNIT"
 
 printf '%s\n' "${record[@]}" > "$MANIFEST"
 
 echo "vpnmasq $("$BIN" --version | cut -d' ' -f2) installed under $PREFIX (remove it with $PREFIX/scripts/uninstall.sh)"
 if [ "$systemd" = 1 ]; then
   systemctl daemon-reload
-  systemctl enable --quiet vpnmasq.service
+  systemctl enable --quiet vpnmasq.service vpnmasq-safety-net.service
   if [ "$was_active" = 1 ]; then
     systemctl start vpnmasq.service
     echo "vpnmasq restarted"

@@ -3,7 +3,7 @@
 # built tree (`npm ci && npm run build` first) with dpkg-deb:
 #   /opt/vpnmasq/                          the runtime tree (scripts/stage.sh)
 #   /usr/bin/vpnmasq                       -> /opt/vpnmasq/bin/vpnmasq
-#   /usr/lib/systemd/system/vpnmasq.service
+#   /usr/lib/systemd/system/vpnmasq.service, vpnmasq-safety-net.service
 #   /etc/vpnmasq/vpnmasq.json              the example config, a conffile
 #   /usr/share/bash-completion/completions/vpnmasq
 # and packaging/debian/{preinst,postinst,prerm,postrm}. VERSION is
@@ -37,7 +37,7 @@ root="$tmp/root"
 bash "$SRC/scripts/stage.sh" "$root/opt/vpnmasq" "$version"
 mkdir -p "$root/usr/bin" "$root/usr/lib/systemd/system" "$root/etc/vpnmasq" "$root/usr/share/bash-completion/completions" "$root/DEBIAN"
 ln -s /opt/vpnmasq/bin/vpnmasq "$root/usr/bin/vpnmasq"
-install -m 0644 "$SRC/systemd/vpnmasq.service" "$root/usr/lib/systemd/system/"
+install -m 0644 "$SRC/systemd/vpnmasq.service" "$SRC/systemd/vpnmasq-safety-net.service" "$root/usr/lib/systemd/system/"
 # 0750/0640 root:root here; postinst's dpkg-statoverride gives them the vpnmasq group.
 chmod 0750 "$root/etc/vpnmasq"
 install -m 0640 "$SRC/examples/vpnmasq.json" "$root/etc/vpnmasq/vpnmasq.json"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: unit tests on crafted packets (no root needed) and, as
 # root, the lab tests in network namespaces. One node:test run, one summary.
+# As root, a lab namespace left behind by a test of this run fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 shopt -s nullglob globstar
@@ -12,4 +13,9 @@ if [ "$(id -u)" = 0 ]; then
 else
   echo "test: not root, lab tests skipped" >&2
 fi
-exec node --test --test-concurrency=1 --test-reporter=spec "${files[@]}"
+rc=0
+node --test --test-concurrency=1 --test-reporter=spec "${files[@]}" || rc=$?
+if [ "$(id -u)" = 0 ] && ! node dist/test/lab/sweep.js --after; then
+  [ "$rc" = 0 ] && rc=1
+fi
+exit "$rc"

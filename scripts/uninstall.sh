@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Removes what scripts/install.sh installed: the program, the command, the
-# completion, the unit, and the config file and group if install.sh created
+# completion, the units, and the config file and group if install.sh created
 # them (a config the operator edited is kept unless --purge). The state
-# directory /var/lib/vpnmasq is kept unless --purge. Idempotent. Installed as
-# /opt/vpnmasq/scripts/uninstall.sh; runs from a source tree as well.
+# directory /var/lib/vpnmasq is kept unless --purge. Before any of that,
+# `vpnmasq teardown` removes the safety net and puts back the host settings
+# vpnmasq changed, so the host is left as it was found. Idempotent. Installed
+# as /opt/vpnmasq/scripts/uninstall.sh; runs from a source tree as well.
 set -euo pipefail
 
 # shellcheck source=install-paths.sh
@@ -22,11 +24,14 @@ manifest=""
 created() { grep -qx "$1" <<<"$manifest"; }
 
 if [ -d /run/systemd/system ] && [ -f "$UNIT" ]; then
-  systemctl disable --now vpnmasq.service || true
+  systemctl disable --now vpnmasq.service vpnmasq-safety-net.service || true
 fi
-# TEARDOWN: removes what a killed daemon left (TUN, routes, rules) once `vpnmasq teardown` exists; then drop the guard.
-if [ -x "$PREFIX/bin/vpnmasq" ] && "$PREFIX/bin/vpnmasq" help teardown >/dev/null 2>&1; then "$PREFIX/bin/vpnmasq" teardown; fi
-rm -f "$UNIT"
+# The daemon is stopped: take away the safety net and put back every host
+# setting it changed (sysctls, the local rule), as saved before its first change.
+if [ -x "$PREFIX/bin/vpnmasq" ]; then
+  "$PREFIX/bin/vpnmasq" teardown || { echo "uninstall.sh: vpnmasq teardown failed; the host settings may still be vpnmasq's" >&2; exit 1; }
+fi
+rm -f "$UNIT" "$EARLY_UNIT"
 [ -d /run/systemd/system ] && systemctl daemon-reload
 
 if [ -f "$CONFIG" ] && { [ "$purge" = 1 ] || { created config && cmp -s "$CONFIG" "$PREFIX/vpnmasq.json.example"; }; }; then

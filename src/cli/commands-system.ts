@@ -5,6 +5,8 @@ import { checkNativeModules, nodeDescription } from '../edge/native-modules';
 import { CliError, DaemonDownError, EXIT_FAILURE, EXIT_USAGE } from './client';
 import { config, note, out, request } from './context';
 import { flatten, formatTable, keyValues, seconds } from './format';
+import { RouterNet, SafetyNetStatus } from '../edge/netlink/router-net';
+import { safetyNetText } from './commands-net';
 
 /**
  * Starts the router in this process (src/daemon/lifecycle.ts: readiness,
@@ -38,12 +40,14 @@ export function runCommand(program: Command, runDaemon: RunDaemon): void {
 
 /** Human status: a headline, then the known facts, then anything else the daemon reports. */
 function statusText(st: Record<string, unknown>): string {
-  const { running: _r, pid, uptimeSeconds, tun, mode, publicAddress, lanPrefixes, sessions, limit, state, ...rest } = st;
+  const { running: _r, translating: _t, waitingFor: _w, statusText: line, safetyNet, pid, uptimeSeconds, tun, mode, publicAddress, lanPrefixes, sessions, limit, state, ...rest } = st;
   const t = tun as { name: string; offloads: number } | null;
   const used = Number(sessions);
   const cap = Number(limit);
   const db = state as { path: string; healthy: boolean; lastError: string | null; rowsRestored: number; rowsDiscarded: number } | null;
   const pairs: Array<[string, string]> = [
+    ...(line === undefined ? [] : [['State', String(line)] as [string, string]]),
+    ...(safetyNet == null ? [] : [['Safety net', safetyNetText(safetyNet as SafetyNetStatus | { error: string })] as [string, string]]),
     ['TUN', t ? `${t.name} (offloads 0x${t.offloads.toString(16)})` : '-'],
     ['Mode', `${String(mode)}, public address ${String(publicAddress)}`],
     ['LAN', (lanPrefixes as string[]).join(', ')],
@@ -62,8 +66,8 @@ function statsText(st: Record<string, unknown>): string {
 export function systemCommands(program: Command): void {
   program
     .command('status')
-    .description('whether the daemon runs; its uptime, TUN, addresses, mode, table usage and state database')
-    .option('--json', 'one JSON object (schema "status"); {"running": false} when the daemon is down')
+    .description('whether the daemon runs and translates, the safety net, its uptime, TUN, addresses, mode, table usage and state database')
+    .option('--json', 'one JSON object (schema "status"); {"running": false, "safetyNet": ...} when the daemon is down')
     .addHelpText('after', '\nExit status: 0 when the daemon runs, 1 when it does not.')
     .action(async (opts: { json?: boolean }) => {
       try {
@@ -71,7 +75,10 @@ export function systemCommands(program: Command): void {
         await out(opts.json ? JSON.stringify(st) + '\n' : statusText(st));
       } catch (e) {
         if (!(e instanceof DaemonDownError)) throw e;
-        await out(opts.json ? JSON.stringify({ running: false }) + '\n' : 'vpnmasq is not running\n');
+        // What the kernel still holds: the safety net keeps the box closed while nothing translates.
+        const net = await RouterNet.inspect().catch((err: Error) => ({ error: err.message }));
+        await out(opts.json ? JSON.stringify({ running: false, safetyNet: net }) + '\n'
+          : `vpnmasq is not running\n${keyValues([['Safety net', safetyNetText(net)]])}`);
         process.exitCode = EXIT_FAILURE;
       }
     });

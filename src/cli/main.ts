@@ -7,6 +7,7 @@ import { Command, CommanderError } from 'commander';
 import { DEFAULT_CONFIG_PATH } from '../config/schema';
 import { CliError, EXIT_FAILURE, EXIT_USAGE } from './client';
 import { connsCommand } from './commands-conns';
+import { netCommands } from './commands-net';
 import { RunDaemon, runCommand, systemCommands } from './commands-system';
 import { completionCommand } from './completion';
 import { version } from '../core/version';
@@ -28,6 +29,7 @@ Data goes to stdout, messages to stderr; no colour unless stdout is a terminal a
 The daemon's control socket (control.socket in the config) is open to root and the control.group group.`);
   runCommand(program, runDaemon);
   systemCommands(program);
+  netCommands(program);
   connsCommand(program);
   completionCommand(program);
   program.helpCommand(false);

@@ -2,13 +2,13 @@
  * `vpnmasq run`: wires the edges (TUN addon, netlink, control socket, timers)
  * around the pure packet path and keeps them in order on start and stop.
  */
-import * as path from 'node:path';
 import { Config } from '../config/schema';
 import { configDiff } from './reload';
 import { MetricsServer, MetricsSource, startMetricsServer } from './metrics';
 import { mssClampValue } from '../nat/mss-clamp';
-import { SharedMode, steerableRange } from '../edge/netlink/shared-mode';
-import { WanWatch } from '../edge/netlink/wan-watch';
+import { NetSpec, steerableRange } from '../edge/netlink/plan';
+import { HostState, hostStatePath } from '../edge/netlink/host-state';
+import { WanState, WanWatch } from '../edge/netlink/wan-watch';
 import { ControlReply, ControlRequest, ControlServer, lookupGroup, startControlServer } from './control';
 import { ControlCommands } from './control-commands';
 import { Logger } from './log';
@@ -20,7 +20,7 @@ import { JournalFeed, JournalObserver } from '../query/journal-feed';
 import { IdIndex, IdSource } from '../query/id-index';
 import { Drop } from '../core/verdict';
 import { T_BYTES_IN, T_BYTES_OUT, T_PKTS_IN, T_PKTS_OUT } from '../nat/napt';
-import { RouterNet } from '../edge/netlink/router-net';
+import { RouterNet, SafetyNetStatus } from '../edge/netlink/router-net';
 import { int32ToIpv4, ipv4ToInt32, ipv4ToNumber, parseCidr, prefixMask } from '../core/ipv4-addr';
 import type { TunDevice, TunEvent, TunFactory } from '../edge/tun/device';
 import { NativeTun } from '../edge/tun/native-tun';
@@ -35,10 +35,6 @@ import { PptpMasq } from '../helpers/pptp/pptp';
 import { TABLE_GRE_CALLS } from '../helpers/pptp/calls';
 import { IPSEC_EVENT_NAMES, IpsecMasq, MIN_LIFETIME_MS, TABLE_ESP, TABLE_ISAKMP } from '../helpers/ipsec/ipsec';
 import { attachIpsec } from '../helpers/ipsec/nat';
-
-/** Policy routing table and rule priority the daemon owns. */
-export const ROUTE_TABLE = 7100;
-export const RULE_PRIORITY = 7100;
 
 const RX_SLOTS = 64;
 const SWEEP_INTERVAL_MS = 100;
@@ -64,20 +60,32 @@ export interface DaemonOptions {
   now?: () => number;
   /** Persist the tables in the state store (default true; the benchmark measures without). */
   persist?: boolean;
+  /** What the daemon is doing, for systemd's STATUS= (forwarding, or what it waits for). */
+  onStatus?: (status: string) => void;
   /** Opens the TUN device (default: the kernel device through the addon); tests pass a FakeTun. */
   openTun?: TunFactory;
   /**
    * Called once when forwarding cannot go on: the TUN device failed or was
-   * deleted, or the packet path keeps throwing (BatchFaults). The reason is
-   * already logged; the caller stops the daemon, which flushes the state
-   * store, and exits non-zero for the service manager to restart it.
+   * deleted, the packet path keeps throwing (BatchFaults), or translation
+   * could not start once the WAN appeared. The reason is already logged; the
+   * caller stops the daemon, which flushes the state store and leaves the
+   * safety net, and exits non-zero for the service manager to restart it.
    */
   onFatal?: (reason: Error) => void;
 }
 
 export class Daemon implements MetricsSource {
-  private shared: SharedMode | null = null;
   private wanWatch: WanWatch | null = null;
+  /** The spec of the safety net in place (plan.ts). */
+  private spec: NetSpec | null = null;
+  /** What the daemon waits for before it translates (null: translating, or not started). */
+  private waitingFor: string | null = 'the safety net';
+  private translating = false;
+  /** WAN changes, reloads and stop run one at a time. */
+  private chain: Promise<unknown> = Promise.resolve();
+  private readonly onStatus: (status: string) => void;
+  /** What the kernel held of the plumbing after the last change (for status). */
+  private netStatus: SafetyNetStatus | { error: string } | null = null;
   private metrics: MetricsServer | null = null;
   private readonly now: () => number;
   readonly startedAt: number;
@@ -115,6 +123,7 @@ export class Daemon implements MetricsSource {
   constructor(public config: Config, private readonly log: Logger, opts: DaemonOptions = {}) {
     this.now = opts.now ?? Date.now;
     this.persist = opts.persist ?? true;
+    this.onStatus = opts.onStatus ?? (() => undefined);
     this.openTun = opts.openTun ?? ((o) => NativeTun.open(o.name, { offloads: o.offloads }));
     this.onFatal = opts.onFatal ?? (() => undefined);
     this.faults = new BatchFaults(log, (reason) => this.fail(reason), this.now);
@@ -206,39 +215,121 @@ export class Daemon implements MetricsSource {
     }
   }
 
-  async start(): Promise<void> {
+  /**
+   * Safety net first (plan.ts: nothing leaks and nothing is answered while
+   * no TUN translates), then the control socket, then, once the WAN
+   * interface (and in shared mode its address) is there, translation.
+   * A missing WAN is waited for through netlink, never a start failure.
+   */
+  start(): Promise<void> {
+    // In the chain, so no WAN notification is handled before the safety net is in place.
+    return this.serial(() => this.doStart());
+  }
+
+  private async doStart(): Promise<void> {
     const cfg = this.config;
-    // Shared mode moves the `local` rule: put it back before anything else removes rules.
-    const sharedLeft = await SharedMode.cleanupLeftovers(this.sharedSavePath());
-    if (sharedLeft > 0) this.log.warn('restored the local rule and sysctls of an earlier shared-mode run', { rules: sharedLeft });
-    if (cfg.wan.mode === 'shared') this.table.publicAddr = ipv4ToInt32(await this.wanAddress());
-    const leftovers = await RouterNet.cleanupLeftovers(ROUTE_TABLE);
-    if (leftovers.rules + leftovers.routes + leftovers.proxyNeighbours > 0) {
-      this.log.warn('removed leftovers of an earlier run', { ...leftovers });
+    const host = HostState.load(hostStatePath(cfg.state.path));
+    if (host.note?.kind === 'earlier-boot') this.log.info('host state is from an earlier boot: the host settings found now are the ones to restore');
+    if (host.note?.kind === 'unreadable') this.log.error('host state unreadable, moved aside; the host settings found now are the ones to restore', { ...host.note });
+    const watched = await WanWatch.start(cfg.wan.interface,
+      (state) => void this.serial(() => this.wanChanged(state)).catch((e: Error) => this.fail(new Error(`start failed: ${e.message}`, { cause: e }))),
+      (e) => this.log.error('watching the WAN interface failed', { error: e.message }));
+    this.wanWatch = watched.watch;
+    this.net = RouterNet.open(host);
+    // Shared mode with no address yet: keep protecting the last one in use (a reboot restores its mappings).
+    const saved = host.spec?.mode === cfg.wan.mode && host.spec.wanInterface === cfg.wan.interface ? host.spec.publicAddress : null;
+    const address = cfg.wan.mode === 'dedicated' ? cfg.wan.publicAddress : this.pickAddress(watched.state) ?? saved;
+    await this.installSafetyNet(address);
+    const controlGroup = lookupGroup(cfg.control.group);
+    if (controlGroup === null) this.log.warn('control group not found: the control socket is open to root only', { group: cfg.control.group });
+    this.control = await startControlServer(cfg.control.socket, controlGroup, (req) => this.handleControl(req));
+    if (cfg.metrics) this.metrics = await startMetricsServer(cfg.metrics.listen, this, this.log);
+    await this.wanChanged(watched.state);
+  }
+
+  /** One line for systemd's STATUS= and `vpnmasq status`. */
+  statusLine(): string {
+    if (this.translating) return `forwarding, public address ${this.publicAddress()}`;
+    return `waiting for ${this.waitingFor}; safety net in place, nothing translates`;
+  }
+
+  private serial<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.chain.then(fn, fn);
+    this.chain = run.catch(() => undefined);
+    return run;
+  }
+
+  /** The spec the config asks for with `address` as the public one. */
+  private specOf(address: string | null): NetSpec {
+    const cfg = this.config;
+    const ports: NetSpec['forwardPorts'] = [];
+    for (const f of this.forwards.all()) if ((f.proto === 'tcp' || f.proto === 'udp') && f.publicPort !== undefined) ports.push({ proto: f.proto, port: f.publicPort });
+    return {
+      mode: cfg.wan.mode, tunName: cfg.tun.name, lanInterfaces: cfg.lan.interfaces, lanPrefixes: cfg.lan.prefixes,
+      wanInterface: cfg.wan.interface, publicAddress: address, portRange: cfg.ports.range, forwardPorts: ports,
+    };
+  }
+
+  private async installSafetyNet(address: string | null): Promise<void> {
+    const spec = this.specOf(address);
+    const changes = await (this.net as RouterNet).installSafetyNet(spec);
+    this.spec = spec;
+    await this.inspectNet();
+    if (changes.added.length + changes.removed.length > 0) this.log.info('safety net installed', { added: changes.added.length, removed: changes.removed.length });
+    for (const r of changes.removed) this.log.debug('removed stale plumbing', { entry: r });
+  }
+
+  private async inspectNet(): Promise<void> {
+    this.netStatus = await RouterNet.inspect().catch((e: Error) => ({ error: e.message }));
+  }
+
+  /** Shared mode: the address in use if still there, else the configured one if present, else the primary. */
+  private pickAddress(state: WanState): string | null {
+    if (state === null) return null;
+    const current = this.translating ? this.publicAddress() : null;
+    if (current !== null && state.addresses.includes(current)) return current;
+    const want = this.config.wan.publicAddress;
+    if (want !== null) return state.addresses.includes(want) ? want : null;
+    return state.addresses[0] ?? null;
+  }
+
+  /** The WAN interface appeared, changed or went away (serialised). */
+  private async wanChanged(state: WanState): Promise<void> {
+    if (this.stopping !== null) return;
+    const cfg = this.config;
+    const shared = cfg.wan.mode === 'shared';
+    const address = shared ? this.pickAddress(state) : cfg.wan.publicAddress;
+    if (state === null || address === null) {
+      const what = state === null ? `interface ${cfg.wan.interface}` : `an IPv4 address${cfg.wan.publicAddress ? ` ${cfg.wan.publicAddress}` : ''} on ${cfg.wan.interface}`;
+      if (this.waitingFor !== what) this.log.warn(`waiting for ${what}`, { translating: this.translating });
+      this.waitingFor = what;
+      this.onStatus(this.translating ? `forwarding, public address ${this.publicAddress()}; waiting for ${what}` : this.statusLine());
+      return;
     }
+    this.waitingFor = null;
+    if (!this.translating) await this.startTranslating(address);
+    else if (shared && address !== this.publicAddress()) await this.wanAddressChanged(address, this.publicAddress());
+    else await (this.net as RouterNet).attachWan();
+    this.onStatus(this.statusLine());
+  }
+
+  /** Restore, TUN, routes: from here on vpnmasq translates. */
+  private async startTranslating(address: string): Promise<void> {
+    const cfg = this.config;
+    const net = this.net as RouterNet;
+    if (this.spec?.publicAddress !== address) await this.installSafetyNet(address);
+    this.table.publicAddr = ipv4ToInt32(address);
     if (this.persist) this.openStore();
     const tun = this.openTun({ name: cfg.tun.name, offloads: cfg.tun.offloads });
     this.tun = tun;
     if (cfg.tun.offloads && tun.offloadError) this.log.warn('TUN offloads unavailable, running without them', { reason: tun.offloadError });
-    this.net = await RouterNet.open();
-    await this.net.setup({
-      tunName: tun.name,
-      mtu: cfg.tun.mtu,
-      table: ROUTE_TABLE,
-      rulePriority: RULE_PRIORITY,
-      lanInterfaces: cfg.lan.interfaces,
-      lanPrefixes: cfg.lan.prefixes,
-      publicAddress: cfg.wan.mode === 'shared' ? null : cfg.wan.publicAddress,
-      wanInterface: cfg.wan.interface,
-    });
-    if (cfg.wan.mode === 'shared') await this.startShared(tun.name);
+    await net.attachTun(tun.name, cfg.tun.mtu);
+    await net.attachWan();
     this.startPacketLoop(tun);
-    const controlGroup = lookupGroup(cfg.control.group);
-    if (controlGroup === null) this.log.warn('control group not found: the control socket is open to root only', { group: cfg.control.group });
-    this.control = await startControlServer(cfg.control.socket, controlGroup, (req) => this.handleControl(req));
+    await this.inspectNet();
     const budget = Math.max(1024, Math.ceil(this.table.capacity / SWEEPS_PER_PASS));
     this.sweepTimer = setInterval(() => this.sweep(budget), SWEEP_INTERVAL_MS);
-    if (cfg.metrics) this.metrics = await startMetricsServer(cfg.metrics.listen, this, this.log);
+    this.translating = true;
     this.log.info('vpnmasq running', {
       tun: tun.name,
       offloads: `0x${tun.offloads.toString(16)}`,
@@ -359,23 +450,27 @@ export class Daemon implements MetricsSource {
     this.feed.remove(o);
   }
 
-  /** Stops forwarding and removes everything the daemon added. Idempotent. */
+  /**
+   * Stops translating; the safety net stays (closing the TUN takes its routes
+   * with it), so until the next start LAN traffic and steered inbound traffic
+   * are dropped. `vpnmasq teardown` removes it. Idempotent.
+   */
   stop(): Promise<void> {
-    if (this.stopping === null) this.stopping = this.doStop();
+    if (this.stopping === null) this.stopping = this.serial(() => this.doStop());
     return this.stopping;
   }
 
   private async doStop(): Promise<void> {
     if (this.sweepTimer) clearInterval(this.sweepTimer);
-    await this.stopAppliance();
+    this.wanWatch?.close();
+    await this.metrics?.close().catch(() => undefined);
     await this.control?.close().catch(() => undefined);
     this.tun?.close();
+    this.net?.detachTun();
+    this.translating = false;
     this.store?.close();
-    if (this.net) {
-      await this.net.teardown().catch((e: Error) => this.log.error('teardown failed', { error: e.message }));
-      this.net.close();
-    }
-    this.log.info('vpnmasq stopped');
+    this.net?.close();
+    this.log.info('vpnmasq stopped; the safety net stays in place until "vpnmasq teardown"');
   }
 
   // ---- control socket ----------------------------------------------------
@@ -429,7 +524,9 @@ export class Daemon implements MetricsSource {
 
   /** After `forwards add|remove` or a reload: shared mode steers the forwards' ports to the TUN. */
   async forwardsChanged(): Promise<void> {
-    await this.shared?.setForwards(this.forwards.all());
+    if (this.config.wan.mode !== 'shared' || this.spec === null) return;
+    const address = this.spec.publicAddress;
+    await this.serial(() => this.installSafetyNet(address));
   }
 
   stats(): Record<string, unknown> {
@@ -459,6 +556,10 @@ export class Daemon implements MetricsSource {
     return {
       running: this.fatal === null,
       ...(this.fatal !== null ? { failed: this.fatal.message } : {}),
+      translating: this.translating,
+      waitingFor: this.translating ? null : this.waitingFor,
+      statusText: this.statusLine(),
+      safetyNet: this.netStatus,
       pid: process.pid,
       uptimeSeconds: Math.round((this.now() - this.startedAt) / 1000),
       tun: this.tun ? { name: this.tun.name, offloads: this.tun.offloads } : null,
@@ -484,52 +585,19 @@ export class Daemon implements MetricsSource {
     return int32ToIpv4(this.table.publicAddr);
   }
 
-  /** Previous sysctl values of shared mode live next to the control socket (RuntimeDirectory). */
-  private sharedSavePath(): string {
-    return path.join(path.dirname(this.config.control.socket), 'shared-mode-sysctls.json');
-  }
-
-  /** Shared mode: the configured address if set, else the WAN interface's primary address. */
-  private async wanAddress(): Promise<string> {
-    const cfg = this.config;
-    const rn = await RouterNet.open();
-    try {
-      const addrs = await rn.addressesOf(cfg.wan.interface);
-      const chosen = cfg.wan.publicAddress ?? addrs[0];
-      if (!chosen || !addrs.includes(chosen)) {
-        throw new Error(`wan.mode "shared": ${cfg.wan.interface} has no IPv4 address${cfg.wan.publicAddress ? ` ${cfg.wan.publicAddress}` : ''}`);
-      }
-      return chosen;
-    } finally {
-      rn.close();
-    }
-  }
-
-  private async startShared(tunName: string): Promise<void> {
-    const cfg = this.config;
-    this.shared = await SharedMode.setup({
-      tunName, publicAddress: this.publicAddress(), table: ROUTE_TABLE, portRange: cfg.ports.range,
-      forwards: cfg.forwards, savePath: this.sharedSavePath(),
-    });
-    this.wanWatch = await WanWatch.start(cfg.wan.interface, this.publicAddress(),
-      (next, old) => void this.wanAddressChanged(next, old),
-      (e) => this.log.error('watching WAN addresses failed', { error: e.message }));
-  }
-
   /** DHCP renew / PPPoE redial: mappings move to the new address or are dropped (wan.onAddressChange). */
-  private async wanAddressChanged(next: string | null, old: string): Promise<void> {
+  private async wanAddressChanged(next: string, old: string): Promise<void> {
     const policy = this.config.wan.onAddressChange;
     let dropped = 0;
-    if (policy === 'drop' || next === null) {
+    if (policy === 'drop') {
       // Every table: NAPT sessions (and with them their PPTP control state), calls, ISAKMP and ESP entries.
       dropped = this.table.removeAll() + this.pptp.removeAll() + this.ipsec.removeAll();
     }
-    if (next !== null) {
-      this.table.publicAddr = ipv4ToInt32(next);
-      await this.shared?.retarget(next).catch((e: Error) => this.log.error('retargeting shared-mode rules failed', { error: e.message }));
-    }
+    this.table.publicAddr = ipv4ToInt32(next);
+    // The new address's steering goes in before the old one's comes out.
+    await this.installSafetyNet(next);
     this.drainJournal();
-    this.log.warn('WAN address changed', { old, new: next ?? 'none', policy, dropped, kept: this.table.sessionCount });
+    this.log.warn('WAN address changed', { old, new: next, policy, dropped, kept: this.table.sessionCount });
   }
 
   /** SIGHUP: applies a validated config that reloadable() accepted; every mapping stays. */
@@ -547,12 +615,6 @@ export class Daemon implements MetricsSource {
       await this.metrics?.close();
       this.metrics = next.metrics ? await startMetricsServer(next.metrics.listen, this, this.log) : null;
     }
-  }
-
-  private async stopAppliance(): Promise<void> {
-    this.wanWatch?.close();
-    await this.metrics?.close().catch(() => undefined);
-    await this.shared?.teardown().catch((e: Error) => this.log.error('shared-mode teardown failed', { error: e.message }));
   }
 
   mappingsByProto(): Record<string, number> {

@@ -1,10 +1,11 @@
 /**
- * `vpnmasq run` as a systemd service (sd_notify(3), daemon(7)): READY=1 once
- * the TUN is up and the state is restored, WATCHDOG=1 at half of
+ * `vpnmasq run` as a systemd service (sd_notify(3), daemon(7)): WATCHDOG=1 at half of
  * WATCHDOG_USEC, SIGHUP reloads the config (RELOADING=1 + MONOTONIC_USEC,
  * then READY=1) keeping every mapping and keeping the old config when the
  * new one is bad, SIGTERM/SIGINT send STOPPING=1, flush and exit cleanly.
- * Leftovers of a crashed run are removed by Daemon.start().
+ * READY=1 comes once the safety net is in place and the control socket
+ * answers, also while the daemon still waits for the WAN; STATUS= says which.
+ * No exit, clean or not, removes the safety net (Daemon.start() reconciles it).
  */
 import { Config, ConfigError, loadConfig } from '../config/schema';
 import { reloadable } from './reload';
@@ -59,9 +60,6 @@ export function loadReload(path: string, current: Config): { config: Config } | 
 export async function runDaemon(configPath: string, config: Config): Promise<void> {
   const log = createLogger(config.log);
   const notify = new Notifier();
-  // A failed TUN device or a packet path that keeps throwing: no more watchdog
-  // pings, the state flushed by stop(), and a non-zero exit for a restart.
-  const daemon = new Daemon(config, log, { onFatal: (reason) => stop('fatal', EXIT_FAILURE, reason.message) });
   let watchdog: NodeJS.Timeout | null = null;
   let stopping = false;
   let reloading: Promise<void> = Promise.resolve();
@@ -77,6 +75,14 @@ export async function runDaemon(configPath: string, config: Config): Promise<voi
       process.exit(EXIT_FAILURE);
     });
   };
+  // A failed TUN device, a packet path that keeps throwing, or a translation
+  // that cannot start once the WAN came: no more watchdog pings, the state
+  // flushed by stop(), the safety net left in place, and a non-zero exit for
+  // a restart.
+  const daemon = new Daemon(config, log, {
+    onStatus: (status) => notify.send(`STATUS=${status}`),
+    onFatal: (reason) => stop('fatal', EXIT_FAILURE, reason.message),
+  });
   const reload = (): void => {
     reloading = reloading.then(() => doReload(configPath, daemon, notify, log));
   };
@@ -92,7 +98,8 @@ export async function runDaemon(configPath: string, config: Config): Promise<voi
     process.exit(EXIT_FAILURE);
   }
   if (stopping) return;
-  notify.send(`READY=1\nSTATUS=forwarding, public address ${daemon.publicAddress()}\nMAINPID=${process.pid}`);
+  // Ready once the safety net is in place and the control socket answers, also while waiting for the WAN.
+  notify.send(`READY=1\nSTATUS=${daemon.statusLine()}\nMAINPID=${process.pid}`);
   const interval = Notifier.watchdogIntervalMs();
   if (interval > 0) watchdog = setInterval(() => notify.send('WATCHDOG=1'), interval);
 }

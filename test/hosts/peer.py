@@ -6,6 +6,8 @@ exits; every wait is bounded by --timeout. Subcommands:
 
   tcp-server  --port P [--count N]         accept N connections; reply with the peer and the sha256 of what it read
   tcp-client  --host H --port P --bytes N [--rate B]  send N pseudo-random bytes (at most B bytes/s), print own sha256 and the server's reply
+  tcp-source  --port P --bytes N [--rate B]  accept one connection and send it N pseudo-random bytes (a download); print peer and sha256
+  tcp-sink    --host H --port P             connect, read to the end; print bytes and sha256 of what arrived
   udp-server  --port P [--count N]         answer N datagrams with {"peer": ..., "len": ..., "sha256": ...} (+ --echo-bytes)
   udp-client  --host H --port P [--sport S] [--size N] [--expect-bytes N]
   udp-refused --host H --port P            connected UDP socket; report whether ECONNREFUSED came back
@@ -13,8 +15,11 @@ exits; every wait is bounded by --timeout. Subcommands:
   raw         --dst D --proto N --hex PAYLOAD [--bad-checksum]  send one raw IPv4 payload (kernel builds the IP header)
   udp-frags   --src S --dst D --sport A --dport B --size N [--reverse]  send one UDP datagram as IP fragments
   listen-raw  --proto N --seconds T [--dump]  count raw packets of a protocol arriving at this host
-  ike-esp-responder --seconds T [--idle I] [--silent-spi S,...]  answer IKEv1-style headers on UDP 500 and raw ESP with own SPIs
-  ike-esp-client --host R --icookie HEX --spi S [--packets K] [--rekey-spi S2] [--start-at EPOCH]  Main+Quick Mode, then raw ESP
+  ike-esp-responder --seconds T [--idle I] [--silent-spi S,...]  answer IKEv1-style headers on UDP 500 and raw ESP with own SPIs;
+                stops at an Informational "BYE" from a held client
+  ike-esp-client --host R --icookie HEX --spi S [--packets K] [--rekey-spi S2] [--start-at EPOCH] [--hold T]
+                Main+Quick Mode, then raw ESP; --hold keeps the SA sending for T more seconds (when replies came back),
+                --resume K ends that early once K replies came back after a silence of at least 1.5 s (an outage that ended)
 """
 import argparse
 import hashlib
@@ -72,16 +77,7 @@ def tcp_client(a):
     s = socket.create_connection((a.host, a.port), timeout=a.timeout)
     local = s.getsockname()
     remote = s.getpeername()
-    block, full, rest = pattern(a.bytes)
-    h = hashlib.sha256()
-    t0 = time.monotonic()
-    for i in range(full):
-        if a.rate > 0:  # pace to --rate bytes/s (long transfers that outlive a router restart)
-            time.sleep(max(0.0, t0 + i * len(block) / a.rate - time.monotonic()))
-        s.sendall(block)
-        h.update(block)
-    s.sendall(block[:rest])
-    h.update(block[:rest])
+    digest = paced_send(s, a)
     s.shutdown(socket.SHUT_WR)
     reply = b""
     while not reply.endswith(b"\n"):
@@ -89,8 +85,54 @@ def tcp_client(a):
         if not chunk:
             break
         reply += chunk
-    out({"local": "%s:%d" % local, "remote": "%s:%d" % remote, "sha256": h.hexdigest(),
+    out({"local": "%s:%d" % local, "remote": "%s:%d" % remote, "sha256": digest,
          "bytes": a.bytes, "reply": json.loads(reply) if reply else None})
+
+
+def paced_send(s, a):
+    """Sends --bytes pseudo-random bytes at most --rate bytes/s; returns their sha256."""
+    block, full, rest = pattern(a.bytes)
+    h = hashlib.sha256()
+    t0 = time.monotonic()
+    for i in range(full):
+        if a.rate > 0:  # long transfers that outlive a router restart
+            time.sleep(max(0.0, t0 + i * len(block) / a.rate - time.monotonic()))
+        s.sendall(block)
+        h.update(block)
+    s.sendall(block[:rest])
+    h.update(block[:rest])
+    return h.hexdigest()
+
+
+def tcp_source(a):
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("0.0.0.0", a.port))
+    srv.listen(1)
+    srv.settimeout(a.timeout)
+    print("ready", file=sys.stderr, flush=True)
+    conn, peer = srv.accept()
+    conn.settimeout(a.timeout)
+    digest = paced_send(conn, a)
+    conn.shutdown(socket.SHUT_WR)
+    conn.recv(1)  # the sink closes once it has read everything
+    conn.close()
+    out({"peer": "%s:%d" % peer, "bytes": a.bytes, "sha256": digest})
+
+
+def tcp_sink(a):
+    s = socket.create_connection((a.host, a.port), timeout=a.timeout)
+    local = s.getsockname()
+    h = hashlib.sha256()
+    n = 0
+    while True:
+        chunk = s.recv(1 << 16)
+        if not chunk:
+            break
+        h.update(chunk)
+        n += len(chunk)
+    s.close()
+    out({"local": "%s:%d" % local, "bytes": n, "sha256": h.hexdigest()})
 
 
 def udp_server(a):
@@ -255,6 +297,8 @@ def ike_esp_responder(a):
                 seen["ike"] += 1
                 seen["ikeFrom"].append("%s:%d" % peer)
                 ic, rc, exch = data[:8], data[8:16], data[18]
+                if exch == 5 and data[28:] == b"BYE":  # the client is done (ike-esp-client --hold)
+                    break
                 if rc == b"\0" * 8:
                     rc = hashlib.sha256(ic).digest()[:8]
                 body = data[28:]
@@ -271,6 +315,16 @@ def ike_esp_responder(a):
                 r.sendto(esp_packet(responder_spi(spi), seq, data[hl + 8:]), (peer[0], 0))
     seen["ikeFrom"] = sorted(set(seen["ikeFrom"]))
     out(seen)
+
+
+def resumed(back, k, silence=1.5):
+    """K answers came back after a silence of at least `silence` seconds (an outage that ended)."""
+    if not k:
+        return False
+    for i in range(1, len(back)):
+        if back[i] - back[i - 1] >= silence:
+            return len(back) - i >= k
+    return False
 
 
 def ike_esp_client(a):
@@ -327,12 +381,39 @@ def ike_esp_client(a):
         return {"spi": "%08x" % spi, "rspi": "%08x" % rspi, "sent": sent, "good": good,
                 "ms": round((time.time() - start) * 1000)}
 
+    def esp_hold(spi, rspi):
+        """Keeps the SA sending every --interval for --hold seconds; when did replies come back (epoch seconds)?"""
+        end = time.time() + a.hold
+        sent, back, seq = 0, [], 1 << 20
+        while time.time() < end and not resumed(back, a.resume):
+            seq += 1
+            try:
+                r.sendto(esp_packet(spi, seq, b"TOKEN" + ic), (a.host, 0))
+                sent += 1
+            except OSError:
+                pass  # the router is being rebuilt (no route): the next packet retries
+            until = time.time() + a.interval
+            while True:
+                ready, _, _ = select.select([r], [], [], max(0.0, until - time.time()))
+                if not ready:
+                    break
+                data = r.recv(65535)
+                hl = (data[0] & 15) * 4
+                if struct.unpack("!I", data[hl:hl + 4])[0] == rspi and data[hl + 8:] == b"TOKEN" + ic:
+                    back.append(round(time.time(), 3))
+                else:
+                    state["foreign"].append("esp:%08x" % struct.unpack("!I", data[hl:hl + 4])[0])
+        return {"sent": sent, "backAt": back}
+
     res = {}
     try:
         for _ in range(3):
             exchange(2, b"MM" * 20)
         rspi = quick_mode(a.spi)
         res["flow"] = esp_flow(a.spi, rspi, a.packets)
+        if a.hold:
+            res["hold"] = esp_hold(a.spi, rspi)
+            u.sendto(isakmp(ic, state["rc"], 5, 0, b"BYE"), (a.host, 500))  # an Informational: the responder may stop
         if a.rekey_spi:
             rspi2 = quick_mode(a.rekey_spi)
             res["rekey"] = esp_flow(a.rekey_spi, rspi2, a.packets)
@@ -374,8 +455,10 @@ def main():
     p.add_argument("--rekey-spi", type=lambda x: int(x, 0), default=0)
     p.add_argument("--packets", type=int, default=5)
     p.add_argument("--interval", type=float, default=0.1)
+    p.add_argument("--hold", type=float, default=0)
+    p.add_argument("--resume", type=int, default=0)
     a = p.parse_args()
-    cmds = {"tcp-server": tcp_server, "tcp-client": tcp_client, "udp-server": udp_server, "udp-client": udp_client,
+    cmds = {"tcp-server": tcp_server, "tcp-client": tcp_client, "tcp-source": tcp_source, "tcp-sink": tcp_sink, "udp-server": udp_server, "udp-client": udp_client,
             "udp-refused": udp_refused, "udp-pmtu": udp_pmtu, "raw": raw, "udp-frags": udp_frags, "listen-raw": listen_raw,
             "ike-esp-responder": ike_esp_responder, "ike-esp-client": ike_esp_client}
     cmds[a.cmd](a)

@@ -20,6 +20,8 @@ Every wait is bounded by --seconds. Each command prints one JSON line.
       --hold H keeps the first call up for H more seconds (a long-running
       call across a router restart): one data packet every 0.2 s, reporting
       in "hold" how many were sent and the times (epoch s) echoes came back.
+      --resume K ends the hold early once K echoes came back after a silence
+      of at least 1.5 s (the router was down and is back).
   server [--port 1723] --clients N [--refuse-serial Y] [--fixed-call-id F] --seconds T
       Answers Start-Control-Connection-Requests and Outgoing-Call-Requests
       (own Call ID unique per call, or always F: a server reusing the ID of a
@@ -244,13 +246,23 @@ def client(a):
     out(res)
 
 
+def resumed(back, k, silence=1.5):
+    """K answers came back after a silence of at least `silence` seconds (an outage that ended)."""
+    if not k:
+        return False
+    for i in range(1, len(back)):
+        if back[i] - back[i - 1] >= silence:
+            return len(back) - i >= k
+    return False
+
+
 def hold(a, raw, name, c, res):
     h = {"sent": 0, "backAt": []}
     res["hold"] = h
     end = time.time() + a.hold
     seq = 10000
     next_send = 0.0
-    while time.time() < end:
+    while time.time() < end and not resumed(h["backAt"], a.resume):
         now = time.time()
         if now >= next_send:
             try:
@@ -364,6 +376,7 @@ def main():
     c.add_argument("--big", type=int, default=0)
     c.add_argument("--seconds", type=float, default=10)
     c.add_argument("--hold", type=float, default=0)
+    c.add_argument("--resume", type=int, default=0)
     s = sub.add_parser("server")
     s.add_argument("--port", type=int, default=1723)
     s.add_argument("--clients", type=int, default=1)

@@ -10,10 +10,11 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { ChildProcess } from 'node:child_process';
-import { createLab, Lab } from './lab';
+import { requireRoot, createLab, Lab } from './lab';
 import { peer, peerServer, RouterHandle, startRouter } from './router-harness';
 
-const isRoot = process.getuid?.() === 0;
+requireRoot();
+
 const ROUTER_WAN = '198.18.0.1';
 const NEW_WAN = '198.18.0.3';
 const RANGE: [number, number] = [61000, 65535];
@@ -59,13 +60,14 @@ function inRange(port: number): boolean {
   return port >= RANGE[0] && port <= RANGE[1];
 }
 
-describe('appliance: shared-address mode in the lab', { skip: !isRoot && 'needs root' }, () => {
+describe('appliance: shared-address mode in the lab', () => {
   let lab: Lab;
   let router: RouterHandle;
   let dir: string;
   let notifyProc: ChildProcess;
   let notified = '';
   let baseConfig: Record<string, any>;
+  let portRangeBefore = '';
 
   const sh = async (ns: string, argv: string[]) => {
     const r = await lab.exec(ns, argv);
@@ -102,6 +104,7 @@ describe('appliance: shared-address mode in the lab', { skip: !isRoot && 'needs 
     await waitFor('notify listener', () => fs.existsSync(sock));
     // Keep the other addresses when the primary one is deleted (DHCP-style renumbering below).
     await sh(lab.ns.router, ['sysctl', '-qw', 'net.ipv4.conf.wan0.promote_secondaries=1']);
+    portRangeBefore = (await sh(lab.ns.router, ['cat', '/proc/sys/net/ipv4/ip_local_port_range'])).trim();
     process.env.NOTIFY_SOCKET = sock;
     try {
       router = await startRouter(lab, {
@@ -244,38 +247,49 @@ describe('appliance: shared-address mode in the lab', { skip: !isRoot && 'needs 
     assert.equal((await router.request('status')).publicAddress, ROUTER_WAN);
   });
 
-  it('SIGTERM exits cleanly and restores the local rule and port sysctls', async () => {
-    const portRange = (await sh(lab.ns.router, ['cat', '/proc/sys/net/ipv4/ip_local_port_range'])).trim();
+  it('SIGTERM exits cleanly and keeps the safety net; teardown restores the local rule and the port sysctls', async () => {
     const rulesUp = await sh(lab.ns.router, ['ip', 'rule', 'show']);
-    assert.match(rulesUp, /^50:\s+from all to 198\.18\.0\.1 ipproto tcp dport 61000-65534 lookup 7100/m);
+    assert.match(rulesUp, /^50:\s+from all to 198\.18\.0\.1 ipproto tcp dport 61000-65534 lookup 7101/m);
     assert.match(rulesUp, /^100:\s+from all lookup local/m);
     assert.doesNotMatch(rulesUp, /^0:/m);
     assert.equal(await router.stop(), 0);
     await waitFor('STOPPING=1', () => /STOPPING=1/.test(notified));
+    assert.match(router.log(), /the safety net stays in place/);
+    const kept = await sh(lab.ns.router, ['ip', 'rule', 'show']);
+    assert.match(kept, /^50:\s+from all to 198\.18\.0\.1 ipproto tcp dport 61000-65534 lookup 7101/m, 'steering survives a planned stop');
+    assert.doesNotMatch(kept, /^0:/m);
+    assert.equal((await sh(lab.ns.router, ['cat', '/proc/sys/net/ipv4/ip_local_reserved_ports'])).trim(), '61000-65535');
+    const td = await router.teardown();
+    assert.equal(td.code, 0, td.stderr);
+    assert.match(td.stderr, /"lookup local" back at priority 0/);
+    assert.match(td.stderr, /restored .*net\.ipv4\.ip_local_reserved_ports=/);
     const rules = await sh(lab.ns.router, ['ip', 'rule', 'show']);
     assert.match(rules, /^0:\s+from all lookup local/m);
     assert.doesNotMatch(rules, /^(49|50|100|7100):/m);
     assert.equal((await sh(lab.ns.router, ['cat', '/proc/sys/net/ipv4/ip_local_reserved_ports'])).trim(), '');
-    assert.notEqual((await sh(lab.ns.router, ['cat', '/proc/sys/net/ipv4/ip_local_port_range'])).trim(), '');
-    assert.ok(portRange.length > 0);
+    assert.equal((await sh(lab.ns.router, ['cat', '/proc/sys/net/ipv4/ip_local_port_range'])).trim(), portRangeBefore);
   });
 
-  it('a crashed run\'s rules and sysctls are cleaned up at the next start', async () => {
-    const shared = { wan: { interface: lab.routerIfaces.wan, mode: 'shared' } };
-    const crashed = await startRouter(lab, shared);
-    crashed.proc.kill('SIGKILL');
-    await new Promise((r) => crashed.proc.once('exit', r));
-    assert.doesNotMatch(await sh(lab.ns.router, ['ip', 'rule', 'show']), /^0:/m, 'the local rule stays moved after a crash');
-    assert.notEqual((await sh(lab.ns.router, ['cat', '/proc/sys/net/ipv4/ip_local_reserved_ports'])).trim(), '');
-    const next = await startRouter(lab, { ...shared, control: { socket: crashed.socket, group: 'root' } });
+  it('after a crash the next start keeps the safety net and the saved host settings; its teardown restores them', async () => {
+    const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'vpnmasq-appliance-state-'));
+    const shared = { wan: { interface: lab.routerIfaces.wan, mode: 'shared' }, state: { path: path.join(stateDir, 'state.db') } };
     try {
-      assert.match(next.log(), /restored the local rule and sysctls of an earlier shared-mode run/);
-    } finally {
+      const crashed = await startRouter(lab, shared);
+      await crashed.kill9();
+      assert.doesNotMatch(await sh(lab.ns.router, ['ip', 'rule', 'show']), /^0:/m, 'the local rule stays moved after a crash');
+      assert.equal((await sh(lab.ns.router, ['cat', '/proc/sys/net/ipv4/ip_local_reserved_ports'])).trim(), '61000-65535');
+      const next = await startRouter(lab, { ...shared, control: { socket: crashed.socket, group: 'root' } });
       assert.equal(await next.stop(), 0);
+      const saved = JSON.parse(fs.readFileSync(path.join(stateDir, 'host-state.json'), 'utf8'));
+      assert.equal(saved.sysctls['net/ipv4/ip_local_reserved_ports'], '', 'the value before the first run, not the crashed run\'s');
+      const td = await next.teardown();
+      assert.equal(td.code, 0, td.stderr);
+      const rules = await sh(lab.ns.router, ['ip', 'rule', 'show']);
+      assert.match(rules, /^0:\s+from all lookup local/m);
+      assert.doesNotMatch(rules, /^(49|50|100|7100):/m);
+      assert.equal((await sh(lab.ns.router, ['cat', '/proc/sys/net/ipv4/ip_local_reserved_ports'])).trim(), '');
+    } finally {
+      fs.rmSync(stateDir, { recursive: true, force: true });
     }
-    const rules = await sh(lab.ns.router, ['ip', 'rule', 'show']);
-    assert.match(rules, /^0:\s+from all lookup local/m);
-    assert.doesNotMatch(rules, /^(49|50|100|7100):/m);
-    assert.equal((await sh(lab.ns.router, ['cat', '/proc/sys/net/ipv4/ip_local_reserved_ports'])).trim(), '');
   });
 });

@@ -1,7 +1,10 @@
 /**
  * Real strongSwan peers (charon + swanctl, IKEv2, kernel-libipsec, PSK) in lab
  * namespaces, shared by the strongSwan lab tests. Each daemon gets its own
- * strongswan.conf, a private /run and its own vici socket.
+ * strongswan.conf, a private /run and its own vici socket. The log is for
+ * failure messages only (flushed per line; without flush_line, charon's
+ * stdio buffer holds the last 4 KiB back while it runs): tests assert on the
+ * wire and on `swanctl --list-sas`, never on log text.
  * See /work/shared/reference/strongswan-in-namespaces.md.
  */
 import * as fs from 'node:fs';
@@ -9,6 +12,11 @@ import * as path from 'node:path';
 import { ExecResult, Lab } from './lab';
 
 export const hasCharon = fs.existsSync('/usr/lib/ipsec/charon') && fs.existsSync('/usr/sbin/swanctl');
+
+/** strongSwan lab tests fail at once without charon and swanctl (scripts/ensure-deps.sh installs them). */
+export function requireCharon(): void {
+  if (!hasCharon) throw new Error('strongSwan is not installed (/usr/lib/ipsec/charon, /usr/sbin/swanctl): run scripts/ensure-deps.sh as root');
+}
 /** The network behind the server, reachable only through the tunnel. */
 export const PROTECTED = '10.99.0.0/24';
 export const PROTECTED_HOST = '10.99.0.1';
@@ -30,6 +38,7 @@ export async function startCharon(lab: Lab, base: string, ns: string, name: stri
   }
   filelog { log { path = ${dir}/charon.log
     default = 1
+    flush_line = yes
     append = no } }
 }
 `);

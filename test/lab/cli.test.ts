@@ -11,13 +11,15 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawn } from 'node:child_process';
-import { createLab, Lab } from './lab';
-import { CLI, peer, peerServer, PPTP_HOST, RouterHandle, startRouter } from './router-harness';
+import { requireRoot, createLab, Lab } from './lab';
+import { CLI, peer, peerServer, PPTP_HOST, readableCli, RouterHandle, startRouter } from './router-harness';
 import { jsonLines, runCli, schemaErrors } from '../unit/cli-fixture';
 
-const isRoot = process.getuid?.() === 0;
+requireRoot();
+
 /** The IPsec exchange of LAN host 0 (test/hosts/peer.py ike-esp-*): its cookie, its SPI and the remote's answer to it. */
 const ICOOKIE = 'c11c11c100000007';
 const SPI = 0x3100;
@@ -27,7 +29,7 @@ const hex8 = (n: number) => n.toString(16).padStart(8, '0');
 const CALL_ID = 0x4242;
 const SESSION_PROTOS = ['tcp', 'udp', 'icmp'];
 
-describe('vpnmasq CLI in the lab', { skip: !isRoot && 'needs root' }, () => {
+describe('vpnmasq CLI in the lab', () => {
   let lab: Lab;
   let router: RouterHandle;
   const cli = (...args: string[]) => runCli(['-c', router.configPath, ...args]);
@@ -195,7 +197,8 @@ describe('vpnmasq CLI in the lab', { skip: !isRoot && 'needs root' }, () => {
     const st = await cli('status');
     assert.equal(st.code, 0, st.stderr);
     assert.match(st.stdout, /^vpnmasq is running \(pid \d+, up \d+/);
-    assert.match(st.stdout, /^TUN +vmq0 /m);
+    assert.match(st.stdout, new RegExp(`^TUN +${router.tunName} `, 'm'));
+    assert.match(st.stdout, new RegExp(`^State +forwarding, public address ${lab.addr.public.replace(/\./g, '\\.')}$`, 'm'));
     assert.match(st.stdout, new RegExp(`^Mode +dedicated, public address ${lab.addr.public.replace(/\./g, '\\.')}$`, 'm'));
     assert.match(st.stdout, /^Database +\S+state\.db: healthy/m);
     const stats = await cli('stats');
@@ -292,16 +295,20 @@ describe('vpnmasq CLI in the lab', { skip: !isRoot && 'needs root' }, () => {
     }
   });
 
-  it('a user without access gets a clear permission message; a member of the control group gets the rows', async () => {
+  it('a user without access gets a clear permission message; a member of the control group gets the rows', async (t) => {
     const dir = path.dirname(router.configPath);
     fs.chmodSync(dir, 0o711);
     fs.chmodSync(router.configPath, 0o644);
-    const r = await lab.exec(lab.ns.router, ['setpriv', '--reuid=nobody', '--regid=nogroup', '--clear-groups', process.execPath, CLI, '-c', router.configPath, 'conns', 'list']);
+    // The program as another user can read it, wherever the checkout lives.
+    const copy = fs.mkdtempSync(path.join(os.tmpdir(), `${lab.prefix}-cli-`));
+    t.after(() => fs.rmSync(copy, { recursive: true, force: true }));
+    const readable = readableCli(copy);
+    const r = await lab.exec(lab.ns.router, ['setpriv', '--reuid=nobody', '--regid=nogroup', '--clear-groups', process.execPath, readable, '-c', router.configPath, 'conns', 'list']);
     assert.equal(r.code, 1, r.stderr);
     assert.equal(r.stdout, '');
     assert.match(r.stderr, /^vpnmasq: permission denied on \S+control\.sock: run as root or as a member of the "root" group\n$/);
     // A member of control.group (here root, gid 0) may use the socket without being root.
-    const member = await lab.exec(lab.ns.router, ['setpriv', '--reuid=nobody', '--regid=nogroup', '--groups=0', process.execPath, CLI, '-c', router.configPath, 'conns', 'list', '--json', '--sport', '40100']);
+    const member = await lab.exec(lab.ns.router, ['setpriv', '--reuid=nobody', '--regid=nogroup', '--groups=0', process.execPath, readable, '-c', router.configPath, 'conns', 'list', '--json', '--sport', '40100']);
     assert.equal(member.code, 0, member.stderr);
     assert.equal(jsonLines(member.stdout)[0]?.lan.port, 40100);
   });
@@ -310,9 +317,9 @@ describe('vpnmasq CLI in the lab', { skip: !isRoot && 'needs root' }, () => {
     const sessionIds = (rows: Array<Record<string, any>>) => rows.filter((r) => SESSION_PROTOS.includes(r.proto)).map((r) => r.id).sort();
     const before = sessionIds(await list());
     assert.equal(await router.stop(), 0);
-    const st = await cli('status');
+    const st = await router.cli('status');
     assert.equal(st.code, 1);
-    assert.equal(st.stdout, 'vpnmasq is not running\n');
+    assert.match(st.stdout, /^vpnmasq is not running\nSafety net +in place \(\d+ rules, blackholes in table 7100, 7101\): nothing translates/);
     const r = await cli('conns', 'list', '--json');
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stderr, /vpnmasq is not running .* reading \S+state\.db read-only/);

@@ -16,9 +16,11 @@ import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { requireRoot } from './lab';
+
+requireRoot();
 
 const ROOT = path.resolve(__dirname, '../../..');
-const isRoot = process.getuid?.() === 0;
 const WATCHED = ['/opt', '/usr/local/bin', '/usr/local/lib', '/usr/local/share', '/etc/vpnmasq', '/etc/systemd/system', '/var/lib/vpnmasq', '/run/vpnmasq'];
 const LOCK = '/run/lock/vpnmasq-install-test.lock';
 const LOCK_WAIT_S = 900;
@@ -70,7 +72,7 @@ function files(dir: string): string[] {
   return fs.readdirSync(dir, { recursive: true, encoding: 'utf8' });
 }
 
-describe('install.sh / uninstall.sh', { skip: !isRoot && 'needs root' }, () => {
+describe('install.sh / uninstall.sh', () => {
   it('installs the runtime program with its uninstaller and removes every trace of it', async () => {
     const unlock = await globalLock();
     const shims = fs.mkdtempSync(path.join(os.tmpdir(), 'vpnmasq-install-node-'));

@@ -7,12 +7,12 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { createLab, Lab } from './lab';
+import { requireRoot, createLab, Lab } from './lab';
 import { peer, peerServer, RouterHandle, startRouter } from './router-harness';
 
-const isRoot = process.getuid?.() === 0;
+requireRoot();
 
-describe('IPsec masquerade in the lab (raw ESP, no NAT-T)', { skip: !isRoot && 'needs root' }, () => {
+describe('IPsec masquerade in the lab (raw ESP, no NAT-T)', () => {
   let lab: Lab;
   let router: RouterHandle;
   let remote: string;

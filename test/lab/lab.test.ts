@@ -4,9 +4,9 @@ import { execFileSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { createLab, Lab, sweepStaleLabs, withLab } from './lab';
+import { requireRoot, createLab, Lab, sweepStaleLabs, withLab } from './lab';
 
-const skip = process.getuid?.() !== 0 ? 'requires root (network namespaces)' : false;
+requireRoot();
 
 function netnsList(): string[] {
   return execFileSync('ip', ['netns', 'list'], { encoding: 'utf8', timeout: 5000 })
@@ -38,7 +38,7 @@ async function waitFor(cond: () => boolean, timeoutMs: number): Promise<boolean>
   return cond();
 }
 
-describe('namespace lab', { skip, timeout: 120_000 }, () => {
+describe('namespace lab', { timeout: 120_000 }, () => {
   let lab: Lab | undefined;
   const L = (): Lab => {
     assert.ok(lab, 'lab was not created');
@@ -198,7 +198,7 @@ describe('namespace lab', { skip, timeout: 120_000 }, () => {
   });
 });
 
-describe('lab lifecycle helpers', { skip, timeout: 60_000 }, () => {
+describe('lab lifecycle helpers', { timeout: 60_000 }, () => {
   test('withLab destroys the lab even when the callback throws', async () => {
     let prefix = '';
     await assert.rejects(
@@ -218,6 +218,25 @@ describe('lab lifecycle helpers', { skip, timeout: 60_000 }, () => {
     assert.deepEqual(netnsList().filter((n) => n.startsWith(`${prefix}-`)), []);
   });
 
+  test('a sweep that cannot see a live lab\'s pid file (another mount namespace, a chroot) leaves it alone', async () => {
+    await withLab({ lanHosts: 1, wanHosts: 1, vpnServer: false, farHost: false }, async (live) => {
+      const pidDir = fs.existsSync(`/run/vmq-lab-${live.prefix}.pid`) ? '/run' : os.tmpdir();
+      const pidFile = path.join(pidDir, `vmq-lab-${live.prefix}.pid`);
+      const hidden = `${pidFile}.hidden`;
+      fs.renameSync(pidFile, hidden);
+      try {
+        // Another process sweeping, as a test run in a chroot sharing /run/netns would.
+        const out = execFileSync(process.execPath, ['-e', `require(${JSON.stringify(path.join(__dirname, 'lab.js'))}).sweepStaleLabs().then((r) => console.log(JSON.stringify(r)))`],
+          { encoding: 'utf8', timeout: 30000 });
+        const removed = JSON.parse(out.trim()) as string[];
+        assert.deepEqual(removed.filter((n) => n.startsWith(`${live.prefix}-`)), [], 'the marker on its loopback says the owner lives');
+        for (const ns of live.namespaces()) assert.ok(netnsList().includes(ns));
+      } finally {
+        fs.renameSync(hidden, pidFile);
+      }
+    });
+  });
+
   test('sweepStaleLabs removes labs of dead processes only', async () => {
     // A fake stale lab: namespace + pid file naming a process that has exited.
     const dead = execFileSync('sh', ['-c', 'sh -c "echo \\$\\$"'], { encoding: 'utf8' }).trim();
@@ -227,20 +246,27 @@ describe('lab lifecycle helpers', { skip, timeout: 60_000 }, () => {
     const pidFile = path.join(pidDir, `vmq-lab-${stalePrefix}.pid`);
     fs.writeFileSync(pidFile, JSON.stringify({ pid: Number(dead), start: '1' }) + '\n');
     execFileSync('ip', ['netns', 'add', staleNs]);
+    // One without a pid file, marked on its loopback by the dead process (a lab of a chroot'ed run).
+    const markedNs = `${stalePrefix.slice(0, -1)}${(parseInt(stalePrefix.slice(-1), 16) ^ 1).toString(16)}-r`;
+    execFileSync('ip', ['netns', 'add', markedNs]);
+    execFileSync('ip', ['-n', markedNs, 'link', 'set', 'lo', 'alias', `vmq-lab owner=${dead} start=1 pidns=${fs.readlinkSync('/proc/self/ns/pid')}`]);
     try {
       await withLab({ lanHosts: 1, wanHosts: 1, vpnServer: false, farHost: false }, async (live) => {
         const removed = await sweepStaleLabs();
         assert.ok(removed.includes(staleNs), `not swept: ${JSON.stringify(removed)}`);
+        assert.ok(removed.includes(markedNs), `marked by a dead owner, not swept: ${JSON.stringify(removed)}`);
         const now = netnsList();
         assert.ok(!now.includes(staleNs));
         for (const ns of live.namespaces()) assert.ok(now.includes(ns), `live lab namespace ${ns} was swept`);
         assert.ok(!fs.existsSync(pidFile));
       });
     } finally {
-      try {
-        execFileSync('ip', ['netns', 'del', staleNs], { stdio: 'ignore' });
-      } catch {
-        /* swept */
+      for (const ns of [staleNs, markedNs]) {
+        try {
+          execFileSync('ip', ['netns', 'del', ns], { stdio: 'ignore' });
+        } catch {
+          /* swept */
+        }
       }
       fs.rmSync(pidFile, { force: true });
     }

@@ -140,11 +140,30 @@ export interface Lab extends LabInfo {
   namespaces(): string[];
   /** Plain JSON description (what `scripts/lab.ts up` prints). */
   info(): LabInfo;
-  /** Deletes the router namespace and builds it again (new bridges, every host re-wired); processes on the hosts live on. */
-  rebuildRouter(): Promise<void>;
+  /**
+   * Deletes the router namespace and builds it again (new bridges, every host re-wired); processes on the hosts live on.
+   * `beforeWire` runs in between, in the new and still empty namespace: what a boot does before the network
+   * is configured (systemd's network-pre.target). Resolves with the time the router's addresses were in place.
+   */
+  rebuildRouter(opts?: { beforeWire?: () => Promise<void> }): Promise<{ addressesAt: number }>;
   /** Kills tracked process groups and everything left in the namespaces, deletes the namespaces. Idempotent, never throws. */
   destroy(): Promise<void>;
   readonly destroyed: boolean;
+}
+
+/** What a test hands to helpers that own resources: node:test's TestContext (its after() runs also when the test fails). */
+export interface TestOwner {
+  after(fn: () => unknown): void;
+}
+
+/**
+ * Lab tests need root (network namespaces, TUN devices): without it a lab
+ * test file fails at once with this reason instead of skipping (a missing
+ * prerequisite is a failure, never a silent skip). scripts/test.sh runs the
+ * lab tests only as root.
+ */
+export function requireRoot(): void {
+  if (process.getuid?.() !== 0) throw new Error('lab tests need root (network namespaces, TUN devices): run them as root, or run only dist/test/unit');
 }
 
 export const LAB_LAN_PREFIX = '10.77.0.0/24' as const;
@@ -242,9 +261,22 @@ function killQuiet(pid: number, sig: NodeJS.Signals): void {
   }
 }
 
-/** IPv6 off before any interface exists (default.* is what new interfaces inherit), loopback up. */
+/**
+ * Who owns a lab namespace, written on its loopback (the interface alias):
+ * unlike the pid file, it is visible from any mount namespace that sees
+ * /run/netns (a chroot or container running another test suite on the same
+ * machine), so a sweep there never takes a live lab for a dead one.
+ */
+function ownerMarker(): string {
+  return `vmq-lab owner=${process.pid} start=${procStartTime(process.pid) ?? ''} pidns=${fs.readlinkSync('/proc/self/ns/pid')}`;
+}
+
+const MARKER_RE = /alias vmq-lab owner=(\d+) start=(\d*) pidns=(\S+)/;
+
+/** IPv6 off before any interface exists (default.* is what new interfaces inherit), loopback up, the owner marked. */
 async function prepareNamespace(ns: string): Promise<void> {
   await run('ip', ['netns', 'exec', ns, 'sysctl', '-q', '-w', 'net.ipv6.conf.all.disable_ipv6=1', 'net.ipv6.conf.default.disable_ipv6=1']);
+  await run('ip', ['-n', ns, 'link', 'set', 'lo', 'alias', ownerMarker()]);
   await run('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
 }
 
@@ -465,7 +497,7 @@ class LabImpl implements Lab {
    * host's link, addresses and routes, as after createLab. A "reboot" of the
    * router that the hosts, and the processes on them, survive.
    */
-  async rebuildRouter(): Promise<void> {
+  async rebuildRouter(opts: { beforeWire?: () => Promise<void> } = {}): Promise<{ addressesAt: number }> {
     const R = this.ns.router;
     for (const pid of nsPidsSync(R)) killQuiet(pid, 'SIGKILL');
     await run('ip', ['netns', 'del', R]);
@@ -479,7 +511,8 @@ class LabImpl implements Lab {
     }
     await run('ip', ['netns', 'add', R]);
     await prepareNamespace(R);
-    await this.wireRouter();
+    await opts.beforeWire?.();
+    return { addressesAt: await this.wireRouter() };
   }
 
   /** Namespaces with an eth0 to one of the router's bridges, with their router-side port and bridge. */
@@ -492,8 +525,11 @@ class LabImpl implements Lab {
     return hosts;
   }
 
-  /** The router namespace's bridges and every host's link to them, with addresses and routes (build and rebuildRouter). */
-  private async wireRouter(): Promise<void> {
+  /**
+   * The router namespace's bridges and every host's link to them, with addresses and routes (build and
+   * rebuildRouter). Returns when (Date.now()) the router's own addresses went up.
+   */
+  private async wireRouter(): Promise<number> {
     const R = this.ns.router;
     const ipR = (...a: string[]): Promise<string> => run('ip', ['-n', R, ...a]);
     await ipR('link', 'add', 'lan0', 'type', 'bridge');
@@ -513,6 +549,7 @@ class LabImpl implements Lab {
     await ipR('addr', 'add', `${LAB_ROUTER_WAN}/24`, 'dev', 'wan0');
     await ipR('link', 'set', 'lan0', 'up');
     await ipR('link', 'set', 'wan0', 'up');
+    const addressesAt = Date.now();
 
     await Promise.all(
       this.ns.lan.map(async (ns, i) => {
@@ -535,6 +572,7 @@ class LabImpl implements Lab {
       // 198.18.0.0/24 is connected on wr's eth0; the router knows the far net via wr.
       await ipR('route', 'add', LAB_FAR_PREFIX, 'via', LAB_WAN_ROUTER);
     }
+    return addressesAt;
   }
 
   // ------------------------------------------------------- processes
@@ -760,7 +798,7 @@ export async function sweepStaleLabs(): Promise<string[]> {
   const removed: string[] = [];
   const dirs = pidDirs();
   for (const [prefix, names] of byPrefix) {
-    if (ownerAlive(prefix, dirs)) continue;
+    if (ownerAlive(prefix, dirs, names)) continue;
     deleteNamespacesSync(names);
     removed.push(...names);
     removePidFiles(prefix, dirs);
@@ -776,13 +814,47 @@ export async function sweepStaleLabs(): Promise<string[]> {
     for (const f of entries) {
       const m = /^vmq-lab-(vmq[0-9a-f]{6})\.pid$/.exec(f);
       if (!m || mine.has(m[1]!) || byPrefix.has(m[1]!)) continue;
-      if (!ownerAlive(m[1]!, [dir])) removePidFiles(m[1]!, [dir]);
+      if (!pidFileOwnerAlive(m[1]!, [dir])) removePidFiles(m[1]!, [dir]);
     }
   }
   return removed;
 }
 
-function ownerAlive(prefix: string, dirs: string[]): boolean {
+/** A namespace nobody can be told the owner of is left alone this long (it may be another environment's). */
+const UNMARKED_GRACE_MS = 30 * 60 * 1000;
+
+/**
+ * Whether a lab of `prefix` may still be in use: its pid file (this mount
+ * namespace), else the marker on one of its namespaces' loopback; an owner in
+ * another PID namespace cannot be checked and counts as alive; an unmarked
+ * namespace counts as alive while it is young.
+ */
+function ownerAlive(prefix: string, dirs: string[], names: string[] = []): boolean {
+  if (dirs.some((dir) => fs.existsSync(path.join(dir, pidFileName(prefix))))) return pidFileOwnerAlive(prefix, dirs);
+  for (const ns of names) {
+    let link = '';
+    try {
+      link = execFileSync('ip', ['-n', ns, '-o', 'link', 'show', 'lo'], { encoding: 'utf8', timeout: 5000, stdio: ['ignore', 'pipe', 'ignore'] });
+    } catch {
+      continue;
+    }
+    const m = MARKER_RE.exec(link);
+    if (!m) continue;
+    if (m[3] !== fs.readlinkSync('/proc/self/ns/pid')) return true;
+    const now = procStartTime(Number(m[1]));
+    return now !== null && (m[2] === '' || now === m[2]);
+  }
+  for (const ns of names) {
+    try {
+      if (Date.now() - fs.statSync(`/run/netns/${ns}`).mtimeMs < UNMARKED_GRACE_MS) return true;
+    } catch {
+      /* gone */
+    }
+  }
+  return false;
+}
+
+function pidFileOwnerAlive(prefix: string, dirs: string[]): boolean {
   for (const dir of dirs) {
     let raw: string;
     try {

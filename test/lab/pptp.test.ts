@@ -7,15 +7,16 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { createLab, Lab } from './lab';
+import { requireRoot, createLab, Lab } from './lab';
 import { peer, peerServer, PPTP_HOST, RouterHandle, startRouter } from './router-harness';
 
-const isRoot = process.getuid?.() === 0;
+requireRoot();
+
 const GRE_COUNT = 4;
 /** A short grace after Call-Clear so the reuse test need not wait 30 s. */
 const GRACE = { timeouts: { pptpGrace: 1 } };
 
-describe('PPTP masquerade in the lab (crafted PNS/PAC, raw GRE)', { skip: !isRoot && 'needs root' }, () => {
+describe('PPTP masquerade in the lab (crafted PNS/PAC, raw GRE)', () => {
   let lab: Lab;
   let router: RouterHandle;
 

@@ -7,7 +7,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { ChildProcess } from 'node:child_process';
 import { controlRequest } from '../../src/daemon/control';
-import { Lab } from './lab';
+import { ExecResult, Lab, TestOwner } from './lab';
 
 export const ROOT = path.resolve(__dirname, '../../..');
 export const CLI = path.join(ROOT, 'dist/src/bin/vpnmasq.js');
@@ -17,6 +17,8 @@ export const PPTP_HOST = path.join(ROOT, 'test/hosts/pptp_host.py');
 export interface RouterHandle {
   configPath: string;
   socket: string;
+  /** The TUN device (unique per started daemon, so a daemon that outlived its test cannot hold the next one's). */
+  tunName: string;
   proc: ChildProcess;
   log(): string;
   request(cmd: string, extra?: Record<string, unknown>): Promise<Record<string, unknown>>;
@@ -24,11 +26,52 @@ export interface RouterHandle {
   stats(): Promise<Record<string, any>>;
   /** SIGTERM and wait for exit (bounded); returns the exit code. */
   stop(): Promise<number | null>;
+  /** SIGKILL and wait until the process is gone (bounded). */
+  kill9(): Promise<void>;
+  /** `vpnmasq teardown` with this daemon's config, in the router namespace. */
+  teardown(): Promise<ExecResult>;
+  /** The CLI with this daemon's config, in the router namespace. */
+  cli(...args: string[]): Promise<ExecResult>;
 }
+
+/**
+ * A copy of the built program that any user can read: the checkout may sit
+ * where other users cannot (/root is mode 700), and a test that runs the CLI
+ * as another user must not depend on that. Returns the copy's CLI entry
+ * point; `dir` is removed by the caller.
+ */
+export function readableCli(dir: string): string {
+  const dev = new Set(['typescript', '@types', 'node-gyp']);
+  fs.cpSync(path.join(ROOT, 'dist', 'src'), path.join(dir, 'dist', 'src'), { recursive: true });
+  fs.cpSync(path.join(ROOT, 'build', 'Release', 'vpnmasq_tun.node'), path.join(dir, 'build', 'Release', 'vpnmasq_tun.node'));
+  fs.cpSync(path.join(ROOT, 'node_modules'), path.join(dir, 'node_modules'), {
+    recursive: true,
+    filter: (src) => !dev.has(path.relative(path.join(ROOT, 'node_modules'), src).split(path.sep)[0]),
+  });
+  fs.copyFileSync(path.join(ROOT, 'package.json'), path.join(dir, 'package.json'));
+  // Readable by all, whatever the checkout's modes were (directories also searchable).
+  const open = (p: string): void => {
+    const st = fs.statSync(p);
+    fs.chmodSync(p, (st.mode & 0o7777) | (st.isDirectory() ? 0o055 : 0o044));
+    if (st.isDirectory()) for (const e of fs.readdirSync(p)) open(path.join(p, e));
+  };
+  open(dir);
+  return path.join(dir, 'dist', 'src', 'bin', 'vpnmasq.js');
+}
+
+export interface StartOptions {
+  /** Stops the daemon in its after() hook, also when the test fails. */
+  owner?: TestOwner;
+  timeoutMs?: number;
+  /** Wait until the daemon translates (default), or only until its control socket answers (it may wait for the WAN). */
+  waitTranslating?: boolean;
+}
+
+let started = 0;
 
 export function routerConfig(lab: Lab, dir: string, overrides: Record<string, unknown> = {}): Record<string, unknown> {
   return {
-    tun: { name: 'vmq0', mtu: 1500, offloads: true },
+    tun: { name: `${lab.prefix.slice(3)}v${started++}`, mtu: 1500, offloads: true },
     lan: { interfaces: [lab.routerIfaces.lan], prefixes: [lab.lanPrefix] },
     wan: { interface: lab.routerIfaces.wan, mode: 'dedicated', publicAddress: lab.addr.public },
     state: { path: path.join(dir, 'state.db') },
@@ -38,7 +81,8 @@ export function routerConfig(lab: Lab, dir: string, overrides: Record<string, un
   };
 }
 
-export async function startRouter(lab: Lab, overrides: Record<string, unknown> = {}, timeoutMs = 15000): Promise<RouterHandle> {
+export async function startRouter(lab: Lab, overrides: Record<string, unknown> = {}, opts: StartOptions = {}): Promise<RouterHandle> {
+  const timeoutMs = opts.timeoutMs ?? 20000;
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), `${lab.prefix}-router-`));
   const cfg = routerConfig(lab, dir, overrides);
   const configPath = path.join(dir, 'vpnmasq.json');
@@ -51,23 +95,35 @@ export async function startRouter(lab: Lab, overrides: Record<string, unknown> =
   let exited: number | null | undefined;
   const exit = new Promise<number | null>((resolve) => proc.once('exit', (code) => { exited = code; resolve(code); }));
   const request = (cmd: string, extra: Record<string, unknown> = {}) => controlRequest(socket, { cmd, ...extra });
+  const cli = (...args: string[]) => lab.exec(lab.ns.router, [process.execPath, CLI, '-c', configPath, ...args], { timeoutMs: 30000 });
+  const stop = async (): Promise<number | null> => {
+    if (exited !== undefined) return exited;
+    proc.kill('SIGTERM');
+    const timer = setTimeout(() => proc.kill('SIGKILL'), 10000);
+    const code = await exit;
+    clearTimeout(timer);
+    return code;
+  };
+  opts.owner?.after(() => stop());
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     if (exited !== undefined) throw new Error(`router exited with ${exited} during start:\n${output}`);
     try {
-      await request('status');
-      break;
+      const st = await request('status');
+      if (opts.waitTranslating === false || st.translating === true) break;
     } catch {
-      if (Date.now() > deadline) {
-        proc.kill('SIGKILL');
-        throw new Error(`router not ready within ${timeoutMs} ms:\n${output}`);
-      }
-      await new Promise((r) => setTimeout(r, 100));
+      // not listening yet
     }
+    if (Date.now() > deadline) {
+      proc.kill('SIGKILL');
+      throw new Error(`router not ${opts.waitTranslating === false ? 'answering' : 'translating'} within ${timeoutMs} ms:\n${output}`);
+    }
+    await new Promise((r) => setTimeout(r, 100));
   }
   return {
     configPath,
     socket,
+    tunName: (cfg.tun as { name: string }).name,
     proc,
     log: () => output,
     request,
@@ -77,14 +133,16 @@ export async function startRouter(lab: Lab, overrides: Record<string, unknown> =
       return rows;
     },
     stats: () => request('stats') as Promise<Record<string, any>>,
-    stop: async () => {
-      if (exited !== undefined) return exited;
-      proc.kill('SIGTERM');
-      const timer = setTimeout(() => proc.kill('SIGKILL'), 10000);
-      const code = await exit;
+    stop,
+    kill9: async () => {
+      if (exited !== undefined) return;
+      proc.kill('SIGKILL');
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([exit, new Promise((_, reject) => { timer = setTimeout(() => reject(new Error('daemon did not die')), 5000); })]);
       clearTimeout(timer);
-      return code;
     },
+    teardown: () => cli('teardown'),
+    cli,
   };
 }
 

@@ -1,367 +1,272 @@
-import { after, before, describe, test } from 'node:test';
+/**
+ * RouterNet (src/edge/netlink) alone in a lab router namespace, without the
+ * daemon: the safety net and the TUN routes as the kernel shows them, what
+ * the safety net does to packets once the TUN is gone (checked on the wire),
+ * reconciliation with a changed spec, and a teardown that leaves the
+ * namespace exactly as it was found. A persistent TUN (`ip tuntap add`)
+ * stands in for the daemon's; a toy ICMP NAT in Python attached to it shows
+ * the plumbing works end to end. Each test builds its own lab.
+ */
+import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { ChildProcess } from 'child_process';
-import * as fs from 'fs';
-import * as path from 'path';
-import { createLab, Lab, sweepStaleLabs } from './lab';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { requireRoot, createLab, Lab, TestOwner } from './lab';
+import { capture, leaks } from './capture';
+import { NetSpec, TABLE_LAN, TABLE_WAN, TABLE_WAN_ICMP } from '../../src/edge/netlink/plan';
 
-const skip = process.getuid?.() !== 0 ? 'requires root (network namespaces)' : false;
+requireRoot();
 
 const FIXTURE = path.join(__dirname, 'fixtures', 'router-net-fixture.js');
-const TUN = 'vmqt0';
-const TABLE = 7100;
-const PRIO = 7100;
-const PREFIXES = ['10.77.0.0/24', '10.78.0.0/16'];
 const PYTHON = fs.existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
+const PREFIXES = ['10.77.0.0/24', '10.78.0.0/16'];
+/** Host-wide sysctls vpnmasq may change (not the TUN's own, which die with it). */
+const SYSCTLS = ['net/ipv4/ip_forward', 'net/ipv4/conf/all/rp_filter', 'net/ipv4/neigh/wan0/proxy_delay',
+  'net/ipv4/ip_local_port_range', 'net/ipv4/ip_local_reserved_ports'];
 
-/** Line-oriented driver for the fixture process running inside the router namespace. */
-class Fixture {
-  private buf = '';
-  private readonly lines: string[] = [];
-  private waiters: (() => void)[] = [];
-  readonly exited: Promise<number | null>;
-  stderr = '';
+const TCP_PROBE = `
+import socket, sys
+s = socket.socket(); s.settimeout(float(sys.argv[3]))
+try:
+    s.connect((sys.argv[1], int(sys.argv[2]))); print("connected")
+except ConnectionRefusedError: print("refused")
+except socket.timeout: print("timeout")
+except OSError as e: print("error %s" % e.errno)
+`;
 
-  constructor(readonly child: ChildProcess) {
-    child.stdout!.setEncoding('utf8');
-    child.stderr!.setEncoding('utf8');
-    child.stdout!.on('data', (d: string) => {
-      this.buf += d;
-      let i: number;
-      while ((i = this.buf.indexOf('\n')) >= 0) {
-        this.lines.push(this.buf.slice(0, i));
-        this.buf = this.buf.slice(i + 1);
-      }
-      this.wake();
-    });
-    child.stderr!.on('data', (d: string) => (this.stderr += d));
-    child.stdin!.on('error', () => undefined);
-    this.exited = new Promise((resolve) => {
-      child.once('exit', (code) => {
-        this.wake();
-        resolve(code);
-      });
-    });
-  }
+interface Env {
+  lab: Lab;
+  R: string;
+  tun: string;
+  hostFile: string;
+  sh(ns: string, argv: string[]): Promise<string>;
+  fx(...args: string[]): Promise<any>;
+  snapshot(): Promise<string>;
+  spec(over?: Partial<NetSpec>): NetSpec;
+}
 
-  private wake(): void {
-    const w = this.waiters;
-    this.waiters = [];
-    for (const f of w) f();
-  }
+/** A lab of its own, a persistent TUN and non-default sysctls (so restoring them is observable); removed in t.after. */
+async function env(t: TestOwner): Promise<Env> {
+  const lab = await createLab({ lanHosts: 2, wanHosts: 1, vpnServer: false, farHost: false });
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `${lab.prefix}-rn-`));
+  t.after(async () => {
+    await lab.destroy();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  const R = lab.ns.router;
+  const tun = `${lab.prefix}t`;
+  const sh = async (ns: string, argv: string[]): Promise<string> => {
+    const r = await lab.exec(ns, argv);
+    assert.equal(r.code, 0, `${argv.join(' ')}: ${r.stderr}${r.stdout}`);
+    return r.stdout;
+  };
+  await sh(R, ['ip', 'tuntap', 'add', 'dev', tun, 'mode', 'tun']);
+  await sh(R, ['sysctl', '-qw', 'net.ipv4.ip_forward=0', 'net.ipv4.conf.all.rp_filter=2', 'net.ipv4.neigh.wan0.proxy_delay=70',
+    'net.ipv4.ip_local_port_range=30000 60999', 'net.ipv4.ip_local_reserved_ports=8080']);
+  const hostFile = path.join(dir, 'host-state.json');
+  const e: Env = {
+    lab, R, tun, hostFile, sh,
+    async fx(...args) {
+      const r = await lab.exec(R, [process.execPath, FIXTURE, ...args], { timeoutMs: 20000 });
+      const out = JSON.parse(r.stdout.trim().split('\n').pop() || '{}');
+      assert.equal(r.code, 0, `fixture ${args[0]}: ${out?.error ?? r.stderr}`);
+      return out;
+    },
+    async snapshot() {
+      const parts = [await sh(R, ['ip', 'rule', 'show']), await sh(R, ['ip', 'route', 'show', 'table', 'all']),
+        await sh(R, ['ip', 'neigh', 'show', 'proxy'])];
+      for (const s of SYSCTLS) parts.push(`${s}=${(await sh(R, ['cat', `/proc/sys/${s}`])).trim()}`);
+      return parts.join('\n');
+    },
+    spec: (over = {}) => ({
+      mode: 'dedicated', tunName: tun, lanInterfaces: ['lan0'], lanPrefixes: PREFIXES, wanInterface: 'wan0',
+      publicAddress: lab.addr.public, portRange: [61000, 65535], forwardPorts: [], ...over,
+    }),
+  };
+  return e;
+}
 
-  send(line: string): void {
-    this.child.stdin!.write(line + '\n');
-  }
+const sysctl = async (e: Env, key: string) => (await e.sh(e.R, ['cat', `/proc/sys/${key}`])).trim();
+/** The routes of one table, one per line ('' when it has none; `ip route show table N` fails then). */
+const tableRoutes = async (e: Env, table: number) =>
+  (await e.sh(e.R, ['ip', 'route', 'show', 'table', 'all'])).split('\n').filter((l) => l.includes(` table ${table} `)).join('\n');
 
-  /** Next line starting with `word` (consumes lines up to it); rejects on "error ..." lines, exit or timeout. */
-  async expect(word: string, timeoutMs = 15_000): Promise<string> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      while (this.lines.length) {
-        const l = this.lines.shift()!;
-        if (l.startsWith('error ')) throw new Error(`fixture: ${l} ${this.stderr}`);
-        if (l === word || l.startsWith(word + ' ')) return l.slice(word.length).trim();
-      }
-      if (this.child.exitCode !== null || this.child.signalCode !== null) {
-        throw new Error(`fixture exited (${this.child.exitCode ?? this.child.signalCode}) before "${word}": ${this.stderr}`);
-      }
-      const left = deadline - Date.now();
-      if (left <= 0) throw new Error(`timeout waiting for "${word}" from fixture: ${this.stderr}`);
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, left);
-        this.waiters.push(() => {
-          clearTimeout(t);
-          resolve();
-        });
-      });
+describe('RouterNet (netlink) in a lab router namespace', { timeout: 180_000 }, () => {
+  it('dedicated: safety net, TUN routes, proxy ARP and sysctls; the toy NAT carries a ping; without the TUN nothing leaks or answers; teardown restores the namespace', async (t) => {
+    const e = await env(t);
+    const { lab, R, tun } = e;
+    // Foreign entries that must survive everything.
+    await e.sh(R, ['ip', 'rule', 'add', 'pref', '7200', 'from', '10.99.0.0/16', 'lookup', '7200']);
+    await e.sh(R, ['ip', 'neigh', 'add', 'proxy', '198.18.0.3', 'dev', 'wan0']);
+    const before = await e.snapshot();
+
+    const changes = await e.fx('attach', e.hostFile, JSON.stringify(e.spec()), '1400');
+    assert.equal(changes.added.length, 2 + 1 + PREFIXES.length, JSON.stringify(changes));
+    const rules = await e.sh(R, ['ip', 'rule', 'show']);
+    assert.match(rules, /^0:\s+from all lookup local/m, 'the local rule stays first');
+    assert.match(rules, new RegExp(`^50:\\s+from all to ${lab.addr.public.replace(/\./g, '\\.')} lookup ${TABLE_WAN} proto 247`, 'm'));
+    for (const p of PREFIXES) assert.match(rules, new RegExp(`^7100:\\s+from ${p.replace(/\./g, '\\.')} iif lan0 lookup ${TABLE_LAN} proto 247`, 'm'));
+    for (const table of [TABLE_LAN, TABLE_WAN]) {
+      const routes = await tableRoutes(e, table);
+      assert.match(routes, new RegExp(`^default dev ${tun} table ${table} proto 247 scope link (linkdown )?$`, 'm'), routes);
+      assert.match(routes, new RegExp(`^blackhole default table ${table} proto 247 metric 4294967295 $`, 'm'), routes);
     }
-  }
+    assert.doesNotMatch(await e.sh(R, ['ip', 'route', 'show']), /198\.18\.0\.2/, 'no public-address route in main: a rule steers it');
+    assert.match(await e.sh(R, ['ip', 'neigh', 'show', 'proxy']), new RegExp(`^${lab.addr.public.replace(/\./g, '\\.')} dev wan0 proxy`, 'm'));
+    assert.match(await e.sh(R, ['ip', 'link', 'show', 'dev', tun]), /mtu 1400/);
+    assert.equal(await sysctl(e, 'net/ipv4/ip_forward'), '1');
+    assert.equal(await sysctl(e, 'net/ipv4/conf/all/rp_filter'), '0');
+    assert.equal(await sysctl(e, `net/ipv4/conf/${tun}/rp_filter`), '0');
+    assert.equal(await sysctl(e, 'net/ipv4/neigh/wan0/proxy_delay'), '0');
+    // Idempotent: a second run adds and removes nothing.
+    const again = await e.fx('attach', e.hostFile, JSON.stringify(e.spec()), '1400');
+    assert.deepEqual(again, { added: [], removed: [] });
+    const status = await e.fx('inspect');
+    assert.deepEqual([status.blackholes, status.tunRoutes], [[TABLE_LAN, TABLE_WAN], [TABLE_LAN, TABLE_WAN]]);
 
-  async waitExit(timeoutMs = 10_000): Promise<number | null> {
-    return Promise.race([
-      this.exited,
-      new Promise<never>((_, reject) => setTimeout(() => reject(new Error('fixture did not exit')), timeoutMs).unref()),
-    ]);
-  }
-}
-
-interface IpRule {
-  priority?: number;
-  src?: string;
-  srclen?: number;
-  iif?: string;
-  table?: string;
-  protocol?: string;
-}
-interface IpRoute {
-  dst?: string;
-  dev?: string;
-  protocol?: string;
-  scope?: string;
-  table?: string;
-}
-interface IpNeigh {
-  dst?: string;
-  dev?: string;
-  flags?: string[];
-  protocol?: string;
-  lladdr?: string;
-  state?: string[];
-}
-
-describe('RouterNet (netlink) in a lab router namespace', { skip, timeout: 180_000 }, () => {
-  let lab: Lab | undefined;
-  let R = '';
-  const L = (): Lab => {
-    assert.ok(lab, 'lab was not created');
-    return lab;
-  };
-
-  const ipJson = async <T>(ns: string, args: string[]): Promise<T[]> => {
-    const r = await L().exec(ns, ['ip', '-j', ...args]);
-    if (r.code !== 0) {
-      if (/table does not exist/i.test(r.stderr)) return [];
-      throw new Error(`ip ${args.join(' ')}: ${r.stderr}`);
+    // LAN to the router itself is still local; LAN to LAN is bridged.
+    for (const dst of [lab.addr.routerLan, lab.addr.routerWan, lab.addr.lan[1]]) {
+      assert.equal((await lab.ping(lab.ns.lan[0], dst, { count: 1 })).received, 1, dst);
     }
-    return r.stdout.trim() ? (JSON.parse(r.stdout) as T[]) : [];
-  };
-  const sysctl = async (key: string): Promise<string> => {
-    const r = await L().exec(R, ['cat', `/proc/sys/${key.replace(/\./g, '/')}`]);
-    assert.equal(r.code, 0, r.stderr);
-    return r.stdout.trim();
-  };
-  const ourRules = async (): Promise<IpRule[]> =>
-    (await ipJson<IpRule>(R, ['rule', 'show'])).filter((r) => r.priority === PRIO || r.table === String(TABLE) || r.protocol === '247');
-  const allProto247Routes = async (): Promise<IpRoute[]> => ipJson<IpRoute>(R, ['route', 'show', 'table', 'all', 'proto', '247']);
-  const proxyNeighs = async (): Promise<IpNeigh[]> => ipJson<IpNeigh>(R, ['neigh', 'show', 'proxy']);
+    // End to end through a toy NAT on the TUN: the LAN rule, the table, rp_filter, forwarding, the public rule, proxy ARP.
+    const nat = lab.spawn(R, [PYTHON, '-c', TOY_NAT_PY, tun, lab.addr.lan[0], lab.addr.public, '15']);
+    let natOut = '';
+    nat.stdout?.on('data', (d: Buffer) => { natOut += d.toString(); });
+    await waitFor(() => natOut.includes('attached'));
+    const p = await lab.ping(lab.ns.lan[0], lab.addr.wan[0], { count: 3, waitMs: 2000 });
+    assert.equal(p.received, 3, `${JSON.stringify(p)} ${natOut}`);
+    assert.match(natOut, new RegExp(`out ${lab.addr.lan[0].replace(/\./g, '\\.')} -> ${lab.addr.wan[0].replace(/\./g, '\\.')}`));
+    assert.match(natOut, new RegExp(`in ${lab.addr.wan[0].replace(/\./g, '\\.')} -> ${lab.addr.public.replace(/\./g, '\\.')}`));
+    nat.kill('SIGKILL');
 
-  const setupOpts = (tunName = TUN): string =>
-    JSON.stringify({
-      tunName,
-      mtu: 1400,
-      table: TABLE,
-      rulePriority: PRIO,
-      lanInterfaces: ['lan0'],
-      lanPrefixes: PREFIXES,
-      publicAddress: L().addr.public,
-      wanInterface: 'wan0',
-    });
-  const startFixture = (args: string[]): Fixture => new Fixture(L().spawn(R, [process.execPath, FIXTURE, ...args]));
+    // The TUN goes away (as when the daemon dies): its routes go with it, the blackholes stay.
+    await e.sh(R, ['ip', 'link', 'del', tun]);
+    assert.doesNotMatch(await tableRoutes(e, TABLE_LAN), /dev/);
+    const cap = await capture(lab, lab.ns.wan[0]);
+    const from = Date.now() / 1000;
+    const lanPing = await lab.ping(lab.ns.lan[0], lab.addr.wan[0], { count: 3, waitMs: 500 });
+    assert.equal(lanPing.received, 0);
+    const wanPing = await lab.ping(lab.ns.wan[0], lab.addr.public, { count: 2, waitMs: 500 });
+    assert.equal(wanPing.received, 0, 'the public address answers nothing');
+    assert.deepEqual(wanPing.errors.filter((x) => x.from !== lab.addr.wan[0]), [], 'no error from anyone but the host itself (ARP)');
+    const probe = (await e.sh(lab.ns.wan[0], [PYTHON, '-c', TCP_PROBE, lab.addr.public, '40000', '1'])).trim();
+    assert.match(probe, /^(timeout|error 113)$/, 'no RST for the public address');
+    const seen = await cap.stop();
+    assert.deepEqual(leaks(seen, [lab.addr.routerWan, lab.addr.public], from), []);
+    assert.deepEqual(seen.filter((x) => x.src === lab.addr.lan[0]), [], 'no LAN packet left untranslated');
 
-  const expectNothingLeft = async (): Promise<void> => {
-    assert.deepEqual(await ourRules(), [], 'rules left');
-    assert.deepEqual(await ipJson<IpRoute>(R, ['route', 'show', 'table', String(TABLE)]), [], 'table routes left');
-    assert.deepEqual(await allProto247Routes(), [], 'proto 247 routes left');
-    assert.deepEqual(await proxyNeighs(), [], 'proxy neighbours left');
-  };
-
-  before(async () => {
-    await sweepStaleLabs();
-    lab = await createLab({ lanHosts: 2, wanHosts: 1, vpnServer: false, farHost: false });
-    R = lab.ns.router;
-    const t = await lab.exec(R, ['ip', 'tuntap', 'add', 'dev', TUN, 'mode', 'tun']);
-    assert.equal(t.code, 0, t.stderr);
-    // Non-default "previous" values so restoring them is observable.
-    const s = await lab.exec(R, [
-      'sysctl', '-q', '-w',
-      'net.ipv4.ip_forward=0',
-      'net.ipv4.conf.all.rp_filter=2',
-      `net.ipv4.conf.${TUN}.rp_filter=1`,
-    ]);
-    assert.equal(s.code, 0, s.stderr);
+    await e.sh(R, ['ip', 'tuntap', 'add', 'dev', tun, 'mode', 'tun']);
+    const report = await e.fx('teardown', e.hostFile);
+    assert.equal(report.rules, 1 + PREFIXES.length);
+    assert.equal(report.routes, 2);
+    assert.equal(report.proxyNeighbours, 1);
+    assert.equal(await e.snapshot(), before, 'the namespace as it was found');
+    assert.equal(fs.existsSync(e.hostFile), false, 'the record is gone with what it recorded');
+    assert.deepEqual(await e.fx('teardown', e.hostFile), { rules: 0, routes: 0, proxyNeighbours: 0, localRule: false, sysctls: [] });
   });
 
-  after(async () => {
-    await lab?.destroy();
-  });
+  it('shared: steering, the moved local rule and the port reservation; without the TUN the box still answers pings and its own ports, steered ones stay silent', async (t) => {
+    const e = await env(t);
+    const { lab, R } = e;
+    const before = await e.snapshot();
+    const spec = e.spec({ mode: 'shared', publicAddress: lab.addr.routerWan, forwardPorts: [{ proto: 'tcp', port: 8443 }] });
+    await e.fx('install', e.hostFile, JSON.stringify(spec));
+    const rules = await e.sh(R, ['ip', 'rule', 'show']);
+    assert.doesNotMatch(rules, /^0:/m, 'lookup local left pref 0');
+    assert.match(rules, /^49:\s+from all iif \S+ lookup local proto 247/m);
+    assert.match(rules, new RegExp(`^50:\\s+from all to 198\\.18\\.0\\.1 ipproto tcp dport 61000-65534 lookup ${TABLE_WAN} proto 247`, 'm'));
+    assert.match(rules, new RegExp(`^50:\\s+from all to 198\\.18\\.0\\.1 ipproto udp sport 500 dport 500 lookup ${TABLE_WAN} proto 247`, 'm'));
+    assert.match(rules, new RegExp(`^50:\\s+from all to 198\\.18\\.0\\.1 ipproto tcp dport 8443 lookup ${TABLE_WAN} proto 247`, 'm'));
+    assert.match(rules, new RegExp(`^50:\\s+from all to 198\\.18\\.0\\.1 ipproto icmp lookup ${TABLE_WAN_ICMP} proto 247`, 'm'));
+    assert.match(rules, /^100:\s+from all lookup local proto 247/m);
+    assert.equal(await tableRoutes(e, TABLE_WAN_ICMP), '', 'no blackhole for ICMP to the box');
+    assert.equal(await sysctl(e, 'net/ipv4/ip_local_port_range'), '30000\t60999');
+    assert.equal(await sysctl(e, 'net/ipv4/ip_local_reserved_ports'), '8080,61000-65535');
+    assert.equal(await sysctl(e, 'net/ipv4/ip_forward'), '1');
 
-  describe('setup / teardown', () => {
-    let fx: Fixture | undefined;
-    const F = (): Fixture => {
-      assert.ok(fx, 'fixture not running');
-      return fx;
-    };
-    after(async () => {
-      if (fx && fx.child.exitCode === null) fx.child.kill('SIGKILL');
-    });
-
-    test('setup installs mtu/up, table route, rules, public route, proxy neighbour and sysctls', async () => {
-      fx = startFixture(['run', setupOpts()]);
-      const recorded = JSON.parse(await F().expect('ready')) as { entries: string[] };
-      assert.equal(recorded.entries.length, 2 + 1 + PREFIXES.length);
-
-      const link = await ipJson<{ mtu: number; flags: string[] }>(R, ['link', 'show', 'dev', TUN]);
-      assert.equal(link[0]?.mtu, 1400);
-      assert.ok(link[0]?.flags.includes('UP'), JSON.stringify(link));
-
-      const rules = await ourRules();
-      assert.equal(rules.length, PREFIXES.length, JSON.stringify(rules));
-      for (const p of PREFIXES) {
-        const [net, len] = p.split('/');
-        const r = rules.find((x) => x.src === net && x.srclen === Number(len));
-        assert.ok(r, `rule for ${p} missing: ${JSON.stringify(rules)}`);
-        assert.equal(r.priority, PRIO);
-        assert.equal(r.iif, 'lan0');
-        assert.equal(r.table, String(TABLE));
-        assert.equal(r.protocol, '247');
-      }
-      // The local table rule still comes first.
-      const all = await ipJson<IpRule>(R, ['rule', 'show']);
-      assert.equal(all[0]?.priority, 0);
-      assert.equal(all[0]?.table, 'local');
-
-      const t = await ipJson<IpRoute>(R, ['route', 'show', 'table', String(TABLE)]);
-      assert.equal(t.length, 1, JSON.stringify(t));
-      assert.equal(t[0]?.dst, 'default');
-      assert.equal(t[0]?.dev, TUN);
-      assert.equal(t[0]?.protocol, '247');
-
-      const pub = await ipJson<IpRoute>(R, ['route', 'show', 'exact', `${L().addr.public}/32`]);
-      assert.equal(pub.length, 1, JSON.stringify(pub));
-      assert.equal(pub[0]?.dev, TUN);
-      assert.equal(pub[0]?.protocol, '247');
-
-      const pn = await proxyNeighs();
-      assert.equal(pn.length, 1, JSON.stringify(pn));
-      assert.equal(pn[0]?.dst, L().addr.public);
-      assert.equal(pn[0]?.dev, 'wan0');
-      assert.equal(pn[0]?.protocol, '247');
-
-      assert.equal(await sysctl('net.ipv4.ip_forward'), '1');
-      assert.equal(await sysctl('net.ipv4.conf.all.rp_filter'), '0');
-      assert.equal(await sysctl(`net.ipv4.conf.${TUN}.rp_filter`), '0');
-      assert.equal(await sysctl('net.ipv4.neigh.wan0.proxy_delay'), '0');
-    });
-
-    test('setup is idempotent (no duplicate rules or routes)', async () => {
-      F().send('setup');
-      const recorded = JSON.parse(await F().expect('ready')) as { entries: string[] };
-      assert.equal(recorded.entries.length, 2 + 1 + PREFIXES.length);
-      assert.equal((await ourRules()).length, PREFIXES.length);
-      assert.equal((await allProto247Routes()).length, 2);
-      assert.equal((await proxyNeighs()).length, 1);
-    });
-
-    test('addressesOf lists IPv4 addresses of an interface', async () => {
-      F().send('addresses wan0');
-      assert.deepEqual(JSON.parse(await F().expect('addresses')), ['198.18.0.1']);
-      F().send(`addresses ${TUN}`);
-      assert.deepEqual(JSON.parse(await F().expect('addresses')), []);
-    });
-
-    test('router-local traffic from the LAN is still delivered locally', async () => {
-      const l = L();
-      for (const dst of [l.addr.routerLan, l.addr.routerWan]) {
-        const r = await l.ping(l.ns.lan[0]!, dst, { count: 2 });
-        assert.equal(r.received, 2, `${dst}: ${JSON.stringify(r)}`);
-      }
-      // LAN <-> LAN is bridged, never policy-routed.
-      const r = await l.ping(l.ns.lan[0]!, l.addr.lan[1]!, { count: 1 });
-      assert.equal(r.received, 1, JSON.stringify(r));
-    });
-
-    test('LAN traffic goes through the TUN and the public address works end to end (toy NAT on the TUN)', async () => {
-      const l = L();
-      // A minimal ICMP "NAT" attached to the TUN: LAN source -> public, public destination -> LAN.
-      // It exercises the policy rule, the table route, rp_filter=0, forwarding, the
-      // public /32 route and proxy ARP on wan0.
-      const nat = l.spawn(R, [
-        PYTHON, '-c', TOY_NAT_PY, TUN, l.addr.lan[0]!, l.addr.public, '20',
-      ]);
-      const natFx = new Fixture(nat);
-      try {
-        await natFx.expect('attached', 10_000);
-        const r = await l.ping(l.ns.lan[0]!, l.addr.wan[0]!, { count: 3, waitMs: 2000 });
-        assert.equal(r.received, 3, `${JSON.stringify(r)} nat stderr: ${natFx.stderr}`);
-        const out = await natFx.expect('out');
-        assert.match(out, new RegExp(`^${l.addr.lan[0]!.replace(/\./g, '\\.')} -> ${l.addr.wan[0]!.replace(/\./g, '\\.')}$`));
-        const inn = await natFx.expect('in');
-        assert.match(inn, new RegExp(`^${l.addr.wan[0]!.replace(/\./g, '\\.')} -> ${l.addr.public.replace(/\./g, '\\.')}$`));
-        // w1 learned the public address via proxy ARP: it maps to the router's wan0 MAC.
-        const wanMac = (await ipJson<{ address: string }>(R, ['link', 'show', 'dev', 'wan0']))[0]?.address;
-        const n = await ipJson<IpNeigh>(l.ns.wan[0]!, ['neigh', 'show', l.addr.public]);
-        assert.equal(n[0]?.lladdr, wanMac, JSON.stringify(n));
-      } finally {
-        if (nat.exitCode === null) nat.kill('SIGKILL');
-        await natFx.waitExit(5000).catch(() => undefined);
-      }
-    });
-
-    test('teardown removes everything (tolerating already-gone items) and restores sysctls', async () => {
-      // Someone removed one entry behind our back: teardown must not fail on it.
-      const d = await L().exec(R, ['ip', 'neigh', 'del', 'proxy', L().addr.public, 'dev', 'wan0']);
-      assert.equal(d.code, 0, d.stderr);
-      const d2 = await L().exec(R, ['ip', 'route', 'del', `${L().addr.public}/32`, 'dev', TUN]);
-      assert.equal(d2.code, 0, d2.stderr);
-
-      F().send('teardown');
-      const recorded = JSON.parse(await F().expect('done')) as { entries: string[]; sysctls: Record<string, string> };
-      assert.deepEqual(recorded.entries, []);
-      assert.deepEqual(recorded.sysctls, {});
-      await expectNothingLeft();
-      assert.equal(await sysctl('net.ipv4.ip_forward'), '0');
-      assert.equal(await sysctl('net.ipv4.conf.all.rp_filter'), '2');
-      assert.equal(await sysctl(`net.ipv4.conf.${TUN}.rp_filter`), '1');
-      assert.notEqual(await sysctl('net.ipv4.neigh.wan0.proxy_delay'), '0');
-
-      // A second teardown is a no-op.
-      F().send('teardown');
-      await F().expect('done');
-      F().send('exit');
-      assert.equal(await F().waitExit(), 0);
-    });
-  });
-
-  test('setup against a missing TUN fails without leaving anything behind', async () => {
-    const fx = startFixture(['run', setupOpts('nosuchtun0')]);
-    await assert.rejects(fx.expect('ready'), /nosuchtun0 does not exist/);
-    assert.equal(await fx.waitExit(), 1);
-    await expectNothingLeft();
-    assert.equal(await sysctl('net.ipv4.ip_forward'), '0');
-  });
-
-  test('cleanupLeftovers removes what a SIGKILLed run left behind, and nothing else', async () => {
-    const l = L();
-    // Foreign entries that must survive.
-    for (const argv of [
-      ['ip', 'rule', 'add', 'pref', '7200', 'from', '10.99.0.0/16', 'lookup', '7200'],
-      ['ip', 'route', 'add', '203.0.113.0/24', 'dev', TUN, 'proto', 'static'],
-      ['ip', 'neigh', 'add', 'proxy', '198.18.0.3', 'dev', 'wan0'],
-    ]) {
-      const r = await l.exec(R, argv);
-      assert.equal(r.code, 0, `${argv.join(' ')}: ${r.stderr}`);
+    // Never attached: this is the box after a crash, or at boot before the daemon.
+    const ssh = lab.spawn(R, [PYTHON, '-c', 'import socket,time\ns=socket.socket()\ns.bind(("0.0.0.0",2222))\ns.listen()\ntime.sleep(20)']);
+    await waitFor(async () => (await e.sh(R, ['ss', '-ltn'])).includes(':2222'));
+    const cap = await capture(lab, lab.ns.wan[0]);
+    const from = Date.now() / 1000;
+    const ping = await lab.ping(lab.ns.wan[0], lab.addr.routerWan, { count: 2 });
+    assert.equal(ping.received, 2, 'ICMP to the box falls through to the local stack');
+    assert.equal((await e.sh(lab.ns.wan[0], [PYTHON, '-c', TCP_PROBE, lab.addr.routerWan, '2222', '2'])).trim(), 'connected', 'the box serves its own ports');
+    assert.equal((await e.sh(lab.ns.wan[0], [PYTHON, '-c', TCP_PROBE, lab.addr.routerWan, '2223', '2'])).trim(), 'refused', 'and answers for them');
+    for (const port of ['62000', '8443']) {
+      assert.equal((await e.sh(lab.ns.wan[0], [PYTHON, '-c', TCP_PROBE, lab.addr.routerWan, port, '1'])).trim(), 'timeout', `steered port ${port} is silent`);
     }
+    const lanPing = await lab.ping(lab.ns.lan[0], lab.addr.wan[0], { count: 2, waitMs: 500 });
+    assert.equal(lanPing.received, 0);
+    const seen = await cap.stop();
+    ssh.kill('SIGKILL');
+    const bad = leaks(seen, [lab.addr.routerWan], from).filter((l) => !/\.2223 .*Flags \[R/.test(l));
+    assert.deepEqual(bad, [], 'only the reset for the box\'s own closed port 2223');
 
-    const fx = startFixture(['run', setupOpts()]);
-    await fx.expect('ready');
-    const pid = fx.child.pid!;
-    process.kill(-pid, 'SIGKILL');
-    await fx.waitExit();
+    await e.fx('teardown', e.hostFile);
+    assert.equal(await e.snapshot(), before);
+  });
 
-    assert.equal((await ourRules()).length, PREFIXES.length);
-    assert.equal((await allProto247Routes()).length, 2);
-    assert.equal((await proxyNeighs()).filter((n) => n.protocol === '247').length, 1);
+  it('reconciles a changed spec: new entries in before old ones out, nothing stale left, the old mode\'s settings back', async (t) => {
+    const e = await env(t);
+    const { lab, R } = e;
+    const before = await e.snapshot();
+    const shared = e.spec({ mode: 'shared', publicAddress: lab.addr.routerWan });
+    await e.fx('install', e.hostFile, JSON.stringify(shared));
+    // The WAN address changes: steering moves.
+    const moved = await e.fx('install', e.hostFile, JSON.stringify({ ...shared, publicAddress: '198.18.0.3' }));
+    assert.ok(moved.added.every((x: string) => x.includes('198.18.0.3')) && moved.added.length === 6, JSON.stringify(moved));
+    assert.ok(moved.removed.every((x: string) => x.includes('198.18.0.1')) && moved.removed.length === 6, JSON.stringify(moved));
+    // Another LAN, then dedicated mode: the local rule and the port sysctls come back.
+    const lan = await e.fx('install', e.hostFile, JSON.stringify({ ...shared, publicAddress: '198.18.0.3', lanPrefixes: ['10.77.0.0/24'] }));
+    assert.deepEqual(lan, { added: [], removed: ['7100: from 10.78.0.0/16 iif lan0 lookup 7100'] });
+    await e.fx('install', e.hostFile, JSON.stringify(e.spec({ lanPrefixes: ['10.77.0.0/24'] })));
+    const rules = await e.sh(R, ['ip', 'rule', 'show']);
+    assert.match(rules, /^0:\s+from all lookup local/m);
+    assert.doesNotMatch(rules, /^(49|100):|198\.18\.0\.[13]|10\.78/m);
+    assert.equal(await sysctl(e, 'net/ipv4/ip_local_port_range'), '30000\t60999');
+    assert.equal(await sysctl(e, 'net/ipv4/ip_local_reserved_ports'), '8080');
+    await e.fx('teardown', e.hostFile);
+    assert.equal(await e.snapshot(), before);
+  });
 
-    const r = await l.exec(R, [process.execPath, FIXTURE, 'cleanup', String(TABLE)], { timeoutMs: 15_000 });
-    assert.equal(r.code, 0, r.stdout + r.stderr);
-    const counts = JSON.parse(/^cleanup (.*)$/m.exec(r.stdout)?.[1] ?? 'null') as { rules: number; routes: number; proxyNeighbours: number };
-    assert.deepEqual(counts, { rules: PREFIXES.length, routes: 2, proxyNeighbours: 1 });
+  it('originals are the values before the first change, also after a crash and a second install', async (t) => {
+    const e = await env(t);
+    const spec = JSON.stringify(e.spec({ mode: 'shared', publicAddress: e.lab.addr.routerWan }));
+    const before = await e.snapshot();
+    await e.fx('install', e.hostFile, spec);
+    await e.fx('install', e.hostFile, spec);
+    const saved = JSON.parse(fs.readFileSync(e.hostFile, 'utf8'));
+    assert.equal(saved.sysctls['net/ipv4/ip_forward'], '0');
+    assert.equal(saved.sysctls['net/ipv4/ip_local_reserved_ports'], '8080');
+    assert.equal(saved.localRule, true);
+    assert.equal(saved.spec.publicAddress, e.lab.addr.routerWan);
+    // A TUN that does not exist: attach fails and the safety net stays.
+    const r = await e.lab.exec(e.R, [process.execPath, FIXTURE, 'attach', e.hostFile, JSON.stringify({ ...JSON.parse(spec), tunName: 'nosuchtun0' }), '1500']);
+    assert.equal(r.code, 1);
+    assert.match(r.stdout, /nosuchtun0 does not exist/);
+    assert.deepEqual((await e.fx('inspect')).blackholes, [TABLE_LAN, TABLE_WAN]);
+    await e.fx('teardown', e.hostFile);
+    assert.equal(await e.snapshot(), before);
+  });
 
-    assert.deepEqual(await ourRules(), []);
-    assert.deepEqual(await allProto247Routes(), []);
-    const pn = await proxyNeighs();
-    assert.deepEqual(pn.map((n) => n.dst), ['198.18.0.3']);
-    const rules = await ipJson<IpRule>(R, ['rule', 'show']);
-    assert.ok(rules.some((x) => x.priority === 7200 && x.table === '7200'), 'foreign rule was removed');
-    const foreign = await ipJson<IpRoute>(R, ['route', 'show', 'exact', '203.0.113.0/24']);
-    assert.equal(foreign.length, 1, 'foreign route was removed');
-
-    // Running it again finds nothing.
-    const again = await l.exec(R, [process.execPath, FIXTURE, 'cleanup', String(TABLE)], { timeoutMs: 15_000 });
-    assert.match(again.stdout, /^cleanup \{"rules":0,"routes":0,"proxyNeighbours":0\}$/m);
+  it('follows the WAN interface state', async (t) => {
+    const e = await env(t);
+    const w = await e.fx('wan', 'wan0');
+    assert.ok(w.index > 0);
+    assert.deepEqual(w.addresses, ['198.18.0.1']);
+    assert.equal(await e.fx('wan', 'nosuch0'), null);
   });
 });
+
+async function waitFor(fn: () => boolean | Promise<boolean>, ms = 10000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await fn())) {
+    if (Date.now() > deadline) throw new Error('timed out');
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
 
 /** argv: TUN LAN_ADDR PUBLIC_ADDR SECONDS. Prints "attached", then "out SRC -> DST" / "in SRC -> DST" per translated packet. */
 const TOY_NAT_PY = String.raw`

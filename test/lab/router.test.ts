@@ -5,12 +5,12 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { createLab, Lab } from './lab';
+import { requireRoot, createLab, Lab } from './lab';
 import { peer, peerServer, RouterHandle, startRouter } from './router-harness';
 
-const isRoot = process.getuid?.() === 0;
+requireRoot();
 
-describe('router core in the lab', { skip: !isRoot && 'needs root' }, () => {
+describe('router core in the lab', () => {
   let lab: Lab;
   let router: RouterHandle;
 
@@ -176,26 +176,37 @@ describe('router core in the lab', { skip: !isRoot && 'needs root' }, () => {
     assert.equal(ping.received, 1, 'still forwarding');
   });
 
-  it('stopping the daemon leaves no rules, routes or devices behind', async () => {
+  it('stopping the daemon leaves only the safety net (no TUN, no TUN route); teardown removes it and restores ip_forward', async () => {
+    const sh = async (...argv: string[]) => (await lab.exec(lab.ns.router, argv)).stdout;
     const code = await router.stop();
     assert.equal(code, 0, router.log());
-    const rules = await lab.exec(lab.ns.router, ['ip', 'rule', 'show']);
-    assert.doesNotMatch(rules.stdout, /7100/);
-    const routes = await lab.exec(lab.ns.router, ['ip', 'route', 'show', 'table', 'all']);
-    assert.doesNotMatch(routes.stdout, /dev vmq0\b|198\.18\.0\.2 /);
-    const links = await lab.exec(lab.ns.router, ['ip', 'link', 'show']);
-    assert.doesNotMatch(links.stdout, /^\d+: vmq0[:@]/m);
-    const neigh = await lab.exec(lab.ns.router, ['ip', 'neigh', 'show', 'proxy']);
-    assert.doesNotMatch(neigh.stdout, /198\.18\.0\.2/);
+    const tun = router.tunName;
+    assert.doesNotMatch(await sh('ip', 'link', 'show'), new RegExp(`^\\d+: ${tun}[:@]`, 'm'), 'the TUN is gone');
+    const routes = await sh('ip', 'route', 'show', 'table', 'all');
+    assert.doesNotMatch(routes, new RegExp(`dev ${tun}\\b`));
+    assert.match(routes, /^blackhole default table 7100 proto 247/m, 'LAN traffic has nowhere to go but the blackhole');
+    assert.match(routes, /^blackhole default table 7101 proto 247/m);
+    assert.match(await sh('ip', 'rule', 'show'), /^7100:\s+from 10\.77\.0\.0\/24 iif lan0 lookup 7100 proto 247/m);
+    assert.equal((await lab.ping(lab.ns.lan[0], lab.addr.wan[0], { count: 1, waitMs: 500 })).received, 0, 'nothing forwarded untranslated');
+    const down = await router.cli('status');
+    assert.equal(down.code, 1);
+    assert.match(down.stdout, /^vpnmasq is not running\nSafety net +in place \(\d+ rules, blackholes in table 7100, 7101\): nothing translates/);
+    const td = await router.teardown();
+    assert.equal(td.code, 0, td.stderr);
+    assert.match(td.stderr, /restored net\.ipv4\.ip_forward=0/);
+    assert.doesNotMatch(await sh('ip', 'rule', 'show'), /7100|7101|proto 247/);
+    assert.doesNotMatch(await sh('ip', 'route', 'show', 'table', 'all'), /proto 247|198\.18\.0\.2 /);
+    assert.doesNotMatch(await sh('ip', 'neigh', 'show', 'proxy'), /198\.18\.0\.2/);
+    assert.equal((await sh('cat', '/proc/sys/net/ipv4/ip_forward')).trim(), '0');
   });
 });
 
-describe('router core without offloads', { skip: !isRoot && 'needs root' }, () => {
+describe('router core without offloads', () => {
   it('bulk TCP works with offloads off', async () => {
     const lab = await createLab({ lanHosts: 1, wanHosts: 1, vpnServer: false, farHost: false });
     let router: RouterHandle | undefined;
     try {
-      router = await startRouter(lab, { tun: { name: 'vmq0', mtu: 1500, offloads: false } });
+      router = await startRouter(lab, { tun: { name: `${lab.prefix.slice(3)}off`, mtu: 1500, offloads: false } });
       const srv = await peerServer(lab, lab.ns.wan[0], ['tcp-server', '--port', '7010', '--timeout', '60']);
       const r = await peer(lab, lab.ns.lan[0], ['tcp-client', '--host', lab.addr.wan[0], '--port', '7010', '--bytes', String(20 * 1024 * 1024), '--timeout', '60'], 90000);
       await srv.result;

@@ -6,10 +6,11 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { createLab, Lab } from './lab';
+import { requireRoot, createLab, Lab } from './lab';
 import { peer, peerServer, RouterHandle, startRouter } from './router-harness';
 
-const isRoot = process.getuid?.() === 0;
+requireRoot();
+
 const ROUTER_WAN = '198.18.0.1';
 const ROUTER_LAN = '10.77.0.1';
 
@@ -41,7 +42,7 @@ function echoRequestSources(dumps: string[]): string[] {
   return dumps.map((h) => Buffer.from(h, 'hex')).filter((b) => b[(b[0] & 15) * 4] === 8).map((b) => [...b.subarray(12, 16)].join('.'));
 }
 
-describe('shared-address mode: ICMP', { skip: !isRoot && 'needs root' }, () => {
+describe('shared-address mode: ICMP', () => {
   let lab: Lab;
   let router: RouterHandle;
 
@@ -66,8 +67,8 @@ describe('shared-address mode: ICMP', { skip: !isRoot && 'needs root' }, () => {
 
   it('steers ICMP to the WAN address into the TUN, behind an iif rule that delivers what comes back', async () => {
     const rules = await sh(lab.ns.router, ['ip', 'rule', 'show']);
-    assert.match(rules, /^49:\s+from all iif vmq0 lookup local proto 247/m);
-    assert.match(rules, /^50:\s+from all to 198\.18\.0\.1 ipproto icmp lookup 7100 proto 247/m);
+    assert.match(rules, new RegExp(`^49:\\s+from all iif ${router.tunName} lookup local proto 247`, 'm'));
+    assert.match(rules, /^50:\s+from all to 198\.18\.0\.1 ipproto icmp lookup 7102 proto 247/m);
   });
 
   it('LAN hosts ping WAN hosts; the WAN host sees the router\'s WAN address', async () => {
@@ -142,11 +143,15 @@ describe('shared-address mode: ICMP', { skip: !isRoot && 'needs root' }, () => {
     }
   });
 
-  it('stopping the daemon removes the ICMP and iif rules', async () => {
+  it('with the daemon stopped the box still answers pings itself; teardown removes the ICMP and iif rules', async () => {
     assert.equal(await router.stop(), 0, router.log());
+    const ping = await lab.ping(lab.ns.wan[0], ROUTER_WAN, { count: 2 });
+    assert.equal(ping.received, 2, 'ICMP to the box falls through to its own stack while nothing translates');
+    const td = await router.teardown();
+    assert.equal(td.code, 0, td.stderr);
     const rules = await sh(lab.ns.router, ['ip', 'rule', 'show']);
     assert.doesNotMatch(rules, /^(49|50|100):/m);
-    assert.doesNotMatch(rules, /ipproto icmp|iif vmq0/);
+    assert.doesNotMatch(rules, new RegExp(`ipproto icmp|iif ${router.tunName}`));
     assert.match(rules, /^0:\s+from all lookup local/m);
   });
 });

@@ -12,13 +12,14 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { createLab, Lab } from './lab';
+import { requireRoot, createLab, Lab } from './lab';
 import { peer, peerServer, RouterHandle, startRouter } from './router-harness';
-import { PROTECTED_HOST, hasCharon, initiate, startClient, startServer } from './charon';
+import { PROTECTED_HOST, requireCharon, initiate, startClient, startServer } from './charon';
 
-const isRoot = process.getuid?.() === 0;
+requireRoot();
+requireCharon();
 
-describe('strongSwan peers through vpnmasq', { skip: (!isRoot && 'needs root') || (!hasCharon && 'strongSwan not installed') }, () => {
+describe('strongSwan peers through vpnmasq', () => {
   let lab: Lab;
   let router: RouterHandle;
   let base: string;

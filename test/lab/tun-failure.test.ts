@@ -11,10 +11,11 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { ChildProcess } from 'node:child_process';
-import { createLab, Lab } from './lab';
+import { requireRoot, createLab, Lab } from './lab';
 import { peer, peerServer, RouterHandle, startRouter } from './router-harness';
 
-const isRoot = process.getuid?.() === 0;
+requireRoot();
+
 const SERVER_PORT = 7300;
 const LAN_SPORT = 45300;
 /** A watchdog ping every 100 ms (half of WATCHDOG_USEC). */
@@ -45,7 +46,7 @@ const modes = [
 ];
 
 for (const m of modes) {
-  describe(`TUN device deleted under the daemon (${m.mode} mode)`, { skip: !isRoot && 'needs root', timeout: 120_000 }, () => {
+  describe(`TUN device deleted under the daemon (${m.mode} mode)`, { timeout: 120_000 }, () => {
     let lab: Lab;
     let dir: string;
     let notifyProc: ChildProcess | undefined;

@@ -1,5 +1,5 @@
 // Lab test of the TUN addon (native/tun.cc) through NativeTun. Needs root,
-// /dev/net/tun and iproute2; skipped otherwise. Each run creates its own network
+// /dev/net/tun and iproute2; fails at once otherwise. Each run creates its own network
 // namespace and removes it afterwards.
 //
 // The namespace side runs as child processes of this same file, selected by
@@ -16,6 +16,9 @@ import { after, before, describe, it } from 'node:test';
 import { Stat, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, VNET_HDR_LEN } from '../../src/edge/tun/native';
 import type { TunEvent } from '../../src/edge/tun/device';
 import { NativeTun } from '../../src/edge/tun/native-tun';
+import { requireRoot } from './lab';
+
+requireRoot();
 
 const ROLE_ENV = 'VMQTUN_ROLE';
 const DEV_ENV = 'VMQTUN_DEV';
@@ -412,8 +415,7 @@ function assertValidIpv4(e: RxSummary): void {
 }
 
 function registerTests(): void {
-  const notRoot = process.getuid?.() !== 0;
-  describe('TUN device in a network namespace', { skip: notRoot && 'needs root', timeout: 60_000 }, () => {
+  describe('TUN device in a network namespace', { timeout: 60_000 }, () => {
     const suffix = randomBytes(4).toString('hex');
     const ns = `vmqtun-${suffix}`;
     const children: NsChild[] = [];

@@ -77,6 +77,16 @@ export function schemaErrors(value: unknown, definition: string): string[] {
 
 export interface CliResult { code: number | null; stdout: string; stderr: string }
 
+/**
+ * Runs `fn` over `items` a few at a time, results in order: a CLI process per
+ * case all at once starves a small, loaded machine into timeouts.
+ */
+export async function inBatches<T, R>(items: T[], fn: (item: T) => Promise<R>, width = 4): Promise<R[]> {
+  const out: R[] = [];
+  for (let i = 0; i < items.length; i += width) out.push(...await Promise.all(items.slice(i, i + width).map(fn)));
+  return out;
+}
+
 export function runCli(args: string[], opts: { env?: NodeJS.ProcessEnv; timeoutMs?: number; uid?: number; gid?: number } = {}): Promise<CliResult> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [CLI, ...args], { env: opts.env ?? { ...process.env, NO_COLOR: '' }, uid: opts.uid, gid: opts.gid });

@@ -13,8 +13,12 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 
 const UNIT = path.resolve(__dirname, '../../../systemd/vpnmasq.service');
+const EARLY = path.resolve(__dirname, '../../../systemd/vpnmasq-safety-net.service');
 const analyze = spawnSync('systemd-analyze', ['--version'], { encoding: 'utf8' });
-const noAnalyze = analyze.error ? 'systemd-analyze is not installed' : false;
+/** A missing systemd-analyze fails the test with its reason (scripts/ensure-deps.sh installs it). */
+function requireAnalyze(): void {
+  if (analyze.error) throw new Error('systemd-analyze is not installed (Debian package systemd): run scripts/ensure-deps.sh');
+}
 
 /** Settings as key -> values (a key may repeat). */
 function settings(text: string): Map<string, string[]> {
@@ -26,11 +30,14 @@ function settings(text: string): Map<string, string[]> {
   return out;
 }
 
-function verifiableCopy(): { dir: string; file: string } {
+/** Both units in one directory (they refer to each other), with ExecStart=/bin/true. */
+function verifiableCopy(): { dir: string; file: string; early: string } {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vpnmasq-unit-'));
   const file = path.join(dir, 'vpnmasq.service');
+  const early = path.join(dir, 'vpnmasq-safety-net.service');
   fs.writeFileSync(file, fs.readFileSync(UNIT, 'utf8').replace(/^ExecStart=.*$/m, 'ExecStart=/bin/true'));
-  return { dir, file };
+  fs.writeFileSync(early, fs.readFileSync(EARLY, 'utf8').replace(/^ExecStart=.*$/m, 'ExecStart=/bin/true'));
+  return { dir, file, early };
 }
 
 describe('systemd/vpnmasq.service', () => {
@@ -56,7 +63,13 @@ describe('systemd/vpnmasq.service', () => {
     assert.equal(one('DeviceAllow'), '/dev/net/tun rw');
     assert.equal(one('RestrictAddressFamilies'), 'AF_UNIX AF_NETLINK AF_INET AF_INET6');
     assert.equal(one('SystemCallFilter'), '@system-service');
-    assert.match(one('After'), /network-online\.target/);
+    // Started early: it waits for the WAN itself; the early unit has put the safety net in place.
+    assert.match(one('Wants'), /vpnmasq-safety-net\.service/);
+    assert.match(one('After'), /vpnmasq-safety-net\.service/);
+    assert.doesNotMatch(one('After'), /network-online/);
+    // Never gives up: a failing start leaves the box closed (kernel state), so retrying is safe.
+    assert.equal(one('StartLimitIntervalSec'), '0');
+    assert.equal(one('RestartSec'), '2s');
     // V8's JIT needs W+X pages: Node aborts under MemoryDenyWriteExecute=yes.
     assert.equal(s.has('MemoryDenyWriteExecute'), false);
     // These would hide /dev/net/tun or make /proc/sys/net read-only.
@@ -64,10 +77,23 @@ describe('systemd/vpnmasq.service', () => {
     assert.equal(s.has('ProtectKernelTunables'), false);
   });
 
-  it('passes systemd-analyze verify', { skip: noAnalyze }, () => {
-    const { dir, file } = verifiableCopy();
+  it('the early unit installs the safety net before the network is configured', () => {
+    const e = settings(fs.readFileSync(EARLY, 'utf8'));
+    const get = (k: string) => (e.get(k) ?? []).join(' ');
+    assert.equal(get('Type'), 'oneshot');
+    assert.equal(get('ExecStart'), '/opt/vpnmasq/bin/vpnmasq safety-net');
+    assert.equal(get('DefaultDependencies'), 'no');
+    assert.match(get('Before'), /network-pre\.target/);
+    assert.match(get('Before'), /vpnmasq\.service/);
+    assert.match(get('After'), /systemd-sysctl\.service/);
+    assert.equal(get('StateDirectory'), 'vpnmasq');
+  });
+
+  it('passes systemd-analyze verify', () => {
+    requireAnalyze();
+    const { dir, file, early } = verifiableCopy();
     try {
-      const r = spawnSync('systemd-analyze', ['verify', '--man=no', file], { encoding: 'utf8' });
+      const r = spawnSync('systemd-analyze', ['verify', '--man=no', file, early], { encoding: 'utf8' });
       assert.equal(r.status, 0, r.stderr);
       assert.equal(r.stderr.trim(), '', 'verify printed warnings');
     } finally {
@@ -75,7 +101,8 @@ describe('systemd/vpnmasq.service', () => {
     }
   });
 
-  it('is scored by systemd-analyze security --offline=true', { skip: noAnalyze }, (t) => {
+  it('is scored by systemd-analyze security --offline=true', (t) => {
+    requireAnalyze();
     const { dir, file } = verifiableCopy();
     try {
       const r = spawnSync('systemd-analyze', ['security', '--offline=true', '--no-pager', file], { encoding: 'utf8' });

@@ -1,65 +1,57 @@
 /**
- * Router plumbing for vpnmasq, done through rtnetlink (the `netlink` package)
- * and /proc/sys only — no `ip` child processes.
+ * Applies plan.ts to the kernel through rtnetlink (the `netlink` package) and
+ * /proc/sys, with no `ip` child processes, and takes it away again on an
+ * explicit teardown. Everything added carries protocol 247.
  *
- * Data path this sets up (IPv4 only):
+ * Installing is a reconciliation against what the kernel holds: missing
+ * rules and routes are added first, then what an earlier run (another LAN,
+ * WAN, mode or public address) left and the spec no longer wants is removed,
+ * so the box is never open in between. Stopping the daemon removes nothing:
+ * closing the TUN takes its routes with it and the safety net stays.
  *
- *   LAN host --(lan iface)--> policy rule `from PREFIX iif IFACE lookup TABLE`
- *            --> TABLE: `default dev TUN` --> daemon reads, translates, writes back
- *            --> kernel routes the translated packet out via the main table.
- *   WAN host --ARP who-has PUBLIC--> proxy neighbour on WAN iface answers
- *            --> main: `PUBLIC/32 dev TUN` --> daemon translates, writes back --> LAN.
- *
- * The `local` table rule (priority 0) stays in front of ours, so traffic from
- * the LAN to the router's own addresses is still delivered locally.
- *
- * Netlink sockets are bound to the network namespace of the process that
- * opens them; run this inside the router's namespace.
+ * Netlink sockets belong to the network namespace of the process that opens
+ * them; run this inside the router's namespace.
  */
-import { promises as fsp } from 'fs';
 import { createRtNetlink, FlagsNew, RtNetlinkSocket, rt } from 'netlink';
-import { formatIPv4, isIPv4, parseCidr, parseIPv4 } from '../../core/ipv4-addr';
-
-/** Route / rule / proxy-neighbour originator tag used for everything we add. */
-export const VPNMASQ_RTPROT = 247;
-/** The typings only list well-known RTPROT_* values; the wire field is a plain u8. */
-const RTPROT_VPNMASQ = VPNMASQ_RTPROT as rt.RouteProtocol;
+import { formatIPv4, parseIPv4 } from '../../core/ipv4-addr';
+import { HostState } from './host-state';
+import {
+  NetSpec, OUR_TABLES, PRIO_LOCAL, RT_TABLE_LOCAL, RTPROT_VPNMASQ, RouteSpec, RuleSpec, SYSCTL, ruleText,
+  safetyNet, safetyNetSysctls, sysctlPaths, tunDeviceSysctls, tunRoutes, tunSysctls, wanSysctls,
+} from './plan';
 
 const AF_INET = 2;
-const RT_TABLE_MAIN = 254;
+const RTPROT_KERNEL = 2;
 const REQ_TIMEOUT_MS = 5000;
+const OPTS = { timeout: REQ_TIMEOUT_MS };
 /** errno names that mean "already gone" during removal. */
 const GONE = new Set(['ENOENT', 'ESRCH', 'ENODEV']);
 
-export interface RouterNetSetupOptions {
-  /** Existing TUN device owned by the daemon. */
-  tunName: string;
-  mtu: number;
-  /** Policy routing table id, e.g. 7100. */
-  table: number;
-  /** Priority of the policy rules, e.g. 7100 (must be 1..32765). */
-  rulePriority: number;
-  lanInterfaces: string[];
-  /** LAN source prefixes in CIDR notation. */
-  lanPrefixes: string[];
-  /**
-   * The NAT's public IPv4 address (not assigned to any interface), or null in
-   * shared-address mode, where shared-mode.ts steers the inbound packets instead.
-   */
-  publicAddress: string | null;
-  wanInterface: string;
+/** What one installation changed, as `ip rule` / `ip route` would print it. */
+export interface NetChanges {
+  added: string[];
+  removed: string[];
 }
 
-export interface LeftoverCounts {
+/** What the kernel holds of vpnmasq's plumbing (for `vpnmasq status`, no privileges needed). */
+export interface SafetyNetStatus {
+  /** Rules with protocol 247 or pointing at vpnmasq's tables. */
+  rules: string[];
+  /** Tables that hold a blackhole default (the safety net). */
+  blackholes: number[];
+  /** Tables whose default goes to a device (the TUN: something translates). */
+  tunRoutes: number[];
+}
+
+export interface TeardownReport {
   rules: number;
   routes: number;
   proxyNeighbours: number;
+  /** `lookup local` put back at pref 0. */
+  localRule: boolean;
+  /** Sysctls written back, path (under /proc/sys) and value. */
+  sysctls: Array<[string, string]>;
 }
-
-type Added =
-  | { kind: 'rule'; priority: number; src: Uint8Array; srcLen: number; iifname: string; table: number }
-  | { kind: 'route'; table: number; dst: Uint8Array; dstLen: number; oif: number; dev: string }
-  | { kind: 'proxyNeigh'; ifindex: number; dst: Uint8Array; dev: string };
 
 /** Extracts the errno name from an error thrown by the `netlink` package ("Request rejected: EEXIST"). */
 export function netlinkErrno(e: unknown): string | undefined {
@@ -70,392 +62,371 @@ export function netlinkErrno(e: unknown): string | undefined {
   return typeof code === 'string' ? code : undefined;
 }
 
-function describe(a: Added): string {
-  switch (a.kind) {
-    case 'rule':
-      return `rule pref ${a.priority} from ${formatIPv4(a.src)}/${a.srcLen} iif ${a.iifname} lookup ${a.table}`;
-    case 'route':
-      return `route ${a.dstLen === 0 ? 'default' : `${formatIPv4(a.dst)}/${a.dstLen}`} dev ${a.dev} table ${a.table}`;
-    case 'proxyNeigh':
-      return `neigh proxy ${formatIPv4(a.dst)} dev ${a.dev}`;
-  }
-}
-
-function keyOf(a: Added): string {
-  return describe(a);
-}
-
-/** Interface names may contain '.', which /proc/sys spells as '/'. */
-function sysctlIfName(ifname: string): string {
-  if (!ifname || ifname.includes('/') || ifname === '.' || ifname === '..') {
-    throw new Error(`invalid interface name ${JSON.stringify(ifname)}`);
-  }
-  return ifname.replace(/\./g, '/');
-}
-
-function buf(a: Uint8Array): Buffer {
-  return Buffer.from(a);
-}
-
 /** Header `table` is a u8 in both rtmsg and fib_rule_hdr; larger ids go in the TABLE attribute only. */
 function headerTable(table: number): number | undefined {
   return table > 0 && table < 256 ? table : undefined;
 }
 
-function validateTable(table: number): void {
-  if (!Number.isInteger(table) || table < 1 || table > 0xffffffff || table === 253 || table === 254 || table === 255) {
-    throw new Error(`invalid routing table id ${table} (reserved or out of range)`);
+function errorOf(what: string, e: unknown): Error {
+  return new Error(`${what}: ${(e as Error).message}`, { cause: e });
+}
+
+/** A dumped rule in plan form (null for rules that are not a table lookup). */
+function ruleOf(r: rt.RuleMessage): RuleSpec | null {
+  if (r.data.action !== 'toTbl') return null;
+  const a = r.attrs;
+  const spec: RuleSpec = {
+    priority: a.priority ?? 0,
+    table: a.table ?? r.data.table ?? 0,
+    src: a.src ? formatIPv4(a.src) : '0.0.0.0',
+    srcLen: r.data.srcLen ?? 0,
+    dst: a.dst ? formatIPv4(a.dst) : '0.0.0.0',
+    dstLen: r.data.dstLen ?? 0,
+  };
+  if (a.iifname !== undefined) spec.iifname = a.iifname;
+  if (a.ipProto !== undefined) spec.ipProto = a.ipProto;
+  if (a.sportRange) spec.sport = [a.sportRange.start ?? 0, a.sportRange.end ?? 0];
+  if (a.dportRange) spec.dport = [a.dportRange.start ?? 0, a.dportRange.end ?? 0];
+  return spec;
+}
+
+function ruleMsg(r: RuleSpec, protocol: number): { data: rt.Rule; attrs: rt.RuleAttrs } {
+  const data: rt.Rule = { family: AF_INET, srcLen: r.srcLen, dstLen: r.dstLen, action: 'toTbl' };
+  const ht = headerTable(r.table);
+  if (ht !== undefined) data.table = ht;
+  const attrs: rt.RuleAttrs = { priority: r.priority, table: r.table, protocol };
+  if (r.srcLen > 0) attrs.src = Buffer.from(parseIPv4(r.src));
+  if (r.dstLen > 0) attrs.dst = Buffer.from(parseIPv4(r.dst));
+  if (r.iifname !== undefined) attrs.iifname = r.iifname;
+  if (r.ipProto !== undefined) attrs.ipProto = r.ipProto;
+  if (r.sport) attrs.sportRange = { start: r.sport[0], end: r.sport[1] };
+  if (r.dport) attrs.dportRange = { start: r.dport[0], end: r.dport[1] };
+  return { data, attrs };
+}
+
+const LOCAL_AT_0: RuleSpec = { priority: 0, table: RT_TABLE_LOCAL, src: '0.0.0.0', srcLen: 0, dst: '0.0.0.0', dstLen: 0 };
+
+interface KernelRoute { msg: rt.RouteMessage; table: number; text: string }
+
+function routeTable(r: rt.RouteMessage): number {
+  return r.attrs.table ?? r.data.table ?? 0;
+}
+
+/** Rules in plan form, with whether vpnmasq owns them (protocol 247 or one of its tables). */
+async function dumpRules(sock: RtNetlinkSocket): Promise<Array<{ spec: RuleSpec; ours: boolean }>> {
+  const out: Array<{ spec: RuleSpec; ours: boolean }> = [];
+  for (const r of await sock.getRules({ family: AF_INET }, {}, OPTS)) {
+    const spec = ruleOf(r);
+    if (spec === null || r.data.flags?.permanent) continue;
+    out.push({ spec, ours: r.attrs.protocol === RTPROT_VPNMASQ || OUR_TABLES.has(spec.table) });
   }
+  return out;
+}
+
+/** Every IPv4 route with protocol 247, described like routeText() ("default blackhole table 7100 metric 4294967295"). */
+async function dumpRoutes(sock: RtNetlinkSocket): Promise<KernelRoute[]> {
+  const names = new Map<number, string>();
+  for (const l of await sock.getLinks({}, {}, OPTS)) if (l.attrs.ifname) names.set(l.data.index ?? 0, l.attrs.ifname);
+  const out: KernelRoute[] = [];
+  for (const r of await sock.getRoutes({ family: AF_INET }, {}, OPTS)) {
+    if ((r.data.protocol as unknown) !== RTPROT_VPNMASQ) continue;
+    const table = routeTable(r);
+    const dst = r.data.dstLen === 0 ? 'default' : `${formatIPv4(r.attrs.dst ?? Buffer.alloc(4))}/${r.data.dstLen}`;
+    const dev = r.data.type === 'BLACKHOLE' ? 'blackhole' : `dev ${names.get(r.attrs.oif ?? 0) ?? String(r.attrs.oif)}`;
+    out.push({ msg: r, table, text: `${dst} ${dev} table ${table} metric ${r.attrs.priority ?? 0}` });
+  }
+  return out;
+}
+
+/** A planned route in the same words as dumpRoutes(). */
+function routeText(r: RouteSpec, tunName: string): string {
+  return `default ${r.type === 'blackhole' ? 'blackhole' : `dev ${tunName}`} table ${r.table} metric ${r.metric}`;
 }
 
 export class RouterNet {
-  private closed = false;
-  private readonly added = new Map<string, Added>();
-  /** sysctl path -> value before our first write (insertion order = write order). */
-  private readonly savedSysctls = new Map<string, string>();
-  private chain: Promise<unknown> = Promise.resolve();
+  private spec: NetSpec | null = null;
+  private tun: { name: string; index: number } | null = null;
 
-  private constructor(private readonly sock: RtNetlinkSocket) {}
+  private constructor(private readonly sock: RtNetlinkSocket, private readonly host: HostState) {}
 
-  /** Opens an rtnetlink socket in the current process' network namespace. */
-  static async open(): Promise<RouterNet> {
-    return new RouterNet(createRtNetlink());
+  /** Opens an rtnetlink socket in the current network namespace; `host` remembers what gets replaced. */
+  static open(host: HostState): RouterNet {
+    return new RouterNet(createRtNetlink(), host);
   }
 
-  /** Releases the netlink socket. Does not tear anything down. Idempotent. */
+  /** Releases the socket. Tears nothing down. */
   close(): void {
-    if (this.closed) return;
-    this.closed = true;
     this.sock.socket.close();
   }
 
-  /** Human-readable list of what setup has added so far (for logs / tests). */
-  recorded(): { entries: string[]; sysctls: Record<string, string> } {
-    return {
-      entries: [...this.added.values()].map(describe),
-      sysctls: Object.fromEntries(this.savedSysctls),
-    };
-  }
-
-  /** Serialises setup/teardown calls on one instance. */
-  private serial<T>(fn: () => Promise<T>): Promise<T> {
-    const run = this.chain.then(fn, fn);
-    this.chain = run.catch(() => undefined);
-    return run;
-  }
-
-  private ensureOpen(): void {
-    if (this.closed) throw new Error('RouterNet: socket is closed');
-  }
-
   /**
-   * Installs the router plumbing (see module comment). Idempotent: routes and
-   * the proxy neighbour use NLM_F_REPLACE, rules use NLM_F_EXCL with EEXIST
-   * ignored, sysctl previous values are captured only on the first write.
-   * If setup throws midway, whatever was added so far is recorded: call
-   * teardown() to roll it back.
+   * Installs the safety net of `spec` (plan.ts) and removes what an earlier
+   * spec left: rules and blackholes first, then the local rule's move, then
+   * stale entries, then the sysctls (ip_forward goes on only once LAN traffic
+   * has its blackhole). Idempotent; the spec is saved before the first change.
    */
-  async setup(o: RouterNetSetupOptions): Promise<void> {
-    return this.serial(() => this.doSetup(o));
-  }
-
-  private async doSetup(o: RouterNetSetupOptions): Promise<void> {
-    this.ensureOpen();
-    // ---- validate everything before touching the system ----
-    if (!o.tunName) throw new Error('RouterNet.setup: tunName is required');
-    if (!o.wanInterface) throw new Error('RouterNet.setup: wanInterface is required');
-    if (!Number.isInteger(o.mtu) || o.mtu < 68 || o.mtu > 65535) throw new Error(`RouterNet.setup: invalid mtu ${o.mtu}`);
-    validateTable(o.table);
-    if (!Number.isInteger(o.rulePriority) || o.rulePriority < 1 || o.rulePriority > 32765) {
-      throw new Error(`RouterNet.setup: rulePriority ${o.rulePriority} must be within 1..32765 (after 'local' at 0, before 'main' at 32766)`);
+  async installSafetyNet(spec: NetSpec): Promise<NetChanges> {
+    const changes: NetChanges = { added: [], removed: [] };
+    this.host.saveSpec(spec);
+    this.spec = spec;
+    const net = safetyNet(spec);
+    const wantRoutes = new Set(net.blackholes.map((r) => routeText(r, spec.tunName)));
+    const kernelRoutes = await dumpRoutes(this.sock);
+    const haveRoutes = new Set(kernelRoutes.map((r) => r.text));
+    for (const r of net.blackholes) {
+      if (haveRoutes.has(routeText(r, spec.tunName))) continue;
+      await this.addRoute(r);
+      changes.added.push(routeText(r, spec.tunName));
     }
-    if (o.publicAddress !== null && !isIPv4(o.publicAddress)) throw new Error(`RouterNet.setup: invalid publicAddress ${o.publicAddress}`);
-    const prefixes = o.lanPrefixes.map((p) => parseCidr(p));
-    sysctlIfName(o.tunName);
-    sysctlIfName(o.wanInterface);
-    for (const i of o.lanInterfaces) if (!i) throw new Error('RouterNet.setup: empty LAN interface name');
-
-    const tunIndex = await this.ifindex(o.tunName);
-    const wanIndex = await this.ifindex(o.wanInterface);
-
-    // ---- sysctls (previous values remembered once) ----
-    await this.writeSysctl('/proc/sys/net/ipv4/ip_forward', '1');
-    await this.writeSysctl('/proc/sys/net/ipv4/conf/all/rp_filter', '0');
-    await this.writeSysctl(`/proc/sys/net/ipv4/conf/${sysctlIfName(o.tunName)}/rp_filter`, '0');
-    // Answer proxied ARP immediately instead of after a random 0..800 ms delay.
-    await this.writeSysctl(`/proc/sys/net/ipv4/neigh/${sysctlIfName(o.wanInterface)}/proxy_delay`, '0');
-
-    // ---- TUN: mtu + up ----
-    await this.req('set link mtu/up', () =>
-      this.sock.setLink({ index: tunIndex, flags: { up: true }, change: { up: true } }, { mtu: o.mtu }, { timeout: REQ_TIMEOUT_MS }),
-    );
-
-    // ---- table: default dev TUN ----
-    await this.addRoute({ kind: 'route', table: o.table, dst: new Uint8Array(4), dstLen: 0, oif: tunIndex, dev: o.tunName });
-    if (o.publicAddress !== null) {
-      const pub = parseIPv4(o.publicAddress);
-      // ---- main: PUBLIC/32 dev TUN ----
-      await this.addRoute({ kind: 'route', table: RT_TABLE_MAIN, dst: pub, dstLen: 32, oif: tunIndex, dev: o.tunName });
-      // ---- proxy ARP for PUBLIC on WAN ----
-      await this.addProxyNeigh({ kind: 'proxyNeigh', ifindex: wanIndex, dst: pub, dev: o.wanInterface });
+    const rules = await dumpRules(this.sock);
+    const have = new Set(rules.map((r) => ruleText(r.spec)));
+    for (const r of net.rules) {
+      if (have.has(ruleText(r))) continue;
+      await this.addRule(r);
+      changes.added.push(ruleText(r));
     }
-    // ---- policy rules (last: only steer traffic once the table is populated) ----
-    for (const iif of o.lanInterfaces) {
-      for (const p of prefixes) {
-        await this.addRule({ kind: 'rule', priority: o.rulePriority, src: p.network, srcLen: p.prefixLen, iifname: iif, table: o.table });
+    const localAt0 = have.has(ruleText(LOCAL_AT_0));
+    if (net.localMoved) {
+      if (localAt0) {
+        this.host.recordLocalRule(true);
+        await this.delRule(LOCAL_AT_0);
+        changes.removed.push(ruleText(LOCAL_AT_0));
+      } else {
+        this.host.recordLocalRule(false);
       }
+    } else if (rules.some((r) => r.ours && r.spec.priority === PRIO_LOCAL && r.spec.table === RT_TABLE_LOCAL)) {
+      // Back from shared mode: `lookup local` returns to pref 0 before the moved one goes.
+      if (!localAt0 && this.host.localRule !== false) await this.restoreLocalRule();
+      this.host.clearLocalRule();
     }
+    const wanted = new Set(net.rules.map(ruleText));
+    for (const r of rules) {
+      if (!r.ours || wanted.has(ruleText(r.spec))) continue;
+      await this.delRule(r.spec);
+      changes.removed.push(ruleText(r.spec));
+    }
+    for (const r of kernelRoutes) {
+      // The TUN's own routes are attachTun()'s and go with the device; any other route of ours is left over.
+      if (wantRoutes.has(r.text) || r.text.includes(` dev ${spec.tunName} `)) continue;
+      await this.delRoute(r.msg);
+      changes.removed.push(r.text);
+    }
+    const proxied = spec.mode === 'dedicated' ? spec.publicAddress : null;
+    changes.removed.push(...await this.removeProxyNeighbours((dst) => dst !== proxied));
+    this.host.apply(safetyNetSysctls(spec));
+    this.host.restoreExcept(sysctlPaths(spec));
+    return changes;
   }
 
-  /**
-   * Removes exactly what setup added (rules first, then routes, proxy
-   * neighbours), then restores sysctls. Entries that are already gone are
-   * ignored; other failures are collected and thrown together at the end
-   * after everything else was attempted.
-   */
-  async teardown(): Promise<void> {
-    return this.serial(() => this.doTeardown());
-  }
-
-  private async doTeardown(): Promise<void> {
-    this.ensureOpen();
-    const errors: Error[] = [];
-    const entries = [...this.added.entries()].reverse();
-    const order: Added['kind'][] = ['rule', 'route', 'proxyNeigh'];
-    for (const kind of order) {
-      for (const [key, a] of entries) {
-        if (a.kind !== kind) continue;
-        try {
-          await this.remove(a);
-          this.added.delete(key);
-        } catch (e) {
-          if (GONE.has(netlinkErrno(e) ?? '')) this.added.delete(key);
-          else errors.push(new Error(`RouterNet.teardown: removing ${describe(a)} failed: ${(e as Error).message}`, { cause: e }));
-        }
-      }
-    }
-    for (const [path, prev] of [...this.savedSysctls.entries()].reverse()) {
-      try {
-        await fsp.writeFile(path, `${prev}\n`);
-        this.savedSysctls.delete(path);
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code === 'ENOENT') this.savedSysctls.delete(path);
-        else errors.push(new Error(`RouterNet.teardown: restoring ${path}=${prev} failed: ${(e as Error).message}`, { cause: e }));
-      }
-    }
-    if (errors.length === 1) throw errors[0];
-    if (errors.length > 1) throw new AggregateError(errors, `RouterNet.teardown: ${errors.length} errors`);
-  }
-
-  /**
-   * Crash recovery: removes every IPv4 rule that points to `table` or carries
-   * protocol 247, every IPv4 route (any table) with protocol 247 and every
-   * proxy neighbour tagged with protocol 247. sysctls cannot be recovered
-   * (their previous values died with the crashed process).
-   */
-  static async cleanupLeftovers(table: number): Promise<LeftoverCounts> {
-    validateTable(table);
-    const rn = await RouterNet.open();
+  /** Brings the TUN up and routes the tables to it (after installSafetyNet). */
+  async attachTun(name: string, mtu: number): Promise<void> {
+    const spec = this.mustSpec();
+    const index = await this.ifindex(name);
+    if (index === null) throw new Error(`TUN device ${name} does not exist`);
     try {
-      return await rn.doCleanup(table);
+      await this.sock.setLink({ index, flags: { up: true }, change: { up: true } }, { mtu }, OPTS);
+    } catch (e) {
+      throw errorOf(`setting ${name} up with mtu ${mtu}`, e);
+    }
+    for (const [p, v] of tunDeviceSysctls(spec)) this.host.writeDevice(p, v);
+    this.host.apply(tunSysctls());
+    this.tun = { name, index };
+    for (const r of tunRoutes(spec)) await this.addRoute(r);
+  }
+
+  /**
+   * Dedicated mode: answers ARP for the public address on the WAN interface
+   * (proxy neighbour). Returns false when the interface does not exist (yet).
+   */
+  async attachWan(): Promise<boolean> {
+    const spec = this.mustSpec();
+    const index = await this.ifindex(spec.wanInterface);
+    if (index === null) return false;
+    this.host.apply(wanSysctls(spec));
+    if (spec.mode !== 'dedicated' || spec.publicAddress === null) return true;
+    try {
+      // == `ip neigh replace proxy PUBLIC dev WAN protocol 247`
+      await this.sock.newNeighbor(
+        { family: AF_INET, ifindex: index, flags: { proxy: true }, state: { permanent: true } },
+        { dst: Buffer.from(parseIPv4(spec.publicAddress)), protocol: Buffer.from([RTPROT_VPNMASQ]) },
+        { flags: FlagsNew.CREATE | FlagsNew.REPLACE, ...OPTS },
+      );
+    } catch (e) {
+      throw errorOf(`adding proxy neighbour ${spec.publicAddress} on ${spec.wanInterface}`, e);
+    }
+    await this.removeProxyNeighbours((dst, ifindex) => dst !== spec.publicAddress || ifindex !== index);
+    return true;
+  }
+
+  /** The device is gone (closed): its routes went with it. */
+  detachTun(): void {
+    this.tun = null;
+  }
+
+  /** What the kernel of this namespace holds of vpnmasq's plumbing. */
+  static async inspect(): Promise<SafetyNetStatus> {
+    const sock = createRtNetlink();
+    try {
+      const rules = (await dumpRules(sock)).filter((r) => r.ours).map((r) => ruleText(r.spec));
+      const routes = await sock.getRoutes({ family: AF_INET }, {}, OPTS);
+      const blackholes = new Set<number>();
+      const tunRoutesSeen = new Set<number>();
+      for (const r of routes) {
+        const t = routeTable(r);
+        if (!OUR_TABLES.has(t) || r.data.dstLen !== 0) continue;
+        if (r.data.type === 'BLACKHOLE') blackholes.add(t);
+        else if (r.attrs.oif !== undefined) tunRoutesSeen.add(t);
+      }
+      return { rules, blackholes: [...blackholes].sort(), tunRoutes: [...tunRoutesSeen].sort() };
+    } finally {
+      sock.socket.close();
+    }
+  }
+
+  /**
+   * `vpnmasq teardown`: ip_forward back first (so nothing is forwarded while
+   * the rules go), then every rule, route and proxy neighbour vpnmasq added,
+   * `lookup local` back at pref 0, and every other saved sysctl. The record
+   * is deleted when all of it worked.
+   */
+  static async teardown(host: HostState): Promise<TeardownReport> {
+    const rn = new RouterNet(createRtNetlink(), host);
+    try {
+      return await rn.doTeardown();
     } finally {
       rn.close();
     }
   }
 
-  private async doCleanup(table: number): Promise<LeftoverCounts> {
-    const counts: LeftoverCounts = { rules: 0, routes: 0, proxyNeighbours: 0 };
-    const opts = { timeout: REQ_TIMEOUT_MS };
-    const ignoreGone = async (what: string, f: () => Promise<unknown>): Promise<boolean> => {
-      try {
-        await f();
-        return true;
-      } catch (e) {
-        if (GONE.has(netlinkErrno(e) ?? '')) return false;
-        throw new Error(`RouterNet.cleanupLeftovers: ${what}: ${(e as Error).message}`, { cause: e });
-      }
-    };
-
-    const rules = await this.sock.getRules({ family: AF_INET }, {}, opts);
-    for (const r of rules) {
-      const t = r.attrs.table ?? r.data.table;
-      if (t !== table && r.attrs.protocol !== VPNMASQ_RTPROT) continue;
-      if (r.data.flags?.permanent) continue;
-      const attrs: rt.RuleAttrs = { table: t };
-      if (r.attrs.priority !== undefined) attrs.priority = r.attrs.priority;
-      if (r.attrs.src) attrs.src = r.attrs.src;
-      if (r.attrs.dst) attrs.dst = r.attrs.dst;
-      if (r.attrs.iifname !== undefined) attrs.iifname = r.attrs.iifname;
-      if (r.attrs.oifname !== undefined) attrs.oifname = r.attrs.oifname;
-      if (r.attrs.fwmark !== undefined) attrs.fwmark = r.attrs.fwmark;
-      if (r.attrs.fwmask !== undefined) attrs.fwmask = r.attrs.fwmask;
-      if (r.attrs.protocol !== undefined) attrs.protocol = r.attrs.protocol;
-      const data: rt.Rule = { family: AF_INET, srcLen: r.data.srcLen, dstLen: r.data.dstLen, tos: r.data.tos, action: r.data.action };
-      const ht = headerTable(t ?? 0);
-      if (ht !== undefined) data.table = ht;
-      if (await ignoreGone('delete rule', () => this.sock.delRule(data, attrs, opts))) counts.rules++;
-    }
-
-    const routes = await this.sock.getRoutes({ family: AF_INET }, {}, opts);
-    for (const r of routes) {
-      if ((r.data.protocol as unknown) !== VPNMASQ_RTPROT) continue;
-      const t = r.attrs.table ?? r.data.table;
-      const attrs: rt.RouteAttrs = { table: t };
-      if (r.attrs.dst) attrs.dst = r.attrs.dst;
-      if (r.attrs.src) attrs.src = r.attrs.src;
-      if (r.attrs.oif !== undefined) attrs.oif = r.attrs.oif;
-      if (r.attrs.gateway) attrs.gateway = r.attrs.gateway;
-      if (r.attrs.priority !== undefined) attrs.priority = r.attrs.priority;
-      const data: rt.Route = {
-        family: AF_INET, dstLen: r.data.dstLen, srcLen: r.data.srcLen, tos: r.data.tos,
-        protocol: RTPROT_VPNMASQ, scope: 'NOWHERE', type: r.data.type,
-      };
-      const ht = headerTable(t ?? 0);
-      if (ht !== undefined) data.table = ht;
-      if (await ignoreGone('delete route', () => this.sock.delRoute(data, attrs, opts))) counts.routes++;
-    }
-
-    const neighs = await this.sock.getNeighbors({ family: AF_INET, flags: { proxy: true } }, {}, opts);
-    for (const n of neighs) {
-      if (!n.data.flags?.proxy || !n.attrs.dst) continue;
-      const proto = n.attrs.protocol;
-      if (!proto || proto.length < 1 || proto[0] !== VPNMASQ_RTPROT) continue;
-      const ok = await ignoreGone('delete proxy neighbour', () =>
-        this.sock.delNeighbor({ family: AF_INET, ifindex: n.data.ifindex, flags: { proxy: true } }, { dst: n.attrs.dst }, opts),
-      );
-      if (ok) counts.proxyNeighbours++;
-    }
-    return counts;
-  }
-
-  /** IPv4 addresses (dotted quads, no prefix length) configured on `ifname`. */
-  async addressesOf(ifname: string): Promise<string[]> {
-    this.ensureOpen();
-    const index = await this.ifindex(ifname);
-    const addrs = await this.sock.getAddresses({ family: AF_INET }, {}, { timeout: REQ_TIMEOUT_MS });
-    const out: string[] = [];
-    for (const a of addrs) {
-      if (a.data.index !== index || a.data.family !== AF_INET) continue;
-      const raw = a.attrs.local ?? a.attrs.address;
-      if (raw && raw.length === 4) out.push(formatIPv4(raw));
-    }
-    return out;
-  }
-
   // ---------------------------------------------------------------- internals
 
-  private async ifindex(ifname: string): Promise<number> {
-    let links: rt.LinkMessage[];
+  private async doTeardown(): Promise<TeardownReport> {
+    const host = this.host;
+    const report: TeardownReport = { rules: 0, routes: 0, proxyNeighbours: 0, localRule: false, sysctls: [] };
+    const keepAllBut = (p: string) => new Set(Object.keys(host.sysctls).filter((k) => k !== p));
+    report.sysctls.push(...host.restoreExcept(keepAllBut(SYSCTL.ipForward)));
+    const rules = await dumpRules(this.sock);
+    const have = new Set(rules.map((r) => ruleText(r.spec)));
+    const moved = rules.some((r) => r.ours && r.spec.priority === PRIO_LOCAL && r.spec.table === RT_TABLE_LOCAL);
+    if (moved && !have.has(ruleText(LOCAL_AT_0)) && host.localRule !== false) {
+      await this.restoreLocalRule();
+      report.localRule = true;
+    }
+    for (const r of rules) {
+      if (!r.ours) continue;
+      await this.delRule(r.spec);
+      report.rules++;
+    }
+    for (const r of await dumpRoutes(this.sock)) {
+      await this.delRoute(r.msg);
+      report.routes++;
+    }
+    report.proxyNeighbours = (await this.removeProxyNeighbours(() => true)).length;
+    host.clearLocalRule();
+    report.sysctls.push(...host.restoreExcept(new Set()));
+    host.remove();
+    return report;
+  }
+
+  private mustSpec(): NetSpec {
+    if (this.spec === null) throw new Error('RouterNet: installSafetyNet() must come first');
+    return this.spec;
+  }
+
+  private async ifindex(ifname: string): Promise<number | null> {
     try {
-      links = await this.sock.getLink({}, { ifname }, { timeout: REQ_TIMEOUT_MS });
+      const links = await this.sock.getLink({}, { ifname }, OPTS);
+      return links[0]?.data.index ?? null;
     } catch (e) {
-      if (netlinkErrno(e) === 'ENODEV') throw new Error(`RouterNet: interface ${ifname} does not exist`, { cause: e });
-      throw e;
-    }
-    const idx = links[0]?.data.index;
-    if (!idx) throw new Error(`RouterNet: interface ${ifname} not found`);
-    return idx;
-  }
-
-  private async req<T>(what: string, f: () => Promise<T>): Promise<T> {
-    try {
-      return await f();
-    } catch (e) {
-      throw new Error(`RouterNet: ${what} failed: ${(e as Error).message}`, { cause: e });
+      if (netlinkErrno(e) === 'ENODEV') return null;
+      throw errorOf(`looking up interface ${ifname}`, e);
     }
   }
 
-  private async writeSysctl(path: string, value: string): Promise<void> {
-    if (!this.savedSysctls.has(path)) {
-      const prev = (await fsp.readFile(path, 'utf8')).trim();
-      this.savedSysctls.set(path, prev);
-    }
-    await fsp.writeFile(path, `${value}\n`);
-  }
-
-  private record(a: Added): void {
-    this.added.set(keyOf(a), a);
-  }
-
-  private routeMsg(a: Extract<Added, { kind: 'route' }>, forDelete: boolean): { data: rt.Route; attrs: rt.RouteAttrs } {
+  private async addRoute(r: RouteSpec): Promise<void> {
     const data: rt.Route = {
-      family: AF_INET,
-      dstLen: a.dstLen,
-      protocol: RTPROT_VPNMASQ,
-      // iproute2 semantics: a gateway-less unicast route is scope link; on delete, NOWHERE = "any scope".
-      scope: forDelete ? 'NOWHERE' : 'LINK',
-      type: 'UNICAST',
+      family: AF_INET, dstLen: 0, protocol: RTPROT_VPNMASQ as rt.RouteProtocol,
+      // iproute2's scopes: a device route without gateway is scope link, a blackhole scope universe.
+      scope: r.type === 'tun' ? 'LINK' : 'UNIVERSE',
+      type: r.type === 'tun' ? 'UNICAST' : 'BLACKHOLE',
     };
-    const ht = headerTable(a.table);
+    const ht = headerTable(r.table);
     if (ht !== undefined) data.table = ht;
-    const attrs: rt.RouteAttrs = { table: a.table, oif: a.oif };
-    if (a.dstLen > 0) attrs.dst = buf(a.dst);
-    return { data, attrs };
-  }
-
-  private async addRoute(a: Extract<Added, { kind: 'route' }>): Promise<void> {
-    const { data, attrs } = this.routeMsg(a, false);
-    // NLM_F_CREATE|NLM_F_REPLACE == `ip route replace`: idempotent.
-    await this.req(`add ${describe(a)}`, () =>
-      this.sock.newRoute(data, attrs, { flags: FlagsNew.CREATE | FlagsNew.REPLACE, timeout: REQ_TIMEOUT_MS }),
-    );
-    this.record(a);
-  }
-
-  private ruleMsg(a: Extract<Added, { kind: 'rule' }>): { data: rt.Rule; attrs: rt.RuleAttrs } {
-    const data: rt.Rule = { family: AF_INET, srcLen: a.srcLen, action: 'toTbl' };
-    const ht = headerTable(a.table);
-    if (ht !== undefined) data.table = ht;
-    const attrs: rt.RuleAttrs = {
-      priority: a.priority,
-      table: a.table,
-      iifname: a.iifname,
-      protocol: VPNMASQ_RTPROT,
-    };
-    if (a.srcLen > 0) attrs.src = buf(a.src);
-    return { data, attrs };
-  }
-
-  private async addRule(a: Extract<Added, { kind: 'rule' }>): Promise<void> {
-    const { data, attrs } = this.ruleMsg(a);
-    // fib rules have no REPLACE; without EXCL the kernel happily adds duplicates.
-    // `ip rule add` uses CREATE|EXCL; an identical existing rule yields EEXIST, which is fine.
-    try {
-      await this.sock.newRule(data, attrs, { flags: FlagsNew.CREATE | FlagsNew.EXCL, timeout: REQ_TIMEOUT_MS });
-    } catch (e) {
-      if (netlinkErrno(e) !== 'EEXIST') throw new Error(`RouterNet: add ${describe(a)} failed: ${(e as Error).message}`, { cause: e });
+    const attrs: rt.RouteAttrs = { table: r.table, priority: r.metric };
+    if (r.type === 'tun') {
+      if (this.tun === null) throw new Error('RouterNet: no TUN attached');
+      attrs.oif = this.tun.index;
     }
-    this.record(a);
+    try {
+      // NLM_F_CREATE|NLM_F_REPLACE == `ip route replace`: idempotent (same table, prefix and metric).
+      await this.sock.newRoute(data, attrs, { flags: FlagsNew.CREATE | FlagsNew.REPLACE, ...OPTS });
+    } catch (e) {
+      throw errorOf(`adding route ${routeText(r, this.tun?.name ?? '')}`, e);
+    }
   }
 
-  private async addProxyNeigh(a: Extract<Added, { kind: 'proxyNeigh' }>): Promise<void> {
-    // == `ip neigh replace proxy PUBLIC dev WAN protocol 247`
-    await this.req(`add ${describe(a)}`, () =>
-      this.sock.newNeighbor(
-        { family: AF_INET, ifindex: a.ifindex, flags: { proxy: true }, state: { permanent: true } },
-        { dst: buf(a.dst), protocol: Buffer.from([VPNMASQ_RTPROT]) },
-        { flags: FlagsNew.CREATE | FlagsNew.REPLACE, timeout: REQ_TIMEOUT_MS },
-      ),
-    );
-    this.record(a);
+  private async delRoute(r: rt.RouteMessage): Promise<void> {
+    const t = routeTable(r);
+    const attrs: rt.RouteAttrs = { table: t };
+    if (r.attrs.dst) attrs.dst = r.attrs.dst;
+    if (r.attrs.oif !== undefined) attrs.oif = r.attrs.oif;
+    if (r.attrs.priority !== undefined) attrs.priority = r.attrs.priority;
+    const data: rt.Route = {
+      family: AF_INET, dstLen: r.data.dstLen, srcLen: r.data.srcLen, tos: r.data.tos,
+      protocol: RTPROT_VPNMASQ as rt.RouteProtocol, scope: 'NOWHERE', type: r.data.type,
+    };
+    const ht = headerTable(t);
+    if (ht !== undefined) data.table = ht;
+    await this.ignoreGone(`deleting route in table ${t}`, () => this.sock.delRoute(data, attrs, OPTS));
   }
 
-  private async remove(a: Added): Promise<void> {
-    const opts = { timeout: REQ_TIMEOUT_MS };
-    switch (a.kind) {
-      case 'rule': {
-        const { data, attrs } = this.ruleMsg(a);
-        await this.sock.delRule(data, attrs, opts);
-        return;
-      }
-      case 'route': {
-        const { data, attrs } = this.routeMsg(a, true);
-        await this.sock.delRoute(data, attrs, opts);
-        return;
-      }
-      case 'proxyNeigh':
-        await this.sock.delNeighbor({ family: AF_INET, ifindex: a.ifindex, flags: { proxy: true } }, { dst: buf(a.dst) }, opts);
-        return;
+  private async addRule(r: RuleSpec): Promise<void> {
+    const { data, attrs } = ruleMsg(r, RTPROT_VPNMASQ);
+    // fib rules have no REPLACE; without EXCL the kernel adds duplicates. An identical rule (EEXIST) is fine.
+    try {
+      await this.sock.newRule(data, attrs, { flags: FlagsNew.CREATE | FlagsNew.EXCL, ...OPTS });
+    } catch (e) {
+      if (netlinkErrno(e) !== 'EEXIST') throw errorOf(`adding rule ${ruleText(r)}`, e);
+    }
+  }
+
+  /** `ip rule add pref 0 lookup local` as the kernel makes it. */
+  private async restoreLocalRule(): Promise<void> {
+    const { data, attrs } = ruleMsg(LOCAL_AT_0, RTPROT_KERNEL);
+    try {
+      await this.sock.newRule(data, attrs, { flags: FlagsNew.CREATE | FlagsNew.EXCL, ...OPTS });
+    } catch (e) {
+      if (netlinkErrno(e) !== 'EEXIST') throw errorOf('restoring rule 0: from all lookup local', e);
+    }
+  }
+
+  private async delRule(r: RuleSpec): Promise<void> {
+    const { data, attrs } = ruleMsg(r, 0);
+    delete attrs.protocol;
+    await this.ignoreGone(`deleting rule ${ruleText(r)}`, () => this.sock.delRule(data, attrs, OPTS));
+  }
+
+  /** Removes proxy neighbours with protocol 247 for which `drop` says so; returns their descriptions. */
+  private async removeProxyNeighbours(drop: (dst: string, ifindex: number) => boolean): Promise<string[]> {
+    const removed: string[] = [];
+    for (const n of await this.sock.getNeighbors({ family: AF_INET, flags: { proxy: true } }, {}, OPTS)) {
+      const proto = n.attrs.protocol;
+      if (!n.data.flags?.proxy || !n.attrs.dst || !proto || proto[0] !== RTPROT_VPNMASQ) continue;
+      const dst = formatIPv4(n.attrs.dst);
+      const ifindex = n.data.ifindex ?? 0;
+      if (!drop(dst, ifindex)) continue;
+      await this.ignoreGone(`deleting proxy neighbour ${dst}`, () =>
+        this.sock.delNeighbor({ family: AF_INET, ifindex, flags: { proxy: true } }, { dst: n.attrs.dst }, OPTS));
+      removed.push(`neigh proxy ${dst} ifindex ${ifindex}`);
+    }
+    return removed;
+  }
+
+  private async ignoreGone(what: string, f: () => Promise<unknown>): Promise<void> {
+    try {
+      await f();
+    } catch (e) {
+      if (!GONE.has(netlinkErrno(e) ?? '')) throw errorOf(what, e);
     }
   }
 }

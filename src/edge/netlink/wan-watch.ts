@@ -1,54 +1,83 @@
 /**
- * Follows the WAN interface's IPv4 addresses through rtnetlink address
- * notifications (RTNLGRP_IPV4_IFADDR), for DHCP renewals and PPPoE redials
- * in shared-address mode. After a burst of notifications settles, it reads
- * the interface's addresses and reports when the one in use is gone.
+ * Follows the WAN interface by name through rtnetlink notifications (links,
+ * RTNLGRP_LINK, and IPv4 addresses, RTNLGRP_IPV4_IFADDR): an interface that
+ * appears late (PPPoE's ppp0, a USB modem), comes back with a new index, or
+ * gets its address from a slow DHCP server. After a burst of notifications
+ * settles it reads the interface again and reports the state when it changed.
  */
 import { createRtNetlink, RtNetlinkSocket } from 'netlink';
 import { formatIPv4 } from '../../core/ipv4-addr';
+import { netlinkErrno } from './router-net';
 
 const AF_INET = 2;
+const OPTS = { timeout: 5000 };
 /** Address changes come in bursts (add new, delete old): act once they settle. */
 const SETTLE_MS = 200;
 
-/** Called with the new address, or null when the interface has none left. */
-export type AddressChangeHandler = (newAddress: string | null, oldAddress: string) => void;
+/** The interface's index and IPv4 addresses (primary first), or null while it does not exist. */
+export type WanState = { index: number; addresses: string[] } | null;
 
 export class WanWatch {
   private timer: NodeJS.Timeout | null = null;
   private closed = false;
+  private last = '';
 
   private constructor(
     private readonly sock: RtNetlinkSocket,
-    private readonly ifindex: number,
-    private current: string,
-    private readonly onChange: AddressChangeHandler,
+    private readonly ifname: string,
+    private readonly onChange: (state: WanState) => void,
     private readonly onError: (e: Error) => void,
   ) {
+    sock.addMembership('LINK');
     sock.addMembership('IPV4_IFADDR');
     sock.on('message', (msg) => {
-      if (msg.some((m) => m.kind === 'address' && m.data.index === ifindex)) this.schedule();
+      if (msg.some((m) => m.kind === 'link' || m.kind === 'address')) this.schedule();
     });
   }
 
-  /** Starts watching `ifname`, whose address in use is `current`. */
-  static async start(ifname: string, current: string, onChange: AddressChangeHandler, onError: (e: Error) => void): Promise<WanWatch> {
-    const sock = createRtNetlink();
-    const links = await sock.getLink({}, { ifname }, { timeout: 5000 });
-    const index = links[0]?.data.index;
-    if (!index) throw new Error(`WAN interface ${ifname} not found`);
-    return new WanWatch(sock, index, current, onChange, onError);
+  /**
+   * Starts watching `ifname` and returns its state now. Subscribed before the
+   * first read, so no change between the two is missed; `onChange` is called
+   * for every later change.
+   */
+  static async start(ifname: string, onChange: (state: WanState) => void, onError: (e: Error) => void): Promise<{ watch: WanWatch; state: WanState }> {
+    const watch = new WanWatch(createRtNetlink(), ifname, onChange, onError);
+    try {
+      const state = await WanWatch.read(watch.sock, ifname);
+      watch.last = JSON.stringify(state);
+      return { watch, state };
+    } catch (e) {
+      watch.close();
+      throw e;
+    }
   }
 
-  /** The IPv4 addresses of an interface, primary first. */
-  static async addresses(sock: RtNetlinkSocket, ifindex: number): Promise<string[]> {
-    const addrs = await sock.getAddresses({ family: AF_INET }, {}, { timeout: 5000 });
-    return addrs
-      .filter((a) => a.data.index === ifindex && !a.data.flags?.secondary)
-      .concat(addrs.filter((a) => a.data.index === ifindex && a.data.flags?.secondary))
+  /** The state of `ifname` through `sock`. */
+  static async read(sock: RtNetlinkSocket, ifname: string): Promise<WanState> {
+    let index: number | undefined;
+    try {
+      index = (await sock.getLink({}, { ifname }, OPTS))[0]?.data.index;
+    } catch (e) {
+      if (netlinkErrno(e) === 'ENODEV') return null;
+      throw e;
+    }
+    if (!index) return null;
+    const addrs = (await sock.getAddresses({ family: AF_INET }, {}, OPTS)).filter((a) => a.data.index === index);
+    const addresses = [...addrs.filter((a) => !a.data.flags?.secondary), ...addrs.filter((a) => a.data.flags?.secondary)]
       .map((a) => a.attrs.local ?? a.attrs.address)
       .filter((raw): raw is Buffer => raw !== undefined && raw.length === 4)
       .map((raw) => formatIPv4(raw));
+    return { index, addresses };
+  }
+
+  /** One-off read in the current network namespace. */
+  static async query(ifname: string): Promise<WanState> {
+    const sock = createRtNetlink();
+    try {
+      return await WanWatch.read(sock, ifname);
+    } finally {
+      sock.socket.close();
+    }
   }
 
   close(): void {
@@ -68,11 +97,10 @@ export class WanWatch {
 
   private async check(): Promise<void> {
     if (this.closed) return;
-    const addrs = await WanWatch.addresses(this.sock, this.ifindex);
-    if (addrs.includes(this.current)) return;
-    const old = this.current;
-    const next = addrs[0] ?? null;
-    if (next !== null) this.current = next;
-    this.onChange(next, old);
+    const state = await WanWatch.read(this.sock, this.ifname);
+    const text = JSON.stringify(state);
+    if (this.closed || text === this.last) return;
+    this.last = text;
+    this.onChange(state);
   }
 }
