@@ -6,7 +6,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  Drop, NatHarness, PUBLIC, MF, UDP, checksumsValid, concat, fragment, icmpError, icmpPacket, ipv4, parse, r32,
+  Drop, NatHarness, PUBLIC, MF, UDP, checksumsValid, concat, fragment, icmpError, icmpPacket, ipv4, parse, r32, reassemble,
   udpPacket, w32,
 } from './packet-builder';
 import { IpsecMasq, IpsecOptions, TABLE_ESP } from '../../src/helpers/ipsec/ipsec';
@@ -269,14 +269,17 @@ describe('ESP masquerade (spec §4)', () => {
     assert.equal((h.ipsec!.stats().events as Record<string, number>)['esp-blocked-parallel'], 1);
   });
 
-  it('fragmented inbound ESP follows its first fragment', () => {
+  it('fragmented inbound ESP is collected, then every fragment goes to its host', () => {
     const h = setup();
     h.one(esp(L1, R, 0x101));
     dests(h, esp(R, PUBLIC, 0x901));
     const frags = fragment(esp(R, PUBLIC, 0x901, 2, 2000), 1480);
-    assert.equal(parse(h.one(frags[0])).dst, L1);
-    assert.equal(parse(h.one(frags[1])).dst, L1);
-    assert.equal(parse(frags[0]).flags & MF, MF);
+    assert.deepEqual(h.send(frags[0]), [], 'the first fragment waits for the rest');
+    const out = h.send(frags[1]);
+    assert.deepEqual(out.map((o) => parse(o).dst), [L1, L1]);
+    assert.equal(parse(out[0]).flags & MF, MF);
+    assert.ok(out.every((o) => checksumsValid(o)));
+    assert.deepEqual(reassemble(out).subarray(20), reassemble(frags).subarray(20), 'the ESP payload is untouched');
   });
 
   it('ICMP fragmentation-needed quoting outbound ESP reaches the sender', () => {

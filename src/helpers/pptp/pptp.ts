@@ -30,6 +30,7 @@ export class PptpMasq {
   attach(napt: Napt): void {
     napt.registerProtocol(PROTO_GRE, this.gre);
     napt.registerSessionHelper(PROTO_TCP, PPTP_PORT, this.control);
+    this.control.holder = napt;
   }
 
   /** Calls past their own deadline (request timer, grace); off the packet path. */
