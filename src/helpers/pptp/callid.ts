@@ -80,8 +80,6 @@ const seqDiff = (a: number, b: number): number => (a - b) | 0;
 export class CallIdRewriter {
   // Per direction (connection * 2 + 0 outbound / 1 inbound).
   private readonly synced: Uint8Array;
-  /** Synced from the other direction's acknowledgment, no byte seen yet: its first segment may correct it. */
-  private readonly tentative: Uint8Array;
   private readonly nextSeq: Int32Array;
   private readonly pos: Uint16Array;
   private readonly msgLen: Uint16Array;
@@ -103,6 +101,8 @@ export class CallIdRewriter {
   private readonly recNew: Uint8Array;
   private readonly recNext: Int32Array;
   private readonly recFree: SlotPool;
+  /** Below this many free records, acknowledged ones are let go whatever RETAIN says. */
+  private readonly lowWater: number;
 
   // The segment being walked.
   private buf: Uint8Array = new Uint8Array(0);
@@ -114,7 +114,6 @@ export class CallIdRewriter {
 
   constructor(directions: number, records: number, private readonly fields: CallIdFields, private readonly counters: PptpCounters) {
     this.synced = new Uint8Array(directions);
-    this.tentative = new Uint8Array(directions);
     this.nextSeq = new Int32Array(directions);
     this.pos = new Uint16Array(directions);
     this.msgLen = new Uint16Array(directions);
@@ -132,6 +131,7 @@ export class CallIdRewriter {
     this.recNew = new Uint8Array(records);
     this.recNext = new Int32Array(records);
     this.recFree = new SlotPool(records);
+    this.lowWater = records >>> 4;
   }
 
   /** Forgets direction `d` and frees its records (a new connection in its record). */
@@ -145,19 +145,11 @@ export class CallIdRewriter {
     this.count[d] = 0;
   }
 
-  isSynced(d: number): boolean { return this.synced[d] === 1; }
-  expected(d: number): number { return this.nextSeq[d]; }
 
-  /**
-   * The byte with sequence number `seq` starts a message in direction `d`
-   * (after a SYN: ISN + 1). `tentative`: taken from the other direction's
-   * acknowledgment before this one sent anything; its first segment, if it
-   * starts a message elsewhere, moves it.
-   */
-  resync(d: number, seq: number, tentative = false): void {
+  /** The byte with sequence number `seq` starts a message in direction `d` (after a SYN: ISN + 1). */
+  resync(d: number, seq: number): void {
     this.reset(d);
     this.synced[d] = 1;
-    this.tentative[d] = tentative ? 1 : 0;
     this.nextSeq[d] = seq;
     this.pos[d] = 0;
     this.mode[d] = MODE_PARSE;
@@ -182,9 +174,6 @@ export class CallIdRewriter {
     if (this.synced[d] === 0) {
       if (!isPptpFramed(buf, dataOff, dataLen)) return Verdict.TRANSLATED;
       this.resync(d, seq);
-    } else if (this.tentative[d] === 1) {
-      this.tentative[d] = 0;
-      if (seq !== this.nextSeq[d] && isPptpFramed(buf, dataOff, dataLen)) this.resync(d, seq);
     }
     const ahead = seqDiff(seq, this.nextSeq[d]);
     if (ahead > 0) {
@@ -222,7 +211,7 @@ export class CallIdRewriter {
   /** Lets go of acknowledged records beyond the few kept for late duplicates. */
   private trim(d: number): void {
     if (this.hasAck[d] === 0) return;
-    const low = this.recFree.available < MAX_PER_DIRECTION;
+    const low = this.recFree.available < this.lowWater;
     while (this.head[d] !== NONE && (this.count[d] > RETAIN || low)) {
       const r = this.head[d];
       if (seqDiff(this.acked[d], this.recSeq[r]) <= 0) break;

@@ -32,7 +32,7 @@ import { Drop, Verdict } from '../../core/verdict';
 import { FlowIndex } from '../../core/flow-index';
 import { SoaRows } from '../../core/table';
 import { SessionTable } from '../../nat/sessions';
-import { TCP_FIN_IN, TCP_FIN_OUT, TCP_SYN_IN, TCP_SYN_OUT } from '../../nat/tcp-tracker';
+import { TCP_FIN_IN, TCP_FIN_OUT } from '../../nat/tcp-tracker';
 import { Packet, SegmentHolder, Tracker } from '../../nat/tracker';
 import { PptpCalls, REFUSED_CALL_ID, ROLE_PAC, ROLE_PNS } from './calls';
 import { AHEAD, CallIdFields, CallIdRewriter, SPLIT_UNDECIDED } from './callid';
@@ -78,6 +78,14 @@ export class PptpControl implements Tracker, CallIdFields {
   /** Segments of the direction held by the engine (beyond a gap). */
   private readonly held: Uint16Array;
   private readonly rewriter: CallIdRewriter;
+  /**
+   * Per TCP session (not a record: a SYN takes no table space): the initial
+   * sequence numbers of both directions from the handshake, and the session
+   * serial they belong to.
+   */
+  private readonly isn: Int32Array;
+  private readonly isnSerial: Float64Array;
+  private readonly isnSeen: Uint8Array;
   /** The engine's hold pool for segments beyond a gap (set when attached). */
   holder: SegmentHolder = { hold: () => false, release: () => undefined, discard: () => undefined };
   /** The segment being walked: its connection, direction and time. */
@@ -105,6 +113,15 @@ export class PptpControl implements Tracker, CallIdFields {
     this.failing = new Uint8Array(capacity * 2);
     this.held = new Uint16Array(capacity * 2);
     this.rewriter = new CallIdRewriter(capacity * 2, capacity * RECORDS_PER_CONNECTION + 4096, this, counters);
+    this.isn = new Int32Array(sessions.capacity * 2);
+    this.isnSerial = new Float64Array(sessions.capacity * 2);
+    this.isnSeen = new Uint8Array(sessions.capacity * 2);
+  }
+
+  /** The sequence number the direction's data starts at, from the SYN seen in it, or undefined. */
+  private dataStart(s: number, dir: number): number | undefined {
+    const i = s * 2 + dir;
+    return this.isnSeen[i] === 1 && this.isnSerial[i] === this.sessions.sSerial[s] ? (this.isn[i] + 1) | 0 : undefined;
   }
 
   get count(): number { return this.rows.count; }
@@ -128,25 +145,38 @@ export class PptpControl implements Tracker, CallIdFields {
     const s = p.session;
     const tcp = p.tcp;
     const flags = tcp.flags;
+    const dir = outbound ? 0 : 1;
+    if ((flags & TCP_SYN) !== 0) {
+      const i = s * 2 + dir;
+      this.isn[i] = tcp.seq;
+      this.isnSerial[i] = t.sSerial[s];
+      this.isnSeen[i] = 1;
+    }
     let ctl = this.find(s);
     if (ctl < 0) {
       // A record only for a connection that carries data after a handshake seen here, or (picked up
       // mid-stream) whose data starts with a control message: a SYN flood takes none.
       if (tcp.dataLen <= 0) return Verdict.TRANSLATED;
-      const handshake = (t.sState[s] & (TCP_SYN_OUT | TCP_SYN_IN)) === (TCP_SYN_OUT | TCP_SYN_IN);
+      const here = this.dataStart(s, dir);
+      const there = this.dataStart(s, dir ^ 1);
+      const handshake = here !== undefined && there !== undefined;
       if (!handshake && !isPptpFramed(p.buf, tcp.dataOff, tcp.dataLen)) return Verdict.TRANSLATED;
       ctl = this.open(s);
       if (ctl < 0) {
         this.counters.counts[PptpCounter.CONTROL_TABLE_FULL]++;
         return Verdict.RESET;
       }
-      const d = ctl * 2 + (outbound ? 0 : 1);
-      this.rewriter.resync(d, tcp.seq);
-      // The connection's first data after the handshake: what it acknowledges is where the other
-      // direction starts. Mid-stream, that direction syncs on its first segment that starts a message.
-      if (handshake && (flags & TCP_ACK_FLAG) !== 0) this.rewriter.resync(d ^ 1, tcp.ack, true);
+      const d = ctl * 2 + dir;
+      if (handshake) {
+        // Both directions start where their SYNs said.
+        this.rewriter.resync(d, here as number);
+        this.rewriter.resync(d ^ 1, there as number);
+      } else {
+        // Mid-stream (after a restart): this direction here; the other on its first segment that starts a message.
+        this.rewriter.resync(d, tcp.seq);
+      }
     }
-    const d = ctl * 2 + (outbound ? 0 : 1);
+    const d = ctl * 2 + dir;
     if ((flags & TCP_SYN) !== 0) {
       this.rewriter.resync(d, (tcp.seq + 1) | 0);
       return Verdict.TRANSLATED;
