@@ -57,6 +57,9 @@ export class Packet {
   /** Inbound: where the packet goes, filled by the tracker (several when it guesses). */
   readonly to = new Targets();
 
+  /** ICMP errors: bytes of the quoted datagram's payload present (at least 8, RFC 792). */
+  get quotedLen(): number { return this.ip.off + this.ip.totalLen - this.inner.payloadOff; }
+
   /** The L4 checksum is CHECKSUM_PARTIAL: only its pseudo-header part may be updated. */
   get partial(): boolean { return (this.vflags & VNET_F_NEEDS_CSUM) !== 0; }
 }

@@ -78,7 +78,8 @@ describe('ISAKMP masquerade (spec §3)', () => {
     assert.deepEqual(dests(h, ike(R, PUBLIC, '1111111122222222', 'aaaaaaaabbbbbbbb')), [L1]);
     const back = parse(h.one(ike(R, PUBLIC, '1111111122222222', 'aaaaaaaabbbbbbbb', 32)));
     assert.deepEqual([back.dst, back.dport], [L1, 500]);
-    // Same initiator cookie, wrong responder cookie: not this exchange.
+    // Once the LAN host went on with that responder cookie: same initiator cookie, wrong responder cookie is not this exchange.
+    h.one(ike(L1, R, '1111111122222222', 'aaaaaaaabbbbbbbb'));
     h.dropped(Drop.ISAKMP_NO_MAPPING, ike(R, PUBLIC, '1111111122222222', 'aaaaaaaabbbbbbbc'));
   });
 
