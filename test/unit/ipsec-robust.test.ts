@@ -227,7 +227,7 @@ describe('crossed SPI pairs after simultaneous rekeys (spec §4.4)', () => {
         h.one(esp(lan, R, out, 10 + round));
         h.now += 5;
         const got = dests(h, esp(R, PUBLIC, inn, 10 + round));
-        h.now += 50;
+        h.now += 400;
         if (round > 0 && got[0] === lan && fixedAfter < 0 && lan === L2) fixedAfter = round;
       }
     }
@@ -252,7 +252,7 @@ describe('crossed SPI pairs after simultaneous rekeys (spec §4.4)', () => {
         h.one(esp(lan, R, out, 10 + round));
         h.now += 5;
         h.send(esp(R, PUBLIC, inn, 10 + round));
-        h.now += 50;
+        h.now += 400;
       }
     }
     for (const [lan, out, inn] of HOSTS) {
@@ -260,6 +260,25 @@ describe('crossed SPI pairs after simultaneous rekeys (spec §4.4)', () => {
       assert.deepEqual(dests(h, esp(R, PUBLIC, inn, 99)), [lan], `${lan} gets its own traffic`);
     }
     assert.equal(events(h)['esp-repaired'], 2);
+  });
+
+  it('hosts sending close together are never re-paired on answers that could be either\'s', () => {
+    const h = setup({ guessing: false });
+    for (const [lan, out, inn] of HOSTS.slice(0, 2)) {
+      h.one(esp(lan, R, out, 1));
+      h.one(esp(R, PUBLIC, inn, 1));
+    }
+    // Each round: L1 sends, L2 sends 10 ms later, then L1's answer, then L2's: every answer follows the other's packet.
+    for (let i = 0; i < 20; i++) {
+      h.one(esp(L1, R, 0x1001, 10 + i));
+      h.now += 10;
+      h.one(esp(L2, R, 0x1002, 10 + i));
+      h.now += 5;
+      assert.deepEqual(dests(h, esp(R, PUBLIC, 0x9001, 10 + i)), [L1]);
+      assert.deepEqual(dests(h, esp(R, PUBLIC, 0x9002, 10 + i)), [L2]);
+      h.now += 20;
+    }
+    assert.equal(events(h)['esp-repaired'], 0);
   });
 
   it('an established pair is never re-paired after the watch window, nor when its own SPI answers', () => {

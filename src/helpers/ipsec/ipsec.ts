@@ -60,11 +60,14 @@ const BY_ICOOKIE = 2;
  * Crossed SPI pairs (two hosts' new SAs with one remote completed by each
  * other's first inbound SPI): watched this long after an entry is
  * established; an inbound packet within RESPONSE_MS of an outbound one
- * answers it; REPAIR_EVIDENCE answers in another entry's inbound SPI, and
- * none in its own, re-pair them.
+ * answers it, if no other entry sent to that remote in the ISOLATION_MS
+ * before (so an answer is never credited to the wrong sender);
+ * REPAIR_EVIDENCE answers in another entry's inbound SPI, and none in its
+ * own, re-pair them.
  */
 const REPAIR_WINDOW_MS = 120_000;
-const RESPONSE_MS = 500;
+const RESPONSE_MS = 300;
+const ISOLATION_MS = 300;
 const REPAIR_EVIDENCE = 3;
 
 const NONE = -1;
@@ -136,9 +139,15 @@ export class IpsecMasq {
   private readonly rRecentSeen: Float64Array;
   /** The newest forwarded-server ISAKMP entry with this remote, or -1 (inbound ESP steering, spec §6). */
   private readonly rServer: Int32Array;
-  /** The young established entry that last sent to this remote, and when (crossed-pair watch). */
+  /**
+   * Crossed-pair watch: the young established entry that last sent to this
+   * remote and when, when another entry last sent before it, and whether an
+   * answer was credited since.
+   */
   private readonly rLastOut: Int32Array;
   private readonly rLastOutAt: Float64Array;
+  private readonly rOtherOutAt: Float64Array;
+  private readonly rCredited: Uint8Array;
   private readonly rFree: SoaRows;
 
   private readonly ahFlows = new FlowIndex(AH_FLOWS);
@@ -185,6 +194,8 @@ export class IpsecMasq {
     this.rServer = new Int32Array(cap).fill(NONE);
     this.rLastOut = new Int32Array(cap).fill(NONE);
     this.rLastOutAt = new Float64Array(cap);
+    this.rOtherOutAt = new Float64Array(cap).fill(-Infinity);
+    this.rCredited = new Uint8Array(cap);
     this.rFree = new SoaRows(cap);
   }
 
@@ -371,10 +382,7 @@ export class IpsecMasq {
       this.ePktsOut[e]++;
       if (st === ESP_ESTABLISHED) {
         this.eExpires[e] = now + this.opts.lifetimeMs;
-        if (now - this.eEstablishedAt[e] < REPAIR_WINDOW_MS) {
-          this.rLastOut[this.eRemote[e]] = e;
-          this.rLastOutAt[this.eRemote[e]] = now;
-        }
+        if (now - this.eEstablishedAt[e] < REPAIR_WINDOW_MS) this.sent(e, now);
         return TRANSLATED;
       }
       // Pending: a retransmit restarts the timer; retries only count once another flow was turned away.
@@ -492,8 +500,9 @@ export class IpsecMasq {
   private answer(x: number, now: number): number {
     const r = this.eRemote[x];
     const o = this.rLastOut[r];
-    if (o < 0 || now - this.rLastOutAt[r] > RESPONSE_MS) return x;
-    this.rLastOut[r] = NONE;
+    if (o < 0 || this.rCredited[r] === 1 || now - this.rLastOutAt[r] > RESPONSE_MS ||
+      this.rLastOutAt[r] - this.rOtherOutAt[r] < ISOLATION_MS) return x;
+    this.rCredited[r] = 1;
     if (o === x) {
       this.eAnswered[x]++;
       return x;
@@ -524,6 +533,17 @@ export class IpsecMasq {
     }
     this.events.push(IpsecEvent.ESP_REPAIRED, this.eLan[o], rem, b, this.eLan[x]);
     return o;
+  }
+
+  /** A young established entry sent to its remote: the next answer may be its. */
+  private sent(e: number, now: number): void {
+    const r = this.eRemote[e];
+    if (this.rLastOut[r] !== e) {
+      if (this.rLastOut[r] >= 0) this.rOtherOutAt[r] = this.rLastOutAt[r];
+      this.rLastOut[r] = e;
+    }
+    this.rLastOutAt[r] = now;
+    this.rCredited[r] = 0;
   }
 
   // ---- ICMP errors about IPsec traffic (spec §9.14) ------------------------------
@@ -723,6 +743,8 @@ export class IpsecMasq {
     this.rLive[r] = 0;
     this.rRecentSeen.fill(-1, r * GUESS_SLOTS, (r + 1) * GUESS_SLOTS);
     this.rServer[r] = NONE;
+    this.rLastOut[r] = NONE;
+    this.rOtherOutAt[r] = -Infinity;
     this.rIndex.set(rem, 0, 0, 0, r);
     return r;
   }
