@@ -88,11 +88,12 @@ for (const mode of ['shared', 'dedicated'] as const) describe(`IPsec masquerade 
   });
 
   it('guessing: ESP on an unknown SPI goes to every host that recently spoke ISAKMP with the remote', async () => {
+    // The listeners count for 6 s from when they are ready: long enough for the sender to start on a loaded machine.
     const before = await events();
-    const listeners = await Promise.all([0, 1, 2].map((i) => peerServer(lab, lab.ns.lan[i], ['listen-raw', '--proto', '50', '--seconds', '2'])));
+    const listeners = await Promise.all([0, 1, 2].map((i) => peerServer(lab, lab.ns.lan[i], ['listen-raw', '--proto', '50', '--seconds', '6'])));
     await peer(lab, lab.ns.vpnServer, ['raw', '--dst', pub, '--proto', '50', '--hex', '7e7e7e7e00000001' + '00'.repeat(32)]);
     const got = await Promise.all(listeners.map(async (l) => JSON.parse((await l.result).trim().split('\n').pop() as string).received));
-    assert.deepEqual(got, [1, 1, 1], JSON.stringify(await router.stats()));
+    assert.deepEqual(got, [1, 1, 1]);
     const after = await events();
     assert.equal(after['esp-guess'] - before['esp-guess'], 1);
   });
@@ -120,7 +121,7 @@ for (const mode of ['shared', 'dedicated'] as const) describe(`IPsec masquerade 
 
   it('ICMP fragmentation-needed quoting outbound ESP reaches the sender', async () => {
     const spi = '5f5f5f01';
-    const l = await peerServer(lab, lab.ns.lan[2], ['listen-raw', '--proto', '1', '--seconds', '2', '--dump']);
+    const l = await peerServer(lab, lab.ns.lan[2], ['listen-raw', '--proto', '1', '--seconds', '6', '--dump']);
     await peer(lab, lab.ns.lan[2], ['raw', '--dst', lab.addr.far, '--proto', '50', '--hex', spi + '00000001' + 'ab'.repeat(1392)]);
     const r = JSON.parse((await l.result).trim().split('\n').pop() as string);
     const fragNeeded = (r.packets as string[]).map((h) => Buffer.from(h, 'hex')).find((p) => {
