@@ -3,7 +3,9 @@
 // open() creates/attaches a TUN device with a virtio_net_hdr prefix and kernel
 // offloads; start() drives the non-blocking fd from a uv_poll_t on Node's loop:
 // each wakeup reads a batch of packets into a JS-registered arena, calls JS once
-// with the count, and writes back the packets JS lists in txList.
+// with the count, and writes back the packets JS lists in txList. A device that
+// fails (POLLERR, or a read/write error such as EBADFD once it was deleted) stops
+// the loop and is reported to onEvent; so is an exception that onBatch let escape.
 // See include/uapi/linux/if_tun.h and include/uapi/linux/virtio_net.h.
 
 #include <napi.h>
@@ -62,15 +64,28 @@ enum Stat : uint32_t {
   STATS_COUNT = 11,
 };
 
+// read()/write() errors that mean the device itself is gone or broken, not the
+// packet: EBADFD once the interface was deleted (tun_chr_read_iter/write_iter
+// with no tun attached), EBADF/ENODEV/ENXIO/EIO for a dead fd or device.
+bool IsDeviceErrno(int err) {
+  return err == EBADFD || err == EBADF || err == ENODEV || err == ENXIO || err == EIO;
+}
+
 // Read/onBatch/write rounds per poll wakeup before yielding to the loop.
 constexpr int kMaxRoundsPerWakeup = 8;
 // Bounds of the per-device queue of packets the TUN would not take yet.
 constexpr size_t kMaxQueuedPackets = 4096;
 constexpr size_t kMaxQueuedBytes = 32u << 20;
 
+// errno's symbolic name ("EBADFD"); libuv's table lacks some that TUN returns.
+const char* ErrnoName(int err) {
+  const char* name = strerrorname_np(err);  // glibc >= 2.32
+  return name != nullptr ? name : uv_err_name(-err);
+}
+
 void ThrowErrno(Napi::Env env, const std::string& what, int err) {
   Napi::Error e = Napi::Error::New(env, what + ": " + strerror(err));
-  e.Set("code", Napi::String::New(env, uv_err_name(-err)));
+  e.Set("code", Napi::String::New(env, ErrnoName(err)));
   e.Set("errno", Napi::Number::New(env, err));
   e.ThrowAsJavaScriptException();
 }
@@ -121,7 +136,13 @@ struct Poller {
   Napi::Reference<Napi::Uint32Array> txListRef;
   Napi::Reference<Napi::Float64Array> statsRef;
   Napi::FunctionReference onBatch;
+  Napi::FunctionReference onEvent;
   std::unique_ptr<Napi::AsyncContext> asyncContext;
+  // errno of the device failure that stopped the loop (0 while healthy), and
+  // the operation that met it.
+  int deviceErrno = 0;
+  const char* deviceOp = nullptr;
+  bool reported = false;
 
   uint8_t* arena = nullptr;
   size_t arenaLen = 0;
@@ -140,7 +161,7 @@ struct Poller {
   }
 
   void SetEvents(int wanted) {
-    if (closing || wanted == events) return;
+    if (closing || deviceErrno != 0 || wanted == events) return;
     if (uv_poll_start(&poll, wanted, OnPoll) == 0) events = wanted;
   }
 
@@ -156,6 +177,7 @@ struct Poller {
         return WriteResult::kRetry;
       }
       stats[TX_ERRORS] += 1;  // e.g. EINVAL: malformed packet or vnet header
+      if (IsDeviceErrno(errno)) Fail("write", errno);
       return WriteResult::kFailed;
     }
   }
@@ -182,13 +204,17 @@ struct Poller {
         continue;
       }
       const uint8_t* p = arena + off;
+      if (deviceErrno != 0) {
+        stats[TX_ERRORS] += 1;
+        continue;
+      }
       if (!queue.empty() || WriteOne(p, len) == WriteResult::kRetry) Enqueue(p, len);
     }
     if (!queue.empty()) SetEvents(UV_READABLE | UV_WRITABLE);
   }
 
   void DrainQueue() {
-    while (!queue.empty()) {
+    while (!queue.empty() && deviceErrno == 0) {
       std::vector<uint8_t>& pkt = queue.front();
       if (WriteOne(pkt.data(), pkt.size()) == WriteResult::kRetry) break;
       queueBytes -= pkt.size();
@@ -210,9 +236,15 @@ struct Poller {
           *drained = true;
           break;
         }
-        // EINTR retries; anything else (e.g. EFAULT: packet larger than a slot,
-        // already dropped by the kernel) is counted and the next packet read.
-        if (errno != EINTR) stats[RX_ERRORS] += 1;
+        // EINTR retries; a device error stops the loop; anything else (e.g.
+        // EFAULT: packet larger than a slot, already dropped by the kernel) is
+        // counted and the next packet read.
+        if (errno == EINTR) continue;
+        stats[RX_ERRORS] += 1;
+        if (IsDeviceErrno(errno)) {
+          Fail("read", errno);
+          break;
+        }
         continue;
       }
       rxLens[count++] = static_cast<uint32_t>(r);
@@ -223,30 +255,63 @@ struct Poller {
   }
 
   // Calls onBatch(count); returns the number of tx entries, or -1 when the
-  // callback threw or returned something other than a valid count.
+  // callback threw or returned something other than a valid count. Either way
+  // the batch is not written (onBatch did not say what is complete) and JS
+  // hears of it through onEvent.
   int64_t CallOnBatch(uint32_t count) {
     Napi::Value ret = onBatch.Call({Napi::Number::New(env, count)});
     uint32_t n;
     if (env.IsExceptionPending()) {
-      env.GetAndClearPendingException();
-    } else if (GetCount(ret, txCapacity, &n)) {
-      return n;
+      stats[ERR_CALLBACK] += 1;
+      Napi::Object ev = Napi::Object::New(env);
+      ev.Set("kind", "callback-error");
+      ev.Set("error", env.GetAndClearPendingException().Value());
+      ev.Set("dropped", Napi::Number::New(env, count));
+      Emit(ev);
+      return -1;
     }
+    if (GetCount(ret, txCapacity, &n)) return n;
     stats[ERR_CALLBACK] += 1;
+    Napi::Object ev = Napi::Object::New(env);
+    ev.Set("kind", "callback-error");
+    ev.Set("error", Napi::Error::New(env, "onBatch returned " + ret.ToString().Utf8Value() +
+                                              ", not a tx count in [0, txList.length / 2]").Value());
+    ev.Set("dropped", Napi::Number::New(env, count));
+    Emit(ev);
     return -1;
   }
 
-  void ReadRounds() {
-    Napi::HandleScope handleScope(env);
-    // One callback scope per wakeup: microtasks and nextTicks queued by onBatch
-    // run when it closes, as after any other libuv-driven callback. The
-    // resource argument is ignored by Node (the async context carries it).
-    napi_callback_scope scope;
-    if (napi_open_callback_scope(env, nullptr, *asyncContext, &scope) != napi_ok) {
-      stats[ERR_CALLBACK] += 1;
-      return;
+  // Calls onEvent(ev) inside the callback scope ReadRounds/OnPoll opened. An
+  // exception from the handler itself is raised as an uncaught exception.
+  void Emit(Napi::Object ev) {
+    onEvent.Call({ev});
+    if (env.IsExceptionPending()) {
+      napi_fatal_exception(env, env.GetAndClearPendingException().Value());
     }
-    for (int round = 0; round < kMaxRoundsPerWakeup; ++round) {
+  }
+
+  // The device failed: stop polling for good (the fd stays open until close())
+  // and report it once, after the current round.
+  void Fail(const char* op, int err) {
+    if (deviceErrno != 0) return;
+    deviceErrno = err;
+    deviceOp = op;
+    if (!closing) uv_poll_stop(&poll);
+    events = 0;
+  }
+
+  void EmitDeviceError() {
+    Napi::Object ev = Napi::Object::New(env);
+    ev.Set("kind", "device-error");
+    ev.Set("op", deviceOp);
+    ev.Set("code", ErrnoName(deviceErrno));
+    ev.Set("errno", Napi::Number::New(env, deviceErrno));
+    ev.Set("message", std::string(deviceOp) + ": " + strerror(deviceErrno));
+    Emit(ev);
+  }
+
+  void ReadRounds() {
+    for (int round = 0; round < kMaxRoundsPerWakeup && deviceErrno == 0; ++round) {
       bool drained;
       uint32_t count = ReadBatch(&drained);
       if (count == 0) break;
@@ -256,26 +321,42 @@ struct Poller {
       if (n > 0) Transmit(static_cast<uint32_t>(n));
       if (drained) break;
     }
-    napi_close_callback_scope(env, scope);
   }
 
   static void OnPoll(uv_poll_t* handle, int status, int events) {
     Poller* self = static_cast<Poller*>(handle->data);
-    if (status < 0) {
-      // POLLERR (e.g. the device was deleted): libuv has stopped the handle.
-      self->stats[RX_ERRORS] += 1;
-      self->events = 0;
+    Napi::HandleScope handleScope(self->env);
+    // One callback scope per wakeup: microtasks and nextTicks queued by onBatch
+    // run when it closes, as after any other libuv-driven callback. The
+    // resource argument is ignored by Node (the async context carries it).
+    napi_callback_scope scope;
+    if (napi_open_callback_scope(self->env, nullptr, *self->asyncContext, &scope) != napi_ok) {
+      self->stats[ERR_CALLBACK] += 1;
       return;
     }
-    if (events & UV_WRITABLE) self->DrainQueue();
-    if ((events & UV_READABLE) && !self->closing) self->ReadRounds();
+    if (status < 0) {
+      // POLLERR (the device was deleted, or failed): libuv has stopped the
+      // handle and reports UV_EBADF. A read says what the device reports.
+      self->events = 0;
+      self->stats[RX_ERRORS] += 1;
+      ssize_t r = read(self->fd, self->arena, self->slotSize);
+      self->Fail("poll", r < 0 && errno != EAGAIN && errno != EINTR ? errno : -status);
+    } else {
+      if (events & UV_WRITABLE) self->DrainQueue();
+      if ((events & UV_READABLE) && !self->closing) self->ReadRounds();
+    }
+    if (self->deviceErrno != 0 && !self->closing && !self->reported) {
+      self->reported = true;
+      self->EmitDeviceError();
+    }
+    napi_close_callback_scope(self->env, scope);
   }
 
   void Close() {
     if (closing) return;
     closing = true;
     addon->pollers.erase(id);
-    uv_poll_stop(&poll);
+    uv_poll_stop(&poll);  // a no-op when Fail() stopped it already
     uv_close(reinterpret_cast<uv_handle_t*>(&poll), OnClosed);
   }
 
@@ -383,18 +464,18 @@ Napi::Value Open(const Napi::CallbackInfo& info) {
   return result;
 }
 
-// start(fd, arena, slotSize, rxSlots, rxLens, txList, stats, onBatch) -> handle
+// start(fd, arena, slotSize, rxSlots, rxLens, txList, stats, onBatch, onEvent) -> handle
 Napi::Value Start(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   uint32_t fd, slotSize, rxSlots;
-  if (info.Length() < 8 || !GetCount(info[0], INT32_MAX, &fd) ||
+  if (info.Length() < 9 || !GetCount(info[0], INT32_MAX, &fd) ||
       !IsTypedArrayOf(info[1], napi_uint8_array) || !GetCount(info[2], UINT32_MAX, &slotSize) ||
       !GetCount(info[3], UINT32_MAX, &rxSlots) || !IsTypedArrayOf(info[4], napi_uint32_array) ||
       !IsTypedArrayOf(info[5], napi_uint32_array) || !IsTypedArrayOf(info[6], napi_float64_array) ||
-      !info[7].IsFunction()) {
+      !info[7].IsFunction() || !info[8].IsFunction()) {
     ThrowType(env,
               "start(fd, arena: Uint8Array, slotSize, rxSlots, rxLens: Uint32Array, "
-              "txList: Uint32Array, stats: Float64Array, onBatch: function)");
+              "txList: Uint32Array, stats: Float64Array, onBatch: function, onEvent: function)");
     return env.Undefined();
   }
   Napi::Uint8Array arena = info[1].As<Napi::Uint8Array>();
@@ -434,6 +515,7 @@ Napi::Value Start(const Napi::CallbackInfo& info) {
   p->txListRef = Napi::Persistent(txList);
   p->statsRef = Napi::Persistent(stats);
   p->onBatch = Napi::Persistent(info[7].As<Napi::Function>());
+  p->onEvent = Napi::Persistent(info[8].As<Napi::Function>());
   p->asyncContext = std::make_unique<Napi::AsyncContext>(env, "vpnmasq:tun");
   p->arena = arena.Data();
   p->arenaLen = arena.ByteLength();
@@ -470,6 +552,10 @@ Napi::Value Flush(const Napi::CallbackInfo& info) {
         .ThrowAsJavaScriptException();
   } else {
     p->Transmit(n);
+    if (p->deviceErrno != 0 && !p->reported) {
+      p->reported = true;
+      p->EmitDeviceError();
+    }
   }
   return env.Undefined();
 }

@@ -6,7 +6,8 @@
  * new one is bad, SIGTERM/SIGINT send STOPPING=1, flush and exit cleanly.
  * Leftovers of a crashed run are removed by Daemon.start().
  */
-import { Config, ConfigError, loadConfig, reloadable } from './config';
+import { Config, ConfigError, loadConfig } from '../config/schema';
+import { reloadable } from './reload';
 import { Daemon } from './daemon';
 import { createLogger, Logger } from './log';
 import { loadTunNative } from '../edge/tun/native';
@@ -58,18 +59,20 @@ export function loadReload(path: string, current: Config): { config: Config } | 
 export async function runDaemon(configPath: string, config: Config): Promise<void> {
   const log = createLogger(config.log);
   const notify = new Notifier();
-  const daemon = new Daemon(config, log);
+  // A failed TUN device or a packet path that keeps throwing: no more watchdog
+  // pings, the state flushed by stop(), and a non-zero exit for a restart.
+  const daemon = new Daemon(config, log, { onFatal: (reason) => stop('fatal', EXIT_FAILURE, reason.message) });
   let watchdog: NodeJS.Timeout | null = null;
   let stopping = false;
   let reloading: Promise<void> = Promise.resolve();
 
-  const stop = (signal: string): void => {
+  const stop = (signal: string, code = 0, status?: string): void => {
     if (stopping) return;
     stopping = true;
     if (watchdog) clearInterval(watchdog);
-    notify.send('STOPPING=1');
+    notify.send(status === undefined ? 'STOPPING=1' : `STOPPING=1\nSTATUS=${status}`);
     log.info('stopping', { signal });
-    reloading.then(() => daemon.stop()).then(() => process.exit(0), (e: Error) => {
+    reloading.then(() => daemon.stop()).then(() => process.exit(code), (e: Error) => {
       log.error('stop failed', { error: e.message });
       process.exit(EXIT_FAILURE);
     });

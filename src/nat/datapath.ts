@@ -50,8 +50,13 @@ export class Datapath {
     this.napt = new Napt(table, this.frags, this.arena, options);
   }
 
-  /** Translates `count` packets read into the receive slots; returns how many tx entries to write. */
-  processBatch(count: number, now: number): number {
+  /**
+   * Translates `count` packets read into the receive slots; returns how many
+   * tx entries to write. A packet whose translation throws is not written (it
+   * may be half rewritten): it goes to `onError` with its index and the batch
+   * goes on with the next one.
+   */
+  processBatch(count: number, now: number, onError: (error: unknown, index: number) => void): number {
     const napt = this.napt;
     const tx = this.tx;
     const slotSize = this.layout.slotSize;
@@ -59,7 +64,14 @@ export class Datapath {
     napt.now = now;
     this.frags.recycleReleased();
     tx.count = 0;
-    for (let i = 0; i < count; i++) napt.process(i * slotSize, lens[i], tx);
+    let i = 0;
+    while (i < count) {
+      try {
+        for (; i < count; i++) napt.process(i * slotSize, lens[i], tx);
+      } catch (e) {
+        onError(e, i++);
+      }
+    }
     return tx.count;
   }
 }

@@ -1,4 +1,4 @@
-// Lab test of the TUN addon (native/tun.cc) through TunDevice. Needs root,
+// Lab test of the TUN addon (native/tun.cc) through NativeTun. Needs root,
 // /dev/net/tun and iproute2; skipped otherwise. Each run creates its own network
 // namespace and removes it afterwards.
 //
@@ -14,7 +14,8 @@ import net from 'node:net';
 import readline from 'node:readline';
 import { after, before, describe, it } from 'node:test';
 import { Stat, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, VNET_HDR_LEN } from '../../src/edge/tun/native';
-import { TunDevice } from '../../src/edge/tun/tun-device';
+import type { TunEvent } from '../../src/edge/tun/device';
+import { NativeTun } from '../../src/edge/tun/native-tun';
 
 const ROLE_ENV = 'VMQTUN_ROLE';
 const DEV_ENV = 'VMQTUN_DEV';
@@ -203,6 +204,7 @@ type ChildEvent =
   | { event: 'opened'; name: string; offloads: number; offloadError: string | null }
   | ({ event: 'rx' } & RxSummary)
   | { event: 'closed'; stats: number[] }
+  | { event: 'tun-event'; tunEvent: Exclude<TunEvent, { kind: 'callback-error' }> | { kind: 'callback-error'; message: string; dropped: number }; stats: number[] }
   | { event: 'udp-reply'; from: string; port: number; payload: string }
   | { event: 'tcp-connected' };
 
@@ -212,24 +214,30 @@ function emit(e: ChildEvent): void {
 
 /** Opens the TUN, answers traffic; stdin "close" closes it, end of stdin exits. */
 function runRouter(): void {
-  const dev = TunDevice.open(process.env[DEV_ENV] ?? '', { offloads: process.env[OFFLOADS_ENV] === '1' });
+  const dev = NativeTun.open(process.env[DEV_ENV] ?? '', { offloads: process.env[OFFLOADS_ENV] === '1' });
   const arena = new Uint8Array(SLOT_SIZE * RX_SLOTS);
   const view = new DataView(arena.buffer);
   const rxLens = new Uint32Array(RX_SLOTS);
   const txList = new Uint32Array(2 * RX_SLOTS);
-  dev.start(arena, SLOT_SIZE, RX_SLOTS, rxLens, txList, (count) => {
-    let n = 0;
-    for (let i = 0; i < count; i++) {
-      const off = i * SLOT_SIZE;
-      emit({ event: 'rx', ...summarize(view, off, rxLens[i]) });
-      const replyLen = answer(arena, view, off, rxLens[i]);
-      if (replyLen > 0) {
-        txList[2 * n] = off;
-        txList[2 * n + 1] = replyLen;
-        n++;
+  dev.start({ arena, slotSize: SLOT_SIZE, rxSlots: RX_SLOTS, rxLens, txList }, {
+    onBatch: (count) => {
+      let n = 0;
+      for (let i = 0; i < count; i++) {
+        const off = i * SLOT_SIZE;
+        emit({ event: 'rx', ...summarize(view, off, rxLens[i]) });
+        const replyLen = answer(arena, view, off, rxLens[i]);
+        if (replyLen > 0) {
+          txList[2 * n] = off;
+          txList[2 * n + 1] = replyLen;
+          n++;
+        }
       }
-    }
-    return n;
+      return n;
+    },
+    onEvent: (e) => {
+      const tunEvent = e.kind === 'callback-error' ? { kind: e.kind, message: String(e.error), dropped: e.dropped } : e;
+      emit({ event: 'tun-event', tunEvent, stats: Array.from(dev.stats) });
+    },
   });
   emit({ event: 'opened', name: dev.name, offloads: dev.offloads, offloadError: dev.offloadError });
 
@@ -493,6 +501,31 @@ function registerTests(): void {
         const stats = await closeAndCheck(router, dev);
         assert.ok(stats[Stat.RX_PACKETS] >= 3, `rx packets ${stats[Stat.RX_PACKETS]}`);
         assert.ok(stats[Stat.TX_PACKETS] >= 2, `tx packets ${stats[Stat.TX_PACKETS]}`);
+      });
+    });
+
+    describe('device removed under the loop', () => {
+      const dev = `vmq${suffix}d`;
+
+      it('(g) ip link del: the loop reports a device error once and stops; close() still works', async () => {
+        const router = startChild('router', { [DEV_ENV]: dev, [OFFLOADS_ENV]: '1' });
+        await router.waitFor('opened');
+        await udpRoundTrip(router, dev);
+        ip('-n', ns, 'link', 'del', dev);
+        const { tunEvent, stats } = await router.waitFor('tun-event');
+        assert.equal(tunEvent.kind, 'device-error');
+        assert.ok(tunEvent.kind === 'device-error');
+        assert.equal(tunEvent.code, 'EBADFD', JSON.stringify(tunEvent));
+        assert.match(tunEvent.message, /File descriptor in bad state/);
+        assert.ok(stats[Stat.RX_ERRORS] >= 1, `rx errors ${stats[Stat.RX_ERRORS]}`);
+        assert.ok(router.running, 'router still running: the owner decides what to do');
+        await new Promise((r) => setTimeout(r, 300));
+        assert.equal(router.events.filter((e) => e.event === 'tun-event').length, 1, 'reported once, no busy loop');
+        router.send('close');
+        await router.waitFor('closed');
+        router.endInput();
+        await router.waitExit();
+        assert.equal(router.exitCode, 0);
       });
     });
 

@@ -1,6 +1,7 @@
 // Typed binding to the vpnmasq_tun N-API addon (native/tun.cc, native/notify.cc).
 import fs from 'node:fs';
 import path from 'node:path';
+import type { TunEvent } from './device';
 
 // TUNSETOFFLOAD flags, include/uapi/linux/if_tun.h.
 export const TUN_F_CSUM = 0x01;
@@ -28,7 +29,7 @@ export const Stat = {
   TX_ERRORS: 7,
   /** read() failures other than EAGAIN, and poll errors (device gone). */
   RX_ERRORS: 8,
-  /** onBatch threw or returned an invalid count; that batch's tx entries were dropped. */
+  /** onBatch threw or returned an invalid count: that batch was not written (reported to onEvent). */
   ERR_CALLBACK: 9,
   /** Current length of the native queue. */
   TX_QUEUE_LEN: 10,
@@ -57,7 +58,10 @@ export type OnBatch = (count: number) => number;
 export interface TunNative {
   /** Creates or attaches to TUN device `name` (IFF_TUN|IFF_NO_PI, plus IFF_VNET_HDR). */
   open(name: string, vnetHdr: boolean, offloadMask: number): TunOpenResult;
-  /** Starts polling `fd` on the Node event loop; returns a handle for flush/stop. */
+  /**
+   * Starts polling `fd` on the Node event loop; returns a handle for flush/stop.
+   * A device error stops the loop and is passed to onEvent once.
+   */
   start(
     fd: number,
     arena: Uint8Array,
@@ -67,6 +71,7 @@ export interface TunNative {
     txList: Uint32Array,
     stats: Float64Array,
     onBatch: OnBatch,
+    onEvent: (event: TunEvent) => void,
   ): number;
   /** Writes txList entries [0, n) now, outside a batch. */
   flush(handle: number, n: number): void;

@@ -1,7 +1,7 @@
-// A TUN device with a virtio_net_hdr on every packet, driven by the native poll loop.
+// The kernel TUN device with a virtio_net_hdr on every packet, driven by the native poll loop.
+import type { TunBuffers, TunDevice, TunSink } from './device';
 import {
   loadTunNative,
-  type OnBatch,
   TUN_F_CSUM,
   TUN_F_TSO4,
   TUN_F_TSO6,
@@ -13,16 +13,15 @@ import {
 /** Offloads requested when enabled; USO is dropped automatically before Linux 6.2. */
 const ALL_OFFLOADS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_USO4 | TUN_F_USO6;
 /** Room for all Stat indexes, with spare slots. */
-const STATS_LENGTH = 16;
+export const STATS_LENGTH = 16;
 
 export interface TunOpenOptions {
   /** Request checksum and TSO/USO offloads (GSO super-packets up to 64 KiB). */
   offloads: boolean;
 }
 
-export class TunDevice {
+export class NativeTun implements TunDevice {
   readonly vnetHdrLen = VNET_HDR_LEN;
-  /** Counters indexed by Stat, updated by the native loop. */
   readonly stats = new Float64Array(STATS_LENGTH);
   private handle: number | null = null;
   private closed = false;
@@ -30,32 +29,22 @@ export class TunDevice {
   private constructor(
     readonly name: string,
     readonly fd: number,
-    /** TUN_F_* mask actually enabled. */
     readonly offloads: number,
     readonly offloadError: string | null,
   ) {}
 
   /** Creates the device, or attaches to an existing one named `name`. */
-  static open(name: string, options: TunOpenOptions): TunDevice {
+  static open(name: string, options: TunOpenOptions): NativeTun {
     const r = loadTunNative().open(name, true, options.offloads ? ALL_OFFLOADS : 0);
-    return new TunDevice(r.name, r.fd, r.offloads, r.offloadError);
+    return new NativeTun(r.name, r.fd, r.offloads, r.offloadError);
   }
 
-  /**
-   * Starts reading batches into `arena` (rxSlots slots of slotSize bytes; use
-   * VNET_HDR_LEN + 65535 with offloads) and calling onBatch; see OnBatch.
-   */
-  start(
-    arena: Uint8Array,
-    slotSize: number,
-    rxSlots: number,
-    rxLens: Uint32Array,
-    txList: Uint32Array,
-    onBatch: OnBatch,
-  ): void {
+  /** Use VNET_HDR_LEN + 65535 as slotSize with offloads. */
+  start(b: TunBuffers, sink: TunSink): void {
     if (this.closed) throw new Error(`TUN ${this.name} is closed`);
     if (this.handle !== null) throw new Error(`TUN ${this.name} is already started`);
-    this.handle = loadTunNative().start(this.fd, arena, slotSize, rxSlots, rxLens, txList, this.stats, onBatch);
+    this.handle = loadTunNative().start(this.fd, b.arena, b.slotSize, b.rxSlots, b.rxLens, b.txList, this.stats,
+      (count) => sink.onBatch(count), (event) => sink.onEvent(event));
   }
 
   /** Writes txList entries [0, n) now, e.g. packets released by a timer. */
