@@ -16,8 +16,9 @@ exits; every wait is bounded by --timeout. Subcommands:
   listen-raw  --proto N --seconds T [--dump]  count raw packets of a protocol arriving at this host
   ike-esp-responder --seconds T [--idle I] [--silent-spi S,...] [--push-spis S,... --push-delay D]
               answer IKEv1-style headers on UDP 500 and raw ESP with own SPIs; for the --push-spis, D seconds after the
-              first of their Quick Modes, send one ESP packet on each of its own new SPIs, in reverse order (a remote
-              that starts using new SAs before the hosts do: the order that crosses serialized pairs)
+              first of their Quick Modes, send one ESP packet on each of its own new SPIs, in reverse order, and only
+              then answer on them (a remote that starts using new SAs before answering the hosts' first packets:
+              the order that crosses serialized pairs)
   ike-esp-client --host R --icookie HEX --spi S [--packets K] [--rekey-spi S2] [--start-at EPOCH] [--rekey-at EPOCH] [--backoff]
               Main+Quick Mode, then raw ESP; --rekey-at: the rekey's Quick Mode waits for that time; --backoff:
               the send interval doubles (with jitter) while packets go unanswered, as a transport would
@@ -258,6 +259,7 @@ def ike_esp_responder(a):
     push = set(int(x, 0) for x in a.push_spis.split(",") if x)
     pushes = []  # (own spi, peer) of the push SPIs' Quick Modes, in order
     push_at = None
+    pushed = False
     seen = {"ike": 0, "esp": {}, "ikeFrom": [], "pushed": []}
     print("ready", file=sys.stderr, flush=True)
     end = time.time() + a.seconds
@@ -267,7 +269,7 @@ def ike_esp_responder(a):
             for spi, peer in reversed(pushes):
                 r.sendto(esp_packet(spi, 1, b"PUSH"), (peer[0], 0))
                 seen["pushed"].append("%08x" % spi)
-            pushes, push_at = [], None
+            pushes, push_at, pushed = [], None, True
         wait = 0.2 if push_at is None else max(0.0, min(0.2, push_at - time.time()))
         ready, _, _ = select.select([u, r], [], [], wait)
         if ready:
@@ -295,7 +297,8 @@ def ike_esp_responder(a):
             spi, seq = struct.unpack("!II", data[hl:hl + 8])
             key = "%08x" % spi
             seen["esp"][key] = seen["esp"].get(key, 0) + 1
-            if spi not in silent:
+            # The push SPIs are answered only once the remote has started on its new SAs itself.
+            if spi not in silent and not (spi in push and not pushed):
                 r.sendto(esp_packet(responder_spi(spi), seq, data[hl + 8:]), (peer[0], 0))
     seen["ikeFrom"] = sorted(set(seen["ikeFrom"]))
     out(seen)
