@@ -225,6 +225,7 @@ describe('PPTP control-connection table (issue: it failed open)', () => {
     const { h, ctl, pptp } = pptpHarness();
     for (let i = 0; i < 64; i++) control(h, L2, 30000 + i).out(pptpMsg(1));
     assert.equal(ctl.count, 64);
+    assert.deepEqual(pptp.stats().controlStates, { none: 0, requested: 64, confirmed: 0, stopping: 0 });
     const c = control(h, L1, 40000);
     const before = Float64Array.from(h.napt.drops.counts);
     const out = c.out(pptpMsg(7, 0x6602));

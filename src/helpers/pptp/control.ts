@@ -126,6 +126,13 @@ export class PptpControl implements Tracker, CallIdFields {
 
   get count(): number { return this.rows.count; }
 
+  /** Control connections by state (netfilter's session states), for `stats`. */
+  byState(): { none: number; requested: number; confirmed: number; stopping: number } {
+    const n = [0, 0, 0, 0];
+    for (let c = 0; c < this.capacity; c++) if (this.rows.inUse[c] === 1) n[this.state[c]]++;
+    return { none: n[CTL_NONE], requested: n[CTL_REQUESTED], confirmed: n[CTL_CONFIRMED], stopping: n[CTL_STOPPING] };
+  }
+
   outbound(p: Packet): Verdict { return this.segment(p, true); }
   inbound(p: Packet): Verdict { return this.segment(p, false); }
 

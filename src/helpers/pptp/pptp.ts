@@ -46,6 +46,6 @@ export class PptpMasq {
 
   /** Counters and table sizes for `stats`. */
   stats(): Record<string, unknown> {
-    return { calls: this.calls.count, controlConnections: this.control.count, events: this.counters.byName() };
+    return { calls: this.calls.count, controlConnections: this.control.count, controlStates: this.control.byState(), events: this.counters.byName() };
   }
 }
