@@ -9,61 +9,17 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  Drop, NatHarness, PUBLIC, checksumsValid, fragment, icmpError, icmpPacket, ipv4, parse, r16, r32, reassemble, udpPacket, w32,
+  Drop, NatHarness, PUBLIC, checksumsValid, fragment, icmpError, icmpPacket, parse, r16, r32, reassemble,
 } from './packet-builder';
-import { IpsecMasq, IpsecOptions } from '../../src/helpers/ipsec/ipsec';
-import { attachIpsec } from '../../src/helpers/ipsec/nat';
+import { IpsecOptions } from '../../src/helpers/ipsec/ipsec';
 import { PptpMasq } from '../../src/helpers/pptp/pptp';
 import { grePacket, pptpMsg } from './pptp-builder';
 import { ACK, PSH, SYN, TCP, tcpPacket } from './packet-builder';
+import { L1, L2, L3, MIN, R, ZERO, dests, esp, ike, ipsecHarness } from './ipsec-builder';
 
-const ESP = 50;
-const R = '198.18.0.20';
 const ROUTER = '198.18.0.1';
-const L1 = '10.77.0.11';
-const L2 = '10.77.0.12';
-const L3 = '10.77.0.13';
-const MIN = 60_000;
-const ZERO = '0000000000000000';
 
-function setup(over: Partial<IpsecOptions> = {}, shared = false): NatHarness {
-  const h = new NatHarness({ holdSlots: 32 });
-  h.ipsec = new IpsecMasq({
-    lifetimeMs: 30 * MIN, pendingMs: 2 * MIN, squelchMs: 30_000, retries: 5,
-    parallel: true, guessing: true, guessMax: 5, capacity: 256, ...over,
-  });
-  attachIpsec(h.napt, h.ipsec);
-  h.napt.sharedAddress = shared;
-  return h;
-}
-
-function isakmp(icookie: string, rcookie: string, exchange = 2, body = 40): Uint8Array {
-  const b = new Uint8Array(28 + body);
-  b.set(Buffer.from(icookie, 'hex'), 0);
-  b.set(Buffer.from(rcookie, 'hex'), 8);
-  b[16] = 1;
-  b[17] = 0x10;
-  b[18] = exchange;
-  w32(b, 24, b.length);
-  return b;
-}
-const ike = (src: string, dst: string, ic: string, rc: string, exchange = 2, body = 40): Uint8Array =>
-  udpPacket(src, dst, { sport: 500, dport: 500, payload: isakmp(ic, rc, exchange, body) });
-
-function esp(src: string, dst: string, spi: number, seq = 1, body = 64): Uint8Array {
-  const p = new Uint8Array(8 + body);
-  w32(p, 0, spi);
-  w32(p, 4, seq);
-  return ipv4({ src, dst, proto: ESP, payload: p });
-}
-
-/** Destinations of the packets a packet turns into, every checksum checked. */
-function dests(h: NatHarness, p: Uint8Array): string[] {
-  return h.send(p).map((o) => {
-    assert.ok(checksumsValid(o), 'checksums valid');
-    return parse(o).dst;
-  });
-}
+const setup = (over: Partial<IpsecOptions> = {}, shared = false): NatHarness => ipsecHarness(over, 32, shared);
 
 const events = (h: NatHarness): Record<string, number> => h.ipsec!.stats().events as Record<string, number>;
 

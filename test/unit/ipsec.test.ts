@@ -7,31 +7,16 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   Drop, NatHarness, PUBLIC, MF, UDP, checksumsValid, concat, fragment, icmpError, icmpPacket, ipv4, parse, r32, reassemble,
-  udpPacket, w32,
+  udpPacket,
 } from './packet-builder';
-import { IpsecMasq, IpsecOptions, TABLE_ESP } from '../../src/helpers/ipsec/ipsec';
+import { IpsecOptions, TABLE_ESP } from '../../src/helpers/ipsec/ipsec';
 import { EV_DESTROY, EV_NEW, EV_UPDATE } from '../../src/core/journal';
-import { attachIpsec } from '../../src/helpers/ipsec/nat';
 import { ConnRow, espRow, isakmpRow } from '../../src/query/rows';
 import { Forwards } from '../../src/nat/forwards';
+import { AH, ESP, L1, L2, L3, MIN, R, ZERO, dests, esp, ike, ipsecHarness, isakmp } from './ipsec-builder';
 
-const ESP = 50;
-const AH = 51;
-const R = '198.18.0.20';
-const L1 = '10.77.0.11';
-const L2 = '10.77.0.12';
-const L3 = '10.77.0.13';
-const MIN = 60_000;
 
-function setup(over: Partial<IpsecOptions> = {}): NatHarness {
-  const h = new NatHarness({ holdSlots: 16 });
-  h.ipsec = new IpsecMasq({
-    lifetimeMs: 30 * MIN, pendingMs: 2 * MIN, squelchMs: 30_000, retries: 5,
-    parallel: true, guessing: true, guessMax: 5, capacity: 256, ...over,
-  });
-  attachIpsec(h.napt, h.ipsec);
-  return h;
-}
+const setup = (over: Partial<IpsecOptions> = {}): NatHarness => ipsecHarness(over);
 
 /** The ISAKMP then ESP rows of the harness's IPsec tables. */
 function* ipsecRows(h: NatHarness): Generator<ConnRow> {
@@ -40,35 +25,6 @@ function* ipsecRows(h: NatHarness): Generator<ConnRow> {
   for (let e = 0; e < m.opts.capacity; e++) if (m.eInUse[e] === 1) yield espRow(m, e, h.now, h.table.publicAddr);
 }
 
-/** An ISAKMP header (cookies as 16 hex digits) with an opaque body. */
-function isakmp(icookie: string, rcookie: string, exchange = 2, body = 40): Uint8Array {
-  const b = new Uint8Array(28 + body);
-  b.set(Buffer.from(icookie, 'hex'), 0);
-  b.set(Buffer.from(rcookie, 'hex'), 8);
-  b[16] = 1;
-  b[17] = 0x10;
-  b[18] = exchange;
-  w32(b, 24, b.length);
-  return b;
-}
-const ZERO = '0000000000000000';
-const ike = (src: string, dst: string, ic: string, rc: string, exchange = 2, body = 40): Uint8Array =>
-  udpPacket(src, dst, { sport: 500, dport: 500, payload: isakmp(ic, rc, exchange, body) });
-
-function esp(src: string, dst: string, spi: number, seq = 1, body = 64): Uint8Array {
-  const p = new Uint8Array(8 + body);
-  w32(p, 0, spi);
-  w32(p, 4, seq);
-  return ipv4({ src, dst, proto: ESP, payload: p });
-}
-
-/** Sends a packet and returns [destination, SPI or cookie word] of each packet out. */
-function dests(h: NatHarness, p: Uint8Array): string[] {
-  return h.send(p).map((o) => {
-    assert.ok(checksumsValid(o), 'checksums valid');
-    return parse(o).dst;
-  });
-}
 
 describe('ISAKMP masquerade (spec §3)', () => {
   it('keeps source port 500, and the first reply teaches the responder cookie that is required afterwards', () => {
