@@ -340,7 +340,7 @@ def ike_esp_client(a):
         seq = 0
         next_send = 0
         flow_start = time.time()
-        first_good = None
+        first_good = first_foreign = None
         interval = a.interval
         answered = True
         while good < want and time.time() < deadline:
@@ -368,9 +368,12 @@ def ike_esp_client(a):
                         first_good = time.time()
                 else:
                     state["foreign"].append("esp:%08x" % rs)
+                    if first_foreign is None:
+                        first_foreign = time.time()
         return {"spi": "%08x" % spi, "rspi": "%08x" % rspi, "sent": sent, "good": good,
                 "ms": round((time.time() - start) * 1000),
-                "firstGoodMs": None if first_good is None else round((first_good - flow_start) * 1000)}
+                "firstGoodMs": None if first_good is None else round((first_good - flow_start) * 1000),
+                "firstForeignMs": None if first_foreign is None else round((first_foreign - flow_start) * 1000)}
 
     res = {}
     try:

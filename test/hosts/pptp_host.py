@@ -274,8 +274,18 @@ def client(a):
     frag_needed = None
     t.setblocking(False)
     socks = [raw] + ([icmp] if icmp else [])
+    res["greResent"] = 0
     while time.time() < deadline and (got < want or (a.big and live and frag_needed is None)):
-        ready, _, _ = select.select(socks, [], [], max(0.0, deadline - time.time()))
+        ready, _, _ = select.select(socks, [], [], max(0.0, min(2.0, deadline - time.time())))
+        if not ready and got < want and not res["greResent"]:
+            # 2 s quiet with echoes missing: GRE is datagrams, a host on a loaded machine can lose some.
+            # Once, the data of the calls without an echo again (the test reports how many).
+            for c in live:
+                if c["dataBack"] == 0 and a.gre_count:
+                    raw.sendto(gre_data(c["serverCallId"], a.gre_count, ("%s/%d/r" % (name, c["callId"])).encode()), (a.server, 0))
+                    res["greResent"] += 1
+                    want += 1
+            continue
         if raw in ready:
             g = parse_gre(raw.recv(65535))
             if g is None:
