@@ -11,6 +11,8 @@ export const Verdict = {
   HELD: -2,
   /** Shared-address mode: the box's own packet, written back unchanged for the kernel to deliver locally. */
   TO_KERNEL: -3,
+  /** A session helper refuses the TCP connection: the segment is replaced by resets to both ends (counted as REFUSED). */
+  RESET: -4,
 } as const;
 
 export const Drop = {
@@ -46,6 +48,16 @@ export const Drop = {
   GRE_NO_MAPPING: 29,
   ESP_RESERVED_SPI: 30,
   PPTP_OUT_OF_ORDER: 31,
+  /** A TCP connection a helper could not track was reset instead of passing uninspected. */
+  REFUSED: 32,
+  /** A retransmission reaching back past the rewrites still remembered (long acknowledged). */
+  PPTP_STALE_DUPLICATE: 33,
+  /** More rewritten bytes in flight than remembered for one direction; the sender resends later. */
+  PPTP_REWRITE_BACKLOG: 34,
+  /** A Call ID field cut by the segment boundary whose first byte cannot be decided alone. */
+  PPTP_SPLIT_FIELD: 35,
+  /** A fragment of a datagram that was reassembled and sent already. */
+  FRAGMENT_DUPLICATE: 36,
 } as const;
 
 export type DropCode = (typeof Drop)[keyof typeof Drop];

@@ -53,6 +53,7 @@ const PPTP_LOGGED: ReadonlyArray<[number, string]> = [
   [PptpCounter.CALLS_CLEARED, 'pptp-disconnect'], [PptpCounter.GRE_NO_MAPPING_IN, 'gre-no-entry-in'],
   [PptpCounter.GRE_NO_MAPPING_OUT, 'gre-no-entry-out'], [PptpCounter.GRE_NOT_PPTP, 'gre-not-pptp'],
   [PptpCounter.LOST_CALL, 'pptp-lost-call'], [PptpCounter.MALFORMED, 'pptp-malformed'],
+  [PptpCounter.NO_CALL_SLOT, 'pptp-call-without-id'], [PptpCounter.CONTROL_TABLE_FULL, 'pptp-control-table-full'],
 ];
 
 export interface DaemonOptions {

@@ -2,11 +2,12 @@
  * One batch of the packet loop: every packet read from the TUN sits in a
  * slot of one shared arena; each is translated in place and the ones to send
  * are listed as (offset, length) pairs for the TUN addon to write. The arena
- * also holds the fragment hold pool, so released fragments are written from
- * where they wait. Pure: the caller supplies the time.
+ * also holds the hold pool, so released fragments and segments are written
+ * from where they wait, and the area where a collected datagram is
+ * reassembled. Pure: the caller supplies the time.
  */
 import { VNET_HDR_LEN } from '../wire/vnet';
-import { FragmentTracker } from './fragments';
+import { FragmentTracker, WHOLE_SIZE } from './fragments';
 import { Napt, NaptOptions } from './napt';
 import { SessionTable } from './sessions';
 import { TxList } from '../core/tx-list';
@@ -41,10 +42,11 @@ export class Datapath {
   ) {
     this.layout = layout;
     const holdBase = layout.slotSize * layout.rxSlots;
-    this.arena = new Uint8Array(holdBase + layout.holdSlots * layout.holdSlotSize);
+    const wholeOff = holdBase + layout.holdSlots * layout.holdSlotSize;
+    this.arena = new Uint8Array(wholeOff + WHOLE_SIZE);
     this.rxLens = new Uint32Array(layout.rxSlots);
     this.tx = new TxList(layout.rxSlots + layout.holdSlots);
-    this.frags = new FragmentTracker(maxFragmentDatagrams, holdBase, layout.holdSlotSize, layout.holdSlots);
+    this.frags = new FragmentTracker(maxFragmentDatagrams, holdBase, layout.holdSlotSize, layout.holdSlots, wholeOff);
     this.napt = new Napt(table, this.frags, this.arena, options);
   }
 

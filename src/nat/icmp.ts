@@ -12,7 +12,7 @@ import { IPV4_DST, IPV4_ERR_CHECKSUM, IPV4_OK, IPV4_SRC, PROTO_ICMP, PROTO_TCP, 
 import { TCP_CSUM } from '../wire/tcp';
 import { UDP_CSUM } from '../wire/udp';
 import { Drop, Verdict } from '../core/verdict';
-import { SLOT_ICMP, SessionTable, protoSlot } from './sessions';
+import { SLOT_ICMP, SLOT_TCP, SLOT_UDP, SessionTable, protoSlot } from './sessions';
 import { setAddress } from './rewrite';
 import { Packet, TrackerRegistry } from './tracker';
 import { Transport } from './transport';
@@ -101,11 +101,12 @@ export class IcmpNat {
     const inner = p.inner;
     if (inner.parse(p.buf, c.embeddedOff, c.embeddedLen, true, false) !== IPV4_OK) return Drop.ICMP_ERROR_MALFORMED;
     const innerProto = inner.proto;
-    const tr = this.trackers.byProto[innerProto];
+    let tr = this.trackers.byProto[innerProto];
     if (tr === 0 && innerProto !== PROTO_TCP && innerProto !== PROTO_UDP) return Drop.ICMP_ERROR_NO_MAPPING;
     const ip = p.ip;
     const il4 = inner.payloadOff;
     if (il4 + ICMP_QUOTE_MIN_L4 > ip.off + ip.totalLen) return Drop.ICMP_ERROR_MALFORMED;
+    if (tr === 0) tr = this.pairOwner(p.buf, innerProto, il4);
     const lan = inner.dst;
     const t = this.table;
     if (lan !== ip.src) return Drop.ICMP_ERROR_NO_MAPPING;
@@ -145,7 +146,8 @@ export class IcmpNat {
     const ip = p.ip;
     // The error may come from the remote or from any router on the way, so only the embedded packet is matched.
     if (inner.src !== t.publicAddr) return Drop.ICMP_ERROR_NO_MAPPING;
-    const tr = this.trackers.byProto[innerProto];
+    let tr = this.trackers.byProto[innerProto];
+    if (tr === 0 && (innerProto === PROTO_TCP || innerProto === PROTO_UDP)) tr = this.pairOwner(p.buf, innerProto, il4);
     if (tr !== 0) {
       const v = this.trackers.at(tr).icmpErrorIn(p);
       if (v !== TRANSLATED) return v;
@@ -176,6 +178,12 @@ export class IcmpNat {
     setAddress(p.buf, ip.off, IPV4_DST, ip.dst, lan);
     this.rewriteEmbedded(p, IPV4_SRC, inner.src, lan, innerProto, portOff, pubPort, t.mLanPort[m]);
     return TRANSLATED;
+  }
+
+  /** The tracker owning the quoted TCP/UDP packet's port pair (ISAKMP 500 <-> 500), or 0. */
+  private pairOwner(buf: Uint8Array, proto: number, il4: number): number {
+    const sport = read16(buf, il4);
+    return sport === read16(buf, il4 + 2) ? this.trackers.portPair[proto === PROTO_TCP ? SLOT_TCP : SLOT_UDP][sport] : 0;
   }
 
   /**

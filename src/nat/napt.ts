@@ -8,22 +8,27 @@
  * outbound; a destination equal to the public address is inbound. TCP, UDP
  * and ICMP are NAPT's own (transport.ts, icmp.ts); other protocols, and the
  * port pairs and sessions the helpers registered for, go to their Tracker
- * (tracker.ts). Fragments follow their first fragment's translation
- * (fragments.ts).
+ * (tracker.ts). Fragments follow their first fragment's translation, or are
+ * collected and translated as one datagram when a helper must see it whole
+ * (fragments.ts). A session helper's segments beyond a gap wait in the same
+ * hold pool (SegmentHolder).
  */
-import { IPV4_OK, PROTO_AH, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+import { checksum, pseudoHeaderSum, read16, write16, write32 } from '../wire/checksum';
+import {
+  IPV4_CSUM, IPV4_FLAG_MF, IPV4_FRAG, IPV4_FRAG_OFFSET_MASK, IPV4_OK, IPV4_TOTAL_LEN, PROTO_AH, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
   IPV4_ERR_CHECKSUM, IPV4_ERR_IHL, IPV4_ERR_TOTAL_LEN, IPV4_ERR_TRUNCATED, IPV4_ERR_VERSION,
 } from '../wire/ipv4';
+import { TCP_ACK, TCP_ACK_FLAG, TCP_CSUM, TCP_DATA_OFF, TCP_FIN, TCP_FLAGS, TCP_MIN_HDR, TCP_RST, TCP_SEQ, TCP_SYN, TCP_URGENT, TCP_WINDOW } from '../wire/tcp';
 import { VNET_OK, VnetHeader } from '../wire/vnet';
 import { Drop, DropCounters, Verdict } from '../core/verdict';
 import { TxList } from '../core/tx-list';
-import { FragmentTracker } from './fragments';
+import { COLLECT, DONE, FOLLOW, FRAGMENT, FragmentTracker, SEGMENT } from './fragments';
 import type { Forwards } from './forwards';
 import { SLOT_TCP, SLOT_UDP, SessionListener, SessionTable } from './sessions';
 import { IcmpNat } from './icmp';
 import { NatTimers, Transport } from './transport';
 import { restoreHop, setAddresses } from './rewrite';
-import { Packet, Tracker, TrackerRegistry } from './tracker';
+import { Packet, SegmentHolder, Tracker, TrackerRegistry } from './tracker';
 
 export type { NatTimers };
 
@@ -46,6 +51,12 @@ export const T_BYTES_IN = 3;
 const TRANSLATED = Verdict.TRANSLATED;
 const HELD = Verdict.HELD;
 const TO_KERNEL = Verdict.TO_KERNEL;
+const RESET = Verdict.RESET;
+/** fragment(): not a fragment the pool takes care of; translate the packet itself. */
+const ITSELF = -100;
+/** Fragments of one collected datagram at most (64 KiB in 1 KiB pieces). */
+const MAX_FRAGMENTS = 64;
+const RST_LEN = 40;
 
 const IP_ERR_TO_DROP: number[] = [];
 IP_ERR_TO_DROP[IPV4_ERR_TRUNCATED] = Drop.IP_TRUNCATED;
@@ -54,7 +65,7 @@ IP_ERR_TO_DROP[IPV4_ERR_IHL] = Drop.IP_BAD_IHL;
 IP_ERR_TO_DROP[IPV4_ERR_TOTAL_LEN] = Drop.IP_BAD_TOTAL_LEN;
 IP_ERR_TO_DROP[IPV4_ERR_CHECKSUM] = Drop.IP_BAD_CHECKSUM;
 
-export class Napt implements SessionListener {
+export class Napt implements SessionListener, SegmentHolder {
   readonly drops = new DropCounters();
   readonly traffic = new Float64Array(4);
   /**
@@ -70,6 +81,15 @@ export class Napt implements SessionListener {
   private readonly lanMask: Int32Array;
   private readonly transport: Transport;
   private readonly icmp: IcmpNat;
+  /** The held fragments of the datagram being reassembled, by offset, and how many. */
+  private readonly pieces = new Int32Array(MAX_FRAGMENTS);
+  private pieceCount = 0;
+  /** A reassembled datagram is being translated; deliver() writes its fragments itself. */
+  private whole = false;
+  private wholeWritten = false;
+  /** Connections (helper owners) whose held segments go back to the helper once the current packet is queued. */
+  private readonly releases = new Int32Array(32);
+  private releaseCount = 0;
 
   constructor(
     readonly table: SessionTable,
@@ -135,30 +155,57 @@ export class Napt implements SessionListener {
     const p = this.pkt;
     const v = this.opts.vnetLen;
     if (v > 0 && this.vnet.parse(buf, off, len) !== VNET_OK) { this.drops.counts[Drop.VNET_TRUNCATED]++; return; }
-    p.vflags = v > 0 ? this.vnet.flags : 0;
+    const ip = p.ip;
+    const err = ip.parse(buf, off + v, len - v, true, true);
+    if (err !== IPV4_OK) { this.drops.counts[IP_ERR_TO_DROP[err]]++; return; }
+    this.translate(off, v > 0 ? this.vnet.flags : 0, out);
+    if (this.releaseCount > 0) this.runReleases(out);
+  }
+
+  /** Translates the packet parsed into p.ip (its vnet header at `off`) and queues it. */
+  private translate(off: number, vflags: number, out: TxList): void {
+    const p = this.pkt;
+    const ip = p.ip;
+    p.vflags = vflags;
     p.publicAddr = this.table.publicAddr;
     p.session = -1;
-    const ip = p.ip;
-    const ipOff = off + v;
-    const err = ip.parse(buf, ipOff, len - v, true, true);
-    if (err !== IPV4_OK) { this.drops.counts[IP_ERR_TO_DROP[err]]++; return; }
-    const sendLen = v + ip.totalLen;
     p.src = ip.src;
     p.dst = ip.dst;
+    const proto = ip.proto;
+    if ((proto === PROTO_TCP || proto === PROTO_UDP) && ip.payloadLen >= 4) {
+      p.sport = read16(p.buf, ip.payloadOff);
+      p.dport = read16(p.buf, ip.payloadOff + 2);
+    }
     const outbound = this.isLan(p.src);
     let verdict: number;
     if (outbound) verdict = this.outbound(p, out);
     else if (p.dst === this.table.publicAddr) verdict = this.inbound(p, out);
     else verdict = Drop.NOT_OURS;
+    this.finish(verdict, outbound, off, out);
+  }
+
+  /** Counts the verdict and queues what it says to send. */
+  private finish(verdict: number, outbound: boolean, off: number, out: TxList): void {
+    const p = this.pkt;
+    const ip = p.ip;
     if (verdict >= 0) { this.drops.counts[verdict]++; return; }
     if (verdict === HELD) return;
+    if (verdict === RESET) {
+      this.drops.counts[Drop.REFUSED]++;
+      this.resetBoth(p, out);
+      return;
+    }
     if (verdict === TRANSLATED) {
       const dir = outbound ? T_PKTS_OUT : T_PKTS_IN;
       this.traffic[dir]++;
       this.traffic[dir + 2] += ip.totalLen;
     }
-    restoreHop(buf, ipOff);
-    out.push(off, sendLen);
+    if (this.whole) {
+      if (!this.wholeWritten) this.writePieces(false, out);
+      return;
+    }
+    restoreHop(this.arena, ip.off);
+    out.push(off, this.opts.vnetLen + ip.totalLen);
   }
 
   /**
@@ -184,10 +231,13 @@ export class Napt implements SessionListener {
 
   // ---- outbound ------------------------------------------------------------
 
-  /** Returns TRANSLATED, HELD or a drop reason; a hairpinned packet also runs the inbound half. */
+  /** Returns TRANSLATED, HELD, RESET or a drop reason; a hairpinned packet also runs the inbound half. */
   private outbound(p: Packet, out: TxList): Verdict {
     const ip = p.ip;
-    if (ip.isLaterFragment) return this.laterFragment(p);
+    if (ip.isFragment) {
+      const f = this.fragment(p, true, out);
+      if (f !== ITSELF) return f as Verdict;
+    }
     const dst = p.dst;
     const proto = ip.proto;
     let r: Verdict;
@@ -217,7 +267,10 @@ export class Napt implements SessionListener {
 
   private inbound(p: Packet, out: TxList): Verdict {
     const ip = p.ip;
-    if (ip.isLaterFragment) return this.laterFragment(p);
+    if (ip.isFragment) {
+      const f = this.fragment(p, false, out);
+      if (f !== ITSELF) return f as Verdict;
+    }
     const proto = ip.proto;
     if (proto === PROTO_TCP || proto === PROTO_UDP) {
       const owner = this.pairOwner(p);
@@ -238,7 +291,8 @@ export class Napt implements SessionListener {
   /**
    * Asks a tracker where an inbound packet goes and sends it there: copies
    * to hosts 1.. go out from borrowed hold slots (guessing, spec §4.3 step 4),
-   * the packet itself to host 0. Later fragments follow host 0.
+   * the packet itself to host 0. A reassembled datagram goes out as its
+   * fragments, a full set per host.
    */
   private deliver(p: Packet, tracker: Tracker, out: TxList): Verdict {
     p.to.count = 0;
@@ -247,12 +301,22 @@ export class Napt implements SessionListener {
     const ip = p.ip;
     const to = p.to;
     const n = to.count;
-    const f = this.frags;
     const buf = p.buf;
-    const v = this.opts.vnetLen;
-    const len = v + ip.totalLen;
     const pub = p.dst;
     const partial = p.partial;
+    if (this.whole) {
+      let prev = pub;
+      for (let i = 0; i < n; i++) {
+        tracker.deliver(buf, ip.off, ip.payloadOff, prev, to.addr[i], partial);
+        prev = to.addr[i];
+        if (!this.writePieces(i < n - 1, out)) break;
+      }
+      this.wholeWritten = true;
+      return TRANSLATED;
+    }
+    const f = this.frags;
+    const v = this.opts.vnetLen;
+    const len = v + ip.totalLen;
     for (let i = 1; i < n; i++) {
       const h = f.borrow(buf, ip.off - v, len);
       if (h < 0) {
@@ -286,22 +350,160 @@ export class Napt implements SessionListener {
 
   // ---- fragments -----------------------------------------------------------
 
-  /** A fragment without transport header: follow its datagram's translation, or hold it until the first fragment comes. */
-  private laterFragment(p: Packet): Verdict {
+  /**
+   * A fragment: a later one follows its datagram's translation, joins its
+   * collection, or waits for the first; a first one starts a collection when
+   * a helper must see the datagram whole. Returns the verdict, or ITSELF for
+   * a first fragment NAPT translates on its own.
+   */
+  private fragment(p: Packet, outbound: boolean, out: TxList): number {
     const ip = p.ip;
     const f = this.frags;
-    const src = ip.src;
-    const dst = ip.dst;
+    const src = p.src;
+    const dst = p.dst;
     const key = FragmentTracker.key(ip.proto, ip.id);
+    const later = ip.isLaterFragment;
     const d = f.find(src, dst, key, p.now);
-    if (d < 0) {
-      const len = this.opts.vnetLen + ip.totalLen;
-      if (len > f.holdSlotSize) return Drop.FRAGMENT_TOO_BIG;
-      const held = f.hold(this.arena, ip.off - this.opts.vnetLen, len, src, dst, key, p.now + this.opts.timers.fragmentMs);
-      return held ? HELD : Drop.FRAGMENT_HOLD_FULL;
+    if (later && d >= 0 && f.dMode[d] === FOLLOW) {
+      setAddresses(p.buf, ip.off, src, dst, f.dNewSrc[d], f.dNewDst[d]);
+      return TRANSLATED;
     }
-    setAddresses(p.buf, ip.off, src, dst, f.dNewSrc[d], f.dNewDst[d]);
-    return TRANSLATED;
+    if (d >= 0 && f.dMode[d] === DONE) return Drop.FRAGMENT_DUPLICATE;
+    const collect = d >= 0 ? f.dMode[d] === COLLECT : !later && f.wholeOff >= 0 && this.needsWhole(p, outbound);
+    if (!later && !collect) return ITSELF;
+    const v = this.opts.vnetLen;
+    const len = v + ip.totalLen;
+    if (len > f.holdSlotSize) return Drop.FRAGMENT_TOO_BIG;
+    const deadline = p.now + this.opts.timers.fragmentMs;
+    const fragOff = (read16(p.buf, ip.off + IPV4_FRAG) & IPV4_FRAG_OFFSET_MASK) << 3;
+    const more = (read16(p.buf, ip.off + IPV4_FRAG) & IPV4_FLAG_MF) !== 0;
+    if (f.holdSlot(this.arena, ip.off - v, len, src, dst, key, deadline, FRAGMENT, fragOff, ip.payloadLen, more) < 0) {
+      return Drop.FRAGMENT_HOLD_FULL;
+    }
+    if (!collect) return HELD;
+    if (d < 0) f.remember(src, dst, key, src, dst, deadline, COLLECT);
+    const n = f.whole(src, dst, key, this.pieces);
+    if (n > 0) this.reassemble(n, outbound, src, dst, key, deadline, out);
+    return HELD;
+  }
+
+  /**
+   * A first fragment's datagram is collected when a helper reads its payload
+   * (a port pair owner, a session helper by port) or, inbound, when a
+   * tracker delivers it (so every guessed copy gets every fragment).
+   */
+  private needsWhole(p: Packet, outbound: boolean): boolean {
+    const ip = p.ip;
+    const proto = ip.proto;
+    if (proto === PROTO_TCP || proto === PROTO_UDP) {
+      if (this.pairOwner(p) !== 0) return true;
+      if (ip.payloadLen < 4) return false;
+      const sport = read16(p.buf, ip.payloadOff);
+      const dport = read16(p.buf, ip.payloadOff + 2);
+      const slot = proto === PROTO_TCP ? SLOT_TCP : SLOT_UDP;
+      if (outbound) return this.transport.helperFor(slot, dport, sport, sport) !== 0;
+      const m = this.table.mappingOfPort(slot, dport);
+      return this.transport.helperFor(slot, sport, m < 0 ? dport : this.table.mLanPort[m], dport) !== 0;
+    }
+    return !outbound && proto !== PROTO_ICMP && this.trackers.byProto[proto] !== 0;
+  }
+
+  /**
+   * The collected datagram is complete: copied whole into the reassembly
+   * area, translated there once, then written back out as its fragments
+   * (writePieces); late duplicates of it are dropped.
+   */
+  private reassemble(n: number, outbound: boolean, src: number, dst: number, key: number, deadline: number, out: TxList): void {
+    const f = this.frags;
+    const buf = this.arena;
+    const v = this.opts.vnetLen;
+    this.pieceCount = n;
+    const w = f.wholeOff;
+    const first = f.heldOffset(this.pieces[0]) + v;
+    const hl = (buf[first] & 0x0f) << 2;
+    buf.fill(0, w, w + v);
+    buf.copyWithin(w + v, first, first + hl);
+    let at = w + v + hl;
+    for (let i = 0; i < n; i++) {
+      const h = this.pieces[i];
+      const ipOff = f.heldOffset(h) + v;
+      const phl = (buf[ipOff] & 0x0f) << 2;
+      buf.copyWithin(at, ipOff + phl, ipOff + phl + f.fragLen(h));
+      at += f.fragLen(h);
+    }
+    const total = at - (w + v);
+    write16(buf, w + v + IPV4_TOTAL_LEN, total);
+    write16(buf, w + v + IPV4_FRAG, 0);
+    write16(buf, w + v + IPV4_CSUM, 0);
+    write16(buf, w + v + IPV4_CSUM, checksum(buf, w + v, hl, 0));
+    const p = this.pkt;
+    f.remember(src, dst, key, src, dst, deadline, DONE);
+    if (p.ip.parse(buf, w + v, total, true, true) !== IPV4_OK) {
+      this.dropPieces();
+      this.drops.counts[Drop.IP_BAD_TOTAL_LEN]++;
+      return;
+    }
+    this.whole = true;
+    this.wholeWritten = false;
+    p.vflags = 0;
+    p.publicAddr = this.table.publicAddr;
+    p.session = -1;
+    p.src = src;
+    p.dst = dst;
+    p.sport = read16(buf, p.ip.payloadOff);
+    p.dport = read16(buf, p.ip.payloadOff + 2);
+    const verdict = outbound ? this.outbound(p, out) : this.inbound(p, out);
+    this.finish(verdict, outbound, w, out);
+    this.whole = false;
+    if (verdict !== TRANSLATED) this.dropPieces();
+    const ip = p.ip;
+    f.remember(src, dst, key, ip.src, ip.dst, deadline, DONE);
+  }
+
+  /**
+   * Writes the reassembled datagram (translated in the reassembly area) out
+   * as the fragments it came in: each keeps its own header (addresses
+   * rewritten) and gets its part of the translated payload. `copy`: into
+   * borrowed slots, the held ones staying for another copy. Returns false
+   * when the pool had no room for a whole copy.
+   */
+  private writePieces(copy: boolean, out: TxList): boolean {
+    const f = this.frags;
+    const buf = this.arena;
+    const v = this.opts.vnetLen;
+    const n = this.pieceCount;
+    const ip = this.pkt.ip;
+    const payload = ip.payloadOff;
+    const newSrc = ip.src;
+    const newDst = ip.dst;
+    if (copy && f.freeSlots < n) {
+      this.drops.counts[Drop.FRAGMENT_HOLD_FULL]++;
+      return false;
+    }
+    for (let i = 0; i < n; i++) {
+      const h = this.pieces[i];
+      let slot = h;
+      if (copy) slot = f.borrow(buf, f.heldOffset(h), f.heldLength(h));
+      else f.release(h);
+      const pOff = f.heldOffset(slot);
+      const ipOff = pOff + v;
+      const phl = (buf[ipOff] & 0x0f) << 2;
+      setAddresses(buf, ipOff, this.pkt.src, this.pkt.dst, newSrc, newDst);
+      buf.copyWithin(ipOff + phl, payload + f.fragOffset(h), payload + f.fragOffset(h) + f.fragLen(h));
+      restoreHop(buf, ipOff);
+      out.push(pOff, f.heldLength(h));
+    }
+    return true;
+  }
+
+  /** The collected datagram was not sent: its fragments are let go. */
+  private dropPieces(): void {
+    const f = this.frags;
+    for (let i = 0; i < this.pieceCount; i++) {
+      const h = this.pieces[i];
+      if (f.isHeld(h)) f.discard(h);
+    }
+    this.pieceCount = 0;
   }
 
   /**
@@ -323,5 +525,123 @@ export class Napt implements SessionListener {
       restoreHop(buf, ipOff);
       if (!out.push(hOff, f.heldLength(h))) this.drops.counts[Drop.FRAGMENT_HOLD_FULL]++;
     }
+  }
+
+  // ---- held segments (SegmentHolder) -----------------------------------------
+
+  hold(p: Packet, owner: number, outbound: boolean): boolean {
+    const v = this.opts.vnetLen;
+    const ip = p.ip;
+    return this.frags.hold(this.arena, ip.off - v, v + ip.totalLen, owner, p.session, p.tcp.seq,
+      p.now + this.opts.timers.fragmentMs, outbound ? SEGMENT : SEGMENT + 1);
+  }
+
+  release(owner: number): void {
+    if (this.releaseCount < this.releases.length) this.releases[this.releaseCount++] = owner;
+  }
+
+  discard(owner: number): void {
+    const f = this.frags;
+    for (let kind = SEGMENT; kind <= SEGMENT + 1; kind++) {
+      for (let h = f.nextHeld(kind, owner, -1, -1, 0); h >= 0; h = f.nextHeld(kind, owner, -1, -1, h + 1)) f.discard(h);
+    }
+  }
+
+  /** Hands held segments back to their helpers, lowest sequence number first, until one is still ahead. */
+  private runReleases(out: TxList): void {
+    const f = this.frags;
+    const p = this.pkt;
+    const buf = this.arena;
+    const v = this.opts.vnetLen;
+    while (this.releaseCount > 0) {
+      const owner = this.releases[--this.releaseCount];
+      for (;;) {
+        let best = -1;
+        for (let kind = SEGMENT; kind <= SEGMENT + 1; kind++) {
+          for (let h = f.nextHeld(kind, owner, -1, -1, 0); h >= 0; h = f.nextHeld(kind, owner, -1, -1, h + 1)) {
+            if (best < 0 || ((f.heldKey(h) - f.heldKey(best)) | 0) < 0) best = h;
+          }
+        }
+        if (best < 0) break;
+        const off = f.heldOffset(best);
+        const s = f.heldDst(best);
+        const h = this.transport.helperOf(s);
+        if (h === 0 || p.ip.parse(buf, off + v, f.heldLength(best) - v, false, true) !== IPV4_OK ||
+          p.tcp.parse(buf, p.ip.payloadOff, p.ip.payloadLen, false) !== 0) {
+          f.discard(best);
+          continue;
+        }
+        p.vflags = v > 0 ? buf[off] : 0;
+        p.session = s;
+        p.src = p.ip.src;
+        p.dst = p.ip.dst;
+        p.fromHold = true;
+        const tr = this.trackers.at(h);
+        const r = f.heldKind(best) === SEGMENT ? tr.outbound(p) : tr.inbound(p);
+        p.fromHold = false;
+        if (r === HELD) break;
+        if (r !== TRANSLATED) {
+          f.discard(best);
+          this.drops.counts[r >= 0 ? r : Drop.PPTP_OUT_OF_ORDER]++;
+          continue;
+        }
+        f.release(best);
+        restoreHop(buf, off + v);
+        out.push(off, f.heldLength(best));
+      }
+    }
+  }
+
+  // ---- refusing a TCP connection -----------------------------------------------
+
+  /**
+   * A helper refused the connection (Verdict.RESET): instead of the segment,
+   * a RST goes on to its destination and one back to its sender (RFC 9293
+   * §3.10.7.4: an acknowledgment-bearing RST takes its sequence number from
+   * the acknowledgment), both from borrowed slots.
+   */
+  private resetBoth(p: Packet, out: TxList): void {
+    const tcp = p.tcp;
+    const ip = p.ip;
+    const flags = tcp.flags;
+    const hasAck = (flags & TCP_ACK_FLAG) !== 0;
+    const seq = tcp.seq;
+    const ack = tcp.ack;
+    const sent = (seq + tcp.dataLen + ((flags & TCP_SYN) !== 0 ? 1 : 0) + ((flags & TCP_FIN) !== 0 ? 1 : 0)) | 0;
+    this.writeRst(ip.src, ip.dst, tcp.sport, tcp.dport, seq, hasAck ? ack : 0, hasAck ? TCP_RST | TCP_ACK_FLAG : TCP_RST, out);
+    this.writeRst(p.dst, p.src, p.dport, p.sport, hasAck ? ack : 0, sent, TCP_RST | TCP_ACK_FLAG, out);
+  }
+
+  private writeRst(src: number, dst: number, sport: number, dport: number, seq: number, ack: number, flags: number, out: TxList): void {
+    const f = this.frags;
+    const v = this.opts.vnetLen;
+    const h = f.borrow(this.arena, 0, 0);
+    if (h < 0) {
+      this.drops.counts[Drop.FRAGMENT_HOLD_FULL]++;
+      return;
+    }
+    const buf = this.arena;
+    const at = f.heldOffset(h);
+    buf.fill(0, at, at + v + RST_LEN);
+    const o = at + v;
+    buf[o] = 0x45;
+    write16(buf, o + IPV4_TOTAL_LEN, RST_LEN);
+    write16(buf, o + IPV4_FRAG, 0x4000);
+    buf[o + 8] = 64;
+    buf[o + 9] = PROTO_TCP;
+    write32(buf, o + 12, src);
+    write32(buf, o + 16, dst);
+    write16(buf, o + IPV4_CSUM, checksum(buf, o, 20, 0));
+    const t = o + 20;
+    write16(buf, t, sport);
+    write16(buf, t + 2, dport);
+    write32(buf, t + TCP_SEQ, seq);
+    write32(buf, t + TCP_ACK, ack);
+    buf[t + TCP_DATA_OFF] = (TCP_MIN_HDR >>> 2) << 4;
+    buf[t + TCP_FLAGS] = flags;
+    write16(buf, t + TCP_WINDOW, 0);
+    write16(buf, t + TCP_URGENT, 0);
+    write16(buf, t + TCP_CSUM, checksum(buf, t, TCP_MIN_HDR, pseudoHeaderSum(src, dst, PROTO_TCP, TCP_MIN_HDR)));
+    out.push(at, v + RST_LEN);
   }
 }

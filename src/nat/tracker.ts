@@ -17,6 +17,16 @@ import type { Forwards } from './forwards';
 
 const EMPTY = new Uint8Array(0);
 
+/** Where a session helper's TCP segments wait when they arrive beyond a gap (the engine's hold pool). */
+export interface SegmentHolder {
+  /** Keeps a copy of the segment in `p` for `owner` (the helper's name for a connection's direction); false: no room. */
+  hold(p: Packet, owner: number, outbound: boolean): boolean;
+  /** Once the packet being handled is queued, hands `owner`'s held segments back to the helper, lowest sequence first. */
+  release(owner: number): void;
+  /** Drops `owner`'s held segments (its connection is gone). */
+  discard(owner: number): void;
+}
+
 /** The packet being translated, as the engine has parsed it. Valid only during the call. */
 export class Packet {
   /** The shared arena the packet sits in. */
@@ -39,8 +49,16 @@ export class Packet {
   forwards: Forwards | null = null;
   /** Session helpers: the TCP/UDP session the segment belongs to (already translated). */
   session = -1;
+  /** Session helpers: the segment is one handed back from the hold pool (already translated, walked again now). */
+  fromHold = false;
+  /** TCP/UDP ports as the packet arrived (set by NAPT). */
+  sport = 0;
+  dport = 0;
   /** Inbound: where the packet goes, filled by the tracker (several when it guesses). */
   readonly to = new Targets();
+
+  /** ICMP errors: bytes of the quoted datagram's payload present (at least 8, RFC 792). */
+  get quotedLen(): number { return this.ip.off + this.ip.totalLen - this.inner.payloadOff; }
 
   /** The L4 checksum is CHECKSUM_PARTIAL: only its pseudo-header part may be updated. */
   get partial(): boolean { return (this.vflags & VNET_F_NEEDS_CSUM) !== 0; }

@@ -6,7 +6,7 @@
  */
 import { fold, pseudoHeaderSum, sumBytes } from '../wire/checksum';
 import { IPV4_DST, IPV4_SRC, PROTO_ICMP, PROTO_TCP } from '../wire/ipv4';
-import { TCP_OK } from '../wire/tcp';
+import { TCP_OK, TCP_RST } from '../wire/tcp';
 import { UDP_OK } from '../wire/udp';
 import { VNET_F_DATA_VALID, VNET_F_NEEDS_CSUM } from '../wire/vnet';
 import { Drop, Verdict } from '../core/verdict';
@@ -148,12 +148,17 @@ export class Transport {
     return slot === SLOT_TCP || slot === SLOT_UDP ? this.helperFor(slot, t.sRemPort[s], t.mLanPort[m], t.mPubPort[m]) : 0;
   }
 
-  /** Runs session helper `h` on a translated segment; first fragments pass (their payload is not whole). */
+  /**
+   * Runs session helper `h` on a translated segment (a fragmented one reaches
+   * it reassembled). A connection the helper refuses is marked reset.
+   */
   private helper(p: Packet, s: number, h: number, outbound: boolean): Verdict {
     if (p.ip.isFragment) return TRANSLATED;
     p.session = s;
     const tr = this.trackers.at(h);
-    return outbound ? tr.outbound(p) : tr.inbound(p);
+    const v = outbound ? tr.outbound(p) : tr.inbound(p);
+    if (v === Verdict.RESET) this.refresh(s, true, TCP_RST, outbound, 0, p.now);
+    return v;
   }
 
   /**

@@ -14,6 +14,8 @@ export const PPTP_CALL_ID = 12;
 export const PPTP_PEER_CALL_ID = 14;
 /** Result code of Outgoing-Call-Reply and Incoming-Call-Reply (1 = connected / accept). */
 export const PPTP_RESULT = 16;
+/** Result code of Start-Control-Connection-Reply (1 = established). */
+export const PPTP_START_RESULT = 14;
 
 export const PPTP_MSG_CONTROL = 1;
 export const PPTP_MAGIC_COOKIE = 0x1a2b3c4d;

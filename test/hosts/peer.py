@@ -11,19 +11,27 @@ exits; every wait is bounded by --timeout. Subcommands:
   udp-server  --port P [--count N]         answer N datagrams with {"peer": ..., "len": ..., "sha256": ...} (+ --echo-bytes)
   udp-client  --host H --port P [--sport S] [--size N] [--expect-bytes N]
   udp-refused --host H --port P            connected UDP socket; report whether ECONNREFUSED came back
-  udp-pmtu    --host H --port P --size N   DF datagram; report the path MTU learnt from frag-needed
+  udp-pmtu    --host H --port P --size N [--sport S] [--icookie HEX]  DF datagram (an ISAKMP header first with
+              --icookie); report the path MTU learnt from frag-needed
   raw         --dst D --proto N --hex PAYLOAD [--bad-checksum]  send one raw IPv4 payload (kernel builds the IP header)
   udp-frags   --src S --dst D --sport A --dport B --size N [--reverse]  send one UDP datagram as IP fragments
   listen-raw  --proto N --seconds T [--dump]  count raw packets of a protocol arriving at this host
-  ike-esp-responder --seconds T [--idle I] [--silent-spi S,...]  answer IKEv1-style headers on UDP 500 and raw ESP with own SPIs;
-                stops at an Informational "BYE" from a held client
-  ike-esp-client --host R --icookie HEX --spi S [--packets K] [--rekey-spi S2] [--start-at EPOCH] [--hold T]
-                Main+Quick Mode, then raw ESP; --hold keeps the SA sending for T more seconds (when replies came back),
-                --resume K ends that early once K replies came back after a silence of at least 1.5 s (an outage that ended)
+  ike-esp-responder --seconds T [--idle I] [--silent-spi S,...] [--push-spis S,... --push-delay D]
+              answer IKEv1-style headers on UDP 500 and raw ESP with own SPIs; stops at an Informational "BYE" from a
+              held client; for the --push-spis, D seconds after the first of their Quick Modes, send one ESP packet on
+              each of its own new SPIs, in reverse order, and only then answer on them (a remote that starts using new
+              SAs before answering the hosts' first packets: the order that crosses serialized pairs)
+  ike-esp-client --host R --icookie HEX --spi S [--packets K] [--rekey-spi S2] [--start-at EPOCH] [--rekey-at EPOCH]
+                 [--backoff] [--hold T] [--resume K]
+              Main+Quick Mode, then raw ESP; --rekey-at: the rekey's Quick Mode waits for that time; --backoff:
+              the send interval doubles (with jitter) while packets go unanswered, as a transport would; --hold keeps
+              the SA sending for T more seconds (when replies came back), --resume K ends that early once K replies
+              came back after a silence of at least 1.5 s (an outage that ended)
 """
 import argparse
 import hashlib
 import json
+import random
 import select
 import socket
 import struct
@@ -197,11 +205,18 @@ def udp_pmtu(a):
     IP_MTU_DISCOVER, IP_PMTUDISC_DO, IP_MTU = 10, 2, 14
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
+    if a.sport:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("0.0.0.0", a.sport))
     s.connect((a.host, a.port))
-    s.send(b"x" * a.size)
+    data = b"x" * a.size
+    if a.icookie:
+        body = b"\0" * max(0, a.size - 28)
+        data = isakmp(bytes.fromhex(a.icookie), b"\0" * 8, 2, 0, body)
+    s.send(data)
     time.sleep(0.5)
     try:
-        s.send(b"x" * a.size)
+        s.send(data)
         again = "sent"
     except OSError as e:
         again = "EMSGSIZE" if e.errno == 90 else str(e)
@@ -283,12 +298,22 @@ def ike_esp_responder(a):
     u.bind(("0.0.0.0", 500))
     r = socket.socket(socket.AF_INET, socket.SOCK_RAW, 50)
     silent = set(int(x, 0) for x in a.silent_spi.split(",") if x)
-    seen = {"ike": 0, "esp": {}, "ikeFrom": []}
+    push = set(int(x, 0) for x in a.push_spis.split(",") if x)
+    pushes = []  # (own spi, peer) of the push SPIs' Quick Modes, in order
+    push_at = None
+    pushed = False
+    seen = {"ike": 0, "esp": {}, "ikeFrom": [], "pushed": []}
     print("ready", file=sys.stderr, flush=True)
     end = time.time() + a.seconds
     last = None  # --idle counts from the first packet
     while time.time() < end and not (a.idle and last is not None and time.time() - last > a.idle):
-        ready, _, _ = select.select([u, r], [], [], 0.2)
+        if push_at is not None and time.time() >= push_at:
+            for spi, peer in reversed(pushes):
+                r.sendto(esp_packet(spi, 1, b"PUSH"), (peer[0], 0))
+                seen["pushed"].append("%08x" % spi)
+            pushes, push_at, pushed = [], None, True
+        wait = 0.2 if push_at is None else max(0.0, min(0.2, push_at - time.time()))
+        ready, _, _ = select.select([u, r], [], [], wait)
         if ready:
             last = time.time()
         if u in ready:
@@ -303,7 +328,12 @@ def ike_esp_responder(a):
                     rc = hashlib.sha256(ic).digest()[:8]
                 body = data[28:]
                 if exch == 32 and body[:3] == b"SPI":
-                    body = b"SPI" + struct.pack("!I", responder_spi(struct.unpack("!I", body[3:7])[0]))
+                    client_spi = struct.unpack("!I", body[3:7])[0]
+                    body = b"SPI" + struct.pack("!I", responder_spi(client_spi))
+                    if client_spi in push and all(p[0] != responder_spi(client_spi) for p in pushes):
+                        pushes.append((responder_spi(client_spi), peer))
+                        if push_at is None:
+                            push_at = time.time() + a.push_delay
                 u.sendto(isakmp(ic, rc, exch, 0x20, body), peer)
         if r in ready:
             data, peer = r.recvfrom(65535)
@@ -311,7 +341,8 @@ def ike_esp_responder(a):
             spi, seq = struct.unpack("!II", data[hl:hl + 8])
             key = "%08x" % spi
             seen["esp"][key] = seen["esp"].get(key, 0) + 1
-            if spi not in silent:
+            # The push SPIs are answered only once the remote has started on its new SAs itself.
+            if spi not in silent and not (spi in push and not pushed):
                 r.sendto(esp_packet(responder_spi(spi), seq, data[hl + 8:]), (peer[0], 0))
     seen["ikeFrom"] = sorted(set(seen["ikeFrom"]))
     out(seen)
@@ -362,13 +393,23 @@ def ike_esp_client(a):
         sent = good = 0
         seq = 0
         next_send = 0
+        flow_start = time.time()
+        first_good = first_foreign = None
+        interval = a.interval
+        answered = True
         while good < want and time.time() < deadline:
             now = time.time()
             if now >= next_send:
                 seq += 1
                 r.sendto(esp_packet(spi, seq, b"TOKEN" + ic), (a.host, 0))
                 sent += 1
-                next_send = now + a.interval
+                if a.backoff:
+                    # Like a transport's retransmission timer: doubling while unanswered, with some jitter.
+                    interval = a.interval if answered else min(interval * 2, 1.6)
+                    answered = False
+                    next_send = now + interval * random.uniform(0.75, 1.25)
+                else:
+                    next_send = now + a.interval
             ready, _, _ = select.select([r], [], [], max(0.0, next_send - time.time()))
             if ready:
                 data = r.recv(65535)
@@ -376,10 +417,17 @@ def ike_esp_client(a):
                 rs = struct.unpack("!I", data[hl:hl + 4])[0]
                 if rs == rspi and data[hl + 8:] == b"TOKEN" + ic:
                     good += 1
+                    answered = True
+                    if first_good is None:
+                        first_good = time.time()
                 else:
                     state["foreign"].append("esp:%08x" % rs)
+                    if first_foreign is None:
+                        first_foreign = time.time()
         return {"spi": "%08x" % spi, "rspi": "%08x" % rspi, "sent": sent, "good": good,
-                "ms": round((time.time() - start) * 1000)}
+                "ms": round((time.time() - start) * 1000),
+                "firstGoodMs": None if first_good is None else round((first_good - flow_start) * 1000),
+                "firstForeignMs": None if first_foreign is None else round((first_foreign - flow_start) * 1000)}
 
     def esp_hold(spi, rspi):
         """Keeps the SA sending every --interval for --hold seconds; when did replies come back (epoch seconds)?"""
@@ -415,6 +463,8 @@ def ike_esp_client(a):
             res["hold"] = esp_hold(a.spi, rspi)
             u.sendto(isakmp(ic, state["rc"], 5, 0, b"BYE"), (a.host, 500))  # an Informational: the responder may stop
         if a.rekey_spi:
+            if a.rekey_at:
+                time.sleep(max(0.0, a.rekey_at - time.time()))
             rspi2 = quick_mode(a.rekey_spi)
             res["rekey"] = esp_flow(a.rekey_spi, rspi2, a.packets)
             res["old"] = esp_flow(a.spi, rspi, 2)
@@ -457,6 +507,10 @@ def main():
     p.add_argument("--interval", type=float, default=0.1)
     p.add_argument("--hold", type=float, default=0)
     p.add_argument("--resume", type=int, default=0)
+    p.add_argument("--push-spis", default="")
+    p.add_argument("--push-delay", type=float, default=0.3)
+    p.add_argument("--rekey-at", type=float, default=0)
+    p.add_argument("--backoff", action="store_true")
     a = p.parse_args()
     cmds = {"tcp-server": tcp_server, "tcp-client": tcp_client, "tcp-source": tcp_source, "tcp-sink": tcp_sink, "udp-server": udp_server, "udp-client": udp_client,
             "udp-refused": udp_refused, "udp-pmtu": udp_pmtu, "raw": raw, "udp-frags": udp_frags, "listen-raw": listen_raw,

@@ -6,32 +6,17 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  Drop, NatHarness, PUBLIC, MF, UDP, checksumsValid, concat, fragment, icmpError, icmpPacket, ipv4, parse, r32,
-  udpPacket, w32,
+  Drop, NatHarness, PUBLIC, MF, UDP, checksumsValid, concat, fragment, icmpError, icmpPacket, ipv4, parse, r32, reassemble,
+  udpPacket,
 } from './packet-builder';
-import { IpsecMasq, IpsecOptions, TABLE_ESP } from '../../src/helpers/ipsec/ipsec';
+import { IpsecOptions, TABLE_ESP } from '../../src/helpers/ipsec/ipsec';
 import { EV_DESTROY, EV_NEW, EV_UPDATE } from '../../src/core/journal';
-import { attachIpsec } from '../../src/helpers/ipsec/nat';
 import { ConnRow, espRow, isakmpRow } from '../../src/query/rows';
 import { Forwards } from '../../src/nat/forwards';
+import { AH, ESP, L1, L2, L3, MIN, R, ZERO, dests, esp, ike, ipsecHarness, isakmp } from './ipsec-builder';
 
-const ESP = 50;
-const AH = 51;
-const R = '198.18.0.20';
-const L1 = '10.77.0.11';
-const L2 = '10.77.0.12';
-const L3 = '10.77.0.13';
-const MIN = 60_000;
 
-function setup(over: Partial<IpsecOptions> = {}): NatHarness {
-  const h = new NatHarness({ holdSlots: 16 });
-  h.ipsec = new IpsecMasq({
-    lifetimeMs: 30 * MIN, pendingMs: 2 * MIN, squelchMs: 30_000, retries: 5,
-    parallel: true, guessing: true, guessMax: 5, capacity: 256, ...over,
-  });
-  attachIpsec(h.napt, h.ipsec);
-  return h;
-}
+const setup = (over: Partial<IpsecOptions> = {}): NatHarness => ipsecHarness(over);
 
 /** The ISAKMP then ESP rows of the harness's IPsec tables. */
 function* ipsecRows(h: NatHarness): Generator<ConnRow> {
@@ -40,35 +25,6 @@ function* ipsecRows(h: NatHarness): Generator<ConnRow> {
   for (let e = 0; e < m.opts.capacity; e++) if (m.eInUse[e] === 1) yield espRow(m, e, h.now, h.table.publicAddr);
 }
 
-/** An ISAKMP header (cookies as 16 hex digits) with an opaque body. */
-function isakmp(icookie: string, rcookie: string, exchange = 2, body = 40): Uint8Array {
-  const b = new Uint8Array(28 + body);
-  b.set(Buffer.from(icookie, 'hex'), 0);
-  b.set(Buffer.from(rcookie, 'hex'), 8);
-  b[16] = 1;
-  b[17] = 0x10;
-  b[18] = exchange;
-  w32(b, 24, b.length);
-  return b;
-}
-const ZERO = '0000000000000000';
-const ike = (src: string, dst: string, ic: string, rc: string, exchange = 2, body = 40): Uint8Array =>
-  udpPacket(src, dst, { sport: 500, dport: 500, payload: isakmp(ic, rc, exchange, body) });
-
-function esp(src: string, dst: string, spi: number, seq = 1, body = 64): Uint8Array {
-  const p = new Uint8Array(8 + body);
-  w32(p, 0, spi);
-  w32(p, 4, seq);
-  return ipv4({ src, dst, proto: ESP, payload: p });
-}
-
-/** Sends a packet and returns [destination, SPI or cookie word] of each packet out. */
-function dests(h: NatHarness, p: Uint8Array): string[] {
-  return h.send(p).map((o) => {
-    assert.ok(checksumsValid(o), 'checksums valid');
-    return parse(o).dst;
-  });
-}
 
 describe('ISAKMP masquerade (spec §3)', () => {
   it('keeps source port 500, and the first reply teaches the responder cookie that is required afterwards', () => {
@@ -78,7 +34,8 @@ describe('ISAKMP masquerade (spec §3)', () => {
     assert.deepEqual(dests(h, ike(R, PUBLIC, '1111111122222222', 'aaaaaaaabbbbbbbb')), [L1]);
     const back = parse(h.one(ike(R, PUBLIC, '1111111122222222', 'aaaaaaaabbbbbbbb', 32)));
     assert.deepEqual([back.dst, back.dport], [L1, 500]);
-    // Same initiator cookie, wrong responder cookie: not this exchange.
+    // Once the LAN host went on with that responder cookie: same initiator cookie, wrong responder cookie is not this exchange.
+    h.one(ike(L1, R, '1111111122222222', 'aaaaaaaabbbbbbbb'));
     h.dropped(Drop.ISAKMP_NO_MAPPING, ike(R, PUBLIC, '1111111122222222', 'aaaaaaaabbbbbbbc'));
   });
 
@@ -269,14 +226,17 @@ describe('ESP masquerade (spec §4)', () => {
     assert.equal((h.ipsec!.stats().events as Record<string, number>)['esp-blocked-parallel'], 1);
   });
 
-  it('fragmented inbound ESP follows its first fragment', () => {
+  it('fragmented inbound ESP is collected, then every fragment goes to its host', () => {
     const h = setup();
     h.one(esp(L1, R, 0x101));
     dests(h, esp(R, PUBLIC, 0x901));
     const frags = fragment(esp(R, PUBLIC, 0x901, 2, 2000), 1480);
-    assert.equal(parse(h.one(frags[0])).dst, L1);
-    assert.equal(parse(h.one(frags[1])).dst, L1);
-    assert.equal(parse(frags[0]).flags & MF, MF);
+    assert.deepEqual(h.send(frags[0]), [], 'the first fragment waits for the rest');
+    const out = h.send(frags[1]);
+    assert.deepEqual(out.map((o) => parse(o).dst), [L1, L1]);
+    assert.equal(parse(out[0]).flags & MF, MF);
+    assert.ok(out.every((o) => checksumsValid(o)));
+    assert.deepEqual(reassemble(out).subarray(20), reassemble(frags).subarray(20), 'the ESP payload is untouched');
   });
 
   it('ICMP fragmentation-needed quoting outbound ESP reaches the sender', () => {

@@ -10,7 +10,7 @@
 import assert from 'node:assert/strict';
 import { Drop, DROP_NAMES } from '../../src/core/verdict';
 import type { IpsecMasq } from '../../src/helpers/ipsec/ipsec';
-import { FragmentTracker } from '../../src/nat/fragments';
+import { FragmentTracker, WHOLE_SIZE } from '../../src/nat/fragments';
 import { Journal } from '../../src/core/journal';
 import { Napt, NatTimers } from '../../src/nat/napt';
 import { PortPolicy, SessionTable } from '../../src/nat/sessions';
@@ -493,9 +493,9 @@ export class NatHarness {
     this.vnetLen = s.vnetLen ?? 10;
     const holdSlots = s.holdSlots ?? 8;
     const holdSlotSize = s.holdSlotSize ?? 2048;
-    this.arena = new Uint8Array(NatHarness.SLOT + holdSlots * holdSlotSize);
+    this.arena = new Uint8Array(NatHarness.SLOT + holdSlots * holdSlotSize + WHOLE_SIZE);
     this.table = new SessionTable(s.capacity ?? 256, addr(PUBLIC), s.ports ?? DEFAULT_PORTS, this.journal, prng(s.seed ?? 1));
-    this.frags = new FragmentTracker(64, NatHarness.SLOT, holdSlotSize, holdSlots);
+    this.frags = new FragmentTracker(64, NatHarness.SLOT, holdSlotSize, holdSlots, NatHarness.SLOT + holdSlots * holdSlotSize);
     this.napt = new Napt(this.table, this.frags, this.arena, {
       lanPrefixes: [[addr(LAN_NET), addr(LAN_MASK)]],
       timers: TIMERS,

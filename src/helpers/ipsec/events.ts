@@ -24,6 +24,7 @@ export const IpsecEvent = {
   ISAKMP_FORWARD: 15,
   ESP_SERVER: 16,
   ESP_FORWARD: 17,
+  ESP_REPAIRED: 18,
 } as const;
 export const IPSEC_EVENT_NAMES: readonly string[] = Object.keys(IpsecEvent).map((k) => k.toLowerCase().replace(/_/g, '-'));
 const EVENT_COUNT = IPSEC_EVENT_NAMES.length;
@@ -117,6 +118,8 @@ function describe(kind: number, a: number, b: number, c: number, d: number): [st
       return [`inbound ESP from ${ip(a)} SPI ${hex32(c)} sent to ${ip(b)}, its ISAKMP server`, { remote: ip(a), server: ip(b), spi: hex32(c) }];
     case IpsecEvent.ESP_FORWARD:
       return [`inbound ESP from ${ip(a)} SPI ${hex32(c)} forwarded to ${ip(b)}`, { remote: ip(a), lan: ip(b), spi: hex32(c) }];
+    case IpsecEvent.ESP_REPAIRED:
+      return [`crossed ESP SPI pairs of ${ip(a)} and ${ip(d)} with ${ip(b)} re-paired`, { lan: ip(a), remote: ip(b), inSpi: hex32(c), other: ip(d) }];
     default:
       return ['AH refused: it signs the addresses a NAT must change', { from: ip(a), to: ip(b) }];
   }

@@ -54,6 +54,21 @@ export const ESP_STATE_NAMES: readonly string[] = ['free', 'pending', 'establish
 
 /** Distinct AH flows remembered so each is logged once. */
 const AH_FLOWS = 1024;
+/** Index word of the by-initiator-cookie key in kIn (rcookieKey words are odd, 0 is "not learnt"). */
+const BY_ICOOKIE = 2;
+/**
+ * Crossed SPI pairs (two hosts' new SAs with one remote completed by each
+ * other's first inbound SPI): watched this long after an entry is
+ * established; an inbound packet within RESPONSE_MS of an outbound one
+ * answers it, if no other entry sent to that remote in the ISOLATION_MS
+ * before (so an answer is never credited to the wrong sender);
+ * REPAIR_EVIDENCE answers in another entry's inbound SPI, and none in its
+ * own, re-pair them.
+ */
+const REPAIR_WINDOW_MS = 120_000;
+const RESPONSE_MS = 300;
+const ISOLATION_MS = 300;
+const REPAIR_EVIDENCE = 3;
 
 const NONE = -1;
 const TRANSLATED = Verdict.TRANSLATED;
@@ -77,6 +92,8 @@ export class IpsecMasq {
   readonly kServer: Uint8Array;
   readonly kPktsOut: Float64Array;
   readonly kPktsIn: Float64Array;
+  /** 1 once the LAN host sent the learnt responder cookie itself: only then is it no longer re-learnt. */
+  readonly kConfirmed: Uint8Array;
   private readonly kRemote: Int32Array;
   private readonly kOut: FlowIndex;
   private readonly kIn: FlowIndex;
@@ -100,6 +117,12 @@ export class IpsecMasq {
   readonly ePktsOut: Float64Array;
   readonly ePktsIn: Float64Array;
   private readonly eRemote: Int32Array;
+  // Crossed-pair watch: when the entry was established, answers in its own inbound SPI, and the entry
+  // whose inbound SPI answered its outbound packets instead (with how often).
+  private readonly eEstablishedAt: Float64Array;
+  private readonly eAnswered: Int32Array;
+  private readonly eWant: Int32Array;
+  private readonly eWantCount: Int32Array;
   private readonly eOut: FlowIndex;
   private readonly eIn: FlowIndex;
   private readonly eByOutSpi: FlowIndex;
@@ -116,6 +139,15 @@ export class IpsecMasq {
   private readonly rRecentSeen: Float64Array;
   /** The newest forwarded-server ISAKMP entry with this remote, or -1 (inbound ESP steering, spec §6). */
   private readonly rServer: Int32Array;
+  /**
+   * Crossed-pair watch: the young established entry that last sent to this
+   * remote and when, when another entry last sent before it, and whether an
+   * answer was credited since.
+   */
+  private readonly rLastOut: Int32Array;
+  private readonly rLastOutAt: Float64Array;
+  private readonly rOtherOutAt: Float64Array;
+  private readonly rCredited: Uint8Array;
   private readonly rFree: SoaRows;
 
   private readonly ahFlows = new FlowIndex(AH_FLOWS);
@@ -134,17 +166,20 @@ export class IpsecMasq {
     this.kInUse = this.kRows.inUse;
     this.kSerial = this.kRows.serial;
     [this.kLan, this.kRem, this.kIc0, this.kIc1, this.kRc0, this.kRc1, this.kRemote] = columns(Int32Array, cap, 7);
-    [this.kHasRc, this.kServer] = columns(Uint8Array, cap, 2);
+    [this.kHasRc, this.kServer, this.kConfirmed] = columns(Uint8Array, cap, 3);
     [this.kExpires, this.kPktsOut, this.kPktsIn] = columns(Float64Array, cap, 3);
     this.kOut = new FlowIndex(cap);
-    this.kIn = new FlowIndex(cap);
+    // Two keys an entry: by both cookies (or the initiator cookie alone until the responder cookie is
+    // learnt), and by the initiator cookie alone (the newest entry with it).
+    this.kIn = new FlowIndex(cap * 2);
 
     this.eRows = new SoaRows(cap);
     this.eInUse = this.eRows.inUse;
     this.eSerial = this.eRows.serial;
-    [this.eLan, this.eRem, this.eOutSpi, this.eInSpi, this.eRetries, this.eRemote] = columns(Int32Array, cap, 6);
+    [this.eLan, this.eRem, this.eOutSpi, this.eInSpi, this.eRetries, this.eRemote, this.eAnswered, this.eWant, this.eWantCount] =
+      columns(Int32Array, cap, 9);
     [this.eState, this.eEndState, this.eBlocking] = columns(Uint8Array, cap, 3);
-    [this.eExpires, this.eCreated, this.ePktsOut, this.ePktsIn] = columns(Float64Array, cap, 4);
+    [this.eExpires, this.eCreated, this.ePktsOut, this.ePktsIn, this.eEstablishedAt] = columns(Float64Array, cap, 5);
     this.eOut = new FlowIndex(cap);
     this.eIn = new FlowIndex(cap);
     this.eByOutSpi = new FlowIndex(cap);
@@ -157,6 +192,10 @@ export class IpsecMasq {
     this.rRecentLan = new Int32Array(cap * GUESS_SLOTS);
     this.rRecentSeen = new Float64Array(cap * GUESS_SLOTS).fill(-1);
     this.rServer = new Int32Array(cap).fill(NONE);
+    this.rLastOut = new Int32Array(cap).fill(NONE);
+    this.rLastOutAt = new Float64Array(cap);
+    this.rOtherOutAt = new Float64Array(cap).fill(-Infinity);
+    this.rCredited = new Uint8Array(cap);
     this.rFree = new SoaRows(cap);
   }
 
@@ -184,12 +223,23 @@ export class IpsecMasq {
         }
         this.removeIsakmp(o);
       }
+      // Rule I-4 for an exchange the remote started and guessed to several hosts: the first to answer
+      // (its responder cookie set) keeps it; a second answer with another responder cookie collides.
+      if ((rc0 | rc1) !== 0) {
+        const a = this.liveIsakmp(this.kIn.get(rem, ic0, ic1, BY_ICOOKIE), now);
+        if (a >= 0 && this.kLan[a] !== lan) {
+          this.events.push(IpsecEvent.ISAKMP_COLLISION, lan, rem, ic0, this.kLan[a]);
+          return Drop.ISAKMP_COLLISION;
+        }
+      }
       k = this.createIsakmp(lan, rem, ic0, ic1, this.serials.next);
       if (k < 0) return Drop.TABLE_FULL;
       this.journalNew(TABLE_ISAKMP, k, this.serials.next++);
     }
-    // A LAN host answering an exchange the remote started carries the responder cookie from its first packet.
-    if (this.kHasRc[k] === 0 && (rc0 | rc1) !== 0) this.learnRcookie(k, rc0, rc1);
+    // The LAN host's own responder cookie: the one it answers, or the one it learnt and now uses. Until it
+    // has used one, a new one from the remote replaces it (inIsakmp).
+    if ((rc0 | rc1) !== 0 && (this.kHasRc[k] === 0 || this.kRc0[k] !== rc0 || this.kRc1[k] !== rc1)) this.learnRcookie(k, rc0, rc1);
+    if ((rc0 | rc1) !== 0) this.kConfirmed[k] = 1;
     this.kExpires[k] = now + this.opts.lifetimeMs;
     this.kPktsOut[k]++;
     this.touchRecent(this.kRemote[k], lan, now);
@@ -211,6 +261,15 @@ export class IpsecMasq {
     if (k >= 0) {
       if ((rc0 | rc1) !== 0) this.learnRcookie(k, rc0, rc1);
       return this.deliverIsakmp(k, now, to);
+    }
+    if ((rc0 | rc1) !== 0) {
+      // The same exchange answered again with a new responder cookie (an INVALID_KE or COOKIE retry)
+      // before the LAN host used the first one: learn the new one.
+      const a = this.liveIsakmp(this.kIn.get(rem, ic0, ic1, BY_ICOOKIE), now);
+      if (a >= 0 && this.kConfirmed[a] === 0) {
+        this.learnRcookie(a, rc0, rc1);
+        return this.deliverIsakmp(a, now, to);
+      }
     }
     if ((ic0 | ic1) === 0) this.events.push(IpsecEvent.ZERO_COOKIE, rem, 0, 0, 0);
     if (server !== NO_FORWARD) return this.isakmpToServer(server, rem, ic0, ic1, rc0, rc1, now, to);
@@ -277,9 +336,11 @@ export class IpsecMasq {
     this.kRemote[k] = r;
     this.kPktsOut[k] = 0;
     this.kPktsIn[k] = 0;
+    this.kConfirmed[k] = 0;
     this.rRefs[r]++;
     this.kOut.set(lan, rem, ic0, ic1, k);
     this.kIn.set(rem, ic0, ic1, 0, k);
+    this.kIn.set(rem, ic0, ic1, BY_ICOOKIE, k);
     return k;
   }
 
@@ -287,7 +348,7 @@ export class IpsecMasq {
     const rem = this.kRem[k];
     const ic0 = this.kIc0[k];
     const ic1 = this.kIc1[k];
-    deleteIf(this.kIn, rem, ic0, ic1, 0, k);
+    deleteIf(this.kIn, rem, ic0, ic1, this.kHasRc[k] === 1 ? rcookieKey(this.kRc0[k], this.kRc1[k]) : 0, k);
     this.kRc0[k] = rc0;
     this.kRc1[k] = rc1;
     this.kHasRc[k] = 1;
@@ -300,6 +361,7 @@ export class IpsecMasq {
     const rem = this.kRem[k];
     deleteIf(this.kOut, this.kLan[k], rem, this.kIc0[k], this.kIc1[k], k);
     deleteIf(this.kIn, rem, this.kIc0[k], this.kIc1[k], this.kHasRc[k] === 1 ? rcookieKey(this.kRc0[k], this.kRc1[k]) : 0, k);
+    deleteIf(this.kIn, rem, this.kIc0[k], this.kIc1[k], BY_ICOOKIE, k);
     this.kRows.give(k);
     if (this.rServer[this.kRemote[k]] === k) this.rServer[this.kRemote[k]] = NONE;
     this.unref(this.kRemote[k]);
@@ -320,6 +382,7 @@ export class IpsecMasq {
       this.ePktsOut[e]++;
       if (st === ESP_ESTABLISHED) {
         this.eExpires[e] = now + this.opts.lifetimeMs;
+        if (now - this.eEstablishedAt[e] < REPAIR_WINDOW_MS) this.sent(e, now);
         return TRANSLATED;
       }
       // Pending: a retransmit restarts the timer; retries only count once another flow was turned away.
@@ -383,12 +446,17 @@ export class IpsecMasq {
         // The first unknown SPI from R is assumed to answer the one pending entry; R's slot is free again.
         this.rPending[r] = NONE;
         this.eInSpi[e] = spi;
-        this.setState(e, ESP_ESTABLISHED);
         this.eIn.set(rem, spi, 0, 0, e);
+        this.eEstablishedAt[e] = now;
+        this.eAnswered[e] = 0;
+        this.eWant[e] = NONE;
+        this.eWantCount[e] = 0;
+        this.setState(e, ESP_ESTABLISHED);
         this.events.push(IpsecEvent.ESP_ESTABLISHED, this.eLan[e], rem, this.eOutSpi[e], spi);
       }
     }
     if (e >= 0) {
+      if (now - this.eEstablishedAt[e] < REPAIR_WINDOW_MS) e = this.answer(e, now);
       this.eExpires[e] = now + this.opts.lifetimeMs;
       this.ePktsIn[e]++;
       to.one(this.eLan[e]);
@@ -417,6 +485,96 @@ export class IpsecMasq {
     }
     this.events.push(IpsecEvent.ESP_NO_MAPPING, rem, 0, spi, 0);
     return Drop.ESP_NO_MAPPING;
+  }
+
+  /**
+   * Crossed SPI pairs: when two LAN hosts set up new SAs with one remote at
+   * once, the first unknown inbound SPI can complete the wrong pending entry
+   * (spec §4.4, "new SPI arrives inbound first"), and each host then gets the
+   * other's traffic. Seen from here: an entry's outbound packets are answered
+   * in another entry's inbound SPI, never in its own. An inbound packet soon
+   * after a young entry's outbound one counts as its answer; a few answers in
+   * another young entry's SPI, and none in its own, re-pair the two. Returns
+   * the entry the inbound packet belongs to now.
+   */
+  private answer(x: number, now: number): number {
+    const r = this.eRemote[x];
+    const o = this.rLastOut[r];
+    if (o < 0 || this.rCredited[r] === 1 || now - this.rLastOutAt[r] > RESPONSE_MS ||
+      this.rLastOutAt[r] - this.rOtherOutAt[r] < ISOLATION_MS) return x;
+    this.rCredited[r] = 1;
+    if (o === x) {
+      this.eAnswered[x]++;
+      return x;
+    }
+    if (this.eAnswered[o] > 0 || this.eInUse[o] === 0 || this.eState[o] !== ESP_ESTABLISHED || now - this.eEstablishedAt[o] >= REPAIR_WINDOW_MS) return x;
+    if (this.eWant[o] === x) this.eWantCount[o]++;
+    else {
+      this.eWant[o] = x;
+      this.eWantCount[o] = 1;
+    }
+    if (this.eWantCount[o] < REPAIR_EVIDENCE) return x;
+    // Swap the inbound SPIs: o gets the one that answers it; x gets o's, which may be its own.
+    const rem = this.eRem[o];
+    const a = this.eInSpi[o];
+    const b = this.eInSpi[x];
+    this.eInSpi[o] = b;
+    this.eInSpi[x] = a;
+    this.eIn.set(rem, b, 0, 0, o);
+    this.eIn.set(rem, a, 0, 0, x);
+    this.eAnswered[o] = 1;
+    this.eWant[o] = NONE;
+    this.eWantCount[o] = 0;
+    this.eWant[x] = NONE;
+    this.eWantCount[x] = 0;
+    if (this.journal !== null) {
+      this.journal.push(EV_UPDATE, TABLE_ESP, o, this.eSerial[o]);
+      this.journal.push(EV_UPDATE, TABLE_ESP, x, this.eSerial[x]);
+    }
+    this.events.push(IpsecEvent.ESP_REPAIRED, this.eLan[o], rem, b, this.eLan[x]);
+    return o;
+  }
+
+  /** A young established entry sent to its remote: the next answer may be its. */
+  private sent(e: number, now: number): void {
+    const r = this.eRemote[e];
+    if (this.rLastOut[r] !== e) {
+      if (this.rLastOut[r] >= 0) this.rOtherOutAt[r] = this.rLastOutAt[r];
+      this.rLastOut[r] = e;
+    }
+    this.rLastOutAt[r] = now;
+    this.rCredited[r] = 0;
+  }
+
+  // ---- ICMP errors about IPsec traffic (spec §9.14) ------------------------------
+
+  /**
+   * The LAN host of the ISAKMP exchange an error from outside quotes (P:500 ->
+   * R:500): by its cookies when quoted, else the host that spoke IKE with R
+   * most recently. -1 when none.
+   */
+  isakmpHostOf(rem: number, ic0: number, ic1: number, rc0: number, rc1: number, quoted: boolean, now: number, to: Targets): number {
+    if (quoted) {
+      let k = (rc0 | rc1) !== 0 ? this.liveIsakmp(this.kIn.get(rem, ic0, ic1, rcookieKey(rc0, rc1)), now) : NONE;
+      if (k < 0) k = this.liveIsakmp(this.kIn.get(rem, ic0, ic1, 0), now);
+      if (k < 0) k = this.liveIsakmp(this.kIn.get(rem, ic0, ic1, BY_ICOOKIE), now);
+      return k < 0 ? NONE : this.kLan[k];
+    }
+    return this.candidates(rem, now, to) > 0 ? to.addr[0] : NONE;
+  }
+
+  /** True when `lan` has the ISAKMP exchange an error it sends quotes (R:500 -> L:500), by cookies when quoted. */
+  isakmpIsHost(lan: number, rem: number, ic0: number, ic1: number, quoted: boolean, now: number, to: Targets): boolean {
+    if (quoted) return this.liveIsakmp(this.kOut.get(lan, rem, ic0, ic1), now) >= 0;
+    const n = this.candidates(rem, now, to);
+    for (let i = 0; i < n; i++) if (to.addr[i] === lan) return true;
+    return false;
+  }
+
+  /** True when `lan` receives ESP from `rem` with inbound SPI `spi` (an error it sends about that ESP). */
+  espIsHost(lan: number, rem: number, spi: number, now: number): boolean {
+    const e = this.eIn.get(rem, spi, 0, 0);
+    return e >= 0 && this.eExpires[e] > now && this.eLan[e] === lan;
   }
 
   /** The LAN host that sent ESP with `outSpi` to `rem` (for ICMP errors quoting it, spec §9.14), or -1. */
@@ -470,9 +628,16 @@ export class IpsecMasq {
     return e;
   }
 
-  /** Changes an entry's state; a live entry's change is an UPDATE event (the store, `conns watch`). */
+  /**
+   * Changes an entry's state; a live entry's change is an UPDATE event (the
+   * store, `conns watch`). A squelched entry no longer makes its host the
+   * remote's owner for ipsec.parallel false: the next host in line gets the
+   * pending slot.
+   */
   private setState(e: number, st: number): void {
-    this.espCountByState[this.eState[e]]--;
+    const was = this.eState[e];
+    if ((was === ESP_PENDING || was === ESP_ESTABLISHED) && st !== ESP_PENDING && st !== ESP_ESTABLISHED) this.rLive[this.eRemote[e]]--;
+    this.espCountByState[was]--;
     this.eState[e] = st;
     this.espCountByState[st]++;
     if (st !== ESP_FREE && this.journal !== null) this.journal.push(EV_UPDATE, TABLE_ESP, e, this.eSerial[e]);
@@ -491,7 +656,7 @@ export class IpsecMasq {
     this.eEndState[e] = st;
     this.setState(e, ESP_FREE);
     this.eRows.give(e);
-    this.rLive[r]--;
+    if (this.rLastOut[r] === e) this.rLastOut[r] = NONE;
     this.unref(r);
   }
 
@@ -513,6 +678,8 @@ export class IpsecMasq {
     const k = this.createIsakmp(lan, rem, ic0, ic1, serial);
     if (k < 0) return NONE;
     if (hasRc) this.learnRcookie(k, rc0, rc1);
+    // A stored responder cookie belongs to an exchange that went on: not re-learnt.
+    this.kConfirmed[k] = hasRc ? 1 : 0;
     if (server) {
       // Restored in serial order: the last one is the remote's newest server entry.
       this.kServer[k] = 1;
@@ -576,6 +743,8 @@ export class IpsecMasq {
     this.rLive[r] = 0;
     this.rRecentSeen.fill(-1, r * GUESS_SLOTS, (r + 1) * GUESS_SLOTS);
     this.rServer[r] = NONE;
+    this.rLastOut[r] = NONE;
+    this.rOtherOutAt[r] = -Infinity;
     this.rIndex.set(rem, 0, 0, 0, r);
     return r;
   }
@@ -622,16 +791,21 @@ export class IpsecMasq {
     const seen = this.rRecentSeen;
     const after = now - (this.opts.lifetimeMs - GUESS_MIN_LEFT_MS);
     const max = this.opts.guessMax;
-    let bound = Infinity;
-    // Selection by descending time: at most GUESS_SLOTS passes over GUESS_SLOTS slots.
+    let boundSeen = Infinity;
+    let boundSlot = base + GUESS_SLOTS;
+    // Selection by descending (time, slot): hosts with equal times (one clock reading per batch) all count.
+    // At most GUESS_SLOTS passes over GUESS_SLOTS slots.
     while (to.count < max) {
       let best = NONE;
       for (let i = base; i < base + GUESS_SLOTS; i++) {
-        if (seen[i] >= 0 && seen[i] > after && seen[i] < bound && (best < 0 || seen[i] > seen[best])) best = i;
+        const t = seen[i];
+        if (t < 0 || t <= after || t > boundSeen || (t === boundSeen && i >= boundSlot)) continue;
+        if (best < 0 || t > seen[best] || (t === seen[best] && i > best)) best = i;
       }
       if (best < 0) break;
       to.add(this.rRecentLan[best]);
-      bound = seen[best];
+      boundSeen = seen[best];
+      boundSlot = best;
     }
     return to.count;
   }

@@ -8,6 +8,7 @@
 import { IPV4_DST, IPV4_SRC, PROTO_AH, PROTO_ESP, PROTO_UDP } from '../../wire/ipv4';
 import { ESP_OK, EspHeader } from '../../wire/esp';
 import { ISAKMP_HDR, ISAKMP_OK, ISAKMP_PORT, IsakmpHeader } from '../../wire/isakmp';
+import { UDP_HDR } from '../../wire/udp';
 import { Drop, Verdict } from '../../core/verdict';
 import { NO_FORWARD } from '../../nat/forwards';
 import { setAddress, setUdpAddress } from '../../nat/rewrite';
@@ -45,8 +46,31 @@ export class IsakmpNat implements Tracker {
     setUdpAddress(buf, ipOff, l4Off, IPV4_DST, pub, lan, partial);
   }
 
-  icmpErrorIn(): Verdict { return Drop.ICMP_ERROR_NO_MAPPING; }
-  icmpErrorOut(): Verdict { return Drop.ICMP_ERROR_NO_MAPPING; }
+  /**
+   * An error quoting our ISAKMP (P:500 -> R:500), frag-needed for a large IKE
+   * message above all: to the host of the exchange, found by its cookies
+   * when the router quoted them (RFC 1812 §4.3.2.3 asks for as much as fits).
+   */
+  icmpErrorIn(p: Packet): Verdict {
+    const ike = this.ike;
+    const quoted = ike.parse(p.buf, p.inner.payloadOff + UDP_HDR, p.quotedLen - UDP_HDR) === ISAKMP_OK;
+    const lan = quoted
+      ? this.m.isakmpHostOf(p.inner.dst, ike.icookie0, ike.icookie1, ike.rcookie0, ike.rcookie1, true, p.now, p.to)
+      : this.m.isakmpHostOf(p.inner.dst, 0, 0, 0, 0, false, p.now, p.to);
+    if (lan < 0) return Drop.ICMP_ERROR_NO_MAPPING;
+    p.to.one(lan);
+    return TRANSLATED;
+  }
+
+  /** A LAN host's error about ISAKMP it received (R:500 -> L:500): out to the remote if the exchange is the host's. */
+  icmpErrorOut(p: Packet): Verdict {
+    const ike = this.ike;
+    const inner = p.inner;
+    const quoted = ike.parse(p.buf, inner.payloadOff + UDP_HDR, p.quotedLen - UDP_HDR) === ISAKMP_OK;
+    const ok = this.m.isakmpIsHost(inner.dst, inner.src, quoted ? ike.icookie0 : 0, quoted ? ike.icookie1 : 0, quoted, p.now, p.to);
+    return ok ? TRANSLATED : Drop.ICMP_ERROR_NO_MAPPING;
+  }
+
   sessionRemoved(): void { /* no sessions */ }
 }
 
@@ -86,7 +110,13 @@ export class EspNat implements Tracker {
     return TRANSLATED;
   }
 
-  icmpErrorOut(): Verdict { return Drop.ICMP_ERROR_NO_MAPPING; }
+  /** A LAN host's error about ESP it received (R -> L, its inbound SPI): out to the remote. */
+  icmpErrorOut(p: Packet): Verdict {
+    const inner = p.inner;
+    this.esp.parse(p.buf, inner.payloadOff, 8);
+    return this.m.espIsHost(inner.dst, inner.src, this.esp.spi, p.now) ? TRANSLATED : Drop.ICMP_ERROR_NO_MAPPING;
+  }
+
   sessionRemoved(): void { /* no sessions */ }
 }
 

@@ -8,11 +8,13 @@
  * with a tag word:
  *   (lan, remote, lanId, TAG_LAN) / (remote, pubId, 0, TAG_PUB) / (remote, remoteId, 0, TAG_REM) -> call
  *   (session, serial low, serial high, TAG_CTL) -> first call of a control connection
+ *   (remote, id, 0, TAG_LAN_ANY) -> count / (remote, id, 0, TAG_RESERVED): IDs a new public ID must avoid
  * A call belongs to its control connection (a TCP session) and is removed
- * with it, as netfilter removes a master's siblings; it also ends a grace
- * time after Call-Clear / Call-Disconnect-Notify; a requested call that is
- * never answered expires after 2 min (2.0 initial GRE timer); a refused call
- * is removed at once.
+ * with it, as netfilter removes a master's siblings, and when that
+ * connection stops or closes; Call-Disconnect-Notify ends it at once; after
+ * a Call-Clear-Request it lives a grace time; a requested call that is never
+ * answered expires after 2 min (2.0 initial GRE timer); a refused call is
+ * removed at once.
  */
 import { FlowIndex } from '../../core/flow-index';
 import { EV_DESTROY, EV_NEW, EV_UPDATE, Journal } from '../../core/journal';
@@ -31,7 +33,13 @@ const TAG_LAN = 1;
 const TAG_PUB = 2;
 const TAG_REM = 3;
 const TAG_CTL = 4;
+/** (remote, Call ID) -> how many calls to that remote use it as their LAN Call ID (never handed out as a public one). */
+const TAG_LAN_ANY = 5;
+/** (remote, Call ID) -> a public Call ID promised to a message whose Call ID field a segment boundary cut. */
+const TAG_RESERVED = 6;
 const NONE = -1;
+/** Call ID 0 is never a call's public ID: a refused call goes out with it and nothing maps back to it. */
+export const REFUSED_CALL_ID = 0;
 
 /** 2.0's initial GRE timer for a call not yet answered. */
 const REQUEST_MS = 120_000;
@@ -64,6 +72,8 @@ export class PptpCalls {
   private readonly next: Int32Array;
   private readonly prev: Int32Array;
   private readonly index: FlowIndex;
+  /** Where the search of the whole Call ID space goes on (shared by all remotes). */
+  private cursor = 1;
   graceMs = 30_000;
   private readonly removeCall = (c: number): void => this.remove(c);
 
@@ -81,10 +91,11 @@ export class PptpCalls {
     [this.lanId, this.pubId] = columns(Uint16Array, capacity, 2);
     [this.role, this.state] = columns(Uint8Array, capacity, 2);
     [this.expires, this.ctlSerial, this.lastSeen, this.pktsOut, this.pktsIn] = columns(Float64Array, capacity, 5);
-    this.index = new FlowIndex(capacity * 4 + 1024);
+    this.index = new FlowIndex(capacity * 5 + 1024);
   }
 
   get count(): number { return this.rows.count; }
+  get full(): boolean { return this.rows.available === 0; }
 
   findLan(lan: number, rem: number, lanId: number): number { return this.index.get(lan, rem, lanId, TAG_LAN); }
   findPub(rem: number, pubId: number): number { return this.index.get(rem, pubId, 0, TAG_PUB); }
@@ -94,24 +105,65 @@ export class PptpCalls {
   nextOf(c: number): number { return this.next[c]; }
 
   /**
-   * Creates a call for a Call ID the LAN host announced, with a public Call
-   * ID free for this remote. The public ID keeps the high byte of the LAN
-   * one, so a Call ID field split across two TCP segments only changes in
-   * its second byte (the first may already be on its way). Returns -1 when
-   * the table is full or no ID with that high byte is free.
+   * A public Call ID free for `rem` (spec §5.2: unique per public address and
+   * server), never 0, never `lanId`, never a LAN Call ID some call to `rem`
+   * uses: first one with the high byte `high` (the LAN ID's), so a Call ID
+   * field cut by a segment boundary changes in its second byte only; then
+   * anywhere in the 16-bit space. Returns -1 when none is free. The search of
+   * the whole space goes on from a cursor, so each step either finds a free
+   * ID or passes one taken by a live call or promise: amortized O(1), since
+   * those are bounded by the table's capacity (far below 65535).
    */
-  create(lan: number, rem: number, lanId: number, role: number, ctlSession: number, ctlSerial: number, now: number): number {
-    if (this.rows.available === 0) return NONE;
-    const serials = this.serials;
-    const hi = lanId & 0xff00;
-    // Start away from the LAN's own ID so a rewrite is visible; scan the 256 IDs of this high byte.
-    let low = (lanId + 1 + serials.next * 151) & 0xff;
-    let pub = NONE;
-    for (let i = 0; i < 256; i++, low = (low + 1) & 0xff) {
-      const cand = hi | low;
-      if (cand !== 0 && this.findPub(rem, cand) === NONE) { pub = cand; break; }
+  allocate(rem: number, lanId: number, high: number): number {
+    if (high >= 0) {
+      let low = (lanId + 1 + this.serials.next * 151) & 0xff;
+      for (let i = 0; i < 256; i++, low = (low + 1) & 0xff) {
+        const cand = (high << 8) | low;
+        if (this.idFree(rem, cand, lanId)) return cand;
+      }
     }
-    if (pub === NONE) return NONE;
+    for (let i = 0; i < 65536; i++) {
+      const cand = this.cursor;
+      this.cursor = (cand + 1) & 0xffff;
+      if (this.idFree(rem, cand, lanId)) return cand;
+    }
+    return NONE;
+  }
+
+  private idFree(rem: number, id: number, lanId: number): boolean {
+    const ix = this.index;
+    return id !== REFUSED_CALL_ID && id !== lanId && ix.get(rem, id, 0, TAG_PUB) === NONE &&
+      ix.get(rem, id, 0, TAG_LAN_ANY) === NONE && ix.get(rem, id, 0, TAG_RESERVED) === NONE;
+  }
+
+  /** Promises public ID `pub` (from allocate) to a message still being read, so no other call takes it meanwhile. */
+  reserve(rem: number, pub: number): void {
+    this.index.set(rem, pub, 0, TAG_RESERVED, 1);
+  }
+
+  /** Takes back a promise that was not used. */
+  unreserve(rem: number, pub: number): void {
+    this.index.delete(rem, pub, 0, TAG_RESERVED);
+  }
+
+  /** True when a new call could get a public ID with the high byte `high` (not `lanId` itself). */
+  hasFreeWithHigh(rem: number, high: number, lanId: number): boolean {
+    for (let low = 0; low < 256; low++) if (this.idFree(rem, (high << 8) | low, lanId)) return true;
+    return false;
+  }
+
+  /**
+   * Creates a call for a Call ID the LAN host announced, with public Call ID
+   * `pub` (promised by reserve, and now taken) or, by default, a newly
+   * allocated one. Returns the call, or -1 when the table is full or no
+   * public ID is free.
+   */
+  create(lan: number, rem: number, lanId: number, role: number, ctlSession: number, ctlSerial: number, now: number, pub = NONE): number {
+    if (pub >= 0) this.unreserve(rem, pub);
+    if (this.rows.available === 0) return NONE;
+    if (pub < 0) pub = this.allocate(rem, lanId, lanId >>> 8);
+    if (pub < 0) return NONE;
+    const serials = this.serials;
     const c = this.place(lan, rem, lanId, pub, NONE, role, CALL_REQUESTED, now + REQUEST_MS, ctlSession, ctlSerial, serials.next++, now);
     this.counters.counts[PptpCounter.CALLS_CREATED]++;
     if (this.journal !== null) this.journal.push(EV_NEW, TABLE_GRE_CALLS, c, this.serial[c]);
@@ -150,6 +202,7 @@ export class PptpCalls {
     this.pktsIn[c] = 0;
     this.index.set(lan, rem, lanId, TAG_LAN, c);
     this.index.set(rem, pub, 0, TAG_PUB, c);
+    this.lanIdUse(rem, lanId, 1);
     // Link in at the head of its control connection's list.
     const lo = serialLo(ctlSerial);
     const hi = serialHi(ctlSerial);
@@ -194,6 +247,7 @@ export class PptpCalls {
     this.unindex(this.lan[c], this.rem[c], this.lanId[c], TAG_LAN, c);
     this.unindex(this.rem[c], this.pubId[c], 0, TAG_PUB, c);
     if (this.remId[c] !== NONE) this.unindex(this.rem[c], this.remId[c], 0, TAG_REM, c);
+    this.lanIdUse(this.rem[c], this.lanId[c], -1);
     const p = this.prev[c];
     const n = this.next[c];
     if (n !== NONE) this.prev[n] = p;
@@ -209,14 +263,30 @@ export class PptpCalls {
     this.rows.give(c);
   }
 
-  /** Removes every call of the control connection on session `s` (its master is gone); returns how many. */
+  /** Removes every call of the control connection on session `s` (its master is gone or closing); returns how many. */
   removeConnection(s: number, serial: number): number {
     let n = 0;
     for (let c = this.firstOf(s, serial); c !== NONE; c = this.firstOf(s, serial)) {
       this.remove(c);
       n++;
     }
+    this.counters.counts[PptpCounter.CALLS_ENDED_WITH_CONTROL] += n;
     return n;
+  }
+
+  /** Counts the calls to `rem` that use `lanId` as their LAN Call ID. */
+  private lanIdUse(rem: number, lanId: number, delta: number): void {
+    const n = this.index.get(rem, lanId, 0, TAG_LAN_ANY);
+    const m = (n === NONE ? 0 : n) + delta;
+    if (m > 0) this.index.set(rem, lanId, 0, TAG_LAN_ANY, m);
+    else this.index.delete(rem, lanId, 0, TAG_LAN_ANY);
+  }
+
+  /** Ends a call at once (Call-Disconnect-Notify: the call is gone). */
+  end(c: number, now: number): void {
+    this.expires[c] = now;
+    this.state[c] = CALL_CLEARING;
+    this.remove(c);
   }
 
   /**

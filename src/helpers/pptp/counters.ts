@@ -18,7 +18,15 @@ export const PptpCounter = {
   MALFORMED: 10,
   LOST_CALL: 11,
   OUT_OF_ORDER: 12,
+  /** A call refused: no public Call ID left for the server, or the call table is full. */
   NO_CALL_SLOT: 13,
+  /** A new control connection refused (reset) because the control-connection table is full. */
+  CONTROL_TABLE_FULL: 14,
+  STALE_DUPLICATE: 15,
+  REWRITE_BACKLOG: 16,
+  SPLIT_FIELD: 17,
+  /** Calls ended with their control connection (Stop-Control-Connection, FIN, RST, or the session's removal). */
+  CALLS_ENDED_WITH_CONTROL: 18,
 } as const;
 
 export const PPTP_COUNTER_NAMES: readonly string[] = Object.keys(PptpCounter).map((k) => k.toLowerCase().replace(/_/g, '-'));

@@ -104,7 +104,24 @@ export class GreNat implements Tracker {
     return TRANSLATED;
   }
 
-  icmpErrorOut(): Verdict { return Drop.ICMP_ERROR_NO_MAPPING; }
+  /**
+   * A LAN host's error about GRE it received (R -> L): the quoted Call ID is
+   * the host's own one (inbound GRE was rewritten to it), so it goes back to
+   * the public one the remote knows before the error leaves.
+   */
+  icmpErrorOut(p: Packet): Verdict {
+    const inner = p.inner;
+    const g = this.gre;
+    const kind = g.parse(p.buf, inner.payloadOff, 8);
+    if (kind === GRE_PPTP) {
+      const c = this.calls.findLan(inner.dst, inner.src, g.callId);
+      if (c === NONE) return Drop.ICMP_ERROR_NO_MAPPING;
+      write16(p.buf, g.callIdOff, this.calls.pubId[c]);
+      return TRANSLATED;
+    }
+    const r = kind === GRE_ERR_TRUNCATED ? NONE : this.rawIndex.get(inner.src, 0, 0, 0);
+    return r !== NONE && this.rawLan[r] === inner.dst && this.rawExpires[r] > p.now ? TRANSLATED : Drop.ICMP_ERROR_NO_MAPPING;
+  }
   sessionRemoved(): void { /* GRE has no sessions; calls end with their control connection (control.ts) */ }
 
   private notPptp(): Verdict {

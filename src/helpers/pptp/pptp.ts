@@ -30,6 +30,7 @@ export class PptpMasq {
   attach(napt: Napt): void {
     napt.registerProtocol(PROTO_GRE, this.gre);
     napt.registerSessionHelper(PROTO_TCP, PPTP_PORT, this.control);
+    this.control.holder = napt;
   }
 
   /** Calls past their own deadline (request timer, grace); off the packet path. */
@@ -45,6 +46,6 @@ export class PptpMasq {
 
   /** Counters and table sizes for `stats`. */
   stats(): Record<string, unknown> {
-    return { calls: this.calls.count, controlConnections: this.control.count, events: this.counters.byName() };
+    return { calls: this.calls.count, controlConnections: this.control.count, controlStates: this.control.byState(), events: this.counters.byName() };
   }
 }
