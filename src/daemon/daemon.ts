@@ -19,7 +19,7 @@ import { Drop } from '../core/verdict';
 import { T_BYTES_IN, T_BYTES_OUT, T_PKTS_IN, T_PKTS_OUT } from '../nat/napt';
 import { RouterNet } from '../edge/netlink/router-net';
 import { int32ToIpv4, ipv4ToInt32, ipv4ToNumber, parseCidr, prefixMask } from '../core/ipv4-addr';
-import type { TunDevice, TunEvent, TunFactory } from '../edge/tun/device';
+import { ringBytes, type TunDevice, type TunEvent, type TunFactory } from '../edge/tun/device';
 import { NativeTun } from '../edge/tun/native-tun';
 import { Stat } from '../edge/tun/native';
 import { BatchFaults } from '../edge/tun/batch-faults';
@@ -35,7 +35,13 @@ import { IpsecMasq, MIN_LIFETIME_MS } from '../helpers/ipsec/ipsec';
 export const ROUTE_TABLE = 7100;
 export const RULE_PRIORITY = 7100;
 
-const RX_SLOTS = 64;
+/** Receive slots per TUN queue: a whole 64 KiB super-packet each with offloads, an MTU without. */
+const RING_SLOTS_OFFLOADS = 256;
+const RING_SLOTS_MTU = 1024;
+/** Queues of the TUN device (IFF_MULTI_QUEUE above 1), each with its reader and writer thread. */
+const TUN_QUEUES = 1;
+/** Packets translated per call into the packet path at most. */
+const BATCH = 128;
 const SWEEP_INTERVAL_MS = 100;
 /** Capacity of the PPTP call and control-connection tables. */
 const PPTP_CALLS = 4096;
@@ -108,7 +114,7 @@ export class Daemon implements MetricsSource {
   constructor(public config: Config, private readonly log: Logger, opts: DaemonOptions = {}) {
     this.now = opts.now ?? Date.now;
     this.persist = opts.persist ?? true;
-    this.openTun = opts.openTun ?? ((o) => NativeTun.open(o.name, { offloads: o.offloads }));
+    this.openTun = opts.openTun ?? ((o) => NativeTun.open(o));
     this.onFatal = opts.onFatal ?? (() => undefined);
     this.faults = new BatchFaults(log, (reason) => this.fail(reason), this.now);
     this.startedAt = this.now();
@@ -127,7 +133,8 @@ export class Daemon implements MetricsSource {
       this.table,
       {
         slotSize: rxSlotSize(cfg.tun.offloads, cfg.tun.mtu),
-        rxSlots: RX_SLOTS,
+        rxSlots: TUN_QUEUES * this.ringSlots(),
+        batch: BATCH,
         holdSlots: cfg.limits.maxHeldFragments,
         holdSlotSize: rxSlotSize(false, cfg.tun.mtu),
       },
@@ -199,12 +206,13 @@ export class Daemon implements MetricsSource {
       this.log.warn('removed leftovers of an earlier run', { ...leftovers });
     }
     if (this.persist) this.openStore();
-    const tun = this.openTun({ name: cfg.tun.name, offloads: cfg.tun.offloads });
+    const tun = this.openTun({ names: [cfg.tun.name], offloads: cfg.tun.offloads, queues: TUN_QUEUES });
     this.tun = tun;
+    const tunName = tun.names[0];
     if (cfg.tun.offloads && tun.offloadError) this.log.warn('TUN offloads unavailable, running without them', { reason: tun.offloadError });
     this.net = await RouterNet.open();
     await this.net.setup({
-      tunName: tun.name,
+      tunName,
       mtu: cfg.tun.mtu,
       table: ROUTE_TABLE,
       rulePriority: RULE_PRIORITY,
@@ -213,7 +221,7 @@ export class Daemon implements MetricsSource {
       publicAddress: cfg.wan.mode === 'shared' ? null : cfg.wan.publicAddress,
       wanInterface: cfg.wan.interface,
     });
-    if (cfg.wan.mode === 'shared') await this.startShared(tun.name);
+    if (cfg.wan.mode === 'shared') await this.startShared(tunName);
     this.startPacketLoop(tun);
     const controlGroup = lookupGroup(cfg.control.group);
     if (controlGroup === null) this.log.warn('control group not found: the control socket is open to root only', { group: cfg.control.group });
@@ -222,7 +230,7 @@ export class Daemon implements MetricsSource {
     this.sweepTimer = setInterval(() => this.sweep(budget), SWEEP_INTERVAL_MS);
     if (cfg.metrics) this.metrics = await startMetricsServer(cfg.metrics.listen, this, this.log);
     this.log.info('vpnmasq running', {
-      tun: tun.name,
+      tun: tunName,
       offloads: `0x${tun.offloads.toString(16)}`,
       mode: cfg.wan.mode,
       public: this.publicAddress(),
@@ -237,13 +245,20 @@ export class Daemon implements MetricsSource {
    * start() calls this once routing is up; tests run it on a FakeTun.
    */
   startPacketLoop(tun: TunDevice): void {
+    const fw = this.forwarder;
+    const ringSlots = this.ringSlots();
+    if (ringBytes(tun.queues, ringSlots, fw.layout.slotSize) > fw.layout.rxSlots * fw.layout.slotSize) {
+      throw new Error(`TUN ${tun.names.join(',')} has ${tun.queues} queues; the arena has receive rings for ${fw.layout.rxSlots / ringSlots}`);
+    }
     this.tun = tun;
     this.forwarder.napt.mssClamp = mssClampValue(this.config.mssClamp, this.config.tun.mtu);
-    const fw = this.forwarder;
     const journal = this.table.journal as Journal;
     const faults = this.faults;
     const onError = (e: unknown, index: number): void => faults.packet(e, index);
-    tun.start({ arena: fw.arena, slotSize: fw.layout.slotSize, rxSlots: fw.layout.rxSlots, rxLens: fw.rxLens, txList: fw.tx.list }, {
+    tun.start({
+      arena: fw.arena, slotSize: fw.layout.slotSize, ringSlots,
+      rxOffs: fw.rxOffs, rxLens: fw.rxLens, rxDevs: fw.rxDevs, txList: fw.tx.list, txDevs: fw.tx.dev,
+    }, {
       onBatch: (n) => {
         const count = fw.processBatch(n, this.now(), onError);
         faults.batchDone(n);
@@ -254,13 +269,17 @@ export class Daemon implements MetricsSource {
     });
   }
 
+  private ringSlots(): number {
+    return this.config.tun.offloads ? RING_SLOTS_OFFLOADS : RING_SLOTS_MTU;
+  }
+
   private tunEvent(tun: TunDevice, event: TunEvent): void {
     if (event.kind === 'callback-error') {
       this.faults.batch(event.error, event.dropped);
       return;
     }
     const what = event.code === 'EBADFD' ? 'is gone (deleted or detached)' : 'failed';
-    this.fail(new Error(`TUN ${tun.name} ${what}: ${event.message} (${event.code}); forwarding has stopped`));
+    this.fail(new Error(`TUN ${tun.names[event.dev]} ${what}: ${event.message} (${event.code}); forwarding has stopped`));
   }
 
   /** Forwarding cannot go on: logged once, then onFatal (the lifecycle stops and exits non-zero). */
@@ -383,7 +402,10 @@ export class Daemon implements MetricsSource {
     const t = this.table;
     const tunStats: Record<string, number> = {};
     const tun = this.tun;
-    if (tun) for (const [name, i] of Object.entries(Stat)) tunStats[name.toLowerCase()] = tun.stats[i];
+    if (tun) {
+      const counters = tun.stats();
+      for (const [name, i] of Object.entries(Stat)) tunStats[name.toLowerCase()] = counters[i];
+    }
     const f = this.faults;
     tunStats.packet_errors = f.packetErrors;
     tunStats.batch_errors = f.batchErrors;
@@ -406,7 +428,7 @@ export class Daemon implements MetricsSource {
       ...(this.fatal !== null ? { failed: this.fatal.message } : {}),
       pid: process.pid,
       uptimeSeconds: Math.round((this.now() - this.startedAt) / 1000),
-      tun: this.tun ? { name: this.tun.name, offloads: this.tun.offloads } : null,
+      tun: this.tun ? { name: this.tun.names.join(','), offloads: this.tun.offloads } : null,
       mode: this.config.wan.mode,
       publicAddress: this.publicAddress(),
       lanPrefixes: this.config.lan.prefixes,
