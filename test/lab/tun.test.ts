@@ -16,6 +16,7 @@ import { after, before, describe, it } from 'node:test';
 import { Stat, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, VNET_HDR_LEN } from '../../src/edge/tun/native';
 import { ringBytes, type TunEvent } from '../../src/edge/tun/device';
 import { NativeTun } from '../../src/edge/tun/native-tun';
+import type { TunIo } from '../../src/edge/tun/native';
 
 const ROLE_ENV = 'VMQTUN_ROLE';
 /** Comma-separated device names: their tags are their positions. */
@@ -26,6 +27,8 @@ const QUEUES_ENV = 'VMQTUN_QUEUES';
 const TXDEV_ENV = 'VMQTUN_TXDEV';
 /** Address the UDP client sends to (default PEER_ADDR). */
 const PEER_ENV = 'VMQTUN_PEER';
+/** The loop's I/O: 'uring' or 'threads'. */
+const IO_ENV = 'VMQTUN_IO';
 
 const TUN_ADDR = '10.99.0.1';
 const TUN_PREFIX = 24;
@@ -225,6 +228,7 @@ function runRouter(): void {
     names: (process.env[DEV_ENV] ?? '').split(','),
     offloads: process.env[OFFLOADS_ENV] === '1',
     queues: Number(process.env[QUEUES_ENV] ?? 1),
+    io: process.env[IO_ENV] as TunIo,
   });
   const txDev = process.env[TXDEV_ENV] === undefined ? -1 : Number(process.env[TXDEV_ENV]);
   const arena = new Uint8Array(ringBytes(dev.queues, RING_SLOTS, SLOT_SIZE));
@@ -255,6 +259,7 @@ function runRouter(): void {
       emit({ event: 'tun-event', tunEvent, stats: Array.from(dev.stats()) });
     },
   });
+  if (dev.io?.mode !== process.env[IO_ENV]) throw new Error(`loop runs io ${JSON.stringify(dev.io)}, not ${process.env[IO_ENV]}`);
   emit({ event: 'opened', name: dev.names.join(','), offloads: dev.offloads, offloadError: dev.offloadError });
 
   const input = readline.createInterface({ input: process.stdin });
@@ -434,16 +439,16 @@ function assertValidIpv4(e: RxSummary): void {
   assert.ok(e.ipChecksumOk, 'IPv4 header checksum');
 }
 
-function registerTests(): void {
+function registerTests(io: TunIo): void {
   const notRoot = process.getuid?.() !== 0;
-  describe('TUN device in a network namespace', { skip: notRoot && 'needs root', timeout: 60_000 }, () => {
+  describe(`TUN device in a network namespace, io ${io}`, { skip: notRoot && 'needs root', timeout: 60_000 }, () => {
     const suffix = randomBytes(4).toString('hex');
     const ns = `vmqtun-${suffix}`;
     const children: NsChild[] = [];
     let nsCreated = false;
 
     const startChild = (role: string, env?: Record<string, string>): NsChild => {
-      const child = new NsChild(ns, role, env);
+      const child = new NsChild(ns, role, { [IO_ENV]: io, ...env });
       children.push(child);
       return child;
     };
@@ -612,7 +617,7 @@ function registerTests(): void {
 
 const role = process.env[ROLE_ENV];
 if (role === undefined) {
-  registerTests();
+  for (const io of ['uring', 'threads'] as const) registerTests(io);
 } else {
   const run = ROLES[role];
   if (run === undefined) throw new Error(`unknown ${ROLE_ENV} ${role}`);

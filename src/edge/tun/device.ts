@@ -79,6 +79,8 @@ export interface TunDevice {
   readonly offloads: number;
   /** Why the requested offloads could not be enabled, or null. */
   readonly offloadError: string | null;
+  /** How the running loop does its I/O ('uring', 'threads', 'fake'), and why not io_uring when it was wanted; null before start(). */
+  readonly io: { mode: string; fallback: string | null } | null;
   /** Counters indexed by Stat (src/edge/tun/native.ts), current as of the call. */
   stats(): Float64Array;
   /** Starts the packet loop; throws if closed or already started. */
@@ -94,6 +96,13 @@ export interface TunOptions {
   offloads: boolean;
   /** Queues per device (IFF_MULTI_QUEUE when more than one); default 1. */
   queues?: number;
+  /**
+   * 'uring': io_uring on the translating thread (fewest system calls, no
+   * thread hand-offs); 'threads': a reader and a writer thread per queue (the
+   * kernel's share of the work on other cores); 'auto' (default): io_uring
+   * when the kernel offers it, else threads.
+   */
+  io?: 'uring' | 'threads' | 'auto';
 }
 
 /** Opens the daemon's TUN devices; DaemonOptions.openTun replaces it in tests. */

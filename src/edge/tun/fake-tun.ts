@@ -27,6 +27,7 @@ export class FakeTun implements TunDevice {
   readonly queues: number;
   readonly offloads: number;
   readonly offloadError = null;
+  readonly io = { mode: 'fake', fallback: null };
   /** Everything the loop wrote, oldest first. */
   readonly written: FakeTunWrite[] = [];
   private readonly counters = new Float64Array(STATS_COUNT);

@@ -1,6 +1,8 @@
 // Kernel TUN devices with a virtio_net_hdr on every packet, served by the native reader/writer threads.
 import type { TunBuffers, TunDevice, TunOptions, TunSink } from './device';
 import {
+  type LoopSpec,
+  type TunIo,
   loadTunNative,
   STATS_COUNT,
   TUN_F_CSUM,
@@ -15,6 +17,7 @@ const ALL_OFFLOADS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_USO4 | TUN_F_U
 
 export class NativeTun implements TunDevice {
   readonly queues: number;
+  io: { mode: TunIo; fallback: string | null } | null = null;
   private readonly counters = new Float64Array(STATS_COUNT);
   private handle: number | null = null;
   private closed = false;
@@ -25,6 +28,7 @@ export class NativeTun implements TunDevice {
     readonly fds: readonly (readonly number[])[],
     readonly offloads: number,
     readonly offloadError: string | null,
+    private readonly wantIo: 'uring' | 'threads' | 'auto',
   ) {
     this.queues = fds.reduce((n, q) => n + q.length, 0);
   }
@@ -44,20 +48,35 @@ export class NativeTun implements TunDevice {
     }
     const offloads = opened.reduce((m, d) => m & d.offloads, ~0);
     const offloadError = opened.map((d) => d.offloadError).find((e) => e !== null) ?? null;
-    return new NativeTun(opened.map((d) => d.name), opened.map((d) => d.fds), offloads, offloadError);
+    return new NativeTun(opened.map((d) => d.name), opened.map((d) => d.fds), offloads, offloadError, o.io ?? 'auto');
   }
 
-  /** Use VNET_HDR_LEN + 65535 as slotSize with offloads. */
+  /** Use VNET_HDR_LEN + 65535 as slotSize with offloads. With io 'auto', falls back to threads when io_uring is refused. */
   start(b: TunBuffers, sink: TunSink): void {
     if (this.closed) throw new Error(`TUN ${this.names.join(',')} is closed`);
     if (this.handle !== null) throw new Error(`TUN ${this.names.join(',')} is already started`);
-    this.handle = loadTunNative().start({
+    const spec = (io: TunIo): LoopSpec => ({
+      io,
       devices: this.fds.map((q) => [...q]),
       arena: b.arena, slotSize: b.slotSize, ringSlots: b.ringSlots,
       rxOffs: b.rxOffs, rxLens: b.rxLens, rxDevs: b.rxDevs, txList: b.txList, txDevs: b.txDevs,
       onBatch: (count) => sink.onBatch(count),
       onEvent: (event) => sink.onEvent(event),
     });
+    const native = loadTunNative();
+    if (this.wantIo === 'threads') {
+      this.handle = native.start(spec('threads'));
+      this.io = { mode: 'threads', fallback: null };
+      return;
+    }
+    try {
+      this.handle = native.start(spec('uring'));
+      this.io = { mode: 'uring', fallback: null };
+    } catch (e) {
+      if (this.wantIo === 'uring' || (e as NodeJS.ErrnoException).code === undefined) throw e;
+      this.handle = native.start(spec('threads'));
+      this.io = { mode: 'threads', fallback: (e as Error).message };
+    }
   }
 
   stats(): Float64Array {

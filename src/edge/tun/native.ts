@@ -51,8 +51,12 @@ export interface TunOpenResult {
   offloadError: string | null;
 }
 
+/** How a loop does its I/O (native/tun.cc): io_uring on the JS thread, or a reader and a writer thread per queue. */
+export type TunIo = 'uring' | 'threads';
+
 /** What start() takes: see TunBuffers (src/edge/tun/device.ts) for the memory. */
 export interface LoopSpec {
+  io: TunIo;
   /** Per device tag, the fds of its queues; their rings follow each other from arena byte 0. */
   devices: number[][];
   arena: Uint8Array;
@@ -71,8 +75,10 @@ export interface TunNative {
   /** Creates or attaches to TUN device `name` (IFF_TUN|IFF_NO_PI, plus IFF_VNET_HDR) with `queues` fds. */
   open(name: string, vnetHdr: boolean, offloadMask: number, queues: number): TunOpenResult;
   /**
-   * Starts the reader and writer threads of every queue; returns a handle for
-   * stats/stop. A device error stops the loop and is passed to onEvent once.
+   * Starts the loop's I/O; returns a handle for stats/stop. A device error
+   * stops the loop and is passed to onEvent once. With io 'uring', throws
+   * (error.code set) when the kernel refuses it (Linux < 6.7, io_uring
+   * disabled, seccomp), with nothing started.
    */
   start(spec: LoopSpec): number;
   /** Fills `out` (at least STATS_COUNT long) with the loop's counters. */
