@@ -35,6 +35,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -911,13 +912,15 @@ void CloseAll(const std::vector<int>& fds) {
   for (int fd : fds) close(fd);
 }
 
-// open(name, vnetHdr, offloadMask, queues) -> { fds, name, vnetHdr, offloads, offloadError }
+// open(name, vnetHdr, offloadMask, queues, txQueueLen) -> { fds, name, vnetHdr, offloads, offloadError }
+// txQueueLen: packets the kernel queues for us to read (the device's
+// tx_queue_len, 500 by default for TUN); 0 keeps what the device has.
 Napi::Value Open(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  uint32_t mask, nq;
-  if (info.Length() < 4 || !info[0].IsString() || !info[1].IsBoolean() ||
-      !GetCount(info[3], kMaxQueues, &nq) || nq == 0) {
-    ThrowType(env, "open(name: string, vnetHdr: boolean, offloadMask: number, queues: 1..64)");
+  uint32_t mask, nq, txQueueLen;
+  if (info.Length() < 5 || !info[0].IsString() || !info[1].IsBoolean() ||
+      !GetCount(info[3], kMaxQueues, &nq) || nq == 0 || !GetCount(info[4], 1u << 20, &txQueueLen)) {
+    ThrowType(env, "open(name: string, vnetHdr: boolean, offloadMask: number, queues: 1..64, txQueueLen: 0..1048576)");
     return env.Undefined();
   }
   std::string name = info[0].As<Napi::String>().Utf8Value();
@@ -958,6 +961,21 @@ Napi::Value Open(const Napi::CallbackInfo& info) {
       return env.Undefined();
     }
     actualName.assign(ifr.ifr_name, strnlen(ifr.ifr_name, IFNAMSIZ));
+  }
+
+  if (txQueueLen > 0) {
+    int sock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof(ifr));
+    memcpy(ifr.ifr_name, actualName.data(), actualName.size());
+    ifr.ifr_qlen = static_cast<int>(txQueueLen);
+    int err = sock < 0 || ioctl(sock, SIOCSIFTXQLEN, &ifr) < 0 ? errno : 0;
+    if (sock >= 0) close(sock);
+    if (err != 0) {
+      CloseAll(fds);
+      ThrowErrno(env, "SIOCSIFTXQLEN " + actualName, err);
+      return env.Undefined();
+    }
   }
 
   int hdrLen = kVnetHdrLen;  // the size is per device: pin it when attaching

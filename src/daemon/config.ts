@@ -21,7 +21,8 @@ export type LogLevel = 'error' | 'warn' | 'info' | 'debug';
 /** Inclusive [low, high] port range. */
 export type PortRange = [number, number];
 
-export interface TunConfig { name: string; mtu: number; offloads: boolean }
+export type TunIoMode = 'auto' | 'uring' | 'threads';
+export interface TunConfig { name: string; mtu: number; offloads: boolean; io: TunIoMode }
 export interface LanConfig { interfaces: string[]; prefixes: string[] }
 export interface WanConfig {
   interface: string;
@@ -76,7 +77,7 @@ export interface Config {
 
 /** Values used for absent fields. `wan.interface` has none: it is required. */
 export const DEFAULTS = {
-  tun: { name: 'vpnmasq0', mtu: 1500, offloads: true },
+  tun: { name: 'vpnmasq0', mtu: 1500, offloads: true, io: 'auto' as TunIoMode },
   lan: { interfaces: ['lan0'], prefixes: ['10.77.0.0/24'] },
   wan: { mode: 'shared', publicAddress: null, onAddressChange: 'move' },
   ports: {
@@ -171,7 +172,7 @@ export function configDiff(a: Config, b: Config): string[] {
 }
 
 /** Fields that only take effect on restart: they define the interfaces, address plan and database. */
-const RESTART_ONLY_FIELDS = ['tun.name', 'wan.mode', 'wan.interface', 'lan.interfaces', 'lan.prefixes', 'state.path'];
+const RESTART_ONLY_FIELDS = ['tun.name', 'tun.io', 'wan.mode', 'wan.interface', 'lan.interfaces', 'lan.prefixes', 'state.path'];
 
 /** Whether the running daemon can switch from config `a` to config `b` without a restart. */
 export function reloadable(a: Config, b: Config): { ok: true } | { ok: false; reason: string } {
@@ -602,12 +603,13 @@ function resolveConfig(document: unknown, check: Checker): Config {
 }
 
 function resolveTun(check: Checker, value: unknown): TunConfig {
-  const raw = check.object('tun', value, ['name', 'mtu', 'offloads']);
+  const raw = check.object('tun', value, ['name', 'mtu', 'offloads', 'io']);
   const d = DEFAULTS.tun;
   return {
     name: check.string('tun.name', raw.name, interfaceNameProblem) ?? d.name,
     mtu: check.integer('tun.mtu', raw.mtu, { min: 576, max: 65535 }) ?? d.mtu,
     offloads: check.boolean('tun.offloads', raw.offloads) ?? d.offloads,
+    io: check.choice('tun.io', raw.io, ['auto', 'uring', 'threads']) ?? d.io,
   };
 }
 

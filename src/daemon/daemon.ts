@@ -206,7 +206,7 @@ export class Daemon implements MetricsSource {
       this.log.warn('removed leftovers of an earlier run', { ...leftovers });
     }
     if (this.persist) this.openStore();
-    const tun = this.openTun({ names: [cfg.tun.name], offloads: cfg.tun.offloads, queues: TUN_QUEUES });
+    const tun = this.openTun({ names: [cfg.tun.name], offloads: cfg.tun.offloads, queues: TUN_QUEUES, io: cfg.tun.io });
     this.tun = tun;
     const tunName = tun.names[0];
     if (cfg.tun.offloads && tun.offloadError) this.log.warn('TUN offloads unavailable, running without them', { reason: tun.offloadError });
@@ -223,6 +223,7 @@ export class Daemon implements MetricsSource {
     });
     if (cfg.wan.mode === 'shared') await this.startShared(tunName);
     this.startPacketLoop(tun);
+    if (tun.io?.fallback) this.log.warn('TUN I/O through threads: io_uring unavailable', { reason: tun.io.fallback });
     const controlGroup = lookupGroup(cfg.control.group);
     if (controlGroup === null) this.log.warn('control group not found: the control socket is open to root only', { group: cfg.control.group });
     this.control = await startControlServer(cfg.control.socket, controlGroup, (req) => this.handleControl(req));
@@ -232,6 +233,7 @@ export class Daemon implements MetricsSource {
     this.log.info('vpnmasq running', {
       tun: tunName,
       offloads: `0x${tun.offloads.toString(16)}`,
+      io: tun.io?.mode ?? 'none',
       mode: cfg.wan.mode,
       public: this.publicAddress(),
       lan: cfg.lan.prefixes.join(','),
@@ -428,7 +430,7 @@ export class Daemon implements MetricsSource {
       ...(this.fatal !== null ? { failed: this.fatal.message } : {}),
       pid: process.pid,
       uptimeSeconds: Math.round((this.now() - this.startedAt) / 1000),
-      tun: this.tun ? { name: this.tun.names.join(','), offloads: this.tun.offloads } : null,
+      tun: this.tun ? { name: this.tun.names.join(','), offloads: this.tun.offloads, io: this.tun.io?.mode ?? null } : null,
       mode: this.config.wan.mode,
       publicAddress: this.publicAddress(),
       lanPrefixes: this.config.lan.prefixes,

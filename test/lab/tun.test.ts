@@ -507,6 +507,7 @@ function registerTests(io: TunIo): void {
         assert.equal(opened.offloads & required, required, `offloads 0x${opened.offloads.toString(16)}`);
         assert.equal(opened.offloadError, null);
         assert.ok(linkExists(ns, dev), `${dev} in ip -n ${ns} link`);
+        assert.match(ip('-n', ns, 'link', 'show', 'dev', dev), / qlen 1000\b/, 'the kernel queues up to 1000 packets for the loop');
       });
 
       it('(b, c) a UDP datagram arrives with vnet header + IPv4; the written reply is received', async () => {

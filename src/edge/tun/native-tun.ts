@@ -14,6 +14,12 @@ import {
 
 /** Offloads requested when enabled; USO is dropped automatically before Linux 6.2. */
 const ALL_OFFLOADS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_USO4 | TUN_F_USO6;
+/**
+ * Packets the kernel queues on the device for the loop to read: Ethernet's
+ * default instead of TUN's 500, so a burst that arrives while the daemon
+ * waits for a CPU is held rather than dropped (docs/datapath.md).
+ */
+const TX_QUEUE_LEN = 1000;
 
 export class NativeTun implements TunDevice {
   readonly queues: number;
@@ -41,7 +47,7 @@ export class NativeTun implements TunDevice {
     const native = loadTunNative();
     const opened: Array<{ name: string; fds: number[]; offloads: number; offloadError: string | null }> = [];
     try {
-      for (const name of o.names) opened.push(native.open(name, true, o.offloads ? ALL_OFFLOADS : 0, o.queues ?? 1));
+      for (const name of o.names) opened.push(native.open(name, true, o.offloads ? ALL_OFFLOADS : 0, o.queues ?? 1, TX_QUEUE_LEN));
     } catch (e) {
       for (const d of opened) for (const fd of d.fds) native.close(fd);
       throw e;

@@ -72,8 +72,12 @@ export interface LoopSpec {
 }
 
 export interface TunNative {
-  /** Creates or attaches to TUN device `name` (IFF_TUN|IFF_NO_PI, plus IFF_VNET_HDR) with `queues` fds. */
-  open(name: string, vnetHdr: boolean, offloadMask: number, queues: number): TunOpenResult;
+  /**
+   * Creates or attaches to TUN device `name` (IFF_TUN|IFF_NO_PI, plus
+   * IFF_VNET_HDR) with `queues` fds; sets its tx_queue_len (the packets the
+   * kernel holds for us to read) unless txQueueLen is 0.
+   */
+  open(name: string, vnetHdr: boolean, offloadMask: number, queues: number, txQueueLen: number): TunOpenResult;
   /**
    * Starts the loop's I/O; returns a handle for stats/stop. A device error
    * stops the loop and is passed to onEvent once. With io 'uring', throws
