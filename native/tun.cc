@@ -165,7 +165,7 @@ struct TxEntry {
 
 enum class Mode { kThreads, kUring };
 
-enum Op : uint32_t { kOpPoll = 0, kOpRead = 1, kOpWrite = 2 };
+enum Op : uint32_t { kOpPoll = 0, kOpRead = 1, kOpWrite = 2, kOpEnter = 3 };
 
 uint32_t NextPow2(uint32_t v) {
   uint32_t p = 1;
@@ -239,8 +239,8 @@ struct AddonData {
 
 // The devices' queues, the JS memory they work on, and the JS-thread side of
 // the loop. Lifetime: created by start(); Close() (from stop() or env
-// teardown) stops and joins the threads; OnClosed, after libuv releases the
-// async handle, frees it.
+// teardown) stops the I/O (joins the threads, or cancels and drains every
+// io_uring request); OnClosed, once libuv released its handles, frees it.
 struct Loop {
   Napi::Env env;
   AddonData* addon;
@@ -276,7 +276,7 @@ struct Loop {
   std::vector<std::unique_ptr<Queue>> queues;
   std::vector<std::vector<Queue*>> devices;  // by tag: that device's queues
   // Per global slot: 1 while JS holds it (from read to the end of its batch)
-  // plus 1 per queued write from it; the reader refills it at 0.
+  // plus 1 per queued write from it; at 0 it is read into again.
   std::unique_ptr<std::atomic<uint32_t>[]> refs;
   std::vector<uint32_t> batchSlots;  // global slot of each packet of the current batch
   std::vector<uint32_t> slotBatch;   // per global slot: the batch number that holds it
@@ -555,7 +555,9 @@ struct Loop {
     for (int tries = 0; tries < 2; ++tries) {
       int err = ring->Submit(getEvents);
       n += ring->Reap([this](const io_uring_cqe& c) { OnCqe(c); });
-      if (err != EBUSY && err != EAGAIN) break;  // EBUSY: completions were waiting; reaped, try again
+      if (err == EBUSY || err == EAGAIN) continue;  // completions were waiting: reaped, try again
+      if (err != 0) Fail(queues[0].get(), kOpEnter, err);
+      break;
     }
     for (uint32_t i : submitted) {
       if (inflight[i].active) queues[inflight[i].queue]->txQueued.Add(1);
@@ -592,7 +594,7 @@ struct Loop {
 
   void EmitFailure() {
     uint32_t code = failure.load(std::memory_order_acquire);
-    static const char* const kOps[] = {"poll", "read", "write"};
+    static const char* const kOps[] = {"poll", "read", "write", "io_uring_enter"};
     const char* op = kOps[code & 0xff];
     int err = static_cast<int>(code >> 16);
     Napi::Object ev = Napi::Object::New(env);

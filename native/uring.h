@@ -129,11 +129,11 @@ class Ring {
     return s;
   }
 
-  // Submits what Sqe() handed out and, with getEvents, runs completions the
-  // kernel deferred. Returns 0 or errno.
+  // Submits what Sqe() handed out and the kernel has not taken yet and, with
+  // getEvents, runs completions the kernel deferred. Returns 0 or errno.
   int Submit(bool getEvents) {
-    uint32_t n = localTail_ - sqTail_->load(std::memory_order_relaxed);
     sqTail_->store(localTail_, std::memory_order_release);
+    uint32_t n = localTail_ - sqHead_->load(std::memory_order_acquire);
     if (n == 0 && !getEvents) return 0;
     for (;;) {
       if (Enter(fd_, n, 0, getEvents ? IORING_ENTER_GETEVENTS : 0) >= 0) return 0;

@@ -43,7 +43,7 @@ export interface TunDeviceError {
   kind: 'device-error';
   /** Tag of the device that failed. */
   dev: number;
-  /** The operation that met the error: 'poll', 'read' or 'write'. */
+  /** The operation that met the error: 'poll', 'read', 'write' or 'io_uring_enter'. */
   op: string;
   /** errno name, e.g. EBADFD once the interface was deleted. */
   code: string;
