@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# Installs the built vpnmasq (run `npm run build` first) as a system service:
-#   /opt/vpnmasq/                program: dist/, native addon, runtime node_modules
-#   /usr/local/bin/vpnmasq       wrapper
+# Installs vpnmasq from a built source tree (`npm ci && npm run build` first)
+# as a system service:
+#   /opt/vpnmasq/                program (scripts/stage.sh), with scripts/uninstall.sh
+#   /usr/local/bin/vpnmasq       -> /opt/vpnmasq/bin/vpnmasq (runs the node on PATH)
+#   /usr/local/share/bash-completion/completions/vpnmasq
 #   /etc/vpnmasq/vpnmasq.json    commented example config (only if absent)
 #   /etc/systemd/system/vpnmasq.service
 #   group "vpnmasq"              may use the control socket
-# and enables the unit when systemd runs. Idempotent: run it again to upgrade.
-# What it created is listed in /opt/vpnmasq/.installed for scripts/uninstall.sh.
+# and enables the unit when systemd runs. Idempotent: run it again to upgrade;
+# a running vpnmasq is stopped before /opt/vpnmasq is replaced and started
+# again afterwards (its state is kept in /var/lib/vpnmasq).
+# What it created is listed in /opt/vpnmasq/.installed for uninstall.sh.
 set -euo pipefail
 
 SRC="$(cd "$(dirname "$0")/.." && pwd)"
@@ -15,9 +19,12 @@ SRC="$(cd "$(dirname "$0")/.." && pwd)"
 
 die() { echo "install.sh: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "run as root"
-NODE="$(command -v node)" || die "node is not installed"
-[ -f "$SRC/dist/src/cli/main.js" ] || die "not built: run 'npm run build' in $SRC"
-[ -f "$SRC/build/Release/vpnmasq_tun.node" ] || die "native addon missing: run 'npm run build' in $SRC"
+command -v node >/dev/null || die "node is not installed (Node.js 20: see the README)"
+if dpkg-query -W -f='${Status}' vpnmasq 2>/dev/null | grep -q "ok installed"; then
+  die "the vpnmasq Debian package is installed: upgrade it with the package (apt install ./vpnmasq_*.deb) or remove it first"
+fi
+systemd=0
+[ -d /run/systemd/system ] && systemd=1
 
 # Keep the record of an earlier install: what it created is still ours to remove.
 previous=""
@@ -25,34 +32,35 @@ previous=""
 created() { grep -qx "$1" <<<"$previous"; }
 record=()
 
-# ---- program (replaced as a whole, so an upgrade leaves no stale files) ----
-staging="$(mktemp -d /opt/.vpnmasq-install.XXXXXX)"
+# ---- program: staged and checked before anything is replaced ----
+staging="$(mktemp -u /opt/.vpnmasq-install.XXXXXX)"
 trap 'rm -rf "$staging"' EXIT
-cp -a "$SRC/dist" "$staging/dist"
-mkdir -p "$staging/build/Release"
-cp "$SRC/build/Release/vpnmasq_tun.node" "$staging/build/Release/"
-cp "$SRC/package.json" "$staging/"
-[ -f "$SRC/README.md" ] && cp "$SRC/README.md" "$staging/"
-mkdir -p "$staging/node_modules"
-# Runtime dependencies only (npm ls reads the local tree; no registry access).
-(cd "$SRC" && npm ls --omit=dev --parseable --all 2>/dev/null | tail -n +2) | while read -r dir; do
-  rel="${dir#"$SRC"/}"
-  mkdir -p "$staging/$(dirname "$rel")"
-  cp -a "$dir" "$staging/$rel"
-done
-chmod 0755 "$staging"
+bash "$SRC/scripts/stage.sh" "$staging"
+mkdir -p "$staging/scripts"
+cp "$SRC/scripts/uninstall.sh" "$SRC/scripts/install-paths.sh" "$staging/scripts/"
+chmod 0755 "$staging" "$staging/scripts/uninstall.sh"
+"$staging/bin/vpnmasq" check-native || die "the built native modules do not load with $(command -v node); nothing was changed"
+
+# The running daemon must not see its files replaced: stop it, swap, start it.
+was_active=0
+if [ "$systemd" = 1 ] && systemctl is-active --quiet vpnmasq.service; then
+  was_active=1
+  echo "install.sh: stopping the running vpnmasq for the upgrade"
+  systemctl stop vpnmasq.service
+fi
 rm -rf "$PREFIX"
 mv "$staging" "$PREFIX"
 trap - EXIT
 
-# ---- wrapper ----
-cat > "$BIN.tmp" <<WRAPPER
-#!/bin/sh
-# Installed by vpnmasq scripts/install.sh
-exec "$NODE" "$PREFIX/dist/src/cli/main.js" "\$@"
-WRAPPER
-chmod 0755 "$BIN.tmp"
-mv "$BIN.tmp" "$BIN"
+# ---- command and completion ----
+ln -sfn "$PREFIX/bin/vpnmasq" "$BIN"
+if [ ! -d "$COMPLETION_DIR" ]; then
+  mkdir -p "$COMPLETION_DIR"
+  record+=(completion-dir)
+elif created completion-dir; then
+  record+=(completion-dir)
+fi
+"$BIN" completion bash > "$COMPLETION_DIR/vpnmasq"
 
 # ---- group ----
 if getent group "$GROUP" >/dev/null; then
@@ -75,17 +83,22 @@ if [ ! -e "$CONFIG" ]; then
 elif created config; then
   record+=(config)
 fi
-cp "$SRC/examples/vpnmasq.json" "$PREFIX/vpnmasq.json.example"
 
 # ---- unit ----
 install -m 0644 "$SRC/systemd/vpnmasq.service" "$UNIT"
 
 printf '%s\n' "${record[@]}" > "$MANIFEST"
 
-if [ -d /run/systemd/system ]; then
+echo "vpnmasq $("$BIN" --version | cut -d' ' -f2) installed under $PREFIX (remove it with $PREFIX/scripts/uninstall.sh)"
+if [ "$systemd" = 1 ]; then
   systemctl daemon-reload
-  systemctl enable vpnmasq.service
-  echo "vpnmasq installed and enabled; edit $CONFIG, then: systemctl start vpnmasq"
+  systemctl enable --quiet vpnmasq.service
+  if [ "$was_active" = 1 ]; then
+    systemctl start vpnmasq.service
+    echo "vpnmasq restarted"
+  else
+    echo "vpnmasq enabled; edit $CONFIG, then: systemctl start vpnmasq"
+  fi
 else
-  echo "vpnmasq installed; systemd is not running, so the unit was not enabled (run: $BIN run)"
+  echo "systemd is not running, so the unit was not enabled (run: $BIN run)"
 fi

@@ -3,8 +3,9 @@
 # root, the lab tests in network namespaces. One node:test run, one summary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-shopt -s nullglob
-files=(dist/test/unit/*.test.js)
+shopt -s nullglob globstar
+# Unit tests, and the byte-vector tests that sit beside the code (src/wire/*.test.ts).
+files=(dist/test/unit/*.test.js dist/src/**/*.test.js)
 if [ "$(id -u)" = 0 ]; then
   node dist/test/lab/sweep.js
   files+=(dist/test/lab/*.test.js)

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Removes what scripts/install.sh installed: the program, the wrapper, the
-# unit, and the config file and group if install.sh created them (a config
-# the operator edited is kept unless --purge). The state directory
-# /var/lib/vpnmasq is kept unless --purge. Idempotent.
+# Removes what scripts/install.sh installed: the program, the command, the
+# completion, the unit, and the config file and group if install.sh created
+# them (a config the operator edited is kept unless --purge). The state
+# directory /var/lib/vpnmasq is kept unless --purge. Idempotent. Installed as
+# /opt/vpnmasq/scripts/uninstall.sh; runs from a source tree as well.
 set -euo pipefail
 
 # shellcheck source=install-paths.sh
@@ -23,6 +24,8 @@ created() { grep -qx "$1" <<<"$manifest"; }
 if [ -d /run/systemd/system ] && [ -f "$UNIT" ]; then
   systemctl disable --now vpnmasq.service || true
 fi
+# TEARDOWN: removes what a killed daemon left (TUN, routes, rules) once `vpnmasq teardown` exists; then drop the guard.
+if [ -x "$PREFIX/bin/vpnmasq" ] && "$PREFIX/bin/vpnmasq" help teardown >/dev/null 2>&1; then "$PREFIX/bin/vpnmasq" teardown; fi
 rm -f "$UNIT"
 [ -d /run/systemd/system ] && systemctl daemon-reload
 
@@ -36,7 +39,10 @@ if [ -d "$CONFIG_DIR" ] && { [ "$purge" = 1 ] || created config-dir; }; then
 fi
 [ "$purge" = 1 ] && rm -rf "$STATE_DIR"
 
-rm -f "$BIN"
+rm -f "$BIN" "$COMPLETION_DIR/vpnmasq"
+if created completion-dir; then
+  rmdir "$COMPLETION_DIR" 2>/dev/null && rmdir "$(dirname "$COMPLETION_DIR")" 2>/dev/null || true
+fi
 rm -rf "$PREFIX"
 
 if getent group "$GROUP" >/dev/null && { created group || [ "$purge" = 1 ]; }; then

@@ -1,7 +1,18 @@
 /**
- * Every dropped packet is counted under one of these reasons. Numeric codes
- * on the packet path, names for logs, metrics and the CLI.
+ * What the packet path decides for a packet, one code space shared by NAPT
+ * and every helper: a pass verdict (negative) or the drop reason it is
+ * counted under (>= 0, the index of its counter). Numeric codes on the
+ * packet path, names for logs, metrics and the CLI.
  */
+export const Verdict = {
+  /** Translated in place; send it (counted as translated traffic). */
+  TRANSLATED: -1,
+  /** Kept back (a fragment waiting for its first one, a segment waiting for its predecessor); nothing to send now. */
+  HELD: -2,
+  /** Shared-address mode: the box's own packet, written back unchanged for the kernel to deliver locally. */
+  TO_KERNEL: -3,
+} as const;
+
 export const Drop = {
   VNET_TRUNCATED: 0,
   IP_TRUNCATED: 1,
@@ -33,13 +44,13 @@ export const Drop = {
   ISAKMP_NO_MAPPING: 27,
   GRE_NOT_PPTP: 28,
   GRE_NO_MAPPING: 29,
-  PPTP_MALFORMED: 30,
-  TTL_EXPIRED: 31,
-  ESP_RESERVED_SPI: 32,
-  PPTP_OUT_OF_ORDER: 33,
+  ESP_RESERVED_SPI: 30,
+  PPTP_OUT_OF_ORDER: 31,
 } as const;
 
 export type DropCode = (typeof Drop)[keyof typeof Drop];
+/** A pass verdict or a drop reason. */
+export type Verdict = (typeof Verdict)[keyof typeof Verdict] | DropCode;
 
 /** Names indexed by code, kebab-case as shown to operators. */
 export const DROP_NAMES: readonly string[] = (() => {

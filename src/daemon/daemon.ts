@@ -3,7 +3,8 @@
  * around the pure packet path and keeps them in order on start and stop.
  */
 import * as path from 'node:path';
-import { Config } from './config';
+import { Config } from '../config/schema';
+import { configDiff } from './reload';
 import { MetricsServer, MetricsSource, startMetricsServer } from './metrics';
 import { mssClampValue } from '../nat/mss-clamp';
 import { SharedMode, steerableRange } from '../edge/netlink/shared-mode';
@@ -12,9 +13,11 @@ import { ControlReply, ControlRequest, ControlServer, lookupGroup, startControlS
 import { ControlCommands } from './control-commands';
 import { Logger } from './log';
 import { Datapath, rxSlotSize } from '../nat/datapath';
-import { Journal } from '../core/journal';
+import { Journal, JournalListener } from '../core/journal';
 import { SessionTable, SLOT_ICMP, SLOT_TCP, SLOT_UDP, TABLE_SESSIONS } from '../nat/sessions';
-import { ConnRow, sessionRow } from '../query/rows';
+import { allRows, ConnRow, ConnTables, rowOf } from '../query/rows';
+import { JournalFeed, JournalObserver } from '../query/journal-feed';
+import { IdIndex, IdSource } from '../query/id-index';
 import { Drop } from '../core/verdict';
 import { T_BYTES_IN, T_BYTES_OUT, T_PKTS_IN, T_PKTS_OUT } from '../nat/napt';
 import { RouterNet } from '../edge/netlink/router-net';
@@ -23,13 +26,15 @@ import { ringBytes, type TunDevice, type TunEvent, type TunFactory } from '../ed
 import { NativeTun } from '../edge/tun/native-tun';
 import { Stat } from '../edge/tun/native';
 import { BatchFaults } from '../edge/tun/batch-faults';
-import { SessionCodec, Store } from '../persist/store';
-import { EspCodec, GreCallCodec, IsakmpCodec } from '../persist/vpn-codecs';
+import { Store } from '../persist/store';
+import { EspCodec, GreCallCodec, IsakmpCodec, SessionCodec } from '../persist/tables';
 import { DbHealth } from '../persist/health';
 import { Forwards } from '../nat/forwards';
-import { GC_CALLS_CLEARED, GC_CALLS_CREATED, GC_CALLS_REFUSED, GC_NO_MAPPING_IN, GC_NO_MAPPING_OUT, GC_NOT_PPTP, PptpCalls, greConnRow, TABLE_GRE_CALLS } from '../helpers/pptp/calls';
-import { PC_LOST_CALL, PC_MALFORMED, PptpControl } from '../helpers/pptp/control';
-import { IpsecMasq, MIN_LIFETIME_MS } from '../helpers/ipsec/ipsec';
+import { PptpCounter } from '../helpers/pptp/counters';
+import { PptpMasq } from '../helpers/pptp/pptp';
+import { TABLE_GRE_CALLS } from '../helpers/pptp/calls';
+import { IPSEC_EVENT_NAMES, IpsecMasq, MIN_LIFETIME_MS, TABLE_ESP, TABLE_ISAKMP } from '../helpers/ipsec/ipsec';
+import { attachIpsec } from '../helpers/ipsec/nat';
 
 /** Policy routing table and rule priority the daemon owns. */
 export const ROUTE_TABLE = 7100;
@@ -47,20 +52,18 @@ const SWEEP_INTERVAL_MS = 100;
 const PPTP_CALLS = 4096;
 /** Capacity of each IPsec table (ISAKMP entries, ESP entries, remotes). */
 const IPSEC_ENTRIES = 16384;
+/** PPTP counters of traffic volume, left out of the VPN events. */
+const PPTP_VOLUME_COUNTERS: ReadonlySet<string> = new Set(['gre-out', 'gre-in', 'messages', 'rewrites']);
 /** Sweep the whole table about every 10 s whatever its size. */
 const SWEEPS_PER_PASS = 100;
 
-/**
- * Follows the table journal (state store, `conns watch`). `event` is called
- * for every NEW/UPDATE/DESTROY in order; `flush` once after each drain. The
- * journal is drained at the end of every batch that changed the table, before
- * the batch's packets are written, so a listener that commits in `flush`
- * makes new mappings durable before their first packet leaves (write-ahead).
- */
-export interface JournalListener {
-  event(kind: number, table: number, index: number, serial: number): void;
-  flush(): void;
-}
+/** PPTP counters logged once a second when they moved (spec §10), with their log event names. */
+const PPTP_LOGGED: ReadonlyArray<[number, string]> = [
+  [PptpCounter.CALLS_CREATED, 'pptp-call'], [PptpCounter.CALLS_REFUSED, 'pptp-refused'],
+  [PptpCounter.CALLS_CLEARED, 'pptp-disconnect'], [PptpCounter.GRE_NO_MAPPING_IN, 'gre-no-entry-in'],
+  [PptpCounter.GRE_NO_MAPPING_OUT, 'gre-no-entry-out'], [PptpCounter.GRE_NOT_PPTP, 'gre-not-pptp'],
+  [PptpCounter.LOST_CALL, 'pptp-lost-call'], [PptpCounter.MALFORMED, 'pptp-malformed'],
+];
 
 export interface DaemonOptions {
   /** Wall-clock milliseconds; injectable for tests. */
@@ -85,7 +88,7 @@ export class Daemon implements MetricsSource {
   private readonly now: () => number;
   readonly startedAt: number;
   readonly table: SessionTable;
-  readonly forwarder: Datapath;
+  readonly datapath: Datapath;
   private tun: TunDevice | null = null;
   private readonly openTun: TunFactory;
   private readonly onFatal: (reason: Error) => void;
@@ -97,18 +100,22 @@ export class Daemon implements MetricsSource {
   private control: ControlServer | null = null;
   private sweepTimer: NodeJS.Timeout | null = null;
   private stopping: Promise<void> | null = null;
+  /** Write-ahead listeners: they see every table event before the batch is written (the store). */
   private readonly journalListeners: JournalListener[] = [];
+  /** Observers (`conns watch`, the id index) get the events after the batch was written. */
+  private readonly feed = new JournalFeed();
+  /** Where each id lives, for `conns show|delete ID`. */
+  private readonly ids: IdIndex;
   private readonly persist: boolean;
   /** The state store, once started with persistence. */
   store: Store | null = null;
   private readonly commands: ControlCommands;
   readonly forwards: Forwards;
-  /** PPTP calls (journal table 4) and the control-channel inspector. */
-  readonly greCalls: PptpCalls;
-  readonly pptpControl: PptpControl;
+  /** PPTP calls (journal table 4), their GRE and the control-channel tracker. */
+  readonly pptp: PptpMasq;
   /** IPsec masquerade: ISAKMP by cookie on port 500, ESP by SPI (spec §3, §4). */
   readonly ipsec: IpsecMasq;
-  private readonly pptpLogged = new Float64Array(8);
+  private readonly pptpLogged = new Float64Array(PPTP_LOGGED.length);
   private pptpSweptAt = 0;
 
   constructor(public config: Config, private readonly log: Logger, opts: DaemonOptions = {}) {
@@ -129,7 +136,7 @@ export class Daemon implements MetricsSource {
       new Journal(),
     );
     const t = cfg.timeouts;
-    this.forwarder = new Datapath(
+    this.datapath = new Datapath(
       this.table,
       {
         slotSize: rxSlotSize(cfg.tun.offloads, cfg.tun.mtu),
@@ -155,15 +162,13 @@ export class Daemon implements MetricsSource {
         vnetLen: 10,
       },
     );
-    const napt = this.forwarder.napt;
+    const napt = this.datapath.napt;
     this.forwards = new Forwards(this.table, cfg.forwards);
-    this.greCalls = new PptpCalls(PPTP_CALLS, this.table, this.forwards, this.table.journal);
-    this.greCalls.graceMs = t.pptpGrace * 1000;
-    this.greCalls.allowNonPptp = cfg.pptp.nonPptpGre === 'address-only';
-    this.pptpControl = new PptpControl(PPTP_CALLS, this.table, this.greCalls);
+    this.pptp = new PptpMasq(PPTP_CALLS, this.table, this.table.journal);
+    this.pptp.calls.graceMs = t.pptpGrace * 1000;
+    this.pptp.gre.allowNonPptp = cfg.pptp.nonPptpGre === 'address-only';
+    this.pptp.attach(napt);
     napt.forwards = this.forwards;
-    napt.gre = this.greCalls;
-    napt.pptp = this.pptpControl;
     napt.sharedAddress = cfg.wan.mode === 'shared';
     this.ipsec = new IpsecMasq({
       lifetimeMs: Math.max(MIN_LIFETIME_MS, t.ipsec * 1000),
@@ -175,23 +180,36 @@ export class Daemon implements MetricsSource {
       guessMax: cfg.ipsec.guessMax,
       capacity: IPSEC_ENTRIES,
     });
-    napt.ipsec = this.ipsec;
+    attachIpsec(napt, this.ipsec);
     this.ipsec.serials = this.table.serials;
     this.ipsec.journal = this.table.journal;
+    this.ids = new IdIndex(() => this.idSources());
+    this.feed.add(this.ids);
+    this.journalListeners.push(this.feed);
   }
 
-  /** PPTP/GRE upkeep once a second: expire calls, free control state, log spec §10 events (rate-limited). */
+  /** Every table's records and serials, for the id index. */
+  private idSources(): IdSource[] {
+    const t = this.table;
+    const g = this.pptp.calls;
+    const m = this.ipsec;
+    return [
+      { table: TABLE_SESSIONS, capacity: t.capacity, inUse: t.sInUse, serial: t.sSerial },
+      { table: TABLE_GRE_CALLS, capacity: g.capacity, inUse: g.inUse, serial: g.serial },
+      { table: TABLE_ISAKMP, capacity: m.opts.capacity, inUse: m.kInUse, serial: m.kSerial },
+      { table: TABLE_ESP, capacity: m.opts.capacity, inUse: m.eInUse, serial: m.eSerial },
+    ];
+  }
+
+  /** PPTP/GRE upkeep once a second: expire calls, log spec §10 events (rate-limited). */
   private pptpTick(now: number): void {
-    this.greCalls.sweep(now);
-    this.pptpControl.sweep();
-    const g = this.greCalls.counters;
-    const p = this.pptpControl.counters;
-    const seen = [g[GC_CALLS_CREATED], g[GC_CALLS_REFUSED], g[GC_CALLS_CLEARED], g[GC_NO_MAPPING_IN], g[GC_NO_MAPPING_OUT], g[GC_NOT_PPTP], p[PC_LOST_CALL], p[PC_MALFORMED]];
-    const names = ['pptp-call', 'pptp-refused', 'pptp-disconnect', 'gre-no-entry-in', 'gre-no-entry-out', 'gre-not-pptp', 'pptp-lost-call', 'pptp-malformed'];
-    for (let i = 0; i < seen.length; i++) {
-      const n = seen[i] - this.pptpLogged[i];
-      if (n > 0) this.log.event(names[i], `${names[i]}: ${n} since last report`, { count: n, calls: this.greCalls.count });
-      this.pptpLogged[i] = seen[i];
+    this.pptp.sweep(now);
+    const counts = this.pptp.counters.counts;
+    for (let i = 0; i < PPTP_LOGGED.length; i++) {
+      const [counter, name] = PPTP_LOGGED[i];
+      const n = counts[counter] - this.pptpLogged[i];
+      if (n > 0) this.log.event(name, `${name}: ${n} since last report`, { count: n, calls: this.pptp.calls.count });
+      this.pptpLogged[i] = counts[counter];
     }
   }
 
@@ -247,13 +265,13 @@ export class Daemon implements MetricsSource {
    * start() calls this once routing is up; tests run it on a FakeTun.
    */
   startPacketLoop(tun: TunDevice): void {
-    const fw = this.forwarder;
+    const fw = this.datapath;
     const ringSlots = this.ringSlots();
     if (ringBytes(tun.queues, ringSlots, fw.layout.slotSize) > fw.layout.rxSlots * fw.layout.slotSize) {
       throw new Error(`TUN ${tun.names.join(',')} has ${tun.queues} queues; the arena has receive rings for ${fw.layout.rxSlots / ringSlots}`);
     }
     this.tun = tun;
-    this.forwarder.napt.mssClamp = mssClampValue(this.config.mssClamp, this.config.tun.mtu);
+    fw.napt.mssClamp = mssClampValue(this.config.mssClamp, this.config.tun.mtu);
     const journal = this.table.journal as Journal;
     const faults = this.faults;
     const onError = (e: unknown, index: number): void => faults.packet(e, index);
@@ -299,8 +317,10 @@ export class Daemon implements MetricsSource {
     // After the sessions: a PPTP call refers to its control connection's session.
     store.registerTable(new IsakmpCodec(this.ipsec, this.table));
     store.registerTable(new EspCodec(this.ipsec, this.table));
-    store.registerTable(new GreCallCodec(this.greCalls, this.table));
+    store.registerTable(new GreCallCodec(this.pptp.calls, this.table));
     store.restore({ now: this.now(), publicAddr: this.table.publicAddr, onAddressChange: this.config.wan.onAddressChange });
+    // Restored entries come without table events.
+    this.ids.rebuild();
     this.addJournalListener(store);
     store.start();
     this.store = store;
@@ -309,10 +329,10 @@ export class Daemon implements MetricsSource {
   private sweep(budget: number): void {
     const now = this.now();
     this.table.sweep(now, budget);
-    const timedOut = this.forwarder.frags.sweep(now);
-    if (timedOut > 0) this.forwarder.napt.drops.counts[Drop.FRAGMENT_TIMEOUT] += timedOut;
+    const timedOut = this.datapath.frags.sweep(now);
+    if (timedOut > 0) this.datapath.napt.drops.counts[Drop.FRAGMENT_TIMEOUT] += timedOut;
     this.ipsec.sweep(now, budget);
-    this.ipsec.drainEvents((kind, msg, fields) => this.log.event(kind, msg, fields));
+    this.ipsec.events.drain((kind, msg, fields) => this.log.event(kind, msg, fields));
     if (now - this.pptpSweptAt >= 1000) {
       this.pptpSweptAt = now;
       this.pptpTick(now);
@@ -329,15 +349,35 @@ export class Daemon implements MetricsSource {
     if (i >= 0) this.journalListeners.splice(i, 1);
   }
 
-  /** Hands pending table events to every listener, then lets each flush. */
+  /**
+   * Hands pending table events to every listener, then lets each flush: the
+   * store commits (write-ahead), the feed schedules the observers for after
+   * the batch is written.
+   */
   private drainJournal(): void {
     const journal = this.table.journal as Journal;
     const listeners = this.journalListeners;
+    const lost = journal.lost;
+    if (lost > 0) {
+      journal.lost = 0;
+      this.store?.resync();
+      this.feed.lose(lost);
+      // Logged after the batch, like every other report.
+      setImmediate(() => this.log.warn('table events were lost: the state database is rewritten, watchers are told', { lost }));
+    }
     if (journal.length === 0) return;
     journal.drain((kind, table, index, serial) => {
       for (const l of listeners) l.event(kind, table, index, serial);
     });
     for (const l of listeners) l.flush();
+  }
+
+  addObserver(o: JournalObserver): void {
+    this.feed.add(o);
+  }
+
+  removeObserver(o: JournalObserver): void {
+    this.feed.remove(o);
   }
 
   /** Stops forwarding and removes everything the daemon added. Idempotent. */
@@ -362,25 +402,16 @@ export class Daemon implements MetricsSource {
   // ---- control socket ----------------------------------------------------
 
   /** Rows of the connection table, built one at a time so a listing streams. */
-  *rows(): Iterable<ConnRow> {
-    const t = this.table;
-    const now = this.now();
-    for (let s = 0; s < t.capacity; s++) if (t.sInUse[s] === 1) yield sessionRow(t, s, now);
-    for (const r of this.greCalls.rows(now)) yield greConnRow(r, t.publicAddr);
-    yield* this.ipsec.rows(now, t.publicAddr);
+  rows(): Iterable<ConnRow> {
+    return allRows(this.connTables(), this.now());
   }
 
   rowOf(table: number, index: number, serial: number): ConnRow | null {
-    const t = this.table;
-    const now = this.now();
-    switch (table) {
-      case TABLE_SESSIONS:
-        return t.sSerial[index] === serial ? sessionRow(t, index, now) : null;
-      case TABLE_GRE_CALLS:
-        return this.greCalls.serial[index] === serial ? greConnRow(this.greCalls.row(index, now), t.publicAddr) : null;
-      default:
-        return this.ipsec.rowOf(table, index, serial, now, t.publicAddr);
-    }
+    return rowOf(this.connTables(), table, index, serial, this.now());
+  }
+
+  private connTables(): ConnTables {
+    return { sessions: this.table, ipsec: this.ipsec, calls: this.pptp.calls };
   }
 
   /**
@@ -389,9 +420,32 @@ export class Daemon implements MetricsSource {
    * inbound one finds none. Returns how many.
    */
   deleteConns(ids: ReadonlySet<number>): number {
-    const deleted = this.table.deleteSerials(ids) + this.greCalls.deleteSerials(ids) + this.ipsec.deleteSerials(ids);
+    this.feed.deliver();
+    const t = this.table;
+    const g = this.pptp.calls;
+    const vpn = new Set<number>();
+    let deleted = 0;
+    for (const id of ids) {
+      const at = this.ids.find(id);
+      if (at === null) continue;
+      if (at.table === TABLE_SESSIONS) {
+        if (t.sInUse[at.index] === 1 && t.sSerial[at.index] === id) { t.removeSession(at.index); deleted++; }
+      } else if (at.table === TABLE_GRE_CALLS) {
+        if (g.inUse[at.index] === 1 && g.serial[at.index] === id) { g.remove(at.index); deleted++; }
+      } else {
+        vpn.add(id);
+      }
+    }
+    if (vpn.size > 0) deleted += this.ipsec.deleteSerials(vpn);
     this.drainJournal();
     return deleted;
+  }
+
+  /** The row with this id: one index lookup (the feed is delivered first, so a new entry is found). */
+  connById(id: number): ConnRow | null {
+    this.feed.deliver();
+    const at = this.ids.find(id);
+    return at === null ? null : this.rowOf(at.table, at.index, id);
   }
 
   /** After `forwards add|remove` or a reload: shared mode steers the forwards' ports to the TUN. */
@@ -400,7 +454,7 @@ export class Daemon implements MetricsSource {
   }
 
   stats(): Record<string, unknown> {
-    const napt = this.forwarder.napt;
+    const napt = this.datapath.napt;
     const t = this.table;
     const tunStats: Record<string, number> = {};
     const tun = this.tun;
@@ -420,6 +474,7 @@ export class Daemon implements MetricsSource {
       limit: t.capacity,
       drops: napt.drops.byName(),
       ipsec: this.ipsec.stats(),
+      pptp: this.pptp.stats(),
       tun: tunStats,
     };
   }
@@ -490,10 +545,8 @@ export class Daemon implements MetricsSource {
     const policy = this.config.wan.onAddressChange;
     let dropped = 0;
     if (policy === 'drop' || next === null) {
-      const sessions: number[] = [];
-      this.table.forEachSession((s) => sessions.push(s));
-      for (const s of sessions) this.table.removeSession(s);
-      dropped = sessions.length;
+      // Every table: NAPT sessions (and with them their PPTP control state), calls, ISAKMP and ESP entries.
+      dropped = this.table.removeAll() + this.pptp.removeAll() + this.ipsec.removeAll();
     }
     if (next !== null) {
       this.table.publicAddr = ipv4ToInt32(next);
@@ -507,13 +560,14 @@ export class Daemon implements MetricsSource {
   async reload(next: Config): Promise<void> {
     const prev = this.config;
     this.config = next;
-    this.forwarder.napt.mssClamp = mssClampValue(next.mssClamp, next.tun.mtu);
-    if (JSON.stringify(prev.forwards) !== JSON.stringify(next.forwards)) {
+    this.datapath.napt.mssClamp = mssClampValue(next.mssClamp, next.tun.mtu);
+    const changed = configDiff(prev, next);
+    if (changed.includes('forwards')) {
       const dropped = this.forwards.configure(next.forwards);
       if (dropped.length > 0) this.log.warn('runtime forwards dropped: the reloaded config claims their ports', { forwards: JSON.stringify(dropped) });
       await this.forwardsChanged();
     }
-    if (JSON.stringify(prev.metrics) !== JSON.stringify(next.metrics)) {
+    if (changed.some((field) => field === 'metrics' || field.startsWith('metrics.'))) {
       await this.metrics?.close();
       this.metrics = next.metrics ? await startMetricsServer(next.metrics.listen, this, this.log) : null;
     }
@@ -535,16 +589,21 @@ export class Daemon implements MetricsSource {
   }
 
   drops(): Record<string, number> {
-    return this.forwarder.napt.drops.byName();
+    return this.datapath.napt.drops.byName();
   }
 
   traffic(): { packetsOut: number; packetsIn: number; bytesOut: number; bytesIn: number } {
-    const t = this.forwarder.napt.traffic;
+    const t = this.datapath.napt.traffic;
     return { packetsOut: t[T_PKTS_OUT], packetsIn: t[T_PKTS_IN], bytesOut: t[T_BYTES_OUT], bytesIn: t[T_BYTES_IN] };
   }
 
+  /** VPN events for the metrics: every IPsec event count, and the PPTP counters that count events (not packets or messages). */
   vpnEvents(): Record<string, number> {
-    return {};
+    const out: Record<string, number> = {};
+    const ipsec = this.ipsec.eventCounts;
+    IPSEC_EVENT_NAMES.forEach((name, i) => { out[`ipsec-${name}`] = ipsec[i]; });
+    for (const [name, n] of Object.entries(this.pptp.counters.byName())) if (!PPTP_VOLUME_COUNTERS.has(name)) out[`pptp-${name}`] = n;
+    return out;
   }
 
   private handleControl(req: ControlRequest): ControlReply | Promise<ControlReply> {

@@ -16,12 +16,13 @@
  *    number (NO_FORWARD when no forward exists, -2/-3 when the table is full
  *    or the port is taken).
  * Runtime forwards (`vpnmasq forwards add|remove`, not on the packet path)
- * sit next to the config's and are checked like them (checkForwards); they
- * are never written to the config file and end with the daemon.
+ * sit next to the config's; the daemon checks them like the config's before
+ * adding them. They are never written to the config file and end with the
+ * daemon.
  * Hairpinning needs nothing extra: a LAN client's packet to the public
  * address runs the inbound half after its outbound translation and lands here.
  */
-import { checkForwards, ConfigError, Forward } from '../daemon/config';
+import { Forward, forwardClaim } from '../core/forward';
 import { PROTO_ESP, PROTO_GRE, PROTO_TCP, PROTO_UDP } from '../wire/ipv4';
 import { ISAKMP_PORT } from '../wire/isakmp';
 import { SessionTable } from './sessions';
@@ -54,15 +55,16 @@ export class Forwards {
    */
   configure(forwards: readonly Forward[]): Forward[] {
     this.configured = forwards;
+    const claimed = new Set(forwards.map(forwardClaim));
     const kept: Forward[] = [];
     const dropped: Forward[] = [];
     for (const f of this.runtime) {
-      try {
-        checkForwards([...forwards, ...kept, f], null, (i) => `forwards[${i}]`, 'reload');
-        kept.push(f);
-      } catch (e) {
-        if (!(e instanceof ConfigError)) throw e;
+      const claim = forwardClaim(f);
+      if (claimed.has(claim)) {
         dropped.push(f);
+      } else {
+        claimed.add(claim);
+        kept.push(f);
       }
     }
     this.runtime = kept;
@@ -70,16 +72,10 @@ export class Forwards {
     return dropped;
   }
 
-  /**
-   * Adds a runtime forward, checked like an entry of the config's "forwards"
-   * against every forward in effect; throws ConfigError with the problems.
-   */
-  add(value: unknown, lanPrefixes: readonly string[]): Forward {
-    const nc = this.configured.length;
-    const n = nc + this.runtime.length;
-    const name = (i: number) => (i < nc ? `forwards[${i}]` : i < n ? `runtime forward ${i - nc + 1}` : 'forward');
-    const all = checkForwards([...this.configured, ...this.runtime, value], lanPrefixes, name, 'forwards add');
-    const f = all[n];
+  /** Adds a runtime forward, already checked like an entry of the config's "forwards"; throws if its port or protocol is taken. */
+  add(f: Forward): Forward {
+    const claim = forwardClaim(f);
+    if (this.all().some((g) => forwardClaim(g) === claim)) throw new Error(`${claim} is already forwarded`);
     this.runtime.push(f);
     this.apply();
     return f;

@@ -7,7 +7,7 @@
  * bounded by the pool and index sizes, time by a per-datagram deadline.
  */
 import { FlowIndex } from '../core/flow-index';
-import { SlotPool } from '../core/slot-pool';
+import { SoaRows } from '../core/table';
 
 const NONE = -1;
 const HELD = 1;
@@ -24,8 +24,7 @@ export class FragmentTracker {
   readonly dNewSrc: Int32Array;
   readonly dNewDst: Int32Array;
   private readonly dExpires: Float64Array;
-  private readonly dInUse: Uint8Array;
-  private readonly dFree: SlotPool;
+  private readonly dRows: SoaRows;
 
   // Held fragments, each in one slot of the shared arena.
   readonly holdBase: number;
@@ -47,8 +46,7 @@ export class FragmentTracker {
     this.dNewSrc = new Int32Array(maxDatagrams);
     this.dNewDst = new Int32Array(maxDatagrams);
     this.dExpires = new Float64Array(maxDatagrams);
-    this.dInUse = new Uint8Array(maxDatagrams);
-    this.dFree = new SlotPool(maxDatagrams);
+    this.dRows = new SoaRows(maxDatagrams);
     this.holdBase = holdBase;
     this.holdSlotSize = holdSlotSize;
     this.hState = new Uint8Array(holdSlots);
@@ -78,13 +76,12 @@ export class FragmentTracker {
   remember(src: number, dst: number, key: number, newSrc: number, newDst: number, expires: number): void {
     let d = this.index.get(src, dst, key, 0);
     if (d === NONE) {
-      d = this.dFree.take();
+      d = this.dRows.take(0);
       if (d === NONE) return;
       if (!this.index.set(src, dst, key, 0, d)) {
-        this.dFree.give(d);
+        this.dRows.give(d);
         return;
       }
-      this.dInUse[d] = 1;
       this.dSrc[d] = src;
       this.dDst[d] = dst;
       this.dKey[d] = key;
@@ -96,8 +93,7 @@ export class FragmentTracker {
 
   private removeDatagram(d: number): void {
     this.index.delete(this.dSrc[d], this.dDst[d], this.dKey[d], 0);
-    this.dInUse[d] = 0;
-    this.dFree.give(d);
+    this.dRows.give(d);
   }
 
   /** Copies a fragment into a free hold slot; returns false when the pool is full or it does not fit. */
@@ -163,8 +159,9 @@ export class FragmentTracker {
 
   /** Drops expired datagram entries and held fragments; returns the number of fragments dropped. */
   sweep(now: number): number {
-    for (let d = 0; d < this.dInUse.length; d++) {
-      if (this.dInUse[d] === 1 && this.dExpires[d] <= now) this.removeDatagram(d);
+    const inUse = this.dRows.inUse;
+    for (let d = 0; d < inUse.length; d++) {
+      if (inUse[d] === 1 && this.dExpires[d] <= now) this.removeDatagram(d);
     }
     let dropped = 0;
     for (let h = 0; h < this.hState.length; h++) {

@@ -17,21 +17,9 @@ import { FlowIndex } from '../core/flow-index';
 import { EV_DESTROY, EV_NEW, Journal } from '../core/journal';
 import { PROTO_ICMP, PROTO_TCP, PROTO_UDP } from '../wire/ipv4';
 import { SlotPool } from '../core/slot-pool';
+import { columns, Serials, SoaRows } from '../core/table';
 
-/**
- * The one id space of every table's rows (sessions, PPTP calls, ISAKMP and
- * ESP entries), so `vpnmasq conns show|delete ID` names exactly one row.
- * `next` is read and incremented in place on the packet path.
- */
-export class Serials {
-  /** The id the next row gets. */
-  next = 1;
-
-  /** A restored row keeps its id; new rows continue above it. */
-  seen(serial: number): void {
-    if (serial >= this.next) this.next = serial + 1;
-  }
-}
+export { Serials };
 
 export const TABLE_SESSIONS = 1;
 
@@ -56,6 +44,11 @@ export interface PortPolicy {
 
 const NONE = -1;
 
+/** Told about every session just before it is removed (expiry, replacement, `conns delete`, an address change). */
+export interface SessionListener {
+  sessionRemoved(s: number): void;
+}
+
 export class SessionTable {
   readonly capacity: number;
   publicAddr: number;
@@ -73,6 +66,7 @@ export class SessionTable {
   mappingCount = 0;
 
   // Sessions
+  private readonly sRows: SoaRows;
   readonly sInUse: Uint8Array;
   readonly sMap: Int32Array;
   readonly sRem: Int32Array;
@@ -88,8 +82,9 @@ export class SessionTable {
   readonly sBytesIn: Float64Array;
   private readonly outIndex: FlowIndex;
   private readonly inIndex: FlowIndex;
-  private readonly sFree: SlotPool;
-  sessionCount = 0;
+  /** Called with every session about to be removed; set by the engine (its helpers keep state per session). */
+  listener: SessionListener | null = null;
+  private readonly removeRow = (s: number): void => this.removeSession(s);
   readonly countBySlot = new Int32Array(SLOT_COUNT);
   /** Ids of this table's sessions; the VPN tables take theirs from here too (one id space). */
   readonly serials = new Serials();
@@ -104,33 +99,26 @@ export class SessionTable {
     this.ports = ports;
     this.journal = journal;
     this.random = random;
-    this.mProto = new Uint8Array(capacity);
-    this.mLan = new Int32Array(capacity);
-    this.mLanPort = new Uint16Array(capacity);
-    this.mPubPort = new Uint16Array(capacity);
-    this.mRefs = new Int32Array(capacity);
+    [this.mProto] = columns(Uint8Array, capacity, 1);
+    [this.mLan, this.mRefs] = columns(Int32Array, capacity, 2);
+    [this.mLanPort, this.mPubPort] = columns(Uint16Array, capacity, 2);
     this.mapIndex = new FlowIndex(capacity);
     this.portOwner = [];
     for (let i = 0; i < SLOT_COUNT; i++) this.portOwner.push(new Int32Array(65536).fill(NONE));
     this.mFree = new SlotPool(capacity);
 
-    this.sInUse = new Uint8Array(capacity);
-    this.sMap = new Int32Array(capacity);
-    this.sRem = new Int32Array(capacity);
-    this.sRemPort = new Uint16Array(capacity);
-    this.sState = new Uint8Array(capacity);
-    this.sExpires = new Float64Array(capacity);
-    this.sCreated = new Float64Array(capacity);
-    this.sLastSeen = new Float64Array(capacity);
-    this.sSerial = new Float64Array(capacity);
-    this.sPktsOut = new Float64Array(capacity);
-    this.sPktsIn = new Float64Array(capacity);
-    this.sBytesOut = new Float64Array(capacity);
-    this.sBytesIn = new Float64Array(capacity);
+    this.sRows = new SoaRows(capacity);
+    this.sInUse = this.sRows.inUse;
+    this.sSerial = this.sRows.serial;
+    [this.sMap, this.sRem] = columns(Int32Array, capacity, 2);
+    [this.sRemPort] = columns(Uint16Array, capacity, 1);
+    [this.sState] = columns(Uint8Array, capacity, 1);
+    [this.sExpires, this.sCreated, this.sLastSeen, this.sPktsOut, this.sPktsIn, this.sBytesOut, this.sBytesIn] = columns(Float64Array, capacity, 7);
     this.outIndex = new FlowIndex(capacity);
     this.inIndex = new FlowIndex(capacity);
-    this.sFree = new SlotPool(capacity);
   }
+
+  get sessionCount(): number { return this.sRows.count; }
 
   // ---- lookups -----------------------------------------------------------
 
@@ -220,13 +208,12 @@ export class SessionTable {
   }
 
   private initSession(m: number, rem: number, remPort: number, now: number, state: number, expires: number, serial: number): number {
-    if (this.sFree.available === 0) {
+    const s = this.sRows.take(serial);
+    if (s < 0) {
       if (this.mRefs[m] === 0) this.freeMapping(m);
       return -1;
     }
-    const s = this.sFree.take();
     const proto = this.mProto[m];
-    this.sInUse[s] = 1;
     this.sMap[s] = m;
     this.sRem[s] = rem;
     this.sRemPort[s] = remPort;
@@ -234,7 +221,6 @@ export class SessionTable {
     this.sExpires[s] = expires;
     this.sCreated[s] = now;
     this.sLastSeen[s] = now;
-    this.sSerial[s] = serial;
     this.sPktsOut[s] = 0;
     this.sPktsIn[s] = 0;
     this.sBytesOut[s] = 0;
@@ -242,7 +228,6 @@ export class SessionTable {
     this.outIndex.set(this.mLan[m], rem, (this.mLanPort[m] << 16) | remPort, proto, s);
     this.inIndex.set(m, rem, remPort, 0, s);
     this.mRefs[m]++;
-    this.sessionCount++;
     this.countBySlot[protoSlot(proto)]++;
     return s;
   }
@@ -269,14 +254,13 @@ export class SessionTable {
 
   removeSession(s: number): void {
     if (this.sInUse[s] === 0) return;
+    if (this.listener !== null) this.listener.sessionRemoved(s);
     const m = this.sMap[s];
     const proto = this.mProto[m];
     if (this.journal !== null) this.journal.push(EV_DESTROY, TABLE_SESSIONS, s, this.sSerial[s]);
     this.outIndex.delete(this.mLan[m], this.sRem[s], (this.mLanPort[m] << 16) | this.sRemPort[s], proto);
     this.inIndex.delete(m, this.sRem[s], this.sRemPort[s], 0);
-    this.sInUse[s] = 0;
-    this.sFree.give(s);
-    this.sessionCount--;
+    this.sRows.give(s);
     this.countBySlot[protoSlot(proto)]--;
     if (--this.mRefs[m] === 0) this.freeMapping(m);
   }
@@ -321,16 +305,11 @@ export class SessionTable {
    * dropped as unmapped. Returns how many.
    */
   deleteSerials(ids: ReadonlySet<number>): number {
-    let n = 0;
-    for (let s = 0; s < this.capacity; s++) {
-      if (this.sInUse[s] === 1 && ids.has(this.sSerial[s])) { this.removeSession(s); n++; }
-    }
-    return n;
+    return this.sRows.removeRows(ids, this.removeRow);
   }
 
-  /** Session with this serial, or -1 (not for the packet path). */
-  findBySerial(serial: number): number {
-    for (let s = 0; s < this.capacity; s++) if (this.sInUse[s] === 1 && this.sSerial[s] === serial) return s;
-    return NONE;
+  /** Removes every session (a WAN address change under wan.onAddressChange "drop"); returns how many. */
+  removeAll(): number {
+    return this.sRows.removeRows(null, this.removeRow);
   }
 }

@@ -1,18 +1,24 @@
 /**
- * Operator-facing rows of the connection table (CLI, control socket, store).
- * Not on the packet path: builds objects and strings freely.
+ * Operator-facing rows of the connection table (CLI, control socket, `conns
+ * watch`): one row per NAPT session, ISAKMP entry, ESP entry and PPTP call,
+ * read from the tables' arrays. Not on the packet path: builds objects and
+ * strings freely.
  */
 import { PROTO_ICMP, PROTO_TCP, PROTO_UDP } from '../wire/ipv4';
-import { SessionTable } from '../nat/sessions';
+import { ISAKMP_PORT } from '../wire/isakmp';
+import { SessionTable, TABLE_SESSIONS } from '../nat/sessions';
 import { tcpStateName } from '../nat/tcp-tracker';
 import { int32ToIpv4 } from '../core/ipv4-addr';
+import { ESP_ESTABLISHED, ESP_FREE, ESP_PENDING, ESP_STATE_NAMES, IpsecMasq, TABLE_ESP, TABLE_ISAKMP } from '../helpers/ipsec/ipsec';
+import { hex32, hex64 } from '../helpers/ipsec/events';
+import { CALL_CONFIRMED, CALL_REQUESTED, PptpCalls, ROLE_PAC, TABLE_GRE_CALLS } from '../helpers/pptp/calls';
 
 export interface ConnRow {
   /** Stable identifier of the session (unique for the daemon's lifetime and across restarts once persisted). */
   id: number;
   /**
-   * 'gre': a PPTP call (src/helpers/pptp/calls.ts greConnRow), ports 0 and its Call IDs in `vpn`;
-   * 'isakmp' / 'esp': an IPsec entry (src/helpers/ipsec/ipsec.ts rows()), cookies or SPIs in `vpn`.
+   * 'gre': a PPTP call, ports 0 and its Call IDs in `vpn`;
+   * 'isakmp' / 'esp': an IPsec entry, cookies or SPIs in `vpn`.
    */
   proto: 'tcp' | 'udp' | 'icmp' | 'isakmp' | 'esp' | 'gre';
   lan: { addr: string; port: number };
@@ -25,6 +31,13 @@ export interface ConnRow {
   bytes: { out: number; in: number };
   /** VPN detail of isakmp/esp/gre rows (docs/cli-json-schema.json); null: not learnt yet. */
   vpn?: Record<string, string | number | null>;
+}
+
+/** Every table a row can come from. */
+export interface ConnTables {
+  sessions: SessionTable;
+  ipsec: IpsecMasq;
+  calls: PptpCalls;
 }
 
 const PROTO_NAMES: Record<number, ConnRow['proto']> = { [PROTO_TCP]: 'tcp', [PROTO_UDP]: 'udp', [PROTO_ICMP]: 'icmp' };
@@ -44,4 +57,103 @@ export function sessionRow(t: SessionTable, s: number, now: number): ConnRow {
     packets: { out: t.sPktsOut[s], in: t.sPktsIn[s] },
     bytes: { out: t.sBytesOut[s], in: t.sBytesIn[s] },
   };
+}
+
+/** Idle and remaining seconds of an entry whose timer every packet restarts to `ttlMs`. */
+function timing(now: number, expires: number, ttlMs: number): { idleSeconds: number; expiresInSeconds: number } {
+  const left = Math.max(0, expires - now);
+  return { idleSeconds: Math.max(0, Math.round((ttlMs - left) / 1000)), expiresInSeconds: Math.round(left / 1000) };
+}
+
+/**
+ * An ISAKMP entry (admin view, spec §10): port 500 on every side (Rule
+ * I-1), the cookies in `vpn`. Bytes are not counted for the VPN tables. Idle
+ * time is derived from the timer, which every packet restarts.
+ */
+export function isakmpRow(m: IpsecMasq, k: number, now: number, publicAddr: number): ConnRow {
+  const has = m.kHasRc[k] === 1;
+  return {
+    id: m.kSerial[k], proto: 'isakmp',
+    lan: { addr: int32ToIpv4(m.kLan[k]), port: ISAKMP_PORT }, public: { addr: int32ToIpv4(publicAddr), port: ISAKMP_PORT },
+    remote: { addr: int32ToIpv4(m.kRem[k]), port: ISAKMP_PORT },
+    state: has ? 'REPLIED' : 'UNREPLIED',
+    ...timing(now, m.kExpires[k], m.opts.lifetimeMs),
+    packets: { out: m.kPktsOut[k], in: m.kPktsIn[k] }, bytes: { out: 0, in: 0 },
+    vpn: { icookie: hex64(m.kIc0[k], m.kIc1[k]), rcookie: has ? hex64(m.kRc0[k], m.kRc1[k]) : null },
+  };
+}
+
+/** An ESP entry: no ports, the SPIs and the pairing state in `vpn`; a removed entry shows the state it ended in. */
+export function espRow(m: IpsecMasq, e: number, now: number, publicAddr: number): ConnRow {
+  const st = m.eState[e] === ESP_FREE ? m.eEndState[e] : m.eState[e];
+  const o = m.opts;
+  return {
+    id: m.eSerial[e], proto: 'esp',
+    lan: { addr: int32ToIpv4(m.eLan[e]), port: 0 }, public: { addr: int32ToIpv4(publicAddr), port: 0 },
+    remote: { addr: int32ToIpv4(m.eRem[e]), port: 0 },
+    state: ESP_STATE_NAMES[st].toUpperCase(),
+    ...timing(now, m.eExpires[e], st === ESP_ESTABLISHED ? o.lifetimeMs : st === ESP_PENDING ? o.pendingMs : o.squelchMs),
+    packets: { out: m.ePktsOut[e], in: m.ePktsIn[e] }, bytes: { out: 0, in: 0 },
+    vpn: {
+      spiOut: `0x${hex32(m.eOutSpi[e])}`, spiIn: st === ESP_ESTABLISHED ? `0x${hex32(m.eInSpi[e])}` : null, state: ESP_STATE_NAMES[st],
+    },
+  };
+}
+
+/**
+ * A PPTP call (also after removal, until the record is reused): ports 0, the
+ * Call IDs in `vpn`; expiresInSeconds -1 while its control connection holds it.
+ */
+export function callRow(g: PptpCalls, c: number, now: number, publicAddr: number): ConnRow {
+  const st = g.state[c];
+  return {
+    id: g.serial[c],
+    proto: 'gre',
+    lan: { addr: int32ToIpv4(g.lan[c]), port: 0 },
+    public: { addr: int32ToIpv4(publicAddr), port: 0 },
+    remote: { addr: int32ToIpv4(g.rem[c]), port: 0 },
+    state: st === CALL_REQUESTED ? 'REQUESTED' : st === CALL_CONFIRMED ? 'CONFIRMED' : 'CLEARING',
+    idleSeconds: Math.max(0, Math.round((now - g.lastSeen[c]) / 1000)),
+    expiresInSeconds: g.expires[c] === Infinity ? -1 : Math.max(0, Math.round((g.expires[c] - now) / 1000)),
+    packets: { out: g.pktsOut[c], in: g.pktsIn[c] },
+    bytes: { out: 0, in: 0 },
+    vpn: {
+      role: g.role[c] === ROLE_PAC ? 'pac' : 'pns', callIdLan: g.lanId[c], callIdPub: g.pubId[c],
+      callIdRemote: g.remId[c] < 0 ? null : g.remId[c],
+    },
+  };
+}
+
+/** Every row of every table, built one at a time so a listing streams. */
+export function* allRows(x: ConnTables, now: number): Generator<ConnRow> {
+  const t = x.sessions;
+  const pub = t.publicAddr;
+  for (let s = 0; s < t.capacity; s++) if (t.sInUse[s] === 1) yield sessionRow(t, s, now);
+  const g = x.calls;
+  for (let c = 0; c < g.capacity; c++) if (g.inUse[c] === 1) yield callRow(g, c, now, pub);
+  const m = x.ipsec;
+  const cap = m.opts.capacity;
+  for (let k = 0; k < cap; k++) if (m.kInUse[k] === 1) yield isakmpRow(m, k, now, pub);
+  for (let e = 0; e < cap; e++) if (m.eInUse[e] === 1) yield espRow(m, e, now, pub);
+}
+
+/**
+ * The row a journal event names (table, record, serial), if the record still
+ * has that serial: also right after a DESTROY (`conns watch`), as the record
+ * keeps its last values until it is reused.
+ */
+export function rowOf(x: ConnTables, table: number, index: number, serial: number, now: number): ConnRow | null {
+  const pub = x.sessions.publicAddr;
+  switch (table) {
+    case TABLE_SESSIONS:
+      return x.sessions.sSerial[index] === serial ? sessionRow(x.sessions, index, now) : null;
+    case TABLE_GRE_CALLS:
+      return x.calls.serial[index] === serial ? callRow(x.calls, index, now, pub) : null;
+    case TABLE_ISAKMP:
+      return x.ipsec.kSerial[index] === serial ? isakmpRow(x.ipsec, index, now, pub) : null;
+    case TABLE_ESP:
+      return x.ipsec.eSerial[index] === serial ? espRow(x.ipsec, index, now, pub) : null;
+    default:
+      return null;
+  }
 }

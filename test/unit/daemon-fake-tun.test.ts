@@ -6,7 +6,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { Writable } from 'node:stream';
 import { setImmediate as tick } from 'node:timers/promises';
-import { parseConfig } from '../../src/daemon/config';
+import { parseConfig } from '../../src/config/schema';
 import { Daemon } from '../../src/daemon/daemon';
 import { createLogger } from '../../src/daemon/log';
 import { FakeTun } from '../../src/edge/tun/fake-tun';
@@ -55,7 +55,7 @@ const packet = (src: string, dst: string, sport: number, dport: number): Uint8Ar
 
 /** Makes translation throw for UDP packets to `dport`. */
 function poison(daemon: Daemon, dport: number): void {
-  const napt = daemon.forwarder.napt;
+  const napt = daemon.datapath.napt;
   const process = napt.process.bind(napt);
   napt.process = (off, len, out) => {
     const a = napt.arena;

@@ -25,9 +25,9 @@ function ciscoGre(src: string, dst: string): Uint8Array {
 }
 
 test('non-PPTP GRE: dropped by default; address-only NAT for one LAN host per remote when allowed', () => {
-  const { h, calls } = pptpHarness();
+  const { h, gre } = pptpHarness();
   h.dropped(Drop.GRE_NOT_PPTP, ciscoGre('10.77.0.11', '198.18.0.30'));
-  calls.allowNonPptp = true;
+  gre.allowNonPptp = true;
   assert.equal(parse(h.one(ciscoGre('10.77.0.11', '198.18.0.30'))).src, '198.18.0.2');
   assert.equal(parse(h.one(ciscoGre('198.18.0.30', '198.18.0.2'))).dst, '10.77.0.11');
   h.dropped(Drop.GRE_NOT_PPTP, ciscoGre('10.77.0.12', '198.18.0.30'));

@@ -9,7 +9,10 @@ import {
   Drop, NatHarness, PUBLIC, MF, UDP, checksumsValid, concat, fragment, icmpError, icmpPacket, ipv4, parse, r32,
   udpPacket, w32,
 } from './packet-builder';
-import { IpsecMasq, IpsecOptions } from '../../src/helpers/ipsec/ipsec';
+import { IpsecMasq, IpsecOptions, TABLE_ESP } from '../../src/helpers/ipsec/ipsec';
+import { EV_DESTROY, EV_NEW, EV_UPDATE } from '../../src/core/journal';
+import { attachIpsec } from '../../src/helpers/ipsec/nat';
+import { ConnRow, espRow, isakmpRow } from '../../src/query/rows';
 import { Forwards } from '../../src/nat/forwards';
 
 const ESP = 50;
@@ -22,11 +25,19 @@ const MIN = 60_000;
 
 function setup(over: Partial<IpsecOptions> = {}): NatHarness {
   const h = new NatHarness({ holdSlots: 16 });
-  h.napt.ipsec = new IpsecMasq({
+  h.ipsec = new IpsecMasq({
     lifetimeMs: 30 * MIN, pendingMs: 2 * MIN, squelchMs: 30_000, retries: 5,
     parallel: true, guessing: true, guessMax: 5, capacity: 256, ...over,
   });
+  attachIpsec(h.napt, h.ipsec);
   return h;
+}
+
+/** The ISAKMP then ESP rows of the harness's IPsec tables. */
+function* ipsecRows(h: NatHarness): Generator<ConnRow> {
+  const m = h.ipsec!;
+  for (let k = 0; k < m.opts.capacity; k++) if (m.kInUse[k] === 1) yield isakmpRow(m, k, h.now, h.table.publicAddr);
+  for (let e = 0; e < m.opts.capacity; e++) if (m.eInUse[e] === 1) yield espRow(m, e, h.now, h.table.publicAddr);
 }
 
 /** An ISAKMP header (cookies as 16 hex digits) with an opaque body. */
@@ -112,7 +123,7 @@ describe('ISAKMP masquerade (spec §3)', () => {
     assert.deepEqual(dests(h, ike(R, PUBLIC, 'efefefefefefefef', ZERO)), [L1]);
     h.one(ike(L1, R, 'efefefefefefefef', '1212121212121212'));
     assert.deepEqual(dests(h, ike(R, PUBLIC, 'efefefefefefefef', '1212121212121212')), [L1]);
-    const rows = [...h.napt.ipsec!.rows(h.now, h.table.publicAddr)];
+    const rows = [...ipsecRows(h)];
     assert.ok(rows.some((r) => r.vpn?.icookie === 'efefefefefefefef' && r.vpn?.rcookie === '1212121212121212' && r.lan.addr === L1));
   });
 
@@ -152,7 +163,7 @@ describe('ESP masquerade (spec §4)', () => {
     assert.deepEqual(dests(h, esp(R, PUBLIC, 0x2000)), [L1]);
     assert.deepEqual(dests(h, esp(R, PUBLIC, 0x2000, 2)), [L1]);
     h.one(esp(L1, R, 0x1000, 2));
-    const row = [...h.napt.ipsec!.rows(h.now, h.table.publicAddr)].find((r) => r.proto === 'esp');
+    const row = [...ipsecRows(h)].find((r) => r.proto === 'esp');
     assert.equal(row?.state, 'ESTABLISHED');
     assert.deepEqual(row?.vpn, { spiOut: '0x00001000', spiIn: '0x00002000', state: 'established' });
     assert.deepEqual([row?.lan.addr, row?.public.addr, row?.remote.addr], [L1, PUBLIC, R]);
@@ -178,7 +189,7 @@ describe('ESP masquerade (spec §4)', () => {
     h.now += 30_001;
     h.one(esp(L1, R, 0x1111, 9)); // squelch over: a new pending entry
     assert.deepEqual(dests(h, esp(R, PUBLIC, 0x9111)), [L1]);
-    const ev = h.napt.ipsec!.stats().events as Record<string, number>;
+    const ev = h.ipsec!.stats().events as Record<string, number>;
     assert.equal(ev['esp-squelch'], 1);
     assert.equal(ev['esp-blocked'], 1);
     assert.equal(ev['esp-blocked-self'], 1);
@@ -203,7 +214,7 @@ describe('ESP masquerade (spec §4)', () => {
     h.now += 1000;
     ikeDone(h, L2, '0000000200000002');
     assert.deepEqual(dests(h, esp(R, PUBLIC, 0x7777)).sort(), [L1, L2]);
-    assert.equal(h.napt.ipsec!.stats().esp && (h.napt.ipsec!.stats().esp as Record<string, number>).established, 0);
+    assert.equal(h.ipsec!.stats().esp && (h.ipsec!.stats().esp as Record<string, number>).established, 0);
     h.one(esp(L2, R, 0x5555));
     assert.deepEqual(dests(h, esp(R, PUBLIC, 0x7777, 2)), [L2]);
     const off = setup({ guessing: false });
@@ -255,7 +266,7 @@ describe('ESP masquerade (spec §4)', () => {
     dests(h, esp(R, PUBLIC, 0x901));
     h.dropped(Drop.ESP_BLOCKED, esp(L2, R, 0x102));
     h.one(esp(L1, R, 0x103));
-    assert.equal((h.napt.ipsec!.stats().events as Record<string, number>)['esp-blocked-parallel'], 1);
+    assert.equal((h.ipsec!.stats().events as Record<string, number>)['esp-blocked-parallel'], 1);
   });
 
   it('fragmented inbound ESP follows its first fragment', () => {
@@ -293,12 +304,12 @@ describe('AH (spec §4.5)', () => {
     h.dropped(Drop.AH_REFUSED, ah(L1, R));
     h.dropped(Drop.AH_REFUSED, ah(R, PUBLIC));
     const lines: Array<[string, string, Record<string, unknown>]> = [];
-    h.napt.ipsec!.drainEvents((k, m, f) => lines.push([k, m, f]));
+    h.ipsec!.events.drain((k, m, f) => lines.push([k, m, f]));
     assert.deepEqual(lines.map((l) => [l[0], l[2].from, l[2].to]), [
       ['ipsec-ah-refused', L1, R], ['ipsec-ah-refused', R, PUBLIC],
     ]);
     assert.match(lines[0][1], /signs the addresses/);
-    assert.equal((h.napt.ipsec!.stats().events as Record<string, number>)['ah-refused'], 3);
+    assert.equal((h.ipsec!.stats().events as Record<string, number>)['ah-refused'], 3);
   });
 });
 
@@ -323,7 +334,7 @@ describe('IPsec server behind the NAT (spec §6)', () => {
     ]);
     return h;
   }
-  const events = (h: NatHarness): Record<string, number> => h.napt.ipsec!.stats().events as Record<string, number>;
+  const events = (h: NatHarness): Record<string, number> => h.ipsec!.stats().events as Record<string, number>;
 
   it('an exchange the remote starts goes to the forwarded server, not to recent LAN initiators; replies leave from 500', () => {
     const h = serverSetup(L3);
@@ -335,7 +346,7 @@ describe('IPsec server behind the NAT (spec §6)', () => {
     assert.deepEqual([reply.src, reply.sport, reply.dst, reply.dport], [PUBLIC, 500, R, 500]);
     assert.deepEqual(dests(h, ike(R, PUBLIC, 'c1c1c1c1c1c1c1c1', 'd2d2d2d2d2d2d2d2', 35)), [L3]);
     assert.deepEqual(dests(h, ike(R, PUBLIC, '1010101010101010', '2020202020202020', 32)), [L1], 'the LAN client keeps its own exchange');
-    const rows = [...h.napt.ipsec!.rows(h.now, h.table.publicAddr)];
+    const rows = [...ipsecRows(h)];
     assert.ok(rows.some((r) => r.lan.addr === L3 && r.vpn?.icookie === 'c1c1c1c1c1c1c1c1' && r.vpn?.rcookie === 'd2d2d2d2d2d2d2d2'));
     assert.equal(events(h)['isakmp-forward'], 1);
     assert.equal(events(h)['isakmp-guess'], 0);
@@ -350,7 +361,7 @@ describe('IPsec server behind the NAT (spec §6)', () => {
     const out = parse(h.one(esp(L3, R, 0x2000)));
     assert.equal(out.src, PUBLIC);
     assert.deepEqual(dests(h, esp(R, PUBLIC, 0x1000, 2)), [L3]);
-    assert.equal((h.napt.ipsec!.stats().esp as Record<string, number>).established, 1);
+    assert.equal((h.ipsec!.stats().esp as Record<string, number>).established, 1);
     assert.equal(events(h)['esp-server'], 1, 'the second packet matched the established entry');
     // A remote with no ISAKMP session here: the ESP protocol forward is the last resort.
     assert.deepEqual(dests(h, esp(R2, PUBLIC, 0x3000)), [L2]);
@@ -369,13 +380,13 @@ describe('IPsec server behind the NAT (spec §6)', () => {
 describe('IPsec entries in the connection listing (vpnmasq conns)', () => {
   it('share one id space with the sessions; deleting an entry stops its translation', () => {
     const h = setup({ guessing: false });
-    h.napt.ipsec!.serials = h.table.serials;
+    h.ipsec!.serials = h.table.serials;
     h.one(udpPacket(L1, R, { sport: 4000, dport: 53, payload: new Uint8Array(8) }));
     h.one(ike(L1, R, '5151515151515151', ZERO));
     h.one(ike(R, PUBLIC, '5151515151515151', '6161616161616161'));
     h.one(esp(L1, R, 0x7000));
     assert.deepEqual(dests(h, esp(R, PUBLIC, 0x7001)), [L1]);
-    const rows = [...h.napt.ipsec!.rows(h.now, h.table.publicAddr)];
+    const rows = [...ipsecRows(h)];
     const isakmpRow = rows.find((r) => r.proto === 'isakmp')!;
     const espRow = rows.find((r) => r.proto === 'esp')!;
     assert.deepEqual([isakmpRow.lan, isakmpRow.public, isakmpRow.remote], [{ addr: L1, port: 500 }, { addr: PUBLIC, port: 500 }, { addr: R, port: 500 }]);
@@ -387,14 +398,50 @@ describe('IPsec entries in the connection listing (vpnmasq conns)', () => {
     const all = [...sessionIds, isakmpRow.id, espRow.id];
     assert.equal(new Set(all).size, all.length, `ids unique across tables: ${all}`);
 
-    assert.equal(h.napt.ipsec!.deleteSerials(new Set([espRow.id])), 1);
+    assert.equal(h.ipsec!.deleteSerials(new Set([espRow.id])), 1);
     h.dropped(Drop.ESP_NO_MAPPING, esp(R, PUBLIC, 0x7001, 2));
-    assert.deepEqual([...h.napt.ipsec!.rows(h.now, h.table.publicAddr)].map((r) => r.proto), ['isakmp']);
+    assert.deepEqual([...ipsecRows(h)].map((r) => r.proto), ['isakmp']);
     h.one(esp(L1, R, 0x7000, 2));
-    const again = [...h.napt.ipsec!.rows(h.now, h.table.publicAddr)].find((r) => r.proto === 'esp')!;
+    const again = [...ipsecRows(h)].find((r) => r.proto === 'esp')!;
     assert.deepEqual([again.state, again.vpn?.spiIn], ['PENDING', null], 'the next outbound packet makes a new, pending entry');
     assert.ok(again.id > espRow.id);
-    assert.equal(h.napt.ipsec!.deleteSerials(new Set([isakmpRow.id])), 1);
+    assert.equal(h.ipsec!.deleteSerials(new Set([isakmpRow.id])), 1);
     h.dropped(Drop.ISAKMP_NO_MAPPING, ike(R, PUBLIC, '5151515151515151', '6161616161616161', 32));
+  });
+});
+
+describe('IPsec tables and the journal', () => {
+  /** The journal events since the last call, as [kind, table] pairs. */
+  const events = (h: NatHarness): Array<[number, number]> => {
+    const out: Array<[number, number]> = [];
+    h.journal.drain((kind, table) => { out.push([kind, table]); });
+    return out;
+  };
+
+  it('the pending -> established change of an ESP entry is an UPDATE event (conns watch, the store)', () => {
+    const h = setup({ guessing: false });
+    h.ipsec!.journal = h.journal;
+    h.one(esp(L1, R, 0x7100));
+    assert.deepEqual(events(h), [[EV_NEW, TABLE_ESP]]);
+    h.one(esp(R, PUBLIC, 0x7200));
+    assert.deepEqual(events(h), [[EV_UPDATE, TABLE_ESP]]);
+    h.one(esp(R, PUBLIC, 0x7200, 2));
+    assert.deepEqual(events(h), [], 'no event per packet');
+  });
+
+  it('removeAll ends every ISAKMP and ESP entry: nothing translates inbound afterwards', () => {
+    const h = setup({ guessing: false });
+    h.ipsec!.journal = h.journal;
+    h.one(ike(L1, R, '7171717171717171', ZERO));
+    h.one(ike(R, PUBLIC, '7171717171717171', '8181818181818181'));
+    h.one(esp(L1, R, 0x7300));
+    h.one(esp(R, PUBLIC, 0x7400));
+    events(h);
+    assert.equal(h.ipsec!.removeAll(), 2);
+    assert.deepEqual(events(h).map(([k]) => k), [EV_DESTROY, EV_DESTROY]);
+    assert.deepEqual(h.ipsec!.stats().esp, { pending: 0, established: 0, squelched: 0 });
+    assert.equal(h.ipsec!.stats().isakmp, 0);
+    h.dropped(Drop.ESP_NO_MAPPING, esp(R, PUBLIC, 0x7400, 3));
+    h.dropped(Drop.ISAKMP_NO_MAPPING, ike(R, PUBLIC, '7171717171717171', '8181818181818181', 32));
   });
 });

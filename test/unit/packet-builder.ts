@@ -9,6 +9,7 @@
  */
 import assert from 'node:assert/strict';
 import { Drop, DROP_NAMES } from '../../src/core/verdict';
+import type { IpsecMasq } from '../../src/helpers/ipsec/ipsec';
 import { FragmentTracker } from '../../src/nat/fragments';
 import { Journal } from '../../src/core/journal';
 import { Napt, NatTimers } from '../../src/nat/napt';
@@ -483,6 +484,8 @@ export class NatHarness {
   readonly napt: Napt;
   readonly arena: Uint8Array;
   readonly out = new TxList(64);
+  /** IPsec tables attached by a test (test/unit/ipsec.test.ts). */
+  ipsec: IpsecMasq | null = null;
   /** The vnet headers of the last `send`'s output, in order. */
   lastVnet: Uint8Array[] = [];
 

@@ -1,9 +1,11 @@
 /** Test helpers for PPTP: control messages, enhanced GRE packets, a Napt with the PPTP modules attached. */
 import { NatHarness, w16, w32 } from './packet-builder';
-import { Forward } from '../../src/daemon/config';
+import { Forward } from '../../src/core/forward';
 import { Forwards } from '../../src/nat/forwards';
 import { PptpCalls } from '../../src/helpers/pptp/calls';
 import { PptpControl } from '../../src/helpers/pptp/control';
+import { GreNat } from '../../src/helpers/pptp/gre';
+import { PptpMasq } from '../../src/helpers/pptp/pptp';
 import { PPTP_MSG_LEN } from '../../src/wire/pptp';
 
 const GRE = 47;
@@ -50,14 +52,12 @@ export function ipPacket(src: string, dst: string, proto: number, payload: Uint8
 
 export const ipInt = (a: string): number => a.split('.').reduce((v, x) => (v << 8) | Number(x), 0) | 0;
 
-export function pptpHarness(forwardRules: Forward[] = []): { h: NatHarness; calls: PptpCalls; ctl: PptpControl } {
+export function pptpHarness(forwardRules: Forward[] = []): { h: NatHarness; calls: PptpCalls; ctl: PptpControl; gre: GreNat; pptp: PptpMasq } {
   const h = new NatHarness();
   const forwards = forwardRules.length > 0 ? new Forwards(h.table, forwardRules) : null;
-  const calls = new PptpCalls(64, h.table, forwards, h.journal);
-  const ctl = new PptpControl(64, h.table, calls);
+  const pptp = new PptpMasq(64, h.table, h.journal);
+  pptp.attach(h.napt);
   h.napt.forwards = forwards;
-  h.napt.gre = calls;
-  h.napt.pptp = ctl;
-  return { h, calls, ctl };
+  return { h, calls: pptp.calls, ctl: pptp.control, gre: pptp.gre, pptp };
 }
 

@@ -192,3 +192,38 @@ test('ICMP fragmentation-needed quoting GRE reaches the LAN host of the call', (
   assert.equal(out.inner?.src, LAN2);
   assert.ok(checksumsValid(h.one(ipPacket('198.18.0.1', PUBLIC, 1, icmp))));
 });
+
+test('calls end with their control connection: removing the TCP session removes them and their GRE at once', () => {
+  const { h, calls, ctl } = pptpHarness();
+  const c = connect(h);
+  const c2 = connect(h, LAN2, 40002);
+  const pub = r16(payloadOf(c.out(pptpMsg(7, 0x0d0d))[0]), 12);
+  c.in(pptpMsg(8, 0x0e0e, pub, 1));
+  const pub2 = r16(payloadOf(c2.out(pptpMsg(7, 0x0d0d))[0]), 12);
+  c2.in(pptpMsg(8, 0x0f0f, pub2, 1));
+  assert.equal(calls.count, 2);
+  assert.equal(ctl.count, 2);
+  h.table.removeSession(h.session(TCP, LAN, 40000, SERVER, 1723));
+  assert.equal(calls.count, 1, 'only the other connection\'s call is left');
+  assert.equal(ctl.count, 1);
+  h.dropped(Drop.GRE_NO_MAPPING, grePacket(SERVER, PUBLIC, pub, 1, null));
+  h.dropped(Drop.GRE_NO_MAPPING, grePacket(LAN, SERVER, 0x0e0e, 1, null));
+  assert.equal(parse(h.one(grePacket(SERVER, PUBLIC, pub2, 1, null))).dst, LAN2);
+});
+
+test('removeAll ends every call and address-only GRE entry', () => {
+  const { h, calls, gre, pptp } = pptpHarness();
+  gre.allowNonPptp = true;
+  const c = connect(h);
+  const pub = r16(payloadOf(c.out(pptpMsg(7, 0x1212))[0]), 12);
+  c.in(pptpMsg(8, 0x1313, pub, 1));
+  const cisco = grePacket(LAN, '198.18.0.30', 0, null, null);
+  w16(cisco, 20, 0); w16(cisco, 22, 0x0800);
+  h.one(cisco);
+  assert.equal(pptp.removeAll(), 1);
+  assert.equal(calls.count, 0);
+  h.dropped(Drop.GRE_NO_MAPPING, grePacket(SERVER, PUBLIC, pub, 1, null));
+  const back = grePacket('198.18.0.30', PUBLIC, 0, null, null);
+  w16(back, 20, 0); w16(back, 22, 0x0800);
+  h.dropped(Drop.GRE_NO_MAPPING, back);
+});

@@ -9,19 +9,19 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import Database from 'better-sqlite3';
-import type { AddressChangePolicy, StateConfig } from '../../src/daemon/config';
+import type { AddressChangePolicy, StateConfig } from '../../src/config/schema';
 import type { Logger } from '../../src/daemon/log';
 import { Journal } from '../../src/core/journal';
 import { SessionTable } from '../../src/nat/sessions';
-import { openReadOnly } from '../../src/persist/reader';
+import { openReadOnly } from '../../src/query/stored';
 import { SCHEMA_VERSION, SCHEMAS } from '../../src/persist/schema';
-import { SessionCodec, Store } from '../../src/persist/store';
-import { EspCodec, GreCallCodec, IsakmpCodec } from '../../src/persist/vpn-codecs';
+import { Store } from '../../src/persist/store';
+import { EspCodec, GreCallCodec, IsakmpCodec, SessionCodec } from '../../src/persist/tables';
 import { ESP_ESTABLISHED, ESP_PENDING, ESP_SQUELCHED, IpsecMasq } from '../../src/helpers/ipsec/ipsec';
 import { CALL_CONFIRMED, CALL_REQUESTED, PptpCalls, ROLE_PAC, ROLE_PNS } from '../../src/helpers/pptp/calls';
-import { write32 } from '../../src/wire/checksum';
 import { NO_FORWARD } from '../../src/nat/forwards';
-import { ISAKMP_HDR, ISAKMP_ICOOKIE, ISAKMP_RCOOKIE } from '../../src/wire/isakmp';
+import { Targets } from '../../src/core/targets';
+import { Verdict } from '../../src/core/verdict';
 import { PROTO_TCP, PROTO_UDP } from '../../src/wire/ipv4';
 import { ipv4ToInt32 } from '../../src/core/ipv4-addr';
 
@@ -77,7 +77,7 @@ describe('state store', () => {
 
   beforeEach(() => {
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vpnmasq-store-'));
-    cfg = { path: path.join(dir, 'state', 'state.db'), synchronous: 'normal', groupCommitMs: 2, flushIntervalMs: 1000 };
+    cfg = { path: path.join(dir, 'state', 'state.db'), synchronous: 'normal', flushIntervalMs: 1000 };
     lines = [];
     clock = T0;
   });
@@ -220,6 +220,27 @@ describe('state store', () => {
       fresh.close();
     });
   }
+
+  it('restore checks every column: a row that cannot be right is discarded and logged, the good rows are restored', () => {
+    const t = newTable();
+    let store = open(t);
+    for (let i = 0; i < 5; i++) t.createOut(PROTO_UDP, LAN, 41000 + i, REM, 7000, clock, 0, clock + 30000);
+    drain(t, store);
+    store.close();
+    const db = new Database(cfg.path);
+    db.exec(`UPDATE sessions SET proto = 99 WHERE serial = (SELECT MIN(serial) FROM sessions)`);
+    db.exec(`UPDATE sessions SET lan_port = 70000 WHERE serial = (SELECT MAX(serial) FROM sessions)`);
+    db.close();
+    const t2 = newTable();
+    store = open(t2);
+    assert.deepEqual(restore(store, t2), { restored: 3, discarded: 2 });
+    assert.equal(t2.sessionCount, 3);
+    const logged = lines.find((l) => l.level === 'error' && /cannot be restored/.test(l.msg));
+    assert.ok(logged, JSON.stringify(lines));
+    assert.equal(logged.fields?.rows, 2);
+    assert.match(String(logged.fields?.first), /proto: 99 is not one of 6 \(tcp\), 17 \(udp\), 1 \(icmp\)/);
+    assert.match(String(logged.fields?.first), /lan_port: 70000 is outside 0\.\.65535/);
+  });
 
   it('reader streams stored rows as ConnRow without the daemon', () => {
     const t = newTable();
@@ -369,7 +390,6 @@ describe('state store', () => {
     const VPN = ipv4ToInt32('198.18.0.20');
     const VPN2 = ipv4ToInt32('198.18.0.21');
     const MIN = 60_000;
-    const ike = new Uint8Array(ISAKMP_HDR);
 
     /** The tables of one daemon run, sharing the session table's journal and serials as the daemon wires them. */
     function vpnTables(pub = PUB) {
@@ -380,7 +400,7 @@ describe('state store', () => {
       });
       m.journal = t.journal;
       m.serials = t.serials;
-      const g = new PptpCalls(64, t, null, t.journal);
+      const g = new PptpCalls(64, t.serials, t.journal);
       return { t, m, g };
     }
 
@@ -392,18 +412,17 @@ describe('state store', () => {
       return store;
     }
 
-    function cookies(ic0: number, ic1: number, rc0: number, rc1: number): Uint8Array {
-      write32(ike, ISAKMP_ICOOKIE, ic0);
-      write32(ike, ISAKMP_ICOOKIE + 4, ic1);
-      write32(ike, ISAKMP_RCOOKIE, rc0);
-      write32(ike, ISAKMP_RCOOKIE + 4, rc1);
-      return ike;
+    function cookies(ic0: number, ic1: number, rc0: number, rc1: number): [number, number, number, number] {
+      return [ic0, ic1, rc0, rc1];
     }
+    /** Where an inbound packet went: the LAN hosts in `to`, their number returned (0: dropped). */
+    const to = new Targets();
+    const delivered = (v: number): number => (v === Verdict.TRANSLATED ? to.count : 0);
 
     it('new entries are written ahead, state changes reach the database in the update flush', () => {
       const v = vpnTables();
       const store = openVpn(v);
-      assert.equal(v.m.outIsakmp(LAN, VPN, cookies(0x11111111, 0x22222222, 0, 0), 0, clock), -1);
+      assert.equal(v.m.outIsakmp(LAN, VPN, ...cookies(0x11111111, 0x22222222, 0, 0), clock), -1);
       assert.equal(v.m.outEsp(LAN, VPN, 0x1000, clock), -1);
       const ctl = v.t.createOut(PROTO_TCP, LAN, 40100, VPN, 1723, clock, 3, clock + 7440000);
       const call = v.g.create(LAN, VPN, 0x0100, ROLE_PNS, ctl, v.t.sSerial[ctl], clock);
@@ -413,8 +432,8 @@ describe('state store', () => {
       assert.equal(rowsIn(cfg.path, 'gre_calls')[0].state, CALL_REQUESTED);
 
       clock += 1000;
-      assert.equal(v.m.inIsakmp(VPN, cookies(0x11111111, 0x22222222, 0x33333333, 0x44444444), 0, clock, NO_FORWARD), 1);
-      assert.equal(v.m.inEsp(VPN, 0x2000, clock, NO_FORWARD), 1);
+      assert.equal(delivered(v.m.inIsakmp(VPN, ...cookies(0x11111111, 0x22222222, 0x33333333, 0x44444444), clock, NO_FORWARD, to)), 1);
+      assert.equal(delivered(v.m.inEsp(VPN, 0x2000, clock, NO_FORWARD, to)), 1);
       v.g.confirm(call, 0x5555);
       drain(v.t, store);
       assert.equal(rowsIn(cfg.path, 'esp')[0].state, ESP_PENDING, 'no write per packet');
@@ -438,10 +457,10 @@ describe('state store', () => {
     it('restore keeps cookies, SPI pairings, Call IDs and serials; pending ESP past its deadline is dropped', () => {
       const v = vpnTables();
       let store = openVpn(v);
-      v.m.outIsakmp(LAN, VPN, cookies(0x11111111, 0x22222222, 0, 0), 0, clock);
-      v.m.inIsakmp(VPN, cookies(0x11111111, 0x22222222, 0x33333333, 0x44444444), 0, clock, NO_FORWARD);
+      v.m.outIsakmp(LAN, VPN, ...cookies(0x11111111, 0x22222222, 0, 0), clock);
+      v.m.inIsakmp(VPN, ...cookies(0x11111111, 0x22222222, 0x33333333, 0x44444444), clock, NO_FORWARD, to);
       v.m.outEsp(LAN, VPN, 0x1000, clock);
-      v.m.inEsp(VPN, 0x2000, clock, NO_FORWARD);
+      v.m.inEsp(VPN, 0x2000, clock, NO_FORWARD, to);
       v.m.outEsp(LAN, VPN2, 0x3000, clock); // stays pending: 2 min
       const lan2 = ipv4ToInt32('10.77.0.12');
       const ctl = v.t.createOut(PROTO_TCP, LAN, 40100, VPN, 1723, clock, 3, clock + 7440000);
@@ -460,10 +479,10 @@ describe('state store', () => {
       assert.equal(rowsIn(cfg.path, 'esp').length, 1, 'the dropped pending entry is deleted');
       assert.deepEqual(w.m.stats().esp, { pending: 0, established: 1, squelched: 0 });
       // Both cookies lead to the LAN host; the SPI pairing works both ways.
-      assert.equal(w.m.inIsakmp(VPN, cookies(0x11111111, 0x22222222, 0x33333333, 0x44444444), 0, clock, NO_FORWARD), 1);
-      assert.equal(w.m.targets[0], LAN);
-      assert.equal(w.m.inEsp(VPN, 0x2000, clock, NO_FORWARD), 1);
-      assert.equal(w.m.targets[0], LAN);
+      assert.equal(delivered(w.m.inIsakmp(VPN, ...cookies(0x11111111, 0x22222222, 0x33333333, 0x44444444), clock, NO_FORWARD, to)), 1);
+      assert.equal(to.addr[0], LAN);
+      assert.equal(delivered(w.m.inEsp(VPN, 0x2000, clock, NO_FORWARD, to)), 1);
+      assert.equal(to.addr[0], LAN);
       assert.equal(w.m.outEsp(LAN, VPN, 0x1000, clock), -1);
       // A new SPI towards the remote whose pending entry was dropped is not blocked.
       assert.equal(w.m.outEsp(lan2, VPN2, 0x4000, clock), -1);
@@ -522,7 +541,7 @@ describe('state store', () => {
         fs.rmSync(path.dirname(cfg.path), { recursive: true, force: true });
         const v = vpnTables(PUB);
         let store = openVpn(v);
-        v.m.outIsakmp(LAN, VPN, cookies(1, 2, 0, 0), 0, clock);
+        v.m.outIsakmp(LAN, VPN, ...cookies(1, 2, 0, 0), clock);
         v.m.outEsp(LAN, VPN, 0x1000, clock);
         drain(v.t, store);
         store.close();

@@ -3,7 +3,7 @@
  * `systemd-analyze verify` accepts it and `systemd-analyze security
  * --offline=true` scores it (the score is printed for the README). Verify
  * runs on a temporary copy whose ExecStart is /bin/true, because
- * /usr/local/bin/vpnmasq exists only after scripts/install.sh.
+ * /opt/vpnmasq/bin/vpnmasq exists only once installed.
  */
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -41,12 +41,14 @@ describe('systemd/vpnmasq.service', () => {
     assert.equal(one('Type'), 'notify');
     assert.equal(one('NotifyAccess'), 'main');
     assert.equal(one('WatchdogSec'), '30s');
-    assert.equal(one('ExecStart'), '/usr/local/bin/vpnmasq run');
+    assert.equal(one('ExecStart'), '/opt/vpnmasq/bin/vpnmasq run');
     assert.equal(one('ExecReload'), '/bin/kill -HUP $MAINPID');
     assert.equal(one('Restart'), 'on-failure');
     assert.equal(one('CapabilityBoundingSet'), 'CAP_NET_ADMIN');
     assert.equal(one('AmbientCapabilities'), 'CAP_NET_ADMIN');
     for (const k of ['StateDirectory', 'RuntimeDirectory', 'ConfigurationDirectory']) assert.equal(one(k), 'vpnmasq', k);
+    // The mode install.sh and the package give /etc/vpnmasq (root:vpnmasq): systemd warns at every start when they differ.
+    assert.equal(one('ConfigurationDirectoryMode'), '0750');
     assert.equal(one('ProtectSystem'), 'strict');
     assert.equal(one('ProtectHome'), 'yes');
     assert.equal(one('PrivateTmp'), 'yes');

@@ -1,0 +1,201 @@
+/**
+ * TCP and UDP NAPT (RFC 4787, RFC 5382): the session lookup and creation for
+ * each direction, timers and counters, MSS clamping, the address and port
+ * rewrite with its checksums, then the session helper registered for the
+ * connection's port, if any (PPTP control on TCP 1723).
+ */
+import { fold, pseudoHeaderSum, sumBytes } from '../wire/checksum';
+import { IPV4_DST, IPV4_SRC, PROTO_ICMP, PROTO_TCP } from '../wire/ipv4';
+import { TCP_OK } from '../wire/tcp';
+import { UDP_OK } from '../wire/udp';
+import { VNET_F_DATA_VALID, VNET_F_NEEDS_CSUM } from '../wire/vnet';
+import { Drop, Verdict } from '../core/verdict';
+import { SLOT_TCP, SLOT_UDP, SessionTable, protoSlot } from './sessions';
+import { tcpInitialState, tcpNextState, tcpTimeoutMs } from './tcp-tracker';
+import { clampMss } from './mss-clamp';
+import { rewriteTransport } from './rewrite';
+import { Packet, TrackerRegistry } from './tracker';
+
+export interface NatTimers {
+  tcpEstablishedMs: number;
+  tcpTransitoryMs: number;
+  udpMs: number;
+  icmpMs: number;
+  fragmentMs: number;
+}
+
+const TRANSLATED = Verdict.TRANSLATED;
+
+export class Transport {
+  /** Largest TCP MSS let through in SYN/SYN-ACK options; 0 = no clamping (config mssClamp). */
+  mssClamp = 0;
+
+  constructor(
+    private readonly table: SessionTable,
+    private readonly timers: NatTimers,
+    private readonly endpointIndependentFiltering: boolean,
+    private readonly trackers: TrackerRegistry,
+  ) {}
+
+  /**
+   * Length and checksum checks every TCP and UDP packet gets, whichever path
+   * translates it: the transport header (and a sane TCP data offset) is
+   * present, then `need` more bytes after it; the L4 checksum is verified only
+   * where the kernel neither verified it (DATA_VALID) nor left it to be
+   * finished (NEEDS_CSUM), and never on fragments. Parses p.tcp or p.udp.
+   */
+  check(p: Packet, need: number): Verdict {
+    const ip = p.ip;
+    const isTcp = ip.proto === PROTO_TCP;
+    if (isTcp) {
+      if (p.tcp.parse(p.buf, ip.payloadOff, ip.payloadLen, ip.isFragment) !== TCP_OK || p.tcp.dataLen < need) return Drop.L4_TRUNCATED;
+    } else if (p.udp.parse(p.buf, ip.payloadOff, ip.payloadLen) !== UDP_OK || p.udp.payloadLen < need) {
+      return Drop.L4_TRUNCATED;
+    }
+    if ((p.vflags & (VNET_F_NEEDS_CSUM | VNET_F_DATA_VALID)) === 0 && !ip.isFragment && !this.checksumOk(p, isTcp)) {
+      return Drop.L4_BAD_CHECKSUM;
+    }
+    return TRANSLATED;
+  }
+
+  private checksumOk(p: Packet, isTcp: boolean): boolean {
+    const ip = p.ip;
+    if (!isTcp && p.udp.checksum === 0) return true;
+    const len = ip.payloadLen;
+    return fold(sumBytes(p.buf, ip.payloadOff, len, pseudoHeaderSum(ip.src, ip.dst, ip.proto, len))) === 0xffff;
+  }
+
+  /** LAN -> outside: find or create the session, rewrite the source. */
+  outbound(p: Packet): Verdict {
+    const bad = this.check(p, 0);
+    if (bad !== TRANSLATED) return bad;
+    const ip = p.ip;
+    const proto = ip.proto;
+    const isTcp = proto === PROTO_TCP;
+    const src = p.src;
+    const dst = p.dst;
+    const sport = isTcp ? p.tcp.sport : p.udp.sport;
+    const dport = isTcp ? p.tcp.dport : p.udp.dport;
+    const flags = isTcp ? p.tcp.flags : 0;
+    const t = this.table;
+    const now = p.now;
+    let s = t.findOut(proto, src, sport, dst, dport);
+    if (s >= 0 && t.sExpires[s] <= now) {
+      t.removeSession(s);
+      s = -1;
+    }
+    if (s < 0) {
+      s = t.createOut(proto, src, sport, dst, dport, now, isTcp ? tcpInitialState(flags) : 0, now);
+      if (s < 0) return s === -1 ? Drop.TABLE_FULL : Drop.PORTS_EXHAUSTED;
+    }
+    this.refresh(s, isTcp, flags, true, ip.totalLen, now);
+    const pubPort = t.mPubPort[t.sMap[s]];
+    const csumOff = isTcp ? p.tcp.csumOff : p.udp.csumOff;
+    const partial = p.partial;
+    if (isTcp && this.mssClamp > 0) clampMss(p.buf, ip.payloadOff, ip.payloadLen, this.mssClamp, csumOff, partial);
+    rewriteTransport(p.buf, ip.off, IPV4_SRC, src, t.publicAddr, isTcp ? p.tcp.sportOff : p.udp.sportOff, sport, pubPort,
+      csumOff, partial, !isTcp);
+    const h = this.helperFor(isTcp ? SLOT_TCP : SLOT_UDP, dport, sport, pubPort);
+    return h === 0 ? TRANSLATED : this.helper(p, s, h, true);
+  }
+
+  /** Outside -> public address: the session, or a new one under endpoint-independent filtering or a forward. */
+  inbound(p: Packet): Verdict {
+    const bad = this.check(p, 0);
+    if (bad !== TRANSLATED) return bad;
+    const ip = p.ip;
+    const proto = ip.proto;
+    const isTcp = proto === PROTO_TCP;
+    const sport = isTcp ? p.tcp.sport : p.udp.sport;
+    const dport = isTcp ? p.tcp.dport : p.udp.dport;
+    const t = this.table;
+    const slot = protoSlot(proto);
+    const m = t.mappingOfPort(slot, dport);
+    let s = m < 0 ? -2 : this.inboundSession(m, slot, dport, ip.src, sport, p.now);
+    // A forward (spec §6) serves what no mapping or session accepts.
+    if (s < 0 && p.forwards !== null) {
+      const f = p.forwards.inbound(proto, dport, ip.src, sport, p.now);
+      if (f >= 0) s = f;
+    }
+    if (s < 0) return s === -1 ? Drop.FILTERED : Drop.NO_MAPPING;
+    const mm = t.sMap[s];
+    this.refresh(s, isTcp, isTcp ? p.tcp.flags : 0, false, ip.totalLen, p.now);
+    const csumOff = isTcp ? p.tcp.csumOff : p.udp.csumOff;
+    const partial = p.partial;
+    if (isTcp && this.mssClamp > 0) clampMss(p.buf, ip.payloadOff, ip.payloadLen, this.mssClamp, csumOff, partial);
+    const lanPort = t.mLanPort[mm];
+    rewriteTransport(p.buf, ip.off, IPV4_DST, ip.dst, t.mLan[mm], isTcp ? p.tcp.dportOff : p.udp.dportOff, dport, lanPort,
+      csumOff, partial, !isTcp);
+    const h = this.helperFor(isTcp ? SLOT_TCP : SLOT_UDP, sport, lanPort, dport);
+    return h === 0 ? TRANSLATED : this.helper(p, s, h, false);
+  }
+
+  /**
+   * The session helper of a connection: the one registered for its remote
+   * port (the LAN host is the client), its LAN port or its public port (a
+   * server on the LAN, reached through a forward or a mapping); 0 for none.
+   */
+  helperFor(slot: number, remPort: number, lanPort: number, pubPort: number): number {
+    const h = this.trackers.helper[slot];
+    return h[remPort] || h[lanPort] || h[pubPort];
+  }
+
+  /** The session helper of session `s`, or 0. */
+  helperOf(s: number): number {
+    const t = this.table;
+    const m = t.sMap[s];
+    const slot = protoSlot(t.mProto[m]);
+    return slot === SLOT_TCP || slot === SLOT_UDP ? this.helperFor(slot, t.sRemPort[s], t.mLanPort[m], t.mPubPort[m]) : 0;
+  }
+
+  /** Runs session helper `h` on a translated segment; first fragments pass (their payload is not whole). */
+  private helper(p: Packet, s: number, h: number, outbound: boolean): Verdict {
+    if (p.ip.isFragment) return TRANSLATED;
+    p.session = s;
+    const tr = this.trackers.at(h);
+    return outbound ? tr.outbound(p) : tr.inbound(p);
+  }
+
+  /**
+   * The session an inbound packet belongs to: an existing one, or with
+   * endpoint-independent filtering a new one under the mapping.
+   * Returns -1 when filtered, -2 when the mapping is gone or the table is full.
+   */
+  inboundSession(m: number, slot: number, pubPort: number, rem: number, remPort: number, now: number): number {
+    const t = this.table;
+    let s = t.findIn(m, rem, remPort);
+    if (s >= 0 && t.sExpires[s] <= now) {
+      t.removeSession(s);
+      s = -1;
+      m = t.mappingOfPort(slot, pubPort);
+      if (m < 0) return -2;
+    }
+    if (s >= 0) return s;
+    if (!this.endpointIndependentFiltering) return -1;
+    s = t.createSession(m, rem, remPort, now, 0, now);
+    return s < 0 ? -2 : s;
+  }
+
+  /** Updates TCP state, expiry and counters of a session for a packet in one direction. */
+  refresh(s: number, isTcp: boolean, flags: number, outbound: boolean, bytes: number, now: number): void {
+    const t = this.table;
+    const timers = this.timers;
+    let timeout: number;
+    if (isTcp) {
+      const st = tcpNextState(t.sState[s], flags, outbound);
+      t.sState[s] = st;
+      timeout = tcpTimeoutMs(st, timers.tcpEstablishedMs, timers.tcpTransitoryMs);
+    } else {
+      timeout = t.mProto[t.sMap[s]] === PROTO_ICMP ? timers.icmpMs : timers.udpMs;
+    }
+    t.sExpires[s] = now + timeout;
+    t.sLastSeen[s] = now;
+    if (outbound) {
+      t.sPktsOut[s]++;
+      t.sBytesOut[s] += bytes;
+    } else {
+      t.sPktsIn[s]++;
+      t.sBytesIn[s] += bytes;
+    }
+  }
+}
