@@ -583,12 +583,20 @@ struct Loop {
     }
   }
 
-  static void OnRingEvent(uv_poll_t* handle, int status, int) {
+  // The eventfd is signalled for deferred work and again for every
+  // completion the loop's own submissions post; it is read after the work,
+  // so those do not wake the loop once more. Work that arrived meanwhile is
+  // flagged in the ring, checked after the read.
+  static void OnRingEvent(uv_poll_t* handle, int, int) {
     Loop* self = static_cast<Loop*>(handle->data);
     if (self->closing) return;
-    if (status == 0) DrainEvent(self->ringEvent);
     self->InCallbackScope([self] {
-      if (!self->Failed()) self->RunRing();
+      for (int pass = 0; pass < kMaxRoundsPerWakeup && !self->Failed() && !self->closing; ++pass) {
+        self->RunRing();
+        if (self->closing) return;
+        DrainEvent(self->ringEvent);
+        if (!self->ring->Pending()) return;
+      }
     });
   }
 

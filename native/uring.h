@@ -82,12 +82,13 @@ class BufRing {
 class Ring {
  public:
   // Single issuer, completions run only when the owner asks (DEFER_TASKRUN,
-  // Linux 6.1): the kernel never interrupts the JS thread. Returns 0 or errno.
+  // Linux 6.1): the kernel never interrupts the JS thread; it flags deferred
+  // work in the SQ ring (TASKRUN_FLAG). Returns 0 or errno.
   int Init(unsigned sqEntries, unsigned cqEntries) {
     io_uring_params p;
     memset(&p, 0, sizeof(p));
-    p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_CQSIZE |
-              IORING_SETUP_SUBMIT_ALL;
+    p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_TASKRUN_FLAG |
+              IORING_SETUP_CQSIZE | IORING_SETUP_SUBMIT_ALL;
     p.cq_entries = cqEntries;
     fd_ = Setup(sqEntries, &p);
     if (fd_ < 0) return errno;
@@ -107,6 +108,7 @@ class Ring {
     sqTail_ = At<std::atomic<uint32_t>>(ring_, p.sq_off.tail);
     sqHead_ = At<std::atomic<uint32_t>>(ring_, p.sq_off.head);
     sqMask_ = *At<uint32_t>(ring_, p.sq_off.ring_mask);
+    sqFlags_ = At<std::atomic<uint32_t>>(ring_, p.sq_off.flags);
     sqEntries_ = p.sq_entries;
     uint32_t* array = At<uint32_t>(ring_, p.sq_off.array);
     for (uint32_t i = 0; i < p.sq_entries; ++i) array[i] = i;  // SQE i is always in array slot i
@@ -154,6 +156,13 @@ class Ring {
     return n;
   }
 
+  // Whether deferred work or completions wait: the owner must come back
+  // before it sleeps on the eventfd.
+  bool Pending() const {
+    return (sqFlags_->load(std::memory_order_seq_cst) & IORING_SQ_TASKRUN) != 0 ||
+           cqTail_->load(std::memory_order_acquire) != cqHead_->load(std::memory_order_relaxed);
+  }
+
   // Cancels every request and waits for them (IORING_REGISTER_SYNC_CANCEL,
   // Linux 6.0), so no read lands in memory the caller is about to free.
   void CancelAll() {
@@ -181,6 +190,7 @@ class Ring {
   std::atomic<uint32_t>* sqHead_ = nullptr;
   std::atomic<uint32_t>* sqTail_ = nullptr;
   uint32_t sqMask_ = 0;
+  std::atomic<uint32_t>* sqFlags_ = nullptr;
   uint32_t sqEntries_ = 0;
   uint32_t localTail_ = 0;
   std::atomic<uint32_t>* cqHead_ = nullptr;
