@@ -27,7 +27,8 @@ export type NonPptpGrePolicy = 'drop' | 'address-only';
 export type LogFormat = 'journal' | 'json';
 export type LogLevel = 'error' | 'warn' | 'info' | 'debug';
 
-export interface TunConfig { name: string; mtu: number; offloads: boolean }
+export type TunIoMode = 'auto' | 'uring' | 'threads';
+export interface TunConfig { name: string; mtu: number; offloads: boolean; io: TunIoMode }
 export interface LanConfig { interfaces: string[]; prefixes: string[] }
 export interface WanConfig {
   interface: string;
@@ -79,7 +80,7 @@ export interface Config {
 
 /** Values used for absent fields. `wan.interface` has none: it is required. */
 export const DEFAULTS = {
-  tun: { name: 'vpnmasq0', mtu: 1500, offloads: true },
+  tun: { name: 'vpnmasq0', mtu: 1500, offloads: true, io: 'auto' as TunIoMode },
   lan: { interfaces: ['lan0'], prefixes: ['10.77.0.0/24'] },
   wan: { mode: 'shared', publicAddress: null, onAddressChange: 'move' },
   ports: {
@@ -199,12 +200,13 @@ function resolveConfig(document: unknown, check: Checker): Config {
 }
 
 function resolveTun(check: Checker, value: unknown): TunConfig {
-  const raw = check.object('tun', value, ['name', 'mtu', 'offloads']);
+  const raw = check.object('tun', value, ['name', 'mtu', 'offloads', 'io']);
   const d = DEFAULTS.tun;
   return {
     name: check.string('tun.name', raw.name, interfaceNameProblem) ?? d.name,
     mtu: check.integer('tun.mtu', raw.mtu, { min: 576, max: 65535 }) ?? d.mtu,
     offloads: check.boolean('tun.offloads', raw.offloads) ?? d.offloads,
+    io: check.choice('tun.io', raw.io, ['auto', 'uring', 'threads']) ?? d.io,
   };
 }
 

@@ -22,7 +22,7 @@ import { Drop } from '../core/verdict';
 import { T_BYTES_IN, T_BYTES_OUT, T_PKTS_IN, T_PKTS_OUT } from '../nat/napt';
 import { RouterNet, SafetyNetStatus } from '../edge/netlink/router-net';
 import { int32ToIpv4, ipv4ToInt32, ipv4ToNumber, parseCidr, prefixMask } from '../core/ipv4-addr';
-import type { TunDevice, TunEvent, TunFactory } from '../edge/tun/device';
+import { ringBytes, type TunDevice, type TunEvent, type TunFactory } from '../edge/tun/device';
 import { NativeTun } from '../edge/tun/native-tun';
 import { Stat } from '../edge/tun/native';
 import { BatchFaults } from '../edge/tun/batch-faults';
@@ -36,7 +36,13 @@ import { TABLE_GRE_CALLS } from '../helpers/pptp/calls';
 import { IPSEC_EVENT_NAMES, IpsecMasq, MIN_LIFETIME_MS, TABLE_ESP, TABLE_ISAKMP } from '../helpers/ipsec/ipsec';
 import { attachIpsec } from '../helpers/ipsec/nat';
 
-const RX_SLOTS = 64;
+/** Receive slots per TUN queue: a whole 64 KiB super-packet each with offloads, an MTU without. */
+const RING_SLOTS_OFFLOADS = 256;
+const RING_SLOTS_MTU = 1024;
+/** Queues of the TUN device (IFF_MULTI_QUEUE above 1), each with its reader and writer thread. */
+const TUN_QUEUES = 1;
+/** Packets translated per call into the packet path at most. */
+const BATCH = 128;
 const SWEEP_INTERVAL_MS = 100;
 /** Capacity of the PPTP call and control-connection tables. */
 const PPTP_CALLS = 4096;
@@ -125,7 +131,7 @@ export class Daemon implements MetricsSource {
     this.now = opts.now ?? Date.now;
     this.persist = opts.persist ?? true;
     this.onStatus = opts.onStatus ?? (() => undefined);
-    this.openTun = opts.openTun ?? ((o) => NativeTun.open(o.name, { offloads: o.offloads }));
+    this.openTun = opts.openTun ?? ((o) => NativeTun.open(o));
     this.onFatal = opts.onFatal ?? (() => undefined);
     this.faults = new BatchFaults(log, (reason) => this.fail(reason), this.now);
     this.startedAt = this.now();
@@ -144,7 +150,8 @@ export class Daemon implements MetricsSource {
       this.table,
       {
         slotSize: rxSlotSize(cfg.tun.offloads, cfg.tun.mtu),
-        rxSlots: RX_SLOTS,
+        rxSlots: TUN_QUEUES * this.ringSlots(),
+        batch: BATCH,
         holdSlots: cfg.limits.maxHeldFragments,
         holdSlotSize: rxSlotSize(false, cfg.tun.mtu),
       },
@@ -321,19 +328,22 @@ export class Daemon implements MetricsSource {
     if (this.spec?.publicAddress !== address) await this.installSafetyNet(address);
     this.table.publicAddr = ipv4ToInt32(address);
     if (this.persist) this.openStore();
-    const tun = this.openTun({ name: cfg.tun.name, offloads: cfg.tun.offloads });
+    const tun = this.openTun({ names: [cfg.tun.name], offloads: cfg.tun.offloads, queues: TUN_QUEUES, io: cfg.tun.io });
     this.tun = tun;
+    const tunName = tun.names[0];
     if (cfg.tun.offloads && tun.offloadError) this.log.warn('TUN offloads unavailable, running without them', { reason: tun.offloadError });
-    await net.attachTun(tun.name, cfg.tun.mtu);
+    await net.attachTun(tunName, cfg.tun.mtu);
     await net.attachWan();
     this.startPacketLoop(tun);
+    if (tun.io?.fallback) this.log.warn('TUN I/O through threads: io_uring unavailable', { reason: tun.io.fallback });
     await this.inspectNet();
     const budget = Math.max(1024, Math.ceil(this.table.capacity / SWEEPS_PER_PASS));
     this.sweepTimer = setInterval(() => this.sweep(budget), SWEEP_INTERVAL_MS);
     this.translating = true;
     this.log.info('vpnmasq running', {
-      tun: tun.name,
+      tun: tunName,
       offloads: `0x${tun.offloads.toString(16)}`,
+      io: tun.io?.mode ?? 'none',
       mode: cfg.wan.mode,
       public: this.publicAddress(),
       lan: cfg.lan.prefixes.join(','),
@@ -347,13 +357,20 @@ export class Daemon implements MetricsSource {
    * start() calls this once routing is up; tests run it on a FakeTun.
    */
   startPacketLoop(tun: TunDevice): void {
-    this.tun = tun;
-    this.datapath.napt.mssClamp = mssClampValue(this.config.mssClamp, this.config.tun.mtu);
     const fw = this.datapath;
+    const ringSlots = this.ringSlots();
+    if (ringBytes(tun.queues, ringSlots, fw.layout.slotSize) > fw.layout.rxSlots * fw.layout.slotSize) {
+      throw new Error(`TUN ${tun.names.join(',')} has ${tun.queues} queues; the arena has receive rings for ${fw.layout.rxSlots / ringSlots}`);
+    }
+    this.tun = tun;
+    fw.napt.mssClamp = mssClampValue(this.config.mssClamp, this.config.tun.mtu);
     const journal = this.table.journal as Journal;
     const faults = this.faults;
     const onError = (e: unknown, index: number): void => faults.packet(e, index);
-    tun.start({ arena: fw.arena, slotSize: fw.layout.slotSize, rxSlots: fw.layout.rxSlots, rxLens: fw.rxLens, txList: fw.tx.list }, {
+    tun.start({
+      arena: fw.arena, slotSize: fw.layout.slotSize, ringSlots,
+      rxOffs: fw.rxOffs, rxLens: fw.rxLens, rxDevs: fw.rxDevs, txList: fw.tx.list, txDevs: fw.tx.dev,
+    }, {
       onBatch: (n) => {
         const count = fw.processBatch(n, this.now(), onError);
         faults.batchDone(n);
@@ -364,13 +381,17 @@ export class Daemon implements MetricsSource {
     });
   }
 
+  private ringSlots(): number {
+    return this.config.tun.offloads ? RING_SLOTS_OFFLOADS : RING_SLOTS_MTU;
+  }
+
   private tunEvent(tun: TunDevice, event: TunEvent): void {
     if (event.kind === 'callback-error') {
       this.faults.batch(event.error, event.dropped);
       return;
     }
     const what = event.code === 'EBADFD' ? 'is gone (deleted or detached)' : 'failed';
-    this.fail(new Error(`TUN ${tun.name} ${what}: ${event.message} (${event.code}); forwarding has stopped`));
+    this.fail(new Error(`TUN ${tun.names[event.dev]} ${what}: ${event.message} (${event.code}); forwarding has stopped`));
   }
 
   /** Forwarding cannot go on: logged once, then onFatal (the lifecycle stops and exits non-zero). */
@@ -535,7 +556,10 @@ export class Daemon implements MetricsSource {
     const t = this.table;
     const tunStats: Record<string, number> = {};
     const tun = this.tun;
-    if (tun) for (const [name, i] of Object.entries(Stat)) tunStats[name.toLowerCase()] = tun.stats[i];
+    if (tun) {
+      const counters = tun.stats();
+      for (const [name, i] of Object.entries(Stat)) tunStats[name.toLowerCase()] = counters[i];
+    }
     const f = this.faults;
     tunStats.packet_errors = f.packetErrors;
     tunStats.batch_errors = f.batchErrors;
@@ -563,7 +587,7 @@ export class Daemon implements MetricsSource {
       safetyNet: this.netStatus,
       pid: process.pid,
       uptimeSeconds: Math.round((this.now() - this.startedAt) / 1000),
-      tun: this.tun ? { name: this.tun.name, offloads: this.tun.offloads } : null,
+      tun: this.tun ? { name: this.tun.names.join(','), offloads: this.tun.offloads, io: this.tun.io?.mode ?? null } : null,
       mode: this.config.wan.mode,
       publicAddress: this.publicAddress(),
       lanPrefixes: this.config.lan.prefixes,

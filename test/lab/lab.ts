@@ -798,7 +798,10 @@ export async function sweepStaleLabs(): Promise<string[]> {
   const removed: string[] = [];
   const dirs = pidDirs();
   for (const [prefix, names] of byPrefix) {
-    if (ownerAlive(prefix, dirs, names)) continue;
+    // A process still running in one of its namespaces means the lab is in
+    // use, whether or not its owner's pid file is visible from here (a test
+    // run in another root sees the namespaces but not this root's /run).
+    if (ownerAlive(prefix, dirs, names) || names.some((ns) => nsPidsSync(ns).length > 0)) continue;
     deleteNamespacesSync(names);
     removed.push(...names);
     removePidFiles(prefix, dirs);

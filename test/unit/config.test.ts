@@ -53,6 +53,7 @@ test('unknown field with a did-you-mean suggestion', () => {
 test('wrong type', () => {
   assert.deepEqual(errors(doc({ tun: { mtu: '1400' } })), [`${FILE}: tun.mtu: expected integer, got string "1400"`]);
   assert.deepEqual(errors(doc({ tun: { offloads: 1 } })), [`${FILE}: tun.offloads: expected boolean, got number 1`]);
+  assert.deepEqual(errors(doc({ tun: { io: 'epoll' } })), [`${FILE}: tun.io: expected one of "auto", "uring", "threads", got string "epoll"`]);
   assert.deepEqual(errors(doc({ lan: 'lan0' })), [`${FILE}: lan: expected object, got string "lan0"`]);
 });
 

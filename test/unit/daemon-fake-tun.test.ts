@@ -36,7 +36,7 @@ function rig(): Rig {
   const chunks: string[] = [];
   const stream = new Writable({ write(c: Buffer, _e, done) { chunks.push(c.toString()); done(); } });
   const log = createLogger({ format: 'json', level: 'debug', rateLimitPerMinute: 60, stream });
-  const tun = new FakeTun({ name: 'fake0' });
+  const tun = new FakeTun({ names: ['fake0'] });
   const fatal: Error[] = [];
   const openTun: TunFactory = () => tun;
   const daemon = new Daemon(config, log, { persist: false, openTun, onFatal: (e) => fatal.push(e) });
@@ -71,11 +71,11 @@ describe('daemon packet loop on a fake TUN', () => {
     tun.inject(packet(LAN_HOST, REMOTE, 40000, 7000));
     const [out] = tun.deliver();
     assert.ok(out, 'outbound packet written');
-    const p = parse(out.subarray(10));
+    const p = parse(out.packet.subarray(10));
     assert.deepEqual([p.src, p.sport, p.dst, p.dport], [PUBLIC, 40000, REMOTE, 7000]);
     tun.inject(packet(REMOTE, PUBLIC, 7000, 40000));
     const [back] = tun.deliver();
-    const q = parse(back.subarray(10));
+    const q = parse(back.packet.subarray(10));
     assert.deepEqual([q.src, q.sport, q.dst, q.dport], [REMOTE, 7000, LAN_HOST, 40000]);
   });
 
@@ -98,7 +98,7 @@ describe('daemon packet loop on a fake TUN', () => {
     tun.inject(packet(LAN_HOST, REMOTE, 40010, 7000));
     tun.inject(packet(LAN_HOST, REMOTE, 40011, 6666));
     tun.inject(packet(LAN_HOST, REMOTE, 40012, 7000));
-    const out = tun.deliver().map((b) => parse(b.subarray(10)));
+    const out = tun.deliver().map((w) => parse(w.packet.subarray(10)));
     assert.deepEqual(out.map((p) => [p.src, p.sport, p.dport]), [[PUBLIC, 40010, 7000], [PUBLIC, 40012, 7000]]);
     const stats = daemon.stats() as { tun: Record<string, number> };
     assert.equal(stats.tun.packet_errors, 1);

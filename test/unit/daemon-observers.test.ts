@@ -28,7 +28,7 @@ function rig(): { daemon: Daemon; tun: FakeTun } {
   }), 'test');
   const stream = new Writable({ write(_c, _e, done) { done(); } });
   const log = createLogger({ format: 'json', level: 'info', rateLimitPerMinute: 60, stream });
-  const tun = new FakeTun({ name: 'fake0' });
+  const tun = new FakeTun({ names: ['fake0'] });
   const daemon = new Daemon(config, log, { persist: false, openTun: () => tun, onFatal: () => undefined });
   daemon.startPacketLoop(tun);
   return { daemon, tun };

@@ -1,67 +1,105 @@
-// The kernel TUN device with a virtio_net_hdr on every packet, driven by the native poll loop.
-import type { TunBuffers, TunDevice, TunSink } from './device';
+// Kernel TUN devices with a virtio_net_hdr on every packet, served by the native reader/writer threads.
+import type { TunBuffers, TunDevice, TunOptions, TunSink } from './device';
 import {
+  type LoopSpec,
+  type TunIo,
   loadTunNative,
+  STATS_COUNT,
   TUN_F_CSUM,
   TUN_F_TSO4,
   TUN_F_TSO6,
   TUN_F_USO4,
   TUN_F_USO6,
-  VNET_HDR_LEN,
 } from './native';
 
 /** Offloads requested when enabled; USO is dropped automatically before Linux 6.2. */
 const ALL_OFFLOADS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_USO4 | TUN_F_USO6;
-/** Room for all Stat indexes, with spare slots. */
-export const STATS_LENGTH = 16;
-
-export interface TunOpenOptions {
-  /** Request checksum and TSO/USO offloads (GSO super-packets up to 64 KiB). */
-  offloads: boolean;
-}
+/**
+ * Packets the kernel queues on the device for the loop to read: Ethernet's
+ * default instead of TUN's 500, so a burst that arrives while the daemon
+ * waits for a CPU is held rather than dropped (docs/datapath.md).
+ */
+const TX_QUEUE_LEN = 1000;
 
 export class NativeTun implements TunDevice {
-  readonly vnetHdrLen = VNET_HDR_LEN;
-  readonly stats = new Float64Array(STATS_LENGTH);
+  readonly queues: number;
+  io: { mode: TunIo; fallback: string | null } | null = null;
+  private readonly counters = new Float64Array(STATS_COUNT);
   private handle: number | null = null;
   private closed = false;
 
   private constructor(
-    readonly name: string,
-    readonly fd: number,
+    readonly names: readonly string[],
+    /** Per device tag, its queue fds. */
+    readonly fds: readonly (readonly number[])[],
     readonly offloads: number,
     readonly offloadError: string | null,
-  ) {}
-
-  /** Creates the device, or attaches to an existing one named `name`. */
-  static open(name: string, options: TunOpenOptions): NativeTun {
-    const r = loadTunNative().open(name, true, options.offloads ? ALL_OFFLOADS : 0);
-    return new NativeTun(r.name, r.fd, r.offloads, r.offloadError);
+    private readonly wantIo: 'uring' | 'threads' | 'auto',
+  ) {
+    this.queues = fds.reduce((n, q) => n + q.length, 0);
   }
 
-  /** Use VNET_HDR_LEN + 65535 as slotSize with offloads. */
+  /**
+   * Creates the devices, or attaches to existing ones, in tag order. If one
+   * fails, those already opened are closed again.
+   */
+  static open(o: TunOptions): NativeTun {
+    const native = loadTunNative();
+    const opened: Array<{ name: string; fds: number[]; offloads: number; offloadError: string | null }> = [];
+    try {
+      for (const name of o.names) opened.push(native.open(name, true, o.offloads ? ALL_OFFLOADS : 0, o.queues ?? 1, TX_QUEUE_LEN));
+    } catch (e) {
+      for (const d of opened) for (const fd of d.fds) native.close(fd);
+      throw e;
+    }
+    const offloads = opened.reduce((m, d) => m & d.offloads, ~0);
+    const offloadError = opened.map((d) => d.offloadError).find((e) => e !== null) ?? null;
+    return new NativeTun(opened.map((d) => d.name), opened.map((d) => d.fds), offloads, offloadError, o.io ?? 'auto');
+  }
+
+  /** Use VNET_HDR_LEN + 65535 as slotSize with offloads. With io 'auto', falls back to threads when io_uring is refused. */
   start(b: TunBuffers, sink: TunSink): void {
-    if (this.closed) throw new Error(`TUN ${this.name} is closed`);
-    if (this.handle !== null) throw new Error(`TUN ${this.name} is already started`);
-    this.handle = loadTunNative().start(this.fd, b.arena, b.slotSize, b.rxSlots, b.rxLens, b.txList, this.stats,
-      (count) => sink.onBatch(count), (event) => sink.onEvent(event));
+    if (this.closed) throw new Error(`TUN ${this.names.join(',')} is closed`);
+    if (this.handle !== null) throw new Error(`TUN ${this.names.join(',')} is already started`);
+    const spec = (io: TunIo): LoopSpec => ({
+      io,
+      devices: this.fds.map((q) => [...q]),
+      arena: b.arena, slotSize: b.slotSize, ringSlots: b.ringSlots,
+      rxOffs: b.rxOffs, rxLens: b.rxLens, rxDevs: b.rxDevs, txList: b.txList, txDevs: b.txDevs,
+      onBatch: (count) => sink.onBatch(count),
+      onEvent: (event) => sink.onEvent(event),
+    });
+    const native = loadTunNative();
+    if (this.wantIo === 'threads') {
+      this.handle = native.start(spec('threads'));
+      this.io = { mode: 'threads', fallback: null };
+      return;
+    }
+    try {
+      this.handle = native.start(spec('uring'));
+      this.io = { mode: 'uring', fallback: null };
+    } catch (e) {
+      if (this.wantIo === 'uring' || (e as NodeJS.ErrnoException).code === undefined) throw e;
+      this.handle = native.start(spec('threads'));
+      this.io = { mode: 'threads', fallback: (e as Error).message };
+    }
   }
 
-  /** Writes txList entries [0, n) now, e.g. packets released by a timer. */
-  flush(n: number): void {
-    if (this.handle === null) throw new Error(`TUN ${this.name} is not started`);
-    loadTunNative().flush(this.handle, n);
+  stats(): Float64Array {
+    if (this.handle !== null) loadTunNative().stats(this.handle, this.counters);
+    return this.counters;
   }
 
-  /** Stops polling and closes the fd; a non-persistent device disappears. Idempotent. */
+  /** Stops the threads and closes the fds; a non-persistent device disappears. Idempotent. */
   close(): void {
     if (this.closed) return;
+    this.stats(); // keep the last counters
     this.closed = true;
     const native = loadTunNative();
     if (this.handle !== null) {
       native.stop(this.handle);
       this.handle = null;
     }
-    native.close(this.fd);
+    for (const q of this.fds) for (const fd of q) native.close(fd);
   }
 }

@@ -14,31 +14,34 @@ export const TUN_F_USO6 = 0x40;
 /** sizeof(struct virtio_net_hdr): prefixes every read and write (defined with the header's fields in src/wire/vnet.ts). */
 export { VNET_HDR_LEN } from '../../wire/vnet';
 
-/** Indexes into the stats Float64Array that start() fills. Bytes include the vnet header. */
+/** Indexes into the counters stats() fills, summed over every queue of the loop. Bytes include the vnet header. */
 export const Stat = {
   RX_PACKETS: 0,
   RX_BYTES: 1,
   RX_BATCHES: 2,
   TX_PACKETS: 3,
   TX_BYTES: 4,
-  /** Packets put on the native queue because write() returned EAGAIN/ENOBUFS (cumulative). */
+  /** Writes that met EAGAIN/ENOBUFS and waited in their ring for the device (cumulative). */
   TX_QUEUED: 5,
-  /** Packets dropped because that queue was full (4096 packets or 32 MiB). */
+  /** Packets not written because their writer's ring was full (a writer that far behind). */
   TX_QUEUE_DROPS: 6,
-  /** write() failures other than EAGAIN/ENOBUFS, and invalid txList entries. */
+  /** write() failures other than EAGAIN/ENOBUFS, and invalid tx entries. */
   TX_ERRORS: 7,
   /** read() failures other than EAGAIN, and poll errors (device gone). */
   RX_ERRORS: 8,
   /** onBatch threw or returned an invalid count: that batch was not written (reported to onEvent). */
   ERR_CALLBACK: 9,
-  /** Current length of the native queue. */
+  /** Writes queued and not yet done, now. */
   TX_QUEUE_LEN: 10,
+  /** Times a reader found its next slot still in use and waited (backpressure: the kernel queues or drops meanwhile). */
+  RX_RING_FULL: 11,
 } as const;
-/** Minimum length of the stats array passed to start(). */
-export const STATS_COUNT = 11;
+/** Length of the array stats() fills. */
+export const STATS_COUNT = 12;
 
 export interface TunOpenResult {
-  fd: number;
+  /** One fd per queue (IFF_MULTI_QUEUE when more than one). */
+  fds: number[];
   /** Actual device name (the kernel picks one when the requested name is ''). */
   name: string;
   vnetHdr: boolean;
@@ -48,36 +51,45 @@ export interface TunOpenResult {
   offloadError: string | null;
 }
 
-/**
- * Called once per batch of `count` packets read into arena slots [0, count)
- * (slot i at byte i*slotSize, length rxLens[i]). Returns the number n of packets
- * to write, described by txList[2k] = arena byte offset, txList[2k+1] = length.
- */
-export type OnBatch = (count: number) => number;
+/** How a loop does its I/O (native/tun.cc): io_uring on the JS thread, or a reader and a writer thread per queue. */
+export type TunIo = 'uring' | 'threads';
+
+/** What start() takes: see TunBuffers (src/edge/tun/device.ts) for the memory. */
+export interface LoopSpec {
+  io: TunIo;
+  /** Per device tag, the fds of its queues; their rings follow each other from arena byte 0. */
+  devices: number[][];
+  arena: Uint8Array;
+  slotSize: number;
+  ringSlots: number;
+  rxOffs: Uint32Array;
+  rxLens: Uint32Array;
+  rxDevs: Uint8Array;
+  txList: Uint32Array;
+  txDevs: Uint8Array;
+  onBatch: (count: number) => number;
+  onEvent: (event: TunEvent) => void;
+}
 
 export interface TunNative {
-  /** Creates or attaches to TUN device `name` (IFF_TUN|IFF_NO_PI, plus IFF_VNET_HDR). */
-  open(name: string, vnetHdr: boolean, offloadMask: number): TunOpenResult;
   /**
-   * Starts polling `fd` on the Node event loop; returns a handle for flush/stop.
-   * A device error stops the loop and is passed to onEvent once.
+   * Creates or attaches to TUN device `name` (IFF_TUN|IFF_NO_PI, plus
+   * IFF_VNET_HDR) with `queues` fds; sets its tx_queue_len (the packets the
+   * kernel holds for us to read) unless txQueueLen is 0.
    */
-  start(
-    fd: number,
-    arena: Uint8Array,
-    slotSize: number,
-    rxSlots: number,
-    rxLens: Uint32Array,
-    txList: Uint32Array,
-    stats: Float64Array,
-    onBatch: OnBatch,
-    onEvent: (event: TunEvent) => void,
-  ): number;
-  /** Writes txList entries [0, n) now, outside a batch. */
-  flush(handle: number, n: number): void;
-  /** Stops polling; ignores unknown or already stopped handles. */
+  open(name: string, vnetHdr: boolean, offloadMask: number, queues: number, txQueueLen: number): TunOpenResult;
+  /**
+   * Starts the loop's I/O; returns a handle for stats/stop. A device error
+   * stops the loop and is passed to onEvent once. With io 'uring', throws
+   * (error.code set) when the kernel refuses it (Linux < 6.7, io_uring
+   * disabled, seccomp), with nothing started.
+   */
+  start(spec: LoopSpec): number;
+  /** Fills `out` (at least STATS_COUNT long) with the loop's counters. */
+  stats(handle: number, out: Float64Array): void;
+  /** Stops and joins the loop's threads; ignores unknown or already stopped handles. */
   stop(handle: number): void;
-  /** Closes a device fd; throws while it is still polled. */
+  /** Closes a device fd; throws while a running loop uses it. */
   close(fd: number): void;
   /** sd_notify: sends `message` to the datagram socket `socketPath` ('@' = abstract). */
   notify(socketPath: string, message: string): boolean;
