@@ -46,6 +46,14 @@ export const Drop = {
   GRE_NO_MAPPING: 29,
   ESP_RESERVED_SPI: 30,
   PPTP_OUT_OF_ORDER: 31,
+  /** The LAN host holds its limit of sessions (limits.hostSessions). */
+  HOST_SESSION_LIMIT: 32,
+  /** The LAN host opens new sessions faster than limits.hostNewPerSecond. */
+  HOST_RATE_LIMIT: 33,
+  /** Port overlapping: the LAN endpoint's public port already carries this remote endpoint for another LAN endpoint. */
+  MAPPING_CONFLICT: 34,
+  /** A segment to a session taken over from a closed one that belongs to the old connection. */
+  STALE_SEGMENT: 35,
 } as const;
 
 export type DropCode = (typeof Drop)[keyof typeof Drop];

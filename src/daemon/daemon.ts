@@ -117,6 +117,8 @@ export class Daemon implements MetricsSource {
       ipv4ToInt32(cfg.wan.publicAddress ?? '0.0.0.0'),
       { range: cfg.wan.mode === 'shared' ? steerableRange(ports.range) : ports.range, lowRange: ports.lowRange, preserve: ports.preserve },
       new Journal(),
+      Math.random,
+      { exclusivePorts: cfg.filtering === 'endpoint-independent' },
     );
     const t = cfg.timeouts;
     this.datapath = new Datapath(

@@ -24,7 +24,8 @@
  */
 import { PROTO_ESP, PROTO_GRE, PROTO_TCP, PROTO_UDP } from '../wire/ipv4';
 import { ISAKMP_PORT } from '../wire/isakmp';
-import { SessionTable } from './sessions';
+import { SF_UNANSWERED, SessionTable, TABLE_FULL } from './sessions';
+import type { LanHosts } from './hosts';
 import { ipv4ToInt32 } from '../core/ipv4-addr';
 
 /** Returned when there is no forward. As an address it is 255.255.255.255, never a LAN host. */
@@ -176,20 +177,26 @@ export class Forwards {
 
   /**
    * Creates the mapping LAN server -> fixed public port (unless the server's
-   * endpoint already has exactly that mapping) and a session with the remote.
-   * The caller refreshes the session's state and timer as for any inbound packet.
+   * endpoint already has exactly that mapping) and a session with the remote,
+   * marked unanswered until the server replies. With several public
+   * addresses a forward is served on its server's own public address (paired
+   * pooling: the one its outbound traffic uses). The caller refreshes the
+   * session's state and timer as for any inbound packet.
    */
-  inbound(proto: number, pubPort: number, rem: number, remPort: number, now: number): number {
+  inbound(proto: number, pubIdx: number, pubPort: number, rem: number, remPort: number, now: number, hosts: LanHosts): number {
     if (this.portCount === 0) return NO_FORWARD;
     const lan = this.portForward(proto, pubPort);
     if (lan === NO_FORWARD) return NO_FORWARD;
+    if (hosts.addressOf(lan) !== pubIdx) return -2;
     const t = this.table;
     const lanPort = this.portForwardLanPort(proto, pubPort);
     let m = t.findMapping(proto, lan, lanPort);
-    if (m >= 0 && t.mPubPort[m] !== pubPort) return -3;
-    if (m < 0) m = t.createMapping(proto, lan, lanPort, pubPort);
-    if (m < 0) return m === -1 ? -2 : -3;
+    if (m >= 0 && (t.mPubPort[m] !== pubPort || t.mPubIdx[m] !== pubIdx)) return -3;
+    if (m < 0) m = t.createMapping(proto, lan, lanPort, pubIdx, pubPort);
+    if (m < 0) return m === TABLE_FULL ? -2 : -3;
     const s = t.createSession(m, rem, remPort, now, 0, now);
-    return s < 0 ? -2 : s;
+    if (s < 0) return -2;
+    t.setFlags(s, SF_UNANSWERED);
+    return s;
   }
 }

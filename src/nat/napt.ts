@@ -19,7 +19,9 @@ import { Drop, DropCounters, Verdict } from '../core/verdict';
 import { TxList } from '../core/tx-list';
 import { FragmentTracker } from './fragments';
 import type { Forwards } from './forwards';
-import { SLOT_TCP, SLOT_UDP, SessionListener, SessionTable } from './sessions';
+import { SF_HOST, SLOT_TCP, SLOT_UDP, SessionListener, SessionTable } from './sessions';
+import { HostLimits, LanHosts } from './hosts';
+import { Refusals } from './refuse';
 import { IcmpNat } from './icmp';
 import { NatTimers, Transport } from './transport';
 import { restoreHop, setAddresses } from './rewrite';
@@ -30,6 +32,12 @@ export type { NatTimers };
 export interface NaptOptions {
   /** LAN prefixes as [network, mask] int32 pairs. */
   lanPrefixes: Array<[number, number]>;
+  /** Per-LAN-host budgets (default: none beyond the table). */
+  hostLimits?: HostLimits;
+  /** LAN hosts tracked at once (default: 1024, or the table's capacity up to 65536). */
+  hostCapacity?: number;
+  /** A new flow that cannot be mapped is answered with ICMP code 13 (true, the default) or only dropped. */
+  refuseWithIcmp?: boolean;
   timers: NatTimers;
   /** RFC 4787 REQ-8: endpoint-independent filtering instead of address-and-port-dependent. */
   endpointIndependentFiltering: boolean;
@@ -46,6 +54,10 @@ export const T_BYTES_IN = 3;
 const TRANSLATED = Verdict.TRANSLATED;
 const HELD = Verdict.HELD;
 const TO_KERNEL = Verdict.TO_KERNEL;
+
+/** Drop reasons of a new outbound flow that could not be mapped, answered with ICMP code 13 (refuse.ts). */
+const REFUSED = new Uint8Array(256);
+for (const d of [Drop.TABLE_FULL, Drop.PORTS_EXHAUSTED, Drop.HOST_SESSION_LIMIT, Drop.HOST_RATE_LIMIT, Drop.MAPPING_CONFLICT]) REFUSED[d] = 1;
 
 const IP_ERR_TO_DROP: number[] = [];
 IP_ERR_TO_DROP[IPV4_ERR_TRUNCATED] = Drop.IP_TRUNCATED;
@@ -64,6 +76,10 @@ export class Napt implements SessionListener {
    */
   sharedAddress = false;
   readonly trackers = new TrackerRegistry();
+  /** The LAN hosts with sessions: their public address and budgets. */
+  readonly hosts: LanHosts;
+  /** Flows refused with ICMP code 13 (RFC 5508 REQ-8). */
+  readonly refusals: Refusals;
   private readonly pkt = new Packet();
   private readonly vnet = new VnetHeader();
   private readonly lanNet: Int32Array;
@@ -77,9 +93,14 @@ export class Napt implements SessionListener {
     readonly arena: Uint8Array,
     private readonly opts: NaptOptions,
   ) {
+    // Endpoint-independent filtering finds the mapping by its public port alone (sessions.ts).
+    if (opts.endpointIndependentFiltering !== table.exclusivePorts) throw new Error('endpoint-independent filtering needs a table with exclusive ports');
     this.lanNet = Int32Array.from(opts.lanPrefixes.map((p) => p[0] & p[1]));
     this.lanMask = Int32Array.from(opts.lanPrefixes.map((p) => p[1]));
-    this.transport = new Transport(table, opts.timers, opts.endpointIndependentFiltering, this.trackers);
+    this.hosts = new LanHosts(opts.hostCapacity ?? Math.min(65536, Math.max(1024, table.capacity)), () => table.publicAddrs,
+      opts.hostLimits ?? { maxSessions: table.capacity, ratePerSecond: 0, burst: 0 });
+    this.refusals = new Refusals(opts.refuseWithIcmp ?? true);
+    this.transport = new Transport(table, this.hosts, opts.timers, opts.endpointIndependentFiltering, this.trackers);
     this.icmp = new IcmpNat(table, this.transport, this.trackers);
     this.pkt.buf = arena;
     table.listener = this;
@@ -118,8 +139,10 @@ export class Napt implements SessionListener {
     this.trackers.sessions(proto === PROTO_TCP ? SLOT_TCP : SLOT_UDP, port, t);
   }
 
-  /** SessionTable hook: a session helper's master connection is going away. */
+  /** SessionTable hook: a session is going away (its host's count, a session helper's master connection). */
   sessionRemoved(s: number): void {
+    const t = this.table;
+    if ((t.flagsOf(s) & SF_HOST) !== 0) this.hosts.removed(t.lanOf(s), this.pkt.now);
     const h = this.transport.helperOf(s);
     if (h !== 0) this.trackers.at(h).sessionRemoved(s);
   }
@@ -136,7 +159,6 @@ export class Napt implements SessionListener {
     const v = this.opts.vnetLen;
     if (v > 0 && this.vnet.parse(buf, off, len) !== VNET_OK) { this.drops.counts[Drop.VNET_TRUNCATED]++; return; }
     p.vflags = v > 0 ? this.vnet.flags : 0;
-    p.publicAddr = this.table.publicAddr;
     p.session = -1;
     const ip = p.ip;
     const ipOff = off + v;
@@ -146,11 +168,23 @@ export class Napt implements SessionListener {
     p.src = ip.src;
     p.dst = ip.dst;
     const outbound = this.isLan(p.src);
+    const t = this.table;
     let verdict: number;
-    if (outbound) verdict = this.outbound(p, out);
-    else if (p.dst === this.table.publicAddr) verdict = this.inbound(p, out);
-    else verdict = Drop.NOT_OURS;
-    if (verdict >= 0) { this.drops.counts[verdict]++; return; }
+    if (outbound) {
+      // Paired pooling: every packet of a LAN host leaves from its one public address.
+      p.pubIdx = t.addressCount === 1 ? 0 : this.hosts.addressOf(p.src);
+      p.publicAddr = t.publicAddress(p.pubIdx);
+      verdict = this.outbound(p, out);
+    } else {
+      p.pubIdx = t.publicIndexOf(p.dst);
+      p.publicAddr = p.dst;
+      verdict = p.pubIdx >= 0 ? this.inbound(p, out) : Drop.NOT_OURS;
+    }
+    if (verdict >= 0) {
+      this.drops.counts[verdict]++;
+      if (outbound && REFUSED[verdict] === 1) this.refuse(off, out);
+      return;
+    }
     if (verdict === HELD) return;
     if (verdict === TRANSLATED) {
       const dir = outbound ? T_PKTS_OUT : T_PKTS_IN;
@@ -159,6 +193,18 @@ export class Napt implements SessionListener {
     }
     restoreHop(buf, ipOff);
     out.push(off, sendLen);
+  }
+
+  /**
+   * A new outbound flow could not be mapped: ICMP code 13 back to its
+   * sender, built in the packet's own slot (at most 96 bytes, smaller than
+   * any slot; refuse.ts).
+   */
+  private refuse(off: number, out: TxList): void {
+    const ip = this.pkt.ip;
+    const n = this.refusals.build(this.arena, ip.off, this.opts.vnetLen, ip.hdrLen, ip.totalLen, ip.isLaterFragment,
+      this.pkt.publicAddr, this.pkt.now);
+    if (n > 0) out.push(off, n);
   }
 
   /**
@@ -188,6 +234,7 @@ export class Napt implements SessionListener {
   private outbound(p: Packet, out: TxList): Verdict {
     const ip = p.ip;
     if (ip.isLaterFragment) return this.laterFragment(p);
+    const src = p.src;
     const dst = p.dst;
     const proto = ip.proto;
     let r: Verdict;
@@ -196,21 +243,45 @@ export class Napt implements SessionListener {
       if (owner !== 0) {
         r = this.pairCheck(p);
         if (r === TRANSLATED) r = this.trackers.at(owner).outbound(p);
+        if (r === TRANSLATED && this.hairpin(p, ip.dst)) return this.deliver(p, this.trackers.at(owner), out, src);
       } else {
         r = this.transport.outbound(p);
         // Hairpinning (RFC 4787 REQ-9, RFC 5382 REQ-8): a LAN host addressed
         // another one's public endpoint; the inbound half runs on the same packet.
-        if (r === TRANSLATED && dst === this.table.publicAddr) r = this.transport.inbound(p);
+        if (r === TRANSLATED && this.hairpin(p, ip.dst)) r = this.transport.inbound(p);
       }
     } else if (proto === PROTO_ICMP) {
-      return this.icmp.outbound(p);
+      r = this.icmp.outbound(p);
+      // An echo request to a public address has no one behind it (RFC 5508
+      // REQ-7 hairpins queries only for Basic NAT); errors go to their host.
+      if (r === TRANSLATED && this.hairpin(p, ip.dst)) r = this.icmp.inbound(p);
+      return r;
     } else {
       const t = this.trackers.byProto[proto];
       if (t === 0) return proto === PROTO_AH ? Drop.AH_REFUSED : Drop.UNKNOWN_PROTOCOL;
-      r = this.trackers.at(t).outbound(p);
+      const tr = this.trackers.at(t);
+      r = tr.outbound(p);
+      // ESP or GRE to a public address: a server behind a protocol forward, or a mapping's host.
+      if (r === TRANSLATED && this.hairpin(p, ip.dst)) return this.deliver(p, tr, out, src);
     }
-    if (r === TRANSLATED && ip.isFragment) this.rememberAndRelease(p.src, dst, proto, ip.id, ip.src, ip.dst, out);
+    if (r === TRANSLATED && ip.isFragment) this.rememberAndRelease(src, dst, proto, ip.id, ip.src, ip.dst, out);
     return r;
+  }
+
+  /**
+   * After the outbound half of a packet, now addressed to `dst`: when that is
+   * a public address, the packet turns around (hairpinning): from now on it
+   * comes from the sender's public address to `dst`, for the inbound half.
+   * (The router's own ICMP error, already turned toward its LAN host by the
+   * ICMP half, is not addressed to a public address any more.)
+   */
+  private hairpin(p: Packet, dst: number): boolean {
+    const pubIdx = this.table.publicIndexOf(dst);
+    if (pubIdx < 0) return false;
+    p.src = p.publicAddr;
+    p.pubIdx = pubIdx;
+    p.publicAddr = dst;
+    return true;
   }
 
   // ---- inbound -------------------------------------------------------------
@@ -223,7 +294,7 @@ export class Napt implements SessionListener {
       const owner = this.pairOwner(p);
       if (owner !== 0) {
         const r = this.pairCheck(p);
-        return r === TRANSLATED ? this.deliver(p, this.trackers.at(owner), out) : r;
+        return r === TRANSLATED ? this.deliver(p, this.trackers.at(owner), out, p.src) : r;
       }
       const r = this.transport.inbound(p);
       if (r === TRANSLATED && ip.isFragment) this.rememberAndRelease(p.src, p.dst, proto, ip.id, ip.src, ip.dst, out);
@@ -232,15 +303,16 @@ export class Napt implements SessionListener {
     if (proto === PROTO_ICMP) return this.ownIcmp(this.icmp.inbound(p), p, out);
     const t = this.trackers.byProto[proto];
     if (t === 0) return proto === PROTO_AH ? Drop.AH_REFUSED : Drop.UNKNOWN_PROTOCOL;
-    return this.deliver(p, this.trackers.at(t), out);
+    return this.deliver(p, this.trackers.at(t), out, p.src);
   }
 
   /**
    * Asks a tracker where an inbound packet goes and sends it there: copies
    * to hosts 1.. go out from borrowed hold slots (guessing, spec §4.3 step 4),
-   * the packet itself to host 0. Later fragments follow host 0.
+   * the packet itself to host 0. Later fragments (which arrive from
+   * `arrivedSrc`, the LAN host of a hairpinned packet) follow host 0.
    */
-  private deliver(p: Packet, tracker: Tracker, out: TxList): Verdict {
+  private deliver(p: Packet, tracker: Tracker, out: TxList, arrivedSrc: number): Verdict {
     p.to.count = 0;
     const r = tracker.inbound(p);
     if (r !== TRANSLATED) return r;
@@ -265,7 +337,7 @@ export class Napt implements SessionListener {
       out.push(copy - v, len);
     }
     tracker.deliver(buf, ip.off, ip.payloadOff, pub, to.addr[0], partial);
-    if (ip.isFragment) this.rememberAndRelease(p.src, pub, ip.proto, ip.id, p.src, to.addr[0], out);
+    if (ip.isFragment) this.rememberAndRelease(arrivedSrc, pub, ip.proto, ip.id, p.src, to.addr[0], out);
     return TRANSLATED;
   }
 

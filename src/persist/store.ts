@@ -121,42 +121,41 @@ export class SessionCodec implements TableCodec {
 
   constructor(private readonly t: SessionTable) {
     this.writtenSeen = new Float64Array(t.capacity);
-    this.scan = new DirtyScan(t.capacity, (s) => t.sInUse[s] === 1 && t.sLastSeen[s] > this.writtenSeen[s]);
+    this.scan = new DirtyScan(t.capacity, (s) => t.sInUse[s] === 1 && t.lastSeenOf(s) > this.writtenSeen[s]);
   }
 
   row(s: number, serial: number, out: unknown[]): boolean {
     const t = this.t;
     if (t.sInUse[s] === 0 || t.sSerial[s] !== serial) return false;
-    const m = t.sMap[s];
     out[0] = serial;
-    out[1] = t.mProto[m];
-    out[2] = t.mLan[m];
-    out[3] = t.mLanPort[m];
-    out[4] = t.publicAddr;
-    out[5] = t.mPubPort[m];
-    out[6] = t.sRem[s];
-    out[7] = t.sRemPort[s];
-    out[8] = t.sState[s];
+    out[1] = t.protoOf(s);
+    out[2] = t.lanOf(s);
+    out[3] = t.lanPortOf(s);
+    out[4] = t.pubAddrOf(s);
+    out[5] = t.pubPortOf(s);
+    out[6] = t.remOf(s);
+    out[7] = t.remPortOf(s);
+    out[8] = t.stateOf(s);
     out[9] = t.sCreated[s];
-    out[10] = t.sLastSeen[s];
-    out[11] = t.sExpires[s];
-    out[12] = t.sPktsOut[s];
-    out[13] = t.sPktsIn[s];
-    out[14] = t.sBytesOut[s];
-    out[15] = t.sBytesIn[s];
+    out[10] = t.lastSeenOf(s);
+    out[11] = t.expiresOf(s);
+    out[12] = t.pktsOut(s);
+    out[13] = t.pktsIn(s);
+    out[14] = t.bytesOut(s);
+    out[15] = t.bytesIn(s);
     return true;
   }
 
   update(s: number, out: unknown[]): void {
     const t = this.t;
-    out[0] = t.publicAddr;
-    out[1] = t.sState[s];
-    out[2] = t.sLastSeen[s];
-    out[3] = t.sExpires[s];
-    out[4] = t.sPktsOut[s];
-    out[5] = t.sPktsIn[s];
-    out[6] = t.sBytesOut[s];
-    out[7] = t.sBytesIn[s];
+    out[0] = t.pubAddrOf(s);
+    out[1] = t.stateOf(s);
+    out[2] = t.lastSeenOf(s);
+    out[3] = t.expiresOf(s);
+    out[4] = t.pktsOut(s);
+    out[5] = t.pktsIn(s);
+    out[6] = t.bytesOut(s);
+    out[7] = t.bytesIn(s);
     out[8] = t.sSerial[s];
   }
 
@@ -165,7 +164,7 @@ export class SessionCodec implements TableCodec {
   }
 
   written(s: number): void {
-    this.writtenSeen[s] = this.t.sLastSeen[s];
+    this.writtenSeen[s] = this.t.lastSeenOf(s);
   }
 
   liveCount(): number {
@@ -183,16 +182,14 @@ export class SessionCodec implements TableCodec {
     const pubAddr = v[4] as number;
     if (expires <= ctx.now || !addressKept(pubAddr, ctx)) return false;
     const moved = pubAddr !== ctx.publicAddr;
-    const s = t.restoreSession(v[1] as number, v[2] as number, v[3] as number, v[5] as number, v[6] as number, v[7] as number,
+    const pubIdx = Math.max(0, t.publicIndexOf(pubAddr));
+    const s = t.restoreSession(v[1] as number, v[2] as number, v[3] as number, pubIdx, v[5] as number, v[6] as number, v[7] as number,
       v[9] as number, v[8] as number, expires, v[0] as number);
     if (s < 0) return false;
-    t.sLastSeen[s] = v[10] as number;
-    t.sPktsOut[s] = v[12] as number;
-    t.sPktsIn[s] = v[13] as number;
-    t.sBytesOut[s] = v[14] as number;
-    t.sBytesIn[s] = v[15] as number;
+    t.setLastSeen(s, v[10] as number);
+    t.setCounters(s, v[12] as number, v[13] as number, v[14] as number, v[15] as number);
     // A moved row is rewritten with the new address on the next update flush.
-    this.writtenSeen[s] = moved ? -1 : t.sLastSeen[s];
+    this.writtenSeen[s] = moved ? -1 : t.lastSeenOf(s);
     return true;
   }
 }

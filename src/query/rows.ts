@@ -43,19 +43,18 @@ export interface ConnTables {
 const PROTO_NAMES: Record<number, ConnRow['proto']> = { [PROTO_TCP]: 'tcp', [PROTO_UDP]: 'udp', [PROTO_ICMP]: 'icmp' };
 
 export function sessionRow(t: SessionTable, s: number, now: number): ConnRow {
-  const m = t.sMap[s];
-  const proto = PROTO_NAMES[t.mProto[m]];
+  const proto = PROTO_NAMES[t.protoOf(s)];
   return {
     id: t.sSerial[s],
     proto,
-    lan: { addr: int32ToIpv4(t.mLan[m]), port: t.mLanPort[m] },
-    public: { addr: int32ToIpv4(t.publicAddr), port: t.mPubPort[m] },
-    remote: { addr: int32ToIpv4(t.sRem[s]), port: t.sRemPort[s] },
-    state: proto === 'tcp' ? tcpStateName(t.sState[s]) : t.sPktsIn[s] > 0 ? 'REPLIED' : 'UNREPLIED',
-    idleSeconds: Math.max(0, Math.round((now - t.sLastSeen[s]) / 1000)),
-    expiresInSeconds: Math.max(0, Math.round((t.sExpires[s] - now) / 1000)),
-    packets: { out: t.sPktsOut[s], in: t.sPktsIn[s] },
-    bytes: { out: t.sBytesOut[s], in: t.sBytesIn[s] },
+    lan: { addr: int32ToIpv4(t.lanOf(s)), port: t.lanPortOf(s) },
+    public: { addr: int32ToIpv4(t.pubAddrOf(s)), port: t.pubPortOf(s) },
+    remote: { addr: int32ToIpv4(t.remOf(s)), port: t.remPortOf(s) },
+    state: proto === 'tcp' ? tcpStateName(t.stateOf(s)) : t.pktsIn(s) > 0 ? 'REPLIED' : 'UNREPLIED',
+    idleSeconds: Math.max(0, Math.round((now - t.lastSeenOf(s)) / 1000)),
+    expiresInSeconds: Math.max(0, Math.round((t.expiresOf(s) - now) / 1000)),
+    packets: { out: t.pktsOut(s), in: t.pktsIn(s) },
+    bytes: { out: t.bytesOut(s), in: t.bytesIn(s) },
   };
 }
 

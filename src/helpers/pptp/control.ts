@@ -85,7 +85,7 @@ export class PptpControl implements Tracker, CallIdFields {
       if (ctl < 0) return Verdict.TRANSLATED;
       this.session[ctl] = s;
       // Who sent the SYN is the PNS (spec §5.4 design decision); mid-stream, the side on port 1723 is the PAC.
-      const lanIsPac = (flags & TCP_SYN) !== 0 ? !outbound : t.mLanPort[t.sMap[s]] === PPTP_PORT;
+      const lanIsPac = (flags & TCP_SYN) !== 0 ? !outbound : t.lanPortOf(s) === PPTP_PORT;
       this.role[ctl] = lanIsPac ? ROLE_PAC : ROLE_PNS;
       this.rewriter.reset(ctl * 2);
       this.rewriter.reset(ctl * 2 + 1);
@@ -122,8 +122,8 @@ export class PptpControl implements Tracker, CallIdFields {
     const t = this.sessions;
     const ctl = this.ctl;
     const s = this.session[ctl];
-    const lan = t.mLan[t.sMap[s]];
-    const rem = t.sRem[s];
+    const lan = t.lanOf(s);
+    const rem = t.remOf(s);
     if (off === OWN_FIELD[type]) {
       if (this.walkingOut) {
         let c = calls.findLan(lan, rem, value);
