@@ -6,7 +6,7 @@
  * at most `ratePerSecond` on average with bursts of `burst` (a token
  * bucket). Refusals are counted per host; a host's first refusal since the
  * last report puts it on a short list the daemon logs from a timer, one
- * line per host.
+ * line per host at most once a minute.
  *
  * The address a host gets is the one with the highest rendezvous hash of
  * (host, address), so it is the same after a restart, and adding or
@@ -37,6 +37,8 @@ export const HOST_TABLE_FULL = 3;
 const IDLE_MS = 10_000;
 /** Hosts waiting to be reported. */
 const OFFENDER_SLOTS = 256;
+/** A host is reported at most once a minute. */
+const REPORT_MS = 60_000;
 
 const NONE = -1;
 
@@ -54,6 +56,7 @@ export class LanHosts {
   readonly refusedSessions: Float64Array;
   readonly refusedRate: Float64Array;
   private readonly listed: Uint8Array;
+  private readonly reportedAt: Float64Array;
   private readonly offenders: Int32Array;
   private offenderCount = 0;
   /** Offenders that did not fit the list (reported as a number). */
@@ -61,7 +64,7 @@ export class LanHosts {
   count = 0;
   private sweepCursor = 0;
 
-  constructor(capacity: number, private readonly publicAddrs: () => Int32Array, public limits: HostLimits) {
+  constructor(capacity: number, private readonly publicAddrs: Int32Array, public limits: HostLimits) {
     this.capacity = capacity;
     this.index = new TupleIndex(capacity);
     this.free = new SlotPool(capacity);
@@ -74,6 +77,7 @@ export class LanHosts {
     this.refusedSessions = new Float64Array(capacity);
     this.refusedRate = new Float64Array(capacity);
     this.listed = new Uint8Array(capacity);
+    this.reportedAt = new Float64Array(capacity).fill(-Infinity);
     this.offenders = new Int32Array(OFFENDER_SLOTS);
   }
 
@@ -92,12 +96,13 @@ export class LanHosts {
     this.inUse[h] = 1;
     this.lan[h] = lan;
     this.sessions[h] = 0;
-    this.pubIdx[h] = pubIdx >= 0 ? pubIdx : pairedAddress(lan, this.publicAddrs());
+    this.pubIdx[h] = pubIdx >= 0 ? pubIdx : pairedAddress(lan, this.publicAddrs);
     this.tokens[h] = this.limits.burst;
     this.stamp[h] = now;
     this.refusedSessions[h] = 0;
     this.refusedRate[h] = 0;
     this.listed[h] = 0;
+    this.reportedAt[h] = -Infinity;
     this.count++;
     return h;
   }
@@ -105,12 +110,13 @@ export class LanHosts {
   /** The public address index of a LAN host: its record's, else the one it would get. */
   addressOf(lan: number): number {
     const h = this.index.get(lan, 0, 0, 0);
-    return h !== NONE ? this.pubIdx[h] : pairedAddress(lan, this.publicAddrs());
+    return h !== NONE ? this.pubIdx[h] : pairedAddress(lan, this.publicAddrs);
   }
 
   /**
-   * May host `h` open one more session now? Takes a token when it may;
-   * counts the refusal otherwise. Returns ADMITTED or the limit it hit.
+   * May host `h` open one more session now? Refills its bucket; counts the
+   * refusal when it may not. Returns ADMITTED (added() then takes the
+   * token) or the limit it hit.
    */
   admit(h: number, now: number): number {
     const lim = this.limits;
@@ -123,26 +129,31 @@ export class LanHosts {
       let t = this.tokens[h] + ((now - this.stamp[h]) * lim.ratePerSecond) / 1000;
       if (t > lim.burst) t = lim.burst;
       this.stamp[h] = now;
+      this.tokens[h] = t;
       if (t < 1) {
-        this.tokens[h] = t;
         this.refusedRate[h]++;
         this.offend(h);
         return HOST_RATE_LIMIT;
       }
-      this.tokens[h] = t - 1;
     }
     return ADMITTED;
   }
 
+  /** Host `h` opened a session (after admit()). */
   added(h: number): void {
+    this.sessions[h]++;
+    this.tokens[h]--;
+  }
+
+  /** One of host `h`'s sessions was restored at start (it takes no token). */
+  restored(h: number): void {
     this.sessions[h]++;
   }
 
   /** One of the sessions a LAN host was counted for is gone. */
-  removed(lan: number, now: number): void {
+  removed(lan: number): void {
     const h = this.index.get(lan, 0, 0, 0);
-    if (h === NONE) return;
-    if (--this.sessions[h] === 0) this.stamp[h] = Math.max(this.stamp[h], now);
+    if (h !== NONE) this.sessions[h]--;
   }
 
   private offend(h: number): void {
@@ -156,19 +167,25 @@ export class LanHosts {
   }
 
   /**
-   * Calls fn once for each host refused something since the last call (the
-   * daemon logs one line per host), then clears their counts.
+   * Calls fn for each host refused something since it was last reported,
+   * once a minute at most per host (the daemon logs one line each), and
+   * clears its counts; hosts reported less than a minute ago wait.
    */
-  drainOffenders(fn: (lan: number, sessions: number, refusedSessions: number, refusedRate: number) => void): void {
+  drainOffenders(now: number, fn: (lan: number, sessions: number, refusedSessions: number, refusedRate: number) => void): void {
+    let kept = 0;
     for (let i = 0; i < this.offenderCount; i++) {
       const h = this.offenders[i];
+      if (this.reportedAt[h] > now - REPORT_MS) {
+        this.offenders[kept++] = h;
+        continue;
+      }
       this.listed[h] = 0;
-      if (this.inUse[h] === 0) continue;
+      this.reportedAt[h] = now;
       fn(this.lan[h], this.sessions[h], this.refusedSessions[h], this.refusedRate[h]);
       this.refusedSessions[h] = 0;
       this.refusedRate[h] = 0;
     }
-    this.offenderCount = 0;
+    this.offenderCount = kept;
   }
 
   /** Frees at most `budget` records whose host has had no session for a while (off the packet path). */
@@ -176,7 +193,7 @@ export class LanHosts {
     const cap = this.capacity;
     let i = this.sweepCursor;
     for (let n = 0; n < budget && n < cap; n++) {
-      if (this.inUse[i] === 1 && this.sessions[i] === 0 && this.listed[i] === 0 && now - this.stamp[i] >= IDLE_MS) {
+      if (this.inUse[i] === 1 && this.sessions[i] <= 0 && this.listed[i] === 0 && now - this.stamp[i] >= IDLE_MS) {
         this.index.delete(this.lan[i], 0, 0, 0);
         this.inUse[i] = 0;
         this.free.give(i);

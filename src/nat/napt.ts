@@ -19,8 +19,7 @@ import { Drop, DropCounters, Verdict } from '../core/verdict';
 import { TxList } from '../core/tx-list';
 import { FragmentTracker } from './fragments';
 import type { Forwards } from './forwards';
-import { SF_HOST, SLOT_TCP, SLOT_UDP, SessionListener, SessionTable } from './sessions';
-import { HostLimits, LanHosts } from './hosts';
+import { SLOT_TCP, SLOT_UDP, SessionListener, SessionTable } from './sessions';
 import { Refusals } from './refuse';
 import { IcmpNat } from './icmp';
 import { NatTimers, Transport } from './transport';
@@ -32,10 +31,6 @@ export type { NatTimers };
 export interface NaptOptions {
   /** LAN prefixes as [network, mask] int32 pairs. */
   lanPrefixes: Array<[number, number]>;
-  /** Per-LAN-host budgets (default: none beyond the table). */
-  hostLimits?: HostLimits;
-  /** LAN hosts tracked at once (default: 1024, or the table's capacity up to 65536). */
-  hostCapacity?: number;
   /** A new flow that cannot be mapped is answered with ICMP code 13 (true, the default) or only dropped. */
   refuseWithIcmp?: boolean;
   timers: NatTimers;
@@ -76,8 +71,6 @@ export class Napt implements SessionListener {
    */
   sharedAddress = false;
   readonly trackers = new TrackerRegistry();
-  /** The LAN hosts with sessions: their public address and budgets. */
-  readonly hosts: LanHosts;
   /** Flows refused with ICMP code 13 (RFC 5508 REQ-8). */
   readonly refusals: Refusals;
   private readonly pkt = new Packet();
@@ -97,10 +90,8 @@ export class Napt implements SessionListener {
     if (opts.endpointIndependentFiltering !== table.exclusivePorts) throw new Error('endpoint-independent filtering needs a table with exclusive ports');
     this.lanNet = Int32Array.from(opts.lanPrefixes.map((p) => p[0] & p[1]));
     this.lanMask = Int32Array.from(opts.lanPrefixes.map((p) => p[1]));
-    this.hosts = new LanHosts(opts.hostCapacity ?? Math.min(65536, Math.max(1024, table.capacity)), () => table.publicAddrs,
-      opts.hostLimits ?? { maxSessions: table.capacity, ratePerSecond: 0, burst: 0 });
     this.refusals = new Refusals(opts.refuseWithIcmp ?? true);
-    this.transport = new Transport(table, this.hosts, opts.timers, opts.endpointIndependentFiltering, this.trackers);
+    this.transport = new Transport(table, opts.timers, opts.endpointIndependentFiltering, this.trackers);
     this.icmp = new IcmpNat(table, this.transport, this.trackers);
     this.pkt.buf = arena;
     table.listener = this;
@@ -139,10 +130,8 @@ export class Napt implements SessionListener {
     this.trackers.sessions(proto === PROTO_TCP ? SLOT_TCP : SLOT_UDP, port, t);
   }
 
-  /** SessionTable hook: a session is going away (its host's count, a session helper's master connection). */
+  /** SessionTable hook: a session helper's master connection is going away. */
   sessionRemoved(s: number): void {
-    const t = this.table;
-    if ((t.flagsOf(s) & SF_HOST) !== 0) this.hosts.removed(t.lanOf(s), this.pkt.now);
     const h = this.transport.helperOf(s);
     if (h !== 0) this.trackers.at(h).sessionRemoved(s);
   }
@@ -172,7 +161,7 @@ export class Napt implements SessionListener {
     let verdict: number;
     if (outbound) {
       // Paired pooling: every packet of a LAN host leaves from its one public address.
-      p.pubIdx = t.addressCount === 1 ? 0 : this.hosts.addressOf(p.src);
+      p.pubIdx = t.addressCount === 1 ? 0 : t.hosts.addressOf(p.src);
       p.publicAddr = t.publicAddress(p.pubIdx);
       verdict = this.outbound(p, out);
     } else {

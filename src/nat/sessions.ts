@@ -45,6 +45,7 @@ import { SlotPool } from '../core/slot-pool';
 import { columns, Serials, SoaRows } from '../core/table';
 import { PortSpace } from './port-space';
 import { tcpIsClosed } from './tcp-tracker';
+import { HostLimits, LanHosts } from './hosts';
 
 export { Serials };
 
@@ -74,6 +75,10 @@ export interface SessionTableOptions {
   exclusivePorts?: boolean;
   /** Ports no mapping takes (forwards inside the dynamic range when it was not configured). */
   reserved?: readonly number[];
+  /** Per-LAN-host budgets (default: none beyond the table). */
+  hostLimits?: HostLimits;
+  /** LAN hosts tracked at once (default: 1024, or the capacity up to 65536). */
+  hostCapacity?: number;
 }
 
 /** createOut / createMapping results besides a record number. */
@@ -176,6 +181,8 @@ export class SessionTable {
   private sweepCursor = 0;
   /** Sessions taken over from closed ones (a counter for `stats`). */
   takeovers = 0;
+  /** The LAN hosts with sessions: their public address (paired pooling) and budgets. */
+  readonly hosts: LanHosts;
 
   // Negative cache of LAN endpoints that found no public port: direct-mapped.
   private readonly negKey: Int32Array;
@@ -220,6 +227,8 @@ export class SessionTable {
     this.inIndex = new TupleIndex(capacity);
     this.negKey = new Int32Array(NEGATIVE_SLOTS * 2);
     this.negUntil = new Float64Array(NEGATIVE_SLOTS);
+    this.hosts = new LanHosts(options.hostCapacity ?? Math.min(65536, Math.max(1024, capacity)), this.pub,
+      options.hostLimits ?? { maxSessions: capacity, ratePerSecond: 0, burst: 0 });
   }
 
   get sessionCount(): number { return this.sRows.count; }
@@ -316,16 +325,24 @@ export class SessionTable {
     h[bk] = b | 0;
   }
 
-  /** Restores counters and the last-seen time (the state store, not the packet path). */
+  /** Restores the counters (the state store, not the packet path); 48 bits each. */
   setCounters(s: number, pktsOut: number, pktsIn: number, bytesOut: number, bytesIn: number): void {
+    this.setPktsOut(s, pktsOut);
+    this.setPktsIn(s, pktsIn);
+    this.setBytesOut(s, bytesOut);
+    this.setBytesIn(s, bytesIn);
+  }
+
+  setPktsOut(s: number, v: number): void { this.setWide(s, W_PKTS_OUT, W_PKTS_HI, 0, v); }
+  setPktsIn(s: number, v: number): void { this.setWide(s, W_PKTS_IN, W_PKTS_HI, 16, v); }
+  setBytesOut(s: number, v: number): void { this.setWide(s, W_BYTES_OUT, W_BYTES_HI, 0, v); }
+  setBytesIn(s: number, v: number): void { this.setWide(s, W_BYTES_IN, W_BYTES_HI, 16, v); }
+
+  private setWide(s: number, lo: number, hi: number, shift: number, v: number): void {
     const h = this.hot;
     const o = s * SESSION_WORDS;
-    h[o + W_PKTS_OUT] = pktsOut % TWO32;
-    h[o + W_PKTS_IN] = pktsIn % TWO32;
-    h[o + W_PKTS_HI] = (Math.floor(pktsOut / TWO32) & 0xffff) | (Math.floor(pktsIn / TWO32) << 16);
-    h[o + W_BYTES_OUT] = bytesOut % TWO32;
-    h[o + W_BYTES_IN] = bytesIn % TWO32;
-    h[o + W_BYTES_HI] = (Math.floor(bytesOut / TWO32) & 0xffff) | (Math.floor(bytesIn / TWO32) << 16);
+    h[o + lo] = v % TWO32;
+    h[o + hi] = (h[o + hi] & ~(0xffff << shift)) | ((Math.floor(v / TWO32) & 0xffff) << shift);
   }
 
   /** TCP, outbound: the segment's sequence space ends at `end`; kept when it is beyond what was sent. */
@@ -545,8 +562,20 @@ export class SessionTable {
       if (m < 0) return m;
     }
     const s = this.initSession(m, rem, remPort, created, state, expires, serial);
-    if (s >= 0) this.serials.seen(serial);
+    if (s < 0) return s;
+    this.serials.seen(serial);
+    // Its host keeps the address it had (paired pooling across restarts) and counts it.
+    const h = this.hosts.record(lan, created, pubIdx);
+    if (h >= 0) {
+      this.hosts.restored(h);
+      this.setFlags(s, SF_HOST);
+    }
     return s;
+  }
+
+  /** The public address a LAN host's traffic uses (int32): its record's, else the one it would get. */
+  addressOfHost(lan: number): number {
+    return this.pub[this.hosts.addressOf(lan)];
   }
 
   private initSession(m: number, rem: number, remPort: number, now: number, state: number, expires: number, serial: number): number {
@@ -612,6 +641,7 @@ export class SessionTable {
     const rem = h[o + W_REM];
     const remPort = h[o + W_PORTS] & 0xffff;
     if (this.journal !== null) this.journal.push(EV_DESTROY, TABLE_SESSIONS, s, this.sSerial[s]);
+    if ((h[o + W_PORTS] >>> 24) & SF_HOST) this.hosts.removed(h[o + W_LAN]);
     this.outIndex.deleteIf(h[o + W_LAN], rem, ((h[o + W_LANPORT] & 0xffff) << 16) | remPort, proto, s);
     this.inIndex.deleteIf(rem, ((h[o + W_PUB] & 0xffff) << 16) | remPort, h[o + W_PUB] >>> 16, proto, s);
     this.sRows.give(s);

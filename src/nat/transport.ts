@@ -11,7 +11,7 @@ import { UDP_OK } from '../wire/udp';
 import { VNET_F_DATA_VALID, VNET_F_NEEDS_CSUM } from '../wire/vnet';
 import { Drop, Verdict } from '../core/verdict';
 import { PORTS_EXHAUSTED, SF_GUARDED, SF_HOST, SF_UNANSWERED, SLOT_TCP, SLOT_UDP, SessionTable, TABLE_FULL, protoSlot } from './sessions';
-import { ADMITTED, HOST_SESSION_LIMIT, LanHosts } from './hosts';
+import { ADMITTED, HOST_SESSION_LIMIT } from './hosts';
 import { tcpInitialState, tcpNextState, tcpTimeoutMs } from './tcp-tracker';
 import { clampMss } from './mss-clamp';
 import { rewriteTransport } from './rewrite';
@@ -33,7 +33,6 @@ export class Transport {
 
   constructor(
     private readonly table: SessionTable,
-    private readonly hosts: LanHosts,
     private readonly timers: NatTimers,
     private readonly endpointIndependentFiltering: boolean,
     private readonly trackers: TrackerRegistry,
@@ -111,7 +110,7 @@ export class Transport {
    */
   createOut(proto: number, lan: number, lanPort: number, rem: number, remPort: number, state: number, now: number,
     synSeq: number | null): number {
-    const hosts = this.hosts;
+    const hosts = this.table.hosts;
     const h = hosts.record(lan, now);
     if (h < 0) return -1 - Drop.TABLE_FULL;
     const a = hosts.admit(h, now);
@@ -141,7 +140,7 @@ export class Transport {
     }
     // A forward (spec §6) serves what no mapping or session accepts.
     if (s < 0 && p.forwards !== null) {
-      const f = p.forwards.inbound(proto, p.pubIdx, dport, ip.src, sport, p.now, this.hosts);
+      const f = p.forwards.inbound(proto, p.pubIdx, dport, ip.src, sport, p.now);
       if (f >= 0) s = f;
     }
     if (s < 0) return s === -1 ? Drop.FILTERED : Drop.NO_MAPPING;
