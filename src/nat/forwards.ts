@@ -154,6 +154,11 @@ export class Forwards {
     return this.udpLanPort[ISAKMP_PORT] === ISAKMP_PORT ? this.udpLan[ISAKMP_PORT] : NO_FORWARD;
   }
 
+  /** The public address index a forward's server is reached on (its own, paired pooling). */
+  servedOn(server: number): number {
+    return this.table.hosts.addressOf(server);
+  }
+
   /**
    * Creates the mapping LAN server -> fixed public port (unless the server's
    * endpoint already has exactly that mapping) and a session with the remote,
@@ -167,7 +172,7 @@ export class Forwards {
     const lan = this.portForward(proto, pubPort);
     if (lan === NO_FORWARD) return NO_FORWARD;
     const t = this.table;
-    if (t.hosts.addressOf(lan) !== pubIdx) return -2;
+    if (this.servedOn(lan) !== pubIdx) return -2;
     const lanPort = this.portForwardLanPort(proto, pubPort);
     let m = t.findMapping(proto, lan, lanPort);
     if (m >= 0 && (t.mPubPort[m] !== pubPort || t.mPubIdx[m] !== pubIdx)) return -3;

@@ -11,10 +11,11 @@
  * (tracker.ts). Fragments follow their first fragment's translation
  * (fragments.ts).
  */
-import { IPV4_OK, PROTO_AH, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+import { IPV4_DST, IPV4_OK, IPV4_SRC, PROTO_AH, PROTO_ESP, PROTO_GRE, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
   IPV4_ERR_CHECKSUM, IPV4_ERR_IHL, IPV4_ERR_TOTAL_LEN, IPV4_ERR_TRUNCATED, IPV4_ERR_VERSION,
 } from '../wire/ipv4';
 import { VNET_OK, VnetHeader } from '../wire/vnet';
+import { isIcmpQueryRequest } from '../wire/icmp';
 import { Drop, DropCounters, Verdict } from '../core/verdict';
 import { TxList } from '../core/tx-list';
 import { FragmentTracker } from './fragments';
@@ -23,7 +24,9 @@ import { SLOT_TCP, SLOT_UDP, SessionListener, SessionTable } from './sessions';
 import { Refusals } from './refuse';
 import { IcmpNat } from './icmp';
 import { NatTimers, Transport } from './transport';
-import { restoreHop, setAddresses } from './rewrite';
+import { restoreHop, setAddresses, setUdpAddress } from './rewrite';
+import { HairpinPeers } from './hairpin';
+import { NO_FORWARD } from './forwards';
 import { Packet, Tracker, TrackerRegistry } from './tracker';
 
 export type { NatTimers };
@@ -50,6 +53,9 @@ const TRANSLATED = Verdict.TRANSLATED;
 const HELD = Verdict.HELD;
 const TO_KERNEL = Verdict.TO_KERNEL;
 
+/** Hairpin peers of a UDP port pair are keyed apart from IP protocol numbers. */
+const PAIR_KEY = 0x10000;
+
 /** Drop reasons of a new outbound flow that could not be mapped, answered with ICMP code 13 (refuse.ts). */
 const REFUSED = new Uint8Array(256);
 for (const d of [Drop.TABLE_FULL, Drop.PORTS_EXHAUSTED, Drop.HOST_SESSION_LIMIT, Drop.HOST_RATE_LIMIT, Drop.MAPPING_CONFLICT]) REFUSED[d] = 1;
@@ -73,6 +79,7 @@ export class Napt implements SessionListener {
   readonly trackers = new TrackerRegistry();
   /** Flows refused with ICMP code 13 (RFC 5508 REQ-8). */
   readonly refusals: Refusals;
+  private readonly peers = new HairpinPeers();
   private readonly pkt = new Packet();
   private readonly vnet = new VnetHeader();
   private readonly lanNet: Int32Array;
@@ -231,8 +238,10 @@ export class Napt implements SessionListener {
       const owner = this.pairOwner(p);
       if (owner !== 0) {
         r = this.pairCheck(p);
-        if (r === TRANSLATED) r = this.trackers.at(owner).outbound(p);
-        if (r === TRANSLATED && this.hairpin(p, ip.dst)) return this.deliver(p, this.trackers.at(owner), out, src);
+        if (r !== TRANSLATED) return r;
+        const pub = this.table.publicIndexOf(dst);
+        if (pub >= 0) return this.hairpinVpn(p, pub, PAIR_KEY | ((p.buf[ip.payloadOff] << 8) | p.buf[ip.payloadOff + 1]), out);
+        r = this.trackers.at(owner).outbound(p);
       } else {
         r = this.transport.outbound(p);
         // Hairpinning (RFC 4787 REQ-9, RFC 5382 REQ-8): a LAN host addressed
@@ -240,21 +249,52 @@ export class Napt implements SessionListener {
         if (r === TRANSLATED && this.hairpin(p, ip.dst)) r = this.transport.inbound(p);
       }
     } else if (proto === PROTO_ICMP) {
+      // An echo or timestamp request to a public address has no one behind it
+      // (RFC 5508 REQ-7 hairpins queries only for Basic NAT): no mapping is made for it.
+      if (ip.payloadLen > 0 && isIcmpQueryRequest(p.buf[ip.payloadOff]) && this.table.publicIndexOf(dst) >= 0) return Drop.NO_MAPPING;
       r = this.icmp.outbound(p);
-      // An echo request to a public address has no one behind it (RFC 5508
-      // REQ-7 hairpins queries only for Basic NAT); errors go to their host.
+      // An error about a hairpinned packet goes on to the host it quotes.
       if (r === TRANSLATED && this.hairpin(p, ip.dst)) r = this.icmp.inbound(p);
       return r;
     } else {
       const t = this.trackers.byProto[proto];
       if (t === 0) return proto === PROTO_AH ? Drop.AH_REFUSED : Drop.UNKNOWN_PROTOCOL;
-      const tr = this.trackers.at(t);
-      r = tr.outbound(p);
-      // ESP or GRE to a public address: a server behind a protocol forward, or a mapping's host.
-      if (r === TRANSLATED && this.hairpin(p, ip.dst)) return this.deliver(p, tr, out, src);
+      const pub = this.table.publicIndexOf(dst);
+      if (pub >= 0) return this.hairpinVpn(p, pub, proto, out);
+      r = this.trackers.at(t).outbound(p);
     }
     if (r === TRANSLATED && ip.isFragment) this.rememberAndRelease(src, dst, proto, ip.id, ip.src, ip.dst, out);
     return r;
+  }
+
+  /**
+   * ESP, GRE or ISAKMP from a LAN host to public address `pubIdx` (hairpin.ts):
+   * to the LAN server of that protocol's forward, or, from that server, back
+   * to the client that last reached it; from the sender's public address,
+   * by address only. Returns TRANSLATED or NO_MAPPING.
+   */
+  private hairpinVpn(p: Packet, pubIdx: number, key: number, out: TxList): Verdict {
+    const f = p.forwards;
+    const src = p.src;
+    const dst = p.dst;
+    const server = f === null ? NO_FORWARD : key === PROTO_ESP || key === PROTO_GRE ? f.protoForward(key) : f.isakmpServer();
+    let to: number;
+    if (server !== NO_FORWARD && server !== src && f !== null && f.servedOn(server) === pubIdx) {
+      this.peers.remember(key, server, src, p.now);
+      to = server;
+    } else {
+      to = this.peers.clientOf(key, src, p.now);
+      if (to === NO_FORWARD) return Drop.NO_MAPPING;
+    }
+    const ip = p.ip;
+    if (key === PROTO_ESP || key === PROTO_GRE) {
+      setAddresses(p.buf, ip.off, src, dst, p.publicAddr, to);
+    } else {
+      setUdpAddress(p.buf, ip.off, ip.payloadOff, IPV4_SRC, src, p.publicAddr, p.partial);
+      setUdpAddress(p.buf, ip.off, ip.payloadOff, IPV4_DST, dst, to, p.partial);
+    }
+    if (ip.isFragment) this.rememberAndRelease(src, dst, ip.proto, ip.id, p.publicAddr, to, out);
+    return TRANSLATED;
   }
 
   /**

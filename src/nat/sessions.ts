@@ -365,7 +365,7 @@ export class SessionTable {
 
   /** Whether `seq` (of a quoted segment the public side sent) lies in a guarded session's own sequence space. */
   guardSent(s: number, seq: number): boolean {
-    return ((seq - this.sIsn[s]) | 0) >= 0 && ((seq - this.hot[s * SESSION_WORDS + W_SND_END]) | 0) < 0;
+    return ((seq - this.sIsn[s]) | 0) >= 0 && ((seq - this.hot[s * SESSION_WORDS + W_SND_END]) | 0) <= 0;
   }
 
   // ---- lookups -----------------------------------------------------------

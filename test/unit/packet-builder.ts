@@ -14,6 +14,7 @@ import { FragmentTracker } from '../../src/nat/fragments';
 import { Journal } from '../../src/core/journal';
 import { Napt, NatTimers } from '../../src/nat/napt';
 import { PortPolicy, SessionTable } from '../../src/nat/sessions';
+import type { HostLimits } from '../../src/nat/hosts';
 import { TxList } from '../../src/core/tx-list';
 import { int32ToIpv4, ipv4ToInt32 } from '../../src/core/ipv4-addr';
 
@@ -468,6 +469,11 @@ export interface NatSetup {
   capacity?: number;
   ports?: PortPolicy;
   eif?: boolean;
+  /** Public addresses (default: PUBLIC alone). */
+  publics?: Addr[];
+  hostLimits?: HostLimits;
+  /** false: refused flows are only dropped (no ICMP code 13). */
+  refuseWithIcmp?: boolean;
   holdSlots?: number;
   holdSlotSize?: number;
   seed?: number;
@@ -494,14 +500,15 @@ export class NatHarness {
     const holdSlots = s.holdSlots ?? 8;
     const holdSlotSize = s.holdSlotSize ?? 2048;
     this.arena = new Uint8Array(NatHarness.SLOT + holdSlots * holdSlotSize);
-    this.table = new SessionTable(s.capacity ?? 256, addr(PUBLIC), s.ports ?? DEFAULT_PORTS, this.journal, prng(s.seed ?? 1),
-      { exclusivePorts: s.eif ?? false });
+    this.table = new SessionTable(s.capacity ?? 256, (s.publics ?? [PUBLIC]).map(addr), s.ports ?? DEFAULT_PORTS, this.journal,
+      prng(s.seed ?? 1), { exclusivePorts: s.eif ?? false, hostLimits: s.hostLimits });
     this.frags = new FragmentTracker(64, NatHarness.SLOT, holdSlotSize, holdSlots);
     this.napt = new Napt(this.table, this.frags, this.arena, {
       lanPrefixes: [[addr(LAN_NET), addr(LAN_MASK)]],
       timers: TIMERS,
       endpointIndependentFiltering: s.eif ?? false,
       vnetLen: this.vnetLen,
+      refuseWithIcmp: s.refuseWithIcmp,
     });
     this.napt.now = s.now ?? 1_000_000;
   }
