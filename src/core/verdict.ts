@@ -54,6 +54,8 @@ export const Drop = {
   MAPPING_CONFLICT: 34,
   /** A segment to a session taken over from a closed one that belongs to the old connection. */
   STALE_SEGMENT: 35,
+  /** The remote holds its limit of unanswered inbound sessions (limits.remoteUnanswered). */
+  UNANSWERED_LIMIT: 36,
 } as const;
 
 export type DropCode = (typeof Drop)[keyof typeof Drop];

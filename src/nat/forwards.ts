@@ -25,11 +25,14 @@
 import { Forward, forwardClaim } from '../core/forward';
 import { PROTO_ESP, PROTO_GRE, PROTO_TCP, PROTO_UDP } from '../wire/ipv4';
 import { ISAKMP_PORT } from '../wire/isakmp';
-import { SF_UNANSWERED, SessionTable, TABLE_FULL } from './sessions';
+import { SessionTable, TABLE_FULL } from './sessions';
+import { BUDGET_OK, forwardTarget } from './budget';
 import { ipv4ToInt32 } from '../core/ipv4-addr';
 
 /** Returned when there is no forward. As an address it is 255.255.255.255, never a LAN host. */
 export const NO_FORWARD = -1;
+/** inbound(): the remote holds its budget of unanswered sessions (budget.ts). */
+export const BUDGET_REFUSED = -4;
 
 export class Forwards {
   private readonly tcpLan = new Int32Array(65536).fill(NO_FORWARD);
@@ -125,6 +128,7 @@ export class Forwards {
         (tcp ? this.tcpLan : this.udpLan)[f.publicPort] = lan;
         (tcp ? this.tcpLanPort : this.udpLanPort)[f.publicPort] = f.lanPort;
         this.portCount++;
+        this.table.inbound.prepare(forwardTarget(tcp ? 0 : 1, f.publicPort));
       }
     }
   }
@@ -176,11 +180,13 @@ export class Forwards {
     const lanPort = this.portForwardLanPort(proto, pubPort);
     let m = t.findMapping(proto, lan, lanPort);
     if (m >= 0 && (t.mPubPort[m] !== pubPort || t.mPubIdx[m] !== pubIdx)) return -3;
+    const target = forwardTarget(proto === PROTO_TCP ? 0 : 1, pubPort);
+    if (t.inbound.admit(target, rem) !== BUDGET_OK) return BUDGET_REFUSED;
     if (m < 0) m = t.createMapping(proto, lan, lanPort, pubIdx, pubPort);
     if (m < 0) return m === TABLE_FULL ? -2 : -3;
     const s = t.createSession(m, rem, remPort, now, 0, now);
     if (s < 0) return -2;
-    t.setFlags(s, SF_UNANSWERED);
+    t.markUnanswered(s, target);
     return s;
   }
 }

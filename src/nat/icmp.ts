@@ -16,6 +16,7 @@ import { SF_GUARDED, SessionTable } from './sessions';
 import { setAddress } from './rewrite';
 import { Packet, TrackerRegistry } from './tracker';
 import { Transport } from './transport';
+import { BUDGET_REFUSED } from './forwards';
 
 const TRANSLATED = Verdict.TRANSLATED;
 
@@ -81,7 +82,7 @@ export class IcmpNat {
     const t = this.table;
     const pubId = c.id;
     const s = this.transport.inboundSession(PROTO_ICMP, p.pubIdx, pubId, ip.src, 0, p.now);
-    if (s < 0) return s === -1 ? Drop.FILTERED : Drop.NO_MAPPING;
+    if (s < 0) return s === -1 ? Drop.FILTERED : s === BUDGET_REFUSED ? Drop.UNANSWERED_LIMIT : Drop.NO_MAPPING;
     this.transport.refresh(s, false, 0, false, ip.totalLen, p.now);
     setAddress(p.buf, ip.off, IPV4_DST, ip.dst, t.lanOf(s));
     this.setId(p.buf, c.off, pubId, t.lanPortOf(s));

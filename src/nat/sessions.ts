@@ -46,6 +46,7 @@ import { columns, Serials, SoaRows } from '../core/table';
 import { PortSpace } from './port-space';
 import { tcpIsClosed } from './tcp-tracker';
 import { HostLimits, LanHosts } from './hosts';
+import { BudgetSessions, EIF_TARGET, InboundBudget, InboundLimits } from './budget';
 
 export { Serials };
 
@@ -79,6 +80,8 @@ export interface SessionTableOptions {
   hostLimits?: HostLimits;
   /** LAN hosts tracked at once (default: 1024, or the capacity up to 65536). */
   hostCapacity?: number;
+  /** Budgets of the sessions the outside creates (default: none beyond the table). */
+  inboundLimits?: InboundLimits;
 }
 
 /** createOut / createMapping results besides a record number. */
@@ -136,7 +139,7 @@ export interface SessionListener {
   sessionRemoved(s: number): void;
 }
 
-export class SessionTable {
+export class SessionTable implements BudgetSessions {
   readonly capacity: number;
   readonly journal: Journal | null;
   readonly exclusivePorts: boolean;
@@ -183,6 +186,8 @@ export class SessionTable {
   takeovers = 0;
   /** The LAN hosts with sessions: their public address (paired pooling) and budgets. */
   readonly hosts: LanHosts;
+  /** Unanswered sessions the outside created, per forward and remote. */
+  readonly inbound: InboundBudget;
 
   // Negative cache of LAN endpoints that found no public port: direct-mapped.
   private readonly negKey: Int32Array;
@@ -229,6 +234,28 @@ export class SessionTable {
     this.negUntil = new Float64Array(NEGATIVE_SLOTS);
     this.hosts = new LanHosts(options.hostCapacity ?? Math.min(65536, Math.max(1024, capacity)), this.pub,
       options.hostLimits ?? { maxSessions: capacity, ratePerSecond: 0, burst: 0 });
+    this.inbound = new InboundBudget(this, capacity, options.inboundLimits ?? { perTarget: capacity, perRemote: capacity, unansweredMs: Infinity });
+    if (this.exclusivePorts) this.inbound.prepare(EIF_TARGET);
+  }
+
+  /** True while record `s` holds the session with this serial and it is still unanswered (InboundBudget). */
+  unansweredHolds(s: number, serial: number): boolean {
+    return this.sInUse[s] === 1 && this.sSerial[s] === serial && (this.flagsOf(s) & SF_UNANSWERED) !== 0;
+  }
+
+  /**
+   * Session `s`, created by an inbound packet, is unanswered from now on:
+   * it counts in the budget of `target` (budget.ts) until its LAN host sends.
+   */
+  markUnanswered(s: number, target: number): void {
+    this.setFlags(s, this.flagsOf(s) | SF_UNANSWERED);
+    this.inbound.added(target, this.remOf(s), s, this.sSerial[s]);
+  }
+
+  /** The LAN host sent on an unanswered session: it leaves the inbound budget and gets its normal timers. */
+  answered(s: number): void {
+    this.setFlags(s, this.flagsOf(s) & ~SF_UNANSWERED);
+    this.inbound.released(this.remOf(s));
   }
 
   get sessionCount(): number { return this.sRows.count; }
@@ -641,7 +668,9 @@ export class SessionTable {
     const rem = h[o + W_REM];
     const remPort = h[o + W_PORTS] & 0xffff;
     if (this.journal !== null) this.journal.push(EV_DESTROY, TABLE_SESSIONS, s, this.sSerial[s]);
-    if ((h[o + W_PORTS] >>> 24) & SF_HOST) this.hosts.removed(h[o + W_LAN]);
+    const flags = h[o + W_PORTS] >>> 24;
+    if (flags & SF_HOST) this.hosts.removed(h[o + W_LAN]);
+    if (flags & SF_UNANSWERED) this.inbound.released(rem);
     this.outIndex.deleteIf(h[o + W_LAN], rem, ((h[o + W_LANPORT] & 0xffff) << 16) | remPort, proto, s);
     this.inIndex.deleteIf(rem, ((h[o + W_PUB] & 0xffff) << 16) | remPort, h[o + W_PUB] >>> 16, proto, s);
     this.sRows.give(s);

@@ -12,6 +12,8 @@ import { VNET_F_DATA_VALID, VNET_F_NEEDS_CSUM } from '../wire/vnet';
 import { Drop, Verdict } from '../core/verdict';
 import { PORTS_EXHAUSTED, SF_GUARDED, SF_HOST, SF_UNANSWERED, SLOT_TCP, SLOT_UDP, SessionTable, TABLE_FULL, protoSlot } from './sessions';
 import { ADMITTED, HOST_SESSION_LIMIT } from './hosts';
+import { BUDGET_OK, EIF_TARGET } from './budget';
+import { BUDGET_REFUSED } from './forwards';
 import { tcpInitialState, tcpNextState, tcpTimeoutMs } from './tcp-tracker';
 import { clampMss } from './mss-clamp';
 import { rewriteTransport } from './rewrite';
@@ -141,9 +143,9 @@ export class Transport {
     // A forward (spec §6) serves what no mapping or session accepts.
     if (s < 0 && p.forwards !== null) {
       const f = p.forwards.inbound(proto, p.pubIdx, dport, ip.src, sport, p.now);
-      if (f >= 0) s = f;
+      if (f >= 0 || f === BUDGET_REFUSED) s = f;
     }
-    if (s < 0) return s === -1 ? Drop.FILTERED : Drop.NO_MAPPING;
+    if (s < 0) return s === -1 ? Drop.FILTERED : s === BUDGET_REFUSED ? Drop.UNANSWERED_LIMIT : Drop.NO_MAPPING;
     this.refresh(s, isTcp, flags, false, ip.totalLen, p.now);
     const csumOff = isTcp ? p.tcp.csumOff : p.udp.csumOff;
     const partial = p.partial;
@@ -184,7 +186,8 @@ export class Transport {
    * The session an inbound packet to public port `pubPort` of address
    * `pubIdx` belongs to: an existing one, or with endpoint-independent
    * filtering a new one under the port's mapping. Returns -1 when filtered
-   * (some mapping uses the port), -2 when no mapping does or the table is full.
+   * (some mapping uses the port), -2 when no mapping does or the table is
+   * full, BUDGET_REFUSED when the remote holds its unanswered sessions.
    */
   inboundSession(proto: number, pubIdx: number, pubPort: number, rem: number, remPort: number, now: number): number {
     const t = this.table;
@@ -197,9 +200,10 @@ export class Transport {
     if (!this.endpointIndependentFiltering) return t.portInUse(proto, pubIdx, pubPort) ? -1 : -2;
     const m = t.mappingOfPort(proto, pubIdx, pubPort);
     if (m < 0) return -2;
+    if (t.inbound.admit(EIF_TARGET, rem) !== BUDGET_OK) return BUDGET_REFUSED;
     s = t.createSession(m, rem, remPort, now, 0, now);
     if (s < 0) return -2;
-    t.setFlags(s, SF_UNANSWERED);
+    t.markUnanswered(s, EIF_TARGET);
     return s;
   }
 
@@ -214,6 +218,11 @@ export class Transport {
       timeout = tcpTimeoutMs(st, timers.tcpEstablishedMs, timers.tcpTransitoryMs);
     } else {
       timeout = t.protoOf(s) === PROTO_ICMP ? timers.icmpMs : timers.udpMs;
+    }
+    if ((t.flagsOf(s) & SF_UNANSWERED) !== 0) {
+      // A session the outside made is short-lived until the LAN host answers (budget.ts).
+      if (outbound) t.answered(s);
+      else if (timeout > t.inbound.limits.unansweredMs) timeout = t.inbound.limits.unansweredMs;
     }
     t.touch(s, outbound, bytes, now, now + timeout);
   }

@@ -287,6 +287,56 @@ for (const vnetLen of [10, 0]) {
     });
   });
 
+  describe(`budgets for the outside with vnetLen ${vnetLen}`, () => {
+    const SERVER = '10.77.0.40';
+    const flooded = (over: Partial<{ perTarget: number; perRemote: number; unansweredMs: number }> = {}): NatHarness => {
+      const h = nat({ inboundLimits: { perTarget: 4, perRemote: 2, unansweredMs: 10 * SEC, ...over } });
+      h.napt.forwards = new Forwards(h.table, [{ proto: 'tcp', publicPort: 8443, lanAddress: SERVER, lanPort: 443 }]);
+      return h;
+    };
+    const syn = (from: string, port: number, seq = 1) => tcpPacket(from, PUBLIC, { sport: port, dport: 8443, flags: SYN, seq });
+    const floodFrom = (i: number) => `192.0.2.${i}`;
+
+    it('a SYN flood at a forward churns through its budget; a real client still gets through and, answered, stays', () => {
+      const h = flooded();
+      for (let i = 1; i <= 4; i++) assert.equal(parse(h.one(syn(floodFrom(i), 1000))).dst, SERVER);
+      assert.equal(h.table.sessionCount, 4);
+      // The client's SYN evicts the oldest unanswered session instead of being refused.
+      assert.equal(parse(h.one(syn(S1, 5555, 77))).dst, SERVER);
+      assert.equal(h.table.sessionCount, 4);
+      assert.equal(h.table.inbound.evicted, 1);
+      h.one(tcpPacket(SERVER, S1, { sport: 443, dport: 5555, flags: SYN | ACK, seq: 900, ack: 78 }));
+      for (let i = 5; i <= 40; i++) h.one(syn(floodFrom(i), 1000));
+      const s = h.session(TCP, SERVER, 443, S1, 5555);
+      assert.ok(s >= 0, 'the answered session survived the flood');
+      assert.ok(h.table.expiresOf(s) > h.now + 200 * SEC, 'and has the normal timer');
+      assert.equal(h.table.sessionCount, 5, 'the flood holds at most the budget');
+    });
+
+    it('one remote holds at most its unanswered sessions; unanswered ones expire after the short timer', () => {
+      const h = flooded();
+      h.one(syn(S1, 1001));
+      h.one(syn(S1, 1002));
+      h.dropped(Drop.UNANSWERED_LIMIT, syn(S1, 1003));
+      assert.equal(h.table.inbound.heldBy(ipv4ToInt32(S1)), 2);
+      const s = h.session(TCP, SERVER, 443, S1, 1001);
+      assert.equal(h.table.expiresOf(s), h.now + 10 * SEC);
+      h.now += 10 * SEC;
+      assert.equal(h.table.sweep(h.now, 100), 2);
+      assert.equal(h.table.inbound.heldBy(ipv4ToInt32(S1)), 0);
+      h.one(syn(S1, 1003));
+    });
+
+    it('with endpoint-independent filtering a spray at one mapping is bounded the same way', () => {
+      const h = nat({ eif: true, inboundLimits: { perTarget: 3, perRemote: 1, unansweredMs: 10 * SEC } });
+      const p = parse(h.one(udpOut(A, 5000, S1))).sport ?? -1;
+      for (let i = 1; i <= 20; i++) h.one(udpBack(floodFrom(i), p));
+      assert.equal(h.table.sessionCount, 4, 'A\'s own session and the budget of 3');
+      h.dropped(Drop.UNANSWERED_LIMIT, udpBack(floodFrom(20), p, 54));
+      assert.equal(parse(h.one(udpBack(S1, p))).dst, A, 'the LAN host\'s own flow is untouched');
+    });
+  });
+
   describe(`hairpinning every protocol with vnetLen ${vnetLen}`, () => {
     /** A NAT with the IPsec and PPTP trackers and B behind ESP, GRE and udp/500 forwards. */
     const vpnNat = (forwards = true): NatHarness => {

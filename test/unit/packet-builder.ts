@@ -15,6 +15,7 @@ import { Journal } from '../../src/core/journal';
 import { Napt, NatTimers } from '../../src/nat/napt';
 import { PortPolicy, SessionTable } from '../../src/nat/sessions';
 import type { HostLimits } from '../../src/nat/hosts';
+import type { InboundLimits } from '../../src/nat/budget';
 import { TxList } from '../../src/core/tx-list';
 import { int32ToIpv4, ipv4ToInt32 } from '../../src/core/ipv4-addr';
 
@@ -472,6 +473,7 @@ export interface NatSetup {
   /** Public addresses (default: PUBLIC alone). */
   publics?: Addr[];
   hostLimits?: HostLimits;
+  inboundLimits?: InboundLimits;
   /** false: refused flows are only dropped (no ICMP code 13). */
   refuseWithIcmp?: boolean;
   holdSlots?: number;
@@ -501,7 +503,7 @@ export class NatHarness {
     const holdSlotSize = s.holdSlotSize ?? 2048;
     this.arena = new Uint8Array(NatHarness.SLOT + holdSlots * holdSlotSize);
     this.table = new SessionTable(s.capacity ?? 256, (s.publics ?? [PUBLIC]).map(addr), s.ports ?? DEFAULT_PORTS, this.journal,
-      prng(s.seed ?? 1), { exclusivePorts: s.eif ?? false, hostLimits: s.hostLimits });
+      prng(s.seed ?? 1), { exclusivePorts: s.eif ?? false, hostLimits: s.hostLimits, inboundLimits: s.inboundLimits });
     this.frags = new FragmentTracker(64, NatHarness.SLOT, holdSlotSize, holdSlots);
     this.napt = new Napt(this.table, this.frags, this.arena, {
       lanPrefixes: [[addr(LAN_NET), addr(LAN_MASK)]],
