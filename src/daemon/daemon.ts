@@ -7,7 +7,8 @@ import { Config } from '../config/schema';
 import { configDiff } from './reload';
 import { MetricsServer, MetricsSource, startMetricsServer } from './metrics';
 import { mssClampValue } from '../nat/mss-clamp';
-import { SharedMode, steerableRange } from '../edge/netlink/shared-mode';
+import { SharedMode } from '../edge/netlink/shared-mode';
+import { capacityStats, hostLimits, logOffenders, tableSetup } from './capacity';
 import { WanWatch } from '../edge/netlink/wan-watch';
 import { ControlReply, ControlRequest, ControlServer, lookupGroup, startControlServer } from './control';
 import { ControlCommands } from './control-commands';
@@ -121,16 +122,8 @@ export class Daemon implements MetricsSource {
     this.startedAt = this.now();
     this.commands = new ControlCommands(this, this.now);
     const cfg = config;
-    const ports = cfg.ports;
-    this.table = new SessionTable(
-      cfg.limits.maxSessions,
-      // Shared mode: the WAN interface's address, read in start().
-      ipv4ToInt32(cfg.wan.publicAddress ?? '0.0.0.0'),
-      { range: cfg.wan.mode === 'shared' ? steerableRange(ports.range) : ports.range, lowRange: ports.lowRange, preserve: ports.preserve },
-      new Journal(),
-      Math.random,
-      { exclusivePorts: cfg.filtering === 'endpoint-independent' },
-    );
+    const setup = tableSetup(cfg);
+    this.table = new SessionTable(cfg.limits.maxSessions, setup.publicAddrs, setup.ports, new Journal(), Math.random, setup.options);
     const t = cfg.timeouts;
     this.datapath = new Datapath(
       this.table,
@@ -155,6 +148,7 @@ export class Daemon implements MetricsSource {
         },
         endpointIndependentFiltering: cfg.filtering === 'endpoint-independent',
         vnetLen: 10,
+        refuseWithIcmp: cfg.limits.refuse === 'icmp',
       },
     );
     const napt = this.datapath.napt;
@@ -310,6 +304,7 @@ export class Daemon implements MetricsSource {
   private sweep(budget: number): void {
     const now = this.now();
     this.table.sweep(now, budget);
+    this.table.hosts.sweep(now, budget);
     const timedOut = this.datapath.frags.sweep(now);
     if (timedOut > 0) this.datapath.napt.drops.counts[Drop.FRAGMENT_TIMEOUT] += timedOut;
     this.ipsec.sweep(now, budget);
@@ -317,6 +312,7 @@ export class Daemon implements MetricsSource {
     if (now - this.pptpSweptAt >= 1000) {
       this.pptpSweptAt = now;
       this.pptpTick(now);
+      logOffenders(this.table, this.log, now);
     }
     this.drainJournal();
   }
@@ -453,6 +449,7 @@ export class Daemon implements MetricsSource {
       drops: napt.drops.byName(),
       ipsec: this.ipsec.stats(),
       pptp: this.pptp.stats(),
+      capacity: capacityStats(t, napt),
       tun: tunStats,
     };
   }
@@ -539,6 +536,8 @@ export class Daemon implements MetricsSource {
     const prev = this.config;
     this.config = next;
     this.datapath.napt.mssClamp = mssClampValue(next.mssClamp, next.tun.mtu);
+    this.table.hosts.limits = hostLimits(next);
+    this.datapath.napt.refusals.icmp = next.limits.refuse === 'icmp';
     const changed = configDiff(prev, next);
     if (changed.includes('forwards')) {
       const dropped = this.forwards.configure(next.forwards);

@@ -25,7 +25,7 @@
 import { Forward, forwardClaim } from '../core/forward';
 import { PROTO_ESP, PROTO_GRE, PROTO_TCP, PROTO_UDP } from '../wire/ipv4';
 import { ISAKMP_PORT } from '../wire/isakmp';
-import { SessionTable, TABLE_FULL } from './sessions';
+import { SLOT_TCP, SLOT_UDP, SessionTable, TABLE_FULL } from './sessions';
 import { BUDGET_OK, forwardTarget } from './budget';
 import { ipv4ToInt32 } from '../core/ipv4-addr';
 
@@ -119,6 +119,7 @@ export class Forwards {
     this.espLan = NO_FORWARD;
     this.greLan = NO_FORWARD;
     this.portCount = 0;
+    const reserved: number[][] = [[], []];
     for (const f of this.all()) {
       const lan = ipv4ToInt32(f.lanAddress);
       if (f.proto === 'esp') this.espLan = lan;
@@ -128,9 +129,13 @@ export class Forwards {
         (tcp ? this.tcpLan : this.udpLan)[f.publicPort] = lan;
         (tcp ? this.tcpLanPort : this.udpLanPort)[f.publicPort] = f.lanPort;
         this.portCount++;
-        this.table.inbound.prepare(forwardTarget(tcp ? 0 : 1, f.publicPort));
+        reserved[tcp ? SLOT_TCP : SLOT_UDP].push(f.publicPort);
+        this.table.inbound.prepare(forwardTarget(tcp ? SLOT_TCP : SLOT_UDP, f.publicPort));
       }
     }
+    // A forwarded port is never a LAN host's mapping (the config refuses forwards inside a range it sets).
+    this.table.setReserved(SLOT_TCP, reserved[SLOT_TCP]);
+    this.table.setReserved(SLOT_UDP, reserved[SLOT_UDP]);
   }
 
   /** LAN address for inbound packets of IP protocol 50 (ESP) or 47 (GRE) with no other owner, or NO_FORWARD. */
@@ -180,7 +185,7 @@ export class Forwards {
     const lanPort = this.portForwardLanPort(proto, pubPort);
     let m = t.findMapping(proto, lan, lanPort);
     if (m >= 0 && (t.mPubPort[m] !== pubPort || t.mPubIdx[m] !== pubIdx)) return -3;
-    const target = forwardTarget(proto === PROTO_TCP ? 0 : 1, pubPort);
+    const target = forwardTarget(proto === PROTO_TCP ? SLOT_TCP : SLOT_UDP, pubPort);
     if (t.inbound.admit(target, rem) !== BUDGET_OK) return BUDGET_REFUSED;
     if (m < 0) m = t.createMapping(proto, lan, lanPort, pubIdx, pubPort);
     if (m < 0) return m === TABLE_FULL ? -2 : -3;

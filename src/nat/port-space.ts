@@ -81,6 +81,18 @@ export class PortSpace {
     }
   }
 
+  /** `port` may be handed out again. */
+  unreserve(port: number): void {
+    const w = port >>> 5;
+    if ((this.reservedBits[w] & (1 << (port & 31))) === 0) return;
+    this.reservedBits[w] &= ~(1 << (port & 31));
+    const cls = this.classOfPort(port);
+    if (this.users[port] === 0 && cls >= 0) {
+      this.setFree(port);
+      this.freeCount[cls]++;
+    }
+  }
+
   /** Bytes held. */
   get bytes(): number {
     return this.users.byteLength + this.freeBits.byteLength + this.summary.byteLength + this.reservedBits.byteLength;

@@ -74,8 +74,6 @@ export interface PortPolicy {
 export interface SessionTableOptions {
   /** One mapping per public port (endpoint-independent filtering) instead of port overlapping. */
   exclusivePorts?: boolean;
-  /** Ports no mapping takes (forwards inside the dynamic range when it was not configured). */
-  reserved?: readonly number[];
   /** Per-LAN-host budgets (default: none beyond the table). */
   hostLimits?: HostLimits;
   /** LAN hosts tracked at once (default: 1024, or the capacity up to 65536). */
@@ -194,7 +192,8 @@ export class SessionTable implements BudgetSessions {
   private readonly negUntil: Float64Array;
 
   private readonly ports: PortPolicy;
-  private readonly reserved: readonly number[];
+  /** Per protocol slot: ports no mapping takes dynamically. */
+  private readonly reserved: number[][] = [[], [], []];
   private random: () => number;
 
   constructor(capacity: number, publicAddrs: number | readonly number[], ports: PortPolicy, journal: Journal | null,
@@ -206,7 +205,6 @@ export class SessionTable implements BudgetSessions {
     this.journal = journal;
     this.random = random;
     this.exclusivePorts = options.exclusivePorts ?? false;
-    this.reserved = options.reserved ?? [];
     this.addressCount = addrs.length;
     this.pub = Int32Array.from(addrs, (a) => a | 0);
     this.pubIndex = new TupleIndex(MAX_PUBLIC_ADDRESSES);
@@ -287,10 +285,26 @@ export class SessionTable implements BudgetSessions {
     let sp = this.spaces[pubIdx][slot];
     if (sp === null) {
       sp = new PortSpace(this.ports.range, slot === SLOT_ICMP ? null : this.ports.lowRange);
-      for (const p of this.reserved) sp.reserve(p);
+      for (const p of this.reserved[slot]) sp.reserve(p);
       this.spaces[pubIdx][slot] = sp;
     }
     return sp;
+  }
+
+  /**
+   * Ports of protocol slot `slot` that no mapping takes dynamically from now
+   * on (forwarded ports inside a default dynamic range; not the packet path).
+   * Mappings already on them keep them.
+   */
+  setReserved(slot: number, ports: readonly number[]): void {
+    const old = this.reserved[slot];
+    this.reserved[slot] = [...ports];
+    for (const per of this.spaces) {
+      const sp = per[slot];
+      if (sp === null) continue;
+      for (const p of old) sp.unreserve(p);
+      for (const p of ports) sp.reserve(p);
+    }
   }
 
   // ---- session fields --------------------------------------------------------

@@ -313,6 +313,17 @@ for (const vnetLen of [10, 0]) {
       assert.equal(h.table.sessionCount, 5, 'the flood holds at most the budget');
     });
 
+    it('a forwarded port is never a LAN host\'s mapping, so the forward cannot be hijacked', () => {
+      const h = flooded();
+      const o = parse(h.one(tcpOut(A, 8443, S2, SYN, 1)));
+      assert.notEqual(o.sport, 8443, 'the LAN port is not kept: it is forwarded');
+      assert.equal(parse(h.one(syn(S1, 4000))).dst, SERVER, 'the forward still works');
+      h.napt.forwards = new Forwards(h.table, []);
+      h.now += 10 * SEC;
+      h.table.sweep(h.now, 100);
+      assert.equal(parse(h.one(tcpOut(B, 8443, S1, SYN, 1))).sport, 8443, 'free again once the forward is gone');
+    });
+
     it('one remote holds at most its unanswered sessions; unanswered ones expire after the short timer', () => {
       const h = flooded();
       h.one(syn(S1, 1001));
