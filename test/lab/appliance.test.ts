@@ -16,7 +16,7 @@ import { peer, peerServer, RouterHandle, startRouter } from './router-harness';
 const isRoot = process.getuid?.() === 0;
 const ROUTER_WAN = '198.18.0.1';
 const NEW_WAN = '198.18.0.3';
-const RANGE: [number, number] = [61000, 65535];
+const RANGE: [number, number] = [36864, 65535];
 const METRICS = '127.0.0.1:9469';
 
 /** Datagram listener standing in for systemd's notify socket; collects every message. */
@@ -247,7 +247,7 @@ describe('appliance: shared-address mode in the lab', { skip: !isRoot && 'needs 
   it('SIGTERM exits cleanly and restores the local rule and port sysctls', async () => {
     const portRange = (await sh(lab.ns.router, ['cat', '/proc/sys/net/ipv4/ip_local_port_range'])).trim();
     const rulesUp = await sh(lab.ns.router, ['ip', 'rule', 'show']);
-    assert.match(rulesUp, /^50:\s+from all to 198\.18\.0\.1 ipproto tcp dport 61000-65534 lookup 7100/m);
+    assert.match(rulesUp, /^50:\s+from all to 198\.18\.0\.1 ipproto tcp dport 36864-65534 lookup 7100/m);
     assert.match(rulesUp, /^100:\s+from all lookup local/m);
     assert.doesNotMatch(rulesUp, /^0:/m);
     assert.equal(await router.stop(), 0);
