@@ -64,7 +64,7 @@ function restoreBench(n: number): Record<string, number> {
     store = new Store(cfg, quiet);
     const openMs = Number(process.hrtime.bigint() - t1) / 1e6;
     store.registerTable(new SessionCodec(t2));
-    const r = store.restore({ now: Date.now(), publicAddr: PUB, onAddressChange: 'move' });
+    const r = store.restore({ now: Date.now(), isPublic: (a) => t2.publicIndexOf(a) >= 0, onAddressChange: 'move' });
     const totalMs = Number(process.hrtime.bigint() - t1) / 1e6;
     store.close();
     if (r.restored !== t.sessionCount) throw new Error(`restored ${r.restored} of ${t.sessionCount}`);

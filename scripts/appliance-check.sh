@@ -295,7 +295,7 @@ c_group_cli() {
 c_traffic() {
   public="$(probe)" || { echo "no answer from the ISP"; return 1; }
   local port="${public#*:}"
-  [ "${public%:*}" = 198.18.0.2 ] && [ "$port" -ge 61000 ] && [ "$port" -le 65535 ] || { echo "ISP saw $public"; return 1; }
+  [ "${public%:*}" = 198.18.0.2 ] && [ "$port" -ge 36864 ] && [ "$port" -le 65535 ] || { echo "ISP saw $public"; return 1; }
   echo "LAN 10.77.0.11:40000 reaches the ISP as $public"
 }
 same_mapping() {

@@ -6,7 +6,7 @@
  * What may change on reload is the daemon's decision (src/daemon/reload.ts).
  */
 import { readFileSync } from 'node:fs';
-import { Cidr, cidrContains, formatCidr, parseCidr } from '../core/ipv4-addr';
+import { Cidr, cidrContains, formatCidr, formatIPv4, ipv4ToNumber, numberToIPv4, parseCidr } from '../core/ipv4-addr';
 import { Forward, forwardClaim, PortRange } from '../core/forward';
 import { ADDRESS_CHANGE_POLICIES, AddressChangePolicy, Synchronous, SYNCHRONOUS_MODES } from '../persist/options';
 import {
@@ -33,11 +33,27 @@ export interface LanConfig { interfaces: string[]; prefixes: string[] }
 export interface WanConfig {
   interface: string;
   mode: WanMode;
-  /** Required in dedicated mode; in shared mode null means "use the WAN interface's address". */
+  /**
+   * Dedicated mode: the first public address (required, or given through
+   * publicAddresses); in shared mode null means "use the WAN interface's address".
+   */
   publicAddress: string | null;
+  /** Dedicated mode: every public address (paired pooling spreads LAN hosts over them); empty in shared mode. */
+  publicAddresses: string[];
   onAddressChange: AddressChangePolicy;
 }
-export interface PortsConfig { range: PortRange; lowRange: PortRange | null; preserve: boolean }
+export interface PortsConfig {
+  range: PortRange;
+  lowRange: PortRange | null;
+  preserve: boolean;
+  /**
+   * Whether ports.range and ports.lowRange were set in the file. A forward
+   * inside a range that was set is an error; a default range leaves the
+   * forwarded ports out.
+   */
+  rangeSet: boolean;
+  lowRangeSet: boolean;
+}
 /** Idle timeouts, in seconds. */
 export interface TimeoutsConfig {
   tcpEstablished: number;
@@ -49,8 +65,26 @@ export interface TimeoutsConfig {
   espPending: number;
   espSquelch: number;
   pptpGrace: number;
+  /** A session the outside created lives this long until the LAN host answers. */
+  unanswered: number;
 }
-export interface LimitsConfig { maxSessions: number; maxHeldFragments: number }
+export type RefusePolicy = 'icmp' | 'drop';
+export interface LimitsConfig {
+  maxSessions: number;
+  maxHeldFragments: number;
+  /** Sessions one LAN host may hold. */
+  hostSessions: number;
+  /** New sessions per second one LAN host may open (one second's worth at once); 0: no limit. */
+  hostNewPerSecond: number;
+  /** A new outbound flow that cannot be mapped: ICMP unreachable code 13 to its sender (RFC 5508 REQ-8), or only dropped. */
+  refuse: RefusePolicy;
+  /** Unanswered sessions per forward (and for all endpoint-independent mappings together); the oldest gives way. */
+  forwardUnanswered: number;
+  /** Unanswered sessions per remote address. */
+  remoteUnanswered: number;
+  /** Fragments one source address may have held at once. */
+  fragmentsPerSource: number;
+}
 export interface IpsecConfig { parallel: boolean; guessing: boolean; guessMax: number; retries: number }
 export interface PptpConfig { nonPptpGre: NonPptpGrePolicy }
 /** null: no clamping; 'auto': clamp to the TUN MTU; a number: clamp to that MSS. */
@@ -84,7 +118,9 @@ export const DEFAULTS = {
   lan: { interfaces: ['lan0'], prefixes: ['10.77.0.0/24'] },
   wan: { mode: 'shared', publicAddress: null, onAddressChange: 'move' },
   ports: {
-    shared: { range: [61000, 65535], lowRange: null },
+    // Shared mode: Linux's ip_local_port_range defaults to 32768-60999; the box keeps 32768-36863 (4096 ports)
+    // for its own connections and vpnmasq takes the rest up to 65535 (28672 ports).
+    shared: { range: [36864, 65535], lowRange: null },
     dedicated: { range: [1024, 65535], lowRange: [1, 1023] },
     preserve: true,
   },
@@ -98,8 +134,12 @@ export const DEFAULTS = {
     espPending: 120,
     espSquelch: 30,
     pptpGrace: 30,
+    unanswered: 10,
   },
-  limits: { maxSessions: 262144, maxHeldFragments: 512 },
+  limits: {
+    maxSessions: 262144, maxHeldFragments: 512, hostNewPerSecond: 20000, refuse: 'icmp',
+    forwardUnanswered: 4096, remoteUnanswered: 64, fragmentsPerSource: 64,
+  },
   filtering: 'address-port',
   ipsec: { parallel: true, guessing: true, guessMax: 5, retries: 5 },
   pptp: { nonPptpGre: 'drop' },
@@ -160,6 +200,7 @@ const TIMEOUT_BOUNDS: Record<keyof TimeoutsConfig, IntegerBounds> = {
   espPending: { min: 10, max: MAX_TIMEOUT },
   espSquelch: { min: 0, max: MAX_TIMEOUT },
   pptpGrace: { min: 0, max: MAX_TIMEOUT },
+  unanswered: { min: 1, max: 240 },
 };
 
 const PORT = { min: 1, max: 65535 };
@@ -180,17 +221,18 @@ function resolveConfig(document: unknown, check: Checker): Config {
   const tun = resolveTun(check, raw.tun);
   const lan = resolveLan(check, raw.lan);
   const wan = resolveWan(check, raw.wan, lan.prefixes);
+  const ports = resolvePorts(check, raw.ports, wan.mode);
   return {
     tun,
     lan: lan.config,
     wan,
-    ports: resolvePorts(check, raw.ports, wan.mode),
+    ports,
     timeouts: resolveTimeouts(check, raw.timeouts),
     limits: resolveLimits(check, raw.limits),
     filtering: check.choice('filtering', raw.filtering, ['address-port', 'endpoint-independent']) ?? DEFAULTS.filtering,
     ipsec: resolveIpsec(check, raw.ipsec),
     pptp: resolvePptp(check, raw.pptp),
-    forwards: resolveForwards(check, raw.forwards, lan.prefixes),
+    forwards: resolveForwards(check, raw.forwards, lan.prefixes, ports),
     mssClamp: resolveMssClamp(check, raw.mssClamp),
     state: resolveState(check, raw.state),
     log: resolveLog(check, raw.log),
@@ -229,20 +271,76 @@ function lanPrefixHolding(prefixes: Cidr[], address: string): Cidr | undefined {
 }
 
 function resolveWan(check: Checker, value: unknown, lanPrefixes: Cidr[] | null): WanConfig {
-  const raw = check.object('wan', value, ['interface', 'mode', 'publicAddress', 'onAddressChange']);
+  const raw = check.object('wan', value, ['interface', 'mode', 'publicAddress', 'publicAddresses', 'onAddressChange']);
   const d = DEFAULTS.wan;
   check.required('wan.interface', raw.interface);
   const mode = check.choice('wan.mode', raw.mode, ['shared', 'dedicated']) ?? d.mode;
-  if (mode === 'dedicated') check.required('wan.publicAddress', raw.publicAddress);
+  if (mode === 'dedicated' && raw.publicAddresses === undefined) check.required('wan.publicAddress', raw.publicAddress);
   const publicAddress = check.string('wan.publicAddress', raw.publicAddress, ipv4Problem);
-  const holder = publicAddress && lanPrefixes ? lanPrefixHolding(lanPrefixes, publicAddress) : undefined;
-  if (holder) check.report('wan.publicAddress', `${publicAddress} lies inside LAN prefix ${formatCidr(holder)}`);
+  const inLan = (field: string, address: string): void => {
+    const holder = lanPrefixes ? lanPrefixHolding(lanPrefixes, address) : undefined;
+    if (holder) check.report(field, `${address} lies inside LAN prefix ${formatCidr(holder)}`);
+  };
+  if (publicAddress) inLan('wan.publicAddress', publicAddress);
+  let publicAddresses = mode === 'dedicated' && publicAddress ? [publicAddress] : [];
+  if (raw.publicAddresses !== undefined) {
+    if (mode !== 'dedicated') {
+      check.report('wan.publicAddresses', 'only in dedicated mode (shared mode uses the WAN interface\'s address)');
+    } else if (raw.publicAddress !== undefined) {
+      check.report('wan.publicAddresses', 'give either wan.publicAddress or wan.publicAddresses');
+    } else {
+      publicAddresses = resolvePublicAddresses(check, raw.publicAddresses) ?? [];
+      publicAddresses.forEach((a, i) => inLan(`wan.publicAddresses[${i}]`, a));
+    }
+  }
   return {
     interface: check.string('wan.interface', raw.interface, interfaceNameProblem) ?? '',
     mode,
-    publicAddress: publicAddress ?? d.publicAddress,
+    publicAddress: publicAddresses[0] ?? publicAddress ?? d.publicAddress,
+    publicAddresses,
     onAddressChange: check.choice('wan.onAddressChange', raw.onAddressChange, ADDRESS_CHANGE_POLICIES) ?? d.onAddressChange,
   };
+}
+
+/** At most a /24 of public addresses (each takes about 200 KB of port state). */
+const MAX_PUBLIC_ADDRESSES = 256;
+
+/**
+ * wan.publicAddresses: a list of addresses, or a prefix standing for its
+ * host addresses (without the network and broadcast addresses up to /30;
+ * list them to use those too).
+ */
+function resolvePublicAddresses(check: Checker, value: unknown): string[] | undefined {
+  const field = 'wan.publicAddresses';
+  let list: string[] | undefined;
+  if (typeof value === 'string') {
+    const problem = prefixProblem(value);
+    if (problem !== undefined) {
+      check.report(field, `${problem}, or give a list of addresses`);
+      return undefined;
+    }
+    const c = parsePrefix(value) as Cidr;
+    const size = 2 ** (32 - c.prefixLen);
+    if (size > MAX_PUBLIC_ADDRESSES + 2) {
+      check.report(field, `${value} has ${size} addresses; at most ${MAX_PUBLIC_ADDRESSES} are allowed`);
+      return undefined;
+    }
+    const base = ipv4ToNumber(c.network);
+    const skip = c.prefixLen <= 30 ? 1 : 0;
+    list = [];
+    for (let i = skip; i < size - skip; i++) list.push(formatIPv4(numberToIPv4(base + i)));
+  } else {
+    list = check.list(field, value, (f, v) => check.string(f, v, ipv4Problem));
+    if (list === undefined) return undefined;
+    if (list.length > MAX_PUBLIC_ADDRESSES) check.report(field, `${list.length} addresses; at most ${MAX_PUBLIC_ADDRESSES} are allowed`);
+    const seen = new Map<string, number>();
+    list.forEach((a, i) => {
+      const first = seen.get(a);
+      if (first !== undefined) check.report(`${field}[${i}]`, `${a} is already listed at ${field}[${first}]`);
+      else seen.set(a, i);
+    });
+  }
+  return list;
 }
 
 function resolvePorts(check: Checker, value: unknown, mode: WanMode): PortsConfig {
@@ -261,7 +359,8 @@ function resolvePorts(check: Checker, value: unknown, mode: WanMode): PortsConfi
       `${lowRange[0]}-${lowRange[1]} overlaps ports.range ${range[0]}-${range[1]} (set ports.lowRange to null to map low ports into ports.range)`,
     );
   }
-  return { range, lowRange, preserve: check.boolean('ports.preserve', raw.preserve) ?? DEFAULTS.ports.preserve };
+  return { range, lowRange, preserve: check.boolean('ports.preserve', raw.preserve) ?? DEFAULTS.ports.preserve,
+    rangeSet: raw.range !== undefined, lowRangeSet: raw.lowRange !== undefined };
 }
 
 function resolveTimeouts(check: Checker, value: unknown): TimeoutsConfig {
@@ -275,11 +374,23 @@ function resolveTimeouts(check: Checker, value: unknown): TimeoutsConfig {
 }
 
 function resolveLimits(check: Checker, value: unknown): LimitsConfig {
-  const raw = check.object('limits', value, ['maxSessions', 'maxHeldFragments']);
+  const raw = check.object('limits', value, [
+    'maxSessions', 'maxHeldFragments', 'hostSessions', 'hostNewPerSecond', 'refuse', 'forwardUnanswered', 'remoteUnanswered', 'fragmentsPerSource',
+  ]);
   const d = DEFAULTS.limits;
+  // The session table's records are numbered below 2^24 (src/core/tuple-index.ts).
+  const maxSessions = check.integer('limits.maxSessions', raw.maxSessions, { min: 1024, max: 16777215 }) ?? d.maxSessions;
+  const maxHeldFragments = check.integer('limits.maxHeldFragments', raw.maxHeldFragments, { min: 0, max: 65536 }) ?? d.maxHeldFragments;
   return {
-    maxSessions: check.integer('limits.maxSessions', raw.maxSessions, { min: 1024, max: 16777216 }) ?? d.maxSessions,
-    maxHeldFragments: check.integer('limits.maxHeldFragments', raw.maxHeldFragments, { min: 0, max: 65536 }) ?? d.maxHeldFragments,
+    maxSessions,
+    maxHeldFragments,
+    // One host may hold an eighth of the table unless told otherwise.
+    hostSessions: check.integer('limits.hostSessions', raw.hostSessions, { min: 16, max: maxSessions }) ?? Math.max(1024, maxSessions >>> 3),
+    hostNewPerSecond: check.integer('limits.hostNewPerSecond', raw.hostNewPerSecond, { min: 0, max: 10_000_000 }) ?? d.hostNewPerSecond,
+    refuse: check.choice('limits.refuse', raw.refuse, ['icmp', 'drop']) ?? d.refuse,
+    forwardUnanswered: check.integer('limits.forwardUnanswered', raw.forwardUnanswered, { min: 16, max: maxSessions }) ?? d.forwardUnanswered,
+    remoteUnanswered: check.integer('limits.remoteUnanswered', raw.remoteUnanswered, { min: 1, max: maxSessions }) ?? d.remoteUnanswered,
+    fragmentsPerSource: check.integer('limits.fragmentsPerSource', raw.fragmentsPerSource, { min: 1, max: 65536 }) ?? d.fragmentsPerSource,
   };
 }
 
@@ -305,14 +416,21 @@ function resolvePptp(check: Checker, value: unknown): PptpConfig {
  * (`vpnmasq forwards add`). `lanPrefixes` null skips the prefix check;
  * `fieldOf(i)` names entry i in problems. Throws ConfigError.
  */
-export function checkForwards(list: unknown[], lanPrefixes: readonly string[] | null, fieldOf: (i: number) => string, source: string): Forward[] {
+export function checkForwards(list: unknown[], lanPrefixes: readonly string[] | null, fieldOf: (i: number) => string, source: string,
+  ports: PortsConfig | null = null): Forward[] {
   const check = new Checker();
-  const forwards = resolveForwards(check, list, lanPrefixes && lanPrefixes.map((p) => parseCidr(p)), fieldOf);
+  const forwards = resolveForwards(check, list, lanPrefixes && lanPrefixes.map((p) => parseCidr(p)), ports, fieldOf);
   if (check.problems.length > 0) throw new ConfigError(source, check.problems);
   return forwards;
 }
 
-function resolveForwards(check: Checker, value: unknown, lanPrefixes: Cidr[] | null, fieldOf = (i: number) => `forwards[${i}]`): Forward[] {
+/**
+ * The forwards; with `ports` (a range set in the file) a TCP/UDP forward
+ * inside the dynamic range is refused: a LAN host's mapping could take its
+ * port (RFC 4787 REQ-3a classes included).
+ */
+function resolveForwards(check: Checker, value: unknown, lanPrefixes: Cidr[] | null, ports: PortsConfig | null,
+  fieldOf = (i: number) => `forwards[${i}]`): Forward[] {
   if (value === undefined) return [];
   if (!Array.isArray(value)) {
     check.report('forwards', `expected array, got ${describe(value)}`);
@@ -324,6 +442,15 @@ function resolveForwards(check: Checker, value: unknown, lanPrefixes: Cidr[] | n
     const field = fieldOf(i);
     const forward = resolveForward(check, field, item, lanPrefixes);
     if (!forward) return;
+    if (ports && 'publicPort' in forward) {
+      const p = forward.publicPort;
+      const inside = (r: PortRange | null) => r !== null && p >= r[0] && p <= r[1];
+      if (ports.rangeSet && inside(ports.range)) {
+        check.report(`${field}.publicPort`, `${p} lies inside ports.range ${ports.range[0]}-${ports.range[1]}, where LAN hosts get their public ports: move the forward or narrow ports.range`);
+      } else if (ports.lowRangeSet && inside(ports.lowRange)) {
+        check.report(`${field}.publicPort`, `${p} lies inside ports.lowRange ${ports.lowRange?.[0]}-${ports.lowRange?.[1]}, where LAN hosts' low ports get theirs: move the forward or set ports.lowRange`);
+      }
+    }
     const claim = forwardClaim(forward);
     const previous = claimedBy.get(claim);
     if (previous === undefined) {

@@ -58,6 +58,16 @@ export const Drop = {
   PPTP_SPLIT_FIELD: 35,
   /** A fragment of a datagram that was reassembled and sent already. */
   FRAGMENT_DUPLICATE: 36,
+  /** The LAN host holds its limit of sessions (limits.hostSessions). */
+  HOST_SESSION_LIMIT: 37,
+  /** The LAN host opens new sessions faster than limits.hostNewPerSecond. */
+  HOST_RATE_LIMIT: 38,
+  /** Port overlapping: the LAN endpoint's public port already carries this remote endpoint for another LAN endpoint. */
+  MAPPING_CONFLICT: 39,
+  /** A segment to a session taken over from a closed one that belongs to the old connection. */
+  STALE_SEGMENT: 40,
+  /** The remote holds its limit of unanswered inbound sessions (limits.remoteUnanswered). */
+  UNANSWERED_LIMIT: 41,
 } as const;
 
 export type DropCode = (typeof Drop)[keyof typeof Drop];

@@ -131,7 +131,7 @@ export class ControlCommands {
     const all = fw.all();
     const n = all.length;
     const name = (i: number) => (i < nc ? `forwards[${i}]` : i < n ? `runtime forward ${i - nc + 1}` : 'forward');
-    return checkForwards([...all, value], this.target.config.lan.prefixes, name, 'forwards add')[n];
+    return checkForwards([...all, value], this.target.config.lan.prefixes, name, 'forwards add', this.target.config.ports)[n];
   }
 
   /** Applies a runtime forward change, then lets the daemon re-steer; answers with the forward. */

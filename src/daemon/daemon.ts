@@ -6,9 +6,10 @@ import { Config } from '../config/schema';
 import { configDiff } from './reload';
 import { MetricsServer, MetricsSource, startMetricsServer } from './metrics';
 import { mssClampValue } from '../nat/mss-clamp';
-import { NetSpec, steerableRange } from '../edge/netlink/plan';
+import { NetSpec } from '../edge/netlink/plan';
 import { HostState, hostStatePath } from '../edge/netlink/host-state';
 import { WanState, WanWatch } from '../edge/netlink/wan-watch';
+import { capacityStats, hostLimits, logOffenders, tableSetup } from './capacity';
 import { ControlReply, ControlRequest, ControlServer, lookupGroup, startControlServer } from './control';
 import { ControlCommands } from './control-commands';
 import { Logger } from './log';
@@ -137,14 +138,8 @@ export class Daemon implements MetricsSource {
     this.startedAt = this.now();
     this.commands = new ControlCommands(this, this.now);
     const cfg = config;
-    const ports = cfg.ports;
-    this.table = new SessionTable(
-      cfg.limits.maxSessions,
-      // Shared mode: the WAN interface's address, read in start().
-      ipv4ToInt32(cfg.wan.publicAddress ?? '0.0.0.0'),
-      { range: cfg.wan.mode === 'shared' ? steerableRange(ports.range) : ports.range, lowRange: ports.lowRange, preserve: ports.preserve },
-      new Journal(),
-    );
+    const setup = tableSetup(cfg);
+    this.table = new SessionTable(cfg.limits.maxSessions, setup.publicAddrs, setup.ports, new Journal(), Math.random, setup.options);
     const t = cfg.timeouts;
     this.datapath = new Datapath(
       this.table,
@@ -170,6 +165,7 @@ export class Daemon implements MetricsSource {
         },
         endpointIndependentFiltering: cfg.filtering === 'endpoint-independent',
         vnetLen: 10,
+        refuseWithIcmp: cfg.limits.refuse === 'icmp',
       },
     );
     const napt = this.datapath.napt;
@@ -410,7 +406,7 @@ export class Daemon implements MetricsSource {
     store.registerTable(new IsakmpCodec(this.ipsec, this.table));
     store.registerTable(new EspCodec(this.ipsec, this.table));
     store.registerTable(new GreCallCodec(this.pptp.calls, this.table));
-    store.restore({ now: this.now(), publicAddr: this.table.publicAddr, onAddressChange: this.config.wan.onAddressChange });
+    store.restore({ now: this.now(), isPublic: (a) => this.table.publicIndexOf(a) >= 0, onAddressChange: this.config.wan.onAddressChange });
     // Restored entries come without table events.
     this.ids.rebuild();
     this.addJournalListener(store);
@@ -421,6 +417,7 @@ export class Daemon implements MetricsSource {
   private sweep(budget: number): void {
     const now = this.now();
     this.table.sweep(now, budget);
+    this.table.hosts.sweep(now, budget);
     const timedOut = this.datapath.frags.sweep(now);
     if (timedOut > 0) this.datapath.napt.drops.counts[Drop.FRAGMENT_TIMEOUT] += timedOut;
     this.ipsec.sweep(now, budget);
@@ -428,6 +425,7 @@ export class Daemon implements MetricsSource {
     if (now - this.pptpSweptAt >= 1000) {
       this.pptpSweptAt = now;
       this.pptpTick(now);
+      logOffenders(this.table, this.log, now);
     }
     this.drainJournal();
   }
@@ -573,6 +571,7 @@ export class Daemon implements MetricsSource {
       drops: napt.drops.byName(),
       ipsec: this.ipsec.stats(),
       pptp: this.pptp.stats(),
+      capacity: capacityStats(t, napt),
       tun: tunStats,
     };
   }
@@ -630,6 +629,8 @@ export class Daemon implements MetricsSource {
     const prev = this.config;
     this.config = next;
     this.datapath.napt.mssClamp = mssClampValue(next.mssClamp, next.tun.mtu);
+    this.table.hosts.limits = hostLimits(next);
+    this.datapath.napt.refusals.icmp = next.limits.refuse === 'icmp';
     const changed = configDiff(prev, next);
     if (changed.includes('forwards')) {
       const dropped = this.forwards.configure(next.forwards);

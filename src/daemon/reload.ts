@@ -21,7 +21,9 @@ export function configDiff(a: Config, b: Config): string[] {
 }
 
 /** Fields that only take effect on restart: they define the interfaces, address plan and database. */
-const RESTART_ONLY_FIELDS = ['tun.name', 'tun.io', 'wan.mode', 'wan.interface', 'lan.interfaces', 'lan.prefixes', 'state.path'];
+const RESTART_ONLY_FIELDS = [
+  'tun.name', 'tun.io', 'wan.mode', 'wan.interface', 'wan.publicAddresses', 'lan.interfaces', 'lan.prefixes', 'state.path',
+];
 
 /** Whether the running daemon can switch from config `a` to config `b` without a restart. */
 export function reloadable(a: Config, b: Config): { ok: true } | { ok: false; reason: string } {

@@ -25,11 +25,14 @@
 import { Forward, forwardClaim } from '../core/forward';
 import { PROTO_ESP, PROTO_GRE, PROTO_TCP, PROTO_UDP } from '../wire/ipv4';
 import { ISAKMP_PORT } from '../wire/isakmp';
-import { SessionTable } from './sessions';
+import { SLOT_TCP, SLOT_UDP, SessionTable, TABLE_FULL } from './sessions';
+import { BUDGET_OK, forwardTarget } from './budget';
 import { ipv4ToInt32 } from '../core/ipv4-addr';
 
 /** Returned when there is no forward. As an address it is 255.255.255.255, never a LAN host. */
 export const NO_FORWARD = -1;
+/** inbound(): the remote holds its budget of unanswered sessions (budget.ts). */
+export const BUDGET_REFUSED = -4;
 
 export class Forwards {
   private readonly tcpLan = new Int32Array(65536).fill(NO_FORWARD);
@@ -116,6 +119,7 @@ export class Forwards {
     this.espLan = NO_FORWARD;
     this.greLan = NO_FORWARD;
     this.portCount = 0;
+    const reserved: number[][] = [[], []];
     for (const f of this.all()) {
       const lan = ipv4ToInt32(f.lanAddress);
       if (f.proto === 'esp') this.espLan = lan;
@@ -125,8 +129,13 @@ export class Forwards {
         (tcp ? this.tcpLan : this.udpLan)[f.publicPort] = lan;
         (tcp ? this.tcpLanPort : this.udpLanPort)[f.publicPort] = f.lanPort;
         this.portCount++;
+        reserved[tcp ? SLOT_TCP : SLOT_UDP].push(f.publicPort);
+        this.table.inbound.prepare(forwardTarget(tcp ? SLOT_TCP : SLOT_UDP, f.publicPort));
       }
     }
+    // A forwarded port is never a LAN host's mapping (the config refuses forwards inside a range it sets).
+    this.table.setReserved(SLOT_TCP, reserved[SLOT_TCP]);
+    this.table.setReserved(SLOT_UDP, reserved[SLOT_UDP]);
   }
 
   /** LAN address for inbound packets of IP protocol 50 (ESP) or 47 (GRE) with no other owner, or NO_FORWARD. */
@@ -154,22 +163,35 @@ export class Forwards {
     return this.udpLanPort[ISAKMP_PORT] === ISAKMP_PORT ? this.udpLan[ISAKMP_PORT] : NO_FORWARD;
   }
 
+  /** The public address index a forward's server is reached on (its own, paired pooling). */
+  servedOn(server: number): number {
+    return this.table.hosts.addressOf(server);
+  }
+
   /**
    * Creates the mapping LAN server -> fixed public port (unless the server's
-   * endpoint already has exactly that mapping) and a session with the remote.
-   * The caller refreshes the session's state and timer as for any inbound packet.
+   * endpoint already has exactly that mapping) and a session with the remote,
+   * marked unanswered until the server replies. With several public
+   * addresses a forward is served on its server's own public address (paired
+   * pooling: the one its outbound traffic uses). The caller refreshes the
+   * session's state and timer as for any inbound packet.
    */
-  inbound(proto: number, pubPort: number, rem: number, remPort: number, now: number): number {
+  inbound(proto: number, pubIdx: number, pubPort: number, rem: number, remPort: number, now: number): number {
     if (this.portCount === 0) return NO_FORWARD;
     const lan = this.portForward(proto, pubPort);
     if (lan === NO_FORWARD) return NO_FORWARD;
     const t = this.table;
+    if (this.servedOn(lan) !== pubIdx) return -2;
     const lanPort = this.portForwardLanPort(proto, pubPort);
     let m = t.findMapping(proto, lan, lanPort);
-    if (m >= 0 && t.mPubPort[m] !== pubPort) return -3;
-    if (m < 0) m = t.createMapping(proto, lan, lanPort, pubPort);
-    if (m < 0) return m === -1 ? -2 : -3;
+    if (m >= 0 && (t.mPubPort[m] !== pubPort || t.mPubIdx[m] !== pubIdx)) return -3;
+    const target = forwardTarget(proto === PROTO_TCP ? SLOT_TCP : SLOT_UDP, pubPort);
+    if (t.inbound.admit(target, rem) !== BUDGET_OK) return BUDGET_REFUSED;
+    if (m < 0) m = t.createMapping(proto, lan, lanPort, pubIdx, pubPort);
+    if (m < 0) return m === TABLE_FULL ? -2 : -3;
     const s = t.createSession(m, rem, remPort, now, 0, now);
-    return s < 0 ? -2 : s;
+    if (s < 0) return -2;
+    t.markUnanswered(s, target);
+    return s;
   }
 }

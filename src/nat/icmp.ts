@@ -4,18 +4,19 @@
  * both checksums fixed (RFC 5508 §3.2, REQ-3 to REQ-6). Errors quoting a
  * protocol a tracker owns (ESP, GRE) are matched by that tracker.
  */
-import { checksum, read16, sumBytes, update16, update32, write16 } from '../wire/checksum';
+import { checksum, read16, read32, sumBytes, update16, update32, write16 } from '../wire/checksum';
 import {
   ICMP_CSUM, ICMP_ID, ICMP_OK, ICMP_QUOTE_MIN_L4, ICMP_TYPE, IcmpHeader, isIcmpError, isIcmpQueryReply, isIcmpQueryRequest,
 } from '../wire/icmp';
 import { IPV4_DST, IPV4_ERR_CHECKSUM, IPV4_OK, IPV4_SRC, PROTO_ICMP, PROTO_TCP, PROTO_UDP } from '../wire/ipv4';
-import { TCP_CSUM } from '../wire/tcp';
+import { TCP_CSUM, TCP_SEQ } from '../wire/tcp';
 import { UDP_CSUM } from '../wire/udp';
 import { Drop, Verdict } from '../core/verdict';
-import { SLOT_ICMP, SLOT_TCP, SLOT_UDP, SessionTable, protoSlot } from './sessions';
+import { SF_GUARDED, SLOT_TCP, SLOT_UDP, SessionTable } from './sessions';
 import { setAddress } from './rewrite';
 import { Packet, TrackerRegistry } from './tracker';
 import { Transport } from './transport';
+import { BUDGET_REFUSED } from './forwards';
 
 const TRANSLATED = Verdict.TRANSLATED;
 
@@ -40,7 +41,11 @@ export class IcmpNat {
       const r = this.outboundError(p);
       // The router's own error about a packet it forwarded for us (frag-needed on a narrower WAN link) is
       // addressed to the public address but leaves from its LAN address: it quotes our outbound packet.
-      return r === Drop.ICMP_ERROR_NO_MAPPING && ip.dst === this.table.publicAddr ? this.inboundError(p) : r;
+      if (r !== Drop.ICMP_ERROR_NO_MAPPING) return r;
+      const pubIdx = this.table.publicIndexOf(ip.dst);
+      if (pubIdx < 0) return r;
+      p.pubIdx = pubIdx;
+      return this.inboundError(p);
     }
     if (!isIcmpQueryRequest(type)) return Drop.ICMP_UNSUPPORTED;
     const t = this.table;
@@ -49,17 +54,17 @@ export class IcmpNat {
     const dst = ip.dst;
     const id = c.id;
     let s = t.findOut(PROTO_ICMP, src, id, dst, 0);
-    if (s >= 0 && t.sExpires[s] <= now) {
+    if (s >= 0 && t.expiresOf(s) <= now) {
       t.removeSession(s);
       s = -1;
     }
     if (s < 0) {
-      s = t.createOut(PROTO_ICMP, src, id, dst, 0, now, 0, now);
-      if (s < 0) return s === -1 ? Drop.TABLE_FULL : Drop.PORTS_EXHAUSTED;
+      s = this.transport.createOut(PROTO_ICMP, src, id, dst, 0, 0, now, null);
+      if (s < 0) return (-s - 1) as Verdict;
     }
     this.transport.refresh(s, false, 0, true, ip.totalLen, now);
-    const pubId = t.mPubPort[t.sMap[s]];
-    setAddress(p.buf, ip.off, IPV4_SRC, src, t.publicAddr);
+    const pubId = t.pubPortOf(s);
+    setAddress(p.buf, ip.off, IPV4_SRC, src, t.pubAddrOf(s));
     this.setId(p.buf, c.off, id, pubId);
     return TRANSLATED;
   }
@@ -76,14 +81,11 @@ export class IcmpNat {
     if (!isIcmpQueryReply(type)) return Drop.NO_MAPPING;
     const t = this.table;
     const pubId = c.id;
-    const m = t.mappingOfPort(SLOT_ICMP, pubId);
-    if (m < 0) return Drop.NO_MAPPING;
-    const s = this.transport.inboundSession(m, SLOT_ICMP, pubId, ip.src, 0, p.now);
-    if (s < 0) return s === -1 ? Drop.FILTERED : Drop.NO_MAPPING;
-    const mm = t.sMap[s];
+    const s = this.transport.inboundSession(PROTO_ICMP, p.pubIdx, pubId, ip.src, 0, p.now);
+    if (s < 0) return s === -1 ? Drop.FILTERED : s === BUDGET_REFUSED ? Drop.UNANSWERED_LIMIT : Drop.NO_MAPPING;
     this.transport.refresh(s, false, 0, false, ip.totalLen, p.now);
-    setAddress(p.buf, ip.off, IPV4_DST, ip.dst, t.mLan[mm]);
-    this.setId(p.buf, c.off, pubId, t.mLanPort[mm]);
+    setAddress(p.buf, ip.off, IPV4_DST, ip.dst, t.lanOf(s));
+    this.setId(p.buf, c.off, pubId, t.lanPortOf(s));
     return TRANSLATED;
   }
 
@@ -113,8 +115,8 @@ export class IcmpNat {
     if (tr !== 0) {
       const v = this.trackers.at(tr).icmpErrorOut(p);
       if (v !== TRANSLATED) return v;
-      setAddress(p.buf, ip.off, IPV4_SRC, lan, t.publicAddr);
-      this.rewriteEmbedded(p, IPV4_DST, lan, t.publicAddr, innerProto, -1, 0, 0);
+      setAddress(p.buf, ip.off, IPV4_SRC, lan, p.publicAddr);
+      this.rewriteEmbedded(p, IPV4_DST, lan, p.publicAddr, innerProto, -1, 0, 0);
       return TRANSLATED;
     }
     const rem = inner.src;
@@ -122,8 +124,9 @@ export class IcmpNat {
     const lanPort = read16(p.buf, il4 + 2);
     const s = t.findOut(innerProto, lan, lanPort, rem, remPort);
     if (s < 0) return Drop.ICMP_ERROR_NO_MAPPING;
-    setAddress(p.buf, ip.off, IPV4_SRC, lan, t.publicAddr);
-    this.rewriteEmbedded(p, IPV4_DST, lan, t.publicAddr, innerProto, 2, lanPort, t.mPubPort[t.sMap[s]]);
+    const pub = t.pubAddrOf(s);
+    setAddress(p.buf, ip.off, IPV4_SRC, lan, pub);
+    this.rewriteEmbedded(p, IPV4_DST, lan, pub, innerProto, 2, lanPort, t.pubPortOf(s));
     return TRANSLATED;
   }
 
@@ -145,7 +148,8 @@ export class IcmpNat {
     const il4 = inner.payloadOff;
     const ip = p.ip;
     // The error may come from the remote or from any router on the way, so only the embedded packet is matched.
-    if (inner.src !== t.publicAddr) return Drop.ICMP_ERROR_NO_MAPPING;
+    const pubIdx = t.publicIndexOf(inner.src);
+    if (pubIdx < 0) return Drop.ICMP_ERROR_NO_MAPPING;
     let tr = this.trackers.byProto[innerProto];
     if (tr === 0 && (innerProto === PROTO_TCP || innerProto === PROTO_UDP)) tr = this.pairOwner(p.buf, innerProto, il4);
     if (tr !== 0) {
@@ -162,21 +166,22 @@ export class IcmpNat {
     if (innerProto === PROTO_TCP || innerProto === PROTO_UDP) {
       pubPort = read16(p.buf, il4);
       portOff = 0;
-      const m = t.mappingOfPort(protoSlot(innerProto), pubPort);
-      s = m < 0 ? -1 : t.findIn(m, inner.dst, read16(p.buf, il4 + 2));
+      s = t.findIn(innerProto, pubIdx, pubPort, inner.dst, read16(p.buf, il4 + 2));
+      // A taken-over session only hears about segments of its own connection.
+      if (s >= 0 && innerProto === PROTO_TCP && (t.flagsOf(s) & SF_GUARDED) !== 0 && !t.guardSent(s, read32(p.buf, il4 + TCP_SEQ))) {
+        return Drop.STALE_SEGMENT;
+      }
     } else if (innerProto === PROTO_ICMP && isIcmpQueryRequest(p.buf[il4 + ICMP_TYPE])) {
       pubPort = read16(p.buf, il4 + ICMP_ID);
       portOff = ICMP_ID;
-      const m = t.mappingOfPort(SLOT_ICMP, pubPort);
-      s = m < 0 ? -1 : t.findIn(m, inner.dst, 0);
+      s = t.findIn(PROTO_ICMP, pubIdx, pubPort, inner.dst, 0);
     } else {
       return Drop.ICMP_ERROR_NO_MAPPING;
     }
-    if (s < 0 || t.sExpires[s] <= p.now) return Drop.ICMP_ERROR_NO_MAPPING;
-    const m = t.sMap[s];
-    const lan = t.mLan[m];
+    if (s < 0 || t.expiresOf(s) <= p.now) return Drop.ICMP_ERROR_NO_MAPPING;
+    const lan = t.lanOf(s);
     setAddress(p.buf, ip.off, IPV4_DST, ip.dst, lan);
-    this.rewriteEmbedded(p, IPV4_SRC, inner.src, lan, innerProto, portOff, pubPort, t.mLanPort[m]);
+    this.rewriteEmbedded(p, IPV4_SRC, inner.src, lan, innerProto, portOff, pubPort, t.lanPortOf(s));
     return TRANSLATED;
   }
 

@@ -15,19 +15,24 @@
  */
 import { checksum, pseudoHeaderSum, read16, write16, write32 } from '../wire/checksum';
 import {
-  IPV4_CSUM, IPV4_FLAG_MF, IPV4_FRAG, IPV4_FRAG_OFFSET_MASK, IPV4_OK, IPV4_TOTAL_LEN, PROTO_AH, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+  IPV4_CSUM, IPV4_DST, IPV4_FLAG_MF, IPV4_FRAG, IPV4_FRAG_OFFSET_MASK, IPV4_OK, IPV4_SRC, IPV4_TOTAL_LEN,
+  PROTO_AH, PROTO_ESP, PROTO_GRE, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
   IPV4_ERR_CHECKSUM, IPV4_ERR_IHL, IPV4_ERR_TOTAL_LEN, IPV4_ERR_TRUNCATED, IPV4_ERR_VERSION,
 } from '../wire/ipv4';
 import { TCP_ACK, TCP_ACK_FLAG, TCP_CSUM, TCP_DATA_OFF, TCP_FIN, TCP_FLAGS, TCP_MIN_HDR, TCP_RST, TCP_SEQ, TCP_SYN, TCP_URGENT, TCP_WINDOW } from '../wire/tcp';
 import { VNET_OK, VnetHeader } from '../wire/vnet';
+import { isIcmpQueryRequest } from '../wire/icmp';
 import { Drop, DropCounters, Verdict } from '../core/verdict';
 import { TxList } from '../core/tx-list';
 import { COLLECT, DONE, FOLLOW, FRAGMENT, FragmentTracker, SEGMENT } from './fragments';
 import type { Forwards } from './forwards';
 import { SLOT_TCP, SLOT_UDP, SessionListener, SessionTable } from './sessions';
+import { Refusals } from './refuse';
 import { IcmpNat } from './icmp';
 import { NatTimers, Transport } from './transport';
-import { restoreHop, setAddresses } from './rewrite';
+import { restoreHop, setAddresses, setUdpAddress } from './rewrite';
+import { HairpinPeers } from './hairpin';
+import { NO_FORWARD } from './forwards';
 import { Packet, SegmentHolder, Tracker, TrackerRegistry } from './tracker';
 
 export type { NatTimers };
@@ -35,6 +40,8 @@ export type { NatTimers };
 export interface NaptOptions {
   /** LAN prefixes as [network, mask] int32 pairs. */
   lanPrefixes: Array<[number, number]>;
+  /** A new flow that cannot be mapped is answered with ICMP code 13 (true, the default) or only dropped. */
+  refuseWithIcmp?: boolean;
   timers: NatTimers;
   /** RFC 4787 REQ-8: endpoint-independent filtering instead of address-and-port-dependent. */
   endpointIndependentFiltering: boolean;
@@ -58,6 +65,13 @@ const ITSELF = -100;
 const MAX_FRAGMENTS = 64;
 const RST_LEN = 40;
 
+/** Hairpin peers of a UDP port pair are keyed apart from IP protocol numbers. */
+const PAIR_KEY = 0x10000;
+
+/** Drop reasons of a new outbound flow that could not be mapped, answered with ICMP code 13 (refuse.ts). */
+const REFUSED = new Uint8Array(256);
+for (const d of [Drop.TABLE_FULL, Drop.PORTS_EXHAUSTED, Drop.HOST_SESSION_LIMIT, Drop.HOST_RATE_LIMIT, Drop.MAPPING_CONFLICT]) REFUSED[d] = 1;
+
 const IP_ERR_TO_DROP: number[] = [];
 IP_ERR_TO_DROP[IPV4_ERR_TRUNCATED] = Drop.IP_TRUNCATED;
 IP_ERR_TO_DROP[IPV4_ERR_VERSION] = Drop.IP_VERSION;
@@ -75,6 +89,9 @@ export class Napt implements SessionListener, SegmentHolder {
    */
   sharedAddress = false;
   readonly trackers = new TrackerRegistry();
+  /** Flows refused with ICMP code 13 (RFC 5508 REQ-8). */
+  readonly refusals: Refusals;
+  private readonly peers = new HairpinPeers();
   private readonly pkt = new Packet();
   private readonly vnet = new VnetHeader();
   private readonly lanNet: Int32Array;
@@ -97,8 +114,11 @@ export class Napt implements SessionListener, SegmentHolder {
     readonly arena: Uint8Array,
     private readonly opts: NaptOptions,
   ) {
+    // Endpoint-independent filtering finds the mapping by its public port alone (sessions.ts).
+    if (opts.endpointIndependentFiltering !== table.exclusivePorts) throw new Error('endpoint-independent filtering needs a table with exclusive ports');
     this.lanNet = Int32Array.from(opts.lanPrefixes.map((p) => p[0] & p[1]));
     this.lanMask = Int32Array.from(opts.lanPrefixes.map((p) => p[1]));
+    this.refusals = new Refusals(opts.refuseWithIcmp ?? true);
     this.transport = new Transport(table, opts.timers, opts.endpointIndependentFiltering, this.trackers);
     this.icmp = new IcmpNat(table, this.transport, this.trackers);
     this.pkt.buf = arena;
@@ -167,7 +187,6 @@ export class Napt implements SessionListener, SegmentHolder {
     const p = this.pkt;
     const ip = p.ip;
     p.vflags = vflags;
-    p.publicAddr = this.table.publicAddr;
     p.session = -1;
     p.src = ip.src;
     p.dst = ip.dst;
@@ -177,18 +196,37 @@ export class Napt implements SessionListener, SegmentHolder {
       p.dport = read16(p.buf, ip.payloadOff + 2);
     }
     const outbound = this.isLan(p.src);
-    let verdict: number;
-    if (outbound) verdict = this.outbound(p, out);
-    else if (p.dst === this.table.publicAddr) verdict = this.inbound(p, out);
-    else verdict = Drop.NOT_OURS;
+    const verdict = !this.selectPublic(p, outbound) ? Drop.NOT_OURS : outbound ? this.outbound(p, out) : this.inbound(p, out);
     this.finish(verdict, outbound, off, out);
+  }
+
+  /**
+   * The packet's public address: outbound, its LAN host's one address
+   * (paired pooling, RFC 4787 REQ-2); inbound, its destination, when that is
+   * one of the public addresses (false otherwise).
+   */
+  private selectPublic(p: Packet, outbound: boolean): boolean {
+    const t = this.table;
+    if (outbound) {
+      p.pubIdx = t.addressCount === 1 ? 0 : t.hosts.addressOf(p.src);
+      p.publicAddr = t.publicAddress(p.pubIdx);
+      return true;
+    }
+    p.pubIdx = t.publicIndexOf(p.dst);
+    p.publicAddr = p.dst;
+    return p.pubIdx >= 0;
   }
 
   /** Counts the verdict and queues what it says to send. */
   private finish(verdict: number, outbound: boolean, off: number, out: TxList): void {
     const p = this.pkt;
     const ip = p.ip;
-    if (verdict >= 0) { this.drops.counts[verdict]++; return; }
+    if (verdict >= 0) {
+      this.drops.counts[verdict]++;
+      // A reassembled datagram has no slot of its own to answer from.
+      if (outbound && REFUSED[verdict] === 1 && !this.whole) this.refuse(off, out);
+      return;
+    }
     if (verdict === HELD) return;
     if (verdict === RESET) {
       this.drops.counts[Drop.REFUSED]++;
@@ -206,6 +244,18 @@ export class Napt implements SessionListener, SegmentHolder {
     }
     restoreHop(this.arena, ip.off);
     out.push(off, this.opts.vnetLen + ip.totalLen);
+  }
+
+  /**
+   * A new outbound flow could not be mapped: ICMP code 13 back to its
+   * sender, built in the packet's own slot (at most 96 bytes, smaller than
+   * any slot; refuse.ts).
+   */
+  private refuse(off: number, out: TxList): void {
+    const ip = this.pkt.ip;
+    const n = this.refusals.build(this.arena, ip.off, this.opts.vnetLen, ip.hdrLen, ip.totalLen, ip.isLaterFragment,
+      this.pkt.publicAddr, this.pkt.now);
+    if (n > 0) out.push(off, n);
   }
 
   /**
@@ -238,6 +288,7 @@ export class Napt implements SessionListener, SegmentHolder {
       const f = this.fragment(p, true, out);
       if (f !== ITSELF) return f as Verdict;
     }
+    const src = p.src;
     const dst = p.dst;
     const proto = ip.proto;
     let r: Verdict;
@@ -245,22 +296,79 @@ export class Napt implements SessionListener, SegmentHolder {
       const owner = this.pairOwner(p);
       if (owner !== 0) {
         r = this.pairCheck(p);
-        if (r === TRANSLATED) r = this.trackers.at(owner).outbound(p);
+        if (r !== TRANSLATED) return r;
+        const pub = this.table.publicIndexOf(dst);
+        if (pub >= 0) return this.hairpinVpn(p, pub, PAIR_KEY | ((p.buf[ip.payloadOff] << 8) | p.buf[ip.payloadOff + 1]), out);
+        r = this.trackers.at(owner).outbound(p);
       } else {
         r = this.transport.outbound(p);
         // Hairpinning (RFC 4787 REQ-9, RFC 5382 REQ-8): a LAN host addressed
         // another one's public endpoint; the inbound half runs on the same packet.
-        if (r === TRANSLATED && dst === this.table.publicAddr) r = this.transport.inbound(p);
+        if (r === TRANSLATED && this.hairpin(p, ip.dst)) r = this.transport.inbound(p);
       }
     } else if (proto === PROTO_ICMP) {
-      return this.icmp.outbound(p);
+      // An echo or timestamp request to a public address has no one behind it
+      // (RFC 5508 REQ-7 hairpins queries only for Basic NAT): no mapping is made for it.
+      if (ip.payloadLen > 0 && isIcmpQueryRequest(p.buf[ip.payloadOff]) && this.table.publicIndexOf(dst) >= 0) return Drop.NO_MAPPING;
+      r = this.icmp.outbound(p);
+      // An error about a hairpinned packet goes on to the host it quotes.
+      if (r === TRANSLATED && this.hairpin(p, ip.dst)) r = this.icmp.inbound(p);
+      return r;
     } else {
       const t = this.trackers.byProto[proto];
       if (t === 0) return proto === PROTO_AH ? Drop.AH_REFUSED : Drop.UNKNOWN_PROTOCOL;
+      const pub = this.table.publicIndexOf(dst);
+      if (pub >= 0) return this.hairpinVpn(p, pub, proto, out);
       r = this.trackers.at(t).outbound(p);
     }
-    if (r === TRANSLATED && ip.isFragment) this.rememberAndRelease(p.src, dst, proto, ip.id, ip.src, ip.dst, out);
+    if (r === TRANSLATED && ip.isFragment) this.rememberAndRelease(src, dst, proto, ip.id, ip.src, ip.dst, out);
     return r;
+  }
+
+  /**
+   * ESP, GRE or ISAKMP from a LAN host to public address `pubIdx` (hairpin.ts):
+   * to the LAN server of that protocol's forward, or, from that server, back
+   * to the client that last reached it; from the sender's public address,
+   * by address only. Returns TRANSLATED or NO_MAPPING.
+   */
+  private hairpinVpn(p: Packet, pubIdx: number, key: number, out: TxList): Verdict {
+    const f = p.forwards;
+    const src = p.src;
+    const dst = p.dst;
+    const server = f === null ? NO_FORWARD : key === PROTO_ESP || key === PROTO_GRE ? f.protoForward(key) : f.isakmpServer();
+    let to: number;
+    if (server !== NO_FORWARD && server !== src && f !== null && f.servedOn(server) === pubIdx) {
+      this.peers.remember(key, server, src, p.now);
+      to = server;
+    } else {
+      to = this.peers.clientOf(key, src, p.now);
+      if (to === NO_FORWARD) return Drop.NO_MAPPING;
+    }
+    const ip = p.ip;
+    if (key === PROTO_ESP || key === PROTO_GRE) {
+      setAddresses(p.buf, ip.off, src, dst, p.publicAddr, to);
+    } else {
+      setUdpAddress(p.buf, ip.off, ip.payloadOff, IPV4_SRC, src, p.publicAddr, p.partial);
+      setUdpAddress(p.buf, ip.off, ip.payloadOff, IPV4_DST, dst, to, p.partial);
+    }
+    if (ip.isFragment) this.rememberAndRelease(src, dst, ip.proto, ip.id, p.publicAddr, to, out);
+    return TRANSLATED;
+  }
+
+  /**
+   * After the outbound half of a packet, now addressed to `dst`: when that is
+   * a public address, the packet turns around (hairpinning): from now on it
+   * comes from the sender's public address to `dst`, for the inbound half.
+   * (The router's own ICMP error, already turned toward its LAN host by the
+   * ICMP half, is not addressed to a public address any more.)
+   */
+  private hairpin(p: Packet, dst: number): boolean {
+    const pubIdx = this.table.publicIndexOf(dst);
+    if (pubIdx < 0) return false;
+    p.src = p.publicAddr;
+    p.pubIdx = pubIdx;
+    p.publicAddr = dst;
+    return true;
   }
 
   // ---- inbound -------------------------------------------------------------
@@ -276,7 +384,7 @@ export class Napt implements SessionListener, SegmentHolder {
       const owner = this.pairOwner(p);
       if (owner !== 0) {
         const r = this.pairCheck(p);
-        return r === TRANSLATED ? this.deliver(p, this.trackers.at(owner), out) : r;
+        return r === TRANSLATED ? this.deliver(p, this.trackers.at(owner), out, p.src) : r;
       }
       const r = this.transport.inbound(p);
       if (r === TRANSLATED && ip.isFragment) this.rememberAndRelease(p.src, p.dst, proto, ip.id, ip.src, ip.dst, out);
@@ -285,16 +393,17 @@ export class Napt implements SessionListener, SegmentHolder {
     if (proto === PROTO_ICMP) return this.ownIcmp(this.icmp.inbound(p), p, out);
     const t = this.trackers.byProto[proto];
     if (t === 0) return proto === PROTO_AH ? Drop.AH_REFUSED : Drop.UNKNOWN_PROTOCOL;
-    return this.deliver(p, this.trackers.at(t), out);
+    return this.deliver(p, this.trackers.at(t), out, p.src);
   }
 
   /**
    * Asks a tracker where an inbound packet goes and sends it there: copies
    * to hosts 1.. go out from borrowed hold slots (guessing, spec §4.3 step 4),
    * the packet itself to host 0. A reassembled datagram goes out as its
-   * fragments, a full set per host.
+   * fragments, a full set per host; later fragments (which arrive from
+   * `arrivedSrc`, the LAN host of a hairpinned packet) follow host 0.
    */
-  private deliver(p: Packet, tracker: Tracker, out: TxList): Verdict {
+  private deliver(p: Packet, tracker: Tracker, out: TxList, arrivedSrc: number): Verdict {
     p.to.count = 0;
     const r = tracker.inbound(p);
     if (r !== TRANSLATED) return r;
@@ -329,7 +438,7 @@ export class Napt implements SessionListener, SegmentHolder {
       out.push(copy - v, len);
     }
     tracker.deliver(buf, ip.off, ip.payloadOff, pub, to.addr[0], partial);
-    if (ip.isFragment) this.rememberAndRelease(p.src, pub, ip.proto, ip.id, p.src, to.addr[0], out);
+    if (ip.isFragment) this.rememberAndRelease(arrivedSrc, pub, ip.proto, ip.id, p.src, to.addr[0], out);
     return TRANSLATED;
   }
 
@@ -402,8 +511,11 @@ export class Napt implements SessionListener, SegmentHolder {
       const dport = read16(p.buf, ip.payloadOff + 2);
       const slot = proto === PROTO_TCP ? SLOT_TCP : SLOT_UDP;
       if (outbound) return this.transport.helperFor(slot, dport, sport, sport) !== 0;
-      const m = this.table.mappingOfPort(slot, dport);
-      return this.transport.helperFor(slot, sport, m < 0 ? dport : this.table.mLanPort[m], dport) !== 0;
+      const t = this.table;
+      const sess = t.findIn(proto, p.pubIdx, dport, p.src, sport);
+      const m = sess >= 0 ? -1 : t.mappingOfPort(proto, p.pubIdx, dport);
+      const lanPort = sess >= 0 ? t.lanPortOf(sess) : m >= 0 ? t.mLanPort[m] : dport;
+      return this.transport.helperFor(slot, sport, lanPort, dport) !== 0;
     }
     return !outbound && proto !== PROTO_ICMP && this.trackers.byProto[proto] !== 0;
   }
@@ -446,7 +558,7 @@ export class Napt implements SessionListener, SegmentHolder {
     this.whole = true;
     this.wholeWritten = false;
     p.vflags = 0;
-    p.publicAddr = this.table.publicAddr;
+    this.selectPublic(p, outbound);
     p.session = -1;
     p.src = src;
     p.dst = dst;

@@ -1,23 +1,52 @@
 /**
- * The NAPT table for TCP, UDP and ICMP queries, as struct-of-arrays.
+ * The NAPT table for TCP, UDP and ICMP queries.
  *
- * A *mapping* binds a LAN endpoint (proto, address, port) to a public port;
- * it is endpoint-independent (RFC 4787 REQ-1, RFC 5382 REQ-1): every
- * destination of that LAN endpoint shares it. A *session* is one
- * (mapping, remote address, remote port) conversation; inbound packets must
- * match a session unless filtering is endpoint-independent (REQ-8).
+ * A *mapping* binds a LAN endpoint (proto, address, port) to a public
+ * address and port; it is endpoint-independent (RFC 4787 REQ-1, RFC 5382
+ * REQ-1): every destination of that LAN endpoint gets the same public
+ * endpoint. A *session* is one (mapping, remote address, remote port)
+ * conversation. Each LAN host has one public address (paired pooling, RFC
+ * 4787 REQ-2; the caller chooses it, see hosts.ts).
  *
- * Lookups:
- *  - outbound: (lan, remote, lanPort<<16|remotePort, proto) -> session
- *  - inbound:  portOwner[proto][publicPort] -> mapping, then
- *              (mapping, remote, remotePort) -> session
+ * Port overlapping (RFC 7857 §3): a public port may be shared by several
+ * mappings as long as every session's 5-tuple (proto, public address,
+ * public port, remote address, remote port) stays unique, because inbound
+ * packets are matched on the whole 5-tuple. A mapping takes an unused port
+ * when there is one and shares only when its class has none left, so
+ * sharing, and the conflicts it can bring (a LAN endpoint whose port
+ * already carries the same remote endpoint for another mapping), happen
+ * only under port pressure. With endpoint-independent filtering a port
+ * belongs to one mapping (`exclusivePorts`): an inbound packet from a new
+ * remote must find the mapping by its port alone.
+ *
+ * A closed TCP session (tcpIsClosed) holds its 5-tuple for the transitory
+ * timeout, but a new outbound SYN of another LAN endpoint may take it over
+ * when the new sequence number lies beyond the old connection's (as
+ * netfilter's nf_nat_used_tuple_harder: a peer in TIME_WAIT accepts such a
+ * SYN, RFC 1122 §4.2.2.13). The new session is guarded: an inbound segment
+ * must acknowledge data of the new connection (after its ISN, at most what
+ * it sent), so stray segments of the old connection never reach the new
+ * host.
+ *
+ * Layout: a session's hot fields are one 64-byte row (SESSION_WORDS int32
+ * words, the expiry a float64 in the same buffer), so a packet of an
+ * existing flow reads one index slot and one row; the rest are columns.
+ * Lookups (TupleIndex, one slot per entry):
+ *  - outbound: (lan, remote, lanPort << 16 | remotePort, proto) -> session
+ *  - inbound:  (remote, pubPort << 16 | remotePort, pubIdx, proto) -> session
+ *  - mappings: (lan, lanPort, 0, proto) -> mapping
+ *  - exclusive ports: (pubIdx, pubPort, 0, proto) -> mapping
  * No string keys, no allocation after construction.
  */
-import { FlowIndex } from '../core/flow-index';
+import { TupleIndex } from '../core/tuple-index';
 import { EV_DESTROY, EV_NEW, Journal } from '../core/journal';
 import { PROTO_ICMP, PROTO_TCP, PROTO_UDP } from '../wire/ipv4';
 import { SlotPool } from '../core/slot-pool';
 import { columns, Serials, SoaRows } from '../core/table';
+import { PortSpace } from './port-space';
+import { tcpIsClosed } from './tcp-tracker';
+import { HostLimits, LanHosts } from './hosts';
+import { BudgetSessions, EIF_TARGET, InboundBudget, InboundLimits } from './budget';
 
 export { Serials };
 
@@ -42,46 +71,108 @@ export interface PortPolicy {
   preserve: boolean;
 }
 
-const NONE = -1;
+export interface SessionTableOptions {
+  /** One mapping per public port (endpoint-independent filtering) instead of port overlapping. */
+  exclusivePorts?: boolean;
+  /** Per-LAN-host budgets (default: none beyond the table). */
+  hostLimits?: HostLimits;
+  /** LAN hosts tracked at once (default: 1024, or the capacity up to 65536). */
+  hostCapacity?: number;
+  /** Budgets of the sessions the outside creates (default: none beyond the table). */
+  inboundLimits?: InboundLimits;
+}
 
-/** Told about every session just before it is removed (expiry, replacement, `conns delete`, an address change). */
+/** createOut / createMapping results besides a record number. */
+export const TABLE_FULL = -1;
+export const PORTS_EXHAUSTED = -2;
+/** The LAN endpoint's public port already carries this remote endpoint for another mapping. */
+export const MAPPING_CONFLICT = -3;
+
+/** At most this many public addresses (a /24). */
+export const MAX_PUBLIC_ADDRESSES = 256;
+
+/** Session flags (SESSION_WORDS row, word W_PORTS bits 24..31). */
+/** Taken over from a closed session: inbound segments must belong to the new connection. */
+export const SF_GUARDED = 0x01;
+/** Created by an inbound packet (forward, endpoint-independent filtering) and not yet answered by the LAN host. */
+export const SF_UNANSWERED = 0x02;
+/** Counted in its LAN host's sessions (hosts.ts). */
+export const SF_HOST = 0x04;
+
+/** Int32 words of a session row; the float64 expiry sits at F_EXPIRES of the row's 8 doubles. */
+export const SESSION_WORDS = 16;
+const W_MAP = 0;
+const W_REM = 1;
+/** Remote port | TCP state << 16 | flags << 24. */
+const W_PORTS = 2;
+/** Public address index << 16 | public port. */
+const W_PUB = 3;
+const W_LAN = 4;
+/** LAN port | proto << 16. */
+const W_LANPORT = 5;
+const F_EXPIRES = 3;
+/** TCP: end of the highest sequence number the LAN host sent. */
+const W_SND_END = 8;
+/** Last packet, whole seconds (uint32). */
+const W_SEEN = 9;
+const W_PKTS_OUT = 10;
+const W_PKTS_IN = 11;
+const W_BYTES_OUT = 12;
+const W_BYTES_IN = 13;
+/** High 16 bits of the packet counters (out | in << 16), then of the byte counters. */
+const W_PKTS_HI = 14;
+const W_BYTES_HI = 15;
+
+/** Random public ports a new mapping tries once no port is unused (port overlapping). */
+const SHARE_PROBES = 16;
+/** A LAN endpoint that found no public port is answered from the negative cache this long. */
+export const NEGATIVE_MS = 500;
+const NEGATIVE_SLOTS = 4096;
+
+const NONE = -1;
+const TWO32 = 4294967296;
+
+/** Told about every session just before it is removed (expiry, replacement, takeover, `conns delete`, an address change). */
 export interface SessionListener {
   sessionRemoved(s: number): void;
 }
 
-export class SessionTable {
+export class SessionTable implements BudgetSessions {
   readonly capacity: number;
-  publicAddr: number;
   readonly journal: Journal | null;
+  readonly exclusivePorts: boolean;
 
-  // Mappings
+  // Public addresses.
+  private readonly pub: Int32Array;
+  private readonly pubIndex: TupleIndex;
+  /** Per address, per protocol slot: the port space, made on first use. */
+  private readonly spaces: Array<Array<PortSpace | null>>;
+  readonly addressCount: number;
+
+  // Mappings.
   readonly mProto: Uint8Array;
   readonly mLan: Int32Array;
   readonly mLanPort: Uint16Array;
   readonly mPubPort: Uint16Array;
+  readonly mPubIdx: Uint16Array;
   readonly mRefs: Int32Array;
-  private readonly mapIndex: FlowIndex;
-  private readonly portOwner: Int32Array[];
+  private readonly mapIndex: TupleIndex;
+  private readonly portIndex: TupleIndex | null;
   private readonly mFree: SlotPool;
   mappingCount = 0;
 
-  // Sessions
+  // Sessions.
   private readonly sRows: SoaRows;
   readonly sInUse: Uint8Array;
-  readonly sMap: Int32Array;
-  readonly sRem: Int32Array;
-  readonly sRemPort: Uint16Array;
-  readonly sState: Uint8Array;
-  readonly sExpires: Float64Array;
-  readonly sCreated: Float64Array;
-  readonly sLastSeen: Float64Array;
   readonly sSerial: Float64Array;
-  readonly sPktsOut: Float64Array;
-  readonly sPktsIn: Float64Array;
-  readonly sBytesOut: Float64Array;
-  readonly sBytesIn: Float64Array;
-  private readonly outIndex: FlowIndex;
-  private readonly inIndex: FlowIndex;
+  /** SESSION_WORDS words per session. */
+  readonly hot: Int32Array;
+  private readonly hotF: Float64Array;
+  readonly sCreated: Float64Array;
+  /** Guarded sessions: the ISN of the LAN host's SYN. */
+  private readonly sIsn: Int32Array;
+  private readonly outIndex: TupleIndex;
+  private readonly inIndex: TupleIndex;
   /** Called with every session about to be removed; set by the engine (its helpers keep state per session). */
   listener: SessionListener | null = null;
   private readonly removeRow = (s: number): void => this.removeSession(s);
@@ -89,36 +180,234 @@ export class SessionTable {
   /** Ids of this table's sessions; the VPN tables take theirs from here too (one id space). */
   readonly serials = new Serials();
   private sweepCursor = 0;
+  /** Sessions taken over from closed ones (a counter for `stats`). */
+  takeovers = 0;
+  /** The LAN hosts with sessions: their public address (paired pooling) and budgets. */
+  readonly hosts: LanHosts;
+  /** Unanswered sessions the outside created, per forward and remote. */
+  readonly inbound: InboundBudget;
+
+  // Negative cache of LAN endpoints that found no public port: direct-mapped.
+  private readonly negKey: Int32Array;
+  private readonly negUntil: Float64Array;
 
   private readonly ports: PortPolicy;
+  /** Per protocol slot: ports no mapping takes dynamically. */
+  private readonly reserved: number[][] = [[], [], []];
   private random: () => number;
 
-  constructor(capacity: number, publicAddr: number, ports: PortPolicy, journal: Journal | null, random: () => number = Math.random) {
+  constructor(capacity: number, publicAddrs: number | readonly number[], ports: PortPolicy, journal: Journal | null,
+    random: () => number = Math.random, options: SessionTableOptions = {}) {
+    const addrs = typeof publicAddrs === 'number' ? [publicAddrs] : publicAddrs;
+    if (addrs.length === 0 || addrs.length > MAX_PUBLIC_ADDRESSES) throw new RangeError(`1 to ${MAX_PUBLIC_ADDRESSES} public addresses`);
     this.capacity = capacity;
-    this.publicAddr = publicAddr | 0;
     this.ports = ports;
     this.journal = journal;
     this.random = random;
+    this.exclusivePorts = options.exclusivePorts ?? false;
+    this.addressCount = addrs.length;
+    this.pub = Int32Array.from(addrs, (a) => a | 0);
+    this.pubIndex = new TupleIndex(MAX_PUBLIC_ADDRESSES);
+    this.pub.forEach((a, i) => this.pubIndex.set(a, 0, 0, 0, i));
+    this.spaces = addrs.map(() => [null, null, null]);
+
     [this.mProto] = columns(Uint8Array, capacity, 1);
     [this.mLan, this.mRefs] = columns(Int32Array, capacity, 2);
-    [this.mLanPort, this.mPubPort] = columns(Uint16Array, capacity, 2);
-    this.mapIndex = new FlowIndex(capacity);
-    this.portOwner = [];
-    for (let i = 0; i < SLOT_COUNT; i++) this.portOwner.push(new Int32Array(65536).fill(NONE));
+    [this.mLanPort, this.mPubPort, this.mPubIdx] = columns(Uint16Array, capacity, 3);
+    this.mapIndex = new TupleIndex(capacity);
+    this.portIndex = this.exclusivePorts ? new TupleIndex(capacity) : null;
     this.mFree = new SlotPool(capacity);
 
     this.sRows = new SoaRows(capacity);
     this.sInUse = this.sRows.inUse;
     this.sSerial = this.sRows.serial;
-    [this.sMap, this.sRem] = columns(Int32Array, capacity, 2);
-    [this.sRemPort] = columns(Uint16Array, capacity, 1);
-    [this.sState] = columns(Uint8Array, capacity, 1);
-    [this.sExpires, this.sCreated, this.sLastSeen, this.sPktsOut, this.sPktsIn, this.sBytesOut, this.sBytesIn] = columns(Float64Array, capacity, 7);
-    this.outIndex = new FlowIndex(capacity);
-    this.inIndex = new FlowIndex(capacity);
+    const rows = new ArrayBuffer(capacity * SESSION_WORDS * 4);
+    this.hot = new Int32Array(rows);
+    this.hotF = new Float64Array(rows);
+    this.sCreated = new Float64Array(capacity);
+    this.sIsn = new Int32Array(capacity);
+    this.outIndex = new TupleIndex(capacity);
+    this.inIndex = new TupleIndex(capacity);
+    this.negKey = new Int32Array(NEGATIVE_SLOTS * 2);
+    this.negUntil = new Float64Array(NEGATIVE_SLOTS);
+    this.hosts = new LanHosts(options.hostCapacity ?? Math.min(65536, Math.max(1024, capacity)), this.pub,
+      options.hostLimits ?? { maxSessions: capacity, ratePerSecond: 0, burst: 0 });
+    this.inbound = new InboundBudget(this, capacity, options.inboundLimits ?? { perTarget: capacity, perRemote: capacity, unansweredMs: Infinity });
+    if (this.exclusivePorts) this.inbound.prepare(EIF_TARGET);
+  }
+
+  /** True while record `s` holds the session with this serial and it is still unanswered (InboundBudget). */
+  unansweredHolds(s: number, serial: number): boolean {
+    return this.sInUse[s] === 1 && this.sSerial[s] === serial && (this.flagsOf(s) & SF_UNANSWERED) !== 0;
+  }
+
+  /**
+   * Session `s`, created by an inbound packet, is unanswered from now on:
+   * it counts in the budget of `target` (budget.ts) until its LAN host sends.
+   */
+  markUnanswered(s: number, target: number): void {
+    this.setFlags(s, this.flagsOf(s) | SF_UNANSWERED);
+    this.inbound.added(target, this.remOf(s), s, this.sSerial[s]);
+  }
+
+  /** The LAN host sent on an unanswered session: it leaves the inbound budget and gets its normal timers. */
+  answered(s: number): void {
+    this.setFlags(s, this.flagsOf(s) & ~SF_UNANSWERED);
+    this.inbound.released(this.remOf(s));
   }
 
   get sessionCount(): number { return this.sRows.count; }
+
+  // ---- public addresses ----------------------------------------------------
+
+  /** The first public address (the only one in shared mode). */
+  get publicAddr(): number { return this.pub[0]; }
+
+  /** Shared mode's WAN address changed: the one public address becomes `addr` (mappings keep their ports). */
+  set publicAddr(addr: number) {
+    this.pubIndex.delete(this.pub[0], 0, 0, 0);
+    this.pub[0] = addr | 0;
+    this.pubIndex.set(addr | 0, 0, 0, 0, 0);
+  }
+
+  /** Every public address, by index (read-only). */
+  get publicAddrs(): Int32Array { return this.pub; }
+
+  /** Public address number `i`. */
+  publicAddress(i: number): number { return this.pub[i]; }
+
+  /** The index of a public address, or -1 when `addr` is none of them. */
+  publicIndexOf(addr: number): number {
+    return this.addressCount === 1 ? (addr === this.pub[0] ? 0 : NONE) : this.pubIndex.get(addr, 0, 0, 0);
+  }
+
+  private space(pubIdx: number, slot: number): PortSpace {
+    let sp = this.spaces[pubIdx][slot];
+    if (sp === null) {
+      sp = new PortSpace(this.ports.range, slot === SLOT_ICMP ? null : this.ports.lowRange);
+      for (const p of this.reserved[slot]) sp.reserve(p);
+      this.spaces[pubIdx][slot] = sp;
+    }
+    return sp;
+  }
+
+  /**
+   * Ports of protocol slot `slot` that no mapping takes dynamically from now
+   * on (forwarded ports inside a default dynamic range; not the packet path).
+   * Mappings already on them keep them.
+   */
+  setReserved(slot: number, ports: readonly number[]): void {
+    const old = this.reserved[slot];
+    this.reserved[slot] = [...ports];
+    for (const per of this.spaces) {
+      const sp = per[slot];
+      if (sp === null) continue;
+      for (const p of old) sp.unreserve(p);
+      for (const p of ports) sp.reserve(p);
+    }
+  }
+
+  // ---- session fields --------------------------------------------------------
+
+  mapOf(s: number): number { return this.hot[s * SESSION_WORDS + W_MAP]; }
+  remOf(s: number): number { return this.hot[s * SESSION_WORDS + W_REM]; }
+  remPortOf(s: number): number { return this.hot[s * SESSION_WORDS + W_PORTS] & 0xffff; }
+  stateOf(s: number): number { return (this.hot[s * SESSION_WORDS + W_PORTS] >>> 16) & 0xff; }
+  flagsOf(s: number): number { return this.hot[s * SESSION_WORDS + W_PORTS] >>> 24; }
+  lanOf(s: number): number { return this.hot[s * SESSION_WORDS + W_LAN]; }
+  lanPortOf(s: number): number { return this.hot[s * SESSION_WORDS + W_LANPORT] & 0xffff; }
+  protoOf(s: number): number { return this.hot[s * SESSION_WORDS + W_LANPORT] >>> 16; }
+  pubPortOf(s: number): number { return this.hot[s * SESSION_WORDS + W_PUB] & 0xffff; }
+  pubIdxOf(s: number): number { return this.hot[s * SESSION_WORDS + W_PUB] >>> 16; }
+  pubAddrOf(s: number): number { return this.pub[this.hot[s * SESSION_WORDS + W_PUB] >>> 16]; }
+  expiresOf(s: number): number { return this.hotF[s * 8 + F_EXPIRES]; }
+  /** Time of the last packet (ms, whole seconds). */
+  lastSeenOf(s: number): number { return (this.hot[s * SESSION_WORDS + W_SEEN] >>> 0) * 1000; }
+  pktsOut(s: number): number { return this.wide(s, W_PKTS_OUT, W_PKTS_HI, 0); }
+  pktsIn(s: number): number { return this.wide(s, W_PKTS_IN, W_PKTS_HI, 16); }
+  bytesOut(s: number): number { return this.wide(s, W_BYTES_OUT, W_BYTES_HI, 0); }
+  bytesIn(s: number): number { return this.wide(s, W_BYTES_IN, W_BYTES_HI, 16); }
+
+  private wide(s: number, lo: number, hi: number, shift: number): number {
+    const o = s * SESSION_WORDS;
+    return ((this.hot[o + hi] >>> shift) & 0xffff) * TWO32 + (this.hot[o + lo] >>> 0);
+  }
+
+  setState(s: number, state: number): void {
+    const o = s * SESSION_WORDS + W_PORTS;
+    this.hot[o] = (this.hot[o] & ~0xff0000) | (state << 16);
+  }
+
+  setFlags(s: number, flags: number): void {
+    const o = s * SESSION_WORDS + W_PORTS;
+    this.hot[o] = (this.hot[o] & 0xffffff) | (flags << 24);
+  }
+
+  setExpires(s: number, expires: number): void { this.hotF[s * 8 + F_EXPIRES] = expires; }
+  setLastSeen(s: number, now: number): void { this.hot[s * SESSION_WORDS + W_SEEN] = (now / 1000) >>> 0; }
+
+  /**
+   * A packet of `bytes` in one direction: counters, last-seen time and the
+   * new expiry; outbound TCP also moves the highest sequence end sent.
+   */
+  touch(s: number, outbound: boolean, bytes: number, now: number, expires: number): void {
+    const h = this.hot;
+    const o = s * SESSION_WORDS;
+    this.hotF[s * 8 + F_EXPIRES] = expires;
+    h[o + W_SEEN] = (now / 1000) >>> 0;
+    const shift = outbound ? 0 : 16;
+    const pk = o + (outbound ? W_PKTS_OUT : W_PKTS_IN);
+    const p = (h[pk] >>> 0) + 1;
+    if (p > 0xffffffff) h[o + W_PKTS_HI] += 1 << shift;
+    h[pk] = p | 0;
+    const bk = o + (outbound ? W_BYTES_OUT : W_BYTES_IN);
+    const b = (h[bk] >>> 0) + bytes;
+    if (b > 0xffffffff) h[o + W_BYTES_HI] += 1 << shift;
+    h[bk] = b | 0;
+  }
+
+  /** Restores the counters (the state store, not the packet path); 48 bits each. */
+  setCounters(s: number, pktsOut: number, pktsIn: number, bytesOut: number, bytesIn: number): void {
+    this.setPktsOut(s, pktsOut);
+    this.setPktsIn(s, pktsIn);
+    this.setBytesOut(s, bytesOut);
+    this.setBytesIn(s, bytesIn);
+  }
+
+  setPktsOut(s: number, v: number): void { this.setWide(s, W_PKTS_OUT, W_PKTS_HI, 0, v); }
+  setPktsIn(s: number, v: number): void { this.setWide(s, W_PKTS_IN, W_PKTS_HI, 16, v); }
+  setBytesOut(s: number, v: number): void { this.setWide(s, W_BYTES_OUT, W_BYTES_HI, 0, v); }
+  setBytesIn(s: number, v: number): void { this.setWide(s, W_BYTES_IN, W_BYTES_HI, 16, v); }
+
+  private setWide(s: number, lo: number, hi: number, shift: number, v: number): void {
+    const h = this.hot;
+    const o = s * SESSION_WORDS;
+    h[o + lo] = v % TWO32;
+    h[o + hi] = (h[o + hi] & ~(0xffff << shift)) | ((Math.floor(v / TWO32) & 0xffff) << shift);
+  }
+
+  /** TCP, outbound: the segment's sequence space ends at `end`; kept when it is beyond what was sent. */
+  sent(s: number, end: number): void {
+    const o = s * SESSION_WORDS + W_SND_END;
+    if (((end - this.hot[o]) | 0) > 0) this.hot[o] = end;
+  }
+
+  /**
+   * A guarded session (taken over from a closed one): whether an inbound
+   * segment with these flags and acknowledgment number belongs to the new
+   * connection, i.e. acknowledges something after its ISN and no more than
+   * it sent. A segment without ACK (a bare RST or SYN) cannot be told apart
+   * from the old connection's and is refused.
+   */
+  guardAccepts(s: number, hasAck: boolean, ack: number): boolean {
+    if (!hasAck) return false;
+    return ((ack - this.sIsn[s]) | 0) > 0 && ((ack - this.hot[s * SESSION_WORDS + W_SND_END]) | 0) <= 0;
+  }
+
+  /** Whether `seq` (of a quoted segment the public side sent) lies in a guarded session's own sequence space. */
+  guardSent(s: number, seq: number): boolean {
+    return ((seq - this.sIsn[s]) | 0) >= 0 && ((seq - this.hot[s * SESSION_WORDS + W_SND_END]) | 0) <= 0;
+  }
 
   // ---- lookups -----------------------------------------------------------
 
@@ -127,56 +416,166 @@ export class SessionTable {
     return this.outIndex.get(lan, rem, (lanPort << 16) | remPort, proto);
   }
 
+  /** Session for an inbound packet to public address `pubIdx`, or -1. */
+  findIn(proto: number, pubIdx: number, pubPort: number, rem: number, remPort: number): number {
+    return this.inIndex.get(rem, (pubPort << 16) | remPort, pubIdx, proto);
+  }
+
   /** Mapping of a LAN endpoint, or -1. */
   findMapping(proto: number, lan: number, lanPort: number): number {
-    return this.mapIndex.get(lan, lanPort, proto, 0);
+    return this.mapIndex.get(lan, lanPort, 0, proto);
   }
 
-  /** Mapping that owns a public port, or -1. */
-  mappingOfPort(slot: number, pubPort: number): number {
-    return this.portOwner[slot][pubPort];
+  /**
+   * The mapping that owns a public port under endpoint-independent filtering
+   * (exclusivePorts), or -1; with port overlapping a port has no one owner.
+   */
+  mappingOfPort(proto: number, pubIdx: number, pubPort: number): number {
+    return this.portIndex === null ? NONE : this.portIndex.get(pubIdx, pubPort, 0, proto);
   }
 
-  /** Session of a mapping with a remote endpoint, or -1. */
-  findIn(mapping: number, rem: number, remPort: number): number {
-    return this.inIndex.get(mapping, rem, remPort, 0);
+  /** Whether some mapping uses this public port (an inbound packet no session takes is then filtered, not unmapped). */
+  portInUse(proto: number, pubIdx: number, pubPort: number): boolean {
+    const sp = this.spaces[pubIdx][protoSlot(proto)];
+    return sp !== null && sp.usersOf(pubPort) !== 0;
   }
 
   // ---- creation ----------------------------------------------------------
 
   /**
-   * Creates a session for an outbound packet, reusing the LAN endpoint's
-   * mapping when it has one. Returns the session, or -1 when the table is
-   * full, or -2 when no public port is free.
+   * Creates a session for an outbound packet, under the LAN endpoint's
+   * mapping when it has one, else under a new one on public address `pubIdx`.
+   * `synSeq` is the sequence number of a TCP SYN (without ACK), which may
+   * take over a closed session's 5-tuple, or null. Returns the session,
+   * TABLE_FULL, PORTS_EXHAUSTED or MAPPING_CONFLICT.
    */
-  createOut(proto: number, lan: number, lanPort: number, rem: number, remPort: number, now: number, state: number, expires: number): number {
-    let m = this.mapIndex.get(lan, lanPort, proto, 0);
+  createOut(proto: number, lan: number, lanPort: number, rem: number, remPort: number, now: number, state: number, expires: number,
+    pubIdx = 0, synSeq: number | null = null): number {
+    if (this.sRows.available === 0) return TABLE_FULL;
+    let m = this.mapIndex.get(lan, lanPort, 0, proto);
+    let guarded = false;
     if (m === NONE) {
-      m = this.createMapping(proto, lan, lanPort, -1);
-      if (m < 0) return m;
+      if (this.negative(proto, lan, lanPort, now)) return PORTS_EXHAUSTED;
+      m = this.newMapping(proto, lan, lanPort, pubIdx, rem, remPort, synSeq, now);
+      if (m < 0) {
+        if (m === PORTS_EXHAUSTED) this.remember(proto, lan, lanPort, now);
+        return m;
+      }
+      guarded = this.tookOver;
+    } else if (!this.exclusivePorts) {
+      // EIM: the mapping's port, so the 5-tuple there must be free.
+      const o = this.inIndex.get(rem, (this.mPubPort[m] << 16) | remPort, this.mPubIdx[m], proto);
+      if (o !== NONE) {
+        if (this.expiresOf(o) <= now) {
+          this.removeSession(o);
+        } else {
+          if (!this.closedFor(o, synSeq)) return MAPPING_CONFLICT;
+          this.takeOver(o);
+          guarded = true;
+        }
+      }
     }
-    return this.createSession(m, rem, remPort, now, state, expires);
+    const s = this.createSession(m, rem, remPort, now, state, expires);
+    if (guarded && s >= 0) this.guard(s, synSeq as number);
+    return s;
   }
 
-  /** Creates the mapping for a LAN endpoint; `pubPort` < 0 allocates one. Returns -1 table full, -2 ports exhausted. */
-  createMapping(proto: number, lan: number, lanPort: number, pubPort: number): number {
+  /** Set by newMapping: its port came with a taken-over closed session. */
+  private tookOver = false;
+
+  /**
+   * A mapping for a new LAN endpoint: the LAN port itself when unused
+   * (preservation), else a random unused port of its class, else (port
+   * overlapping) a random port whose 5-tuple with this remote is free or
+   * held by a closed session a SYN may take over. Returns it, TABLE_FULL
+   * or PORTS_EXHAUSTED.
+   */
+  private newMapping(proto: number, lan: number, lanPort: number, pubIdx: number, rem: number, remPort: number,
+    synSeq: number | null, now: number): number {
+    this.tookOver = false;
+    if (this.mFree.available === 0) return TABLE_FULL;
     const slot = protoSlot(proto);
-    if (this.mFree.available === 0) return -1;
-    const port = pubPort >= 0 ? (this.portOwner[slot][pubPort] === NONE ? pubPort : -1) : this.allocPort(slot, lanPort);
-    if (port < 0) return -2;
+    const sp = this.space(pubIdx, slot);
+    const cls = sp.classOf(lanPort);
+    let port = NONE;
+    if (this.ports.preserve && sp.inClass(cls, lanPort) && sp.isUnused(lanPort)) port = lanPort;
+    if (port < 0) port = sp.randomFree(cls, this.random());
+    if (port < 0 && !this.exclusivePorts) port = this.sharePort(sp, cls, pubIdx, proto, lanPort, rem, remPort, synSeq, now);
+    if (port < 0) return PORTS_EXHAUSTED;
+    return this.placeMapping(proto, lan, lanPort, pubIdx, port);
+  }
+
+  /** Port overlapping: a used port of class `cls` whose 5-tuple with (rem, remPort) is free, or -1. */
+  private sharePort(sp: PortSpace, cls: number, pubIdx: number, proto: number, lanPort: number, rem: number, remPort: number,
+    synSeq: number | null, now: number): number {
+    const lo = sp.low(cls);
+    const size = sp.size(cls);
+    let closed = NONE;
+    for (let i = 0; i <= SHARE_PROBES; i++) {
+      // The LAN port first (preservation), then random ones.
+      const port = i === 0 ? (this.ports.preserve && sp.inClass(cls, lanPort) ? lanPort : -1) : lo + Math.floor(this.random() * size);
+      if (port < 0 || !sp.canShare(port)) continue;
+      const o = this.inIndex.get(rem, (port << 16) | remPort, pubIdx, proto);
+      if (o === NONE) return port;
+      if (this.expiresOf(o) <= now) {
+        this.removeSession(o);
+        return sp.canShare(port) ? port : NONE;
+      }
+      if (closed === NONE && this.closedFor(o, synSeq)) closed = o;
+    }
+    if (closed === NONE) return NONE;
+    const port = this.pubPortOf(closed);
+    this.takeOver(closed);
+    this.tookOver = true;
+    return sp.canShare(port) ? port : NONE;
+  }
+
+  /** Whether a SYN with sequence number `synSeq` may take over session `o`: TCP, closed, and the new sequence beyond the old. */
+  private closedFor(o: number, synSeq: number | null): boolean {
+    return synSeq !== null && this.protoOf(o) === PROTO_TCP && tcpIsClosed(this.stateOf(o)) &&
+      ((synSeq - this.hot[o * SESSION_WORDS + W_SND_END]) | 0) > 0;
+  }
+
+  private takeOver(o: number): void {
+    this.removeSession(o);
+    this.takeovers++;
+  }
+
+  private guard(s: number, isn: number): void {
+    this.setFlags(s, this.flagsOf(s) | SF_GUARDED);
+    this.sIsn[s] = isn;
+    this.hot[s * SESSION_WORDS + W_SND_END] = (isn + 1) | 0;
+  }
+
+  private placeMapping(proto: number, lan: number, lanPort: number, pubIdx: number, port: number): number {
     const m = this.mFree.take();
+    this.space(pubIdx, protoSlot(proto)).take(port);
     this.mProto[m] = proto;
     this.mLan[m] = lan;
     this.mLanPort[m] = lanPort;
     this.mPubPort[m] = port;
+    this.mPubIdx[m] = pubIdx;
     this.mRefs[m] = 0;
-    this.mapIndex.set(lan, lanPort, proto, 0, m);
-    this.portOwner[slot][port] = m;
+    this.mapIndex.set(lan, lanPort, 0, proto, m);
+    if (this.portIndex !== null) this.portIndex.set(pubIdx, port, 0, proto, m);
     this.mappingCount++;
     return m;
   }
 
-  /** Creates a session under an existing mapping. Returns -1 when the table is full. */
+  /**
+   * Creates the mapping LAN endpoint -> fixed public port (a forward, a
+   * restored row). With exclusive ports the port must be unused; with
+   * overlapping it must take another sharer. Returns the mapping, TABLE_FULL
+   * or PORTS_EXHAUSTED.
+   */
+  createMapping(proto: number, lan: number, lanPort: number, pubIdx: number, pubPort: number): number {
+    if (this.mFree.available === 0) return TABLE_FULL;
+    const sp = this.space(pubIdx, protoSlot(proto));
+    if (this.exclusivePorts ? sp.usersOf(pubPort) !== 0 : !sp.canTake(pubPort)) return PORTS_EXHAUSTED;
+    return this.placeMapping(proto, lan, lanPort, pubIdx, pubPort);
+  }
+
+  /** Creates a session under an existing mapping. Returns TABLE_FULL when the table is full. */
   createSession(m: number, rem: number, remPort: number, now: number, state: number, expires: number): number {
     const s = this.initSession(m, rem, remPort, now, state, expires, this.serials.next);
     if (s < 0) return s;
@@ -187,67 +586,88 @@ export class SessionTable {
 
   /**
    * Re-creates a persisted session at start (not the packet path): the
-   * mapping keeps its public port and the session its serial; no journal
-   * event, the row is already stored. Returns the session, -1 table full,
-   * -2 public port owned by another mapping (or the LAN endpoint already
-   * mapped to another port), -3 duplicate session.
+   * mapping keeps its public address and port and the session its serial; no
+   * journal event, the row is already stored. Returns the session,
+   * TABLE_FULL, PORTS_EXHAUSTED (the public port is taken, or the LAN
+   * endpoint already mapped elsewhere) or MAPPING_CONFLICT (the 5-tuple is
+   * taken).
    */
-  restoreSession(proto: number, lan: number, lanPort: number, pubPort: number, rem: number, remPort: number,
+  restoreSession(proto: number, lan: number, lanPort: number, pubIdx: number, pubPort: number, rem: number, remPort: number,
     created: number, state: number, expires: number, serial: number): number {
-    let m = this.mapIndex.get(lan, lanPort, proto, 0);
+    if (this.sRows.available === 0) return TABLE_FULL;
+    let m = this.mapIndex.get(lan, lanPort, 0, proto);
+    if (m !== NONE && (this.mPubPort[m] !== pubPort || this.mPubIdx[m] !== pubIdx)) return PORTS_EXHAUSTED;
+    if (this.inIndex.get(rem, (pubPort << 16) | remPort, pubIdx, proto) !== NONE) return MAPPING_CONFLICT;
     if (m === NONE) {
-      m = this.createMapping(proto, lan, lanPort, pubPort);
+      m = this.createMapping(proto, lan, lanPort, pubIdx, pubPort);
       if (m < 0) return m;
-    } else if (this.mPubPort[m] !== pubPort) {
-      return -2;
     }
-    if (this.inIndex.get(m, rem, remPort, 0) !== NONE) return -3;
     const s = this.initSession(m, rem, remPort, created, state, expires, serial);
-    if (s >= 0) this.serials.seen(serial);
+    if (s < 0) return s;
+    this.serials.seen(serial);
+    // Its host keeps the address it had (paired pooling across restarts) and counts it.
+    const h = this.hosts.record(lan, created, pubIdx);
+    if (h >= 0) {
+      this.hosts.restored(h);
+      this.setFlags(s, SF_HOST);
+    }
     return s;
+  }
+
+  /** The public address a LAN host's traffic uses (int32): its record's, else the one it would get. */
+  addressOfHost(lan: number): number {
+    return this.pub[this.hosts.addressOf(lan)];
   }
 
   private initSession(m: number, rem: number, remPort: number, now: number, state: number, expires: number, serial: number): number {
     const s = this.sRows.take(serial);
     if (s < 0) {
       if (this.mRefs[m] === 0) this.freeMapping(m);
-      return -1;
+      return TABLE_FULL;
     }
     const proto = this.mProto[m];
-    this.sMap[s] = m;
-    this.sRem[s] = rem;
-    this.sRemPort[s] = remPort;
-    this.sState[s] = state;
-    this.sExpires[s] = expires;
+    const pubIdx = this.mPubIdx[m];
+    const pubPort = this.mPubPort[m];
+    const lan = this.mLan[m];
+    const lanPort = this.mLanPort[m];
+    const h = this.hot;
+    const o = s * SESSION_WORDS;
+    h[o + W_MAP] = m;
+    h[o + W_REM] = rem;
+    h[o + W_PORTS] = remPort | (state << 16);
+    h[o + W_PUB] = (pubIdx << 16) | pubPort;
+    h[o + W_LAN] = lan;
+    h[o + W_LANPORT] = lanPort | (proto << 16);
+    this.hotF[s * 8 + F_EXPIRES] = expires;
+    h[o + W_SND_END] = 0;
+    h[o + W_SEEN] = (now / 1000) >>> 0;
+    h.fill(0, o + W_PKTS_OUT, o + SESSION_WORDS);
     this.sCreated[s] = now;
-    this.sLastSeen[s] = now;
-    this.sPktsOut[s] = 0;
-    this.sPktsIn[s] = 0;
-    this.sBytesOut[s] = 0;
-    this.sBytesIn[s] = 0;
-    this.outIndex.set(this.mLan[m], rem, (this.mLanPort[m] << 16) | remPort, proto, s);
-    this.inIndex.set(m, rem, remPort, 0, s);
+    this.outIndex.set(lan, rem, (lanPort << 16) | remPort, proto, s);
+    this.inIndex.set(rem, (pubPort << 16) | remPort, pubIdx, proto, s);
     this.mRefs[m]++;
     this.countBySlot[protoSlot(proto)]++;
     return s;
   }
 
-  /** Picks a public port: the LAN port itself when free (preservation), else a random free one of the same class. */
-  private allocPort(slot: number, lanPort: number): number {
-    const owner = this.portOwner[slot];
-    const p = this.ports;
-    const range = lanPort < 1024 && p.lowRange !== null && slot !== SLOT_ICMP ? p.lowRange : p.range;
-    const lo = range[0];
-    const hi = range[1];
-    if (p.preserve && lanPort >= lo && lanPort <= hi && owner[lanPort] === NONE) return lanPort;
-    const span = hi - lo + 1;
-    // Random start, then linear scan (RFC 6056 §3.3.1-style): unpredictable but bounded.
-    let port = lo + Math.floor(this.random() * span);
-    for (let i = 0; i < span; i++) {
-      if (owner[port] === NONE) return port;
-      port = port === hi ? lo : port + 1;
-    }
-    return -1;
+  // ---- negative cache --------------------------------------------------------
+
+  private negSlot(proto: number, lan: number, lanPort: number): number {
+    const h = Math.imul(lan ^ Math.imul((lanPort << 8) | proto, 0x9e3779b1), 0x85ebca6b);
+    return (h ^ (h >>> 15)) & (NEGATIVE_SLOTS - 1);
+  }
+
+  /** This LAN endpoint found no public port within the last NEGATIVE_MS. */
+  private negative(proto: number, lan: number, lanPort: number, now: number): boolean {
+    const i = this.negSlot(proto, lan, lanPort);
+    return this.negUntil[i] > now && this.negKey[2 * i] === lan && this.negKey[2 * i + 1] === ((lanPort << 8) | proto);
+  }
+
+  private remember(proto: number, lan: number, lanPort: number, now: number): void {
+    const i = this.negSlot(proto, lan, lanPort);
+    this.negKey[2 * i] = lan;
+    this.negKey[2 * i + 1] = (lanPort << 8) | proto;
+    this.negUntil[i] = now + NEGATIVE_MS;
   }
 
   // ---- removal -----------------------------------------------------------
@@ -255,11 +675,18 @@ export class SessionTable {
   removeSession(s: number): void {
     if (this.sInUse[s] === 0) return;
     if (this.listener !== null) this.listener.sessionRemoved(s);
-    const m = this.sMap[s];
-    const proto = this.mProto[m];
+    const h = this.hot;
+    const o = s * SESSION_WORDS;
+    const m = h[o + W_MAP];
+    const proto = h[o + W_LANPORT] >>> 16;
+    const rem = h[o + W_REM];
+    const remPort = h[o + W_PORTS] & 0xffff;
     if (this.journal !== null) this.journal.push(EV_DESTROY, TABLE_SESSIONS, s, this.sSerial[s]);
-    this.outIndex.delete(this.mLan[m], this.sRem[s], (this.mLanPort[m] << 16) | this.sRemPort[s], proto);
-    this.inIndex.delete(m, this.sRem[s], this.sRemPort[s], 0);
+    const flags = h[o + W_PORTS] >>> 24;
+    if (flags & SF_HOST) this.hosts.removed(h[o + W_LAN]);
+    if (flags & SF_UNANSWERED) this.inbound.released(rem);
+    this.outIndex.deleteIf(h[o + W_LAN], rem, ((h[o + W_LANPORT] & 0xffff) << 16) | remPort, proto, s);
+    this.inIndex.deleteIf(rem, ((h[o + W_PUB] & 0xffff) << 16) | remPort, h[o + W_PUB] >>> 16, proto, s);
     this.sRows.give(s);
     this.countBySlot[protoSlot(proto)]--;
     if (--this.mRefs[m] === 0) this.freeMapping(m);
@@ -267,8 +694,9 @@ export class SessionTable {
 
   private freeMapping(m: number): void {
     const proto = this.mProto[m];
-    this.mapIndex.delete(this.mLan[m], this.mLanPort[m], proto, 0);
-    this.portOwner[protoSlot(proto)][this.mPubPort[m]] = NONE;
+    this.mapIndex.deleteIf(this.mLan[m], this.mLanPort[m], 0, proto, m);
+    if (this.portIndex !== null) this.portIndex.deleteIf(this.mPubIdx[m], this.mPubPort[m], 0, proto, m);
+    this.space(this.mPubIdx[m], protoSlot(proto)).release(this.mPubPort[m]);
     this.mFree.give(m);
     this.mappingCount--;
   }
@@ -283,7 +711,7 @@ export class SessionTable {
     const cap = this.capacity;
     let i = this.sweepCursor;
     for (let n = 0; n < budget && n < cap; n++) {
-      if (this.sInUse[i] === 1 && this.sExpires[i] <= now) {
+      if (this.sInUse[i] === 1 && this.hotF[i * 8 + F_EXPIRES] <= now) {
         this.removeSession(i);
         removed++;
       }
@@ -311,5 +739,14 @@ export class SessionTable {
   /** Removes every session (a WAN address change under wan.onAddressChange "drop"); returns how many. */
   removeAll(): number {
     return this.sRows.removeRows(null, this.removeRow);
+  }
+
+  /** Bytes the table holds (typed arrays), for `stats` and the benchmark. */
+  get bytes(): number {
+    let n = this.hot.byteLength + this.sCreated.byteLength + this.sIsn.byteLength + this.sSerial.byteLength + this.sInUse.byteLength +
+      this.capacity * 4 * 2 + this.outIndex.bytes + this.inIndex.bytes + this.mapIndex.bytes + (this.portIndex?.bytes ?? 0) +
+      this.capacity * (1 + 4 + 2 + 2 + 2 + 4);
+    for (const per of this.spaces) for (const sp of per) if (sp !== null) n += sp.bytes;
+    return n;
   }
 }

@@ -27,9 +27,24 @@ export function tcpNextState(state: number, flags: number, outbound: boolean): n
     // A new SYN after the connection closed starts over (port reuse by the host).
     if (state & CLOSING_MASK) state = 0;
     state |= outbound ? TCP_SYN_OUT : TCP_SYN_IN;
+  } else if (outbound) {
+    // The LAN host still has the connection after a RST: it was out of
+    // window and answered with a challenge ACK (RFC 5961 §3.2), so it did not
+    // close the connection (as conntrack keeps ESTABLISHED for inexact RSTs).
+    state &= ~TCP_RST_SEEN;
   }
   if (flags & TCP_FIN) state |= outbound ? TCP_FIN_OUT : TCP_FIN_IN;
   return state;
+}
+
+/**
+ * The connection is over at both ends, so a new connection may take over its
+ * 5-tuple: reset (and the LAN host silent since), or closed by FINs both
+ * ways. RFC 7857 §2.1 keeps such a session 4 minutes so stray packets still
+ * translate; a takeover keeps them from the new host (SessionTable).
+ */
+export function tcpIsClosed(state: number): boolean {
+  return (state & TCP_RST_SEEN) !== 0 || (state & (TCP_FIN_OUT | TCP_FIN_IN)) === (TCP_FIN_OUT | TCP_FIN_IN);
 }
 
 export function tcpIsEstablished(state: number): boolean {

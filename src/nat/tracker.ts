@@ -44,7 +44,13 @@ export class Packet {
   vflags = 0;
   /** Time of the batch (ms). */
   now = 0;
+  /**
+   * The public address the packet uses: outbound, the LAN host's (paired
+   * pooling, hosts.ts); inbound, the destination. `pubIdx` is its index in
+   * the session table's list.
+   */
   publicAddr = 0;
+  pubIdx = 0;
   /** Port forwards for servers on the LAN, or null. */
   forwards: Forwards | null = null;
   /** Session helpers: the TCP/UDP session the segment belongs to (already translated). */

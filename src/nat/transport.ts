@@ -6,11 +6,14 @@
  */
 import { fold, pseudoHeaderSum, sumBytes } from '../wire/checksum';
 import { IPV4_DST, IPV4_SRC, PROTO_ICMP, PROTO_TCP } from '../wire/ipv4';
-import { TCP_OK, TCP_RST } from '../wire/tcp';
+import { TCP_ACK_FLAG, TCP_FIN, TCP_OK, TCP_RST, TCP_SYN } from '../wire/tcp';
 import { UDP_OK } from '../wire/udp';
 import { VNET_F_DATA_VALID, VNET_F_NEEDS_CSUM } from '../wire/vnet';
 import { Drop, Verdict } from '../core/verdict';
-import { SLOT_TCP, SLOT_UDP, SessionTable, protoSlot } from './sessions';
+import { PORTS_EXHAUSTED, SF_GUARDED, SF_HOST, SF_UNANSWERED, SLOT_TCP, SLOT_UDP, SessionTable, TABLE_FULL, protoSlot } from './sessions';
+import { ADMITTED, HOST_SESSION_LIMIT } from './hosts';
+import { BUDGET_OK, EIF_TARGET } from './budget';
+import { BUDGET_REFUSED } from './forwards';
 import { tcpInitialState, tcpNextState, tcpTimeoutMs } from './tcp-tracker';
 import { clampMss } from './mss-clamp';
 import { rewriteTransport } from './rewrite';
@@ -80,23 +83,46 @@ export class Transport {
     const t = this.table;
     const now = p.now;
     let s = t.findOut(proto, src, sport, dst, dport);
-    if (s >= 0 && t.sExpires[s] <= now) {
+    if (s >= 0 && t.expiresOf(s) <= now) {
       t.removeSession(s);
       s = -1;
     }
     if (s < 0) {
-      s = t.createOut(proto, src, sport, dst, dport, now, isTcp ? tcpInitialState(flags) : 0, now);
-      if (s < 0) return s === -1 ? Drop.TABLE_FULL : Drop.PORTS_EXHAUSTED;
+      // Only a SYN (no ACK) may take over a closed session's 5-tuple.
+      const synSeq = isTcp && (flags & (TCP_SYN | TCP_ACK_FLAG)) === TCP_SYN ? p.tcp.seq : null;
+      s = this.createOut(proto, src, sport, dst, dport, isTcp ? tcpInitialState(flags) : 0, now, synSeq);
+      if (s < 0) return (-s - 1) as Verdict;
     }
     this.refresh(s, isTcp, flags, true, ip.totalLen, now);
-    const pubPort = t.mPubPort[t.sMap[s]];
+    if (isTcp) t.sent(s, (p.tcp.seq + p.tcp.dataLen + (flags & TCP_SYN ? 1 : 0) + (flags & TCP_FIN)) | 0);
+    const pubPort = t.pubPortOf(s);
     const csumOff = isTcp ? p.tcp.csumOff : p.udp.csumOff;
     const partial = p.partial;
     if (isTcp && this.mssClamp > 0) clampMss(p.buf, ip.payloadOff, ip.payloadLen, this.mssClamp, csumOff, partial);
-    rewriteTransport(p.buf, ip.off, IPV4_SRC, src, t.publicAddr, isTcp ? p.tcp.sportOff : p.udp.sportOff, sport, pubPort,
+    rewriteTransport(p.buf, ip.off, IPV4_SRC, src, t.pubAddrOf(s), isTcp ? p.tcp.sportOff : p.udp.sportOff, sport, pubPort,
       csumOff, partial, !isTcp);
     const h = this.helperFor(isTcp ? SLOT_TCP : SLOT_UDP, dport, sport, pubPort);
     return h === 0 ? TRANSLATED : this.helper(p, s, h, true);
+  }
+
+  /**
+   * A new outbound session for a LAN endpoint, within its host's budget and
+   * on its host's public address. Returns the session, or -1 - the drop
+   * reason.
+   */
+  createOut(proto: number, lan: number, lanPort: number, rem: number, remPort: number, state: number, now: number,
+    synSeq: number | null): number {
+    const hosts = this.table.hosts;
+    const h = hosts.record(lan, now);
+    if (h < 0) return -1 - Drop.TABLE_FULL;
+    const a = hosts.admit(h, now);
+    if (a !== ADMITTED) return -1 - (a === HOST_SESSION_LIMIT ? Drop.HOST_SESSION_LIMIT : Drop.HOST_RATE_LIMIT);
+    const t = this.table;
+    const s = t.createOut(proto, lan, lanPort, rem, remPort, now, state, now, hosts.pubIdx[h], synSeq);
+    if (s < 0) return -1 - (s === TABLE_FULL ? Drop.TABLE_FULL : s === PORTS_EXHAUSTED ? Drop.PORTS_EXHAUSTED : Drop.MAPPING_CONFLICT);
+    hosts.added(h);
+    t.setFlags(s, t.flagsOf(s) | SF_HOST);
+    return s;
   }
 
   /** Outside -> public address: the session, or a new one under endpoint-independent filtering or a forward. */
@@ -108,23 +134,24 @@ export class Transport {
     const isTcp = proto === PROTO_TCP;
     const sport = isTcp ? p.tcp.sport : p.udp.sport;
     const dport = isTcp ? p.tcp.dport : p.udp.dport;
+    const flags = isTcp ? p.tcp.flags : 0;
     const t = this.table;
-    const slot = protoSlot(proto);
-    const m = t.mappingOfPort(slot, dport);
-    let s = m < 0 ? -2 : this.inboundSession(m, slot, dport, ip.src, sport, p.now);
+    let s = this.inboundSession(proto, p.pubIdx, dport, ip.src, sport, p.now);
+    if (s >= 0 && isTcp && (t.flagsOf(s) & SF_GUARDED) !== 0 && !t.guardAccepts(s, (flags & TCP_ACK_FLAG) !== 0, p.tcp.ack)) {
+      return Drop.STALE_SEGMENT;
+    }
     // A forward (spec §6) serves what no mapping or session accepts.
     if (s < 0 && p.forwards !== null) {
-      const f = p.forwards.inbound(proto, dport, ip.src, sport, p.now);
-      if (f >= 0) s = f;
+      const f = p.forwards.inbound(proto, p.pubIdx, dport, ip.src, sport, p.now);
+      if (f >= 0 || f === BUDGET_REFUSED) s = f;
     }
-    if (s < 0) return s === -1 ? Drop.FILTERED : Drop.NO_MAPPING;
-    const mm = t.sMap[s];
-    this.refresh(s, isTcp, isTcp ? p.tcp.flags : 0, false, ip.totalLen, p.now);
+    if (s < 0) return s === -1 ? Drop.FILTERED : s === BUDGET_REFUSED ? Drop.UNANSWERED_LIMIT : Drop.NO_MAPPING;
+    this.refresh(s, isTcp, flags, false, ip.totalLen, p.now);
     const csumOff = isTcp ? p.tcp.csumOff : p.udp.csumOff;
     const partial = p.partial;
     if (isTcp && this.mssClamp > 0) clampMss(p.buf, ip.payloadOff, ip.payloadLen, this.mssClamp, csumOff, partial);
-    const lanPort = t.mLanPort[mm];
-    rewriteTransport(p.buf, ip.off, IPV4_DST, ip.dst, t.mLan[mm], isTcp ? p.tcp.dportOff : p.udp.dportOff, dport, lanPort,
+    const lanPort = t.lanPortOf(s);
+    rewriteTransport(p.buf, ip.off, IPV4_DST, ip.dst, t.lanOf(s), isTcp ? p.tcp.dportOff : p.udp.dportOff, dport, lanPort,
       csumOff, partial, !isTcp);
     const h = this.helperFor(isTcp ? SLOT_TCP : SLOT_UDP, sport, lanPort, dport);
     return h === 0 ? TRANSLATED : this.helper(p, s, h, false);
@@ -143,9 +170,8 @@ export class Transport {
   /** The session helper of session `s`, or 0. */
   helperOf(s: number): number {
     const t = this.table;
-    const m = t.sMap[s];
-    const slot = protoSlot(t.mProto[m]);
-    return slot === SLOT_TCP || slot === SLOT_UDP ? this.helperFor(slot, t.sRemPort[s], t.mLanPort[m], t.mPubPort[m]) : 0;
+    const slot = protoSlot(t.protoOf(s));
+    return slot === SLOT_TCP || slot === SLOT_UDP ? this.helperFor(slot, t.remPortOf(s), t.lanPortOf(s), t.pubPortOf(s)) : 0;
   }
 
   /**
@@ -162,23 +188,28 @@ export class Transport {
   }
 
   /**
-   * The session an inbound packet belongs to: an existing one, or with
-   * endpoint-independent filtering a new one under the mapping.
-   * Returns -1 when filtered, -2 when the mapping is gone or the table is full.
+   * The session an inbound packet to public port `pubPort` of address
+   * `pubIdx` belongs to: an existing one, or with endpoint-independent
+   * filtering a new one under the port's mapping. Returns -1 when filtered
+   * (some mapping uses the port), -2 when no mapping does or the table is
+   * full, BUDGET_REFUSED when the remote holds its unanswered sessions.
    */
-  inboundSession(m: number, slot: number, pubPort: number, rem: number, remPort: number, now: number): number {
+  inboundSession(proto: number, pubIdx: number, pubPort: number, rem: number, remPort: number, now: number): number {
     const t = this.table;
-    let s = t.findIn(m, rem, remPort);
-    if (s >= 0 && t.sExpires[s] <= now) {
+    let s = t.findIn(proto, pubIdx, pubPort, rem, remPort);
+    if (s >= 0 && t.expiresOf(s) <= now) {
       t.removeSession(s);
       s = -1;
-      m = t.mappingOfPort(slot, pubPort);
-      if (m < 0) return -2;
     }
     if (s >= 0) return s;
-    if (!this.endpointIndependentFiltering) return -1;
+    if (!this.endpointIndependentFiltering) return t.portInUse(proto, pubIdx, pubPort) ? -1 : -2;
+    const m = t.mappingOfPort(proto, pubIdx, pubPort);
+    if (m < 0) return -2;
+    if (t.inbound.admit(EIF_TARGET, rem) !== BUDGET_OK) return BUDGET_REFUSED;
     s = t.createSession(m, rem, remPort, now, 0, now);
-    return s < 0 ? -2 : s;
+    if (s < 0) return -2;
+    t.markUnanswered(s, EIF_TARGET);
+    return s;
   }
 
   /** Updates TCP state, expiry and counters of a session for a packet in one direction. */
@@ -187,20 +218,17 @@ export class Transport {
     const timers = this.timers;
     let timeout: number;
     if (isTcp) {
-      const st = tcpNextState(t.sState[s], flags, outbound);
-      t.sState[s] = st;
+      const st = tcpNextState(t.stateOf(s), flags, outbound);
+      t.setState(s, st);
       timeout = tcpTimeoutMs(st, timers.tcpEstablishedMs, timers.tcpTransitoryMs);
     } else {
-      timeout = t.mProto[t.sMap[s]] === PROTO_ICMP ? timers.icmpMs : timers.udpMs;
+      timeout = t.protoOf(s) === PROTO_ICMP ? timers.icmpMs : timers.udpMs;
     }
-    t.sExpires[s] = now + timeout;
-    t.sLastSeen[s] = now;
-    if (outbound) {
-      t.sPktsOut[s]++;
-      t.sBytesOut[s] += bytes;
-    } else {
-      t.sPktsIn[s]++;
-      t.sBytesIn[s] += bytes;
+    if ((t.flagsOf(s) & SF_UNANSWERED) !== 0) {
+      // A session the outside made is short-lived until the LAN host answers (budget.ts).
+      if (outbound) t.answered(s);
+      else if (timeout > t.inbound.limits.unansweredMs) timeout = t.inbound.limits.unansweredMs;
     }
+    t.touch(s, outbound, bytes, now, now + timeout);
   }
 }

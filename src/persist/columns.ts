@@ -38,6 +38,8 @@ export interface ColumnDef<T> {
   readonly watch?: boolean;
   /** Restore stores the value into the array after the table re-created the entry (values its restore call does not take). */
   readonly assign?: boolean;
+  /** Or, for a column without an array, how restore stores it. */
+  set?(t: T, i: number, v: number): void;
   /** What a stored value must be, beyond its SQL type. */
   readonly check?: Check;
   /** REAL only: ±Infinity is a valid value (a PPTP call held by its control connection never expires). */
@@ -136,8 +138,8 @@ const CONFLICT: Rejection = { kind: 'conflict' };
 export interface RestoreContext {
   /** Wall-clock ms: rows whose deadline passed (also while the router was down) are discarded. */
   now: number;
-  /** The configured public address (int32), and what to do with rows stored under another one. */
-  publicAddr: number;
+  /** Whether a stored public address (int32) is one of the configured ones, and what to do with rows stored under another. */
+  isPublic(addr: number): boolean;
   onAddressChange: AddressChangePolicy;
 }
 
@@ -195,6 +197,7 @@ export class RowDecoder<N extends string = string> {
 }
 
 type Getter = (i: number) => number;
+type Setter = (i: number, v: number) => void;
 
 /** A getter of one array's elements; one closure per array type keeps each element load monomorphic. */
 function elementOf(a: ColumnArray): Getter {
@@ -221,22 +224,27 @@ export class TableCodec<T = unknown, N extends string = string> {
   private readonly updateGetters: readonly Getter[];
   private readonly serialOf: Getter;
   private readonly inUse: Uint8Array;
-  /** Restore stores these columns back: their arrays and column numbers. */
-  private readonly assignedArrays: readonly ColumnArray[];
+  /** Restore stores these columns back: how, and their column numbers. */
+  private readonly assigners: readonly Setter[];
   private readonly assignedColumns: Int32Array;
   private readonly expiresColumn: number;
   private readonly pubAddrColumn: number;
-  /** Watched columns: their live arrays, and the values last written (NaN forces a rewrite). */
-  private readonly watched: readonly ColumnArray[];
+  /** Watched columns: their live values, and the values last written (NaN forces a rewrite). */
+  private readonly watched: readonly Getter[];
   private readonly lastWritten: readonly Float64Array[];
   private readonly capacity: number;
   private cursor = 0;
 
   constructor(readonly spec: TableSpec<T, N>, readonly table: T) {
     const cols = Object.entries(spec.columns as Record<string, ColumnDef<T>>);
-    const arrayOf = (name: string, c: ColumnDef<T>): ColumnArray => {
-      if (c.array === undefined) throw new Error(`${spec.sqlTable}.${name}: watched and assigned columns need an array`);
-      return c.array(table);
+    const setter = (name: string, c: ColumnDef<T>): Setter => {
+      if (c.array !== undefined) {
+        const a = c.array(table);
+        return (i, v) => { a[i] = v; };
+      }
+      if (c.set === undefined) throw new Error(`${spec.sqlTable}.${name}: an assigned column needs an array or a setter`);
+      const set = c.set;
+      return (i, v) => set(table, i, v);
     };
     const getter = (name: string, c: ColumnDef<T>): Getter => {
       if (c.array !== undefined) return elementOf(c.array(table));
@@ -256,12 +264,12 @@ export class TableCodec<T = unknown, N extends string = string> {
     this.updateGetters = upd.map(([name, c]) => getter(name, c));
     this.serialOf = this.getters[0];
     const assigned = cols.filter(([, c]) => c.assign);
-    this.assignedArrays = assigned.map(([name, c]) => arrayOf(name, c));
+    this.assigners = assigned.map(([name, c]) => setter(name, c));
     this.assignedColumns = Int32Array.from(assigned, ([name]) => this.columns.indexOf(name));
     this.expiresColumn = this.columns.indexOf('expires');
     this.pubAddrColumn = this.columns.indexOf('pub_addr');
     const watched = cols.filter(([, c]) => c.watch);
-    this.watched = watched.map(([name, c]) => arrayOf(name, c));
+    this.watched = watched.map(([name, c]) => getter(name, c));
     this.lastWritten = watched.map(() => new Float64Array(this.capacity));
   }
 
@@ -296,7 +304,7 @@ export class TableCodec<T = unknown, N extends string = string> {
     for (let k = 0; k < cap && n < max; k++) {
       if (inUse[i] !== 0) {
         for (let c = 0; c < w; c++) {
-          if (live[c][i] !== written[c][i]) { out[n++] = i; break; }
+          if (live[c](i) !== written[c][i]) { out[n++] = i; break; }
         }
       }
       i = i + 1 === cap ? 0 : i + 1;
@@ -307,7 +315,7 @@ export class TableCodec<T = unknown, N extends string = string> {
 
   /** The entry at `index` was just written with its current values. */
   written(index: number): void {
-    for (let c = 0; c < this.watched.length; c++) this.lastWritten[c][index] = this.watched[c][index];
+    for (let c = 0; c < this.watched.length; c++) this.lastWritten[c][index] = this.watched[c](index);
   }
 
   liveCount(): number {
@@ -329,11 +337,11 @@ export class TableCodec<T = unknown, N extends string = string> {
     if (bad !== undefined) return bad;
     const v = this.decoder.values;
     if (v[this.expiresColumn] <= ctx.now) return EXPIRED;
-    const moved = v[this.pubAddrColumn] !== ctx.publicAddr;
+    const moved = !ctx.isPublic(v[this.pubAddrColumn]);
     if (moved && ctx.onAddressChange !== 'move') return ADDRESS;
     const i = this.spec.restore(this.table, this.decoder.record);
     if (i < 0) return CONFLICT;
-    for (let c = 0; c < this.assignedArrays.length; c++) this.assignedArrays[c][i] = v[this.assignedColumns[c]];
+    for (let c = 0; c < this.assigners.length; c++) this.assigners[c](i, v[this.assignedColumns[c]]);
     if (moved) {
       // Rewritten with the new address by the next update flush.
       for (let c = 0; c < this.lastWritten.length; c++) this.lastWritten[c][i] = NaN;

@@ -24,34 +24,39 @@ export const SESSIONS = defineTable<SessionTable>()({
   journalTable: TABLE_SESSIONS,
   columns: {
     serial: { type: 'INTEGER', array: (t) => t.sSerial, check: SERIAL },
-    proto: { type: 'INTEGER', get: (t, s) => t.mProto[t.sMap[s]], check: oneOf({ tcp: PROTO_TCP, udp: PROTO_UDP, icmp: PROTO_ICMP }) },
-    lan: { type: 'INTEGER', get: (t, s) => t.mLan[t.sMap[s]], check: INT32 },
-    lan_port: { type: 'INTEGER', get: (t, s) => t.mLanPort[t.sMap[s]], check: PORT },
-    // A moved row is rewritten with the new address: the address is the table's, not the entry's.
-    pub_addr: { type: 'INTEGER', get: (t) => t.publicAddr, update: true, check: INT32 },
-    pub_port: { type: 'INTEGER', get: (t, s) => t.mPubPort[t.sMap[s]], check: PORT },
-    rem: { type: 'INTEGER', array: (t) => t.sRem, check: INT32 },
-    rem_port: { type: 'INTEGER', array: (t) => t.sRemPort, check: PORT },
-    state: { type: 'INTEGER', array: (t) => t.sState, update: true, check: UINT8 },
+    proto: { type: 'INTEGER', get: (t, s) => t.protoOf(s), check: oneOf({ tcp: PROTO_TCP, udp: PROTO_UDP, icmp: PROTO_ICMP }) },
+    lan: { type: 'INTEGER', get: (t, s) => t.lanOf(s), check: INT32 },
+    lan_port: { type: 'INTEGER', get: (t, s) => t.lanPortOf(s), check: PORT },
+    // The mapping's public address (paired pooling); a moved row is rewritten with the one it moved to.
+    pub_addr: { type: 'INTEGER', get: (t, s) => t.pubAddrOf(s), update: true, check: INT32 },
+    pub_port: { type: 'INTEGER', get: (t, s) => t.pubPortOf(s), check: PORT },
+    rem: { type: 'INTEGER', get: (t, s) => t.remOf(s), check: INT32 },
+    rem_port: { type: 'INTEGER', get: (t, s) => t.remPortOf(s), check: PORT },
+    state: { type: 'INTEGER', get: (t, s) => t.stateOf(s), update: true, check: UINT8 },
     created: { type: 'REAL', array: (t) => t.sCreated },
-    // Every packet of the flow moves last_seen: it is what makes a row dirty.
-    last_seen: { type: 'REAL', array: (t) => t.sLastSeen, assign: true, update: true, watch: true },
-    expires: { type: 'REAL', array: (t) => t.sExpires, update: true },
-    pkts_out: { type: 'REAL', array: (t) => t.sPktsOut, assign: true, update: true, default: 0, check: NON_NEGATIVE },
-    pkts_in: { type: 'REAL', array: (t) => t.sPktsIn, assign: true, update: true, default: 0, check: NON_NEGATIVE },
-    bytes_out: { type: 'REAL', array: (t) => t.sBytesOut, assign: true, update: true, default: 0, check: NON_NEGATIVE },
-    bytes_in: { type: 'REAL', array: (t) => t.sBytesIn, assign: true, update: true, default: 0, check: NON_NEGATIVE },
+    // Every packet of the flow moves last_seen (whole seconds): it is what makes a row dirty.
+    last_seen: { type: 'REAL', get: (t, s) => t.lastSeenOf(s), set: (t, s, v) => t.setLastSeen(s, v), assign: true, update: true, watch: true },
+    expires: { type: 'REAL', get: (t, s) => t.expiresOf(s), update: true },
+    pkts_out: { type: 'REAL', get: (t, s) => t.pktsOut(s), set: (t, s, v) => t.setPktsOut(s, v), assign: true, update: true, default: 0, check: NON_NEGATIVE },
+    pkts_in: { type: 'REAL', get: (t, s) => t.pktsIn(s), set: (t, s, v) => t.setPktsIn(s, v), assign: true, update: true, default: 0, check: NON_NEGATIVE },
+    bytes_out: { type: 'REAL', get: (t, s) => t.bytesOut(s), set: (t, s, v) => t.setBytesOut(s, v), assign: true, update: true, default: 0, check: NON_NEGATIVE },
+    bytes_in: { type: 'REAL', get: (t, s) => t.bytesIn(s), set: (t, s, v) => t.setBytesIn(s, v), assign: true, update: true, default: 0, check: NON_NEGATIVE },
   },
   indexes: ['CREATE INDEX sessions_expires ON sessions (expires)'],
   capacity: (t) => t.capacity,
   count: (t) => t.sessionCount,
   inUse: (t) => t.sInUse,
-  restore: (t, r) => t.restoreSession(r.proto, r.lan, r.lan_port, r.pub_port, r.rem, r.rem_port, r.created, r.state, r.expires, r.serial),
+  restore: (t, r) => {
+    // A row stored under an address no longer configured moves to its host's (wan.onAddressChange "move").
+    const at = t.publicIndexOf(r.pub_addr);
+    return t.restoreSession(r.proto, r.lan, r.lan_port, at >= 0 ? at : t.hosts.addressOf(r.lan), r.pub_port, r.rem, r.rem_port,
+      r.created, r.state, r.expires, r.serial);
+  },
 });
 
 /**
  * The first columns of every VPN table: the id, the LAN host, the remote,
- * and the public address (the session table's, like a session's).
+ * and the public address (its LAN host's, as for the host's sessions).
  */
 function vpnEntry<T extends { readonly t: SessionTable }>(serial: (x: T) => Float64Array, lan: (x: T) => Int32Array,
   rem: (x: T) => Int32Array): Record<'serial' | 'lan' | 'rem' | 'pub_addr', ColumnDef<T>> {
@@ -59,7 +64,8 @@ function vpnEntry<T extends { readonly t: SessionTable }>(serial: (x: T) => Floa
     serial: { type: 'INTEGER', array: serial, check: SERIAL },
     lan: { type: 'INTEGER', array: lan, check: INT32 },
     rem: { type: 'INTEGER', array: rem, check: INT32 },
-    pub_addr: { type: 'INTEGER', get: (x) => x.t.publicAddr, update: true, check: INT32 },
+    // The LAN host's public address (paired pooling).
+    pub_addr: { type: 'INTEGER', get: (x, i) => x.t.addressOfHost(lan(x)[i]), update: true, check: INT32 },
   };
 }
 

@@ -43,19 +43,18 @@ export interface ConnTables {
 const PROTO_NAMES: Record<number, ConnRow['proto']> = { [PROTO_TCP]: 'tcp', [PROTO_UDP]: 'udp', [PROTO_ICMP]: 'icmp' };
 
 export function sessionRow(t: SessionTable, s: number, now: number): ConnRow {
-  const m = t.sMap[s];
-  const proto = PROTO_NAMES[t.mProto[m]];
+  const proto = PROTO_NAMES[t.protoOf(s)];
   return {
     id: t.sSerial[s],
     proto,
-    lan: { addr: int32ToIpv4(t.mLan[m]), port: t.mLanPort[m] },
-    public: { addr: int32ToIpv4(t.publicAddr), port: t.mPubPort[m] },
-    remote: { addr: int32ToIpv4(t.sRem[s]), port: t.sRemPort[s] },
-    state: proto === 'tcp' ? tcpStateName(t.sState[s]) : t.sPktsIn[s] > 0 ? 'REPLIED' : 'UNREPLIED',
-    idleSeconds: Math.max(0, Math.round((now - t.sLastSeen[s]) / 1000)),
-    expiresInSeconds: Math.max(0, Math.round((t.sExpires[s] - now) / 1000)),
-    packets: { out: t.sPktsOut[s], in: t.sPktsIn[s] },
-    bytes: { out: t.sBytesOut[s], in: t.sBytesIn[s] },
+    lan: { addr: int32ToIpv4(t.lanOf(s)), port: t.lanPortOf(s) },
+    public: { addr: int32ToIpv4(t.pubAddrOf(s)), port: t.pubPortOf(s) },
+    remote: { addr: int32ToIpv4(t.remOf(s)), port: t.remPortOf(s) },
+    state: proto === 'tcp' ? tcpStateName(t.stateOf(s)) : t.pktsIn(s) > 0 ? 'REPLIED' : 'UNREPLIED',
+    idleSeconds: Math.max(0, Math.round((now - t.lastSeenOf(s)) / 1000)),
+    expiresInSeconds: Math.max(0, Math.round((t.expiresOf(s) - now) / 1000)),
+    packets: { out: t.pktsOut(s), in: t.pktsIn(s) },
+    bytes: { out: t.bytesOut(s), in: t.bytesIn(s) },
   };
 }
 
@@ -70,11 +69,11 @@ function timing(now: number, expires: number, ttlMs: number): { idleSeconds: num
  * I-1), the cookies in `vpn`. Bytes are not counted for the VPN tables. Idle
  * time is derived from the timer, which every packet restarts.
  */
-export function isakmpRow(m: IpsecMasq, k: number, now: number, publicAddr: number): ConnRow {
+export function isakmpRow(m: IpsecMasq, k: number, now: number, publicOf: (lan: number) => number): ConnRow {
   const has = m.kHasRc[k] === 1;
   return {
     id: m.kSerial[k], proto: 'isakmp',
-    lan: { addr: int32ToIpv4(m.kLan[k]), port: ISAKMP_PORT }, public: { addr: int32ToIpv4(publicAddr), port: ISAKMP_PORT },
+    lan: { addr: int32ToIpv4(m.kLan[k]), port: ISAKMP_PORT }, public: { addr: int32ToIpv4(publicOf(m.kLan[k])), port: ISAKMP_PORT },
     remote: { addr: int32ToIpv4(m.kRem[k]), port: ISAKMP_PORT },
     state: has ? 'REPLIED' : 'UNREPLIED',
     ...timing(now, m.kExpires[k], m.opts.lifetimeMs),
@@ -84,12 +83,12 @@ export function isakmpRow(m: IpsecMasq, k: number, now: number, publicAddr: numb
 }
 
 /** An ESP entry: no ports, the SPIs and the pairing state in `vpn`; a removed entry shows the state it ended in. */
-export function espRow(m: IpsecMasq, e: number, now: number, publicAddr: number): ConnRow {
+export function espRow(m: IpsecMasq, e: number, now: number, publicOf: (lan: number) => number): ConnRow {
   const st = m.eState[e] === ESP_FREE ? m.eEndState[e] : m.eState[e];
   const o = m.opts;
   return {
     id: m.eSerial[e], proto: 'esp',
-    lan: { addr: int32ToIpv4(m.eLan[e]), port: 0 }, public: { addr: int32ToIpv4(publicAddr), port: 0 },
+    lan: { addr: int32ToIpv4(m.eLan[e]), port: 0 }, public: { addr: int32ToIpv4(publicOf(m.eLan[e])), port: 0 },
     remote: { addr: int32ToIpv4(m.eRem[e]), port: 0 },
     state: ESP_STATE_NAMES[st].toUpperCase(),
     ...timing(now, m.eExpires[e], st === ESP_ESTABLISHED ? o.lifetimeMs : st === ESP_PENDING ? o.pendingMs : o.squelchMs),
@@ -104,13 +103,13 @@ export function espRow(m: IpsecMasq, e: number, now: number, publicAddr: number)
  * A PPTP call (also after removal, until the record is reused): ports 0, the
  * Call IDs in `vpn`; expiresInSeconds -1 while its control connection holds it.
  */
-export function callRow(g: PptpCalls, c: number, now: number, publicAddr: number): ConnRow {
+export function callRow(g: PptpCalls, c: number, now: number, publicOf: (lan: number) => number): ConnRow {
   const st = g.state[c];
   return {
     id: g.serial[c],
     proto: 'gre',
     lan: { addr: int32ToIpv4(g.lan[c]), port: 0 },
-    public: { addr: int32ToIpv4(publicAddr), port: 0 },
+    public: { addr: int32ToIpv4(publicOf(g.lan[c])), port: 0 },
     remote: { addr: int32ToIpv4(g.rem[c]), port: 0 },
     state: st === CALL_REQUESTED ? 'REQUESTED' : st === CALL_CONFIRMED ? 'CONFIRMED' : 'CLEARING',
     idleSeconds: Math.max(0, Math.round((now - g.lastSeen[c]) / 1000)),
@@ -127,7 +126,7 @@ export function callRow(g: PptpCalls, c: number, now: number, publicAddr: number
 /** Every row of every table, built one at a time so a listing streams. */
 export function* allRows(x: ConnTables, now: number): Generator<ConnRow> {
   const t = x.sessions;
-  const pub = t.publicAddr;
+  const pub = (lan: number): number => t.addressOfHost(lan);
   for (let s = 0; s < t.capacity; s++) if (t.sInUse[s] === 1) yield sessionRow(t, s, now);
   const g = x.calls;
   for (let c = 0; c < g.capacity; c++) if (g.inUse[c] === 1) yield callRow(g, c, now, pub);
@@ -143,7 +142,7 @@ export function* allRows(x: ConnTables, now: number): Generator<ConnRow> {
  * keeps its last values until it is reused.
  */
 export function rowOf(x: ConnTables, table: number, index: number, serial: number, now: number): ConnRow | null {
-  const pub = x.sessions.publicAddr;
+  const pub = (lan: number): number => x.sessions.addressOfHost(lan);
   switch (table) {
     case TABLE_SESSIONS:
       return x.sessions.sSerial[index] === serial ? sessionRow(x.sessions, index, now) : null;

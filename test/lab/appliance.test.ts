@@ -17,7 +17,7 @@ requireRoot();
 
 const ROUTER_WAN = '198.18.0.1';
 const NEW_WAN = '198.18.0.3';
-const RANGE: [number, number] = [61000, 65535];
+const RANGE: [number, number] = [36864, 65535];
 const METRICS = '127.0.0.1:9469';
 
 /** Datagram listener standing in for systemd's notify socket; collects every message. */
@@ -249,7 +249,7 @@ describe('appliance: shared-address mode in the lab', () => {
 
   it('SIGTERM exits cleanly and keeps the safety net; teardown restores the local rule and the port sysctls', async () => {
     const rulesUp = await sh(lab.ns.router, ['ip', 'rule', 'show']);
-    assert.match(rulesUp, /^50:\s+from all to 198\.18\.0\.1 ipproto tcp dport 61000-65534 lookup 7101/m);
+    assert.match(rulesUp, /^50:\s+from all to 198\.18\.0\.1 ipproto tcp dport 36864-65534 lookup 7101/m);
     assert.match(rulesUp, /^100:\s+from all lookup local/m);
     assert.doesNotMatch(rulesUp, /^0:/m);
     assert.equal(await router.stop(), 0);

@@ -10,7 +10,6 @@ import * as path from 'node:path';
 import { spawn } from 'node:child_process';
 import { PROTO_ICMP, PROTO_TCP, PROTO_UDP } from '../../src/wire/ipv4';
 import { TCP_SYN_IN, TCP_SYN_OUT } from '../../src/nat/tcp-tracker';
-import { SLOT_UDP } from '../../src/nat/sessions';
 import { FakeDaemon, generateStateDb, inBatches, jsonLines, PUBLIC, runCli, schemaErrors, tempDir, writeConfig, CLI } from './cli-fixture';
 import { ipv4ToInt32 } from '../../src/core/ipv4-addr';
 
@@ -31,7 +30,7 @@ describe('vpnmasq conns against a control socket', () => {
     const t = d.table;
     tcp = t.sSerial[d.add(PROTO_TCP, '10.77.0.11', 40000, '198.18.0.11', 443, TCP_SYN_OUT | TCP_SYN_IN, 7_440_000)];
     const su = d.add(PROTO_UDP, '10.77.0.11', 40001, '198.18.0.11', 53);
-    t.sPktsOut[su] = 5; t.sPktsIn[su] = 4; t.sBytesOut[su] = 500_000; t.sBytesIn[su] = 400;
+    t.setCounters(su, 5, 4, 500_000, 400);
     udpA = t.sSerial[su];
     udpB = t.sSerial[d.add(PROTO_UDP, '10.77.0.12', 40001, '198.18.0.12', 7000)];
     icmp = t.sSerial[d.add(PROTO_ICMP, '10.77.0.12', 77, '198.18.0.11', 77, 0, 60_000)];
@@ -78,7 +77,7 @@ describe('vpnmasq conns against a control socket', () => {
   });
 
   it('filters by every conntrack-style and VPN key', async () => {
-    const pub = d.table.mPubPort[d.table.sMap[d.table.findOut(PROTO_UDP, ipv4ToInt32('10.77.0.12'), 40001, ipv4ToInt32('198.18.0.12'), 7000)]];
+    const pub = d.table.pubPortOf(d.table.findOut(PROTO_UDP, ipv4ToInt32('10.77.0.12'), 40001, ipv4ToInt32('198.18.0.12'), 7000));
     assert.notEqual(pub, 40001, 'second LAN host got another public port');
     const cases: Array<[string[], number[]]> = [
       [['-p', 'udp'], [udpA, udpB]],
@@ -223,14 +222,13 @@ describe('vpnmasq conns against a control socket', () => {
   it('delete by id stops the translation; delete by filter and flush remove what matches', async () => {
     const t = d.table;
     const s = t.findOut(PROTO_UDP, ipv4ToInt32('10.77.0.11'), 40001, ipv4ToInt32('198.18.0.11'), 53);
-    const m = t.sMap[s];
-    const pub = t.mPubPort[m];
+    const pub = t.pubPortOf(s);
     const r = await cli('conns', 'delete', String(udpA), '--json');
     assert.equal(r.code, 0, r.stderr);
     assert.deepEqual(JSON.parse(r.stdout), { deleted: 1 });
     assert.equal(r.stderr, '1 connection deleted.\n');
     assert.equal(t.findOut(PROTO_UDP, ipv4ToInt32('10.77.0.11'), 40001, ipv4ToInt32('198.18.0.11'), 53), -1, 'outbound lookup gone');
-    assert.equal(t.mappingOfPort(SLOT_UDP, pub), -1, 'public port no longer maps inbound packets');
+    assert.equal(t.portInUse(PROTO_UDP, 0, pub), false, 'public port no longer maps inbound packets');
     assert.equal((await cli('conns', 'delete', String(udpA))).code, 1, 'already gone');
     const f = await cli('conns', 'delete', '-s', '10.77.0.12', '-p', 'icmp');
     assert.equal(f.stderr, '1 connection deleted.\n');

@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Config, ConfigError, ConfigProblem, DEFAULTS, loadConfig, parseConfig } from '../../src/config/schema';
+import { checkForwards, Config, ConfigError, ConfigProblem, DEFAULTS, loadConfig, parseConfig } from '../../src/config/schema';
 import { configDiff, reloadable } from '../../src/daemon/reload';
 
 const FILE = '/etc/vpnmasq/vpnmasq.json';
@@ -154,8 +154,12 @@ test('all problems are collected, not just the first', () => {
 
 test('defaults in shared mode', () => {
   const config = parse(doc());
-  assert.deepEqual(config.wan, { interface: 'eth0', mode: 'shared', publicAddress: null, onAddressChange: 'move' });
-  assert.deepEqual(config.ports, { range: [61000, 65535], lowRange: null, preserve: true });
+  assert.deepEqual(config.wan, { interface: 'eth0', mode: 'shared', publicAddress: null, publicAddresses: [], onAddressChange: 'move' });
+  assert.deepEqual(config.ports, { range: [36864, 65535], lowRange: null, preserve: true, rangeSet: false, lowRangeSet: false });
+  assert.deepEqual(config.limits, {
+    maxSessions: 262144, maxHeldFragments: 512, hostSessions: 32768, hostNewPerSecond: 20000, refuse: 'icmp',
+    forwardUnanswered: 4096, remoteUnanswered: 64, fragmentsPerSource: 64,
+  });
   assert.deepEqual(config.tun, DEFAULTS.tun);
   assert.deepEqual(config.lan, DEFAULTS.lan);
   assert.deepEqual(config.timeouts, DEFAULTS.timeouts);
@@ -172,9 +176,57 @@ test('defaults in dedicated mode, and lanPort defaulting to publicPort', () => {
   const config = parse(
     doc({ forwards: [{ proto: 'udp', publicPort: 500, lanAddress: '10.77.0.2' }] }, { mode: 'dedicated', publicAddress: '198.51.100.7' }),
   );
-  assert.deepEqual(config.ports, { range: [1024, 65535], lowRange: [1, 1023], preserve: true });
+  assert.deepEqual(config.ports, { range: [1024, 65535], lowRange: [1, 1023], preserve: true, rangeSet: false, lowRangeSet: false });
   assert.equal(config.wan.publicAddress, '198.51.100.7');
+  assert.deepEqual(config.wan.publicAddresses, ['198.51.100.7']);
   assert.deepEqual(config.forwards, [{ proto: 'udp', publicPort: 500, lanAddress: '10.77.0.2', lanPort: 500 }]);
+});
+
+test('wan.publicAddresses: a list or a prefix, dedicated mode only, outside the LAN, at most 256', () => {
+  const dedicated = (publicAddresses: unknown) => doc({}, { mode: 'dedicated', publicAddresses });
+  assert.deepEqual(parse(dedicated(['198.51.100.7', '198.51.100.9'])).wan.publicAddresses, ['198.51.100.7', '198.51.100.9']);
+  assert.equal(parse(dedicated(['198.51.100.7', '198.51.100.9'])).wan.publicAddress, '198.51.100.7');
+  assert.deepEqual(parse(dedicated('198.51.100.8/30')).wan.publicAddresses, ['198.51.100.9', '198.51.100.10'], 'hosts of a /30');
+  assert.deepEqual(parse(dedicated('198.51.100.8/31')).wan.publicAddresses, ['198.51.100.8', '198.51.100.9']);
+  assert.equal(parse(dedicated('198.51.100.0/24')).wan.publicAddresses.length, 254);
+  assert.deepEqual(errors(dedicated('198.51.100.0/23')), [`${FILE}: wan.publicAddresses: 198.51.100.0/23 has 512 addresses; at most 256 are allowed`]);
+  assert.deepEqual(errors(dedicated(['198.51.100.7', '10.77.0.5', '198.51.100.7'])), [
+    `${FILE}: wan.publicAddresses[2]: 198.51.100.7 is already listed at wan.publicAddresses[0]`,
+    `${FILE}: wan.publicAddresses[1]: 10.77.0.5 lies inside LAN prefix 10.77.0.0/24`,
+  ]);
+  assert.deepEqual(errors(dedicated([])), [`${FILE}: wan.publicAddresses: must not be empty`]);
+  assert.deepEqual(errors(doc({}, { publicAddresses: ['198.51.100.7'] })), [
+    `${FILE}: wan.publicAddresses: only in dedicated mode (shared mode uses the WAN interface's address)`,
+  ]);
+  assert.deepEqual(errors(doc({}, { mode: 'dedicated', publicAddress: '198.51.100.7', publicAddresses: ['198.51.100.8'] })), [
+    `${FILE}: wan.publicAddresses: give either wan.publicAddress or wan.publicAddresses`,
+  ]);
+});
+
+test('forwards may not lie inside a dynamic port range that was set; a default range leaves them out', () => {
+  const fw = (publicPort: number) => ({ forwards: [{ proto: 'tcp', publicPort, lanAddress: '10.77.0.2' }] });
+  assert.deepEqual(errors(doc({ ports: { range: [20000, 30000] }, ...fw(25000) })), [
+    `${FILE}: forwards[0].publicPort: 25000 lies inside ports.range 20000-30000, where LAN hosts get their public ports: move the forward or narrow ports.range`,
+  ]);
+  assert.deepEqual(errors(doc({ ports: { range: [20000, 30000], lowRange: [1, 1023] }, ...fw(443) }, { mode: 'dedicated', publicAddress: '198.51.100.7' })), [
+    `${FILE}: forwards[0].publicPort: 443 lies inside ports.lowRange 1-1023, where LAN hosts' low ports get theirs: move the forward or set ports.lowRange`,
+  ]);
+  assert.equal(parse(doc({ ports: { range: [20000, 30000] }, ...fw(8080) })).forwards.length, 1);
+  assert.equal(parse(doc(fw(40000))).forwards.length, 1, 'inside the default range: left out of it');
+  assert.throws(() => checkForwards([{ proto: 'udp', publicPort: 20001, lanAddress: '10.77.0.2' }], null, (i) => `f${i}`, 'forwards add',
+    parse(doc({ ports: { range: [20000, 30000] } })).ports), /f0.publicPort: 20001 lies inside ports.range/);
+});
+
+test('limits: per-host sessions default to an eighth of the table; the rest are checked', () => {
+  assert.equal(parse(doc({ limits: { maxSessions: 1048576 } })).limits.hostSessions, 131072);
+  assert.equal(parse(doc({ limits: { maxSessions: 4096 } })).limits.hostSessions, 1024);
+  assert.deepEqual(errors(doc({ limits: { maxSessions: 4096, hostSessions: 5000, refuse: 'reject', maxSessions2: 1 } })), [
+    `${FILE}: limits.maxSessions2: unknown field (did you mean "maxSessions"?)`,
+    `${FILE}: limits.hostSessions: must be between 16 and 4096, got 5000`,
+    `${FILE}: limits.refuse: expected one of "icmp", "drop", got string "reject"`,
+  ]);
+  assert.deepEqual(errors(doc({ limits: { maxSessions: 16777216 } })), [`${FILE}: limits.maxSessions: must be between 1024 and 16777215, got 16777216`]);
+  assert.equal(parse(doc({ timeouts: { unanswered: 30 } })).timeouts.unanswered, 30);
 });
 
 test('comment lines with # and // are accepted, including indented ones', () => {

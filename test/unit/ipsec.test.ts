@@ -21,8 +21,8 @@ const setup = (over: Partial<IpsecOptions> = {}): NatHarness => ipsecHarness(ove
 /** The ISAKMP then ESP rows of the harness's IPsec tables. */
 function* ipsecRows(h: NatHarness): Generator<ConnRow> {
   const m = h.ipsec!;
-  for (let k = 0; k < m.opts.capacity; k++) if (m.kInUse[k] === 1) yield isakmpRow(m, k, h.now, h.table.publicAddr);
-  for (let e = 0; e < m.opts.capacity; e++) if (m.eInUse[e] === 1) yield espRow(m, e, h.now, h.table.publicAddr);
+  for (let k = 0; k < m.opts.capacity; k++) if (m.kInUse[k] === 1) yield isakmpRow(m, k, h.now, (lan) => h.table.addressOfHost(lan));
+  for (let e = 0; e < m.opts.capacity; e++) if (m.eInUse[e] === 1) yield espRow(m, e, h.now, (lan) => h.table.addressOfHost(lan));
 }
 
 

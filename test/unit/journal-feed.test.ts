@@ -87,7 +87,7 @@ describe('id index', () => {
     const s = t.createOut(PROTO_UDP, 0x0a4d000b, 40002, 0x0b000001, 53, 0, 0, 1000);
     ids.lost();
     assert.deepEqual(ids.find(t.sSerial[s]), { table: TABLE_SESSIONS, index: s });
-    const r = t.restoreSession(PROTO_UDP, 0x0a4d000c, 40003, 40003, 0x0b000001, 53, 0, 0, 1000, 2 ** 40 + 7);
+    const r = t.restoreSession(PROTO_UDP, 0x0a4d000c, 40003, 0, 40003, 0x0b000001, 53, 0, 0, 1000, 2 ** 40 + 7);
     ids.rebuild();
     assert.deepEqual(ids.find(2 ** 40 + 7), { table: TABLE_SESSIONS, index: r }, 'ids above 2^32 too');
   });

@@ -441,10 +441,10 @@ for (const vnetLen of [10, 0]) {
         const h = nat();
         const { sent } = udpFlow(h);
         const s = h.session(UDP, A, 5000, R1, 53);
-        const expires = h.table.sExpires[s];
+        const expires = h.table.expiresOf(s);
         h.now = T0 + 200 * SEC;
         h.one(icmpPacket(R1, PUBLIC, icmpError(3, 3, sent)));
-        assert.equal(h.table.sExpires[s], expires);
+        assert.equal(h.table.expiresOf(s), expires);
         assert.equal(h.table.sweep(T0 + 301 * SEC, 1000), 2);
         h.now = T0 + 301 * SEC;
         h.dropped(Drop.ICMP_ERROR_NO_MAPPING, icmpPacket(R1, PUBLIC, icmpError(3, 3, sent)));
@@ -720,9 +720,9 @@ for (const vnetLen of [10, 0]) {
         const h = nat({ capacity: 2 });
         h.one(UDP_KIND.out(A, 5000, R1, 53));
         h.one(UDP_KIND.out(B, 5000, R1, 53));
-        h.dropped(Drop.TABLE_FULL, UDP_KIND.out(C, 5000, R1, 53));
-        h.dropped(Drop.TABLE_FULL, UDP_KIND.out(A, 5000, R2, 53));
-        h.dropped(Drop.TABLE_FULL, ICMP_KIND.out(C, 9, R1, 0));
+        h.refused(Drop.TABLE_FULL, UDP_KIND.out(C, 5000, R1, 53));
+        h.refused(Drop.TABLE_FULL, UDP_KIND.out(A, 5000, R2, 53));
+        h.refused(Drop.TABLE_FULL, ICMP_KIND.out(C, 9, R1, 0));
         assert.equal(h.table.mappingCount, 2);
         assert.equal(h.table.sessionCount, 2);
         h.now = T0 + 301 * SEC;
@@ -734,7 +734,7 @@ for (const vnetLen of [10, 0]) {
         const h = nat({ ports: { range: [20000, 20001], lowRange: [1, 1023], preserve: true } });
         const ports = [A, B].map((host) => lanSide(parse(h.one(UDP_KIND.out(host, 30000, R1, 53))), true));
         assert.deepEqual(ports.sort(), [20000, 20001]);
-        h.dropped(Drop.PORTS_EXHAUSTED, UDP_KIND.out(C, 30000, R1, 53));
+        h.refused(Drop.PORTS_EXHAUSTED, UDP_KIND.out(C, 30000, R1, 53));
         assert.equal(h.table.mappingCount, 2, 'no mapping leaked');
         assert.equal(h.table.sessionCount, 2);
         // Another protocol has its own ports.

@@ -14,6 +14,8 @@ import { FragmentTracker, WHOLE_SIZE } from '../../src/nat/fragments';
 import { Journal } from '../../src/core/journal';
 import { Napt, NatTimers } from '../../src/nat/napt';
 import { PortPolicy, SessionTable } from '../../src/nat/sessions';
+import type { HostLimits } from '../../src/nat/hosts';
+import type { InboundLimits } from '../../src/nat/budget';
 import { TxList } from '../../src/core/tx-list';
 import { int32ToIpv4, ipv4ToInt32 } from '../../src/core/ipv4-addr';
 
@@ -468,6 +470,12 @@ export interface NatSetup {
   capacity?: number;
   ports?: PortPolicy;
   eif?: boolean;
+  /** Public addresses (default: PUBLIC alone). */
+  publics?: Addr[];
+  hostLimits?: HostLimits;
+  inboundLimits?: InboundLimits;
+  /** false: refused flows are only dropped (no ICMP code 13). */
+  refuseWithIcmp?: boolean;
   holdSlots?: number;
   holdSlotSize?: number;
   seed?: number;
@@ -494,13 +502,15 @@ export class NatHarness {
     const holdSlots = s.holdSlots ?? 8;
     const holdSlotSize = s.holdSlotSize ?? 2048;
     this.arena = new Uint8Array(NatHarness.SLOT + holdSlots * holdSlotSize + WHOLE_SIZE);
-    this.table = new SessionTable(s.capacity ?? 256, addr(PUBLIC), s.ports ?? DEFAULT_PORTS, this.journal, prng(s.seed ?? 1));
+    this.table = new SessionTable(s.capacity ?? 256, (s.publics ?? [PUBLIC]).map(addr), s.ports ?? DEFAULT_PORTS, this.journal,
+      prng(s.seed ?? 1), { exclusivePorts: s.eif ?? false, hostLimits: s.hostLimits, inboundLimits: s.inboundLimits });
     this.frags = new FragmentTracker(64, NatHarness.SLOT, holdSlotSize, holdSlots, NatHarness.SLOT + holdSlots * holdSlotSize);
     this.napt = new Napt(this.table, this.frags, this.arena, {
       lanPrefixes: [[addr(LAN_NET), addr(LAN_MASK)]],
       timers: TIMERS,
       endpointIndependentFiltering: s.eif ?? false,
       vnetLen: this.vnetLen,
+      refuseWithIcmp: s.refuseWithIcmp,
     });
     this.napt.now = s.now ?? 1_000_000;
   }
@@ -559,6 +569,26 @@ export class NatHarness {
     assert.equal(out.length, 0, 'a dropped packet was queued for sending');
   }
 
+  /**
+   * Sending the outbound `ip` is refused for `reason` (counted as that drop)
+   * and answered with ICMP destination unreachable, code 13, from `from` to
+   * its sender, quoting its IP header and 8 more bytes (RFC 5508 REQ-8).
+   */
+  refused(reason: number, ip: Uint8Array, from: Addr = PUBLIC): Uint8Array {
+    const before = Float64Array.from(this.napt.drops.counts);
+    const out = this.send(ip);
+    assert.deepEqual(this.dropDelta(before), { [DROP_NAMES[reason]]: 1 });
+    assert.equal(out.length, 1, 'one ICMP error back');
+    const e = out[0];
+    const p = parse(e);
+    assert.deepEqual([p.proto, p.src, p.dst, e[20], e[21]], [ICMP, int32ToIpv4(addr(from)), parse(ip).src, 3, 13]);
+    const hl = (ip[0] & 0x0f) * 4;
+    assert.deepEqual(e.subarray(28), ip.subarray(0, Math.min(ip.length, hl + 8)), 'quotes the header and 8 bytes');
+    assert.deepEqual(checksumProblems(e), []);
+    if (this.vnetLen > 0) assert.deepEqual(this.lastVnet[0], new Uint8Array(10), 'a plain vnet header');
+    return e;
+  }
+
   /** Shorthand: sending `ip` drops it for `reason`. */
   dropped(reason: number, ip: Uint8Array, vnet?: VnetSpec): void {
     this.expectDrop(reason, () => this.send(ip, vnet));
@@ -572,7 +602,7 @@ export class NatHarness {
   /** Public port of a LAN endpoint's flow to a remote, or -1. */
   pubPort(proto: number, lan: Addr, lanPort: number, rem: Addr, remPort: number): number {
     const s = this.session(proto, lan, lanPort, rem, remPort);
-    return s < 0 ? -1 : this.table.mPubPort[this.table.sMap[s]];
+    return s < 0 ? -1 : this.table.pubPortOf(s);
   }
 }
 

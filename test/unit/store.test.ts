@@ -72,7 +72,7 @@ describe('state store', () => {
   }
 
   function restore(store: Store, t: SessionTable, policy: AddressChangePolicy = 'move') {
-    return store.restore({ now: clock, publicAddr: t.publicAddr, onAddressChange: policy });
+    return store.restore({ now: clock, isPublic: (a) => t.publicIndexOf(a) >= 0, onAddressChange: policy });
   }
 
   beforeEach(() => {
@@ -107,10 +107,9 @@ describe('state store', () => {
     const a = t.createOut(PROTO_TCP, LAN, 40001, REM, 80, clock, 3, clock + 7440000);
     const b = t.createOut(PROTO_UDP, LAN, 40002, REM, 53, clock, 0, clock + 30000);
     drain(t, store);
-    t.sLastSeen[a] = clock + 500;
-    t.sPktsOut[a] = 10;
-    t.sBytesIn[a] = 1234;
-    t.sExpires[a] = clock + 500 + 7440000;
+    t.setLastSeen(a, clock + 1000);
+    t.setCounters(a, 10, 0, 0, 1234);
+    t.setExpires(a, clock + 1000 + 7440000);
     t.removeSession(b);
     drain(t, store);
     let rows = rowsIn(cfg.path);
@@ -120,7 +119,7 @@ describe('state store', () => {
     rows = rowsIn(cfg.path);
     assert.equal(rows[0].pkts_out, 10);
     assert.equal(rows[0].bytes_in, 1234);
-    assert.equal(rows[0].last_seen, clock + 500);
+    assert.equal(rows[0].last_seen, clock + 1000);
     assert.equal(rows[0].state, 3);
   });
 
@@ -130,8 +129,8 @@ describe('state store', () => {
     const short = t.createOut(PROTO_UDP, LAN, 40010, REM, 7000, clock, 0, clock + 30000);
     const long = t.createOut(PROTO_TCP, LAN, 40011, REM, 80, clock, 3, clock + 300000);
     const long2 = t.createOut(PROTO_TCP, LAN, 40011, ipv4ToInt32('198.18.0.12'), 80, clock, 3, clock + 300000);
-    t.sPktsIn[long] = 5;
-    t.sLastSeen[long] = clock + 10;
+    t.setCounters(long, 0, 5, 0, 0);
+    t.setLastSeen(long, clock + 1000);
     drain(t, store);
     store.close();
 
@@ -146,16 +145,16 @@ describe('state store', () => {
     const s = t2.findOut(PROTO_TCP, LAN, 40011, REM, 80);
     assert.ok(s >= 0);
     assert.equal(t2.sSerial[s], t.sSerial[long]);
-    assert.equal(t2.mPubPort[t2.sMap[s]], 40011);
-    assert.equal(t2.sPktsIn[s], 5);
-    assert.equal(t2.sLastSeen[s], T0 + 10);
+    assert.equal(t2.pubPortOf(s), 40011);
+    assert.equal(t2.pktsIn(s), 5);
+    assert.equal(t2.lastSeenOf(s), T0 + 1000);
     assert.equal(t2.findOut(PROTO_UDP, LAN, 40010, REM, 7000), -1);
     assert.deepEqual(rowsIn(cfg.path).map((r) => r.serial).sort(), [t.sSerial[long], t.sSerial[long2]].sort());
     assert.ok(lines.some((l) => l.msg === 'state restored' && l.fields?.restored === 2 && l.fields?.discarded === 1));
     // New sessions continue above the restored serials and keep the restored port owned.
     const n = t2.createOut(PROTO_TCP, ipv4ToInt32('10.77.0.12'), 40011, REM, 80, clock, 0, clock + 1000);
     assert.ok(t2.sSerial[n] > Math.max(t.sSerial[long], t.sSerial[long2], t.sSerial[short]));
-    assert.notEqual(t2.mPubPort[t2.sMap[n]], 40011);
+    assert.notEqual(t2.pubPortOf(n), 40011);
   });
 
   for (const policy of ['move', 'drop'] as const) {
@@ -171,7 +170,7 @@ describe('state store', () => {
       if (policy === 'move') {
         assert.deepEqual(r, { restored: 1, discarded: 0 });
         const s = t2.findOut(PROTO_UDP, LAN, 40020, REM, 7000);
-        assert.equal(t2.mPubPort[t2.sMap[s]], 40020, 'same port on the new address');
+        assert.equal(t2.pubPortOf(s), 40020, 'same port on the new address');
         store.tick();
         assert.equal(rowsIn(cfg.path)[0].pub_addr, PUB2, 'row rewritten with the new address');
       } else {
@@ -203,7 +202,7 @@ describe('state store', () => {
       assert.deepEqual(restore(store, t, 'move'), { restored: 1, discarded: 0 });
       const s = t.findOut(PROTO_UDP, LAN, 40030, REM, 7000);
       assert.equal(t.sSerial[s], 77);
-      assert.equal(t.mPubPort[t.sMap[s]], 40031);
+      assert.equal(t.pubPortOf(s), 40031);
       store.close();
 
       // Same columns and indexes as a database created at the current version.

@@ -205,7 +205,7 @@ export class PptpControl implements Tracker, CallIdFields {
     if (p.fromHold) this.held[d]--;
     if (v === Verdict.TRANSLATED && this.held[d] > 0) this.holder.release(d);
     // The control connection closes: its calls end now, not when the TCP session expires.
-    if ((flags & TCP_RST) !== 0 || ((flags & TCP_FIN) !== 0 && (t.sState[s] & (TCP_FIN_OUT | TCP_FIN_IN)) === (TCP_FIN_OUT | TCP_FIN_IN))) {
+    if ((flags & TCP_RST) !== 0 || ((flags & TCP_FIN) !== 0 && (t.stateOf(s) & (TCP_FIN_OUT | TCP_FIN_IN)) === (TCP_FIN_OUT | TCP_FIN_IN))) {
       this.endCalls(ctl);
     }
     return v;
@@ -218,7 +218,7 @@ export class PptpControl implements Tracker, CallIdFields {
     if (ctl < 0) return NONE;
     this.session[ctl] = s;
     // The LAN host is the PAC when the connection came to one of its ports (a forward), not to the remote's 1723.
-    this.role[ctl] = t.sRemPort[s] === PPTP_PORT ? ROLE_PNS : ROLE_PAC;
+    this.role[ctl] = t.remPortOf(s) === PPTP_PORT ? ROLE_PNS : ROLE_PAC;
     this.state[ctl] = CTL_NONE;
     this.refusedCount[ctl] = 0;
     for (let d = ctl * 2; d < ctl * 2 + 2; d++) {
@@ -253,12 +253,11 @@ export class PptpControl implements Tracker, CallIdFields {
 
   /** The LAN address and remote of the connection being walked. */
   private lan(): number {
-    const t = this.sessions;
-    return t.mLan[t.sMap[this.session[this.ctl]]];
+    return this.sessions.lanOf(this.session[this.ctl]);
   }
 
   private rem(): number {
-    return this.sessions.sRem[this.session[this.ctl]];
+    return this.sessions.remOf(this.session[this.ctl]);
   }
 
   first(d: number, hdr: Uint8Array, h: number, off: number, high: number): number {
@@ -448,7 +447,7 @@ export class PptpControl implements Tracker, CallIdFields {
     const ctl = this.index.get(s, lo, hi, 0);
     if (ctl >= 0) {
       for (let d = ctl * 2; d < ctl * 2 + 2; d++) {
-        if (this.reservedPub[d] >= 0) this.calls.unreserve(this.sessions.sRem[s], this.reservedPub[d]);
+        if (this.reservedPub[d] >= 0) this.calls.unreserve(this.sessions.remOf(s), this.reservedPub[d]);
         this.reservedPub[d] = NONE;
         this.rewriter.reset(d);
         if (this.held[d] > 0) this.holder.discard(d);
