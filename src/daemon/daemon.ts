@@ -225,6 +225,7 @@ export class Daemon implements MetricsSource {
       lanInterfaces: cfg.lan.interfaces,
       lanPrefixes: cfg.lan.prefixes,
       publicAddress: cfg.wan.mode === 'shared' ? null : cfg.wan.publicAddress,
+      publicAddresses: cfg.wan.publicAddresses,
       wanInterface: cfg.wan.interface,
     });
     if (cfg.wan.mode === 'shared') await this.startShared(tun.name);

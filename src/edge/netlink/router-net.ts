@@ -47,6 +47,8 @@ export interface RouterNetSetupOptions {
    * shared-address mode, where shared-mode.ts steers the inbound packets instead.
    */
   publicAddress: string | null;
+  /** Dedicated mode with several public addresses: all of them, each routed and proxied like publicAddress (default [publicAddress]). */
+  publicAddresses?: string[];
   wanInterface: string;
 }
 
@@ -169,7 +171,8 @@ export class RouterNet {
     if (!Number.isInteger(o.rulePriority) || o.rulePriority < 1 || o.rulePriority > 32765) {
       throw new Error(`RouterNet.setup: rulePriority ${o.rulePriority} must be within 1..32765 (after 'local' at 0, before 'main' at 32766)`);
     }
-    if (o.publicAddress !== null && !isIPv4(o.publicAddress)) throw new Error(`RouterNet.setup: invalid publicAddress ${o.publicAddress}`);
+    const publics = o.publicAddress === null ? [] : o.publicAddresses ?? [o.publicAddress];
+    for (const a of publics) if (!isIPv4(a)) throw new Error(`RouterNet.setup: invalid publicAddress ${a}`);
     const prefixes = o.lanPrefixes.map((p) => parseCidr(p));
     sysctlIfName(o.tunName);
     sysctlIfName(o.wanInterface);
@@ -192,8 +195,8 @@ export class RouterNet {
 
     // ---- table: default dev TUN ----
     await this.addRoute({ kind: 'route', table: o.table, dst: new Uint8Array(4), dstLen: 0, oif: tunIndex, dev: o.tunName });
-    if (o.publicAddress !== null) {
-      const pub = parseIPv4(o.publicAddress);
+    for (const a of publics) {
+      const pub = parseIPv4(a);
       // ---- main: PUBLIC/32 dev TUN ----
       await this.addRoute({ kind: 'route', table: RT_TABLE_MAIN, dst: pub, dstLen: 32, oif: tunIndex, dev: o.tunName });
       // ---- proxy ARP for PUBLIC on WAN ----
