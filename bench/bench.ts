@@ -7,6 +7,7 @@
 import { ChildProcess } from 'node:child_process';
 import { createLab, Lab } from '../test/lab/lab';
 import { RouterHandle, startRouter } from '../test/lab/router-harness';
+import { engineSection } from './engine';
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 8);
 
@@ -67,6 +68,7 @@ function row(name: string, r: Result, k: Result): string {
 
 async function main(): Promise<void> {
   if (process.getuid?.() !== 0) throw new Error('npm run bench needs root');
+  engineSection();
   const lab = await createLab({ lanHosts: 1, wanHosts: 1, vpnServer: false, farHost: false });
   let server: ChildProcess | undefined;
   try {
