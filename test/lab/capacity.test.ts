@@ -89,11 +89,11 @@ for (const mode of ['shared', 'dedicated'] as Mode[]) {
     });
 
     it('two LAN hosts share every public port towards different servers, each gets only its own replies', async () => {
-      // 64 public ports, all taken by host A's 64 flows: host B's flows, opened a second later, can only be
+      // 64 public ports, all taken by host A's 64 flows: host B's flows, opened once A's exist, can only be
       // mapped by sharing A's ports (their remote endpoint differs, so the 5-tuples stay unique). B opens 16:
       // a share takes random probes and near 64 flows to one server they would collide with B's own.
       const range = [40960, 41023];
-      await withRouter(lab, { wan: wanConfig(lab, mode), ports: { range } }, async () => {
+      await withRouter(lab, { wan: wanConfig(lab, mode), ports: { range } }, async (router) => {
         const FLOWS = { A: 64, B: 16 };
         const ROUNDS = 3;
         let gotA: Got = [];
@@ -104,8 +104,12 @@ for (const mode of ['shared', 'dedicated'] as Mode[]) {
             const flows = (ns: string, server: string, tag: 'A' | 'B', startAt: number) => host(lab, ns, ['flows', '--host', server,
               '--port', String(ECHO_PORT), '--sport', '20000', '--count', String(FLOWS[tag]), '--rounds', String(ROUNDS), '--interval', '1.5',
               '--start-at', String(startAt), '--timeout', '1.5', '--tag', tag]);
-            const [a, b] = await Promise.all([flows(lab.ns.lan[0], lab.addr.wan[0], 'A', 0), flows(lab.ns.lan[1], lab.addr.wan[1], 'B', 1)]);
-            gotA = a.got as Got;
+            const a = flows(lab.ns.lan[0], lab.addr.wan[0], 'A', 0);
+            // B starts once A's first round holds every port, and runs while A's flows live on.
+            const end = Date.now() + 10000;
+            while (byFlowCount(await router.conns(), lab.addr.lan[0]) < FLOWS.A && Date.now() < end) await sleep(100);
+            const b = await flows(lab.ns.lan[1], lab.addr.wan[1], 'B', 0);
+            gotA = (await a).got as Got;
             gotB = b.got as Got;
           }, true);
         }, true);
