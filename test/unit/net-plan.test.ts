@@ -8,7 +8,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import {
-  NetSpec, narrowPortRange, ruleText, safetyNet, safetyNetSysctls, steerableRange, sysctlPaths, tunRoutes, wanSysctls,
+  NetSpec, dedicatedAddresses, narrowPortRange, ruleText, safetyNet, safetyNetSysctls, steerableRange, sysctlPaths, tunRoutes, wanSysctls,
   TABLE_LAN, TABLE_WAN, TABLE_WAN_ICMP,
 } from '../../src/edge/netlink/plan';
 import { HostState } from '../../src/edge/netlink/host-state';
@@ -33,6 +33,18 @@ describe('safety net plan', () => {
     assert.deepEqual(net.blackholes.map((r) => [r.table, r.type, r.metric]), [[TABLE_LAN, 'blackhole', 0xffffffff], [TABLE_WAN, 'blackhole', 0xffffffff]]);
     assert.equal(net.localMoved, false);
     assert.deepEqual(tunRoutes(dedicated).map((r) => [r.table, r.type, r.metric]), [[TABLE_LAN, 'tun', 0], [TABLE_WAN, 'tun', 0]]);
+  });
+
+  it('dedicated with several public addresses: a rule and a proxy neighbour for each; shared mode has none', () => {
+    const several: NetSpec = { ...dedicated, lanInterfaces: ['lan0'], otherPublicAddresses: ['198.18.0.3', '198.18.0.4'] };
+    assert.deepEqual(safetyNet(several).rules.map(ruleText), [
+      '50: from all to 198.18.0.2 lookup 7101',
+      '50: from all to 198.18.0.3 lookup 7101',
+      '50: from all to 198.18.0.4 lookup 7101',
+      '7100: from 10.77.0.0/24 iif lan0 lookup 7100',
+    ]);
+    assert.deepEqual(dedicatedAddresses(several), ['198.18.0.2', '198.18.0.3', '198.18.0.4']);
+    assert.deepEqual(dedicatedAddresses(shared), []);
   });
 
   it('shared: steering ahead of the moved local rule; ICMP to a table without a blackhole; forwards outside the range', () => {

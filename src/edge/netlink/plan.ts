@@ -81,6 +81,8 @@ export interface NetSpec {
   wanInterface: string;
   /** Dedicated: the NAT's own address. Shared: the WAN address in use, or the last one known (null: none yet). */
   publicAddress: string | null;
+  /** Dedicated mode with several public addresses (wan.publicAddresses): those after publicAddress. */
+  otherPublicAddresses?: string[];
   /** Shared mode: vpnmasq's dynamic port range (steered to the TUN and reserved from the box's own ephemeral ports). */
   portRange: PortRange;
   /** Shared mode: forwarded TCP/UDP public ports, steered to the TUN. */
@@ -166,6 +168,12 @@ function steering(s: NetSpec, address: string): RuleSpec[] {
   return rules;
 }
 
+/** Dedicated mode: every public address (steered to the TUN, answered for by proxy ARP); shared mode: none. */
+export function dedicatedAddresses(s: NetSpec): string[] {
+  if (s.mode !== 'dedicated' || s.publicAddress === null) return [];
+  return [s.publicAddress, ...(s.otherPublicAddresses ?? [])];
+}
+
 /** The rules and blackholes that keep the box closed while nothing translates (see the module comment). */
 export function safetyNet(s: NetSpec): SafetyNet {
   const rules: RuleSpec[] = [];
@@ -174,8 +182,8 @@ export function safetyNet(s: NetSpec): SafetyNet {
     rules.push({ priority: PRIO_TUN_LOCAL, table: RT_TABLE_LOCAL, src: '0.0.0.0', srcLen: 0, dst: '0.0.0.0', dstLen: 0, iifname: s.tunName });
     if (s.publicAddress !== null) rules.push(...steering(s, s.publicAddress));
     rules.push({ priority: PRIO_LOCAL, table: RT_TABLE_LOCAL, src: '0.0.0.0', srcLen: 0, dst: '0.0.0.0', dstLen: 0 });
-  } else if (s.publicAddress !== null) {
-    rules.push({ priority: PRIO_STEER, table: TABLE_WAN, src: '0.0.0.0', srcLen: 0, dst: s.publicAddress, dstLen: 32 });
+  } else {
+    for (const a of dedicatedAddresses(s)) rules.push({ priority: PRIO_STEER, table: TABLE_WAN, src: '0.0.0.0', srcLen: 0, dst: a, dstLen: 32 });
   }
   for (const iif of s.lanInterfaces) {
     for (const p of s.lanPrefixes) {
