@@ -30,13 +30,19 @@ function wanConfig(lab: Lab, mode: Mode): Record<string, unknown> {
     : { interface: lab.routerIfaces.wan, mode: 'dedicated', publicAddress: lab.addr.public };
 }
 
-/** Runs `fn` with a daemon built from `overrides`; the daemon is stopped also when `fn` throws. */
+/**
+ * Runs `fn` with a daemon built from `overrides`; the daemon is stopped also
+ * when `fn` throws, and torn down: the safety net and the host settings it
+ * changed (a narrowed ephemeral port range) are not the next daemon's to find.
+ */
 async function withRouter(lab: Lab, overrides: Record<string, unknown>, fn: (r: RouterHandle) => Promise<void>): Promise<void> {
   const router = await startRouter(lab, overrides);
   try {
     await fn(router);
   } finally {
     await router.stop();
+    const td = await router.teardown();
+    assert.equal(td.code, 0, td.stderr);
   }
 }
 

@@ -99,8 +99,8 @@ export interface TunOptions {
   /**
    * 'uring': io_uring on the translating thread (fewest system calls, no
    * thread hand-offs); 'threads': a reader and a writer thread per queue (the
-   * kernel's share of the work on other cores); 'auto' (default): io_uring
-   * when the kernel offers it, else threads.
+   * kernel's share of the work on other cores; the default); 'auto':
+   * io_uring when the kernel offers it, else threads.
    */
   io?: 'uring' | 'threads' | 'auto';
 }
