@@ -209,8 +209,7 @@ export class Daemon implements MetricsSource {
     const controlGroup = lookupGroup(cfg.control.group);
     if (controlGroup === null) this.log.warn('control group not found: the control socket is open to root only', { group: cfg.control.group });
     this.control = await startControlServer(cfg.control.socket, controlGroup, (req) => this.handleControl(req));
-    const budget = Math.max(1024, Math.ceil(this.table.capacity / SWEEPS_PER_PASS));
-    this.sweepTimer = setInterval(() => this.sweep(budget), SWEEP_INTERVAL_MS);
+    this.sweepTimer = setInterval(() => this.sweep(), SWEEP_INTERVAL_MS);
     if (cfg.metrics) this.metrics = await startMetricsServer(cfg.metrics.listen, this, this.log);
     this.log.info('vpnmasq running', {
       tun: tun.name,
@@ -276,7 +275,12 @@ export class Daemon implements MetricsSource {
     this.store = store;
   }
 
-  private sweep(budget: number): void {
+  /**
+   * One run of the sweep timer: expiries in every table (at most `budget`
+   * slots of each), the fragment pool, VPN event logging, the journal drain.
+   * The timer calls it every 100 ms; the fuzzer calls it on its own clock.
+   */
+  sweep(budget = Math.max(1024, Math.ceil(this.table.capacity / SWEEPS_PER_PASS))): void {
     const now = this.now();
     this.table.sweep(now, budget);
     const timedOut = this.datapath.frags.sweep(now);
