@@ -13,12 +13,13 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { loadConfig, StateConfig } from '../src/daemon/config';
+import { loadConfig, StateConfig } from '../src/config/schema';
 import { Daemon } from '../src/daemon/daemon';
 import { createLogger, Logger } from '../src/daemon/log';
 import { Journal } from '../src/core/journal';
 import { SessionTable } from '../src/nat/sessions';
-import { SessionCodec, Store } from '../src/persist/store';
+import { Store } from '../src/persist/store';
+import { SessionCodec } from '../src/persist/tables';
 import { PROTO_UDP } from '../src/wire/ipv4';
 import { ipv4ToInt32 } from '../src/core/ipv4-addr';
 import { createLab } from '../test/lab/lab';
@@ -35,7 +36,7 @@ function table(n: number): SessionTable {
 
 function restoreBench(n: number): Record<string, number> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vpnmasq-bench-'));
-  const cfg: StateConfig = { path: path.join(dir, 'state.db'), synchronous: 'normal', groupCommitMs: 2, flushIntervalMs: 1000 };
+  const cfg: StateConfig = { path: path.join(dir, 'state.db'), synchronous: 'normal', flushIntervalMs: 1000 };
   try {
     const now = Date.now();
     const t = table(n);

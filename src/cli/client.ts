@@ -5,7 +5,7 @@
  * in memory.
  */
 import * as net from 'node:net';
-import { ControlRequest } from '../daemon/control';
+import { ControlRequest } from '../query/protocol';
 
 /** A failure with the exit code it maps to (1 failure, 2 usage error). */
 export class CliError extends Error {

@@ -1,19 +1,20 @@
 /** `vpnmasq conns list|show|delete|flush|watch`. */
 import * as readline from 'node:readline';
 import { Command } from 'commander';
-import { openReadOnly } from '../persist/reader';
+import type { StoredConns } from '../query/stored';
 import { CliError, DaemonDownError, EXIT_USAGE } from './client';
 import { config, note, out, request } from './context';
 import {
-  AnyConnRow, compileFilter, comparator, ConnFilter, FILTER_KEYS, FilterError, isEmptyFilter, ListQuery, PROTOCOLS,
+  AnyConnRow, checkQuery, compileFilter, ConnFilter, FILTER_KEYS, FilterError, isEmptyFilter, ListQuery, parseConnId, parseLimit, PROTOCOLS,
   queryRows, SORT_KEYS,
 } from '../query/filters';
 import { CONN_HEADERS, connCells, flatten, keyValues, TableWriter, useColour, vpnDetail } from './format';
 
-/** The state database, read-only (for reads while the daemon is down). */
-function openStore(path: string): { iterate(): Iterable<AnyConnRow>; close(): void } {
+/** The state database, read-only (for reads while the daemon is down; loaded only then). */
+async function openStore(path: string): Promise<StoredConns> {
+  const { openReadOnly } = await import('../query/stored');
   try {
-    return openReadOnly(path) as { iterate(): Iterable<AnyConnRow>; close(): void };
+    return openReadOnly(path);
   } catch (e) {
     throw new CliError(`cannot read the state database ${path}: ${(e as Error).message}`);
   }
@@ -62,12 +63,8 @@ interface ListOpts extends Record<string, unknown> {
 
 async function list(program: Command, opts: ListOpts): Promise<void> {
   const q: ListQuery = { filter: filterFrom(opts), sort: opts.sort, reverse: opts.reverse === true };
-  if (opts.limit !== undefined) {
-    if (!/^\d+$/.test(opts.limit)) throw new CliError(`--limit: not a whole number: "${opts.limit}"`, EXIT_USAGE);
-    q.limit = Number(opts.limit);
-  }
-  if (q.sort !== undefined) usage(() => comparator(q.sort as string));
-  else if (q.reverse) throw new CliError('--reverse needs --sort', EXIT_USAGE);
+  if (opts.limit !== undefined) q.limit = usage(() => parseLimit(opts.limit));
+  usage(() => checkQuery(q));
   const table = new TableWriter(CONN_HEADERS, { write: out }, { legend: opts.legend, colour: useColour(process.stdout) });
   const emit = (row: AnyConnRow) => (opts.json ? out(JSON.stringify(row) + '\n') : table.add(connCells(row)));
   let count: number;
@@ -78,10 +75,10 @@ async function list(program: Command, opts: ListOpts): Promise<void> {
     if (!(e instanceof DaemonDownError)) throw e;
     const path = config(program).state.path;
     note(`${e.message}; reading ${path} read-only`);
-    const store = openStore(path);
+    const store = await openStore(path);
     count = 0;
     try {
-      for (const r of queryRows(store.iterate(), q)) {
+      for (const r of queryRows(store.iterate() as Iterable<AnyConnRow>, q)) {
         count++;
         const full = emit(r);
         if (full) await full;
@@ -94,22 +91,22 @@ async function list(program: Command, opts: ListOpts): Promise<void> {
   if (opts.legend) note(`${count} connection${count === 1 ? '' : 's'} listed.`);
 }
 
-async function show(program: Command, id: string, opts: { json?: boolean }): Promise<void> {
-  if (!/^\d+$/.test(id)) throw new CliError(`not a connection id: "${id}"`, EXIT_USAGE);
-  let conn: AnyConnRow | undefined;
+async function show(program: Command, idText: string, opts: { json?: boolean }): Promise<void> {
+  const id = usage(() => parseConnId(idText));
+  let conn: AnyConnRow | null;
   try {
-    conn = (await request(program, { cmd: 'conns-show', id: Number(id) })).conn as AnyConnRow;
+    conn = (await request(program, { cmd: 'conns-show', id })).conn as AnyConnRow;
   } catch (e) {
     if (!(e instanceof DaemonDownError)) throw e;
     const path = config(program).state.path;
     note(`${e.message}; reading ${path} read-only`);
-    const store = openStore(path);
+    const store = await openStore(path);
     try {
-      for (const r of store.iterate()) if (r.id === Number(id)) { conn = r; break; }
+      conn = store.byId(id);
     } finally {
       store.close();
     }
-    if (!conn) throw new CliError(`no connection with id ${id}`);
+    if (conn === null) throw new CliError(`no connection with id ${id}`);
   }
   if (opts.json) await out(JSON.stringify(conn) + '\n');
   else await out(keyValues(flatten({ ...conn, vpn: vpnDetail(conn.vpn) } as Record<string, unknown>)));
@@ -183,8 +180,7 @@ Examples:
     .action(async (id: string | undefined, opts: Record<string, unknown>) => {
       const filter = filterFrom(opts);
       if (id === undefined && isEmptyFilter(filter)) throw new CliError('conns delete needs an id or at least one filter (use "conns flush" to delete all)', EXIT_USAGE);
-      if (id !== undefined && !/^\d+$/.test(id)) throw new CliError(`not a connection id: "${id}"`, EXIT_USAGE);
-      await remove(program, 'conns-delete', id !== undefined ? { id: Number(id) } : { filter }, opts.json === true);
+      await remove(program, 'conns-delete', id !== undefined ? { id: usage(() => parseConnId(id)) } : { filter }, opts.json === true);
     });
 
   addFilterOptions(conns.command('flush'))

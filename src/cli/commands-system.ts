@@ -1,8 +1,7 @@
 /** `vpnmasq run|check-native|status|stats|forwards|config check`. */
 import { Command } from 'commander';
-import { ConfigError, loadConfig } from '../daemon/config';
-import { runDaemon } from '../daemon/lifecycle';
-import { checkNativeModules, nodeDescription } from '../daemon/native-modules';
+import { ConfigError, ConfigProblem, loadConfig } from '../config/schema';
+import { checkNativeModules, nodeDescription } from '../edge/native-modules';
 import { CliError, DaemonDownError, EXIT_FAILURE, EXIT_USAGE } from './client';
 import { config, note, out, request } from './context';
 import { flatten, formatTable, keyValues, seconds } from './format';
@@ -12,10 +11,12 @@ export function runCommand(program: Command): void {
     .command('run')
     .description('run the router in the foreground (as a systemd service)')
     // Readiness, watchdog, SIGHUP reload and SIGTERM: src/daemon/lifecycle.ts.
-    .action(() => {
+    .action(async () => {
       const cfg = config(program);
       const problems = checkNativeModules().flatMap((r) => (r.problem === null ? [] : [r.problem]));
       if (problems.length > 0) throw new CliError(problems.join('\n'));
+      // Loaded here only: the other commands are clients and never load the daemon.
+      const { runDaemon } = await import('../daemon/lifecycle');
       return runDaemon(program.opts().config as string, cfg);
     });
 
@@ -143,13 +144,17 @@ Examples:
     .description('validate a config file without touching the system; prints every problem')
     .argument('<file>', 'config file')
     .action((file: string) => {
+      const warnings: ConfigProblem[] = [];
+      const show = (p: ConfigProblem, kind = '') => note(p.field ? `${file}: ${p.field}: ${kind}${p.message}` : `${file}: ${kind}${p.message}`);
       try {
-        loadConfig(file);
+        loadConfig(file, warnings);
       } catch (e) {
         if (!(e instanceof ConfigError)) throw e;
-        for (const p of e.problems) note(p.field ? `${file}: ${p.field}: ${p.message}` : `${file}: ${p.message}`);
+        for (const p of e.problems) show(p);
+        for (const w of warnings) show(w, 'warning: ');
         throw new CliError(`${file}: ${e.problems.length} problem${e.problems.length === 1 ? '' : 's'}`);
       }
+      for (const w of warnings) show(w, 'warning: ');
       note(`${file}: ok`);
     });
 }

@@ -1,7 +1,7 @@
 /** What every CLI command shares: the config, stdout with back-pressure, messages on stderr. */
 import { Command } from 'commander';
-import { Config, ConfigError, loadConfig } from '../daemon/config';
-import { ControlRequest } from '../daemon/control';
+import { Config, ConfigError, loadConfig } from '../config/schema';
+import { ControlRequest } from '../query/protocol';
 import { CliError, RowHandler, streamRequest } from './client';
 
 export function config(program: Command): Config {

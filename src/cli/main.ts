@@ -5,12 +5,12 @@
  */
 import * as fs from 'node:fs';
 import { Command, CommanderError } from 'commander';
-import { DEFAULT_CONFIG_PATH } from '../daemon/config';
+import { DEFAULT_CONFIG_PATH } from '../config/schema';
 import { CliError, EXIT_FAILURE, EXIT_USAGE } from './client';
 import { connsCommand } from './commands-conns';
 import { runCommand, systemCommands } from './commands-system';
 import { completionCommand } from './completion';
-import { version } from '../version';
+import { version } from '../core/version';
 
 export function buildProgram(): Command {
   const program = new Command();

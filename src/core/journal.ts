@@ -1,8 +1,9 @@
 /**
  * A bounded ring of table events (new, update, destroy) for the consumers that
  * follow the table: the state store and `vpnmasq conns watch`. The packet path
- * only writes three numbers per event. When a consumer falls behind by more
- * than the ring holds, `overflowed` tells it to resynchronise from the table.
+ * only writes three numbers per event. When more events are pushed between
+ * two drains than the ring holds, the oldest are overwritten and counted in
+ * `lost`: the consumers must then resynchronise from the tables.
  */
 export const EV_NEW = 1;
 export const EV_UPDATE = 2;
@@ -16,7 +17,8 @@ export class Journal {
   private readonly mask: number;
   private head = 0;
   private tail = 0;
-  overflowed = false;
+  /** Events overwritten before they were drained; the drainer resets it. */
+  lost = 0;
 
   constructor(capacityPow2 = 1 << 16) {
     this.kinds = new Uint8Array(capacityPow2);
@@ -29,7 +31,7 @@ export class Journal {
   push(kind: number, table: number, index: number, serial: number): void {
     const h = this.head;
     if (h - this.tail > this.mask) {
-      this.overflowed = true;
+      this.lost += h - this.mask - this.tail;
       this.tail = h - this.mask;
     }
     const i = h & this.mask;

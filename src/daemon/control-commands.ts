@@ -11,14 +11,18 @@
  *   forwards-add {forward}            {forward}: a runtime forward, checked like the config's
  *   forwards-remove {proto, publicPort}   {forward}: removes a runtime forward
  *
- * Filtering, sorting and the limit run here so that a filtered listing of a
- * large table sends only what was asked for. Not on the packet path.
+ * Filtering, sorting and the limit (src/query/filters.ts, shared with the
+ * CLI) run here so that a filtered listing of a large table sends only what
+ * was asked for; an id is looked up directly (src/query/id-index.ts). Watchers
+ * are observers: they get the table events after the batch was written. Not
+ * on the packet path.
  */
 import * as net from 'node:net';
-import { Config } from './config';
+import { checkForwards, Config } from '../config/schema';
+import type { Forward } from '../core/forward';
 import { ControlReply, ControlRequest } from './control';
-import type { JournalListener } from '../core/journal';
-import { AnyConnRow, compileFilter, ConnFilter, FilterError, isEmptyFilter, ListQuery, queryRows } from '../query/filters';
+import { AnyConnRow, checkQuery, compileFilter, ConnFilter, isEmptyFilter, ListQuery, parseConnId, queryRows } from '../query/filters';
+import type { JournalObserver } from '../query/journal-feed';
 import { EV_DESTROY, EV_NEW, EV_UPDATE } from '../core/journal';
 import { ConnRow } from '../query/rows';
 import { SessionTable } from '../nat/sessions';
@@ -32,14 +36,17 @@ export interface ControlTarget {
   rows(): Iterable<ConnRow>;
   /** The row of a table entry named by a journal event, if it still has that serial. */
   rowOf(table: number, index: number, serial: number): ConnRow | null;
+  /** The row with this id, found directly, or null. */
+  connById(id: number): ConnRow | null;
   /** Deletes the rows with these ids from whichever table holds them; returns how many. */
   deleteConns(ids: ReadonlySet<number>): number;
   /** The forwards changed at runtime (shared mode re-steers their ports). */
   forwardsChanged(): Promise<void>;
   stats(): Record<string, unknown>;
   status(): Record<string, unknown>;
-  addJournalListener(l: JournalListener): void;
-  removeJournalListener(l: JournalListener): void;
+  /** Table events after each batch was written (`conns watch`). */
+  addObserver(o: JournalObserver): void;
+  removeObserver(o: JournalObserver): void;
 }
 
 export const EVENT_NAMES: Record<number, string> = { [EV_NEW]: 'NEW', [EV_UPDATE]: 'UPDATE', [EV_DESTROY]: 'DESTROY' };
@@ -59,19 +66,22 @@ export class ControlCommands {
       case 'conns':
         return this.list(req);
       case 'conns-show': {
-        const id = connId(req.id);
-        for (const r of this.target.rows()) if (r.id === id) return { result: { conn: r } };
-        throw new Error(`no connection with id ${id}`);
+        const id = parseConnId(req.id);
+        const conn = this.target.connById(id);
+        if (conn === null) throw new Error(`no connection with id ${id}`);
+        return { result: { conn } };
       }
       case 'conns-delete': {
         if (req.id === undefined && isEmptyFilter(req.filter as ConnFilter)) throw new Error('conns-delete needs an id or a filter');
-        const ids = this.matchingIds(req.id !== undefined ? connId(req.id) : null, req.filter as ConnFilter);
-        const deleted = this.target.deleteConns(ids);
-        if (req.id !== undefined && deleted === 0) throw new Error(`no connection with id ${req.id}`);
+        if (req.id === undefined) return { result: { deleted: this.target.deleteConns(this.matchingIds(req.filter as ConnFilter)) } };
+        const id = parseConnId(req.id);
+        const conn = this.target.connById(id);
+        const deleted = conn !== null && compileFilter(req.filter as ConnFilter)(conn as AnyConnRow) ? this.target.deleteConns(new Set([id])) : 0;
+        if (deleted === 0) throw new Error(`no connection with id ${req.id}`);
         return { result: { deleted } };
       }
       case 'conns-flush':
-        return { result: { deleted: this.target.deleteConns(this.matchingIds(null, req.filter as ConnFilter)) } };
+        return { result: { deleted: this.target.deleteConns(this.matchingIds(req.filter as ConnFilter)) } };
       case 'watch':
         return { stream: (conn) => this.watch(conn, req.filter as ConnFilter), result: {} };
       case 'forwards-list': {
@@ -79,7 +89,7 @@ export class ControlCommands {
         return { rows, result: { count: rows.length } };
       }
       case 'forwards-add':
-        return this.forwardsChange(() => this.target.forwards.add(req.forward, this.target.config.lan.prefixes));
+        return this.forwardsChange(() => this.target.forwards.add(this.checkedForward(req.forward)));
       case 'forwards-remove':
         return this.forwardsChange(() => this.target.forwards.remove(String(req.proto),
           req.publicPort === undefined || req.publicPort === null ? undefined : Number(req.publicPort)));
@@ -95,7 +105,7 @@ export class ControlCommands {
       reverse: req.reverse === true,
       limit: req.limit === undefined ? undefined : Number(req.limit),
     };
-    compileFilter(q.filter); // reject a bad filter before streaming starts
+    checkQuery(q); // reject a bad query before streaming starts
     const counted = { count: 0 };
     const rows = function* (src: Iterable<AnyConnRow>) {
       for (const r of queryRows(src, q)) { counted.count++; yield r; }
@@ -103,12 +113,25 @@ export class ControlCommands {
     return { rows: rows(this.target.rows() as Iterable<AnyConnRow>), result: counted };
   }
 
-  /** Ids of the rows (any table: ids are one space) with this id, or any id, that match the filter. */
-  private matchingIds(id: number | null, filter: ConnFilter | undefined): Set<number> {
+  /** Ids of the rows (any table: ids are one space) that match the filter. */
+  private matchingIds(filter: ConnFilter | undefined): Set<number> {
     const match = compileFilter(filter);
     const ids = new Set<number>();
-    for (const r of this.target.rows()) if ((id === null || r.id === id) && match(r as AnyConnRow)) ids.add(r.id);
+    for (const r of this.target.rows()) if (match(r as AnyConnRow)) ids.add(r.id);
     return ids;
+  }
+
+  /**
+   * A runtime forward checked exactly like an entry of the config's
+   * "forwards" against every forward in effect; throws ConfigError.
+   */
+  private checkedForward(value: unknown): Forward {
+    const fw = this.target.forwards;
+    const nc = fw.list().filter((f) => f.source === 'config').length;
+    const all = fw.all();
+    const n = all.length;
+    const name = (i: number) => (i < nc ? `forwards[${i}]` : i < n ? `runtime forward ${i - nc + 1}` : 'forward');
+    return checkForwards([...all, value], this.target.config.lan.prefixes, name, 'forwards add')[n];
   }
 
   /** Applies a runtime forward change, then lets the daemon re-steer; answers with the forward. */
@@ -126,32 +149,34 @@ export class ControlCommands {
   private watch(conn: net.Socket, filter: ConnFilter | undefined): Promise<void> {
     const match = compileFilter(filter);
     let lost = 0;
-    const listener: JournalListener = {
+    /** Reports lost events once the watcher can take a line again; false while it is behind. */
+    const caughtUp = (): boolean => {
+      if (conn.writableLength > WATCH_BACKLOG_BYTES) return false;
+      if (lost > 0) {
+        conn.write(JSON.stringify({ event: 'OVERRUN', time: new Date(this.now()).toISOString(), lost }) + '\n');
+        lost = 0;
+      }
+      return true;
+    };
+    const observer: JournalObserver = {
       event: (kind, table, index, serial) => {
         const row = this.eventRow(table, index, serial);
         if (!('proto' in row) ? !isEmptyFilter(filter) : !match(row)) return;
-        if (conn.writableLength > WATCH_BACKLOG_BYTES) { lost++; return; }
-        if (lost > 0) {
-          conn.write(JSON.stringify({ event: 'OVERRUN', time: new Date(this.now()).toISOString(), lost }) + '\n');
-          lost = 0;
-        }
+        if (!caughtUp()) { lost++; return; }
         conn.write(JSON.stringify({ event: EVENT_NAMES[kind], time: new Date(this.now()).toISOString(), conn: row }) + '\n');
       },
-      flush: () => undefined,
+      lost: (n) => {
+        lost += n;
+        caughtUp();
+      },
     };
-    this.target.addJournalListener(listener);
+    this.target.addObserver(observer);
     conn.write(JSON.stringify({ watching: true }) + '\n');
     return new Promise((resolve) => {
-      const done = () => { this.target.removeJournalListener(listener); resolve(); };
+      const done = () => { this.target.removeObserver(observer); resolve(); };
       conn.once('close', done);
       // The client never sends more than its one request; its end of the stream means it is gone.
       conn.once('end', () => conn.destroy());
     });
   }
-}
-
-function connId(v: unknown): number {
-  const n = typeof v === 'number' ? v : /^\d+$/.test(String(v)) ? Number(v) : NaN;
-  if (!Number.isSafeInteger(n) || n <= 0) throw new FilterError(`not a connection id: "${String(v)}"`);
-  return n;
 }

@@ -1,14 +1,14 @@
 /**
- * The control socket: newline-delimited JSON over a Unix stream socket under
- * /run/vpnmasq. One request per line, `{"cmd": ...}`; the answer is one JSON
- * line, or for listings one line per row followed by `{"end": true, ...}`.
- * Access is limited by the socket's mode (0660) and group.
+ * The control socket under /run/vpnmasq: the server side of the protocol in
+ * src/query/protocol.ts. Access is limited by the socket's mode (0660) and
+ * group.
  */
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
+import { ControlRequest, MAX_REQUEST_BYTES } from '../query/protocol';
 
-export type ControlRequest = { cmd: string } & Record<string, unknown>;
+export type { ControlRequest };
 
 export interface ControlReply {
   /** Rows streamed before the final line (for listings). */
@@ -24,8 +24,6 @@ export type ControlHandler = (req: ControlRequest) => ControlReply | Promise<Con
 export interface ControlServer {
   close(): Promise<void>;
 }
-
-const MAX_REQUEST_BYTES = 64 * 1024;
 
 /** Numeric id of a group from /etc/group, or null when there is no such group. */
 export function lookupGroup(name: string, groupFile = '/etc/group'): number | null {

@@ -3,7 +3,8 @@
  * around the pure packet path and keeps them in order on start and stop.
  */
 import * as path from 'node:path';
-import { checkForwards, Config } from './config';
+import { Config } from '../config/schema';
+import { configDiff } from './reload';
 import { MetricsServer, MetricsSource, startMetricsServer } from './metrics';
 import { mssClampValue } from '../nat/mss-clamp';
 import { SharedMode, steerableRange } from '../edge/netlink/shared-mode';
@@ -13,8 +14,10 @@ import { ControlCommands } from './control-commands';
 import { Logger } from './log';
 import { Datapath, rxSlotSize } from '../nat/datapath';
 import { Journal, JournalListener } from '../core/journal';
-import { SessionTable, SLOT_ICMP, SLOT_TCP, SLOT_UDP } from '../nat/sessions';
+import { SessionTable, SLOT_ICMP, SLOT_TCP, SLOT_UDP, TABLE_SESSIONS } from '../nat/sessions';
 import { allRows, ConnRow, ConnTables, rowOf } from '../query/rows';
+import { JournalFeed, JournalObserver } from '../query/journal-feed';
+import { IdIndex, IdSource } from '../query/id-index';
 import { Drop } from '../core/verdict';
 import { T_BYTES_IN, T_BYTES_OUT, T_PKTS_IN, T_PKTS_OUT } from '../nat/napt';
 import { RouterNet } from '../edge/netlink/router-net';
@@ -23,13 +26,14 @@ import type { TunDevice, TunEvent, TunFactory } from '../edge/tun/device';
 import { NativeTun } from '../edge/tun/native-tun';
 import { Stat } from '../edge/tun/native';
 import { BatchFaults } from '../edge/tun/batch-faults';
-import { SessionCodec, Store } from '../persist/store';
-import { EspCodec, GreCallCodec, IsakmpCodec } from '../persist/vpn-codecs';
+import { Store } from '../persist/store';
+import { EspCodec, GreCallCodec, IsakmpCodec, SessionCodec } from '../persist/tables';
 import { DbHealth } from '../persist/health';
 import { Forwards } from '../nat/forwards';
 import { PptpCounter } from '../helpers/pptp/counters';
 import { PptpMasq } from '../helpers/pptp/pptp';
-import { IpsecMasq, MIN_LIFETIME_MS } from '../helpers/ipsec/ipsec';
+import { TABLE_GRE_CALLS } from '../helpers/pptp/calls';
+import { IPSEC_EVENT_NAMES, IpsecMasq, MIN_LIFETIME_MS, TABLE_ESP, TABLE_ISAKMP } from '../helpers/ipsec/ipsec';
 import { attachIpsec } from '../helpers/ipsec/nat';
 
 /** Policy routing table and rule priority the daemon owns. */
@@ -42,6 +46,8 @@ const SWEEP_INTERVAL_MS = 100;
 const PPTP_CALLS = 4096;
 /** Capacity of each IPsec table (ISAKMP entries, ESP entries, remotes). */
 const IPSEC_ENTRIES = 16384;
+/** PPTP counters of traffic volume, left out of the VPN events. */
+const PPTP_VOLUME_COUNTERS: ReadonlySet<string> = new Set(['gre-out', 'gre-in', 'messages', 'rewrites']);
 /** Sweep the whole table about every 10 s whatever its size. */
 const SWEEPS_PER_PASS = 100;
 
@@ -88,7 +94,12 @@ export class Daemon implements MetricsSource {
   private control: ControlServer | null = null;
   private sweepTimer: NodeJS.Timeout | null = null;
   private stopping: Promise<void> | null = null;
+  /** Write-ahead listeners: they see every table event before the batch is written (the store). */
   private readonly journalListeners: JournalListener[] = [];
+  /** Observers (`conns watch`, the id index) get the events after the batch was written. */
+  private readonly feed = new JournalFeed();
+  /** Where each id lives, for `conns show|delete ID`. */
+  private readonly ids: IdIndex;
   private readonly persist: boolean;
   /** The state store, once started with persistence. */
   store: Store | null = null;
@@ -145,7 +156,7 @@ export class Daemon implements MetricsSource {
       },
     );
     const napt = this.datapath.napt;
-    this.forwards = new Forwards(this.table, cfg.forwards, checkForwards);
+    this.forwards = new Forwards(this.table, cfg.forwards);
     this.pptp = new PptpMasq(PPTP_CALLS, this.table, this.table.journal);
     this.pptp.calls.graceMs = t.pptpGrace * 1000;
     this.pptp.gre.allowNonPptp = cfg.pptp.nonPptpGre === 'address-only';
@@ -165,6 +176,22 @@ export class Daemon implements MetricsSource {
     attachIpsec(napt, this.ipsec);
     this.ipsec.serials = this.table.serials;
     this.ipsec.journal = this.table.journal;
+    this.ids = new IdIndex(() => this.idSources());
+    this.feed.add(this.ids);
+    this.journalListeners.push(this.feed);
+  }
+
+  /** Every table's records and serials, for the id index. */
+  private idSources(): IdSource[] {
+    const t = this.table;
+    const g = this.pptp.calls;
+    const m = this.ipsec;
+    return [
+      { table: TABLE_SESSIONS, capacity: t.capacity, inUse: t.sInUse, serial: t.sSerial },
+      { table: TABLE_GRE_CALLS, capacity: g.capacity, inUse: g.inUse, serial: g.serial },
+      { table: TABLE_ISAKMP, capacity: m.opts.capacity, inUse: m.kInUse, serial: m.kSerial },
+      { table: TABLE_ESP, capacity: m.opts.capacity, inUse: m.eInUse, serial: m.eSerial },
+    ];
   }
 
   /** PPTP/GRE upkeep once a second: expire calls, log spec §10 events (rate-limited). */
@@ -270,6 +297,8 @@ export class Daemon implements MetricsSource {
     store.registerTable(new EspCodec(this.ipsec, this.table));
     store.registerTable(new GreCallCodec(this.pptp.calls, this.table));
     store.restore({ now: this.now(), publicAddr: this.table.publicAddr, onAddressChange: this.config.wan.onAddressChange });
+    // Restored entries come without table events.
+    this.ids.rebuild();
     this.addJournalListener(store);
     store.start();
     this.store = store;
@@ -303,15 +332,35 @@ export class Daemon implements MetricsSource {
     if (i >= 0) this.journalListeners.splice(i, 1);
   }
 
-  /** Hands pending table events to every listener, then lets each flush. */
+  /**
+   * Hands pending table events to every listener, then lets each flush: the
+   * store commits (write-ahead), the feed schedules the observers for after
+   * the batch is written.
+   */
   private drainJournal(): void {
     const journal = this.table.journal as Journal;
     const listeners = this.journalListeners;
+    const lost = journal.lost;
+    if (lost > 0) {
+      journal.lost = 0;
+      this.store?.resync();
+      this.feed.lose(lost);
+      // Logged after the batch, like every other report.
+      setImmediate(() => this.log.warn('table events were lost: the state database is rewritten, watchers are told', { lost }));
+    }
     if (journal.length === 0) return;
     journal.drain((kind, table, index, serial) => {
       for (const l of listeners) l.event(kind, table, index, serial);
     });
     for (const l of listeners) l.flush();
+  }
+
+  addObserver(o: JournalObserver): void {
+    this.feed.add(o);
+  }
+
+  removeObserver(o: JournalObserver): void {
+    this.feed.remove(o);
   }
 
   /** Stops forwarding and removes everything the daemon added. Idempotent. */
@@ -354,9 +403,32 @@ export class Daemon implements MetricsSource {
    * inbound one finds none. Returns how many.
    */
   deleteConns(ids: ReadonlySet<number>): number {
-    const deleted = this.table.deleteSerials(ids) + this.pptp.calls.deleteSerials(ids) + this.ipsec.deleteSerials(ids);
+    this.feed.deliver();
+    const t = this.table;
+    const g = this.pptp.calls;
+    const vpn = new Set<number>();
+    let deleted = 0;
+    for (const id of ids) {
+      const at = this.ids.find(id);
+      if (at === null) continue;
+      if (at.table === TABLE_SESSIONS) {
+        if (t.sInUse[at.index] === 1 && t.sSerial[at.index] === id) { t.removeSession(at.index); deleted++; }
+      } else if (at.table === TABLE_GRE_CALLS) {
+        if (g.inUse[at.index] === 1 && g.serial[at.index] === id) { g.remove(at.index); deleted++; }
+      } else {
+        vpn.add(id);
+      }
+    }
+    if (vpn.size > 0) deleted += this.ipsec.deleteSerials(vpn);
     this.drainJournal();
     return deleted;
+  }
+
+  /** The row with this id: one index lookup (the feed is delivered first, so a new entry is found). */
+  connById(id: number): ConnRow | null {
+    this.feed.deliver();
+    const at = this.ids.find(id);
+    return at === null ? null : this.rowOf(at.table, at.index, id);
   }
 
   /** After `forwards add|remove` or a reload: shared mode steers the forwards' ports to the TUN. */
@@ -469,12 +541,13 @@ export class Daemon implements MetricsSource {
     const prev = this.config;
     this.config = next;
     this.datapath.napt.mssClamp = mssClampValue(next.mssClamp, next.tun.mtu);
-    if (JSON.stringify(prev.forwards) !== JSON.stringify(next.forwards)) {
+    const changed = configDiff(prev, next);
+    if (changed.includes('forwards')) {
       const dropped = this.forwards.configure(next.forwards);
       if (dropped.length > 0) this.log.warn('runtime forwards dropped: the reloaded config claims their ports', { forwards: JSON.stringify(dropped) });
       await this.forwardsChanged();
     }
-    if (JSON.stringify(prev.metrics) !== JSON.stringify(next.metrics)) {
+    if (changed.some((field) => field === 'metrics' || field.startsWith('metrics.'))) {
       await this.metrics?.close();
       this.metrics = next.metrics ? await startMetricsServer(next.metrics.listen, this, this.log) : null;
     }
@@ -504,8 +577,13 @@ export class Daemon implements MetricsSource {
     return { packetsOut: t[T_PKTS_OUT], packetsIn: t[T_PKTS_IN], bytesOut: t[T_BYTES_OUT], bytesIn: t[T_BYTES_IN] };
   }
 
+  /** VPN events for the metrics: every IPsec event count, and the PPTP counters that count events (not packets or messages). */
   vpnEvents(): Record<string, number> {
-    return {};
+    const out: Record<string, number> = {};
+    const ipsec = this.ipsec.eventCounts;
+    IPSEC_EVENT_NAMES.forEach((name, i) => { out[`ipsec-${name}`] = ipsec[i]; });
+    for (const [name, n] of Object.entries(this.pptp.counters.byName())) if (!PPTP_VOLUME_COUNTERS.has(name)) out[`pptp-${name}`] = n;
+    return out;
   }
 
   private handleControl(req: ControlRequest): ControlReply | Promise<ControlReply> {

@@ -6,7 +6,8 @@
  * new one is bad, SIGTERM/SIGINT send STOPPING=1, flush and exit cleanly.
  * Leftovers of a crashed run are removed by Daemon.start().
  */
-import { Config, ConfigError, loadConfig, reloadable } from './config';
+import { Config, ConfigError, loadConfig } from '../config/schema';
+import { reloadable } from './reload';
 import { Daemon } from './daemon';
 import { createLogger, Logger } from './log';
 import { loadTunNative } from '../edge/tun/native';

@@ -5,7 +5,7 @@
  */
 import type { Writable } from 'node:stream';
 import winston from 'winston';
-import type { LogConfig, LogLevel } from './config';
+import type { LogConfig, LogLevel } from '../config/schema';
 
 export type LogFields = Record<string, unknown>;
 

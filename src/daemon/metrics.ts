@@ -6,7 +6,7 @@
 import { createServer, IncomingMessage, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { collectDefaultMetrics, Counter, Gauge, Registry } from 'prom-client';
-import { parseListenAddress } from './config';
+import { parseListenAddress } from '../config/checks';
 import type { Logger } from './log';
 
 export interface MetricsSource {

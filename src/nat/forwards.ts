@@ -16,12 +16,13 @@
  *    number (NO_FORWARD when no forward exists, -2/-3 when the table is full
  *    or the port is taken).
  * Runtime forwards (`vpnmasq forwards add|remove`, not on the packet path)
- * sit next to the config's and are checked like them (the config's check,
- * handed in by the daemon); they are never written to the config file and
- * end with the daemon.
+ * sit next to the config's; the daemon checks them like the config's before
+ * adding them. They are never written to the config file and end with the
+ * daemon.
  * Hairpinning needs nothing extra: a LAN client's packet to the public
  * address runs the inbound half after its outbound translation and lands here.
  */
+import { Forward, forwardClaim } from '../core/forward';
 import { PROTO_ESP, PROTO_GRE, PROTO_TCP, PROTO_UDP } from '../wire/ipv4';
 import { ISAKMP_PORT } from '../wire/isakmp';
 import { SessionTable } from './sessions';
@@ -29,22 +30,6 @@ import { ipv4ToInt32 } from '../core/ipv4-addr';
 
 /** Returned when there is no forward. As an address it is 255.255.255.255, never a LAN host. */
 export const NO_FORWARD = -1;
-
-export interface PortForward { proto: 'tcp' | 'udp'; publicPort: number; lanAddress: string; lanPort: number }
-export interface ProtocolForward { proto: 'esp' | 'gre'; lanAddress: string }
-export type Forward = PortForward | ProtocolForward;
-
-/**
- * Checks a list of forwards as the config does (ports, addresses, LAN
- * prefixes, conflicts) and returns them resolved; throws an error named
- * "ConfigError" that lists the problems. `fieldOf(i)` names entry i.
- */
-export type ForwardsCheck = (list: unknown[], lanPrefixes: readonly string[] | null, fieldOf: (i: number) => string,
-  source: string) => Forward[];
-
-const uncheckable: ForwardsCheck = () => {
-  throw new Error('runtime forwards need the config check');
-};
 
 export class Forwards {
   private readonly tcpLan = new Int32Array(65536).fill(NO_FORWARD);
@@ -59,7 +44,7 @@ export class Forwards {
   private configured: readonly Forward[] = [];
   private runtime: Forward[] = [];
 
-  constructor(private readonly table: SessionTable, forwards: readonly Forward[] = [], private readonly check: ForwardsCheck = uncheckable) {
+  constructor(private readonly table: SessionTable, forwards: readonly Forward[] = []) {
     this.configure(forwards);
   }
 
@@ -70,15 +55,16 @@ export class Forwards {
    */
   configure(forwards: readonly Forward[]): Forward[] {
     this.configured = forwards;
+    const claimed = new Set(forwards.map(forwardClaim));
     const kept: Forward[] = [];
     const dropped: Forward[] = [];
     for (const f of this.runtime) {
-      try {
-        this.check([...forwards, ...kept, f], null, (i) => `forwards[${i}]`, 'reload');
-        kept.push(f);
-      } catch (e) {
-        if (!(e instanceof Error) || e.name !== 'ConfigError') throw e;
+      const claim = forwardClaim(f);
+      if (claimed.has(claim)) {
         dropped.push(f);
+      } else {
+        claimed.add(claim);
+        kept.push(f);
       }
     }
     this.runtime = kept;
@@ -86,16 +72,10 @@ export class Forwards {
     return dropped;
   }
 
-  /**
-   * Adds a runtime forward, checked like an entry of the config's "forwards"
-   * against every forward in effect; throws the check's ConfigError with the problems.
-   */
-  add(value: unknown, lanPrefixes: readonly string[]): Forward {
-    const nc = this.configured.length;
-    const n = nc + this.runtime.length;
-    const name = (i: number) => (i < nc ? `forwards[${i}]` : i < n ? `runtime forward ${i - nc + 1}` : 'forward');
-    const all = this.check([...this.configured, ...this.runtime, value], lanPrefixes, name, 'forwards add');
-    const f = all[n];
+  /** Adds a runtime forward, already checked like an entry of the config's "forwards"; throws if its port or protocol is taken. */
+  add(f: Forward): Forward {
+    const claim = forwardClaim(f);
+    if (this.all().some((g) => forwardClaim(g) === claim)) throw new Error(`${claim} is already forwarded`);
     this.runtime.push(f);
     this.apply();
     return f;

@@ -1,16 +1,18 @@
 /**
  * Schema of the state database. The version lives in `PRAGMA user_version`.
  *
- * A fresh database is created at SCHEMA_VERSION with CREATE_STATEMENTS; an
- * older one is brought forward by running MIGRATIONS[v - 1] for every
- * version v from its own up to SCHEMA_VERSION - 1, each in one transaction.
- * Never edit a released migration: add a new version instead, append its
- * migration, update CREATE_STATEMENTS, and add the old CREATE statements to
- * SCHEMAS so the test migrates from it.
- *
- * Every table persisted through a codec (see store.ts) has `serial INTEGER
- * PRIMARY KEY` as first column; times are wall-clock milliseconds.
+ * A fresh database is created at SCHEMA_VERSION with CREATE_STATEMENTS,
+ * generated from the table specs (tables.ts); an older one is brought forward
+ * by running MIGRATIONS[v - 1] for every version v from its own up to
+ * SCHEMA_VERSION - 1, each in one transaction. Released versions are history
+ * and stay literal text here. To change a table: change its spec, bump
+ * SCHEMA_VERSION, append the migration, and freeze the previous version's
+ * statements in SCHEMAS (for version 3 that is `[...V2, ...VPN_TABLES]`), so
+ * the test migrates every old version and compares the result with a fresh
+ * database.
  */
+import { createStatements } from './columns';
+import { TABLES } from './tables';
 
 /** Version 1 (first design): NAPT sessions without public address or counters. */
 const V1: readonly string[] = [
@@ -34,12 +36,7 @@ const V2: readonly string[] = [
   'CREATE INDEX sessions_expires ON sessions (expires)',
 ];
 
-/**
- * Added in version 3: the VPN tables (src/persist/vpn-codecs.ts). Cookies and
- * SPIs are signed 32-bit halves as the packet path reads them; expires is
- * Infinity while a PPTP call's control connection holds it; a call refers to
- * that connection by the session's serial.
- */
+/** Added in version 3: the VPN tables (ISAKMP, ESP, PPTP calls; tables.ts). */
 const VPN_TABLES: readonly string[] = [
   `CREATE TABLE isakmp (
     serial INTEGER PRIMARY KEY, lan INTEGER NOT NULL, rem INTEGER NOT NULL, pub_addr INTEGER NOT NULL,
@@ -57,14 +54,12 @@ const VPN_TABLES: readonly string[] = [
     last_seen REAL NOT NULL, pkts_out REAL NOT NULL, pkts_in REAL NOT NULL)`,
 ];
 
-/** Version 3: version 2 plus the ISAKMP, ESP and PPTP call tables. */
-const V3: readonly string[] = [...V2, ...VPN_TABLES];
+export const SCHEMA_VERSION = 3;
+/** The current version (3: version 2 plus the ISAKMP, ESP and PPTP call tables), from the specs. */
+export const CREATE_STATEMENTS: readonly string[] = TABLES.flatMap((spec) => createStatements(spec));
 
 /** CREATE statements of every version, by version (for the migration tests). */
-export const SCHEMAS: Readonly<Record<number, readonly string[]>> = { 1: V1, 2: V2, 3: V3 };
-
-export const SCHEMA_VERSION = 3;
-export const CREATE_STATEMENTS = SCHEMAS[SCHEMA_VERSION];
+export const SCHEMAS: Readonly<Record<number, readonly string[]>> = { 1: V1, 2: V2, [SCHEMA_VERSION]: CREATE_STATEMENTS };
 
 /**
  * MIGRATIONS[v - 1] takes a database from version v to v + 1. Version 1 rows

@@ -23,178 +23,32 @@
  * the whole live table once writes succeed again. A file that is corrupt at
  * start is renamed to `<path>.corrupt-<timestamp>` and the router starts empty.
  *
- * ---- Adding a table (IPsec, PPTP, ...) ---------------------------------
- * 1. Add the CREATE statements to a new schema version in schema.ts (with its
- *    migration). The first column must be `serial INTEGER PRIMARY KEY`.
- * 2. Push EV_NEW / EV_DESTROY (src/nat/journal.ts) with your table id and the
- *    row's index and serial, exactly like SessionTable does.
- * 3. Implement TableCodec below (DirtyScan does the dirty scan) and call
- *    `store.registerTable(codec)` in the daemon before `store.restore(...)`,
- *    after the tables its rows refer to (codecs restore in that order).
- * The VPN tables (ISAKMP, ESP, PPTP calls) are in vpn-codecs.ts.
+ * ---- Adding a table ----------------------------------------------------
+ * 1. Declare its column spec in tables.ts (columns.ts says what a column
+ *    declares); the current schema's CREATE statement comes from it. Add a
+ *    schema version whose migration creates the table (schema.ts).
+ * 2. Push EV_NEW / EV_DESTROY (src/core/journal.ts) with the spec's journal
+ *    table id and the entry's index and serial, exactly like SessionTable does.
+ * 3. `store.registerTable(new TableCodec(SPEC, liveTable))` in the daemon
+ *    before `store.restore(...)`, after the tables its rows refer to (tables
+ *    restore in registration order).
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import Database from 'better-sqlite3';
-import type { JournalListener } from '../core/journal';
-import type { AddressChangePolicy, StateConfig } from '../daemon/config';
-import type { Logger } from '../daemon/log';
-import { EV_DESTROY, EV_NEW, EV_UPDATE } from '../core/journal';
-import { SessionTable, TABLE_SESSIONS } from '../nat/sessions';
+import { EV_DESTROY, EV_NEW, EV_UPDATE, JournalListener } from '../core/journal';
+import { RestoreContext, TableCodec } from './columns';
 import { classify, DbHealth, describeError, Fault } from './health';
+import type { StoreConfig } from './options';
 import { CREATE_STATEMENTS, MIGRATIONS, SCHEMA_VERSION } from './schema';
 
-/** What restore needs to decide about a stored row. */
-export interface RestoreContext {
-  /** Wall-clock ms: rows whose deadline passed (also while the router was down) are discarded. */
-  now: number;
-  /** The configured public address (int32), and what to do with rows stored under another one. */
-  publicAddr: number;
-  onAddressChange: AddressChangePolicy;
-}
-
-/** Whether a row stored under `pubAddr` is kept: same address, or another one with policy 'move' (it is then rewritten). */
-export function addressKept(pubAddr: number, ctx: RestoreContext): boolean {
-  return pubAddr === ctx.publicAddr || ctx.onAddressChange === 'move';
-}
-
-/** How the store reads and rebuilds one in-memory table. Not called per packet. */
-export interface TableCodec {
-  /** Journal table id: 1 NAPT sessions, 2 ISAKMP, 3 ESP, 4 GRE calls. */
-  readonly id: number;
-  /** SQL table (created by schema.ts). */
-  readonly sqlTable: string;
-  /** Columns of an inserted row, `serial` first. */
-  readonly columns: readonly string[];
-  /** Columns rewritten for a dirty row (`serial` excluded). */
-  readonly updateColumns: readonly string[];
-  /** Fills `out` with the `columns` of the row at `index`; false when that index no longer holds `serial`. */
-  row(index: number, serial: number, out: unknown[]): boolean;
-  /** Fills `out` with the `updateColumns` of the live row at `index`, then its serial. */
-  update(index: number, out: unknown[]): void;
-  /** Writes up to `max` indexes of live rows changed since `written` into `out`, continuing where the last call stopped; at most one pass. */
-  dirty(out: Int32Array, max: number): number;
-  /** The row at `index` was just written with its current values. */
-  written(index: number): void;
-  /** Live rows (for pendingWrites). */
-  liveCount(): number;
-  /** Calls fn for every live row (full rewrite after a fault). */
-  forEachLive(fn: (index: number, serial: number) => void): void;
-  /** Rebuilds one stored row (values in `columns` order); false discards it (expired, address policy, conflict). */
-  restore(values: unknown[], ctx: RestoreContext): boolean;
-  /** Called once after this table's rows were restored (drop restore-only helpers). */
-  restored?(): void;
-}
-
-/**
- * The round-robin scan behind `TableCodec.dirty`: continues where the last
- * call stopped and visits each slot at most once per call.
- */
-export class DirtyScan {
-  private cursor = 0;
-
-  constructor(private readonly capacity: number, private readonly isDirty: (index: number) => boolean) {}
-
-  next(out: Int32Array, max: number): number {
-    const cap = this.capacity;
-    let i = this.cursor;
-    let n = 0;
-    for (let k = 0; k < cap && n < max; k++) {
-      if (this.isDirty(i)) out[n++] = i;
-      i = i + 1 === cap ? 0 : i + 1;
-    }
-    this.cursor = i;
-    return n;
-  }
-}
-
-/** Codec of the NAPT sessions (TCP/UDP/ICMP), journal table TABLE_SESSIONS. */
-export class SessionCodec implements TableCodec {
-  readonly id = TABLE_SESSIONS;
-  readonly sqlTable = 'sessions';
-  readonly columns = ['serial', 'proto', 'lan', 'lan_port', 'pub_addr', 'pub_port', 'rem', 'rem_port', 'state',
-    'created', 'last_seen', 'expires', 'pkts_out', 'pkts_in', 'bytes_out', 'bytes_in'] as const;
-  readonly updateColumns = ['pub_addr', 'state', 'last_seen', 'expires', 'pkts_out', 'pkts_in', 'bytes_out', 'bytes_in'] as const;
-  /** sLastSeen of each session when it was last written; -1 forces a rewrite. */
-  private readonly writtenSeen: Float64Array;
-  private readonly scan: DirtyScan;
-
-  constructor(private readonly t: SessionTable) {
-    this.writtenSeen = new Float64Array(t.capacity);
-    this.scan = new DirtyScan(t.capacity, (s) => t.sInUse[s] === 1 && t.sLastSeen[s] > this.writtenSeen[s]);
-  }
-
-  row(s: number, serial: number, out: unknown[]): boolean {
-    const t = this.t;
-    if (t.sInUse[s] === 0 || t.sSerial[s] !== serial) return false;
-    const m = t.sMap[s];
-    out[0] = serial;
-    out[1] = t.mProto[m];
-    out[2] = t.mLan[m];
-    out[3] = t.mLanPort[m];
-    out[4] = t.publicAddr;
-    out[5] = t.mPubPort[m];
-    out[6] = t.sRem[s];
-    out[7] = t.sRemPort[s];
-    out[8] = t.sState[s];
-    out[9] = t.sCreated[s];
-    out[10] = t.sLastSeen[s];
-    out[11] = t.sExpires[s];
-    out[12] = t.sPktsOut[s];
-    out[13] = t.sPktsIn[s];
-    out[14] = t.sBytesOut[s];
-    out[15] = t.sBytesIn[s];
-    return true;
-  }
-
-  update(s: number, out: unknown[]): void {
-    const t = this.t;
-    out[0] = t.publicAddr;
-    out[1] = t.sState[s];
-    out[2] = t.sLastSeen[s];
-    out[3] = t.sExpires[s];
-    out[4] = t.sPktsOut[s];
-    out[5] = t.sPktsIn[s];
-    out[6] = t.sBytesOut[s];
-    out[7] = t.sBytesIn[s];
-    out[8] = t.sSerial[s];
-  }
-
-  dirty(out: Int32Array, max: number): number {
-    return this.scan.next(out, max);
-  }
-
-  written(s: number): void {
-    this.writtenSeen[s] = this.t.sLastSeen[s];
-  }
-
-  liveCount(): number {
-    return this.t.sessionCount;
-  }
-
-  forEachLive(fn: (index: number, serial: number) => void): void {
-    const t = this.t;
-    t.forEachSession((s) => fn(s, t.sSerial[s]));
-  }
-
-  restore(v: unknown[], ctx: RestoreContext): boolean {
-    const t = this.t;
-    const expires = v[11] as number;
-    const pubAddr = v[4] as number;
-    if (expires <= ctx.now || !addressKept(pubAddr, ctx)) return false;
-    const moved = pubAddr !== ctx.publicAddr;
-    const s = t.restoreSession(v[1] as number, v[2] as number, v[3] as number, v[5] as number, v[6] as number, v[7] as number,
-      v[9] as number, v[8] as number, expires, v[0] as number);
-    if (s < 0) return false;
-    t.sLastSeen[s] = v[10] as number;
-    t.sPktsOut[s] = v[12] as number;
-    t.sPktsIn[s] = v[13] as number;
-    t.sBytesOut[s] = v[14] as number;
-    t.sBytesIn[s] = v[15] as number;
-    // A moved row is rewritten with the new address on the next update flush.
-    this.writtenSeen[s] = moved ? -1 : t.sLastSeen[s];
-    return true;
-  }
+/** What the store logs through (the daemon's logger). */
+export interface StoreLog {
+  info(msg: string, fields?: Record<string, unknown>): void;
+  warn(msg: string, fields?: Record<string, unknown>): void;
+  error(msg: string, fields?: Record<string, unknown>): void;
+  /** A rate-limited event of `kind`. */
+  event(kind: string, msg: string, fields?: Record<string, unknown>): void;
 }
 
 /** Busy timeout: a reader or a second writer makes us retry later, it never stalls forwarding for long. */
@@ -210,6 +64,14 @@ const VACUUM_PAGES = 256;
 const WAL_SIZE_LIMIT = 4 * 1024 * 1024;
 /** Rows read per query at restore. */
 const RESTORE_PAGE = 10000;
+
+/** A stored row that failed its column checks. */
+interface InvalidRow {
+  r: Registered;
+  serial: unknown;
+  column: string;
+  problem: string;
+}
 
 interface Registered {
   codec: TableCodec;
@@ -250,7 +112,7 @@ export class Store implements JournalListener {
   private readonly commitQueue: () => void;
 
   /** Opens (or creates) the database; never throws: a fault leaves the store unhealthy and retrying. */
-  constructor(private readonly cfg: StateConfig, private readonly log: Logger, opts: StoreOptions = {}) {
+  constructor(private readonly cfg: StoreConfig, private readonly log: StoreLog, opts: StoreOptions = {}) {
     this.now = opts.now ?? Date.now;
     this.commitQueue = () => this.tx(() => this.applyQueue());
     this.tryOpen(true);
@@ -287,32 +149,55 @@ export class Store implements JournalListener {
     const t0 = Date.now();
     let restored = 0;
     const discard: number[][] = [];
+    const invalid: InvalidRow[] = [];
     try {
       for (const r of this.registered) {
         const gone: number[] = [];
         discard.push(gone);
-        // Pages of RESTORE_PAGE rows by serial: `all()` is several times faster than `iterate()` per row.
+        // Pages of RESTORE_PAGE rows by serial (every spec's first column): `all()` is several times faster than `iterate()` per row.
         const sel = db.prepare(`SELECT ${r.codec.columns.join(', ')} FROM ${r.codec.sqlTable} WHERE serial > ? ORDER BY serial LIMIT ${RESTORE_PAGE}`).raw();
         for (let last = -1, page = sel.all(last) as unknown[][]; page.length > 0; page = sel.all(last) as unknown[][]) {
           for (const v of page) {
-            if (r.codec.restore(v, ctx)) restored++;
-            else gone.push(v[0] as number);
+            const [serial] = v;
+            const why = r.codec.restore(v, ctx);
+            if (why === undefined) restored++;
+            else if (why.kind === 'invalid') invalid.push({ r, serial, column: why.column, problem: why.problem });
+            else gone.push(serial as number);
           }
-          last = page[page.length - 1][0] as number;
+          [last] = page[page.length - 1] as number[];
         }
-        r.codec.restored?.();
+        r.codec.restored();
       }
       this.tx(() => {
         this.registered.forEach((r, i) => { for (const serial of discard[i]) (r.remove as Database.Statement).run(serial); });
       });
+      this.rejectInvalid(invalid);
     } catch (e) {
       this.fault('restore', e);
     }
-    const discarded = discard.reduce((a, d) => a + d.length, 0);
+    const discarded = discard.reduce((a, d) => a + d.length, 0) + invalid.length;
     this.rowsRestored += restored;
     this.rowsDiscarded += discarded;
     this.log.info('state restored', { path: this.cfg.path, restored, discarded, ms: Date.now() - t0 });
     return { restored, discarded };
+  }
+
+  /**
+   * Rows whose values cannot be right (a wrong type, a protocol or state that
+   * does not exist, a port out of range): logged with the column and the
+   * problem, then deleted like any discarded row.
+   */
+  private rejectInvalid(rows: readonly InvalidRow[]): void {
+    if (rows.length === 0) return;
+    const byTable: Record<string, number> = {};
+    for (const x of rows) byTable[x.r.codec.sqlTable] = (byTable[x.r.codec.sqlTable] ?? 0) + 1;
+    this.log.error('state database rows that cannot be restored were discarded', {
+      path: this.cfg.path, rows: rows.length, byTable,
+      first: rows.slice(0, 5).map((x) => `${x.r.codec.sqlTable} serial ${String(x.serial)}: ${x.column}: ${x.problem}`),
+    });
+    this.tx(() => {
+      for (const x of rows) (x.r.remove as Database.Statement).run(x.serial);
+    });
   }
 
   // ---- journal listener ------------------------------------------------
@@ -328,6 +213,11 @@ export class Store implements JournalListener {
     this.qTable[i] = table;
     this.qIndex[i] = index;
     this.qSerial[i] = serial;
+  }
+
+  /** Table events were lost before they reached the store: the next tick rewrites every live row. */
+  resync(): void {
+    this.needsRewrite = true;
   }
 
   /** Commits the queued events (write-ahead point). Skipped while unhealthy: `tick` recovers. */

@@ -162,19 +162,39 @@ export interface ListQuery {
   limit?: number;
 }
 
+/** A connection id as typed or sent: a positive whole number. */
+export function parseConnId(v: unknown): number {
+  const n = typeof v === 'number' ? v : /^\d+$/.test(String(v)) ? Number(v) : NaN;
+  if (!Number.isSafeInteger(n) || n <= 0) throw new FilterError(`not a connection id: "${String(v)}"`);
+  return n;
+}
+
+/** A row limit as typed or sent: a whole number, 0 or more. */
+export function parseLimit(v: unknown): number {
+  const n = typeof v === 'number' ? v : /^\d+$/.test(String(v)) ? Number(v) : NaN;
+  if (!Number.isSafeInteger(n) || n < 0) throw new FilterError(`limit: not a whole number: "${String(v)}"`);
+  return n;
+}
+
+/** Checks a whole query (filter, sort key, reverse, limit) before any row is read; throws FilterError. */
+export function checkQuery(q: ListQuery): void {
+  compileFilter(q.filter);
+  if (q.sort !== undefined) comparator(q.sort);
+  else if (q.reverse) throw new FilterError('--reverse needs --sort');
+  if (q.limit !== undefined) parseLimit(q.limit);
+}
+
 /**
  * Applies filter, sort and limit to a row stream. Without a sort the rows
  * stream through one at a time; a sort has to hold the matching rows.
  */
 export function* queryRows(rows: Iterable<AnyConnRow>, q: ListQuery): Generator<AnyConnRow> {
+  checkQuery(q);
   const match = compileFilter(q.filter);
   const limit = q.limit ?? Infinity;
-  if (!Number.isInteger(limit) && limit !== Infinity) throw new FilterError(`limit: not a whole number: ${q.limit}`);
-  if (limit < 0) throw new FilterError(`limit: negative: ${q.limit}`);
+  let n = 0;
   if (q.sort === undefined) {
-    if (q.reverse) throw new FilterError('--reverse needs --sort');
-    let n = 0;
-    if (n >= limit) return;
+    if (limit === 0) return;
     for (const r of rows) {
       if (!match(r)) continue;
       yield r;

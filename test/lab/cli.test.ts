@@ -217,7 +217,8 @@ describe('vpnmasq CLI in the lab', { skip: !isRoot && 'needs root' }, () => {
 
   it('deleting an ESP entry stops its translation: inbound ESP for it no longer reaches the LAN host', async () => {
     const esp = async () => {
-      const listener = await peerServer(lab, lab.ns.lan[0], ['listen-raw', '--proto', '50', '--seconds', '1.5']);
+      // The window outlasts the sender's start (a python process in another namespace), also on a loaded machine.
+      const listener = await peerServer(lab, lab.ns.lan[0], ['listen-raw', '--proto', '50', '--seconds', '4']);
       await peer(lab, lab.ns.vpnServer, ['raw', '--dst', lab.addr.public, '--proto', '50', '--hex', `${hex8(RSPI)}00000063${'ab'.repeat(16)}`]);
       return JSON.parse((await listener.result).trim()).received as number;
     };

@@ -9,10 +9,10 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawn } from 'node:child_process';
 import Database from 'better-sqlite3';
-import { checkForwards, parseConfig, Config } from '../../src/daemon/config';
+import { parseConfig, Config } from '../../src/config/schema';
 import { ControlServer, startControlServer } from '../../src/daemon/control';
 import { ControlCommands, ControlTarget } from '../../src/daemon/control-commands';
-import type { JournalListener } from '../../src/core/journal';
+import type { JournalObserver } from '../../src/query/journal-feed';
 import { Journal } from '../../src/core/journal';
 import { ConnRow, sessionRow } from '../../src/query/rows';
 import { SessionTable, TABLE_SESSIONS } from '../../src/nat/sessions';
@@ -120,13 +120,13 @@ export class FakeDaemon implements ControlTarget {
   readonly forwards: Forwards;
   /** Extra rows (standing in for the ISAKMP/ESP/GRE modules' rows). */
   readonly extra: Array<ConnRow & Record<string, unknown>> = [];
-  private readonly listeners: JournalListener[] = [];
+  private readonly listeners: JournalObserver[] = [];
   private server: ControlServer | null = null;
   readonly commands: ControlCommands;
 
   constructor(readonly dir: string, readonly socket = path.join(dir, 'control.sock')) {
     this.config = parseConfig(fs.readFileSync(writeConfig(dir, socket), 'utf8'), 'test');
-    this.forwards = new Forwards(this.table, this.config.forwards, checkForwards);
+    this.forwards = new Forwards(this.table, this.config.forwards);
     this.commands = new ControlCommands(this, () => this.now);
   }
 
@@ -149,6 +149,11 @@ export class FakeDaemon implements ControlTarget {
     return table === TABLE_SESSIONS && this.table.sSerial[index] === serial ? sessionRow(this.table, index, this.now) : null;
   }
 
+  connById(id: number): ConnRow | null {
+    for (const r of this.rows()) if (r.id === id) return r;
+    return null;
+  }
+
   deleteConns(ids: ReadonlySet<number>): number {
     const before = this.extra.length;
     this.extra.splice(0, before, ...this.extra.filter((r) => !ids.has(r.id)));
@@ -164,7 +169,7 @@ export class FakeDaemon implements ControlTarget {
     return s;
   }
 
-  /** What the daemon does after each batch and sweep. */
+  /** What the daemon's observers see after each batch and sweep. */
   drain(): void {
     const j = this.table.journal as Journal;
     j.drain((k, t, i, serial) => { for (const l of this.listeners) l.event(k, t, i, serial); });
@@ -185,8 +190,8 @@ export class FakeDaemon implements ControlTarget {
     };
   }
 
-  addJournalListener(l: JournalListener): void { this.listeners.push(l); }
-  removeJournalListener(l: JournalListener): void { this.listeners.splice(this.listeners.indexOf(l), 1); }
+  addObserver(l: JournalObserver): void { this.listeners.push(l); }
+  removeObserver(l: JournalObserver): void { this.listeners.splice(this.listeners.indexOf(l), 1); }
   get watchers(): number { return this.listeners.length; }
 }
 

@@ -2,7 +2,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Config, ConfigError, DEFAULTS, configDiff, loadConfig, parseConfig, reloadable } from '../../src/daemon/config';
+import { Config, ConfigError, ConfigProblem, DEFAULTS, loadConfig, parseConfig } from '../../src/config/schema';
+import { configDiff, reloadable } from '../../src/daemon/reload';
 
 const FILE = '/etc/vpnmasq/vpnmasq.json';
 
@@ -214,4 +215,14 @@ test('configDiff and reloadable', () => {
   });
   assert.equal(reloadable(base, parse(doc({}, { interface: 'eth1' }))).ok, false);
   assert.equal(reloadable(base, parse(doc({}, { mode: 'dedicated', publicAddress: '198.51.100.7' }))).ok, false);
+});
+
+test('a retired field (state.groupCommitMs) is accepted with a warning, an unknown one is not', () => {
+  const warnings: ConfigProblem[] = [];
+  const config = parseConfig(doc({ state: { groupCommitMs: 2, flushIntervalMs: 500 } }), FILE, warnings);
+  assert.equal(config.state.flushIntervalMs, 500);
+  assert.equal('groupCommitMs' in config.state, false);
+  assert.deepEqual(warnings.map((w) => w.field), ['state.groupCommitMs']);
+  assert.match(warnings[0].message, /^no longer used: .*; remove it$/);
+  assert.deepEqual(errors(doc({ state: { groupCommitMS: 2 } })), [`${FILE}: state.groupCommitMS: unknown field`]);
 });

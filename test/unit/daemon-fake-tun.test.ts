@@ -6,7 +6,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { Writable } from 'node:stream';
 import { setImmediate as tick } from 'node:timers/promises';
-import { parseConfig } from '../../src/daemon/config';
+import { parseConfig } from '../../src/config/schema';
 import { Daemon } from '../../src/daemon/daemon';
 import { createLogger } from '../../src/daemon/log';
 import { FakeTun } from '../../src/edge/tun/fake-tun';

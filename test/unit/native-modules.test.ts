@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { checkNativeModules, describeLoadError, REBUILD_HINT } from '../../src/daemon/native-modules';
+import { checkNativeModules, describeLoadError, REBUILD_HINT } from '../../src/edge/native-modules';
 import { CLI, tempDir } from './cli-fixture';
 
 /** A module that registers with nm_version 108 (Node 18) through node_module_register, like NODE_MODULE() does. */

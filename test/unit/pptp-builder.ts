@@ -1,6 +1,6 @@
 /** Test helpers for PPTP: control messages, enhanced GRE packets, a Napt with the PPTP modules attached. */
 import { NatHarness, w16, w32 } from './packet-builder';
-import { Forward } from '../../src/daemon/config';
+import { Forward } from '../../src/core/forward';
 import { Forwards } from '../../src/nat/forwards';
 import { PptpCalls } from '../../src/helpers/pptp/calls';
 import { PptpControl } from '../../src/helpers/pptp/control';

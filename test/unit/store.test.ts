@@ -9,14 +9,14 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import Database from 'better-sqlite3';
-import type { AddressChangePolicy, StateConfig } from '../../src/daemon/config';
+import type { AddressChangePolicy, StateConfig } from '../../src/config/schema';
 import type { Logger } from '../../src/daemon/log';
 import { Journal } from '../../src/core/journal';
 import { SessionTable } from '../../src/nat/sessions';
-import { openReadOnly } from '../../src/persist/reader';
+import { openReadOnly } from '../../src/query/stored';
 import { SCHEMA_VERSION, SCHEMAS } from '../../src/persist/schema';
-import { SessionCodec, Store } from '../../src/persist/store';
-import { EspCodec, GreCallCodec, IsakmpCodec } from '../../src/persist/vpn-codecs';
+import { Store } from '../../src/persist/store';
+import { EspCodec, GreCallCodec, IsakmpCodec, SessionCodec } from '../../src/persist/tables';
 import { ESP_ESTABLISHED, ESP_PENDING, ESP_SQUELCHED, IpsecMasq } from '../../src/helpers/ipsec/ipsec';
 import { CALL_CONFIRMED, CALL_REQUESTED, PptpCalls, ROLE_PAC, ROLE_PNS } from '../../src/helpers/pptp/calls';
 import { NO_FORWARD } from '../../src/nat/forwards';
@@ -77,7 +77,7 @@ describe('state store', () => {
 
   beforeEach(() => {
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vpnmasq-store-'));
-    cfg = { path: path.join(dir, 'state', 'state.db'), synchronous: 'normal', groupCommitMs: 2, flushIntervalMs: 1000 };
+    cfg = { path: path.join(dir, 'state', 'state.db'), synchronous: 'normal', flushIntervalMs: 1000 };
     lines = [];
     clock = T0;
   });
@@ -220,6 +220,27 @@ describe('state store', () => {
       fresh.close();
     });
   }
+
+  it('restore checks every column: a row that cannot be right is discarded and logged, the good rows are restored', () => {
+    const t = newTable();
+    let store = open(t);
+    for (let i = 0; i < 5; i++) t.createOut(PROTO_UDP, LAN, 41000 + i, REM, 7000, clock, 0, clock + 30000);
+    drain(t, store);
+    store.close();
+    const db = new Database(cfg.path);
+    db.exec(`UPDATE sessions SET proto = 99 WHERE serial = (SELECT MIN(serial) FROM sessions)`);
+    db.exec(`UPDATE sessions SET lan_port = 70000 WHERE serial = (SELECT MAX(serial) FROM sessions)`);
+    db.close();
+    const t2 = newTable();
+    store = open(t2);
+    assert.deepEqual(restore(store, t2), { restored: 3, discarded: 2 });
+    assert.equal(t2.sessionCount, 3);
+    const logged = lines.find((l) => l.level === 'error' && /cannot be restored/.test(l.msg));
+    assert.ok(logged, JSON.stringify(lines));
+    assert.equal(logged.fields?.rows, 2);
+    assert.match(String(logged.fields?.first), /proto: 99 is not one of 6 \(tcp\), 17 \(udp\), 1 \(icmp\)/);
+    assert.match(String(logged.fields?.first), /lan_port: 70000 is outside 0\.\.65535/);
+  });
 
   it('reader streams stored rows as ConnRow without the daemon', () => {
     const t = newTable();

@@ -32,7 +32,7 @@
 import { promises as fsp } from 'fs';
 import * as path from 'path';
 import { createRtNetlink, FlagsNew, RtNetlinkSocket, rt } from 'netlink';
-import type { Forward, PortRange } from '../../daemon/config';
+import type { Forward, PortRange } from '../../core/forward';
 import { parseIPv4 } from '../../core/ipv4-addr';
 import { netlinkErrno, VPNMASQ_RTPROT } from './router-net';
 

@@ -9,7 +9,7 @@
  * surfacing at the first database write.
  */
 import Database from 'better-sqlite3';
-import { loadTunNative } from '../edge/tun/native';
+import { loadTunNative } from './tun/native';
 
 export interface NativeModuleReport {
   module: string;

@@ -6,8 +6,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 
-/** package.json seen from dist/src/version.js. */
-const PACKAGE_JSON = path.join(__dirname, '../../package.json');
+/** package.json seen from dist/src/core/version.js. */
+const PACKAGE_JSON = path.join(__dirname, '../../../package.json');
 
 let cached: string | undefined;
 

@@ -1,0 +1,415 @@
+/**
+ * The config file's schema: every section's fields, their defaults and
+ * checks, resolved into a complete {@link Config}. The file is JSON with
+ * comment lines (json.ts); problems are collected and named by field
+ * (checks.ts), so `vpnmasq config check FILE` lists everything to fix.
+ * What may change on reload is the daemon's decision (src/daemon/reload.ts).
+ */
+import { readFileSync } from 'node:fs';
+import { Cidr, cidrContains, formatCidr, parseCidr } from '../core/ipv4-addr';
+import { Forward, forwardClaim, PortRange } from '../core/forward';
+import { ADDRESS_CHANGE_POLICIES, AddressChangePolicy, Synchronous, SYNCHRONOUS_MODES } from '../persist/options';
+import {
+  absolutePathProblem, Checker, ConfigError, ConfigProblem, describe, groupNameProblem, IntegerBounds, interfaceNameProblem, ipv4Problem,
+  isPlainObject, listenProblem, parsePrefix, prefixProblem, socketPathProblem,
+} from './checks';
+import { JsonSyntaxError, readJsonWithComments } from './json';
+
+export type { AddressChangePolicy, Forward, PortRange };
+export { ConfigError };
+export type { ConfigProblem };
+
+export const DEFAULT_CONFIG_PATH = '/etc/vpnmasq/vpnmasq.json';
+
+export type WanMode = 'shared' | 'dedicated';
+export type FilteringMode = 'address-port' | 'endpoint-independent';
+export type NonPptpGrePolicy = 'drop' | 'address-only';
+export type LogFormat = 'journal' | 'json';
+export type LogLevel = 'error' | 'warn' | 'info' | 'debug';
+
+export interface TunConfig { name: string; mtu: number; offloads: boolean }
+export interface LanConfig { interfaces: string[]; prefixes: string[] }
+export interface WanConfig {
+  interface: string;
+  mode: WanMode;
+  /** Required in dedicated mode; in shared mode null means "use the WAN interface's address". */
+  publicAddress: string | null;
+  onAddressChange: AddressChangePolicy;
+}
+export interface PortsConfig { range: PortRange; lowRange: PortRange | null; preserve: boolean }
+/** Idle timeouts, in seconds. */
+export interface TimeoutsConfig {
+  tcpEstablished: number;
+  tcpTransitory: number;
+  udp: number;
+  icmp: number;
+  fragment: number;
+  ipsec: number;
+  espPending: number;
+  espSquelch: number;
+  pptpGrace: number;
+}
+export interface LimitsConfig { maxSessions: number; maxHeldFragments: number }
+export interface IpsecConfig { parallel: boolean; guessing: boolean; guessMax: number; retries: number }
+export interface PptpConfig { nonPptpGre: NonPptpGrePolicy }
+/** null: no clamping; 'auto': clamp to the TUN MTU; a number: clamp to that MSS. */
+export type MssClamp = null | 'auto' | number;
+export interface StateConfig { path: string; synchronous: Synchronous; flushIntervalMs: number }
+export interface LogConfig { format: LogFormat; level: LogLevel; rateLimitPerMinute: number }
+export interface MetricsConfig { listen: string }
+export interface ControlConfig { socket: string; group: string }
+
+export interface Config {
+  tun: TunConfig;
+  lan: LanConfig;
+  wan: WanConfig;
+  ports: PortsConfig;
+  timeouts: TimeoutsConfig;
+  limits: LimitsConfig;
+  filtering: FilteringMode;
+  ipsec: IpsecConfig;
+  pptp: PptpConfig;
+  forwards: Forward[];
+  mssClamp: MssClamp;
+  state: StateConfig;
+  log: LogConfig;
+  metrics: MetricsConfig | null;
+  control: ControlConfig;
+}
+
+/** Values used for absent fields. `wan.interface` has none: it is required. */
+export const DEFAULTS = {
+  tun: { name: 'vpnmasq0', mtu: 1500, offloads: true },
+  lan: { interfaces: ['lan0'], prefixes: ['10.77.0.0/24'] },
+  wan: { mode: 'shared', publicAddress: null, onAddressChange: 'move' },
+  ports: {
+    shared: { range: [61000, 65535], lowRange: null },
+    dedicated: { range: [1024, 65535], lowRange: [1, 1023] },
+    preserve: true,
+  },
+  timeouts: {
+    tcpEstablished: 7440,
+    tcpTransitory: 240,
+    udp: 300,
+    icmp: 60,
+    fragment: 5,
+    ipsec: 1800,
+    espPending: 120,
+    espSquelch: 30,
+    pptpGrace: 30,
+  },
+  limits: { maxSessions: 262144, maxHeldFragments: 512 },
+  filtering: 'address-port',
+  ipsec: { parallel: true, guessing: true, guessMax: 5, retries: 5 },
+  pptp: { nonPptpGre: 'drop' },
+  mssClamp: null,
+  state: { path: '/var/lib/vpnmasq/state.db', synchronous: 'normal', flushIntervalMs: 1000 },
+  log: { format: 'journal', level: 'info', rateLimitPerMinute: 60 },
+  metrics: null,
+  control: { socket: '/run/vpnmasq/control.sock', group: 'vpnmasq' },
+} as const;
+
+// ---------------------------------------------------------------------------
+// Public entry points
+
+export function loadConfig(path: string = DEFAULT_CONFIG_PATH, warnings?: ConfigProblem[]): Config {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    throw new ConfigError(path, [{ field: '', message: `cannot read file: ${(err as Error).message}` }]);
+  }
+  return parseConfig(text, path, warnings);
+}
+
+/**
+ * Parses and validates a config file's text; `source` names the file in
+ * error messages. Fields that are accepted but no longer used are pushed to
+ * `warnings`.
+ */
+export function parseConfig(text: string, source: string, warnings: ConfigProblem[] = []): Config {
+  let document;
+  try {
+    document = readJsonWithComments(text);
+  } catch (err) {
+    if (!(err instanceof JsonSyntaxError)) throw err;
+    throw new ConfigError(source, [{ field: '', message: err.message }]);
+  }
+  const check = new Checker();
+  for (const dup of document.duplicates) check.report(dup.field, `duplicate field at line ${dup.line}, column ${dup.column}`);
+  const config = resolveConfig(document.value, check);
+  warnings.push(...check.warnings);
+  if (check.problems.length > 0) throw new ConfigError(source, check.problems);
+  return config;
+}
+
+// ---------------------------------------------------------------------------
+// Bounds
+
+/** Longest timer Node's setTimeout accepts (2^31-1 ms), in seconds. */
+const MAX_TIMEOUT = 2147483;
+
+const TIMEOUT_BOUNDS: Record<keyof TimeoutsConfig, IntegerBounds> = {
+  tcpEstablished: { min: 7440, max: MAX_TIMEOUT, minReason: 'RFC 5382 REQ-5 minimum' },
+  tcpTransitory: { min: 240, max: MAX_TIMEOUT, minReason: 'RFC 5382 REQ-5 minimum' },
+  udp: { min: 120, max: MAX_TIMEOUT, minReason: 'RFC 4787 REQ-5 minimum' },
+  icmp: { min: 60, max: MAX_TIMEOUT, minReason: 'RFC 5508 REQ-2 minimum' },
+  fragment: { min: 1, max: 60 },
+  ipsec: { min: 900, max: MAX_TIMEOUT },
+  espPending: { min: 10, max: MAX_TIMEOUT },
+  espSquelch: { min: 0, max: MAX_TIMEOUT },
+  pptpGrace: { min: 0, max: MAX_TIMEOUT },
+};
+
+const PORT = { min: 1, max: 65535 };
+
+// ---------------------------------------------------------------------------
+// Sections
+
+function resolveConfig(document: unknown, check: Checker): Config {
+  if (!isPlainObject(document)) {
+    check.report('', `expected a JSON object at the top level, got ${describe(document)}`);
+    document = {};
+  }
+  const raw = check.object('', document, [
+    'tun', 'lan', 'wan', 'ports', 'timeouts', 'limits', 'filtering', 'ipsec',
+    'pptp', 'forwards', 'mssClamp', 'state', 'log', 'metrics', 'control',
+  ]);
+  // Resolved in file order so problems are listed in that order.
+  const tun = resolveTun(check, raw.tun);
+  const lan = resolveLan(check, raw.lan);
+  const wan = resolveWan(check, raw.wan, lan.prefixes);
+  return {
+    tun,
+    lan: lan.config,
+    wan,
+    ports: resolvePorts(check, raw.ports, wan.mode),
+    timeouts: resolveTimeouts(check, raw.timeouts),
+    limits: resolveLimits(check, raw.limits),
+    filtering: check.choice('filtering', raw.filtering, ['address-port', 'endpoint-independent']) ?? DEFAULTS.filtering,
+    ipsec: resolveIpsec(check, raw.ipsec),
+    pptp: resolvePptp(check, raw.pptp),
+    forwards: resolveForwards(check, raw.forwards, lan.prefixes),
+    mssClamp: resolveMssClamp(check, raw.mssClamp),
+    state: resolveState(check, raw.state),
+    log: resolveLog(check, raw.log),
+    metrics: resolveMetrics(check, raw.metrics),
+    control: resolveControl(check, raw.control),
+  };
+}
+
+function resolveTun(check: Checker, value: unknown): TunConfig {
+  const raw = check.object('tun', value, ['name', 'mtu', 'offloads']);
+  const d = DEFAULTS.tun;
+  return {
+    name: check.string('tun.name', raw.name, interfaceNameProblem) ?? d.name,
+    mtu: check.integer('tun.mtu', raw.mtu, { min: 576, max: 65535 }) ?? d.mtu,
+    offloads: check.boolean('tun.offloads', raw.offloads) ?? d.offloads,
+  };
+}
+
+/** The LAN section, plus its parsed prefixes (null when any is invalid, so containment checks are skipped). */
+function resolveLan(check: Checker, value: unknown): { config: LanConfig; prefixes: Cidr[] | null } {
+  const raw = check.object('lan', value, ['interfaces', 'prefixes']);
+  const d = DEFAULTS.lan;
+  const interfaces = check.list('lan.interfaces', raw.interfaces, (f, v) => check.string(f, v, interfaceNameProblem));
+  const prefixes = check.list('lan.prefixes', raw.prefixes, (f, v) => check.string(f, v, prefixProblem));
+  const valid = raw.prefixes === undefined || prefixes !== undefined;
+  const resolved = prefixes ?? [...d.prefixes];
+  return {
+    config: { interfaces: interfaces ?? [...d.interfaces], prefixes: resolved },
+    prefixes: valid ? resolved.map((p) => parsePrefix(p) as Cidr) : null,
+  };
+}
+
+function lanPrefixHolding(prefixes: Cidr[], address: string): Cidr | undefined {
+  return prefixes.find((prefix) => cidrContains(prefix, address));
+}
+
+function resolveWan(check: Checker, value: unknown, lanPrefixes: Cidr[] | null): WanConfig {
+  const raw = check.object('wan', value, ['interface', 'mode', 'publicAddress', 'onAddressChange']);
+  const d = DEFAULTS.wan;
+  check.required('wan.interface', raw.interface);
+  const mode = check.choice('wan.mode', raw.mode, ['shared', 'dedicated']) ?? d.mode;
+  if (mode === 'dedicated') check.required('wan.publicAddress', raw.publicAddress);
+  const publicAddress = check.string('wan.publicAddress', raw.publicAddress, ipv4Problem);
+  const holder = publicAddress && lanPrefixes ? lanPrefixHolding(lanPrefixes, publicAddress) : undefined;
+  if (holder) check.report('wan.publicAddress', `${publicAddress} lies inside LAN prefix ${formatCidr(holder)}`);
+  return {
+    interface: check.string('wan.interface', raw.interface, interfaceNameProblem) ?? '',
+    mode,
+    publicAddress: publicAddress ?? d.publicAddress,
+    onAddressChange: check.choice('wan.onAddressChange', raw.onAddressChange, ADDRESS_CHANGE_POLICIES) ?? d.onAddressChange,
+  };
+}
+
+function resolvePorts(check: Checker, value: unknown, mode: WanMode): PortsConfig {
+  const raw = check.object('ports', value, ['range', 'lowRange', 'preserve']);
+  const d = DEFAULTS.ports[mode];
+  const range = check.portRange('ports.range', raw.range, { ...PORT, minPorts: 64 }) ?? [...d.range];
+  let lowRange: PortRange | null = d.lowRange && [...d.lowRange];
+  if (raw.lowRange === null) {
+    lowRange = null;
+  } else if (raw.lowRange !== undefined) {
+    lowRange = check.portRange('ports.lowRange', raw.lowRange, { min: 1, max: 1023, minPorts: 1 }) ?? null;
+  }
+  if (lowRange && lowRange[1] >= range[0] && range[1] >= lowRange[0]) {
+    check.report(
+      'ports.lowRange',
+      `${lowRange[0]}-${lowRange[1]} overlaps ports.range ${range[0]}-${range[1]} (set ports.lowRange to null to map low ports into ports.range)`,
+    );
+  }
+  return { range, lowRange, preserve: check.boolean('ports.preserve', raw.preserve) ?? DEFAULTS.ports.preserve };
+}
+
+function resolveTimeouts(check: Checker, value: unknown): TimeoutsConfig {
+  const names = Object.keys(TIMEOUT_BOUNDS) as (keyof TimeoutsConfig)[];
+  const raw = check.object('timeouts', value, names);
+  const resolved: TimeoutsConfig = { ...DEFAULTS.timeouts };
+  for (const name of names) {
+    resolved[name] = check.integer(`timeouts.${name}`, raw[name], TIMEOUT_BOUNDS[name]) ?? resolved[name];
+  }
+  return resolved;
+}
+
+function resolveLimits(check: Checker, value: unknown): LimitsConfig {
+  const raw = check.object('limits', value, ['maxSessions', 'maxHeldFragments']);
+  const d = DEFAULTS.limits;
+  return {
+    maxSessions: check.integer('limits.maxSessions', raw.maxSessions, { min: 1024, max: 16777216 }) ?? d.maxSessions,
+    maxHeldFragments: check.integer('limits.maxHeldFragments', raw.maxHeldFragments, { min: 0, max: 65536 }) ?? d.maxHeldFragments,
+  };
+}
+
+function resolveIpsec(check: Checker, value: unknown): IpsecConfig {
+  const raw = check.object('ipsec', value, ['parallel', 'guessing', 'guessMax', 'retries']);
+  const d = DEFAULTS.ipsec;
+  return {
+    parallel: check.boolean('ipsec.parallel', raw.parallel) ?? d.parallel,
+    guessing: check.boolean('ipsec.guessing', raw.guessing) ?? d.guessing,
+    guessMax: check.integer('ipsec.guessMax', raw.guessMax, { min: 1, max: 16 }) ?? d.guessMax,
+    retries: check.integer('ipsec.retries', raw.retries, { min: 1, max: 100 }) ?? d.retries,
+  };
+}
+
+function resolvePptp(check: Checker, value: unknown): PptpConfig {
+  const raw = check.object('pptp', value, ['nonPptpGre']);
+  return { nonPptpGre: check.choice('pptp.nonPptpGre', raw.nonPptpGre, ['drop', 'address-only']) ?? DEFAULTS.pptp.nonPptpGre };
+}
+
+/**
+ * A list of forwards checked exactly as the config's "forwards" section is
+ * (shape, LAN prefix, one owner per port or protocol), for runtime forwards
+ * (`vpnmasq forwards add`). `lanPrefixes` null skips the prefix check;
+ * `fieldOf(i)` names entry i in problems. Throws ConfigError.
+ */
+export function checkForwards(list: unknown[], lanPrefixes: readonly string[] | null, fieldOf: (i: number) => string, source: string): Forward[] {
+  const check = new Checker();
+  const forwards = resolveForwards(check, list, lanPrefixes && lanPrefixes.map((p) => parseCidr(p)), fieldOf);
+  if (check.problems.length > 0) throw new ConfigError(source, check.problems);
+  return forwards;
+}
+
+function resolveForwards(check: Checker, value: unknown, lanPrefixes: Cidr[] | null, fieldOf = (i: number) => `forwards[${i}]`): Forward[] {
+  if (value === undefined) return [];
+  if (!Array.isArray(value)) {
+    check.report('forwards', `expected array, got ${describe(value)}`);
+    return [];
+  }
+  const claimedBy = new Map<string, string>();
+  const forwards: Forward[] = [];
+  value.forEach((item, i) => {
+    const field = fieldOf(i);
+    const forward = resolveForward(check, field, item, lanPrefixes);
+    if (!forward) return;
+    const claim = forwardClaim(forward);
+    const previous = claimedBy.get(claim);
+    if (previous === undefined) {
+      claimedBy.set(claim, field);
+      forwards.push(forward);
+    } else if ('publicPort' in forward) {
+      check.report(`${field}.publicPort`, `${claim} is already forwarded by ${previous}`);
+    } else {
+      check.report(`${field}.proto`, `only one ${claim} forward is allowed; ${previous} already forwards ${claim}`);
+    }
+  });
+  return forwards;
+}
+
+function resolveForward(check: Checker, field: string, value: unknown, lanPrefixes: Cidr[] | null): Forward | undefined {
+  if (!isPlainObject(value)) {
+    check.report(field, `expected object, got ${describe(value)}`);
+    return undefined;
+  }
+  const raw = check.object(field, value, ['proto', 'publicPort', 'lanAddress', 'lanPort']);
+  const proto = check.required(`${field}.proto`, raw.proto)
+    ? check.choice(`${field}.proto`, raw.proto, ['tcp', 'udp', 'esp', 'gre'])
+    : undefined;
+  const lanAddress = check.required(`${field}.lanAddress`, raw.lanAddress)
+    ? check.string(`${field}.lanAddress`, raw.lanAddress, ipv4Problem)
+    : undefined;
+  if (lanAddress && lanPrefixes && !lanPrefixHolding(lanPrefixes, lanAddress)) {
+    const prefixes = lanPrefixes.map(formatCidr).join(', ');
+    check.report(`${field}.lanAddress`, `${lanAddress} is not inside a LAN prefix (${prefixes})`);
+  }
+  if (proto === 'esp' || proto === 'gre') {
+    for (const key of ['publicPort', 'lanPort'] as const) {
+      if (raw[key] !== undefined) check.report(`${field}.${key}`, `not allowed for ${proto} forwards (${proto} has no ports)`);
+    }
+    return lanAddress ? { proto, lanAddress } : undefined;
+  }
+  // With an invalid proto it is unknown whether ports are required; still check their types.
+  const publicPort = proto === undefined || check.required(`${field}.publicPort`, raw.publicPort)
+    ? check.integer(`${field}.publicPort`, raw.publicPort, PORT)
+    : undefined;
+  const lanPort = check.integer(`${field}.lanPort`, raw.lanPort, PORT);
+  if (!proto || !lanAddress || publicPort === undefined) return undefined;
+  return { proto, publicPort, lanAddress, lanPort: lanPort ?? publicPort };
+}
+
+function resolveMssClamp(check: Checker, value: unknown): MssClamp {
+  if (value === undefined) return DEFAULTS.mssClamp;
+  if (value === null || value === 'auto') return value;
+  if (typeof value === 'number') return check.integer('mssClamp', value, { min: 536, max: 65495 }) ?? DEFAULTS.mssClamp;
+  check.report('mssClamp', `expected null, "auto" or an integer, got ${describe(value)}`);
+  return DEFAULTS.mssClamp;
+}
+
+function resolveState(check: Checker, value: unknown): StateConfig {
+  const raw = check.object('state', value, ['path', 'synchronous', 'flushIntervalMs'], {
+    groupCommitMs: 'every batch that creates entries is committed before it is written',
+  });
+  const d = DEFAULTS.state;
+  return {
+    path: check.string('state.path', raw.path, absolutePathProblem) ?? d.path,
+    synchronous: check.choice('state.synchronous', raw.synchronous, SYNCHRONOUS_MODES) ?? d.synchronous,
+    flushIntervalMs: check.integer('state.flushIntervalMs', raw.flushIntervalMs, { min: 50, max: 10000 }) ?? d.flushIntervalMs,
+  };
+}
+
+function resolveLog(check: Checker, value: unknown): LogConfig {
+  const raw = check.object('log', value, ['format', 'level', 'rateLimitPerMinute']);
+  const d = DEFAULTS.log;
+  return {
+    format: check.choice('log.format', raw.format, ['journal', 'json']) ?? d.format,
+    level: check.choice('log.level', raw.level, ['error', 'warn', 'info', 'debug']) ?? d.level,
+    rateLimitPerMinute: check.integer('log.rateLimitPerMinute', raw.rateLimitPerMinute, { min: 1, max: 100000 }) ?? d.rateLimitPerMinute,
+  };
+}
+
+function resolveMetrics(check: Checker, value: unknown): MetricsConfig | null {
+  if (value === undefined || value === null) return DEFAULTS.metrics;
+  const raw = check.object('metrics', value, ['listen']);
+  if (!isPlainObject(value) || !check.required('metrics.listen', raw.listen)) return DEFAULTS.metrics;
+  const listen = check.string('metrics.listen', raw.listen, listenProblem);
+  return listen === undefined ? DEFAULTS.metrics : { listen };
+}
+
+function resolveControl(check: Checker, value: unknown): ControlConfig {
+  const raw = check.object('control', value, ['socket', 'group']);
+  const d = DEFAULTS.control;
+  return {
+    socket: check.string('control.socket', raw.socket, socketPathProblem) ?? d.socket,
+    group: check.string('control.group', raw.group, groupNameProblem) ?? d.group,
+  };
+}

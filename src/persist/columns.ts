@@ -1,0 +1,350 @@
+/**
+ * Declarative column specs of the persisted tables, and the one generic codec
+ * that every table's insert row, update statement and values, dirty scan,
+ * restore and SQL CREATE statement are generated from (tables.ts declares
+ * the four tables).
+ *
+ * A spec lists the columns in SQL order, `serial` first. Each column says
+ * where it lives in the struct-of-arrays table (`array`, or `get` for a
+ * derived value), whether the update flush rewrites it (`update`), whether a
+ * change of it makes the row dirty (`watch`: the flush compares it with the
+ * value last written), whether restore stores it back (`assign`), and what a
+ * stored value must look like (the type check of its SQL type plus `check`).
+ * Restore hands the table's `restore` a record of named, checked values.
+ *
+ * Nothing here runs per packet: the store calls it at the write-ahead point
+ * (rows of new entries), from its timer (updates) and at start (restore).
+ */
+import type { AddressChangePolicy } from './options';
+
+/** SQLite storage class of a column (times and counters are REAL: they exceed 2^31). */
+export type SqlType = 'INTEGER' | 'REAL';
+
+/** Why a stored value cannot be restored, or undefined when it can. */
+export type Check = (v: number) => string | undefined;
+
+/** The struct-of-arrays storage of a column: one element per entry. */
+export type ColumnArray = Float64Array | Int32Array | Uint16Array | Uint8Array;
+
+export interface ColumnDef<T> {
+  readonly type: SqlType;
+  /** The live array holding this column (resolved once, when the codec is built). */
+  array?(t: T): ColumnArray;
+  /** Or the live value of entry `i`, when it is not one element of an array. */
+  get?(t: T, i: number): number;
+  /** Rewritten by the update flush (otherwise written once, when the entry is new). */
+  readonly update?: boolean;
+  /** A change of this value marks the row dirty for the update flush (array columns). */
+  readonly watch?: boolean;
+  /** Restore stores the value into the array after the table re-created the entry (values its restore call does not take). */
+  readonly assign?: boolean;
+  /** What a stored value must be, beyond its SQL type. */
+  readonly check?: Check;
+  /** REAL only: ±Infinity is a valid value (a PPTP call held by its control connection never expires). */
+  readonly infinite?: boolean;
+  /** SQL DEFAULT, for columns a migration added to existing rows. */
+  readonly default?: number;
+}
+
+/** Every persisted table has these: the id, the public address it was stored under, and its deadline. */
+export type RequiredColumn = 'serial' | 'pub_addr' | 'expires';
+
+/** A stored row after its checks passed, by column name. */
+export type Row<N extends string> = Readonly<Record<N, number>>;
+
+export interface TableSpec<T, N extends string> {
+  /** SQL table name. */
+  readonly sqlTable: string;
+  /** Journal table id of the live table (the events the store follows). */
+  readonly journalTable: number;
+  /** In SQL column order, `serial` (INTEGER PRIMARY KEY) first. */
+  readonly columns: { readonly [K in N | RequiredColumn]: ColumnDef<T> };
+  /** CREATE INDEX statements. */
+  readonly indexes?: readonly string[];
+  capacity(t: T): number;
+  /** Live entries. */
+  count(t: T): number;
+  /** Per entry: non-zero while it is in use. */
+  inUse(t: T): Uint8Array;
+  /**
+   * Re-creates a stored entry (its deadline and address already accepted);
+   * returns its index, or a negative number when it conflicts with what is
+   * already restored or cannot be placed.
+   */
+  restore(t: T, row: Row<N | RequiredColumn>): number;
+  /** After all of this table's rows were restored. */
+  restored?(t: T): void;
+}
+
+/** Declares a table spec for live table type T (T explicit, column names inferred). */
+export function defineTable<T>(): <N extends string>(spec: TableSpec<T, N>) => TableSpec<T, N> {
+  return (spec) => spec;
+}
+
+// ---- checks ----------------------------------------------------------------
+
+export const inRange = (min: number, max: number): Check => (v) => (v >= min && v <= max ? undefined : `${v} is outside ${min}..${max}`);
+
+export const oneOf = (allowed: Readonly<Record<string, number>>): Check => {
+  const values = Object.values(allowed);
+  const names = Object.entries(allowed).map(([k, v]) => `${v} (${k})`).join(', ');
+  return (v) => (values.includes(v) ? undefined : `${v} is not one of ${names}`);
+};
+
+export const PORT = inRange(0, 65535);
+export const UINT8 = inRange(0, 255);
+export const INT32 = inRange(-0x80000000, 0x7fffffff);
+export const FLAG = inRange(0, 1);
+export const NON_NEGATIVE = inRange(0, Number.MAX_SAFE_INTEGER);
+/** Ids are positive and exact in a double. */
+export const SERIAL = inRange(1, Number.MAX_SAFE_INTEGER);
+
+/** Why `v` is not a value of column `c`'s SQL type, or undefined. */
+function typeProblem(c: ColumnDef<never>, v: unknown): string | undefined {
+  if (typeof v !== 'number') return `expected a number, found ${v === null ? 'NULL' : typeof v}`;
+  if (c.type === 'INTEGER') return Number.isSafeInteger(v) ? undefined : `expected an integer, found ${v}`;
+  if (Number.isNaN(v) || (!Number.isFinite(v) && !c.infinite)) return `expected a finite number, found ${v}`;
+  return undefined;
+}
+
+// ---- SQL -------------------------------------------------------------------
+
+export function columnNames(spec: TableSpec<unknown, string>): string[] {
+  return Object.keys(spec.columns);
+}
+
+/** CREATE TABLE (and CREATE INDEX) statements of a spec. */
+export function createStatements(spec: TableSpec<never, string>): string[] {
+  if (columnNames(spec)[0] !== 'serial') throw new Error(`${spec.sqlTable}: the first column must be serial`);
+  const cols = Object.entries(spec.columns as Record<string, ColumnDef<never>>).map(([name, c], i) =>
+    i === 0 ? `${name} ${c.type} PRIMARY KEY` : `${name} ${c.type} NOT NULL${c.default === undefined ? '' : ` DEFAULT ${c.default}`}`);
+  return [`CREATE TABLE ${spec.sqlTable} (${cols.join(', ')})`, ...(spec.indexes ?? [])];
+}
+
+// ---- the codec -------------------------------------------------------------
+
+/** Why a stored row was not restored. */
+export type Rejection =
+  | { kind: 'expired' | 'address' | 'conflict' }
+  | { kind: 'invalid'; column: string; problem: string };
+
+const EXPIRED: Rejection = { kind: 'expired' };
+const ADDRESS: Rejection = { kind: 'address' };
+const CONFLICT: Rejection = { kind: 'conflict' };
+
+/** What restore needs to decide about a stored row. */
+export interface RestoreContext {
+  /** Wall-clock ms: rows whose deadline passed (also while the router was down) are discarded. */
+  now: number;
+  /** The configured public address (int32), and what to do with rows stored under another one. */
+  publicAddr: number;
+  onAddressChange: AddressChangePolicy;
+}
+
+/**
+ * Checks stored rows of one table (values in the spec's column order) and
+ * decodes them into `record`: a view with one property per column, read by
+ * the table's restore. Laid out for a loop over a million rows: the values
+ * land in one Float64Array (exact for every INTEGER column: they are safe
+ * integers) and the record's properties read from it.
+ */
+export class RowDecoder<N extends string = string> {
+  readonly record: Row<N | RequiredColumn>;
+  private readonly names: readonly string[];
+  private readonly defs: readonly ColumnDef<never>[];
+  private readonly real: Uint8Array;
+  private readonly checks: readonly (Check | undefined)[];
+  /** The decoded values, in column order (what `record` reads). */
+  readonly values: Float64Array;
+
+  constructor(spec: TableSpec<never, N>) {
+    const cols = spec.columns as Record<string, ColumnDef<never>>;
+    this.names = Object.keys(cols);
+    this.defs = this.names.map((n) => cols[n]);
+    this.real = Uint8Array.from(this.defs, (c) => (c.type === 'REAL' ? 1 : 0));
+    this.checks = this.defs.map((c) => c.check);
+    const values = new Float64Array(this.names.length);
+    const view: Record<string, PropertyDescriptor> = {};
+    this.names.forEach((name, i) => { view[name] = { get: () => values[i], enumerable: true }; });
+    this.record = Object.defineProperties({}, view) as Row<N | RequiredColumn>;
+    this.values = values;
+  }
+
+  /** Decodes one row into `record`; a rejection naming the first wrong column, or undefined. */
+  decode(row: readonly unknown[]): Rejection | undefined {
+    const out = this.values;
+    for (let i = 0; i < out.length; i++) {
+      const v = row[i];
+      const check = this.checks[i];
+      if (typeof v === 'number' && (this.real[i] === 1 ? Number.isFinite(v) : Number.isSafeInteger(v)) && (check === undefined || check(v) === undefined)) {
+        out[i] = v;
+        continue;
+      }
+      // The slow path says what is wrong (or accepts an infinite REAL where the column allows it).
+      const problem = typeProblem(this.defs[i], v) ?? check?.(v as number);
+      if (problem !== undefined) return { kind: 'invalid', column: this.names[i], problem };
+      out[i] = v as number;
+    }
+    return undefined;
+  }
+
+  /** A copy of `record` as a plain object. */
+  copy(): Row<N | RequiredColumn> {
+    return { ...this.record };
+  }
+}
+
+type Getter = (i: number) => number;
+
+/** A getter of one array's elements; one closure per array type keeps each element load monomorphic. */
+function elementOf(a: ColumnArray): Getter {
+  if (a instanceof Float64Array) return (i) => a[i];
+  if (a instanceof Int32Array) return (i) => a[i];
+  if (a instanceof Uint16Array) return (i) => a[i];
+  return (i) => a[i];
+}
+
+/**
+ * A spec bound to its live table: what the store calls. The columns' arrays
+ * are resolved once and row buffers are reused, so writing a row allocates
+ * nothing.
+ */
+export class TableCodec<T = unknown, N extends string = string> {
+  readonly id: number;
+  readonly sqlTable: string;
+  /** Columns of an inserted row, `serial` first. */
+  readonly columns: readonly string[];
+  /** Columns rewritten for a dirty row (`serial` excluded). */
+  readonly updateColumns: readonly string[];
+  private readonly decoder: RowDecoder<N>;
+  private readonly getters: readonly Getter[];
+  private readonly updateGetters: readonly Getter[];
+  private readonly serialOf: Getter;
+  private readonly inUse: Uint8Array;
+  /** Restore stores these columns back: their arrays and column numbers. */
+  private readonly assignedArrays: readonly ColumnArray[];
+  private readonly assignedColumns: Int32Array;
+  private readonly expiresColumn: number;
+  private readonly pubAddrColumn: number;
+  /** Watched columns: their live arrays, and the values last written (NaN forces a rewrite). */
+  private readonly watched: readonly ColumnArray[];
+  private readonly lastWritten: readonly Float64Array[];
+  private readonly capacity: number;
+  private cursor = 0;
+
+  constructor(readonly spec: TableSpec<T, N>, readonly table: T) {
+    const cols = Object.entries(spec.columns as Record<string, ColumnDef<T>>);
+    const arrayOf = (name: string, c: ColumnDef<T>): ColumnArray => {
+      if (c.array === undefined) throw new Error(`${spec.sqlTable}.${name}: watched and assigned columns need an array`);
+      return c.array(table);
+    };
+    const getter = (name: string, c: ColumnDef<T>): Getter => {
+      if (c.array !== undefined) return elementOf(c.array(table));
+      if (c.get === undefined) throw new Error(`${spec.sqlTable}.${name}: a column needs an array or a getter`);
+      const get = c.get;
+      return (i) => get(table, i);
+    };
+    this.id = spec.journalTable;
+    this.sqlTable = spec.sqlTable;
+    this.capacity = spec.capacity(table);
+    this.inUse = spec.inUse(table);
+    this.decoder = new RowDecoder(spec as unknown as TableSpec<never, N>);
+    this.columns = cols.map(([name]) => name);
+    this.getters = cols.map(([name, c]) => getter(name, c));
+    const upd = cols.filter(([, c]) => c.update);
+    this.updateColumns = upd.map(([name]) => name);
+    this.updateGetters = upd.map(([name, c]) => getter(name, c));
+    this.serialOf = this.getters[0];
+    const assigned = cols.filter(([, c]) => c.assign);
+    this.assignedArrays = assigned.map(([name, c]) => arrayOf(name, c));
+    this.assignedColumns = Int32Array.from(assigned, ([name]) => this.columns.indexOf(name));
+    this.expiresColumn = this.columns.indexOf('expires');
+    this.pubAddrColumn = this.columns.indexOf('pub_addr');
+    const watched = cols.filter(([, c]) => c.watch);
+    this.watched = watched.map(([name, c]) => arrayOf(name, c));
+    this.lastWritten = watched.map(() => new Float64Array(this.capacity));
+  }
+
+  /** Fills `out` with the columns of the entry at `index`; false when that index no longer holds `serial`. */
+  row(index: number, serial: number, out: unknown[]): boolean {
+    if (this.inUse[index] === 0 || this.serialOf(index) !== serial) return false;
+    const g = this.getters;
+    for (let c = 0; c < g.length; c++) out[c] = g[c](index);
+    return true;
+  }
+
+  /** Fills `out` with the update columns of the live entry at `index`, then its serial. */
+  update(index: number, out: unknown[]): void {
+    const g = this.updateGetters;
+    for (let c = 0; c < g.length; c++) out[c] = g[c](index);
+    out[g.length] = this.serialOf(index);
+  }
+
+  /**
+   * Writes up to `max` indexes of live entries changed since they were
+   * written into `out`, continuing where the last call stopped; visits each
+   * index at most once per call.
+   */
+  dirty(out: Int32Array, max: number): number {
+    const cap = this.capacity;
+    const inUse = this.inUse;
+    const live = this.watched;
+    const written = this.lastWritten;
+    const w = live.length;
+    let i = this.cursor;
+    let n = 0;
+    for (let k = 0; k < cap && n < max; k++) {
+      if (inUse[i] !== 0) {
+        for (let c = 0; c < w; c++) {
+          if (live[c][i] !== written[c][i]) { out[n++] = i; break; }
+        }
+      }
+      i = i + 1 === cap ? 0 : i + 1;
+    }
+    this.cursor = i;
+    return n;
+  }
+
+  /** The entry at `index` was just written with its current values. */
+  written(index: number): void {
+    for (let c = 0; c < this.watched.length; c++) this.lastWritten[c][index] = this.watched[c][index];
+  }
+
+  liveCount(): number {
+    return this.spec.count(this.table);
+  }
+
+  /** Calls fn for every live entry (full rewrite after a fault). */
+  forEachLive(fn: (index: number, serial: number) => void): void {
+    for (let i = 0; i < this.capacity; i++) if (this.inUse[i] !== 0) fn(i, this.serialOf(i));
+  }
+
+  /**
+   * Rebuilds one stored row (values in `columns` order): checks it, applies
+   * the deadline and the address policy, re-creates the entry and assigns
+   * the remaining columns. Returns why it was not restored, or undefined.
+   */
+  restore(values: readonly unknown[], ctx: RestoreContext): Rejection | undefined {
+    const bad = this.decoder.decode(values);
+    if (bad !== undefined) return bad;
+    const v = this.decoder.values;
+    if (v[this.expiresColumn] <= ctx.now) return EXPIRED;
+    const moved = v[this.pubAddrColumn] !== ctx.publicAddr;
+    if (moved && ctx.onAddressChange !== 'move') return ADDRESS;
+    const i = this.spec.restore(this.table, this.decoder.record);
+    if (i < 0) return CONFLICT;
+    for (let c = 0; c < this.assignedArrays.length; c++) this.assignedArrays[c][i] = v[this.assignedColumns[c]];
+    if (moved) {
+      // Rewritten with the new address by the next update flush.
+      for (let c = 0; c < this.lastWritten.length; c++) this.lastWritten[c][i] = NaN;
+    } else {
+      this.written(i);
+    }
+    return undefined;
+  }
+
+  /** This table's rows are all restored. */
+  restored(): void {
+    this.spec.restored?.(this.table);
+  }
+}
