@@ -11,8 +11,8 @@ import { drawProfile, PUBLIC } from './world';
 const SEED = 20250601;
 
 describe('packet-path fuzzing', () => {
-  it('100,000 seeded packets through the daemon hold every invariant', () => {
-    const r = fuzzPackets({ seed: SEED, packets: 100_000, epochPackets: 25_000 });
+  it('100,000 seeded packets through the daemon hold every invariant', async () => {
+    const r = await fuzzPackets({ seed: SEED, packets: 100_000, epochPackets: 25_000 });
     const f = r.failure;
     assert.equal(f, null, f === null ? '' : `violations with seed ${SEED} in epoch ${f.epoch} (${f.plan.profile.name}):\n` +
       `${f.violations.slice(0, 3).map((v) => `${v.problem}\n  in: ${v.input ?? ''}\n  out: ${v.output ?? ''}`).join('\n')}\n` +

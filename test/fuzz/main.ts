@@ -64,7 +64,7 @@ interface CaseFile {
   seed: number;
   epoch: number;
   plan: EpochPlan;
-  events: Array<{ t: string; now?: number; frames?: string[]; ids?: number[]; add?: boolean; value?: Record<string, unknown> }>;
+  events: Array<{ t: string; now?: number; frames?: string[]; req?: Record<string, unknown> }>;
 }
 
 function toCase(f: Failure, events: FuzzEvent[]): CaseFile {
@@ -111,9 +111,9 @@ function printEvents(events: FuzzEvent[], maxPackets = Infinity): void {
   }
 }
 
-function runPacket(a: Args): boolean {
+async function runPacket(a: Args): Promise<boolean> {
   process.stdout.write(`packet path: seed ${a.seed}, ${a.packets} packets, ${a.epoch} per epoch\n`);
-  const r = fuzzPackets({
+  const r = await fuzzPackets({
     seed: a.seed, packets: a.packets, epochPackets: a.epoch, strict: a.strict,
     progress: (done, rate) => process.stderr.write(`  ${done} packets, ${Math.round(rate)}/s\r`),
   });
@@ -138,7 +138,7 @@ function runPacket(a: Args): boolean {
   let events = f.events;
   if (a.minimize) {
     process.stdout.write('minimizing...\n');
-    const m = minimize(f);
+    const m = await minimize(f);
     if (m.reproduced) {
       events = m.events;
       process.stdout.write(`minimized to ${events.reduce((n, e) => n + (e.t === 'batch' ? e.frames.length : 0), 0)} packets and ${events.filter((e) => e.t !== 'batch').length} other events (${m.replays} replays):\n`);
@@ -154,10 +154,10 @@ function runPacket(a: Args): boolean {
   return false;
 }
 
-function runReplay(file: string): boolean {
+async function runReplay(file: string): Promise<boolean> {
   const c = JSON.parse(fs.readFileSync(file, 'utf8')) as CaseFile;
   const events = fromCase(c);
-  const v = replay(c.plan ?? epochPlan(c.seed, c.epoch), events);
+  const v = await replay(c.plan ?? epochPlan(c.seed, c.epoch), events);
   printEvents(events, 200);
   if (v === null) {
     process.stdout.write('replay: no violation\n');
@@ -167,12 +167,12 @@ function runReplay(file: string): boolean {
   return false;
 }
 
-function main(): void {
+async function main(): Promise<void> {
   const a = parseArgs(process.argv.slice(2));
   let ok = true;
-  if (a.replay !== null) ok = runReplay(a.replay);
-  else if (a.target === 'packet' || a.target === 'all') ok = runPacket(a) && ok;
+  if (a.replay !== null) ok = await runReplay(a.replay);
+  else if (a.target === 'packet' || a.target === 'all') ok = (await runPacket(a)) && ok;
   process.exitCode = ok ? 0 : 1;
 }
 
-main();
+void main();

@@ -46,28 +46,28 @@ export interface Minimized {
   reproduced: boolean;
 }
 
-export function minimize(f: Failure, budgetMs = 120_000): Minimized {
+export async function minimize(f: Failure, budgetMs = 120_000): Promise<Minimized> {
   const plan: EpochPlan = f.plan;
   const target = f.violations[0].signature;
   const deadline = Date.now() + budgetMs;
   let replays = 0;
   let deep = false;
-  const test = (items: readonly Item[]): Violation[] | null => {
+  const test = async (items: readonly Item[]): Promise<Violation[] | null> => {
     replays++;
-    const v = replay(plan, rebuild(items), deep);
+    const v = await replay(plan, rebuild(items), deep);
     return v !== null && v.some((x) => x.signature === target) ? v : null;
   };
   let items = flatten(f.events);
-  let found = test(items);
+  let found = await test(items);
   if (found === null) {
     deep = true;
-    found = test(items);
+    found = await test(items);
   }
   if (found === null) return { events: f.events, violations: f.violations, replays, reproduced: false };
   // The longest prefix that can go.
   let cut = Math.floor(items.length / 2);
   while (cut > 0 && Date.now() < deadline) {
-    const v = test(items.slice(cut));
+    const v = await test(items.slice(cut));
     if (v !== null) { items = items.slice(cut); found = v; cut = Math.floor(items.length / 2); } else cut = Math.floor(cut / 2);
   }
   // Delta debugging: remove chunks, halving their size when nothing more can go.
@@ -76,7 +76,7 @@ export function minimize(f: Failure, budgetMs = 120_000): Minimized {
     let removed = false;
     for (let start = 0; start < items.length && Date.now() < deadline;) {
       const candidate = [...items.slice(0, start), ...items.slice(start + chunk)];
-      const v = candidate.length > 0 ? test(candidate) : null;
+      const v = candidate.length > 0 ? await test(candidate) : null;
       if (v !== null) { items = candidate; found = v; removed = true; } else start += chunk;
     }
     if (!removed) chunk = Math.floor(chunk / 2);

@@ -10,7 +10,9 @@
  * measured. The timers' work (sweep), `conns list`, `conns delete` and
  * runtime `forwards add|remove` run between batches as the event loop would.
  */
-import { parseConfig } from '../../src/daemon/config';
+import { parseConfig } from '../../src/config/schema';
+import { ControlCommands } from '../../src/daemon/control-commands';
+import type { ControlRequest } from '../../src/query/protocol';
 import { Daemon } from '../../src/daemon/daemon';
 import type { Logger } from '../../src/daemon/log';
 import type { TunBuffers, TunDevice, TunSink } from '../../src/edge/tun/device';
@@ -29,9 +31,8 @@ import { r16, r32 } from './inet';
 export type FuzzEvent =
   | { t: 'batch'; now: number; frames: Uint8Array[] }
   | { t: 'sweep'; now: number }
-  | { t: 'delete'; ids: number[] }
-  | { t: 'list' }
-  | { t: 'forward'; add: boolean; value: Record<string, unknown> };
+  /** A control-socket request, handled by the daemon's own command handler. */
+  | { t: 'control'; req: ControlRequest };
 
 /** What came out wrong, with where. */
 export interface Violation {
@@ -85,6 +86,8 @@ export class Rig {
   private readonly savedRandom = Math.random;
   private heapBase = -1;
   readonly view: View;
+  /** The control socket's command handler, as the daemon builds it, minus the socket. */
+  private readonly commands: ControlCommands;
   /** Set by the generator loop: told about every written packet. */
   observer: ((ip: Uint8Array, toLan: boolean) => void) | null = null;
 
@@ -103,45 +106,58 @@ export class Rig {
     });
     this.daemon.startPacketLoop(this.tun);
     this.view = tableView(this.daemon);
+    this.commands = new ControlCommands(this.daemon, () => this.now);
   }
 
   close(): void {
     Math.random = this.savedRandom;
   }
 
-  /** Runs one event; returns the violations it caused. */
-  run(e: FuzzEvent): Violation[] {
+  /** Runs one event; returns the violations it caused. The caller lets the event loop turn after it (observers run then). */
+  async run(e: FuzzEvent): Promise<Violation[]> {
+    const out: Violation[] = [];
+    if (e.t === 'batch') {
+      out.push(...this.batch(e.now, e.frames));
+    } else if (e.t === 'sweep') {
+      this.now = Math.max(this.now, e.now);
+      try {
+        this.daemon.sweep();
+      } catch (err) {
+        out.push(violation(`the sweep threw: ${(err as Error).stack ?? String(err)}`));
+      }
+    } else {
+      out.push(...await this.control(e.req));
+    }
+    // What the daemon schedules after a batch (observers, the id index, reports) runs before the next one.
+    await new Promise<void>((resolve) => setImmediate(resolve));
+    out.push(...this.afterEvent());
+    return out;
+  }
+
+  /**
+   * A control request as the socket would pass it: errors the commands
+   * throw on purpose (bad ids, filters, forwards) are answers; a TypeError,
+   * RangeError or the like is a bug. Listings are streamed to the end and
+   * their ids checked for duplicates.
+   */
+  private async control(req: ControlRequest): Promise<Violation[]> {
     const out: Violation[] = [];
     try {
-      if (e.t === 'batch') return this.batch(e.now, e.frames);
-      if (e.t === 'sweep') {
-        this.now = Math.max(this.now, e.now);
-        this.daemon.sweep();
-      } else if (e.t === 'delete') {
-        this.daemon.deleteConns(new Set(e.ids));
-      } else if (e.t === 'list') {
+      const reply = await this.commands.handle(req);
+      if (reply.rows !== undefined) {
         const ids = new Set<number>();
-        for (const row of this.daemon.rows()) {
-          if (ids.has(row.id)) out.push(violation(`conns list shows id ${row.id} twice`));
-          ids.add(row.id);
-        }
-      } else if (e.add) {
-        try {
-          this.daemon.forwards.add(e.value, this.daemon.config.lan.prefixes);
-        } catch (err) {
-          if (!(err instanceof Error) || err.name !== 'ConfigError') throw err;
-        }
-      } else {
-        try {
-          this.daemon.forwards.remove(String(e.value.proto), e.value.publicPort as number | undefined);
-        } catch (err) {
-          if (!(err instanceof Error) || !/forward/.test(err.message)) throw err;
+        for (const row of reply.rows) {
+          const id = (row as { id?: number }).id;
+          if (id === undefined) continue;
+          if (ids.has(id)) out.push(violation(`${req.cmd} lists id ${id} twice`));
+          ids.add(id);
         }
       }
     } catch (err) {
-      out.push(violation(`${e.t} threw: ${(err as Error).stack ?? String(err)}`));
+      if (err instanceof TypeError || err instanceof RangeError || err instanceof ReferenceError || !(err instanceof Error)) {
+        out.push(violation(`control ${req.cmd} threw ${(err as Error).stack ?? String(err)}`));
+      }
     }
-    out.push(...this.afterEvent());
     return out;
   }
 
@@ -299,7 +315,7 @@ export class Rig {
     for (const e of this.errors.splice(0)) if (!/packet translation threw/.test(e)) out.push(violation(`logged an error: ${e}`));
     const j = d.table.journal as Journal;
     if (j.length !== 0) out.push(violation(`${j.length} journal events left after the batch (the drain must empty it)`));
-    if (j.overflowed) out.push(violation('the journal overflowed'));
+    if (j.lost !== 0) out.push(violation(`${j.lost} journal events lost and not handled by the drain`));
     const t = d.table;
     let bySlot = 0;
     for (let i = 0; i < SLOT_COUNT; i++) {
@@ -527,16 +543,31 @@ export class EventSource {
       this.lastSweep = this.now;
       return { t: 'sweep', now: this.now };
     }
-    const op = rng.float();
-    if (op < 0.002) return { t: 'list' };
-    if (op < 0.006) return { t: 'delete', ids: this.liveIds() };
-    if (op < 0.007) return { t: 'forward', add: rng.chance(0.6), value: rng.pick(RUNTIME_FORWARDS) };
+    if (rng.chance(0.008)) return { t: 'control', req: this.request() };
     this.now += rng.chance(0.002) ? rng.range(1_000, 400_000) : rng.skewed(30);
     const size = Math.min(maxPackets, rng.chance(0.1) ? 1 : rng.range(1, 64));
     const frames: Uint8Array[] = [];
     for (let i = 0; i < size; i++) frames.push(this.gen.next());
     this.emitted += size;
     return { t: 'batch', now: this.now, frames };
+  }
+
+  /** A control request an operator might send: listings, lookups and deletions by id or filter, runtime forwards. */
+  private request(): ControlRequest {
+    const rng = this.rng;
+    const filter = (): Record<string, unknown> => rng.pick<Record<string, unknown>>([
+      {}, { proto: rng.pick(['tcp', 'udp', 'icmp', 'esp', 'gre', 'isakmp', '50', 'sctp']) }, { src: rng.pick(['10.77.0.0/24', '10.77.0.12', '10.88.1.5:500']) },
+      { dport: rng.pick([500, 1723, 53, 70000]) }, { state: rng.pick(['ESTABLISHED', 'REPLIED', 'pending', 'CONFIRMED', 'bogus']) },
+      { spi: rng.pick(['0x100', 'ffffffff', 'zz']) }, { callId: rng.pick(['1', '0x4001', '70000']) }, { remote: '198.18.0.10' },
+    ]);
+    switch (rng.weighted([20, 25, 25, 8, 12, 10])) {
+      case 0: return { cmd: 'conns', filter: filter(), ...(rng.chance(0.3) ? { sort: rng.pick(['id', 'bytes', 'remote']), reverse: rng.chance(0.5) } : {}), ...(rng.chance(0.3) ? { limit: rng.int(50) } : {}) };
+      case 1: return { cmd: 'conns-show', id: rng.pick(this.liveIds()) ?? rng.int(100) };
+      case 2: return { cmd: 'conns-delete', id: rng.pick(this.liveIds()) ?? 1 };
+      case 3: return rng.chance(0.5) ? { cmd: 'conns-delete', filter: filter() } : { cmd: 'conns-flush', filter: { proto: rng.pick(['udp', 'esp', 'gre']) } };
+      case 4: return { cmd: 'forwards-add', forward: rng.pick(RUNTIME_FORWARDS) };
+      default: { const f = rng.pick(RUNTIME_FORWARDS); return { cmd: 'forwards-remove', proto: f.proto, publicPort: f.publicPort }; }
+    }
   }
 
   private liveIds(): number[] {
@@ -552,8 +583,8 @@ export class EventSource {
     take(d.pptp.calls.inUse, d.pptp.calls.serial);
     take(d.ipsec.kInUse, d.ipsec.kSerial);
     take(d.ipsec.eInUse, d.ipsec.eSerial);
-    if (this.rng.chance(0.2)) ids.push(this.rng.int(1 << 20), -1, 2 ** 53);
-    return ids;
+    if (this.rng.chance(0.2)) ids.push(this.rng.int(1 << 20), 2 ** 53 - 1);
+    return ids.length > 0 ? ids : [1];
   }
 }
 
@@ -627,7 +658,7 @@ export function epochPlan(seed: number, epoch: number): EpochPlan {
   return { profile: drawProfile(rng), randomSeed: rng.u32() };
 }
 
-export function fuzzPackets(opts: PacketFuzzOptions): PacketFuzzResult {
+export async function fuzzPackets(opts: PacketFuzzOptions): Promise<PacketFuzzResult> {
   const epochSize = opts.epochPackets ?? 50_000;
   const started = process.hrtime.bigint();
   let done = 0;
@@ -659,7 +690,7 @@ export function fuzzPackets(opts: PacketFuzzOptions): PacketFuzzResult {
       while (source.packets < limit) {
         const e = source.next(limit - source.packets);
         events.push(e);
-        const v = rig.run(e);
+        const v = await rig.run(e);
         if (e.t === 'batch') {
           batches++;
           outputs += rig.daemon.datapath.tx.count;
@@ -694,12 +725,12 @@ const isKnown = (v: Violation): boolean => KNOWN.some((k) => k.match.test(v.prob
  * (known ones skipped unless `strict`), or null. With `deep` the tables are
  * walked after every batch.
  */
-export function replay(plan: EpochPlan, events: readonly FuzzEvent[], deep = true, strict = false): Violation[] | null {
+export async function replay(plan: EpochPlan, events: readonly FuzzEvent[], deep = true, strict = false): Promise<Violation[] | null> {
   const rig = new Rig(plan.profile, plan.randomSeed);
   const keep = (v: Violation[]): Violation[] => (strict ? v : v.filter((x) => !isKnown(x)));
   try {
     for (const e of events) {
-      let v = keep(rig.run(e));
+      let v = keep(await rig.run(e));
       if (v.length === 0 && deep && e.t === 'batch') v = keep(rig.deepCheck());
       if (v.length > 0) return v;
     }
