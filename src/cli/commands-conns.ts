@@ -9,12 +9,16 @@ import {
   queryRows, SORT_KEYS,
 } from '../query/filters';
 import { CONN_HEADERS, connCells, flatten, keyValues, TableWriter, useColour, vpnDetail } from './format';
+import { prefixPairs } from '../core/ipv4-addr';
 
-/** The state database, read-only (for reads while the daemon is down; loaded only then). */
-async function openStore(path: string): Promise<StoredConns> {
+/** The state database, read-only (for reads while the daemon is down; loaded only then), with the rows the daemon would restore. */
+async function openStore(program: Command, why: string): Promise<StoredConns> {
+  const cfg = config(program);
+  const path = cfg.state.path;
+  note(`${why}; reading ${path} read-only`);
   const { openReadOnly } = await import('../query/stored');
   try {
-    return openReadOnly(path);
+    return openReadOnly(path, prefixPairs(cfg.lan.prefixes));
   } catch (e) {
     throw new CliError(`cannot read the state database ${path}: ${(e as Error).message}`);
   }
@@ -73,9 +77,7 @@ async function list(program: Command, opts: ListOpts): Promise<void> {
     count = Number(result.count);
   } catch (e) {
     if (!(e instanceof DaemonDownError)) throw e;
-    const path = config(program).state.path;
-    note(`${e.message}; reading ${path} read-only`);
-    const store = await openStore(path);
+    const store = await openStore(program, e.message);
     count = 0;
     try {
       for (const r of queryRows(store.iterate() as Iterable<AnyConnRow>, q)) {
@@ -98,9 +100,7 @@ async function show(program: Command, idText: string, opts: { json?: boolean }):
     conn = (await request(program, { cmd: 'conns-show', id })).conn as AnyConnRow;
   } catch (e) {
     if (!(e instanceof DaemonDownError)) throw e;
-    const path = config(program).state.path;
-    note(`${e.message}; reading ${path} read-only`);
-    const store = await openStore(path);
+    const store = await openStore(program, e.message);
     try {
       conn = store.byId(id);
     } finally {

@@ -5,19 +5,21 @@ import { checkNativeModules, nodeDescription } from '../edge/native-modules';
 import { CliError, DaemonDownError, EXIT_FAILURE, EXIT_USAGE } from './client';
 import { config, note, out, request } from './context';
 import { flatten, formatTable, keyValues, seconds } from './format';
+import type { DbHealth } from '../persist/health';
 
 export function runCommand(program: Command): void {
   program
     .command('run')
     .description('run the router in the foreground (as a systemd service)')
+    .option('--force-downgrade', 'a state database written by a newer vpnmasq is moved aside (kept) and the router starts with an empty table; without it such a file is left untouched and nothing is persisted')
     // Readiness, watchdog, SIGHUP reload and SIGTERM: src/daemon/lifecycle.ts.
-    .action(async () => {
+    .action(async (opts: { forceDowngrade?: boolean }) => {
       const cfg = config(program);
       const problems = checkNativeModules().flatMap((r) => (r.problem === null ? [] : [r.problem]));
       if (problems.length > 0) throw new CliError(problems.join('\n'));
       // Loaded here only: the other commands are clients and never load the daemon.
       const { runDaemon } = await import('../daemon/lifecycle');
-      return runDaemon(program.opts().config as string, cfg);
+      return runDaemon(program.opts().config as string, cfg, { forceDowngrade: opts.forceDowngrade === true });
     });
 
   program
@@ -32,19 +34,39 @@ export function runCommand(program: Command): void {
     });
 }
 
+const rows = (n: number): string => `${n} row${n === 1 ? '' : 's'}`;
+
+/**
+ * The state database in plain words: its health and what restore did, then
+ * one line for each thing an operator must know (a file moved aside, rows
+ * quarantined, a file not used).
+ */
+function databaseLines(db: (DbHealth & { path: string }) | null): Array<[string, string]> {
+  if (db === null) return [['Database', 'none (not persisted)']];
+  const health = db.refused !== null ? 'NOT USED' : db.healthy ? 'healthy' : `FAILING (${String(db.lastError)})`;
+  const lines: Array<[string, string]> = [
+    ['Database', `${db.path}: ${health}; ${rows(db.rowsRestored)} restored, ${db.rowsDiscarded} discarded at start (expired or dropped by policy)`],
+  ];
+  if (db.refused !== null) lines.push(['', db.refused]);
+  if (db.rowsQuarantined > 0) {
+    lines.push(['', `${rows(db.rowsQuarantined)} could not be restored and ${db.rowsQuarantined === 1 ? 'is' : 'are'} kept in the file's "quarantine" table with the reason (see the log)`]);
+  }
+  if (db.movedAside !== null) lines.push(['', `the previous file was moved aside to ${db.movedAside}: ${String(db.movedAsideReason)}`]);
+  return lines;
+}
+
 /** Human status: a headline, then the known facts, then anything else the daemon reports. */
 function statusText(st: Record<string, unknown>): string {
   const { running: _r, pid, uptimeSeconds, tun, mode, publicAddress, lanPrefixes, sessions, limit, state, ...rest } = st;
   const t = tun as { name: string; offloads: number } | null;
   const used = Number(sessions);
   const cap = Number(limit);
-  const db = state as { path: string; healthy: boolean; lastError: string | null; rowsRestored: number; rowsDiscarded: number } | null;
   const pairs: Array<[string, string]> = [
     ['TUN', t ? `${t.name} (offloads 0x${t.offloads.toString(16)})` : '-'],
     ['Mode', `${String(mode)}, public address ${String(publicAddress)}`],
     ['LAN', (lanPrefixes as string[]).join(', ')],
     ['Table', `${used} of ${cap} sessions (${((100 * used) / cap).toFixed(1)}%)`],
-    ['Database', db ? `${db.path}: ${db.healthy ? 'healthy' : `FAILING (${String(db.lastError)})`}; ${db.rowsRestored} rows restored, ${db.rowsDiscarded} discarded at start` : 'none (not persisted)'],
+    ...databaseLines(state as (DbHealth & { path: string }) | null),
     ...flatten(rest),
   ];
   return `vpnmasq is running (pid ${String(pid)}, up ${seconds(Number(uptimeSeconds))})\n${keyValues(pairs)}`;

@@ -21,14 +21,14 @@ import { IdIndex, IdSource } from '../query/id-index';
 import { Drop } from '../core/verdict';
 import { T_BYTES_IN, T_BYTES_OUT, T_PKTS_IN, T_PKTS_OUT } from '../nat/napt';
 import { RouterNet } from '../edge/netlink/router-net';
-import { int32ToIpv4, ipv4ToInt32, ipv4ToNumber, parseCidr, prefixMask } from '../core/ipv4-addr';
+import { int32ToIpv4, ipv4ToInt32, prefixPairs } from '../core/ipv4-addr';
 import type { TunDevice, TunEvent, TunFactory } from '../edge/tun/device';
 import { NativeTun } from '../edge/tun/native-tun';
 import { Stat } from '../edge/tun/native';
 import { BatchFaults } from '../edge/tun/batch-faults';
 import { Store } from '../persist/store';
 import { EspCodec, GreCallCodec, IsakmpCodec, SessionCodec } from '../persist/tables';
-import { DbHealth } from '../persist/health';
+import { DbHealth, NOT_PERSISTED } from '../persist/health';
 import { Forwards } from '../nat/forwards';
 import { PptpCounter } from '../helpers/pptp/counters';
 import { PptpMasq } from '../helpers/pptp/pptp';
@@ -73,6 +73,8 @@ export interface DaemonOptions {
    * store, and exits non-zero for the service manager to restart it.
    */
   onFatal?: (reason: Error) => void;
+  /** A state file of a newer schema version: left untouched (default) or moved aside (`vpnmasq run --force-downgrade`). */
+  newerSchema?: 'refuse' | 'move-aside';
 }
 
 export class Daemon implements MetricsSource {
@@ -101,6 +103,7 @@ export class Daemon implements MetricsSource {
   /** Where each id lives, for `conns show|delete ID`. */
   private readonly ids: IdIndex;
   private readonly persist: boolean;
+  private readonly newerSchema: 'refuse' | 'move-aside';
   /** The state store, once started with persistence. */
   store: Store | null = null;
   private readonly commands: ControlCommands;
@@ -115,6 +118,7 @@ export class Daemon implements MetricsSource {
   constructor(public config: Config, private readonly log: Logger, opts: DaemonOptions = {}) {
     this.now = opts.now ?? Date.now;
     this.persist = opts.persist ?? true;
+    this.newerSchema = opts.newerSchema ?? 'refuse';
     this.openTun = opts.openTun ?? ((o) => NativeTun.open(o.name, { offloads: o.offloads }));
     this.onFatal = opts.onFatal ?? (() => undefined);
     this.faults = new BatchFaults(log, (reason) => this.fail(reason), this.now);
@@ -140,10 +144,7 @@ export class Daemon implements MetricsSource {
       },
       Math.max(1024, cfg.limits.maxHeldFragments * 4),
       {
-        lanPrefixes: cfg.lan.prefixes.map((p) => {
-          const c = parseCidr(p);
-          return [ipv4ToNumber(c.network) | 0, prefixMask(c.prefixLen) | 0] as [number, number];
-        }),
+        lanPrefixes: prefixPairs(cfg.lan.prefixes),
         timers: {
           tcpEstablishedMs: t.tcpEstablished * 1000,
           tcpTransitoryMs: t.tcpTransitory * 1000,
@@ -290,13 +291,16 @@ export class Daemon implements MetricsSource {
 
   /** Opens the state store and rebuilds the tables from it before the TUN starts, so no packet meets an empty table. */
   private openStore(): void {
-    const store = new Store(this.config.state, this.log, { now: this.now });
+    const store = new Store(this.config.state, this.log, { now: this.now, newerSchema: this.newerSchema });
     store.registerTable(new SessionCodec(this.table));
     // After the sessions: a PPTP call refers to its control connection's session.
     store.registerTable(new IsakmpCodec(this.ipsec, this.table));
     store.registerTable(new EspCodec(this.ipsec, this.table));
     store.registerTable(new GreCallCodec(this.pptp.calls, this.table));
-    store.restore({ now: this.now(), publicAddr: this.table.publicAddr, onAddressChange: this.config.wan.onAddressChange });
+    store.restore({
+      now: this.now(), publicAddr: this.table.publicAddr, onAddressChange: this.config.wan.onAddressChange,
+      lanPrefixes: prefixPairs(this.config.lan.prefixes),
+    });
     // Restored entries come without table events.
     this.ids.rebuild();
     this.addJournalListener(store);
@@ -477,9 +481,7 @@ export class Daemon implements MetricsSource {
 
   /** State database health for status and metrics (healthy and empty when persistence is off). */
   db(): DbHealth {
-    return this.store?.health() ?? {
-      healthy: true, pendingWrites: 0, lastError: null, lastErrorAt: null, rowsRestored: 0, rowsDiscarded: 0, movedAside: null,
-    };
+    return this.store?.health() ?? NOT_PERSISTED;
   }
 
   // ---- appliance: shared-address mode, WAN address changes, reload, metrics ----

@@ -56,12 +56,15 @@ export function loadReload(path: string, current: Config): { config: Config } | 
 }
 
 /** Runs the daemon until SIGTERM/SIGINT; exits the process. */
-export async function runDaemon(configPath: string, config: Config): Promise<void> {
+export async function runDaemon(configPath: string, config: Config, opts: { forceDowngrade?: boolean } = {}): Promise<void> {
   const log = createLogger(config.log);
   const notify = new Notifier();
   // A failed TUN device or a packet path that keeps throwing: no more watchdog
   // pings, the state flushed by stop(), and a non-zero exit for a restart.
-  const daemon = new Daemon(config, log, { onFatal: (reason) => stop('fatal', EXIT_FAILURE, reason.message) });
+  const daemon = new Daemon(config, log, {
+    onFatal: (reason) => stop('fatal', EXIT_FAILURE, reason.message),
+    newerSchema: opts.forceDowngrade === true ? 'move-aside' : 'refuse',
+  });
   let watchdog: NodeJS.Timeout | null = null;
   let stopping = false;
   let reloading: Promise<void> = Promise.resolve();

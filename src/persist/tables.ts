@@ -10,12 +10,21 @@
  * pending ESP entry whose deadline passed is dropped). A PPTP call refers to
  * its control connection by the session's serial; its deadline is Infinity
  * while that connection holds it.
+ *
+ * What a row must be to be restored is declared here with its columns: ids
+ * in the safe range and unique across the tables, LAN hosts inside the
+ * configured LAN prefixes, known protocols and states, ports and Call IDs in
+ * range, deadlines no timer exceeds, SPIs a real SA can have.
  */
 import { PROTO_ICMP, PROTO_TCP, PROTO_UDP } from '../wire/ipv4';
+import { ESP_SPI_RESERVED_MAX } from '../wire/esp';
 import { SessionTable, TABLE_SESSIONS } from '../nat/sessions';
 import { ESP_ESTABLISHED, ESP_PENDING, ESP_SQUELCHED, IpsecMasq, TABLE_ESP, TABLE_ISAKMP } from '../helpers/ipsec/ipsec';
 import { CALL_CLEARING, CALL_CONFIRMED, CALL_REQUESTED, PptpCalls, ROLE_PAC, ROLE_PNS, TABLE_GRE_CALLS } from '../helpers/pptp/calls';
-import { ColumnDef, defineTable, FLAG, INT32, inRange, NON_NEGATIVE, oneOf, PORT, SERIAL, TableCodec, UINT8 } from './columns';
+import {
+  ColumnDef, DEADLINE, defineTable, FLAG, INT32, inRange, LAN_HOST, NON_NEGATIVE, NON_NEGATIVE_INT32, oneOf, ORPHAN, PORT, PUBLIC_PORT, SERIAL,
+  TableCodec, UINT8,
+} from './columns';
 
 const NO_CALL_ID = -1;
 
@@ -23,20 +32,20 @@ export const SESSIONS = defineTable<SessionTable>()({
   sqlTable: 'sessions',
   journalTable: TABLE_SESSIONS,
   columns: {
-    serial: { type: 'INTEGER', array: (t) => t.sSerial, check: SERIAL },
+    serial: { type: 'INTEGER', array: (t) => t.sSerial, check: SERIAL, unique: true },
     proto: { type: 'INTEGER', get: (t, s) => t.mProto[t.sMap[s]], check: oneOf({ tcp: PROTO_TCP, udp: PROTO_UDP, icmp: PROTO_ICMP }) },
-    lan: { type: 'INTEGER', get: (t, s) => t.mLan[t.sMap[s]], check: INT32 },
+    lan: { type: 'INTEGER', get: (t, s) => t.mLan[t.sMap[s]], check: LAN_HOST },
     lan_port: { type: 'INTEGER', get: (t, s) => t.mLanPort[t.sMap[s]], check: PORT },
     // A moved row is rewritten with the new address: the address is the table's, not the entry's.
     pub_addr: { type: 'INTEGER', get: (t) => t.publicAddr, update: true, check: INT32 },
-    pub_port: { type: 'INTEGER', get: (t, s) => t.mPubPort[t.sMap[s]], check: PORT },
+    pub_port: { type: 'INTEGER', get: (t, s) => t.mPubPort[t.sMap[s]], check: PUBLIC_PORT },
     rem: { type: 'INTEGER', array: (t) => t.sRem, check: INT32 },
     rem_port: { type: 'INTEGER', array: (t) => t.sRemPort, check: PORT },
     state: { type: 'INTEGER', array: (t) => t.sState, update: true, check: UINT8 },
     created: { type: 'REAL', array: (t) => t.sCreated },
     // Every packet of the flow moves last_seen: it is what makes a row dirty.
     last_seen: { type: 'REAL', array: (t) => t.sLastSeen, assign: true, update: true, watch: true },
-    expires: { type: 'REAL', array: (t) => t.sExpires, update: true },
+    expires: { type: 'REAL', array: (t) => t.sExpires, update: true, check: DEADLINE },
     pkts_out: { type: 'REAL', array: (t) => t.sPktsOut, assign: true, update: true, default: 0, check: NON_NEGATIVE },
     pkts_in: { type: 'REAL', array: (t) => t.sPktsIn, assign: true, update: true, default: 0, check: NON_NEGATIVE },
     bytes_out: { type: 'REAL', array: (t) => t.sBytesOut, assign: true, update: true, default: 0, check: NON_NEGATIVE },
@@ -47,6 +56,11 @@ export const SESSIONS = defineTable<SessionTable>()({
   count: (t) => t.sessionCount,
   inUse: (t) => t.sInUse,
   restore: (t, r) => t.restoreSession(r.proto, r.lan, r.lan_port, r.pub_port, r.rem, r.rem_port, r.created, r.state, r.expires, r.serial),
+  conflicts: {
+    [-1]: 'the session table is full (limits.maxSessions)',
+    [-2]: 'its public port is mapped to another LAN endpoint, or its LAN endpoint to another public port',
+    [-3]: 'a session with the same mapping and remote endpoint was restored already',
+  },
 });
 
 /**
@@ -56,8 +70,8 @@ export const SESSIONS = defineTable<SessionTable>()({
 function vpnEntry<T extends { readonly t: SessionTable }>(serial: (x: T) => Float64Array, lan: (x: T) => Int32Array,
   rem: (x: T) => Int32Array): Record<'serial' | 'lan' | 'rem' | 'pub_addr', ColumnDef<T>> {
   return {
-    serial: { type: 'INTEGER', array: serial, check: SERIAL },
-    lan: { type: 'INTEGER', array: lan, check: INT32 },
+    serial: { type: 'INTEGER', array: serial, check: SERIAL, unique: true },
+    lan: { type: 'INTEGER', array: lan, check: LAN_HOST },
     rem: { type: 'INTEGER', array: rem, check: INT32 },
     pub_addr: { type: 'INTEGER', get: (x) => x.t.publicAddr, update: true, check: INT32 },
   };
@@ -78,7 +92,7 @@ export const ISAKMP = defineTable<IpsecTables>()({
     rcookie1: { type: 'INTEGER', array: (x) => x.m.kRc1, update: true, check: INT32 },
     has_rcookie: { type: 'INTEGER', array: (x) => x.m.kHasRc, update: true, watch: true, check: FLAG },
     server: { type: 'INTEGER', array: (x) => x.m.kServer, update: true, watch: true, check: FLAG },
-    expires: { type: 'REAL', array: (x) => x.m.kExpires, update: true, watch: true },
+    expires: { type: 'REAL', array: (x) => x.m.kExpires, update: true, watch: true, check: DEADLINE },
   },
   capacity: (x) => x.m.opts.capacity,
   count: (x) => x.m.isakmpCount,
@@ -100,15 +114,19 @@ export const ESP = defineTable<IpsecTables>()({
       check: oneOf({ pending: ESP_PENDING, established: ESP_ESTABLISHED, squelched: ESP_SQUELCHED }),
     },
     blocking: { type: 'INTEGER', array: (x) => x.m.eBlocking, update: true, check: FLAG },
-    retries: { type: 'INTEGER', array: (x) => x.m.eRetries, update: true, check: NON_NEGATIVE },
+    retries: { type: 'INTEGER', array: (x) => x.m.eRetries, update: true, check: NON_NEGATIVE_INT32 },
     created: { type: 'REAL', array: (x) => x.m.eCreated },
-    expires: { type: 'REAL', array: (x) => x.m.eExpires, update: true, watch: true },
+    expires: { type: 'REAL', array: (x) => x.m.eExpires, update: true, watch: true, check: DEADLINE },
     pkts_out: { type: 'REAL', array: (x) => x.m.ePktsOut, assign: true, update: true, check: NON_NEGATIVE },
     pkts_in: { type: 'REAL', array: (x) => x.m.ePktsIn, assign: true, update: true, check: NON_NEGATIVE },
   },
   capacity: (x) => x.m.opts.capacity,
   count: (x) => x.m.espCountByState[ESP_PENDING] + x.m.espCountByState[ESP_ESTABLISHED] + x.m.espCountByState[ESP_SQUELCHED],
   inUse: (x) => x.m.eInUse,
+  // SPI 0 means no SA (RFC 4303 §2.1): outbound ESP with it is dropped; inbound the reserved 1-255 are too, so no established entry has one.
+  rowCheck: (r) => (r.out_spi === 0 ? 'out_spi 0 is not an SPI an SA can have'
+    : r.state === ESP_ESTABLISHED && isReservedSpi(r.in_spi) ? `in_spi ${hexSpi(r.in_spi)} of an established entry is a reserved SPI`
+      : undefined),
   restore: (x, r) => x.m.restoreEsp(r.lan, r.rem, r.out_spi, r.in_spi, r.state, r.blocking === 1, r.retries, r.created, r.expires, r.serial),
 });
 
@@ -131,7 +149,8 @@ export const GRE_CALLS = defineTable<CallTables>()({
   columns: {
     ...vpnEntry<CallTables>((x) => x.g.serial, (x) => x.g.lan, (x) => x.g.rem),
     lan_call_id: { type: 'INTEGER', array: (x) => x.g.lanId, check: PORT },
-    pub_call_id: { type: 'INTEGER', array: (x) => x.g.pubId, check: PORT },
+    // 0 is never handed out (PptpCalls.create).
+    pub_call_id: { type: 'INTEGER', array: (x) => x.g.pubId, check: inRange(1, 65535) },
     // -1 until the remote's Call ID is learnt.
     rem_call_id: { type: 'INTEGER', array: (x) => x.g.remId, update: true, watch: true, check: inRange(NO_CALL_ID, 65535) },
     role: { type: 'INTEGER', array: (x) => x.g.role, check: oneOf({ pns: ROLE_PNS, pac: ROLE_PAC }) },
@@ -139,8 +158,8 @@ export const GRE_CALLS = defineTable<CallTables>()({
       type: 'INTEGER', array: (x) => x.g.state, update: true,
       check: oneOf({ requested: CALL_REQUESTED, confirmed: CALL_CONFIRMED, clearing: CALL_CLEARING }),
     },
-    ctl_serial: { type: 'REAL', array: (x) => x.g.ctlSerial, check: NON_NEGATIVE },
-    expires: { type: 'REAL', array: (x) => x.g.expires, update: true, watch: true, infinite: true },
+    ctl_serial: { type: 'REAL', array: (x) => x.g.ctlSerial, check: SERIAL },
+    expires: { type: 'REAL', array: (x) => x.g.expires, update: true, watch: true, infinite: true, check: DEADLINE },
     last_seen: { type: 'REAL', array: (x) => x.g.lastSeen, update: true, watch: true },
     pkts_out: { type: 'REAL', array: (x) => x.g.pktsOut, assign: true, update: true, check: NON_NEGATIVE },
     pkts_in: { type: 'REAL', array: (x) => x.g.pktsIn, assign: true, update: true, check: NON_NEGATIVE },
@@ -155,12 +174,18 @@ export const GRE_CALLS = defineTable<CallTables>()({
       x.ctlBySerial = bySerial;
     }
     const ctl = x.ctlBySerial.get(r.ctl_serial);
-    if (ctl === undefined && r.state !== CALL_CLEARING) return -1;
+    if (ctl === undefined && r.state !== CALL_CLEARING) return ORPHAN;
     return x.g.restore(r.lan, r.rem, r.lan_call_id, r.pub_call_id, r.rem_call_id, r.role, r.state, r.expires, ctl ?? 0, r.ctl_serial,
       r.serial, r.last_seen);
   },
   restored: (x) => { x.ctlBySerial = null; },
 });
+
+function isReservedSpi(spi: number): boolean {
+  return (spi >>> 0) <= ESP_SPI_RESERVED_MAX;
+}
+
+const hexSpi = (spi: number): string => `0x${(spi >>> 0).toString(16).padStart(8, '0')}`;
 
 /** Every persisted table, in restore order: a PPTP call refers to its control connection's session. */
 export const TABLES = [SESSIONS, ISAKMP, ESP, GRE_CALLS] as const;
