@@ -88,7 +88,7 @@ export interface TableSpec<T, N extends string> {
    * (it is discarded like an expired row), or another negative number when it
    * conflicts with what is already restored or cannot be placed.
    */
-  restore(t: T, row: Row<N | RequiredColumn>): number;
+  restore(t: T, row: Row<N | RequiredColumn>, ctx: RestoreContext): number;
   /** What restore's negative results mean, for the quarantine and the log. */
   readonly conflicts?: Readonly<Record<number, string>>;
   /** After all of this table's rows were restored. */
@@ -195,6 +195,8 @@ export interface RestoreContext extends CheckContext {
   /** The configured public address (int32), and what to do with rows stored under another one. */
   publicAddr: number;
   onAddressChange: AddressChangePolicy;
+  /** Whether a row of `table` with this serial was quarantined by this restore (an entry that belongs to it goes too). */
+  quarantined?(table: string, serial: number): boolean;
 }
 
 /**
@@ -393,7 +395,7 @@ export class TableCodec<T = unknown, N extends string = string> {
     if (v[this.expiresColumn] <= ctx.now) return EXPIRED;
     const moved = v[this.pubAddrColumn] !== ctx.publicAddr;
     if (moved && ctx.onAddressChange !== 'move') return ADDRESS;
-    const i = this.spec.restore(this.table, this.decoder.record);
+    const i = this.spec.restore(this.table, this.decoder.record, ctx);
     if (i === ORPHAN) return ORPHANED;
     if (i < 0) {
       return { kind: 'conflict', column: '', problem: this.spec.conflicts?.[i] ?? 'conflicts with an entry already restored, or the table is full' };

@@ -188,6 +188,9 @@ export class Store implements JournalListener {
     const quarantine: QuarantinedRow[] = [];
     /** Values of the `unique` columns restored so far (ids: one space across the tables), and which table holds each. */
     const taken = new Map<number, string>();
+    /** Serials quarantined so far, by table: what belongs to them is quarantined too. */
+    const held = new Map<string, Set<number>>();
+    const rctx: RestoreContext = { ...ctx, quarantined: (table, serial) => held.get(table)?.has(serial) === true };
     try {
       for (const r of this.registered) {
         const gone: string[] = [];
@@ -204,7 +207,7 @@ export class Store implements JournalListener {
           for (const v of page) {
             let why = duplicateOf(unique, codec.columns, v, taken);
             if (why === undefined) {
-              const rejected = codec.restore(v, ctx);
+              const rejected = codec.restore(v, rctx);
               if (rejected === undefined) {
                 restored++;
                 for (const c of unique) taken.set(v[c] as number, codec.sqlTable);
@@ -217,6 +220,10 @@ export class Store implements JournalListener {
               why = rejected.column === '' ? rejected.problem : `${rejected.column}: ${rejected.problem}`;
             }
             quarantine.push({ table: codec.sqlTable, serial: v[n] as string, row: rowJson(codec.columns, v), reason: why });
+            if (typeof v[0] === 'number') {
+              if (!held.has(codec.sqlTable)) held.set(codec.sqlTable, new Set());
+              (held.get(codec.sqlTable) as Set<number>).add(v[0]);
+            }
           }
         }
         codec.restored();

@@ -27,6 +27,8 @@ import {
 } from './columns';
 
 const NO_CALL_ID = -1;
+/** A call whose control connection's row was quarantined goes with it (an expired one is dropped). */
+const CONTROL_QUARANTINED = -2;
 
 export const SESSIONS = defineTable<SessionTable>()({
   sqlTable: 'sessions',
@@ -167,18 +169,19 @@ export const GRE_CALLS = defineTable<CallTables>()({
   capacity: (x) => x.g.capacity,
   count: (x) => x.g.count,
   inUse: (x) => x.g.inUse,
-  restore: (x, r) => {
+  restore: (x, r, ctx) => {
     if (x.ctlBySerial === null) {
       const bySerial = new Map<number, number>();
       x.t.forEachSession((s) => bySerial.set(x.t.sSerial[s], s));
       x.ctlBySerial = bySerial;
     }
     const ctl = x.ctlBySerial.get(r.ctl_serial);
-    if (ctl === undefined && r.state !== CALL_CLEARING) return ORPHAN;
+    if (ctl === undefined && r.state !== CALL_CLEARING) return ctx.quarantined?.(SESSIONS.sqlTable, r.ctl_serial) ? CONTROL_QUARANTINED : ORPHAN;
     return x.g.restore(r.lan, r.rem, r.lan_call_id, r.pub_call_id, r.rem_call_id, r.role, r.state, r.expires, ctl ?? 0, r.ctl_serial,
       r.serial, r.last_seen);
   },
   restored: (x) => { x.ctlBySerial = null; },
+  conflicts: { [CONTROL_QUARANTINED]: 'its control connection (a sessions row) was quarantined' },
 });
 
 function isReservedSpi(spi: number): boolean {

@@ -3,6 +3,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { fuzzPackets } from './packet-target';
+import { fuzzRestore } from './restore-target';
 import { checkOutput } from './oracle';
 import { UDP, ICMP, F_NEEDS_CSUM, NO_VNET, icmpError, ip4, ipHeaderChecksum, ipv4, l4Checksum, partialChecksum, udp, withVnet } from './craft';
 import { Rng } from './rng';
@@ -22,6 +23,15 @@ describe('packet-path fuzzing', () => {
     for (const k of ['pptp.events.rewrites', 'ipsec.events.esp-established', 'pptp.events.gre-in', 'drops.pptp-out-of-order']) {
       assert.ok((r.coverage[k] ?? 0) > 0, `the packets never reached ${k}`);
     }
+  });
+});
+
+describe('restore fuzzing', () => {
+  it('3,000 seeded rows in hostile and damaged files: every good row restored, every bad one quarantined, nothing thrown', () => {
+    const r = fuzzRestore({ seed: SEED, rows: 3000 });
+    const f = r.failure;
+    assert.equal(f, null, f === null ? '' : `file ${f.file}: ${f.problem}\n  ${f.hostile.join('\n  ')}\nreproduce: npm run fuzz -- --target restore --seed ${SEED} --rows 3000`);
+    assert.ok(r.bad > 100 && r.good > 1000 && r.damaged > 0, JSON.stringify(r));
   });
 });
 

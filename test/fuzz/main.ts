@@ -12,6 +12,7 @@
 import * as fs from 'node:fs';
 import { describeFrame, epochPlan, EpochPlan, Failure, FuzzEvent, fuzzPackets, hex, replay, Violation } from './packet-target';
 import { minimize } from './minimize';
+import { fuzzRestore } from './restore-target';
 
 interface Args {
   target: string;
@@ -154,6 +155,21 @@ async function runPacket(a: Args): Promise<boolean> {
   return false;
 }
 
+function runRestore(a: Args): boolean {
+  process.stdout.write(`restore: seed ${a.seed}, ${a.rows} rows\n`);
+  const r = fuzzRestore({ seed: a.seed, rows: a.rows, progress: (n) => process.stderr.write(`  ${n} rows\r`) });
+  process.stderr.write('\n');
+  process.stdout.write(`restore: ${r.files} files (${r.damaged} damaged as a whole), ${r.rows} rows: ${r.good} good, ${r.bad} hostile, ${r.expired} expired, ` +
+    `in ${r.seconds.toFixed(1)} s, ${Math.round(r.rows / r.seconds)} rows/s\n`);
+  if (r.failure === null) {
+    process.stdout.write('restore: 0 violations\n');
+    return true;
+  }
+  process.stdout.write(`restore: VIOLATION in file ${r.failure.file}: ${r.failure.problem}\n  what made it hostile (reproduce with --target restore --seed ${a.seed} --rows ${a.rows}):\n`);
+  for (const h of r.failure.hostile) process.stdout.write(`    ${h}\n`);
+  return false;
+}
+
 async function runReplay(file: string): Promise<boolean> {
   const c = JSON.parse(fs.readFileSync(file, 'utf8')) as CaseFile;
   const events = fromCase(c);
@@ -171,7 +187,10 @@ async function main(): Promise<void> {
   const a = parseArgs(process.argv.slice(2));
   let ok = true;
   if (a.replay !== null) ok = await runReplay(a.replay);
-  else if (a.target === 'packet' || a.target === 'all') ok = (await runPacket(a)) && ok;
+  else {
+    if (a.target === 'packet' || a.target === 'all') ok = (await runPacket(a)) && ok;
+    if (a.target === 'restore' || a.target === 'all') ok = runRestore(a) && ok;
+  }
   process.exitCode = ok ? 0 : 1;
 }
 

@@ -232,9 +232,9 @@ describe('restore of a hostile or damaged state file', () => {
     // A table whose restore breaks on the 21st row, as a bug or an I/O error would.
     store.registerTable(new TableCodec({
       ...SESSIONS,
-      restore: (t, r) => {
+      restore: (t, r, ctx) => {
         if (r.serial === 21) throw new Error('read error');
-        return SESSIONS.restore(t, r);
+        return SESSIONS.restore(t, r, ctx);
       },
     }, x.t));
     assert.deepEqual(restore(store, x), { restored: 20, discarded: 0, quarantined: 0 });
