@@ -101,7 +101,7 @@ async function main(): Promise<void> {
     await show(router);
     if (keep) {
       say(`lab kept; try: ip netns exec ${lab.ns.lan[0]} ping ${lab.addr.wan[0]}`);
-      console.log(`  node dist/src/cli/main.js --config ${router.configPath} conns list`);
+      console.log(`  node dist/src/bin/vpnmasq.js --config ${router.configPath} conns list`);
       console.log('  Ctrl-C tears everything down.');
       await new Promise(() => undefined);
     }

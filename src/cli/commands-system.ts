@@ -1,24 +1,28 @@
 /** `vpnmasq run|check-native|status|stats|forwards|config check`. */
 import { Command } from 'commander';
-import { ConfigError, ConfigProblem, loadConfig } from '../config/schema';
+import { Config, ConfigError, ConfigProblem, loadConfig } from '../config/schema';
 import { checkNativeModules, nodeDescription } from '../edge/native-modules';
 import { CliError, DaemonDownError, EXIT_FAILURE, EXIT_USAGE } from './client';
 import { config, note, out, request } from './context';
 import { flatten, formatTable, keyValues, seconds } from './format';
 import type { DbHealth } from '../persist/health';
 
-export function runCommand(program: Command): void {
+/**
+ * Starts the router in this process (src/daemon/lifecycle.ts: readiness,
+ * watchdog, reload, SIGTERM). The entry point hands it in, so the CLI never
+ * imports the daemon.
+ */
+export type RunDaemon = (configPath: string, config: Config, opts: { forceDowngrade?: boolean }) => Promise<void>;
+
+export function runCommand(program: Command, runDaemon: RunDaemon): void {
   program
     .command('run')
     .description('run the router in the foreground (as a systemd service)')
     .option('--force-downgrade', 'a state database written by a newer vpnmasq is moved aside (kept) and the router starts with an empty table; without it such a file is left untouched and nothing is persisted')
-    // Readiness, watchdog, SIGHUP reload and SIGTERM: src/daemon/lifecycle.ts.
     .action(async (opts: { forceDowngrade?: boolean }) => {
       const cfg = config(program);
       const problems = checkNativeModules().flatMap((r) => (r.problem === null ? [] : [r.problem]));
       if (problems.length > 0) throw new CliError(problems.join('\n'));
-      // Loaded here only: the other commands are clients and never load the daemon.
-      const { runDaemon } = await import('../daemon/lifecycle');
       return runDaemon(program.opts().config as string, cfg, { forceDowngrade: opts.forceDowngrade === true });
     });
 

@@ -1,4 +1,3 @@
-#!/usr/bin/env node
 /**
  * The `vpnmasq` command. Exit codes: 0 success, 1 failure, 2 usage error
  * (conntrack's convention). Data goes to stdout, messages to stderr.
@@ -8,11 +7,12 @@ import { Command, CommanderError } from 'commander';
 import { DEFAULT_CONFIG_PATH } from '../config/schema';
 import { CliError, EXIT_FAILURE, EXIT_USAGE } from './client';
 import { connsCommand } from './commands-conns';
-import { runCommand, systemCommands } from './commands-system';
+import { RunDaemon, runCommand, systemCommands } from './commands-system';
 import { completionCommand } from './completion';
 import { version } from '../core/version';
 
-export function buildProgram(): Command {
+/** `runDaemon` is what `vpnmasq run` does; the entry point (src/bin/vpnmasq.ts) supplies it. */
+export function buildProgram(runDaemon: RunDaemon = notWired): Command {
   const program = new Command();
   program
     .name('vpnmasq')
@@ -26,7 +26,7 @@ export function buildProgram(): Command {
 Exit status: 0 success, 1 failure (daemon down, permission denied, not found), 2 usage error.
 Data goes to stdout, messages to stderr; no colour unless stdout is a terminal and NO_COLOR is unset.
 The daemon's control socket (control.socket in the config) is open to root and the control.group group.`);
-  runCommand(program);
+  runCommand(program, runDaemon);
   systemCommands(program);
   connsCommand(program);
   completionCommand(program);
@@ -74,13 +74,18 @@ function fail(message: string, code: number): never {
   process.exit(code);
 }
 
-async function main(): Promise<void> {
+async function notWired(): Promise<void> {
+  throw new CliError('this program was built without the router (run it through src/bin/vpnmasq.ts)');
+}
+
+/** Runs the command line in `process.argv` and exits with its status. */
+export async function main(runDaemon: RunDaemon): Promise<void> {
   process.stdout.on('error', (e: NodeJS.ErrnoException) => {
     if (e.code === 'EPIPE') process.exit(0); // reader went away (| head)
     fail(e.message, EXIT_FAILURE);
   });
   try {
-    await buildProgram().parseAsync(process.argv);
+    await buildProgram(runDaemon).parseAsync(process.argv);
   } catch (e) {
     if (e instanceof CommanderError) process.exit(e.exitCode === 0 ? 0 : EXIT_USAGE);
     if (e instanceof CliError) fail(e.message, e.exitCode);
@@ -88,4 +93,3 @@ async function main(): Promise<void> {
   }
 }
 
-if (require.main === module) void main();

@@ -82,7 +82,7 @@ describe('install.sh / uninstall.sh', { skip: !isRoot && 'needs root' }, () => {
         const out = run(path.join(ROOT, 'scripts/install.sh'));
         assert.match(out, /installed under \/opt\/vpnmasq \(remove it with \/opt\/vpnmasq\/scripts\/uninstall\.sh\)/);
         assert.match(out, /systemd is not running|enabled|restarted/);
-        for (const p of [`${PREFIX}/dist/src/cli/main.js`, `${PREFIX}/build/Release/vpnmasq_tun.node`, `${PREFIX}/scripts/uninstall.sh`,
+        for (const p of [`${PREFIX}/dist/src/bin/vpnmasq.js`, `${PREFIX}/build/Release/vpnmasq_tun.node`, `${PREFIX}/scripts/uninstall.sh`,
           `${PREFIX}/node_modules/better-sqlite3/build/Release/better_sqlite3.node`, '/usr/local/share/bash-completion/completions/vpnmasq',
           '/etc/vpnmasq/vpnmasq.json', '/etc/systemd/system/vpnmasq.service']) {
           assert.ok(fs.existsSync(p), `${p} missing after install`);

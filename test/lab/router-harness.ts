@@ -10,7 +10,7 @@ import { controlRequest } from '../../src/daemon/control';
 import { Lab } from './lab';
 
 export const ROOT = path.resolve(__dirname, '../../..');
-export const CLI = path.join(ROOT, 'dist/src/cli/main.js');
+export const CLI = path.join(ROOT, 'dist/src/bin/vpnmasq.js');
 export const PEER = path.join(ROOT, 'test/hosts/peer.py');
 export const PPTP_HOST = path.join(ROOT, 'test/hosts/pptp_host.py');
 

@@ -21,7 +21,7 @@ import { CREATE_STATEMENTS, SCHEMA_VERSION } from '../../src/persist/schema';
 import { ipv4ToInt32 } from '../../src/core/ipv4-addr';
 
 export const ROOT = path.resolve(__dirname, '../../..');
-export const CLI = path.join(ROOT, 'dist/src/cli/main.js');
+export const CLI = path.join(ROOT, 'dist/src/bin/vpnmasq.js');
 export const SCHEMA = JSON.parse(fs.readFileSync(path.join(ROOT, 'docs/cli-json-schema.json'), 'utf8')) as Schema;
 
 // ---- validator ---------------------------------------------------------------

@@ -44,7 +44,7 @@ describe('vpnmasq help and completion', () => {
     const dir = tempDir('cli-compl');
     try {
       const script = path.join(dir, 'vpnmasq.bash');
-      fs.writeFileSync(script, execFileSync(process.execPath, [path.resolve(__dirname, '../../src/cli/main.js'), 'completion', 'bash']).toString());
+      fs.writeFileSync(script, execFileSync(process.execPath, [path.resolve(__dirname, '../../src/bin/vpnmasq.js'), 'completion', 'bash']).toString());
       const complete = (words: string[]) => execFileSync('bash', ['-c',
         `source ${script}; COMP_WORDS=(${words.map((w) => `'${w}'`).join(' ')}); COMP_CWORD=${words.length - 1}; _vpnmasq; echo "\${COMPREPLY[*]}"`]).toString().trim();
       assert.equal(complete(['vpnmasq', 'co']), 'config conns completion');
