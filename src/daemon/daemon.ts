@@ -3,6 +3,7 @@
  * around the pure packet path and keeps them in order on start and stop.
  */
 import * as path from 'node:path';
+import { IntervalHistogram, monitorEventLoopDelay } from 'node:perf_hooks';
 import { Config } from '../config/schema';
 import { configDiff } from './reload';
 import { MetricsServer, MetricsSource, startMetricsServer } from './metrics';
@@ -95,6 +96,7 @@ export class Daemon implements MetricsSource {
   private net: RouterNet | null = null;
   private control: ControlServer | null = null;
   private sweepTimer: NodeJS.Timeout | null = null;
+  private loopDelay: IntervalHistogram | null = null;
   private stopping: Promise<void> | null = null;
   /** Write-ahead listeners: they see every table event before the batch is written (the store). */
   private readonly journalListeners: JournalListener[] = [];
@@ -236,9 +238,12 @@ export class Daemon implements MetricsSource {
     this.startPacketLoop(tun);
     const controlGroup = lookupGroup(cfg.control.group);
     if (controlGroup === null) this.log.warn('control group not found: the control socket is open to root only', { group: cfg.control.group });
-    this.control = await startControlServer(cfg.control.socket, controlGroup, (req) => this.handleControl(req));
+    this.control = await startControlServer(cfg.control.socket, controlGroup, (req) => this.handleControl(req), { log: this.log });
     this.sweepTimer = setInterval(() => this.sweep(), SWEEP_INTERVAL_MS);
     if (cfg.metrics) this.metrics = await startMetricsServer(cfg.metrics.listen, this, this.log);
+    // How late the loop runs from now on (restore and setup are over): what a packet batch can wait behind.
+    this.loopDelay = monitorEventLoopDelay({ resolution: 10 });
+    this.loopDelay.enable();
     this.log.info('vpnmasq running', {
       tun: tun.name,
       offloads: `0x${tun.offloads.toString(16)}`,
@@ -375,6 +380,7 @@ export class Daemon implements MetricsSource {
 
   private async doStop(): Promise<void> {
     if (this.sweepTimer) clearInterval(this.sweepTimer);
+    this.loopDelay?.disable();
     await this.stopAppliance();
     await this.control?.close().catch(() => undefined);
     this.tun?.close();
@@ -460,6 +466,7 @@ export class Daemon implements MetricsSource {
       ipsec: this.ipsec.stats(),
       pptp: this.pptp.stats(),
       tun: tunStats,
+      ...(this.loopDelay ? { eventLoop: { p99Ms: this.loopDelay.percentile(99) / 1e6, maxMs: this.loopDelay.max / 1e6 } } : {}),
     };
   }
 
@@ -476,6 +483,7 @@ export class Daemon implements MetricsSource {
       sessions: this.table.sessionCount,
       limit: this.table.capacity,
       state: this.store ? { path: this.store.path, ...this.store.health() } : null,
+      control: this.control ? { connections: this.control.connections, watchers: this.commands.watching, refused: this.control.refused } : null,
     };
   }
 

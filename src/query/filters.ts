@@ -42,7 +42,7 @@ export class FilterError extends Error {}
 /** Row with an optional VPN detail (ISAKMP cookies, ESP SPIs, PPTP Call IDs). */
 export type AnyConnRow = ConnRow & { proto: string; vpn?: Record<string, string | number | null> };
 
-type Pred = (r: AnyConnRow) => boolean;
+export type Pred = (r: AnyConnRow) => boolean;
 
 /** Address or CIDR matcher: "10.77.0.11" or "10.77.0.0/24". */
 function addrMatcher(name: string, text: string): (addr: string) => boolean {
@@ -184,16 +184,27 @@ export function checkQuery(q: ListQuery): void {
   if (q.limit !== undefined) parseLimit(q.limit);
 }
 
+/** A checked query, compiled once: what `queryRows` runs here and the daemon runs in slices. */
+export interface QueryPlan {
+  match: Pred;
+  /** null: rows stream in table order. */
+  compare: ((a: AnyConnRow, b: AnyConnRow) => number) | null;
+  limit: number;
+}
+
+export function planQuery(q: ListQuery): QueryPlan {
+  checkQuery(q);
+  return { match: compileFilter(q.filter), compare: q.sort === undefined ? null : comparator(q.sort, q.reverse), limit: q.limit ?? Infinity };
+}
+
 /**
  * Applies filter, sort and limit to a row stream. Without a sort the rows
  * stream through one at a time; a sort has to hold the matching rows.
  */
 export function* queryRows(rows: Iterable<AnyConnRow>, q: ListQuery): Generator<AnyConnRow> {
-  checkQuery(q);
-  const match = compileFilter(q.filter);
-  const limit = q.limit ?? Infinity;
+  const { match, compare, limit } = planQuery(q);
   let n = 0;
-  if (q.sort === undefined) {
+  if (compare === null) {
     if (limit === 0) return;
     for (const r of rows) {
       if (!match(r)) continue;
@@ -202,9 +213,8 @@ export function* queryRows(rows: Iterable<AnyConnRow>, q: ListQuery): Generator<
     }
     return;
   }
-  const cmp = comparator(q.sort, q.reverse);
   const kept: AnyConnRow[] = [];
   for (const r of rows) if (match(r)) kept.push(r);
-  kept.sort(cmp);
+  kept.sort(compare);
   yield* kept.slice(0, limit);
 }

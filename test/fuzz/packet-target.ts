@@ -146,7 +146,7 @@ export class Rig {
       const reply = await this.commands.handle(req);
       if (reply.rows !== undefined) {
         const ids = new Set<number>();
-        for (const row of reply.rows) {
+        for await (const row of reply.rows) {
           const id = (row as { id?: number }).id;
           if (id === undefined) continue;
           if (ids.has(id)) out.push(violation(`${req.cmd} lists id ${id} twice`));
