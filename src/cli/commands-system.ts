@@ -6,6 +6,7 @@ import { CliError, DaemonDownError, EXIT_FAILURE, EXIT_USAGE } from './client';
 import { config, note, out, request } from './context';
 import { flatten, formatTable, keyValues, seconds } from './format';
 import type { DbHealth } from '../persist/health';
+import { FilterError, portNumber, shown } from '../query/filters';
 
 /**
  * Starts the router in this process (src/daemon/lifecycle.ts: readiness,
@@ -145,11 +146,11 @@ Examples:
     .action(async (proto: string, lanAddress: string, publicPort?: string, lanPort?: string) => {
       const forward: Record<string, unknown> = { proto, lanAddress };
       if (proto === 'tcp' || proto === 'udp') {
-        if (publicPort === undefined || !/^\d+$/.test(publicPort)) throw new CliError(`${proto} forwards need a public port`, EXIT_USAGE);
-        forward.publicPort = Number(publicPort);
-        forward.lanPort = Number(lanPort ?? publicPort);
+        if (publicPort === undefined) throw new CliError(`${proto} forwards need a public port`, EXIT_USAGE);
+        forward.publicPort = usagePort('public-port', publicPort);
+        forward.lanPort = usagePort('lan-port', lanPort ?? publicPort);
       } else if (proto !== 'esp' && proto !== 'gre') {
-        throw new CliError(`unknown forward protocol "${proto}" (tcp, udp, esp or gre)`, EXIT_USAGE);
+        throw new CliError(`unknown forward protocol ${shown(proto)} (tcp, udp, esp or gre)`, EXIT_USAGE);
       }
       await request(program, { cmd: 'forwards-add', forward });
       note('forward added.');
@@ -159,7 +160,7 @@ Examples:
     .argument('<proto>', 'tcp, udp, esp or gre')
     .argument('[public-port]', 'public port (tcp, udp)')
     .action(async (proto: string, publicPort?: string) => {
-      await request(program, { cmd: 'forwards-remove', proto, publicPort: publicPort === undefined ? undefined : Number(publicPort) });
+      await request(program, { cmd: 'forwards-remove', proto, publicPort: publicPort === undefined ? undefined : usagePort('public-port', publicPort) });
       note('forward removed.');
     });
 
@@ -183,4 +184,14 @@ Examples:
       for (const w of warnings) show(w, 'warning: ');
       note(`${file}: ok`);
     });
+}
+
+/** A port argument (0-65535), or a usage error that quotes it cut short. */
+function usagePort(name: string, text: string): number {
+  try {
+    return portNumber(name, text);
+  } catch (e) {
+    if (e instanceof FilterError) throw new CliError(e.message, EXIT_USAGE);
+    throw e;
+  }
 }
