@@ -11,8 +11,9 @@
  * One that falls further behind stops getting events; once it takes its
  * buffer, or after BEHIND_GRACE_MS, it gets one `events lost: N` line and is
  * disconnected, as conntrack -E stops at ENOBUFS: from then on its picture
- * of the table would be wrong. So a client that never reads costs its buffer
- * and a counter, and then nothing.
+ * of the table would be wrong. The line waits behind what the socket holds;
+ * the connection closes once the client read it, or after CUT_LINGER_MS. So
+ * a client that never reads costs its buffers for a while, and no work.
  */
 import * as net from 'node:net';
 import { EV_DESTROY, EV_NEW, EV_UPDATE } from '../core/journal';
@@ -29,6 +30,12 @@ export const EVENT_NAMES: Record<number, string> = { [EV_NEW]: 'NEW', [EV_UPDATE
 export const WATCH_BUFFER_BYTES = 64 * 1024;
 /** How long a watcher that fell behind has to take its buffer before it is cut off anyway. */
 export const BEHIND_GRACE_MS = 1000;
+/**
+ * How long a watcher that was cut off may take to read what it was sent and
+ * its `events lost` line before its connection is closed anyway: it holds
+ * its buffers and one of the control connections meanwhile, and gets nothing more.
+ */
+export const CUT_LINGER_MS = 60_000;
 /** Each watcher gets at most one write per this many ms: its lines of the round, together. */
 const FLUSH_MS = 50;
 /** ... or earlier once the round has this many bytes of lines. */
@@ -81,12 +88,7 @@ export class WatchHub implements JournalObserver {
     conn.write(JSON.stringify({ watching: true }) + '\n');
     return new Promise((resolve) => {
       conn.once('close', () => {
-        const i = this.watchers.indexOf(w);
-        if (i >= 0) this.watchers.splice(i, 1);
-        if (this.watchers.length === 0) {
-          this.source.removeObserver(this);
-          this.tail = this.head;
-        }
+        this.drop(w);
         resolve();
       });
       // The client never sends more than its one request; its end of the stream means it is gone.
@@ -209,6 +211,18 @@ export class WatchHub implements JournalObserver {
       event: 'LOST', time: new Date(this.now()).toISOString(), lost,
       error: `events lost: ${lost} (the watcher fell behind; watch again for a consistent picture)`,
     }) + '\n');
-    setTimeout(() => w.conn.destroy(), BEHIND_GRACE_MS).unref();
+    // It is no watcher any more; its connection stays until it has read the line (or CUT_LINGER_MS).
+    this.drop(w);
+    setTimeout(() => w.conn.destroy(), CUT_LINGER_MS).unref();
+  }
+
+  private drop(w: Watcher): void {
+    const i = this.watchers.indexOf(w);
+    if (i < 0) return;
+    this.watchers.splice(i, 1);
+    if (this.watchers.length === 0) {
+      this.source.removeObserver(this);
+      this.tail = this.head;
+    }
   }
 }

@@ -109,8 +109,8 @@ describe('control socket backpressure', () => {
       d.drain();
       await new Promise((r) => setImmediate(r));
     }
-    // Wait for the server to give up on it, then read what it sent.
-    await new Promise((r) => setTimeout(r, BEHIND_GRACE_MS + 200));
+    // Read long after the server gave up on it: the line waits for the reader.
+    await new Promise((r) => setTimeout(r, BEHIND_GRACE_MS * 3));
     slow.conn.resume();
     await until(() => slow.closed, 'the end of the stream', 10000);
     const last = slow.lines.at(-1) as Record<string, unknown>;
