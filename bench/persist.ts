@@ -21,7 +21,7 @@ import { SessionTable } from '../src/nat/sessions';
 import { Store } from '../src/persist/store';
 import { SessionCodec } from '../src/persist/tables';
 import { PROTO_UDP } from '../src/wire/ipv4';
-import { ipv4ToInt32 } from '../src/core/ipv4-addr';
+import { ipv4ToInt32, prefixPairs } from '../src/core/ipv4-addr';
 import { createLab } from '../test/lab/lab';
 import { routerConfig } from '../test/lab/router-harness';
 
@@ -64,7 +64,7 @@ function restoreBench(n: number): Record<string, number> {
     store = new Store(cfg, quiet);
     const openMs = Number(process.hrtime.bigint() - t1) / 1e6;
     store.registerTable(new SessionCodec(t2));
-    const r = store.restore({ now: Date.now(), isPublic: (a) => t2.publicIndexOf(a) >= 0, onAddressChange: 'move' });
+    const r = store.restore({ now: Date.now(), isPublic: (a) => t2.publicIndexOf(a) >= 0, onAddressChange: 'move', lanPrefixes: prefixPairs(['10.0.0.0/8']) });
     const totalMs = Number(process.hrtime.bigint() - t1) / 1e6;
     store.close();
     if (r.restored !== t.sessionCount) throw new Error(`restored ${r.restored} of ${t.sessionCount}`);

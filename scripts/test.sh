@@ -5,8 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 shopt -s nullglob globstar
-# Unit tests, and the byte-vector tests that sit beside the code (src/wire/*.test.ts).
-files=(dist/test/unit/*.test.js dist/src/**/*.test.js)
+# Unit tests, the byte-vector tests that sit beside the code (src/wire/*.test.ts)
+# and the fuzz targets' short seeded passes (test/fuzz/).
+files=(dist/test/unit/*.test.js dist/src/**/*.test.js dist/test/fuzz/*.test.js)
 if [ "$(id -u)" = 0 ]; then
   node dist/test/lab/sweep.js
   files+=(dist/test/lab/*.test.js)

@@ -6,4 +6,4 @@
  */
 import { main } from '../cli/main';
 
-void main(async (configPath, config) => (await import('../daemon/lifecycle')).runDaemon(configPath, config));
+void main(async (configPath, config, opts) => (await import('../daemon/lifecycle')).runDaemon(configPath, config, opts));

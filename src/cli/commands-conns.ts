@@ -9,12 +9,16 @@ import {
   queryRows, SORT_KEYS,
 } from '../query/filters';
 import { CONN_HEADERS, connCells, flatten, keyValues, TableWriter, useColour, vpnDetail } from './format';
+import { prefixPairs } from '../core/ipv4-addr';
 
-/** The state database, read-only (for reads while the daemon is down; loaded only then). */
-async function openStore(path: string): Promise<StoredConns> {
+/** The state database, read-only (for reads while the daemon is down; loaded only then), with the rows the daemon would restore. */
+async function openStore(program: Command, why: string): Promise<StoredConns> {
+  const cfg = config(program);
+  const path = cfg.state.path;
+  note(`${why}; reading ${path} read-only`);
   const { openReadOnly } = await import('../query/stored');
   try {
-    return openReadOnly(path);
+    return openReadOnly(path, prefixPairs(cfg.lan.prefixes));
   } catch (e) {
     throw new CliError(`cannot read the state database ${path}: ${(e as Error).message}`);
   }
@@ -73,9 +77,7 @@ async function list(program: Command, opts: ListOpts): Promise<void> {
     count = Number(result.count);
   } catch (e) {
     if (!(e instanceof DaemonDownError)) throw e;
-    const path = config(program).state.path;
-    note(`${e.message}; reading ${path} read-only`);
-    const store = await openStore(path);
+    const store = await openStore(program, e.message);
     count = 0;
     try {
       for (const r of queryRows(store.iterate() as Iterable<AnyConnRow>, q)) {
@@ -98,9 +100,7 @@ async function show(program: Command, idText: string, opts: { json?: boolean }):
     conn = (await request(program, { cmd: 'conns-show', id })).conn as AnyConnRow;
   } catch (e) {
     if (!(e instanceof DaemonDownError)) throw e;
-    const path = config(program).state.path;
-    note(`${e.message}; reading ${path} read-only`);
-    const store = await openStore(path);
+    const store = await openStore(program, e.message);
     try {
       conn = store.byId(id);
     } finally {
@@ -131,7 +131,6 @@ async function remove(program: Command, cmd: 'conns-delete' | 'conns-flush', req
 
 function watchLine(ev: Record<string, unknown>, timestamp: boolean): string {
   const time = timestamp ? `${String(ev.time)} ` : '';
-  if (ev.event === 'OVERRUN') return `${time}[OVERRUN] ${String(ev.lost)} events lost (the watcher fell behind)\n`;
   const c = ev.conn as AnyConnRow;
   const tag = `[${String(ev.event)}]`.padEnd(9);
   if (!c.proto) return `${time}${tag} id=${c.id}\n`;
@@ -141,9 +140,14 @@ function watchLine(ev: Record<string, unknown>, timestamp: boolean): string {
 async function watch(program: Command, opts: Record<string, unknown>): Promise<void> {
   const filter = filterFrom(opts);
   process.once('SIGINT', () => process.exit(0));
-  await request(program, { cmd: 'watch', filter }, (ev) => {
-    if (ev.watching === true) { note('watching connection events (Ctrl-C to stop)'); return undefined; }
-    return out(opts.json ? JSON.stringify(ev) + '\n' : watchLine(ev, opts.timestamp === true));
+  await request(program, { cmd: 'watch', filter }, async (ev) => {
+    if (ev.watching === true) { note('watching connection events (Ctrl-C to stop)'); return; }
+    // Fell behind (like conntrack -E's ENOBUFS): the daemon says how many events were lost and disconnects.
+    if (ev.event === 'LOST') {
+      if (opts.json) await out(JSON.stringify(ev) + '\n');
+      throw new CliError(String(ev.error));
+    }
+    await out(opts.json ? JSON.stringify(ev) + '\n' : watchLine(ev, opts.timestamp === true));
   });
 }
 
@@ -197,7 +201,7 @@ Examples:
     });
 
   addFilterOptions(conns.command('watch'))
-    .description('print NEW / UPDATE / DESTROY events as they happen, one line each')
+    .description('print NEW / UPDATE / DESTROY events as they happen, one line each; a watcher that falls behind is told how many events it lost and stopped (exit 1)')
     .option('--json', 'one JSON object per event (schema "event")')
     .option('-t, --timestamp', 'prefix each line with its time')
     .action((opts: Record<string, unknown>) => watch(program, opts));

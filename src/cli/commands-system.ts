@@ -7,23 +7,26 @@ import { config, note, out, request } from './context';
 import { flatten, formatTable, keyValues, seconds } from './format';
 import { RouterNet, SafetyNetStatus } from '../edge/netlink/router-net';
 import { safetyNetText } from './commands-net';
+import type { DbHealth } from '../persist/health';
+import { FilterError, portNumber, shown } from '../query/filters';
 
 /**
  * Starts the router in this process (src/daemon/lifecycle.ts: readiness,
  * watchdog, reload, SIGTERM). The entry point hands it in, so the CLI never
  * imports the daemon.
  */
-export type RunDaemon = (configPath: string, config: Config) => Promise<void>;
+export type RunDaemon = (configPath: string, config: Config, opts: { forceDowngrade?: boolean }) => Promise<void>;
 
 export function runCommand(program: Command, runDaemon: RunDaemon): void {
   program
     .command('run')
     .description('run the router in the foreground (as a systemd service)')
-    .action(async () => {
+    .option('--force-downgrade', 'a state database written by a newer vpnmasq is moved aside (kept) and the router starts with an empty table; without it such a file is left untouched and nothing is persisted')
+    .action(async (opts: { forceDowngrade?: boolean }) => {
       const cfg = config(program);
       const problems = checkNativeModules().flatMap((r) => (r.problem === null ? [] : [r.problem]));
       if (problems.length > 0) throw new CliError(problems.join('\n'));
-      return runDaemon(program.opts().config as string, cfg);
+      return runDaemon(program.opts().config as string, cfg, { forceDowngrade: opts.forceDowngrade === true });
     });
 
   program
@@ -38,13 +41,33 @@ export function runCommand(program: Command, runDaemon: RunDaemon): void {
     });
 }
 
+const rows = (n: number): string => `${n} row${n === 1 ? '' : 's'}`;
+
+/**
+ * The state database in plain words: its health and what restore did, then
+ * one line for each thing an operator must know (a file moved aside, rows
+ * quarantined, a file not used).
+ */
+function databaseLines(db: (DbHealth & { path: string }) | null): Array<[string, string]> {
+  if (db === null) return [['Database', 'none (not persisted)']];
+  const health = db.refused !== null ? 'NOT USED' : db.healthy ? 'healthy' : `FAILING (${String(db.lastError)})`;
+  const lines: Array<[string, string]> = [
+    ['Database', `${db.path}: ${health}; ${rows(db.rowsRestored)} restored, ${db.rowsDiscarded} discarded at start (expired or dropped by policy)`],
+  ];
+  if (db.refused !== null) lines.push(['', db.refused]);
+  if (db.rowsQuarantined > 0) {
+    lines.push(['', `${rows(db.rowsQuarantined)} could not be restored and ${db.rowsQuarantined === 1 ? 'is' : 'are'} kept in the file's "quarantine" table with the reason (see the log)`]);
+  }
+  if (db.movedAside !== null) lines.push(['', `the previous file was moved aside to ${db.movedAside}: ${String(db.movedAsideReason)}`]);
+  return lines;
+}
+
 /** Human status: a headline, then the known facts, then anything else the daemon reports. */
 function statusText(st: Record<string, unknown>): string {
   const { running: _r, translating: _t, waitingFor: _w, statusText: line, safetyNet, pid, uptimeSeconds, tun, mode, publicAddress, lanPrefixes, sessions, limit, state, ...rest } = st;
   const t = tun as { name: string; offloads: number } | null;
   const used = Number(sessions);
   const cap = Number(limit);
-  const db = state as { path: string; healthy: boolean; lastError: string | null; rowsRestored: number; rowsDiscarded: number } | null;
   const pairs: Array<[string, string]> = [
     ...(line === undefined ? [] : [['State', String(line)] as [string, string]]),
     ...(safetyNet == null ? [] : [['Safety net', safetyNetText(safetyNet as SafetyNetStatus | { error: string })] as [string, string]]),
@@ -52,7 +75,7 @@ function statusText(st: Record<string, unknown>): string {
     ['Mode', `${String(mode)}, public address ${String(publicAddress)}`],
     ['LAN', (lanPrefixes as string[]).join(', ')],
     ['Table', `${used} of ${cap} sessions (${((100 * used) / cap).toFixed(1)}%)`],
-    ['Database', db ? `${db.path}: ${db.healthy ? 'healthy' : `FAILING (${String(db.lastError)})`}; ${db.rowsRestored} rows restored, ${db.rowsDiscarded} discarded at start` : 'none (not persisted)'],
+    ...databaseLines(state as (DbHealth & { path: string }) | null),
     ...flatten(rest),
   ];
   return `vpnmasq is running (pid ${String(pid)}, up ${seconds(Number(uptimeSeconds))})\n${keyValues(pairs)}`;
@@ -130,11 +153,11 @@ Examples:
     .action(async (proto: string, lanAddress: string, publicPort?: string, lanPort?: string) => {
       const forward: Record<string, unknown> = { proto, lanAddress };
       if (proto === 'tcp' || proto === 'udp') {
-        if (publicPort === undefined || !/^\d+$/.test(publicPort)) throw new CliError(`${proto} forwards need a public port`, EXIT_USAGE);
-        forward.publicPort = Number(publicPort);
-        forward.lanPort = Number(lanPort ?? publicPort);
+        if (publicPort === undefined) throw new CliError(`${proto} forwards need a public port`, EXIT_USAGE);
+        forward.publicPort = usagePort('public-port', publicPort);
+        forward.lanPort = usagePort('lan-port', lanPort ?? publicPort);
       } else if (proto !== 'esp' && proto !== 'gre') {
-        throw new CliError(`unknown forward protocol "${proto}" (tcp, udp, esp or gre)`, EXIT_USAGE);
+        throw new CliError(`unknown forward protocol ${shown(proto)} (tcp, udp, esp or gre)`, EXIT_USAGE);
       }
       await request(program, { cmd: 'forwards-add', forward });
       note('forward added.');
@@ -144,7 +167,7 @@ Examples:
     .argument('<proto>', 'tcp, udp, esp or gre')
     .argument('[public-port]', 'public port (tcp, udp)')
     .action(async (proto: string, publicPort?: string) => {
-      await request(program, { cmd: 'forwards-remove', proto, publicPort: publicPort === undefined ? undefined : Number(publicPort) });
+      await request(program, { cmd: 'forwards-remove', proto, publicPort: publicPort === undefined ? undefined : usagePort('public-port', publicPort) });
       note('forward removed.');
     });
 
@@ -168,4 +191,14 @@ Examples:
       for (const w of warnings) show(w, 'warning: ');
       note(`${file}: ok`);
     });
+}
+
+/** A port argument (0-65535), or a usage error that quotes it cut short. */
+function usagePort(name: string, text: string): number {
+  try {
+    return portNumber(name, text);
+  } catch (e) {
+    if (e instanceof FilterError) throw new CliError(e.message, EXIT_USAGE);
+    throw e;
+  }
 }

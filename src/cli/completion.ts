@@ -3,7 +3,7 @@
  * command tree, so it never lags behind the commands and options.
  */
 import { Command } from 'commander';
-import { PROTOCOLS, SORT_KEYS } from '../query/filters';
+import { PROTOCOLS, shown, SORT_KEYS } from '../query/filters';
 
 interface Node {
   path: string;
@@ -71,7 +71,7 @@ export function completionCommand(program: Command): void {
     .description('print a shell completion script')
     .argument('<shell>', 'bash')
     .action((shell: string) => {
-      if (shell !== 'bash') throw new Error(`no completion for "${shell}" (only bash)`);
+      if (shell !== 'bash') throw new Error(`no completion for ${shown(shell)} (only bash)`);
       process.stdout.write(bashCompletion(program));
     });
 }

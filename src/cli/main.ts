@@ -10,6 +10,7 @@ import { connsCommand } from './commands-conns';
 import { netCommands } from './commands-net';
 import { RunDaemon, runCommand, systemCommands } from './commands-system';
 import { completionCommand } from './completion';
+import { shown } from '../query/filters';
 import { version } from '../core/version';
 
 /** `runDaemon` is what `vpnmasq run` does; the entry point (src/bin/vpnmasq.ts) supplies it. */
@@ -22,7 +23,7 @@ export function buildProgram(runDaemon: RunDaemon = notWired): Command {
     .option('-c, --config <path>', 'config file', DEFAULT_CONFIG_PATH)
     .exitOverride()
     .showHelpAfterError('(run "vpnmasq help COMMAND" for its usage)')
-    .configureOutput({ writeErr: (s) => process.stderr.write(s) })
+    .configureOutput({ writeErr: (s) => process.stderr.write(s), outputError: (s, write) => write(cutLines(s)) })
     .addHelpText('after', `
 Exit status: 0 success, 1 failure (daemon down, permission denied, not found), 2 usage error.
 Data goes to stdout, messages to stderr; no colour unless stdout is a terminal and NO_COLOR is unset.
@@ -41,7 +42,7 @@ The daemon's control socket (control.socket in the config) is open to root and t
       let cmd: Command = program;
       for (const name of path) {
         const sub = cmd.commands.find((c) => c.name() === name || c.aliases().includes(name));
-        if (!sub) throw new CliError(`unknown command "${path.join(' ')}"`, EXIT_USAGE);
+        if (!sub) throw new CliError(`unknown command ${shown(path.join(' '))}`, EXIT_USAGE);
         cmd = sub;
       }
       cmd.outputHelp();
@@ -95,3 +96,7 @@ export async function main(runDaemon: RunDaemon): Promise<void> {
   }
 }
 
+/** Commander's usage errors quote the argument whole: each line is cut to a sane length. */
+function cutLines(text: string): string {
+  return text.replace(/^(.{200}).+$/gm, (_, head: string) => `${head}... (cut)`);
+}

@@ -4,6 +4,9 @@
  * fields appear twice, which JSON.parse silently resolves to the last value.
  */
 
+/** Objects and arrays nested deeper than this are refused (a config needs four levels; the parser recurses per level). */
+export const MAX_DEPTH = 32;
+
 /** A syntax error at a line and column of the text (both from 1). */
 export class JsonSyntaxError extends Error {
   constructor(message: string, readonly line: number, readonly column: number) {
@@ -69,17 +72,18 @@ class JsonReader {
   constructor(private readonly text: string) {}
 
   document(): unknown {
-    const value = this.value('');
+    const value = this.value('', 0);
     this.skipWhitespace();
     if (this.offset < this.text.length) throw this.error(`unexpected ${this.found()} after the end of the document`);
     return value;
   }
 
-  private value(field: string): unknown {
+  private value(field: string, depth: number): unknown {
     this.skipWhitespace();
     const c = this.text[this.offset];
-    if (c === '{') return this.object(field);
-    if (c === '[') return this.array(field);
+    if ((c === '{' || c === '[') && depth >= MAX_DEPTH) throw this.error(`nested deeper than ${MAX_DEPTH} levels`);
+    if (c === '{') return this.object(field, depth + 1);
+    if (c === '[') return this.array(field, depth + 1);
     if (c === '"') return this.string();
     const scalar = this.match(JSON_SCALAR);
     if (scalar !== undefined) return JSON.parse(scalar);
@@ -91,7 +95,7 @@ class JsonReader {
     throw this.error(`expected a value, found ${this.found()}`);
   }
 
-  private object(field: string): Record<string, unknown> {
+  private object(field: string, depth: number): Record<string, unknown> {
     // A null-prototype object keeps a "__proto__" key an ordinary (unknown) field.
     const result: Record<string, unknown> = Object.create(null);
     this.offset++;
@@ -106,17 +110,17 @@ class JsonReader {
       if (this.text[this.offset] !== ':') throw this.error(`expected ':' after field name, found ${this.found()}`);
       this.offset++;
       if (Object.hasOwn(result, key)) this.duplicateFields.push({ field: child, offset: keyOffset });
-      result[key] = this.value(child);
+      result[key] = this.value(child, depth);
       if (this.separatorCloses('}')) return result;
     }
   }
 
-  private array(field: string): unknown[] {
+  private array(field: string, depth: number): unknown[] {
     const result: unknown[] = [];
     this.offset++;
     if (this.closes(']')) return result;
     for (;;) {
-      result.push(this.value(`${field}[${result.length}]`));
+      result.push(this.value(`${field}[${result.length}]`, depth));
       if (this.separatorCloses(']')) return result;
     }
   }

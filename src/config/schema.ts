@@ -5,7 +5,7 @@
  * (checks.ts), so `vpnmasq config check FILE` lists everything to fix.
  * What may change on reload is the daemon's decision (src/daemon/reload.ts).
  */
-import { readFileSync } from 'node:fs';
+import { closeSync, openSync, readSync } from 'node:fs';
 import { Cidr, cidrContains, formatCidr, formatIPv4, ipv4ToNumber, numberToIPv4, parseCidr } from '../core/ipv4-addr';
 import { Forward, forwardClaim, PortRange } from '../core/forward';
 import { ADDRESS_CHANGE_POLICIES, AddressChangePolicy, Synchronous, SYNCHRONOUS_MODES } from '../persist/options';
@@ -154,13 +154,30 @@ export const DEFAULTS = {
 // Public entry points
 
 export function loadConfig(path: string = DEFAULT_CONFIG_PATH, warnings?: ConfigProblem[]): Config {
-  let text: string;
+  return parseConfig(readConfigText(path), path, warnings);
+}
+
+/** Largest config file read: a real one is a few KB; this stops /dev/zero or a wrong path to a big file before it fills memory. */
+export const MAX_CONFIG_BYTES = 1 << 20;
+
+/** The file's text, read at most MAX_CONFIG_BYTES (whatever the file type: stat cannot size a device or a pipe). */
+function readConfigText(path: string): string {
+  const buf = new Uint8Array(MAX_CONFIG_BYTES + 1);
+  let length = 0;
   try {
-    text = readFileSync(path, 'utf8');
+    const fd = openSync(path, 'r');
+    try {
+      for (let n = 1; n > 0 && length < buf.length; length += n) n = readSync(fd, buf, length, buf.length - length, null);
+    } finally {
+      closeSync(fd);
+    }
   } catch (err) {
     throw new ConfigError(path, [{ field: '', message: `cannot read file: ${(err as Error).message}` }]);
   }
-  return parseConfig(text, path, warnings);
+  if (length > MAX_CONFIG_BYTES) {
+    throw new ConfigError(path, [{ field: '', message: `file larger than ${MAX_CONFIG_BYTES} bytes (stopped reading at byte ${MAX_CONFIG_BYTES + 1}); a config file is a few KB` }]);
+  }
+  return new TextDecoder().decode(buf.subarray(0, length));
 }
 
 /**

@@ -121,3 +121,11 @@ export function ipv4ToInt32(s: string): number {
 export function int32ToIpv4(n: number): string {
   return formatIPv4(numberToIPv4(n >>> 0));
 }
+
+/** Prefixes ("a.b.c.d/len") as [network, mask] int32 pairs, the form the packet path and restore test addresses with. */
+export function prefixPairs(prefixes: readonly string[]): Array<[number, number]> {
+  return prefixes.map((p) => {
+    const c = parseCidr(p);
+    return [ipv4ToNumber(c.network) | 0, prefixMask(c.prefixLen) | 0];
+  });
+}

@@ -13,18 +13,20 @@
  *
  * Filtering, sorting and the limit (src/query/filters.ts, shared with the
  * CLI) run here so that a filtered listing of a large table sends only what
- * was asked for; an id is looked up directly (src/query/id-index.ts). Watchers
- * are observers: they get the table events after the batch was written. Not
- * on the packet path.
+ * was asked for; an id is looked up directly (src/query/id-index.ts).
+ * Listings, sorts and deletions by filter run in slices of the event loop
+ * (slices.ts), so no request holds up the packet batches; watchers are fed
+ * by one hub (watchers.ts) after the batch was written. Not on the packet
+ * path.
  */
-import * as net from 'node:net';
 import { checkForwards, Config } from '../config/schema';
 import type { Forward } from '../core/forward';
 import { ControlReply, ControlRequest } from './control';
-import { AnyConnRow, checkQuery, compileFilter, ConnFilter, isEmptyFilter, ListQuery, parseConnId, queryRows } from '../query/filters';
+import { AnyConnRow, compileFilter, ConnFilter, isEmptyFilter, ListQuery, parseConnId, planQuery, QueryPlan } from '../query/filters';
 import type { JournalObserver } from '../query/journal-feed';
-import { EV_DESTROY, EV_NEW, EV_UPDATE } from '../core/journal';
 import { ConnRow } from '../query/rows';
+import { sliced, slicedSort, yieldIfSpent } from './slices';
+import { WatchHub } from './watchers';
 import { SessionTable } from '../nat/sessions';
 import { Forwards } from '../nat/forwards';
 
@@ -49,13 +51,18 @@ export interface ControlTarget {
   removeObserver(o: JournalObserver): void;
 }
 
-export const EVENT_NAMES: Record<number, string> = { [EV_NEW]: 'NEW', [EV_UPDATE]: 'UPDATE', [EV_DESTROY]: 'DESTROY' };
-
-/** A watcher that falls this far behind loses events and is told how many (conntrack's ENOBUFS). */
-const WATCH_BACKLOG_BYTES = 1 << 20;
+/** Ids deleted per slice: each batch of deletions is one journal drain (and one commit of the store). */
+const DELETE_CHUNK = 512;
 
 export class ControlCommands {
-  constructor(private readonly target: ControlTarget, private readonly now: () => number) {}
+  private readonly watchers: WatchHub;
+
+  constructor(private readonly target: ControlTarget, now: () => number) {
+    this.watchers = new WatchHub(target, now);
+  }
+
+  /** Watchers connected now. */
+  get watching(): number { return this.watchers.count; }
 
   handle(req: ControlRequest): ControlReply | Promise<ControlReply> {
     switch (req.cmd) {
@@ -73,7 +80,7 @@ export class ControlCommands {
       }
       case 'conns-delete': {
         if (req.id === undefined && isEmptyFilter(req.filter as ConnFilter)) throw new Error('conns-delete needs an id or a filter');
-        if (req.id === undefined) return { result: { deleted: this.target.deleteConns(this.matchingIds(req.filter as ConnFilter)) } };
+        if (req.id === undefined) return this.deleteMatching(req.filter as ConnFilter);
         const id = parseConnId(req.id);
         const conn = this.target.connById(id);
         const deleted = conn !== null && compileFilter(req.filter as ConnFilter)(conn as AnyConnRow) ? this.target.deleteConns(new Set([id])) : 0;
@@ -81,9 +88,10 @@ export class ControlCommands {
         return { result: { deleted } };
       }
       case 'conns-flush':
-        return { result: { deleted: this.target.deleteConns(this.matchingIds(req.filter as ConnFilter)) } };
+        return this.deleteMatching(req.filter as ConnFilter);
       case 'watch':
-        return { stream: (conn) => this.watch(conn, req.filter as ConnFilter), result: {} };
+        compileFilter(req.filter as ConnFilter);
+        return { stream: (conn) => this.watchers.watch(conn, req.filter as ConnFilter), result: {} };
       case 'forwards-list': {
         const rows = this.target.forwards.list();
         return { rows, result: { count: rows.length } };
@@ -105,20 +113,26 @@ export class ControlCommands {
       reverse: req.reverse === true,
       limit: req.limit === undefined ? undefined : Number(req.limit),
     };
-    checkQuery(q); // reject a bad query before streaming starts
+    // A bad query is rejected before streaming starts.
+    const plan = planQuery(q);
     const counted = { count: 0 };
-    const rows = function* (src: Iterable<AnyConnRow>) {
-      for (const r of queryRows(src, q)) { counted.count++; yield r; }
+    const rows = async function* (src: Iterable<AnyConnRow>) {
+      for await (const r of slicedQuery(src, plan)) { counted.count++; yield r; }
     };
     return { rows: rows(this.target.rows() as Iterable<AnyConnRow>), result: counted };
   }
 
-  /** Ids of the rows (any table: ids are one space) that match the filter. */
-  private matchingIds(filter: ConnFilter | undefined): Set<number> {
+  /** Deletes every row (any table: ids are one space) that matches the filter, in slices. */
+  private async deleteMatching(filter: ConnFilter | undefined): Promise<ControlReply> {
     const match = compileFilter(filter);
-    const ids = new Set<number>();
-    for (const r of this.target.rows()) if (match(r as AnyConnRow)) ids.add(r.id);
-    return ids;
+    const ids: number[] = [];
+    for await (const r of sliced(this.target.rows())) if (match(r as AnyConnRow)) ids.push(r.id);
+    let deleted = 0;
+    for (let i = 0; i < ids.length; i += DELETE_CHUNK) {
+      deleted += this.target.deleteConns(new Set(ids.slice(i, i + DELETE_CHUNK)));
+      await yieldIfSpent();
+    }
+    return { result: { deleted } };
   }
 
   /**
@@ -140,43 +154,24 @@ export class ControlCommands {
     await this.target.forwardsChanged();
     return { result: { forward } };
   }
+}
 
-  /** Row of a journal event, or only its id when the slot has been reused since. */
-  private eventRow(table: number, index: number, serial: number): AnyConnRow | { id: number } {
-    return this.target.rowOf(table, index, serial) ?? { id: serial };
+/** Rows of a query plan, the filter and the sort worked in slices of the event loop (the CLI's queryRows, for the daemon). */
+async function* slicedQuery(rows: Iterable<AnyConnRow>, plan: QueryPlan): AsyncGenerator<AnyConnRow> {
+  if (plan.limit === 0) return;
+  let n = 0;
+  if (plan.compare === null) {
+    for await (const r of sliced(rows)) {
+      if (!plan.match(r)) continue;
+      yield r;
+      if (++n >= plan.limit) return;
+    }
+    return;
   }
-
-  private watch(conn: net.Socket, filter: ConnFilter | undefined): Promise<void> {
-    const match = compileFilter(filter);
-    let lost = 0;
-    /** Reports lost events once the watcher can take a line again; false while it is behind. */
-    const caughtUp = (): boolean => {
-      if (conn.writableLength > WATCH_BACKLOG_BYTES) return false;
-      if (lost > 0) {
-        conn.write(JSON.stringify({ event: 'OVERRUN', time: new Date(this.now()).toISOString(), lost }) + '\n');
-        lost = 0;
-      }
-      return true;
-    };
-    const observer: JournalObserver = {
-      event: (kind, table, index, serial) => {
-        const row = this.eventRow(table, index, serial);
-        if (!('proto' in row) ? !isEmptyFilter(filter) : !match(row)) return;
-        if (!caughtUp()) { lost++; return; }
-        conn.write(JSON.stringify({ event: EVENT_NAMES[kind], time: new Date(this.now()).toISOString(), conn: row }) + '\n');
-      },
-      lost: (n) => {
-        lost += n;
-        caughtUp();
-      },
-    };
-    this.target.addObserver(observer);
-    conn.write(JSON.stringify({ watching: true }) + '\n');
-    return new Promise((resolve) => {
-      const done = () => { this.target.removeObserver(observer); resolve(); };
-      conn.once('close', done);
-      // The client never sends more than its one request; its end of the stream means it is gone.
-      conn.once('end', () => conn.destroy());
-    });
+  const kept: AnyConnRow[] = [];
+  for await (const r of sliced(rows)) if (plan.match(r)) kept.push(r);
+  for (const r of await slicedSort(kept, plan.compare)) {
+    yield r;
+    if (++n >= plan.limit) return;
   }
 }

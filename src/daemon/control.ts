@@ -2,17 +2,46 @@
  * The control socket under /run/vpnmasq: the server side of the protocol in
  * src/query/protocol.ts. Access is limited by the socket's mode (0660) and
  * group.
+ *
+ * No client can hold the daemon up: at most MAX_CONNECTIONS are open (the
+ * next one gets a clear error and the refusal is logged), a connection that
+ * sends no request within REQUEST_TIMEOUT_MS is closed, the requests of one
+ * connection run one after another, and rows are written in slices of the
+ * event loop (slices.ts), waiting for a client that reads slowly.
  */
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { ControlRequest, MAX_REQUEST_BYTES } from '../query/protocol';
+import { spent, yieldIfSpent } from './slices';
+
+/** Open control connections at most (watchers included): far below the daemon's file descriptors. */
+export const MAX_CONNECTIONS = 1024;
+/** A connection must send its request within this time. */
+export const REQUEST_TIMEOUT_MS = 10_000;
+/** Bytes of listing rows written at a time. */
+const CHUNK_BYTES = 16 * 1024;
+/** Requests one connection may have waiting behind the one running. */
+const MAX_QUEUED = 16;
+
+/** Where refusals are reported (the daemon's logger: rate-limited events). */
+export interface ControlLog {
+  event(kind: string, msg: string, fields?: Record<string, unknown>): void;
+}
+
+export interface ControlServerOptions {
+  log?: ControlLog;
+  /** Default MAX_CONNECTIONS. */
+  maxConnections?: number;
+  /** Default REQUEST_TIMEOUT_MS. */
+  requestTimeoutMs?: number;
+}
 
 export type { ControlRequest };
 
 export interface ControlReply {
   /** Rows streamed before the final line (for listings). */
-  rows?: Iterable<unknown>;
+  rows?: Iterable<unknown> | AsyncIterable<unknown>;
   /** Writes lines until it resolves (`conns watch` resolves when the client goes away). */
   stream?: (conn: net.Socket) => Promise<void>;
   /** The final line. */
@@ -22,6 +51,10 @@ export interface ControlReply {
 export type ControlHandler = (req: ControlRequest) => ControlReply | Promise<ControlReply>;
 
 export interface ControlServer {
+  /** Connections open now. */
+  readonly connections: number;
+  /** Connections refused since start (too many open). */
+  readonly refused: number;
   close(): Promise<void>;
 }
 
@@ -36,27 +69,53 @@ export function lookupGroup(name: string, groupFile = '/etc/group'): number | nu
   return null;
 }
 
-export async function startControlServer(socketPath: string, groupId: number | null, handler: ControlHandler): Promise<ControlServer> {
+export async function startControlServer(socketPath: string, groupId: number | null, handler: ControlHandler,
+  opts: ControlServerOptions = {}): Promise<ControlServer> {
+  const maxConnections = opts.maxConnections ?? MAX_CONNECTIONS;
+  const requestTimeoutMs = opts.requestTimeoutMs ?? REQUEST_TIMEOUT_MS;
   fs.mkdirSync(path.dirname(socketPath), { recursive: true, mode: 0o755 });
   try { fs.unlinkSync(socketPath); } catch { /* not there */ }
   const open = new Set<net.Socket>();
+  let refused = 0;
   const server = net.createServer((conn) => {
+    conn.on('error', () => conn.destroy());
+    if (open.size >= maxConnections) {
+      refused++;
+      conn.end(JSON.stringify({ ok: false, error: `too many control connections (${maxConnections} open); try again later` }) + '\n');
+      // Read (and drop) until the client closes its side, or the socket would stay half open; a client that does not is dropped.
+      conn.resume();
+      setTimeout(() => conn.destroy(), 1000).unref();
+      opts.log?.event('control-refused', 'control connection refused: too many open', { open: open.size, limit: maxConnections, refused });
+      return;
+    }
     open.add(conn);
     conn.once('close', () => open.delete(conn));
     let pending = '';
+    let requests = 0;
+    let queue: Promise<void> = Promise.resolve();
+    let queued = 0;
+    const idle = setTimeout(() => conn.end(JSON.stringify({ ok: false, error: `no request within ${requestTimeoutMs} ms` }) + '\n'), requestTimeoutMs);
+    idle.unref();
+    conn.once('close', () => clearTimeout(idle));
     conn.setEncoding('utf8');
-    conn.on('error', () => conn.destroy());
     conn.on('data', (chunk: string) => {
       pending += chunk;
       if (pending.length > MAX_REQUEST_BYTES) {
-        conn.end(JSON.stringify({ ok: false, error: 'request too large' }) + '\n');
+        pending = '';
+        conn.end(JSON.stringify({ ok: false, error: `request too large (more than ${MAX_REQUEST_BYTES} bytes)` }) + '\n');
         return;
       }
       let nl: number;
       while ((nl = pending.indexOf('\n')) >= 0) {
         const line = pending.slice(0, nl);
         pending = pending.slice(nl + 1);
-        void answer(conn, line, handler);
+        if (requests++ === 0) clearTimeout(idle);
+        if (queued >= MAX_QUEUED) {
+          conn.end(JSON.stringify({ ok: false, error: `more than ${MAX_QUEUED} requests waiting on one connection` }) + '\n');
+          return;
+        }
+        queued++;
+        queue = queue.then(() => answer(conn, line, handler)).finally(() => { queued--; });
       }
     });
   });
@@ -67,6 +126,8 @@ export async function startControlServer(socketPath: string, groupId: number | n
   fs.chmodSync(socketPath, 0o660);
   if (groupId !== null) fs.chownSync(socketPath, 0, groupId);
   return {
+    get connections() { return open.size; },
+    get refused() { return refused; },
     close: () => new Promise<void>((resolve) => {
       server.close(() => resolve());
       for (const conn of open) conn.destroy(); // watchers never end on their own
@@ -90,10 +151,18 @@ async function answer(conn: net.Socket, line: string, handler: ControlHandler): 
   try {
     const reply = await handler(req);
     if (reply.rows) {
-      for (const row of reply.rows) {
-        if (!conn.write(JSON.stringify(row) + '\n')) await writable(conn);
+      // Rows go out in chunks of about CHUNK_BYTES (one write each), at least one per turn.
+      let chunk = '';
+      for await (const row of reply.rows) {
+        chunk += JSON.stringify(row) + '\n';
+        if (chunk.length < CHUNK_BYTES && !spent()) continue;
+        const more = conn.write(chunk);
+        chunk = '';
+        if (!more) await writable(conn);
+        else await yieldIfSpent();
         if (conn.destroyed) return;
       }
+      if (chunk !== '') conn.write(chunk);
     }
     if (reply.stream) await reply.stream(conn);
     if (conn.destroyed) return;

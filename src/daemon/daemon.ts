@@ -2,6 +2,7 @@
  * `vpnmasq run`: wires the edges (TUN addon, netlink, control socket, timers)
  * around the pure packet path and keeps them in order on start and stop.
  */
+import { IntervalHistogram, monitorEventLoopDelay } from 'node:perf_hooks';
 import { Config } from '../config/schema';
 import { configDiff } from './reload';
 import { MetricsServer, MetricsSource, startMetricsServer } from './metrics';
@@ -22,14 +23,14 @@ import { IdIndex, IdSource } from '../query/id-index';
 import { Drop } from '../core/verdict';
 import { T_BYTES_IN, T_BYTES_OUT, T_PKTS_IN, T_PKTS_OUT } from '../nat/napt';
 import { RouterNet, SafetyNetStatus } from '../edge/netlink/router-net';
-import { int32ToIpv4, ipv4ToInt32, ipv4ToNumber, parseCidr, prefixMask } from '../core/ipv4-addr';
+import { int32ToIpv4, ipv4ToInt32, prefixPairs } from '../core/ipv4-addr';
 import { ringBytes, type TunDevice, type TunEvent, type TunFactory } from '../edge/tun/device';
 import { NativeTun } from '../edge/tun/native-tun';
 import { Stat } from '../edge/tun/native';
 import { BatchFaults } from '../edge/tun/batch-faults';
 import { Store } from '../persist/store';
 import { EspCodec, GreCallCodec, IsakmpCodec, SessionCodec } from '../persist/tables';
-import { DbHealth } from '../persist/health';
+import { DbHealth, NOT_PERSISTED } from '../persist/health';
 import { Forwards } from '../nat/forwards';
 import { PptpCounter } from '../helpers/pptp/counters';
 import { PptpMasq } from '../helpers/pptp/pptp';
@@ -80,6 +81,8 @@ export interface DaemonOptions {
    * safety net, and exits non-zero for the service manager to restart it.
    */
   onFatal?: (reason: Error) => void;
+  /** A state file of a newer schema version: left untouched (default) or moved aside (`vpnmasq run --force-downgrade`). */
+  newerSchema?: 'refuse' | 'move-aside';
 }
 
 export class Daemon implements MetricsSource {
@@ -109,6 +112,7 @@ export class Daemon implements MetricsSource {
   private net: RouterNet | null = null;
   private control: ControlServer | null = null;
   private sweepTimer: NodeJS.Timeout | null = null;
+  private loopDelay: IntervalHistogram | null = null;
   private stopping: Promise<void> | null = null;
   /** Write-ahead listeners: they see every table event before the batch is written (the store). */
   private readonly journalListeners: JournalListener[] = [];
@@ -117,6 +121,7 @@ export class Daemon implements MetricsSource {
   /** Where each id lives, for `conns show|delete ID`. */
   private readonly ids: IdIndex;
   private readonly persist: boolean;
+  private readonly newerSchema: 'refuse' | 'move-aside';
   /** The state store, once started with persistence. */
   store: Store | null = null;
   private readonly commands: ControlCommands;
@@ -132,6 +137,7 @@ export class Daemon implements MetricsSource {
     this.now = opts.now ?? Date.now;
     this.persist = opts.persist ?? true;
     this.onStatus = opts.onStatus ?? (() => undefined);
+    this.newerSchema = opts.newerSchema ?? 'refuse';
     this.openTun = opts.openTun ?? ((o) => NativeTun.open(o));
     this.onFatal = opts.onFatal ?? (() => undefined);
     this.faults = new BatchFaults(log, (reason) => this.fail(reason), this.now);
@@ -152,10 +158,7 @@ export class Daemon implements MetricsSource {
       },
       Math.max(1024, cfg.limits.maxHeldFragments * 4),
       {
-        lanPrefixes: cfg.lan.prefixes.map((p) => {
-          const c = parseCidr(p);
-          return [ipv4ToNumber(c.network) | 0, prefixMask(c.prefixLen) | 0] as [number, number];
-        }),
+        lanPrefixes: prefixPairs(cfg.lan.prefixes),
         timers: {
           tcpEstablishedMs: t.tcpEstablished * 1000,
           tcpTransitoryMs: t.tcpTransitory * 1000,
@@ -246,7 +249,7 @@ export class Daemon implements MetricsSource {
     await this.installSafetyNet(address);
     const controlGroup = lookupGroup(cfg.control.group);
     if (controlGroup === null) this.log.warn('control group not found: the control socket is open to root only', { group: cfg.control.group });
-    this.control = await startControlServer(cfg.control.socket, controlGroup, (req) => this.handleControl(req));
+    this.control = await startControlServer(cfg.control.socket, controlGroup, (req) => this.handleControl(req), { log: this.log });
     if (cfg.metrics) this.metrics = await startMetricsServer(cfg.metrics.listen, this, this.log);
     await this.wanChanged(watched.state);
   }
@@ -337,6 +340,9 @@ export class Daemon implements MetricsSource {
     const budget = Math.max(1024, Math.ceil(this.table.capacity / SWEEPS_PER_PASS));
     this.sweepTimer = setInterval(() => this.sweep(budget), SWEEP_INTERVAL_MS);
     this.translating = true;
+    // How late the loop runs from now on (restore and setup are over): what a packet batch can wait behind.
+    this.loopDelay = monitorEventLoopDelay({ resolution: 10 });
+    this.loopDelay.enable();
     this.log.info('vpnmasq running', {
       tun: tunName,
       offloads: `0x${tun.offloads.toString(16)}`,
@@ -401,13 +407,16 @@ export class Daemon implements MetricsSource {
 
   /** Opens the state store and rebuilds the tables from it before the TUN starts, so no packet meets an empty table. */
   private openStore(): void {
-    const store = new Store(this.config.state, this.log, { now: this.now });
+    const store = new Store(this.config.state, this.log, { now: this.now, newerSchema: this.newerSchema });
     store.registerTable(new SessionCodec(this.table));
     // After the sessions: a PPTP call refers to its control connection's session.
     store.registerTable(new IsakmpCodec(this.ipsec, this.table));
     store.registerTable(new EspCodec(this.ipsec, this.table));
     store.registerTable(new GreCallCodec(this.pptp.calls, this.table));
-    store.restore({ now: this.now(), isPublic: (a) => this.table.publicIndexOf(a) >= 0, onAddressChange: this.config.wan.onAddressChange });
+    store.restore({
+      now: this.now(), isPublic: (a) => this.table.publicIndexOf(a) >= 0, onAddressChange: this.config.wan.onAddressChange,
+      lanPrefixes: prefixPairs(this.config.lan.prefixes),
+    });
     // Restored entries come without table events: the id index is rebuilt at its first lookup, off the start path.
     this.ids.lost();
     this.addJournalListener(store);
@@ -415,7 +424,12 @@ export class Daemon implements MetricsSource {
     this.store = store;
   }
 
-  private sweep(budget: number): void {
+  /**
+   * One run of the sweep timer: expiries in every table (at most `budget`
+   * slots of each), the fragment pool, VPN event logging, the journal drain.
+   * The timer calls it every 100 ms; the fuzzer calls it on its own clock.
+   */
+  sweep(budget = Math.max(1024, Math.ceil(this.table.capacity / SWEEPS_PER_PASS))): void {
     const now = this.now();
     this.table.sweep(now, budget);
     this.table.hosts.sweep(now, budget);
@@ -483,6 +497,7 @@ export class Daemon implements MetricsSource {
 
   private async doStop(): Promise<void> {
     if (this.sweepTimer) clearInterval(this.sweepTimer);
+    this.loopDelay?.disable();
     this.wanWatch?.close();
     await this.metrics?.close().catch(() => undefined);
     await this.control?.close().catch(() => undefined);
@@ -574,6 +589,7 @@ export class Daemon implements MetricsSource {
       pptp: this.pptp.stats(),
       capacity: capacityStats(t, napt),
       tun: tunStats,
+      ...(this.loopDelay ? { eventLoop: { p99Ms: this.loopDelay.percentile(99) / 1e6, maxMs: this.loopDelay.max / 1e6 } } : {}),
     };
   }
 
@@ -594,14 +610,13 @@ export class Daemon implements MetricsSource {
       sessions: this.table.sessionCount,
       limit: this.table.capacity,
       state: this.store ? { path: this.store.path, ...this.store.health() } : null,
+      control: this.control ? { connections: this.control.connections, watchers: this.commands.watching, refused: this.control.refused } : null,
     };
   }
 
   /** State database health for status and metrics (healthy and empty when persistence is off). */
   db(): DbHealth {
-    return this.store?.health() ?? {
-      healthy: true, pendingWrites: 0, lastError: null, lastErrorAt: null, rowsRestored: 0, rowsDiscarded: 0, movedAside: null,
-    };
+    return this.store?.health() ?? NOT_PERSISTED;
   }
 
   // ---- appliance: shared-address mode, WAN address changes, reload, metrics ----

@@ -57,7 +57,7 @@ export function loadReload(path: string, current: Config): { config: Config } | 
 }
 
 /** Runs the daemon until SIGTERM/SIGINT; exits the process. */
-export async function runDaemon(configPath: string, config: Config): Promise<void> {
+export async function runDaemon(configPath: string, config: Config, opts: { forceDowngrade?: boolean } = {}): Promise<void> {
   const log = createLogger(config.log);
   const notify = new Notifier();
   let watchdog: NodeJS.Timeout | null = null;
@@ -82,6 +82,7 @@ export async function runDaemon(configPath: string, config: Config): Promise<voi
   const daemon = new Daemon(config, log, {
     onStatus: (status) => notify.send(`STATUS=${status}`),
     onFatal: (reason) => stop('fatal', EXIT_FAILURE, reason.message),
+    newerSchema: opts.forceDowngrade === true ? 'move-aside' : 'refuse',
   });
   const reload = (): void => {
     reloading = reloading.then(() => doReload(configPath, daemon, notify, log));

@@ -19,7 +19,7 @@ export interface MetricsSource {
   traffic(): { packetsOut: number; packetsIn: number; bytesOut: number; bytesIn: number };
   /** VPN event -> count (monotonic). */
   vpnEvents(): Record<string, number>;
-  db(): { healthy: boolean; pendingWrites: number; lastError: string | null; rowsRestored: number; rowsDiscarded: number };
+  db(): { healthy: boolean; pendingWrites: number; lastError: string | null; rowsRestored: number; rowsDiscarded: number; rowsQuarantined: number };
 }
 
 export interface MetricsServer {
@@ -86,7 +86,8 @@ function createMetricsRegistry(source: MetricsSource): Registry {
   gauge(registry, 'vpnmasq_db_healthy', '1 if the state database accepts writes, else 0.', () => (source.db().healthy ? 1 : 0));
   gauge(registry, 'vpnmasq_db_pending_writes', 'State changes not yet committed to the database.', () => source.db().pendingWrites);
   gauge(registry, 'vpnmasq_db_rows_restored', 'Sessions restored from the database at startup.', () => source.db().rowsRestored);
-  gauge(registry, 'vpnmasq_db_rows_discarded', 'Database rows discarded at startup (expired or invalid).', () => source.db().rowsDiscarded);
+  gauge(registry, 'vpnmasq_db_rows_discarded', 'Database rows discarded at startup (expired, or dropped by the address policy).', () => source.db().rowsDiscarded);
+  gauge(registry, 'vpnmasq_db_rows_quarantined', 'Database rows that could not be restored at startup, kept in the quarantine table.', () => source.db().rowsQuarantined);
   return registry;
 }
 

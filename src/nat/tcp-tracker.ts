@@ -57,13 +57,17 @@ export function tcpTimeoutMs(state: number, establishedMs: number, transitoryMs:
   return tcpIsEstablished(state) ? establishedMs : transitoryMs;
 }
 
+/** The names operators see, conntrack-like. */
+export const TCP_STATE_NAMES = ['NONE', 'SYN_SENT', 'SYN_RECV', 'ESTABLISHED', 'FIN_WAIT', 'TIME_WAIT', 'CLOSE'] as const;
+
 /** Name for operators, conntrack-like. */
 export function tcpStateName(state: number): string {
-  if (state & TCP_RST_SEEN) return 'CLOSE';
-  if ((state & (TCP_FIN_OUT | TCP_FIN_IN)) === (TCP_FIN_OUT | TCP_FIN_IN)) return 'TIME_WAIT';
-  if (state & (TCP_FIN_OUT | TCP_FIN_IN)) return 'FIN_WAIT';
-  if (tcpIsEstablished(state)) return 'ESTABLISHED';
-  if (state & TCP_SYN_OUT) return 'SYN_SENT';
-  if (state & TCP_SYN_IN) return 'SYN_RECV';
-  return 'NONE';
+  const [none, synSent, synRecv, established, finWait, timeWait, close] = TCP_STATE_NAMES;
+  if (state & TCP_RST_SEEN) return close;
+  if ((state & (TCP_FIN_OUT | TCP_FIN_IN)) === (TCP_FIN_OUT | TCP_FIN_IN)) return timeWait;
+  if (state & (TCP_FIN_OUT | TCP_FIN_IN)) return finWait;
+  if (tcpIsEstablished(state)) return established;
+  if (state & TCP_SYN_OUT) return synSent;
+  if (state & TCP_SYN_IN) return synRecv;
+  return none;
 }

@@ -9,8 +9,12 @@
  * derived value), whether the update flush rewrites it (`update`), whether a
  * change of it makes the row dirty (`watch`: the flush compares it with the
  * value last written), whether restore stores it back (`assign`), and what a
- * stored value must look like (the type check of its SQL type plus `check`).
- * Restore hands the table's `restore` a record of named, checked values.
+ * stored value must look like (the type check of its SQL type plus `check`,
+ * which may look at the restore context: the LAN prefixes, the time). A
+ * table may add a check across its columns (`rowCheck`) and name its
+ * restore's conflicts (`conflicts`). Restore hands the table's `restore` a
+ * record of named, checked values; a row that fails a check or conflicts is
+ * quarantined by the store, with the reason these give.
  *
  * Nothing here runs per packet: the store calls it at the write-ahead point
  * (rows of new entries), from its timer (updates) and at start (restore).
@@ -20,8 +24,16 @@ import type { AddressChangePolicy } from './options';
 /** SQLite storage class of a column (times and counters are REAL: they exceed 2^31). */
 export type SqlType = 'INTEGER' | 'REAL';
 
+/** What the checks of a stored row may depend on besides the row. */
+export interface CheckContext {
+  /** Wall-clock ms at restore. */
+  now: number;
+  /** The configured LAN prefixes as [network, mask] int32 pairs; null skips the LAN-host check (a reader without the config). */
+  lanPrefixes: ReadonlyArray<readonly [number, number]> | null;
+}
+
 /** Why a stored value cannot be restored, or undefined when it can. */
-export type Check = (v: number) => string | undefined;
+export type Check = (v: number, ctx: CheckContext) => string | undefined;
 
 /** The struct-of-arrays storage of a column: one element per entry. */
 export type ColumnArray = Float64Array | Int32Array | Uint16Array | Uint8Array;
@@ -42,6 +54,8 @@ export interface ColumnDef<T> {
   set?(t: T, i: number, v: number): void;
   /** What a stored value must be, beyond its SQL type. */
   readonly check?: Check;
+  /** No two restored rows of any table that declares this column share a value (ids are one space across the tables). */
+  readonly unique?: boolean;
   /** REAL only: ±Infinity is a valid value (a PPTP call held by its control connection never expires). */
   readonly infinite?: boolean;
   /** SQL DEFAULT, for columns a migration added to existing rows. */
@@ -68,12 +82,17 @@ export interface TableSpec<T, N extends string> {
   count(t: T): number;
   /** Per entry: non-zero while it is in use. */
   inUse(t: T): Uint8Array;
+  /** A check across columns of a row whose columns passed theirs: why it cannot be right, or undefined. */
+  rowCheck?(row: Row<N | RequiredColumn>): string | undefined;
   /**
    * Re-creates a stored entry (its deadline and address already accepted);
-   * returns its index, or a negative number when it conflicts with what is
-   * already restored or cannot be placed.
+   * returns its index, ORPHAN when the entry it belongs to was not restored
+   * (it is discarded like an expired row), or another negative number when it
+   * conflicts with what is already restored or cannot be placed.
    */
-  restore(t: T, row: Row<N | RequiredColumn>): number;
+  restore(t: T, row: Row<N | RequiredColumn>, ctx: RestoreContext): number;
+  /** What restore's negative results mean, for the quarantine and the log. */
+  readonly conflicts?: Readonly<Record<number, string>>;
   /** After all of this table's rows were restored. */
   restored?(t: T): void;
 }
@@ -84,6 +103,9 @@ export function defineTable<T>(): <N extends string>(spec: TableSpec<T, N>) => T
 }
 
 // ---- checks ----------------------------------------------------------------
+
+/** TableSpec.restore: the entry this row belongs to (a PPTP call's control connection) was not restored. */
+export const ORPHAN = -1000;
 
 export const inRange = (min: number, max: number): Check => (v) => (v >= min && v <= max ? undefined : `${v} is outside ${min}..${max}`);
 
@@ -98,8 +120,38 @@ export const UINT8 = inRange(0, 255);
 export const INT32 = inRange(-0x80000000, 0x7fffffff);
 export const FLAG = inRange(0, 1);
 export const NON_NEGATIVE = inRange(0, Number.MAX_SAFE_INTEGER);
-/** Ids are positive and exact in a double. */
-export const SERIAL = inRange(1, Number.MAX_SAFE_INTEGER);
+export const PUBLIC_PORT = inRange(1, 65535);
+export const NON_NEGATIVE_INT32 = inRange(0, 0x7fffffff);
+/**
+ * Ids are positive, and low enough that the ids handed out after them stay
+ * exact in a double: the next id is the largest restored one + 1, and 2^53
+ * + 1 is 2^53 again (three sessions would share one id).
+ */
+export const MAX_SERIAL = 2 ** 52;
+export const SERIAL = inRange(1, MAX_SERIAL);
+
+const ipv4Text = (a: number): string => `${(a >>> 24) & 255}.${(a >>> 16) & 255}.${(a >>> 8) & 255}.${a & 255}`;
+
+/** An address inside one of the configured LAN prefixes (int32): what a mapping's or VPN entry's LAN host must be. */
+export const LAN_HOST: Check = (v, ctx) => {
+  const prefixes = ctx.lanPrefixes;
+  if (prefixes === null) return INT32(v, ctx);
+  if (v < -0x80000000 || v > 0x7fffffff) return `${v} is not an IPv4 address`;
+  for (const [net, mask] of prefixes) if ((v & mask) === (net & mask)) return undefined;
+  const list = prefixes.map(([net, mask]) => `${ipv4Text(net & mask)}/${mask === 0 ? 0 : 1 + Math.clz32(mask & -mask)}`);
+  return `${ipv4Text(v)} is not inside a LAN prefix (${list.join(', ')})`;
+};
+
+/**
+ * The longest a stored deadline can lie ahead: every timer is at most
+ * 2^31 - 1 ms (the config's limit, Node's setTimeout), counted from when
+ * the row was written, which is before now.
+ */
+export const MAX_DEADLINE_AHEAD_MS = 2 ** 31;
+
+/** A deadline no timer could have set: too far ahead of now. */
+export const DEADLINE: Check = (v, ctx) => (v === Infinity || v <= ctx.now + MAX_DEADLINE_AHEAD_MS ? undefined
+  : `${new Date(Math.min(v, 8.64e15)).toISOString()} is further ahead than any timer reaches`);
 
 /** Why `v` is not a value of column `c`'s SQL type, or undefined. */
 function typeProblem(c: ColumnDef<never>, v: unknown): string | undefined {
@@ -125,22 +177,28 @@ export function createStatements(spec: TableSpec<never, string>): string[] {
 
 // ---- the codec -------------------------------------------------------------
 
-/** Why a stored row was not restored. */
+/**
+ * Why a stored row was not restored: expired, under another public address
+ * (policy drop) or an orphan are discarded; a row that fails a check
+ * (`column` names the column, '' the row) or conflicts is quarantined.
+ */
 export type Rejection =
-  | { kind: 'expired' | 'address' | 'conflict' }
-  | { kind: 'invalid'; column: string; problem: string };
+  | { kind: 'expired' | 'address' | 'orphan' }
+  | { kind: 'invalid' | 'conflict'; column: string; problem: string };
 
 const EXPIRED: Rejection = { kind: 'expired' };
 const ADDRESS: Rejection = { kind: 'address' };
-const CONFLICT: Rejection = { kind: 'conflict' };
+const ORPHANED: Rejection = { kind: 'orphan' };
 
 /** What restore needs to decide about a stored row. */
-export interface RestoreContext {
+export interface RestoreContext extends CheckContext {
   /** Wall-clock ms: rows whose deadline passed (also while the router was down) are discarded. */
   now: number;
   /** Whether a stored public address (int32) is one of the configured ones, and what to do with rows stored under another. */
   isPublic(addr: number): boolean;
   onAddressChange: AddressChangePolicy;
+  /** Whether a row of `table` with this serial was quarantined by this restore (an entry that belongs to it goes too). */
+  quarantined?(table: string, serial: number): boolean;
 }
 
 /**
@@ -156,10 +214,12 @@ export class RowDecoder<N extends string = string> {
   private readonly defs: readonly ColumnDef<never>[];
   private readonly real: Uint8Array;
   private readonly checks: readonly (Check | undefined)[];
+  private readonly rowCheck: ((row: Row<N | RequiredColumn>) => string | undefined) | undefined;
   /** The decoded values, in column order (what `record` reads). */
   readonly values: Float64Array;
 
   constructor(spec: TableSpec<never, N>) {
+    this.rowCheck = spec.rowCheck === undefined ? undefined : (row) => (spec.rowCheck as (r: typeof row) => string | undefined)(row);
     const cols = spec.columns as Record<string, ColumnDef<never>>;
     this.names = Object.keys(cols);
     this.defs = this.names.map((n) => cols[n]);
@@ -172,22 +232,23 @@ export class RowDecoder<N extends string = string> {
     this.values = values;
   }
 
-  /** Decodes one row into `record`; a rejection naming the first wrong column, or undefined. */
-  decode(row: readonly unknown[]): Rejection | undefined {
+  /** Decodes one row (its first values, in column order) into `record`; a rejection naming the first wrong column (or the row), or undefined. */
+  decode(row: readonly unknown[], ctx: CheckContext): Rejection | undefined {
     const out = this.values;
     for (let i = 0; i < out.length; i++) {
       const v = row[i];
       const check = this.checks[i];
-      if (typeof v === 'number' && (this.real[i] === 1 ? Number.isFinite(v) : Number.isSafeInteger(v)) && (check === undefined || check(v) === undefined)) {
+      if (typeof v === 'number' && (this.real[i] === 1 ? Number.isFinite(v) : Number.isSafeInteger(v)) && (check === undefined || check(v, ctx) === undefined)) {
         out[i] = v;
         continue;
       }
       // The slow path says what is wrong (or accepts an infinite REAL where the column allows it).
-      const problem = typeProblem(this.defs[i], v) ?? check?.(v as number);
+      const problem = typeProblem(this.defs[i], v) ?? check?.(v as number, ctx);
       if (problem !== undefined) return { kind: 'invalid', column: this.names[i], problem };
       out[i] = v as number;
     }
-    return undefined;
+    const problem = this.rowCheck?.(this.record);
+    return problem === undefined ? undefined : { kind: 'invalid', column: '', problem };
   }
 
   /** A copy of `record` as a plain object. */
@@ -219,6 +280,8 @@ export class TableCodec<T = unknown, N extends string = string> {
   readonly columns: readonly string[];
   /** Columns rewritten for a dirty row (`serial` excluded). */
   readonly updateColumns: readonly string[];
+  /** Columns whose values must be unique across every table (`unique`): their positions in `columns`. */
+  readonly uniqueColumns: readonly number[];
   private readonly decoder: RowDecoder<N>;
   private readonly getters: readonly Getter[];
   private readonly updateGetters: readonly Getter[];
@@ -258,6 +321,7 @@ export class TableCodec<T = unknown, N extends string = string> {
     this.inUse = spec.inUse(table);
     this.decoder = new RowDecoder(spec as unknown as TableSpec<never, N>);
     this.columns = cols.map(([name]) => name);
+    this.uniqueColumns = cols.flatMap(([, c], i) => (c.unique ? [i] : []));
     this.getters = cols.map(([name, c]) => getter(name, c));
     const upd = cols.filter(([, c]) => c.update);
     this.updateColumns = upd.map(([name]) => name);
@@ -333,14 +397,17 @@ export class TableCodec<T = unknown, N extends string = string> {
    * the remaining columns. Returns why it was not restored, or undefined.
    */
   restore(values: readonly unknown[], ctx: RestoreContext): Rejection | undefined {
-    const bad = this.decoder.decode(values);
+    const bad = this.decoder.decode(values, ctx);
     if (bad !== undefined) return bad;
     const v = this.decoder.values;
     if (v[this.expiresColumn] <= ctx.now) return EXPIRED;
     const moved = !ctx.isPublic(v[this.pubAddrColumn]);
     if (moved && ctx.onAddressChange !== 'move') return ADDRESS;
-    const i = this.spec.restore(this.table, this.decoder.record);
-    if (i < 0) return CONFLICT;
+    const i = this.spec.restore(this.table, this.decoder.record, ctx);
+    if (i === ORPHAN) return ORPHANED;
+    if (i < 0) {
+      return { kind: 'conflict', column: '', problem: this.spec.conflicts?.[i] ?? 'conflicts with an entry already restored, or the table is full' };
+    }
     for (let c = 0; c < this.assigners.length; c++) this.assigners[c](i, v[this.assignedColumns[c]]);
     if (moved) {
       // Rewritten with the new address by the next update flush.

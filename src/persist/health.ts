@@ -13,10 +13,23 @@ export interface DbHealth {
   /** When the last fault happened (wall-clock ms), or null. */
   lastErrorAt: number | null;
   rowsRestored: number;
+  /** Rows dropped at start as their timers or the address policy say (expired, another public address, a call without its control connection). */
   rowsDiscarded: number;
-  /** The file was moved aside at start because it was corrupt: its new name. */
+  /** Rows that could not be restored (a value that cannot be right, a conflict, no room): kept in the quarantine table with their reason. */
+  rowsQuarantined: number;
+  /** The file was moved aside (corrupt, a wrong schema, restore failed, an explicit downgrade): its new name. */
   movedAside: string | null;
+  /** Why it was moved aside, in plain words. */
+  movedAsideReason: string | null;
+  /** The file is left untouched and not used (a newer schema version): why, and what to do. */
+  refused: string | null;
 }
+
+/** Health of a daemon that persists nothing. */
+export const NOT_PERSISTED: DbHealth = {
+  healthy: true, pendingWrites: 0, lastError: null, lastErrorAt: null, rowsRestored: 0, rowsDiscarded: 0, rowsQuarantined: 0,
+  movedAside: null, movedAsideReason: null, refused: null,
+};
 
 /** What the store does about an error. */
 export const enum Fault {
@@ -28,7 +41,12 @@ export const enum Fault {
   IO,
 }
 
-const CORRUPT_CODES = new Set(['SQLITE_CORRUPT', 'SQLITE_NOTADB']);
+/** A database at the current version whose tables are not the ones this vpnmasq writes. */
+export const SCHEMA_MISMATCH = 'SCHEMA_MISMATCH';
+/** A database written by a newer vpnmasq. */
+export const SCHEMA_NEWER = 'SCHEMA_NEWER';
+
+const CORRUPT_CODES = new Set(['SQLITE_CORRUPT', 'SQLITE_NOTADB', SCHEMA_MISMATCH]);
 
 /** better-sqlite3 errors carry an extended code like SQLITE_BUSY_SNAPSHOT; node fs errors a code like EACCES. */
 export function classify(e: unknown): Fault {

@@ -6,7 +6,7 @@
  * would not restore it either).
  */
 import Database from 'better-sqlite3';
-import { columnNames, RequiredColumn, Row, RowDecoder, TableSpec } from './columns';
+import { CheckContext, columnNames, RequiredColumn, Row, RowDecoder, TableSpec } from './columns';
 import { SCHEMA_VERSION } from './schema';
 
 export interface StateReader {
@@ -19,7 +19,8 @@ export interface StateReader {
   close(): void;
 }
 
-export function openStateReader(file: string): StateReader {
+/** `lanPrefixes` (from the config, as [network, mask] int32 pairs) lets the reader skip rows the daemon would quarantine. */
+export function openStateReader(file: string, lanPrefixes: CheckContext['lanPrefixes'] = null): StateReader {
   const db = new Database(file, { readonly: true, fileMustExist: true });
   const version = db.pragma('user_version', { simple: true }) as number;
   if (version !== SCHEMA_VERSION) {
@@ -29,7 +30,7 @@ export function openStateReader(file: string): StateReader {
   const select = (spec: TableSpec<never, string>, where: string) =>
     db.prepare(`SELECT ${columnNames(spec).join(', ')} FROM ${spec.sqlTable} ${where}`).raw();
   const decode = <N extends string>(d: RowDecoder<N>, v: unknown[]): Row<N | RequiredColumn> | null =>
-    (d.decode(v) === undefined ? d.copy() : null);
+    (d.decode(v, { now: Date.now(), lanPrefixes }) === undefined ? d.copy() : null);
   return {
     version,
     *rows<N extends string>(spec: TableSpec<never, N>) {

@@ -55,6 +55,19 @@ const VPN_TABLES: readonly string[] = [
 ];
 
 export const SCHEMA_VERSION = 3;
+
+/**
+ * Rows restore could not take, with their values and the reason (store.ts).
+ * A side table, created when missing at any version: older and newer
+ * vpnmasq versions leave a table they do not know alone.
+ */
+export const QUARANTINE_TABLE = 'quarantine';
+
+/** Tables outside the versioned schema, created when missing whatever the version. */
+export const SIDE_TABLES: readonly string[] = [
+  `CREATE TABLE IF NOT EXISTS ${QUARANTINE_TABLE} (
+    id INTEGER PRIMARY KEY, quarantined_at REAL NOT NULL, source TEXT NOT NULL, serial, reason TEXT NOT NULL, row TEXT NOT NULL)`,
+];
 /** The current version (3: version 2 plus the ISAKMP, ESP and PPTP call tables), from the specs. */
 export const CREATE_STATEMENTS: readonly string[] = TABLES.flatMap((spec) => createStatements(spec));
 

@@ -21,7 +21,19 @@
  * never reach the packet path: forwarding continues from memory, the store
  * turns unhealthy (log + `health()`), keeps retrying every tick, and rewrites
  * the whole live table once writes succeed again. A file that is corrupt at
- * start is renamed to `<path>.corrupt-<timestamp>` and the router starts empty.
+ * start, or at the current version with other tables than this vpnmasq's, is
+ * renamed to `<path>.corrupt-<timestamp>` (`.wrong-schema-`) and the router
+ * starts empty. A file of a newer schema version is left untouched and not
+ * used (the store stays unhealthy and says why) unless the daemon was told
+ * to move it aside (`vpnmasq run --force-downgrade`).
+ *
+ * Restore never loses a row: a row that fails its checks (columns.ts,
+ * tables.ts), conflicts with one restored before it or finds no room is moved
+ * to the `quarantine` table with its values and the reason, in the same
+ * transaction that takes it out of its table, and the count is logged at
+ * error level and shown by `vpnmasq status`. If restore itself fails, the
+ * file is moved aside as it is (`.unrestored-<timestamp>`) before anything is
+ * written, and the rows read so far go into a new file.
  *
  * ---- Adding a table ----------------------------------------------------
  * 1. Declare its column spec in tables.ts (columns.ts says what a column
@@ -38,9 +50,11 @@ import * as path from 'node:path';
 import Database from 'better-sqlite3';
 import { EV_DESTROY, EV_NEW, EV_UPDATE, JournalListener } from '../core/journal';
 import { RestoreContext, TableCodec } from './columns';
-import { classify, DbHealth, describeError, Fault } from './health';
+import { classify, DbHealth, describeError, errorCode, Fault, SCHEMA_MISMATCH, SCHEMA_NEWER } from './health';
 import type { StoreConfig } from './options';
-import { CREATE_STATEMENTS, MIGRATIONS, SCHEMA_VERSION } from './schema';
+import { CREATE_STATEMENTS, MIGRATIONS, QUARANTINE_TABLE, SCHEMA_VERSION, SIDE_TABLES } from './schema';
+import { TABLES } from './tables';
+import { columnNames } from './columns';
 
 /** What the store logs through (the daemon's logger). */
 export interface StoreLog {
@@ -65,12 +79,17 @@ const WAL_SIZE_LIMIT = 4 * 1024 * 1024;
 /** Rows read per query at restore. */
 const RESTORE_PAGE = 10000;
 
-/** A stored row that failed its column checks. */
-interface InvalidRow {
-  r: Registered;
-  serial: unknown;
-  column: string;
-  problem: string;
+/** Rows kept in the quarantine table; beyond that the oldest go. */
+const QUARANTINE_MAX = 100_000;
+
+/** A stored row that could not be restored and goes to the quarantine table. */
+interface QuarantinedRow {
+  table: string;
+  /** The stored serial as text (exact even beyond 2^53). */
+  serial: string;
+  /** The stored values by column, as JSON. */
+  row: string;
+  reason: string;
 }
 
 interface Registered {
@@ -85,6 +104,12 @@ interface Registered {
 export interface StoreOptions {
   /** Wall clock in ms (tests move it). */
   now?: () => number;
+  /**
+   * A file of a newer schema version: 'refuse' leaves it untouched and
+   * persists nothing (default); 'move-aside' renames it and starts a new file
+   * (`vpnmasq run --force-downgrade`).
+   */
+  newerSchema?: 'refuse' | 'move-aside';
 }
 
 export class Store implements JournalListener {
@@ -105,7 +130,14 @@ export class Store implements JournalListener {
   private lastErrorAt: number | null = null;
   private rowsRestored = 0;
   private rowsDiscarded = 0;
+  private rowsQuarantined = 0;
   private movedAside: string | null = null;
+  private movedAsideReason: string | null = null;
+  /** Set when the file is not used at all (a newer schema): nothing is written, nothing retried. */
+  private refused: string | null = null;
+  /** Quarantined rows not yet written (the restore transaction failed): they go first in the next write. */
+  private pendingQuarantine: QuarantinedRow[] = [];
+  private readonly newerSchema: 'refuse' | 'move-aside';
   private readonly dirtyBuf = new Int32Array(UPDATE_BATCH);
   private timer: NodeJS.Timeout | null = null;
   private readonly now: () => number;
@@ -114,6 +146,7 @@ export class Store implements JournalListener {
   /** Opens (or creates) the database; never throws: a fault leaves the store unhealthy and retrying. */
   constructor(private readonly cfg: StoreConfig, private readonly log: StoreLog, opts: StoreOptions = {}) {
     this.now = opts.now ?? Date.now;
+    this.newerSchema = opts.newerSchema ?? 'refuse';
     this.commitQueue = () => this.tx(() => this.applyQueue());
     this.tryOpen(true);
   }
@@ -140,64 +173,130 @@ export class Store implements JournalListener {
 
   /**
    * Rebuilds every registered table from the database (call before the TUN
-   * starts); deletes the discarded rows. A corrupt file is moved aside and
-   * whatever was read stays restored and is rewritten into the new file.
+   * starts). Expired rows and rows the address policy drops are deleted;
+   * rows that cannot be restored are moved to the quarantine table (nothing
+   * is lost); if reading fails, the file is moved aside before anything is
+   * written and what was read stays restored.
    */
-  restore(ctx: RestoreContext): { restored: number; discarded: number } {
+  restore(ctx: RestoreContext): { restored: number; discarded: number; quarantined: number } {
     const db = this.conn;
-    if (db === null) return { restored: 0, discarded: 0 };
+    if (db === null) return { restored: 0, discarded: 0, quarantined: 0 };
     const t0 = Date.now();
     let restored = 0;
-    const discard: number[][] = [];
-    const invalid: InvalidRow[] = [];
+    /** Serials (as text) of the rows to delete, per registered table. */
+    const discard: string[][] = [];
+    const quarantine: QuarantinedRow[] = [];
+    /** Values of the `unique` columns restored so far (ids: one space across the tables), and which table holds each. */
+    const taken = new Map<number, string>();
+    /** Serials quarantined so far, by table: what belongs to them is quarantined too. */
+    const held = new Map<string, Set<number>>();
+    const rctx: RestoreContext = { ...ctx, quarantined: (table, serial) => held.get(table)?.has(serial) === true };
     try {
       for (const r of this.registered) {
-        const gone: number[] = [];
+        const gone: string[] = [];
         discard.push(gone);
+        const codec = r.codec;
+        const unique = codec.uniqueColumns;
         // Pages of RESTORE_PAGE rows by serial (every spec's first column): `all()` is several times faster than `iterate()` per row.
-        const sel = db.prepare(`SELECT ${r.codec.columns.join(', ')} FROM ${r.codec.sqlTable} WHERE serial > ? ORDER BY serial LIMIT ${RESTORE_PAGE}`).raw();
-        for (let last = -1, page = sel.all(last) as unknown[][]; page.length > 0; page = sel.all(last) as unknown[][]) {
+        // The serial also comes as text, exact where a double is not (a hostile 2^63 - 1), to page on and to delete by.
+        const n = codec.columns.length;
+        const select = `SELECT ${codec.columns.join(', ')}, CAST(serial AS TEXT) FROM ${codec.sqlTable}`;
+        const first = db.prepare(`${select} ORDER BY serial LIMIT ${RESTORE_PAGE}`).raw();
+        const next = db.prepare(`${select} WHERE serial > CAST(? AS INTEGER) ORDER BY serial LIMIT ${RESTORE_PAGE}`).raw();
+        for (let page = first.all() as unknown[][]; page.length > 0; page = next.all(page[page.length - 1][n]) as unknown[][]) {
           for (const v of page) {
-            const [serial] = v;
-            const why = r.codec.restore(v, ctx);
-            if (why === undefined) restored++;
-            else if (why.kind === 'invalid') invalid.push({ r, serial, column: why.column, problem: why.problem });
-            else gone.push(serial as number);
+            let why = duplicateOf(unique, codec.columns, v, taken);
+            if (why === undefined) {
+              const rejected = codec.restore(v, rctx);
+              if (rejected === undefined) {
+                restored++;
+                for (const c of unique) taken.set(v[c] as number, codec.sqlTable);
+                continue;
+              }
+              if (rejected.kind !== 'invalid' && rejected.kind !== 'conflict') {
+                gone.push(v[n] as string);
+                continue;
+              }
+              why = rejected.column === '' ? rejected.problem : `${rejected.column}: ${rejected.problem}`;
+            }
+            quarantine.push({ table: codec.sqlTable, serial: v[n] as string, row: rowJson(codec.columns, v), reason: why });
+            if (typeof v[0] === 'number') {
+              if (!held.has(codec.sqlTable)) held.set(codec.sqlTable, new Set());
+              (held.get(codec.sqlTable) as Set<number>).add(v[0]);
+            }
           }
-          [last] = page[page.length - 1] as number[];
         }
-        r.codec.restored();
+        codec.restored();
       }
-      this.tx(() => {
-        this.registered.forEach((r, i) => { for (const serial of discard[i]) (r.remove as Database.Statement).run(serial); });
-      });
-      this.rejectInvalid(invalid);
     } catch (e) {
+      this.restoreFailed(e, restored);
+      return { restored, discarded: 0, quarantined: 0 };
+    }
+    const discarded = discard.reduce((a, d) => a + d.length, 0);
+    this.pendingQuarantine = quarantine;
+    try {
+      this.tx(() => {
+        this.registered.forEach((r, i) => {
+          const remove = db.prepare(`DELETE FROM ${r.codec.sqlTable} WHERE serial = CAST(? AS INTEGER)`);
+          for (const serial of discard[i]) remove.run(serial);
+        });
+        this.applyQuarantine();
+      });
+    } catch (e) {
+      // The rows stay where they are; the quarantine is written first by the next write that succeeds.
       this.fault('restore', e);
     }
-    const discarded = discard.reduce((a, d) => a + d.length, 0) + invalid.length;
     this.rowsRestored += restored;
     this.rowsDiscarded += discarded;
-    this.log.info('state restored', { path: this.cfg.path, restored, discarded, ms: Date.now() - t0 });
-    return { restored, discarded };
+    this.rowsQuarantined += quarantine.length;
+    this.log.info('state restored', { path: this.cfg.path, restored, discarded, quarantined: quarantine.length, ms: Date.now() - t0 });
+    if (quarantine.length > 0) this.reportQuarantine(quarantine);
+    return { restored, discarded, quarantined: quarantine.length };
+  }
+
+  /** One error line for the rows that could not be restored: how many, by table, the first reasons. */
+  private reportQuarantine(rows: readonly QuarantinedRow[]): void {
+    const byTable: Record<string, number> = {};
+    for (const x of rows) byTable[x.table] = (byTable[x.table] ?? 0) + 1;
+    this.log.error(`${rows.length} state database row${rows.length === 1 ? '' : 's'} could not be restored: kept in its quarantine table`, {
+      path: this.cfg.path, rows: rows.length, byTable,
+      first: rows.slice(0, 5).map((x) => `${x.table} serial ${x.serial}: ${x.reason}`),
+    });
+  }
+
+  /** Writes the quarantined rows and takes them out of their tables (inside a transaction); keeps at most QUARANTINE_MAX. */
+  private applyQuarantine(): void {
+    const rows = this.pendingQuarantine;
+    if (rows.length === 0) return;
+    const db = this.conn as Database.Database;
+    const add = db.prepare(`INSERT INTO ${QUARANTINE_TABLE} (quarantined_at, source, serial, reason, row) VALUES (?, ?, ?, ?, ?)`);
+    const at = this.now();
+    for (const x of rows) {
+      add.run(at, x.table, x.serial, x.reason, x.row);
+      db.prepare(`DELETE FROM ${x.table} WHERE serial = CAST(? AS INTEGER)`).run(x.serial);
+    }
+    db.prepare(`DELETE FROM ${QUARANTINE_TABLE} WHERE id <= (SELECT MAX(id) FROM ${QUARANTINE_TABLE}) - ${QUARANTINE_MAX}`).run();
+    this.pendingQuarantine = [];
   }
 
   /**
-   * Rows whose values cannot be right (a wrong type, a protocol or state that
-   * does not exist, a port out of range): logged with the column and the
-   * problem, then deleted like any discarded row.
+   * Reading the file failed part way: nothing of it may be overwritten. It
+   * is moved aside as it is (with its WAL), a new file takes what was read.
+   * If it cannot be moved, nothing is written to it.
    */
-  private rejectInvalid(rows: readonly InvalidRow[]): void {
-    if (rows.length === 0) return;
-    const byTable: Record<string, number> = {};
-    for (const x of rows) byTable[x.r.codec.sqlTable] = (byTable[x.r.codec.sqlTable] ?? 0) + 1;
-    this.log.error('state database rows that cannot be restored were discarded', {
-      path: this.cfg.path, rows: rows.length, byTable,
-      first: rows.slice(0, 5).map((x) => `${x.r.codec.sqlTable} serial ${String(x.serial)}: ${x.column}: ${x.problem}`),
-    });
-    this.tx(() => {
-      for (const x of rows) (x.r.remove as Database.Statement).run(x.serial);
-    });
+  private restoreFailed(e: unknown, restored: number): void {
+    this.closeQuiet();
+    const reason = `restore failed after ${restored} rows (${describeError(e)}); the file is kept as it was`;
+    if (!this.moveAside('unrestored', reason)) {
+      this.refused = `${reason}; it could not be moved aside, so nothing is written to it`;
+      this.healthy = false;
+      this.lastError = describeError(e);
+      this.lastErrorAt = this.now();
+      return;
+    }
+    this.rowsRestored += restored;
+    this.needsRewrite = true;
+    if (!this.tryOpen(false)) return;
   }
 
   // ---- journal listener ------------------------------------------------
@@ -242,6 +341,7 @@ export class Store implements JournalListener {
 
   /** Periodic work: file identity check, recovery, update flush, vacuum step. Never throws. */
   tick(maxUpdates = UPDATE_BATCH): void {
+    if (this.refused !== null) return;
     const now = this.now();
     if (this.conn !== null && now - this.lastFileCheck >= FILE_CHECK_MS) {
       this.lastFileCheck = now;
@@ -256,10 +356,14 @@ export class Store implements JournalListener {
       if (this.conn === null && !this.tryOpen(false)) return;
       const db = this.conn as Database.Database;
       if (this.needsRewrite) {
-        this.tx(() => this.rewriteAll());
+        this.tx(() => {
+          this.applyQuarantine();
+          this.rewriteAll();
+        });
         this.needsRewrite = false;
       } else {
         this.tx(() => {
+          this.applyQuarantine();
           this.applyQueue();
           this.applyUpdates(maxUpdates);
         });
@@ -291,8 +395,9 @@ export class Store implements JournalListener {
       for (const r of this.registered) pending += r.codec.liveCount();
     }
     return {
-      healthy: this.healthy, pendingWrites: pending, lastError: this.lastError, lastErrorAt: this.lastErrorAt,
-      rowsRestored: this.rowsRestored, rowsDiscarded: this.rowsDiscarded, movedAside: this.movedAside,
+      healthy: this.healthy, pendingWrites: pending + this.pendingQuarantine.length, lastError: this.lastError, lastErrorAt: this.lastErrorAt,
+      rowsRestored: this.rowsRestored, rowsDiscarded: this.rowsDiscarded, rowsQuarantined: this.rowsQuarantined,
+      movedAside: this.movedAside, movedAsideReason: this.movedAsideReason, refused: this.refused,
     };
   }
 
@@ -358,17 +463,31 @@ export class Store implements JournalListener {
     r.remove = db.prepare(`DELETE FROM ${c.sqlTable} WHERE serial = ?`);
   }
 
-  /** Opens the database; at start a corrupt file is moved aside. Returns whether the store is usable. */
+  /**
+   * Opens the database; at start a corrupt or foreign file is moved aside.
+   * A newer schema is refused (or moved aside when the daemon was told to).
+   * Returns whether the store is usable.
+   */
   private tryOpen(atStart: boolean): boolean {
+    if (this.refused !== null) return false;
     try {
       this.conn = this.openDb();
     } catch (e) {
-      if (classify(e) !== Fault.CORRUPT) {
+      const newer = errorCode(e) === SCHEMA_NEWER;
+      if (newer && this.newerSchema === 'refuse') {
+        this.refuse(e);
+        return false;
+      }
+      if (!newer && classify(e) !== Fault.CORRUPT) {
         this.fault('open', e);
         if (atStart) this.needsRewrite = true;
         return false;
       }
-      this.moveAside(e);
+      const kind = newer ? 'newer' : errorCode(e) === SCHEMA_MISMATCH ? 'wrong-schema' : 'corrupt';
+      if (!this.moveAside(kind, newer ? `${(e as Error).message}; moved aside as asked (--force-downgrade)` : describeError(e))) {
+        this.fault('open', e);
+        return false;
+      }
       try {
         this.conn = this.openDb();
       } catch (e2) {
@@ -384,18 +503,33 @@ export class Store implements JournalListener {
     return true;
   }
 
+  /** A newer vpnmasq's file: left exactly as it is, nothing written, not retried. */
+  private refuse(e: unknown): void {
+    this.refused = `${(e as Error).message}: the file is left untouched and nothing is persisted. ` +
+      'Start the newer vpnmasq again, or move the file away (vpnmasq run --force-downgrade does that) to start with an empty table';
+    this.healthy = false;
+    this.lastError = describeError(e);
+    this.lastErrorAt = this.now();
+    this.log.error('state database not used: it was written by a newer vpnmasq', { path: this.cfg.path, reason: this.refused });
+  }
+
   private openDb(): Database.Database {
     const file = this.cfg.path;
     fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o750 });
     const db = new Database(file, { timeout: BUSY_TIMEOUT_MS });
     try {
-      // auto_vacuum takes effect only before the file has content (ignored otherwise), so ahead of WAL.
-      db.pragma('auto_vacuum = INCREMENTAL');
+      // Read the version before anything writes to the file: a newer vpnmasq's file is not touched.
+      const version = db.pragma('user_version', { simple: true }) as number;
+      if (version > SCHEMA_VERSION) throw newerSchema(version);
+      // auto_vacuum takes effect only before the file has content, so ahead of WAL; on a file with content it would only rewrite the header.
+      if ((db.pragma('page_count', { simple: true }) as number) === 0) db.pragma('auto_vacuum = INCREMENTAL');
       db.pragma('journal_mode = WAL');
       migrate(db);
+      checkTables(db);
       if (db.pragma('quick_check', { simple: true }) !== 'ok') {
         throw Object.assign(new Error('quick_check failed'), { code: 'SQLITE_CORRUPT' });
       }
+      for (const sql of SIDE_TABLES) db.exec(sql);
       db.pragma(`synchronous = ${this.cfg.synchronous}`);
       db.pragma(`journal_size_limit = ${WAL_SIZE_LIMIT}`);
       return db;
@@ -405,18 +539,26 @@ export class Store implements JournalListener {
     }
   }
 
-  private moveAside(cause: unknown): void {
+  /**
+   * Renames the file (and its WAL and shared-memory files, which hold
+   * committed rows) to `<path>.<kind>-<timestamp>`; logs why. Returns
+   * whether it was moved.
+   */
+  private moveAside(kind: string, reason: string): boolean {
     const file = this.cfg.path;
-    const aside = `${file}.corrupt-${new Date(this.now()).toISOString().replace(/[:.]/g, '-')}`;
+    const aside = `${file}.${kind}-${new Date(this.now()).toISOString().replace(/[:.]/g, '-')}`;
     try {
       fs.renameSync(file, aside);
-      for (const ext of ['-wal', '-shm']) fs.rmSync(file + ext, { force: true });
+      for (const ext of ['-wal', '-shm']) {
+        if (fs.existsSync(file + ext)) fs.renameSync(file + ext, aside + ext);
+      }
       this.movedAside = aside;
-      this.log.error('state database is corrupt: moved it aside, starting with an empty table', {
-        path: file, movedTo: aside, error: describeError(cause),
-      });
+      this.movedAsideReason = reason;
+      this.log.error(`state database moved aside (${kind}), starting with a new file`, { path: file, movedTo: aside, reason });
+      return true;
     } catch (e) {
-      this.log.error('state database is corrupt and cannot be moved aside', { path: file, error: describeError(e) });
+      this.log.error(`state database (${kind}) cannot be moved aside`, { path: file, reason, error: describeError(e) });
+      return false;
     }
   }
 
@@ -456,7 +598,7 @@ export class Store implements JournalListener {
     if (this.qLen === QUEUE_MAX) this.needsRewrite = true;
     if (kind === Fault.CORRUPT && this.conn !== null) {
       this.closeQuiet();
-      this.moveAside(e);
+      this.moveAside('corrupt', msg);
       this.needsRewrite = true;
     } else if (kind === Fault.IO && where !== 'open') {
       // Part of the state may be missing (e.g. an earlier commit was lost with the file).
@@ -465,13 +607,16 @@ export class Store implements JournalListener {
   }
 }
 
+/** A file written by a newer vpnmasq (code SCHEMA_NEWER). */
+function newerSchema(version: number): Error {
+  return Object.assign(new Error(`schema version ${version} is newer than this vpnmasq's (${SCHEMA_VERSION})`), { code: SCHEMA_NEWER });
+}
+
 /** Creates the schema in an empty database or migrates an older one forward. */
 export function migrate(db: Database.Database): void {
   const version = db.pragma('user_version', { simple: true }) as number;
   if (version === SCHEMA_VERSION) return;
-  if (version > SCHEMA_VERSION) {
-    throw Object.assign(new Error(`schema version ${version} is newer than this vpnmasq (${SCHEMA_VERSION})`), { code: 'SQLITE_NOTADB' });
-  }
+  if (version > SCHEMA_VERSION) throw newerSchema(version);
   if (version === 0) {
     db.transaction(() => {
       for (const sql of CREATE_STATEMENTS) db.exec(sql);
@@ -485,4 +630,45 @@ export function migrate(db: Database.Database): void {
       db.pragma(`user_version = ${v + 1}`);
     }).immediate();
   }
+}
+
+/**
+ * A file at the current version must have this vpnmasq's tables with their
+ * columns (another program's database, or one edited by hand, may not):
+ * throws SCHEMA_MISMATCH saying what differs.
+ */
+export function checkTables(db: Database.Database): void {
+  const problems: string[] = [];
+  for (const spec of TABLES) {
+    const have = (db.prepare(`PRAGMA table_info(${spec.sqlTable})`).all() as Array<{ name: string }>).map((c) => c.name);
+    const want = columnNames(spec);
+    if (have.length === 0) { problems.push(`table ${spec.sqlTable} is missing`); continue; }
+    const missing = want.filter((c) => !have.includes(c));
+    const extra = have.filter((c) => !want.includes(c));
+    if (missing.length > 0) problems.push(`table ${spec.sqlTable} lacks column${missing.length > 1 ? 's' : ''} ${missing.join(', ')}`);
+    if (extra.length > 0) problems.push(`table ${spec.sqlTable} has unknown column${extra.length > 1 ? 's' : ''} ${extra.join(', ')}`);
+  }
+  if (problems.length > 0) {
+    throw Object.assign(new Error(`schema version ${SCHEMA_VERSION} but not this vpnmasq's tables: ${problems.join('; ')}`), { code: SCHEMA_MISMATCH });
+  }
+}
+
+/** A row whose `unique` column (its id) a row of this or another table already holds: why, or undefined. */
+function duplicateOf(unique: readonly number[], columns: readonly string[], v: readonly unknown[], taken: ReadonlyMap<number, string>): string | undefined {
+  for (const c of unique) {
+    const holder = taken.get(v[c] as number);
+    if (holder !== undefined) return `${columns[c]}: ${String(v[c])} is already the id of a restored ${holder} row`;
+  }
+  return undefined;
+}
+
+/** The stored values of a row by column, as JSON (blobs as hex, big integers as strings). */
+function rowJson(columns: readonly string[], v: readonly unknown[]): string {
+  const o: Record<string, unknown> = {};
+  columns.forEach((c, i) => {
+    const x = v[i];
+    o[c] = x instanceof Uint8Array ? { blob: Buffer.from(x).toString('hex') } : typeof x === 'bigint' ? x.toString()
+      : typeof x === 'number' && !Number.isFinite(x) ? String(x) : x;
+  });
+  return JSON.stringify(o);
 }

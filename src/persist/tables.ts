@@ -10,26 +10,37 @@
  * pending ESP entry whose deadline passed is dropped). A PPTP call refers to
  * its control connection by the session's serial; its deadline is Infinity
  * while that connection holds it.
+ *
+ * What a row must be to be restored is declared here with its columns: ids
+ * in the safe range and unique across the tables, LAN hosts inside the
+ * configured LAN prefixes, known protocols and states, ports and Call IDs in
+ * range, deadlines no timer exceeds, SPIs a real SA can have.
  */
 import { PROTO_ICMP, PROTO_TCP, PROTO_UDP } from '../wire/ipv4';
+import { ESP_SPI_RESERVED_MAX } from '../wire/esp';
 import { SessionTable, TABLE_SESSIONS } from '../nat/sessions';
 import { ESP_ESTABLISHED, ESP_PENDING, ESP_SQUELCHED, IpsecMasq, TABLE_ESP, TABLE_ISAKMP } from '../helpers/ipsec/ipsec';
 import { CALL_CLEARING, CALL_CONFIRMED, CALL_REQUESTED, PptpCalls, ROLE_PAC, ROLE_PNS, TABLE_GRE_CALLS } from '../helpers/pptp/calls';
-import { ColumnDef, defineTable, FLAG, INT32, inRange, NON_NEGATIVE, oneOf, PORT, SERIAL, TableCodec, UINT8 } from './columns';
+import {
+  ColumnDef, DEADLINE, defineTable, FLAG, INT32, inRange, LAN_HOST, NON_NEGATIVE, NON_NEGATIVE_INT32, oneOf, ORPHAN, PORT, PUBLIC_PORT, SERIAL,
+  TableCodec, UINT8,
+} from './columns';
 
 const NO_CALL_ID = -1;
+/** A call whose control connection's row was quarantined goes with it (an expired one is dropped). */
+const CONTROL_QUARANTINED = -2;
 
 export const SESSIONS = defineTable<SessionTable>()({
   sqlTable: 'sessions',
   journalTable: TABLE_SESSIONS,
   columns: {
-    serial: { type: 'INTEGER', array: (t) => t.sSerial, check: SERIAL },
+    serial: { type: 'INTEGER', array: (t) => t.sSerial, check: SERIAL, unique: true },
     proto: { type: 'INTEGER', get: (t, s) => t.protoOf(s), check: oneOf({ tcp: PROTO_TCP, udp: PROTO_UDP, icmp: PROTO_ICMP }) },
-    lan: { type: 'INTEGER', get: (t, s) => t.lanOf(s), check: INT32 },
+    lan: { type: 'INTEGER', get: (t, s) => t.lanOf(s), check: LAN_HOST },
     lan_port: { type: 'INTEGER', get: (t, s) => t.lanPortOf(s), check: PORT },
     // The mapping's public address (paired pooling); a moved row is rewritten with the one it moved to.
     pub_addr: { type: 'INTEGER', get: (t, s) => t.pubAddrOf(s), update: true, check: INT32 },
-    pub_port: { type: 'INTEGER', get: (t, s) => t.pubPortOf(s), check: PORT },
+    pub_port: { type: 'INTEGER', get: (t, s) => t.pubPortOf(s), check: PUBLIC_PORT },
     rem: { type: 'INTEGER', get: (t, s) => t.remOf(s), check: INT32 },
     rem_port: { type: 'INTEGER', get: (t, s) => t.remPortOf(s), check: PORT },
     state: { type: 'INTEGER', get: (t, s) => t.stateOf(s), update: true, check: UINT8 },
@@ -37,7 +48,7 @@ export const SESSIONS = defineTable<SessionTable>()({
     // Every packet of the flow moves its deadline (ms): that is what makes a row dirty. last_seen is kept in
     // whole seconds, so it alone would miss the packets of the second the row was written in (the first reply).
     last_seen: { type: 'REAL', get: (t, s) => t.lastSeenOf(s), set: (t, s, v) => t.setLastSeen(s, v), assign: true, update: true },
-    expires: { type: 'REAL', get: (t, s) => t.expiresOf(s), update: true, watch: true },
+    expires: { type: 'REAL', get: (t, s) => t.expiresOf(s), update: true, watch: true, check: DEADLINE },
     pkts_out: { type: 'REAL', get: (t, s) => t.pktsOut(s), set: (t, s, v) => t.setPktsOut(s, v), assign: true, update: true, default: 0, check: NON_NEGATIVE },
     pkts_in: { type: 'REAL', get: (t, s) => t.pktsIn(s), set: (t, s, v) => t.setPktsIn(s, v), assign: true, update: true, default: 0, check: NON_NEGATIVE },
     bytes_out: { type: 'REAL', get: (t, s) => t.bytesOut(s), set: (t, s, v) => t.setBytesOut(s, v), assign: true, update: true, default: 0, check: NON_NEGATIVE },
@@ -53,6 +64,11 @@ export const SESSIONS = defineTable<SessionTable>()({
     return t.restoreSession(r.proto, r.lan, r.lan_port, at >= 0 ? at : t.hosts.addressOf(r.lan), r.pub_port, r.rem, r.rem_port,
       r.created, r.state, r.expires, r.serial);
   },
+  conflicts: {
+    [-1]: 'the session table is full (limits.maxSessions)',
+    [-2]: 'its public port is mapped to another LAN endpoint, or its LAN endpoint to another public port',
+    [-3]: 'a session with the same mapping and remote endpoint was restored already',
+  },
 });
 
 /**
@@ -62,8 +78,8 @@ export const SESSIONS = defineTable<SessionTable>()({
 function vpnEntry<T extends { readonly t: SessionTable }>(serial: (x: T) => Float64Array, lan: (x: T) => Int32Array,
   rem: (x: T) => Int32Array): Record<'serial' | 'lan' | 'rem' | 'pub_addr', ColumnDef<T>> {
   return {
-    serial: { type: 'INTEGER', array: serial, check: SERIAL },
-    lan: { type: 'INTEGER', array: lan, check: INT32 },
+    serial: { type: 'INTEGER', array: serial, check: SERIAL, unique: true },
+    lan: { type: 'INTEGER', array: lan, check: LAN_HOST },
     rem: { type: 'INTEGER', array: rem, check: INT32 },
     // The LAN host's public address (paired pooling).
     pub_addr: { type: 'INTEGER', get: (x, i) => x.t.addressOfHost(lan(x)[i]), update: true, check: INT32 },
@@ -85,7 +101,7 @@ export const ISAKMP = defineTable<IpsecTables>()({
     rcookie1: { type: 'INTEGER', array: (x) => x.m.kRc1, update: true, check: INT32 },
     has_rcookie: { type: 'INTEGER', array: (x) => x.m.kHasRc, update: true, watch: true, check: FLAG },
     server: { type: 'INTEGER', array: (x) => x.m.kServer, update: true, watch: true, check: FLAG },
-    expires: { type: 'REAL', array: (x) => x.m.kExpires, update: true, watch: true },
+    expires: { type: 'REAL', array: (x) => x.m.kExpires, update: true, watch: true, check: DEADLINE },
   },
   capacity: (x) => x.m.opts.capacity,
   count: (x) => x.m.isakmpCount,
@@ -107,15 +123,19 @@ export const ESP = defineTable<IpsecTables>()({
       check: oneOf({ pending: ESP_PENDING, established: ESP_ESTABLISHED, squelched: ESP_SQUELCHED }),
     },
     blocking: { type: 'INTEGER', array: (x) => x.m.eBlocking, update: true, check: FLAG },
-    retries: { type: 'INTEGER', array: (x) => x.m.eRetries, update: true, check: NON_NEGATIVE },
+    retries: { type: 'INTEGER', array: (x) => x.m.eRetries, update: true, check: NON_NEGATIVE_INT32 },
     created: { type: 'REAL', array: (x) => x.m.eCreated },
-    expires: { type: 'REAL', array: (x) => x.m.eExpires, update: true, watch: true },
+    expires: { type: 'REAL', array: (x) => x.m.eExpires, update: true, watch: true, check: DEADLINE },
     pkts_out: { type: 'REAL', array: (x) => x.m.ePktsOut, assign: true, update: true, check: NON_NEGATIVE },
     pkts_in: { type: 'REAL', array: (x) => x.m.ePktsIn, assign: true, update: true, check: NON_NEGATIVE },
   },
   capacity: (x) => x.m.opts.capacity,
   count: (x) => x.m.espCountByState[ESP_PENDING] + x.m.espCountByState[ESP_ESTABLISHED] + x.m.espCountByState[ESP_SQUELCHED],
   inUse: (x) => x.m.eInUse,
+  // SPI 0 means no SA (RFC 4303 §2.1): outbound ESP with it is dropped; inbound the reserved 1-255 are too, so no established entry has one.
+  rowCheck: (r) => (r.out_spi === 0 ? 'out_spi 0 is not an SPI an SA can have'
+    : r.state === ESP_ESTABLISHED && isReservedSpi(r.in_spi) ? `in_spi ${hexSpi(r.in_spi)} of an established entry is a reserved SPI`
+      : undefined),
   restore: (x, r) => x.m.restoreEsp(r.lan, r.rem, r.out_spi, r.in_spi, r.state, r.blocking === 1, r.retries, r.created, r.expires, r.serial),
 });
 
@@ -138,7 +158,8 @@ export const GRE_CALLS = defineTable<CallTables>()({
   columns: {
     ...vpnEntry<CallTables>((x) => x.g.serial, (x) => x.g.lan, (x) => x.g.rem),
     lan_call_id: { type: 'INTEGER', array: (x) => x.g.lanId, check: PORT },
-    pub_call_id: { type: 'INTEGER', array: (x) => x.g.pubId, check: PORT },
+    // 0 is never handed out (PptpCalls.create).
+    pub_call_id: { type: 'INTEGER', array: (x) => x.g.pubId, check: inRange(1, 65535) },
     // -1 until the remote's Call ID is learnt.
     rem_call_id: { type: 'INTEGER', array: (x) => x.g.remId, update: true, watch: true, check: inRange(NO_CALL_ID, 65535) },
     role: { type: 'INTEGER', array: (x) => x.g.role, check: oneOf({ pns: ROLE_PNS, pac: ROLE_PAC }) },
@@ -146,8 +167,8 @@ export const GRE_CALLS = defineTable<CallTables>()({
       type: 'INTEGER', array: (x) => x.g.state, update: true,
       check: oneOf({ requested: CALL_REQUESTED, confirmed: CALL_CONFIRMED, clearing: CALL_CLEARING }),
     },
-    ctl_serial: { type: 'REAL', array: (x) => x.g.ctlSerial, check: NON_NEGATIVE },
-    expires: { type: 'REAL', array: (x) => x.g.expires, update: true, watch: true, infinite: true },
+    ctl_serial: { type: 'REAL', array: (x) => x.g.ctlSerial, check: SERIAL },
+    expires: { type: 'REAL', array: (x) => x.g.expires, update: true, watch: true, infinite: true, check: DEADLINE },
     last_seen: { type: 'REAL', array: (x) => x.g.lastSeen, update: true, watch: true },
     pkts_out: { type: 'REAL', array: (x) => x.g.pktsOut, assign: true, update: true, check: NON_NEGATIVE },
     pkts_in: { type: 'REAL', array: (x) => x.g.pktsIn, assign: true, update: true, check: NON_NEGATIVE },
@@ -155,19 +176,26 @@ export const GRE_CALLS = defineTable<CallTables>()({
   capacity: (x) => x.g.capacity,
   count: (x) => x.g.count,
   inUse: (x) => x.g.inUse,
-  restore: (x, r) => {
+  restore: (x, r, ctx) => {
     if (x.ctlBySerial === null) {
       const bySerial = new Map<number, number>();
       x.t.forEachSession((s) => bySerial.set(x.t.sSerial[s], s));
       x.ctlBySerial = bySerial;
     }
     const ctl = x.ctlBySerial.get(r.ctl_serial);
-    if (ctl === undefined && r.state !== CALL_CLEARING) return -1;
+    if (ctl === undefined && r.state !== CALL_CLEARING) return ctx.quarantined?.(SESSIONS.sqlTable, r.ctl_serial) ? CONTROL_QUARANTINED : ORPHAN;
     return x.g.restore(r.lan, r.rem, r.lan_call_id, r.pub_call_id, r.rem_call_id, r.role, r.state, r.expires, ctl ?? 0, r.ctl_serial,
       r.serial, r.last_seen);
   },
   restored: (x) => { x.ctlBySerial = null; },
+  conflicts: { [CONTROL_QUARANTINED]: 'its control connection (a sessions row) was quarantined' },
 });
+
+function isReservedSpi(spi: number): boolean {
+  return (spi >>> 0) <= ESP_SPI_RESERVED_MAX;
+}
+
+const hexSpi = (spi: number): string => `0x${(spi >>> 0).toString(16).padStart(8, '0')}`;
 
 /** Every persisted table, in restore order: a PPTP call refers to its control connection's session. */
 export const TABLES = [SESSIONS, ISAKMP, ESP, GRE_CALLS] as const;

@@ -7,7 +7,7 @@
  * the VPN keys --spi, --cookie, --call-id, matched against the row's `vpn`
  * detail (fields whose names contain "spi", "cookie" or "callid").
  */
-import { ConnRow } from './rows';
+import { ConnRow, ROW_STATES } from './rows';
 import { Cidr, cidrContains, ipv4ToNumber, parseCidr } from '../core/ipv4-addr';
 
 /** A filter as sent over the control socket (every field optional, all must match). */
@@ -39,10 +39,19 @@ export type SortKey = (typeof SORT_KEYS)[number];
 /** Thrown for a filter or sort key that cannot be understood (a usage error). */
 export class FilterError extends Error {}
 
+/** Longest piece of a value quoted back in an error. */
+const SHOWN_CHARS = 64;
+
+/** `v` quoted for an error message, cut to SHOWN_CHARS (an argument may be any size). */
+export function shown(v: unknown): string {
+  const t = String(v);
+  return t.length <= SHOWN_CHARS ? JSON.stringify(t) : `${JSON.stringify(t.slice(0, SHOWN_CHARS))}... (${t.length} characters)`;
+}
+
 /** Row with an optional VPN detail (ISAKMP cookies, ESP SPIs, PPTP Call IDs). */
 export type AnyConnRow = ConnRow & { proto: string; vpn?: Record<string, string | number | null> };
 
-type Pred = (r: AnyConnRow) => boolean;
+export type Pred = (r: AnyConnRow) => boolean;
 
 /** Address or CIDR matcher: "10.77.0.11" or "10.77.0.0/24". */
 function addrMatcher(name: string, text: string): (addr: string) => boolean {
@@ -50,7 +59,7 @@ function addrMatcher(name: string, text: string): (addr: string) => boolean {
   try {
     cidr = parseCidr(text);
   } catch {
-    throw new FilterError(`${name}: not an IPv4 address or prefix: "${text}"`);
+    throw new FilterError(`${name}: not an IPv4 address or prefix: ${shown(text)}`);
   }
   return (a) => cidrContains(cidr, a);
 }
@@ -65,21 +74,31 @@ function endpointMatcher(name: string, text: string): (e: { addr: string; port: 
 
 export function portNumber(name: string, v: unknown): number {
   const n = typeof v === 'number' ? v : /^\d+$/.test(String(v)) ? Number(v) : NaN;
-  if (!Number.isInteger(n) || n < 0 || n > 65535) throw new FilterError(`${name}: not a port number: "${String(v)}"`);
+  if (!Number.isInteger(n) || n < 0 || n > 65535) throw new FilterError(`${name}: not a port number: ${shown(v)}`);
   return n;
 }
 
-/** A number written in hex (with or without 0x), as SPIs and cookies are shown. */
-function hexValue(name: string, text: string): bigint {
+/** A number of at most `bits` written in hex (with or without 0x), as SPIs (32 bits, RFC 4303 section 2.1) and cookies (64) are shown. */
+function hexValue(name: string, text: string, bits: 32 | 64): bigint {
   const t = text.toLowerCase().replace(/^0x/, '');
-  if (!/^[0-9a-f]{1,16}$/.test(t)) throw new FilterError(`${name}: not a hex number: "${text}"`);
-  return BigInt(`0x${t}`);
+  if (!/^[0-9a-f]+$/.test(t)) throw new FilterError(`${name}: not a hex number: ${shown(text)}`);
+  const v = BigInt(`0x${t}`);
+  if (v >> BigInt(bits) !== 0n) throw new FilterError(`${name}: ${shown(text)} is out of range (0 to 0x${'f'.repeat(bits / 4)})`);
+  return v;
+}
+
+/** A state some protocol's rows show (of `proto`'s rows when it is given), upper-cased. */
+function stateValue(text: string, proto: string | undefined): string {
+  const s = text.toUpperCase();
+  const known = proto === undefined ? [...new Set(Object.values(ROW_STATES).flat())] : ROW_STATES[proto];
+  if (!known.includes(s)) throw new FilterError(`state: unknown ${proto === undefined ? '' : `${proto} `}state ${shown(text)} (one of ${known.join(', ')})`);
+  return s;
 }
 
 function callIdValue(text: string): bigint {
   if (/^0x[0-9a-f]{1,4}$/i.test(text)) return BigInt(text);
   if (/^\d+$/.test(text) && Number(text) <= 65535) return BigInt(text);
-  throw new FilterError(`call-id: not a Call ID (0-65535 or 0x hex): "${text}"`);
+  throw new FilterError(`call-id: not a Call ID (0-65535 or 0x hex): ${shown(text)}`);
 }
 
 /** Matches any `vpn` field whose lower-cased name contains `part`; string values are hex, numbers as is. */
@@ -100,10 +119,12 @@ function vpnMatcher(part: string, want: bigint): Pred {
 export function compileFilter(f: ConnFilter | undefined): Pred {
   const preds: Pred[] = [];
   if (f) {
-    for (const k of Object.keys(f)) if (!FILTER_KEYS.includes(k as keyof ConnFilter)) throw new FilterError(`unknown filter "${k}"`);
+    for (const k of Object.keys(f)) if (!FILTER_KEYS.includes(k as keyof ConnFilter)) throw new FilterError(`unknown filter ${shown(k)}`);
+    let proto: string | undefined;
     if (f.proto !== undefined) {
       const p = PROTO_NUMBERS[String(f.proto)] ?? String(f.proto).toLowerCase();
-      if (!(PROTOCOLS as readonly string[]).includes(p)) throw new FilterError(`proto: unknown protocol "${f.proto}" (one of ${PROTOCOLS.join(', ')})`);
+      proto = p;
+      if (!(PROTOCOLS as readonly string[]).includes(p)) throw new FilterError(`proto: unknown protocol ${shown(f.proto)} (one of ${PROTOCOLS.join(', ')})`);
       preds.push((r) => r.proto === p);
     }
     if (f.src !== undefined) { const m = endpointMatcher('src', f.src); preds.push((r) => m(r.lan)); }
@@ -113,9 +134,9 @@ export function compileFilter(f: ConnFilter | undefined): Pred {
     if (f.sport !== undefined) { const p = portNumber('sport', f.sport); preds.push((r) => r.lan.port === p); }
     if (f.dport !== undefined) { const p = portNumber('dport', f.dport); preds.push((r) => r.remote.port === p); }
     if (f.publicPort !== undefined) { const p = portNumber('public-port', f.publicPort); preds.push((r) => r.public.port === p); }
-    if (f.state !== undefined) { const s = String(f.state).toUpperCase(); preds.push((r) => r.state.toUpperCase() === s); }
-    if (f.spi !== undefined) preds.push(vpnMatcher('spi', hexValue('spi', String(f.spi))));
-    if (f.cookie !== undefined) preds.push(vpnMatcher('cookie', hexValue('cookie', String(f.cookie))));
+    if (f.state !== undefined) { const s = stateValue(String(f.state), proto); preds.push((r) => r.state.toUpperCase() === s); }
+    if (f.spi !== undefined) preds.push(vpnMatcher('spi', hexValue('spi', String(f.spi), 32)));
+    if (f.cookie !== undefined) preds.push(vpnMatcher('cookie', hexValue('cookie', String(f.cookie), 64)));
     if (f.callId !== undefined) preds.push(vpnMatcher('callid', callIdValue(String(f.callId))));
   }
   return (r) => {
@@ -145,7 +166,7 @@ const SORT_VALUE: Record<SortKey, (r: AnyConnRow) => number | string> = {
 
 /** Comparator for a sort key; ties broken by id so the order is stable. */
 export function comparator(key: string, reverse = false): (a: AnyConnRow, b: AnyConnRow) => number {
-  if (!(SORT_KEYS as readonly string[]).includes(key)) throw new FilterError(`sort: unknown key "${key}" (one of ${SORT_KEYS.join(', ')})`);
+  if (!(SORT_KEYS as readonly string[]).includes(key)) throw new FilterError(`sort: unknown key ${shown(key)} (one of ${SORT_KEYS.join(', ')})`);
   const v = SORT_VALUE[key as SortKey];
   const sign = reverse ? -1 : 1;
   return (a, b) => {
@@ -165,14 +186,14 @@ export interface ListQuery {
 /** A connection id as typed or sent: a positive whole number. */
 export function parseConnId(v: unknown): number {
   const n = typeof v === 'number' ? v : /^\d+$/.test(String(v)) ? Number(v) : NaN;
-  if (!Number.isSafeInteger(n) || n <= 0) throw new FilterError(`not a connection id: "${String(v)}"`);
+  if (!Number.isSafeInteger(n) || n <= 0) throw new FilterError(`not a connection id: ${shown(v)}`);
   return n;
 }
 
 /** A row limit as typed or sent: a whole number, 0 or more. */
 export function parseLimit(v: unknown): number {
   const n = typeof v === 'number' ? v : /^\d+$/.test(String(v)) ? Number(v) : NaN;
-  if (!Number.isSafeInteger(n) || n < 0) throw new FilterError(`limit: not a whole number: "${String(v)}"`);
+  if (!Number.isSafeInteger(n) || n < 0) throw new FilterError(`limit: not a whole number: ${shown(v)}`);
   return n;
 }
 
@@ -184,16 +205,27 @@ export function checkQuery(q: ListQuery): void {
   if (q.limit !== undefined) parseLimit(q.limit);
 }
 
+/** A checked query, compiled once: what `queryRows` runs here and the daemon runs in slices. */
+export interface QueryPlan {
+  match: Pred;
+  /** null: rows stream in table order. */
+  compare: ((a: AnyConnRow, b: AnyConnRow) => number) | null;
+  limit: number;
+}
+
+export function planQuery(q: ListQuery): QueryPlan {
+  checkQuery(q);
+  return { match: compileFilter(q.filter), compare: q.sort === undefined ? null : comparator(q.sort, q.reverse), limit: q.limit ?? Infinity };
+}
+
 /**
  * Applies filter, sort and limit to a row stream. Without a sort the rows
  * stream through one at a time; a sort has to hold the matching rows.
  */
 export function* queryRows(rows: Iterable<AnyConnRow>, q: ListQuery): Generator<AnyConnRow> {
-  checkQuery(q);
-  const match = compileFilter(q.filter);
-  const limit = q.limit ?? Infinity;
+  const { match, compare, limit } = planQuery(q);
   let n = 0;
-  if (q.sort === undefined) {
+  if (compare === null) {
     if (limit === 0) return;
     for (const r of rows) {
       if (!match(r)) continue;
@@ -202,9 +234,8 @@ export function* queryRows(rows: Iterable<AnyConnRow>, q: ListQuery): Generator<
     }
     return;
   }
-  const cmp = comparator(q.sort, q.reverse);
   const kept: AnyConnRow[] = [];
   for (const r of rows) if (match(r)) kept.push(r);
-  kept.sort(cmp);
+  kept.sort(compare);
   yield* kept.slice(0, limit);
 }

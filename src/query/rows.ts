@@ -7,7 +7,7 @@
 import { PROTO_ICMP, PROTO_TCP, PROTO_UDP } from '../wire/ipv4';
 import { ISAKMP_PORT } from '../wire/isakmp';
 import { SessionTable, TABLE_SESSIONS } from '../nat/sessions';
-import { tcpStateName } from '../nat/tcp-tracker';
+import { TCP_STATE_NAMES, tcpStateName } from '../nat/tcp-tracker';
 import { int32ToIpv4 } from '../core/ipv4-addr';
 import { ESP_ESTABLISHED, ESP_FREE, ESP_PENDING, ESP_STATE_NAMES, IpsecMasq, TABLE_ESP, TABLE_ISAKMP } from '../helpers/ipsec/ipsec';
 import { hex32, hex64 } from '../helpers/ipsec/events';
@@ -33,6 +33,20 @@ export interface ConnRow {
   vpn?: Record<string, string | number | null>;
 }
 
+/** States of rows that only know whether the remote answered (UDP, ICMP, ISAKMP). */
+const REPLY_STATES = ['UNREPLIED', 'REPLIED'] as const;
+const CALL_STATES = ['REQUESTED', 'CONFIRMED', 'CLEARING'] as const;
+
+/** Every state a row of each protocol can show: what `--state` accepts. */
+export const ROW_STATES: Readonly<Record<string, readonly string[]>> = {
+  tcp: TCP_STATE_NAMES,
+  udp: REPLY_STATES,
+  icmp: REPLY_STATES,
+  isakmp: REPLY_STATES,
+  esp: ESP_STATE_NAMES.filter((_, i) => i !== ESP_FREE).map((n) => n.toUpperCase()),
+  gre: CALL_STATES,
+};
+
 /** Every table a row can come from. */
 export interface ConnTables {
   sessions: SessionTable;
@@ -50,7 +64,7 @@ export function sessionRow(t: SessionTable, s: number, now: number): ConnRow {
     lan: { addr: int32ToIpv4(t.lanOf(s)), port: t.lanPortOf(s) },
     public: { addr: int32ToIpv4(t.pubAddrOf(s)), port: t.pubPortOf(s) },
     remote: { addr: int32ToIpv4(t.remOf(s)), port: t.remPortOf(s) },
-    state: proto === 'tcp' ? tcpStateName(t.stateOf(s)) : t.pktsIn(s) > 0 ? 'REPLIED' : 'UNREPLIED',
+    state: proto === 'tcp' ? tcpStateName(t.stateOf(s)) : REPLY_STATES[t.pktsIn(s) > 0 ? 1 : 0],
     idleSeconds: Math.max(0, Math.round((now - t.lastSeenOf(s)) / 1000)),
     expiresInSeconds: Math.max(0, Math.round((t.expiresOf(s) - now) / 1000)),
     packets: { out: t.pktsOut(s), in: t.pktsIn(s) },
@@ -75,7 +89,7 @@ export function isakmpRow(m: IpsecMasq, k: number, now: number, publicOf: (lan: 
     id: m.kSerial[k], proto: 'isakmp',
     lan: { addr: int32ToIpv4(m.kLan[k]), port: ISAKMP_PORT }, public: { addr: int32ToIpv4(publicOf(m.kLan[k])), port: ISAKMP_PORT },
     remote: { addr: int32ToIpv4(m.kRem[k]), port: ISAKMP_PORT },
-    state: has ? 'REPLIED' : 'UNREPLIED',
+    state: REPLY_STATES[has ? 1 : 0],
     ...timing(now, m.kExpires[k], m.opts.lifetimeMs),
     packets: { out: m.kPktsOut[k], in: m.kPktsIn[k] }, bytes: { out: 0, in: 0 },
     vpn: { icookie: hex64(m.kIc0[k], m.kIc1[k]), rcookie: has ? hex64(m.kRc0[k], m.kRc1[k]) : null },
@@ -111,7 +125,7 @@ export function callRow(g: PptpCalls, c: number, now: number, publicOf: (lan: nu
     lan: { addr: int32ToIpv4(g.lan[c]), port: 0 },
     public: { addr: int32ToIpv4(publicOf(g.lan[c])), port: 0 },
     remote: { addr: int32ToIpv4(g.rem[c]), port: 0 },
-    state: st === CALL_REQUESTED ? 'REQUESTED' : st === CALL_CONFIRMED ? 'CONFIRMED' : 'CLEARING',
+    state: CALL_STATES[st === CALL_REQUESTED ? 0 : st === CALL_CONFIRMED ? 1 : 2],
     idleSeconds: Math.max(0, Math.round((now - g.lastSeen[c]) / 1000)),
     expiresInSeconds: g.expires[c] === Infinity ? -1 : Math.max(0, Math.round((g.expires[c] - now) / 1000)),
     packets: { out: g.pktsOut[c], in: g.pktsIn[c] },

@@ -22,9 +22,13 @@ export interface StoredConns {
   close(): void;
 }
 
-/** Opens the database read-only; throws when it cannot be read or has another schema version. */
-export function openReadOnly(file: string): StoredConns {
-  const reader = openStateReader(file);
+/**
+ * Opens the database read-only; throws when it cannot be read or has another
+ * schema version. With the LAN prefixes ([network, mask] int32 pairs) rows
+ * the daemon would quarantine are left out too.
+ */
+export function openReadOnly(file: string, lanPrefixes: ReadonlyArray<readonly [number, number]> | null = null): StoredConns {
+  const reader = openStateReader(file, lanPrefixes);
   return {
     *iterate(now = Date.now()) {
       for (const r of reader.rows(SESSIONS)) if (r.expires > now) yield storedRow(r, now);

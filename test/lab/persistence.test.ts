@@ -14,6 +14,7 @@
  * same public ports, SPIs and Call IDs, and tcpdump on every WAN host must
  * show no reset and no ICMP error from the box, and no private source
  * address, while the daemon is down. Each test has its own lab and daemons.
+ * A hostile row among good ones is quarantined while the good ones come back.
  */
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -26,6 +27,7 @@ import { requireRoot, createLab, Lab, TestOwner } from './lab';
 import { CLI, peer, peerServer, PEER, PPTP_HOST, RouterHandle, startRouter } from './router-harness';
 import { Charon, initiate, requireCharon, listSas, PROTECTED_HOST, startClient, startServer } from './charon';
 import { capture, Capture, isPrivateSource, leaks } from './capture';
+import Database from 'better-sqlite3';
 
 requireRoot();
 requireCharon();
@@ -365,5 +367,61 @@ describe('persisted connection table: write-ahead and a full disk', () => {
     assert.equal(st.healthy, true, 'writes resumed');
     assert.equal(st.pendingWrites, 0);
     assert.equal(await router.stop(), 0);
+  });
+
+  it('a bad row among 100 good ones: 100 restored and still mapped on the wire, 1 quarantined, status says so', async (t) => {
+    const c = await newCase(t, 'shared', 1);
+    const { lab, dir } = c;
+    const start = (extra: Record<string, unknown>) => startRouter(lab, { ...c.config, ...extra }, { owner: t });
+    let router = await start({ state: { path: path.join(dir, 'hostile.db'), flushIntervalMs: 200 } });
+    // 100 UDP flows from one LAN host, source ports 21000-21099; the WAN host reports each datagram's source.
+    const srv = await peerServer(lab, lab.ns.wan[0], ['udp-server', '--port', '7104', '--count', '101', '--timeout', '30']);
+    const send = (ports: string): Promise<unknown> => lab.exec(lab.ns.lan[0], ['python3', '-c',
+      'import socket,sys\nfor p in sys.argv[2].split(","):\n s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n' +
+      ' s.bind(("0.0.0.0",int(p)))\n s.sendto(b"x"*32,(sys.argv[1],7104))\n s.close()', lab.addr.wan[0], ports]);
+    await send(Array.from({ length: 100 }, (_, i) => String(21000 + i)).join(','));
+    const deadline = Date.now() + 10000;
+    let before: Array<Record<string, any>> = [];
+    while (Date.now() < deadline) {
+      before = (await router.conns()).filter((r) => r.proto === 'udp' && r.remote.port === 7104);
+      if (before.length === 100) break;
+      await sleep(100);
+    }
+    assert.equal(before.length, 100, 'all 100 flows mapped');
+    assert.equal(await router.stop(), 0);
+    // One more row that cannot be right (protocol 99), next to the good ones.
+    const file = path.join(dir, 'hostile.db');
+    const db = new Database(file);
+    db.exec(`INSERT INTO sessions SELECT serial + 1000, 99, lan, 21500, pub_addr, 21500, rem, rem_port, state, created, last_seen, expires,
+      pkts_out, pkts_in, bytes_out, bytes_in FROM sessions ORDER BY serial LIMIT 1`);
+    db.close();
+
+    router = await start({ state: { path: file, flushIntervalMs: 200 } });
+    const st = await dbState(router);
+    assert.equal(st.rowsRestored, 100);
+    assert.equal(st.rowsQuarantined, 1);
+    const after = (await router.conns()).filter((r) => r.proto === 'udp' && r.remote.port === 7104);
+    assert.deepEqual(after.map((r) => [r.id, r.public.port]).sort(), before.map((r) => [r.id, r.public.port]).sort());
+    assert.match(router.log(), /1 state database row could not be restored: kept in its quarantine table/);
+    assert.match(router.log(), /sessions serial \d+: proto: 99 is not one of 6 \(tcp\), 17 \(udp\), 1 \(icmp\)/);
+    const human = execFileSync(process.execPath, [CLI, '--config', router.configPath, 'status'], { encoding: 'utf8' });
+    assert.match(human, /100 rows restored, 0 discarded at start/);
+    assert.match(human, /1 row could not be restored and is kept in the file's "quarantine" table with the reason/);
+    // On the wire: a restored flow leaves from the public port it had.
+    const old = before.find((r) => r.lan.port === 21042) as Record<string, any>;
+    await send('21042');
+    const seen = (await srv.result).trim().split('\n').map((l) => JSON.parse(l) as { peer?: string }).filter((x) => x.peer);
+    assert.equal(seen.at(-1)?.peer, `${c.publicAddr}:${old.public.port}`);
+    // Later writes keep every row: 100 in their table, the bad one in quarantine.
+    await sleep(600);
+    assert.equal(await router.stop(), 0);
+    const check = new Database(file, { readonly: true });
+    try {
+      assert.equal((check.prepare('SELECT COUNT(*) AS n FROM sessions WHERE rem_port = 7104').get() as { n: number }).n, 100);
+      assert.deepEqual(check.prepare('SELECT source, reason FROM quarantine').all(),
+        [{ source: 'sessions', reason: 'proto: 99 is not one of 6 (tcp), 17 (udp), 1 (icmp)' }]);
+    } finally {
+      check.close();
+    }
   });
 });

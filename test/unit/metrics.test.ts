@@ -14,7 +14,7 @@ function fakeSource(): MetricsSource & { dropsByReason: Record<string, number> }
     },
     traffic: () => ({ packetsOut: 100, packetsIn: 90, bytesOut: 150000, bytesIn: 120000 }),
     vpnEvents: () => ({ 'esp-pending': 4, 'isakmp-collision': 1 }),
-    db: () => ({ healthy: true, pendingWrites: 5, lastError: null, rowsRestored: 12, rowsDiscarded: 3 }),
+    db: () => ({ healthy: true, pendingWrites: 5, lastError: null, rowsRestored: 12, rowsDiscarded: 3, rowsQuarantined: 1 }),
   };
 }
 
@@ -64,6 +64,7 @@ test('GET /metrics exposes the source figures with the right types', async () =>
       'vpnmasq_db_pending_writes 5',
       'vpnmasq_db_rows_restored 12',
       'vpnmasq_db_rows_discarded 3',
+      'vpnmasq_db_rows_quarantined 1',
     ]) {
       assert.ok(lines.includes(expected), `missing line: ${expected}`);
     }

@@ -14,7 +14,7 @@ import type { Logger } from '../../src/daemon/log';
 import { Journal } from '../../src/core/journal';
 import { SessionTable } from '../../src/nat/sessions';
 import { openReadOnly } from '../../src/query/stored';
-import { SCHEMA_VERSION, SCHEMAS } from '../../src/persist/schema';
+import { SCHEMA_VERSION, SCHEMAS, SIDE_TABLES } from '../../src/persist/schema';
 import { Store } from '../../src/persist/store';
 import { EspCodec, GreCallCodec, IsakmpCodec, SessionCodec } from '../../src/persist/tables';
 import { ESP_ESTABLISHED, ESP_PENDING, ESP_SQUELCHED, IpsecMasq } from '../../src/helpers/ipsec/ipsec';
@@ -23,13 +23,14 @@ import { NO_FORWARD } from '../../src/nat/forwards';
 import { Targets } from '../../src/core/targets';
 import { Verdict } from '../../src/core/verdict';
 import { PROTO_TCP, PROTO_UDP } from '../../src/wire/ipv4';
-import { ipv4ToInt32 } from '../../src/core/ipv4-addr';
+import { ipv4ToInt32, prefixPairs } from '../../src/core/ipv4-addr';
 
 const PUB = ipv4ToInt32('198.18.0.2');
 const PUB2 = ipv4ToInt32('198.18.0.3');
 const LAN = ipv4ToInt32('10.77.0.11');
 const REM = ipv4ToInt32('198.18.0.11');
 const T0 = 1_700_000_000_000;
+const LAN_PREFIXES = prefixPairs(['10.77.0.0/24']);
 
 interface Logged { level: string; msg: string; fields?: Record<string, unknown> }
 
@@ -72,7 +73,7 @@ describe('state store', () => {
   }
 
   function restore(store: Store, t: SessionTable, policy: AddressChangePolicy = 'move') {
-    return store.restore({ now: clock, isPublic: (a) => t.publicIndexOf(a) >= 0, onAddressChange: policy });
+    return store.restore({ now: clock, isPublic: (a) => t.publicIndexOf(a) >= 0, onAddressChange: policy, lanPrefixes: LAN_PREFIXES });
   }
 
   beforeEach(() => {
@@ -150,7 +151,7 @@ describe('state store', () => {
     clock += 60000; // down for a minute: the UDP session's deadline passed
     const t2 = newTable();
     store = open(t2);
-    assert.deepEqual(restore(store, t2), { restored: 2, discarded: 1 });
+    assert.deepEqual(restore(store, t2), { restored: 2, discarded: 1, quarantined: 0 });
     assert.deepEqual(store.health().rowsRestored, 2);
     assert.deepEqual(store.health().rowsDiscarded, 1);
     assert.equal(t2.sessionCount, 2);
@@ -181,13 +182,13 @@ describe('state store', () => {
       store = open(t2);
       const r = restore(store, t2, policy);
       if (policy === 'move') {
-        assert.deepEqual(r, { restored: 1, discarded: 0 });
+        assert.deepEqual(r, { restored: 1, discarded: 0, quarantined: 0 });
         const s = t2.findOut(PROTO_UDP, LAN, 40020, REM, 7000);
         assert.equal(t2.pubPortOf(s), 40020, 'same port on the new address');
         store.tick();
         assert.equal(rowsIn(cfg.path)[0].pub_addr, PUB2, 'row rewritten with the new address');
       } else {
-        assert.deepEqual(r, { restored: 0, discarded: 1 });
+        assert.deepEqual(r, { restored: 0, discarded: 1, quarantined: 0 });
         assert.equal(t2.sessionCount, 0);
         assert.equal(rowsIn(cfg.path).length, 0);
       }
@@ -212,15 +213,15 @@ describe('state store', () => {
 
       const t = newTable();
       const store = open(t);
-      assert.deepEqual(restore(store, t, 'move'), { restored: 1, discarded: 0 });
+      assert.deepEqual(restore(store, t, 'move'), { restored: 1, discarded: 0, quarantined: 0 });
       const s = t.findOut(PROTO_UDP, LAN, 40030, REM, 7000);
       assert.equal(t.sSerial[s], 77);
       assert.equal(t.pubPortOf(s), 40031);
       store.close();
 
-      // Same columns and indexes as a database created at the current version.
+      // Same columns and indexes as a database created at the current version (with the side tables the store adds).
       const fresh = new Database(':memory:');
-      for (const sql of SCHEMAS[SCHEMA_VERSION]) fresh.exec(sql);
+      for (const sql of [...SCHEMAS[SCHEMA_VERSION], ...SIDE_TABLES]) fresh.exec(sql);
       const migrated = new Database(cfg.path, { readonly: true });
       const shape = (db: Database.Database) => ({
         columns: db.prepare("SELECT m.name AS tbl, c.name, c.type, c.\"notnull\" FROM sqlite_master m, pragma_table_info(m.name) c WHERE m.type = 'table' ORDER BY m.name, c.name").all(),
@@ -233,7 +234,7 @@ describe('state store', () => {
     });
   }
 
-  it('restore checks every column: a row that cannot be right is discarded and logged, the good rows are restored', () => {
+  it('restore checks every column: a row that cannot be right is quarantined with its reason and logged, the good rows are restored', () => {
     const t = newTable();
     let store = open(t);
     for (let i = 0; i < 5; i++) t.createOut(PROTO_UDP, LAN, 41000 + i, REM, 7000, clock, 0, clock + 30000);
@@ -245,13 +246,22 @@ describe('state store', () => {
     db.close();
     const t2 = newTable();
     store = open(t2);
-    assert.deepEqual(restore(store, t2), { restored: 3, discarded: 2 });
+    assert.deepEqual(restore(store, t2), { restored: 3, discarded: 0, quarantined: 2 });
     assert.equal(t2.sessionCount, 3);
-    const logged = lines.find((l) => l.level === 'error' && /cannot be restored/.test(l.msg));
+    const logged = lines.find((l) => l.level === 'error' && /could not be restored/.test(l.msg));
     assert.ok(logged, JSON.stringify(lines));
+    assert.equal(logged.msg, '2 state database rows could not be restored: kept in its quarantine table');
     assert.equal(logged.fields?.rows, 2);
     assert.match(String(logged.fields?.first), /proto: 99 is not one of 6 \(tcp\), 17 \(udp\), 1 \(icmp\)/);
     assert.match(String(logged.fields?.first), /lan_port: 70000 is outside 0\.\.65535/);
+    assert.equal(store.health().rowsQuarantined, 2);
+    store.close();
+    assert.equal(rowsIn(cfg.path).length, 3, 'the good rows stay in their table');
+    const q = rowsIn(cfg.path, 'quarantine') as unknown as Array<{ source: string; serial: string; reason: string; row: string }>;
+    assert.deepEqual(q.map((r) => [r.source, r.reason]), [
+      ['sessions', 'proto: 99 is not one of 6 (tcp), 17 (udp), 1 (icmp)'], ['sessions', 'lan_port: 70000 is outside 0..65535'],
+    ]);
+    assert.equal((JSON.parse(q[0].row) as Record<string, number>).proto, 99, 'the row is kept whole');
   });
 
   it('reader streams stored rows as ConnRow without the daemon', () => {
@@ -288,12 +298,12 @@ describe('state store', () => {
       }
       const t = newTable();
       const store = open(t);
-      assert.deepEqual(restore(store, t), { restored: 0, discarded: 0 });
+      assert.deepEqual(restore(store, t), { restored: 0, discarded: 0, quarantined: 0 });
       const h = store.health();
       assert.equal(h.healthy, true);
       assert.ok(h.movedAside && fs.existsSync(h.movedAside), `moved aside: ${h.movedAside}`);
       assert.match(path.basename(h.movedAside), /^state\.db\.corrupt-/);
-      assert.ok(lines.some((l) => l.level === 'error' && /corrupt: moved it aside/.test(l.msg)));
+      assert.ok(lines.some((l) => l.level === 'error' && l.msg === 'state database moved aside (corrupt), starting with a new file'));
       t.createOut(PROTO_UDP, LAN, 40050, REM, 7000, clock, 0, clock + 30000);
       drain(t, store);
       assert.equal(rowsIn(cfg.path).length, 1, 'the new file works');
@@ -306,7 +316,7 @@ describe('state store', () => {
     fs.writeFileSync(parent, 'not a directory');
     const t = newTable();
     const store = open(t);
-    assert.deepEqual(restore(store, t), { restored: 0, discarded: 0 });
+    assert.deepEqual(restore(store, t), { restored: 0, discarded: 0, quarantined: 0 });
     t.createOut(PROTO_UDP, LAN, 40060, REM, 7000, clock, 0, clock + 30000);
     t.createOut(PROTO_UDP, LAN, 40061, REM, 7000, clock, 0, clock + 30000);
     assert.doesNotThrow(() => drain(t, store));
@@ -487,7 +497,7 @@ describe('state store', () => {
       clock += 3 * MIN; // down 3 minutes: the pending ESP entry's deadline passed
       const w = vpnTables();
       store = openVpn(w);
-      assert.deepEqual(restore(store, w.t), { restored: 2 + 1 + 1 + 2, discarded: 1 });
+      assert.deepEqual(restore(store, w.t), { restored: 2 + 1 + 1 + 2, discarded: 1, quarantined: 0 });
       assert.equal(rowsIn(cfg.path, 'esp').length, 1, 'the dropped pending entry is deleted');
       assert.deepEqual(w.m.stats().esp, { pending: 0, established: 1, squelched: 0 });
       // Both cookies lead to the LAN host; the SPI pairing works both ways.
@@ -529,7 +539,7 @@ describe('state store', () => {
       clock += 61000; // the control session (60 s) expired while down; the squelch (30 s) too
       const w = vpnTables();
       store = openVpn(w);
-      assert.deepEqual(restore(store, w.t), { restored: 0, discarded: 3 });
+      assert.deepEqual(restore(store, w.t), { restored: 0, discarded: 3, quarantined: 0 });
 
       // Within the squelch time the state comes back as it was.
       clock = T0;
@@ -561,9 +571,9 @@ describe('state store', () => {
         store = openVpn(w);
         const r = restore(store, w.t, policy);
         if (policy === 'drop') {
-          assert.deepEqual(r, { restored: 0, discarded: 2 });
+          assert.deepEqual(r, { restored: 0, discarded: 2, quarantined: 0 });
         } else {
-          assert.deepEqual(r, { restored: 2, discarded: 0 });
+          assert.deepEqual(r, { restored: 2, discarded: 0, quarantined: 0 });
           store.tick();
           assert.equal(rowsIn(cfg.path, 'isakmp')[0].pub_addr, PUB2);
           assert.equal(rowsIn(cfg.path, 'esp')[0].pub_addr, PUB2);
