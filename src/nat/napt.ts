@@ -321,7 +321,8 @@ export class Napt implements SessionListener, SegmentHolder {
     } else {
       const t = this.trackers.byProto[proto];
       if (t === 0) return proto === PROTO_AH ? Drop.AH_REFUSED : Drop.UNKNOWN_PROTOCOL;
-      const pub = this.table.publicIndexOf(dst);
+      // Only ESP and GRE are hairpinned by address (hairpin.ts); AH and the rest go to their tracker.
+      const pub = proto === PROTO_ESP || proto === PROTO_GRE ? this.table.publicIndexOf(dst) : -1;
       if (pub >= 0) return this.hairpinVpn(p, pub, proto, out);
       r = this.trackers.at(t).outbound(p);
     }

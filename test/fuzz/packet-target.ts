@@ -53,6 +53,28 @@ const canaryByte = (i: number): number => (i * 29 + 0x5b) & 0xff;
 /** Post-GC heap growth over the epoch's first measurement that counts as unbounded. */
 const HEAP_SLACK = 96 * 1024 * 1024;
 
+/**
+ * Whether `pkt` is the ICMP destination-unreachable code 13 (RFC 5508 REQ-8)
+ * answering `origin` from its slot: to the origin's source, quoting the
+ * origin's addresses, protocol and IP ID.
+ */
+function isRefusal(pkt: Uint8Array, origin: Uint8Array): boolean {
+  if (pkt.length < VNET_LEN + 56 || origin.length < VNET_LEN + 20) return false;
+  const ip = pkt.subarray(VNET_LEN);
+  const o = origin.subarray(VNET_LEN);
+  const hl = (ip[0] & 0x0f) * 4;
+  if (ip[9] !== ICMP || ip[hl] !== 3 || ip[hl + 1] !== 13 || ip.length < hl + 8 + 20) return false;
+  const q = ip.subarray(hl + 8);
+  const same = (a: Uint8Array, ao: number, b: Uint8Array, bo: number, n: number): boolean => {
+    for (let k = 0; k < n; k++) if (a[ao + k] !== b[bo + k]) return false;
+    return true;
+  };
+  let sum = 0;
+  for (let k = 0; k < hl; k += 2) sum += (ip[k] << 8) | ip[k + 1];
+  while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16);
+  return sum === 0xffff && same(ip, 16, o, 12, 4) && same(q, 12, o, 12, 8) && q[9] === o[9] && same(q, 4, o, 4, 2);
+}
+
 /** An in-memory TUN: the rig writes frames into the receive slots and reads the tx list itself. */
 class FuzzTun implements TunDevice {
   readonly names = ['fuzz0'];
@@ -198,6 +220,8 @@ export class Rig {
     const holdBase = slot * this.daemon.datapath.layout.rxSlots;
     const layout = this.daemon.datapath.layout;
     const seen = new Set<number>();
+    /** Slots answered with a refusal: it may be longer than the packet it answers. */
+    const refused = new Set<number>();
     const sides = { profile: this.profile, publicAddr: PUBLIC, mssClamp: this.daemon.datapath.napt.mssClamp };
     const written: Array<{ pkt: Uint8Array; origin: Uint8Array | null }> = [];
     for (let k = 0; k < count; k++) {
@@ -207,6 +231,8 @@ export class Rig {
       if (off < holdBase) {
         const i = Math.floor(off / slot);
         if (off % slot !== 0 || i >= n) { out.push(violation(`tx entry at ${off} is not the start of a slot read in this batch`)); continue; }
+        // A refused new flow is answered with ICMP code 13 built in its own slot (refuse.ts): not a translation of it.
+        if (isRefusal(arena.subarray(off, off + len), origins[i])) { seen.add(off); refused.add(i); continue; }
         if (len > b.rxLens[i]) { out.push(violation(`tx entry writes ${len} bytes of a ${b.rxLens[i]}-byte packet`)); continue; }
         origin = origins[i];
       } else {
@@ -229,6 +255,7 @@ export class Rig {
     }
     for (const h of pending) out.push(...this.judge(sides, h.pkt, null));
     for (let i = 0; i < n; i++) {
+      if (refused.has(i)) continue;
       const base = i * slot;
       const end = Math.min(slot, origins[i].length + CANARY);
       for (let j = origins[i].length; j < end; j++) {
