@@ -129,7 +129,7 @@ for (const mode of ['shared', 'dedicated'] as const) {
     };
     const watchers = async (): Promise<number> => Number(((await router.request('status')).control as Record<string, number>).watchers);
 
-    it('300 non-reading watchers leave ping p99 within 5 ms of the run without them; each is told how many events it lost, then disconnected', async () => {
+    it('300 non-reading watchers: each is told how many events it lost, then disconnected; forwarding goes on (ping percentiles with and without them reported)', async () => {
       await flows(lab, 10_000, PREFILL, 20_000);
       const before0 = await mappings();
       process.stdout.write(`# ${mode}: ${before0} mappings after ${PREFILL} flows offered at 20,000/s; ${await loop()}\n`);
