@@ -112,7 +112,7 @@ for (const mode of ['shared', 'dedicated'] as const) {
       // One LAN host offers all the flows: the per-host limits (a share of the table by default) are lifted, or its pings would be refused.
       router = await startRouter(lab, { limits: { maxSessions: 65536, hostSessions: 65536, hostNewPerSecond: 0 }, ...(mode === 'dedicated'
         ? { wan: { interface: lab.routerIfaces.wan, mode, publicAddress: lab.addr.public } }
-        : { wan: { interface: lab.routerIfaces.wan, mode }, ports: { range: [30000, 65535] } }) });
+        : { wan: { interface: lab.routerIfaces.wan, mode }, ports: { range: [40000, 65535] } }) });
     });
 
     after(async () => {
