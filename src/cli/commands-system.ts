@@ -38,7 +38,8 @@ export function runCommand(program: Command, runDaemon: RunDaemon): void {
 
 /** Human status: a headline, then the known facts, then anything else the daemon reports. */
 function statusText(st: Record<string, unknown>): string {
-  const { running: _r, pid, uptimeSeconds, tun, mode, publicAddress, lanPrefixes, sessions, limit, state, ...rest } = st;
+  const { running: _r, pid, uptimeSeconds, tun, mode, publicAddress, lanPrefixes, sessions, limit, state, control, lastReload, ...rest } = st;
+  const reload = lastReload as { at: string; ok: boolean; applied?: string[]; error?: string } | null | undefined;
   const t = tun as { name: string; offloads: number } | null;
   const used = Number(sessions);
   const cap = Number(limit);
@@ -49,6 +50,9 @@ function statusText(st: Record<string, unknown>): string {
     ['LAN', (lanPrefixes as string[]).join(', ')],
     ['Table', `${used} of ${cap} sessions (${((100 * used) / cap).toFixed(1)}%)`],
     ['Database', db ? `${db.path}: ${db.healthy ? 'healthy' : `FAILING (${String(db.lastError)})`}; ${db.rowsRestored} rows restored, ${db.rowsDiscarded} discarded at start` : 'none (not persisted)'],
+    ...(control === undefined ? [] : [['Control', String(control)] as [string, string]]),
+    ...(reload ? [['Reload', reload.ok ? `applied at ${reload.at}: ${reload.applied?.length ? reload.applied.join(', ') : 'nothing changed'}`
+      : `REJECTED at ${reload.at}, running the previous config: ${String(reload.error).split('\n').join('; ')}`] as [string, string]] : []),
     ...flatten(rest),
   ];
   return `vpnmasq is running (pid ${String(pid)}, up ${seconds(Number(uptimeSeconds))})\n${keyValues(pairs)}`;
@@ -58,6 +62,9 @@ function statusText(st: Record<string, unknown>): string {
 function statsText(st: Record<string, unknown>): string {
   return keyValues(flatten(st).filter(([k, v]) => !(k.startsWith('drops.') && v === '0')));
 }
+
+/** A reload waits for the daemon to apply everything (rules, a retime of every entry). */
+const RELOAD_TIMEOUT_MS = 60_000;
 
 export function systemCommands(program: Command): void {
   program
@@ -74,6 +81,25 @@ export function systemCommands(program: Command): void {
         await out(opts.json ? JSON.stringify({ running: false }) + '\n' : 'vpnmasq is not running\n');
         process.exitCode = EXIT_FAILURE;
       }
+    });
+
+  program
+    .command('reload')
+    .description('reload the config file in the running daemon and wait for its answer (systemctl reload runs this)')
+    .addHelpText('after', `
+Every changed field is applied at once, to the existing connections too
+(timeouts, limits, ports, filtering, IPsec/PPTP options, forwards, log,
+metrics, state flushing, the control socket), or the whole file is rejected
+and the running config kept: a field that needs a restart is named with the
+reason, as is every problem "vpnmasq config check" would find.
+Exit status: 0 when the config was applied, 1 when it was rejected or the
+daemon could not be reached. SIGHUP reloads the same way but answers only in
+the log.`)
+    .action(async () => {
+      const r = await request(program, { cmd: 'reload' }, undefined, RELOAD_TIMEOUT_MS);
+      for (const w of (r.warnings as string[] | undefined) ?? []) note(`warning: ${w}`);
+      const applied = (r.applied as string[] | undefined) ?? [];
+      note(applied.length > 0 ? `config reloaded; applied: ${applied.join(', ')}` : 'config reloaded; nothing changed');
     });
 
   program

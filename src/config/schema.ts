@@ -3,7 +3,7 @@
  * checks, resolved into a complete {@link Config}. The file is JSON with
  * comment lines (json.ts); problems are collected and named by field
  * (checks.ts), so `vpnmasq config check FILE` lists everything to fix.
- * What may change on reload is the daemon's decision (src/daemon/reload.ts).
+ * What a reload does with each field is declared once, in {@link RELOAD}.
  */
 import { readFileSync } from 'node:fs';
 import { Cidr, cidrContains, formatCidr, parseCidr } from '../core/ipv4-addr';
@@ -108,6 +108,101 @@ export const DEFAULTS = {
   metrics: null,
   control: { socket: '/run/vpnmasq/control.sock', group: 'vpnmasq' },
 } as const;
+
+// ---------------------------------------------------------------------------
+// Reload
+
+/**
+ * What a reload (`vpnmasq reload`, SIGHUP) does with a changed field:
+ * `runtime` fields are applied by the running daemon, to the entries that
+ * exist as well as to new ones; a changed `restart` field makes the whole
+ * reload fail with "FIELD: needs a restart (WHY)", the running config kept.
+ */
+export type ReloadKind = { readonly kind: 'runtime' } | { readonly kind: 'restart'; readonly why: string };
+
+/** One kind per field; a section's object, an array or a nullable section is one field. */
+export type ReloadKinds<T> = {
+  readonly [K in keyof T]-?: null extends T[K] ? ReloadKind : T[K] extends readonly unknown[] ? ReloadKind
+    : T[K] extends object ? ReloadKinds<T[K]> : ReloadKind;
+};
+
+const RUNTIME: ReloadKind = { kind: 'runtime' };
+const restart = (why: string): ReloadKind => ({ kind: 'restart', why });
+
+/**
+ * Every field's reload kind. A field added to {@link Config} does not compile
+ * until it is declared here; the daemon applies every runtime section
+ * (src/daemon/reload.ts). Two limits are runtime only downwards: the tables
+ * are allocated at start, so raising `limits.*` above the size the daemon
+ * started with also needs a restart (the daemon says so).
+ */
+export const RELOAD: ReloadKinds<Config> = {
+  tun: {
+    name: restart('the TUN device is created at start'),
+    mtu: restart('the packet buffers are sized for it at start'),
+    offloads: restart('the TUN device is opened with them'),
+  },
+  lan: {
+    interfaces: restart('the policy rules for the LAN are installed at start'),
+    prefixes: restart('the policy rules and the packet path\'s direction test are set up at start'),
+  },
+  wan: {
+    interface: restart('the WAN interface is watched and routed from start'),
+    mode: restart('shared and dedicated mode install different routing at start'),
+    publicAddress: restart('the public address is bound at start; every mapping uses it'),
+    onAddressChange: RUNTIME,
+  },
+  ports: { range: RUNTIME, lowRange: RUNTIME, preserve: RUNTIME },
+  timeouts: {
+    tcpEstablished: RUNTIME, tcpTransitory: RUNTIME, udp: RUNTIME, icmp: RUNTIME, fragment: RUNTIME,
+    ipsec: RUNTIME, espPending: RUNTIME, espSquelch: RUNTIME, pptpGrace: RUNTIME,
+  },
+  limits: { maxSessions: RUNTIME, maxHeldFragments: RUNTIME },
+  filtering: RUNTIME,
+  ipsec: { parallel: RUNTIME, guessing: RUNTIME, guessMax: RUNTIME, retries: RUNTIME },
+  pptp: { nonPptpGre: RUNTIME },
+  forwards: RUNTIME,
+  mssClamp: RUNTIME,
+  state: {
+    path: restart('the state database is opened and restored at start'),
+    synchronous: RUNTIME,
+    flushIntervalMs: RUNTIME,
+  },
+  log: { format: RUNTIME, level: RUNTIME, rateLimitPerMinute: RUNTIME },
+  metrics: RUNTIME,
+  control: { socket: RUNTIME, group: RUNTIME },
+};
+
+/**
+ * The reload kind of a field path as configDiff names it (`timeouts.udp`,
+ * `metrics`, `forwards`): the declaration of the field or of the nearest
+ * section above it that is declared as one field.
+ */
+export function reloadKind(field: string): ReloadKind {
+  let node: unknown = RELOAD;
+  for (const part of field.split('.')) {
+    if (isReloadKind(node)) return node;
+    if (!isPlainObject(node) || !Object.hasOwn(node, part)) throw new Error(`no reload kind declared for config field "${field}"`);
+    node = node[part];
+  }
+  if (!isReloadKind(node)) throw new Error(`config field "${field}" is a section; its fields have their own reload kinds`);
+  return node;
+}
+
+function isReloadKind(node: unknown): node is ReloadKind {
+  return isPlainObject(node) && (node.kind === 'runtime' || node.kind === 'restart') && Object.keys(node).every((k) => k === 'kind' || k === 'why');
+}
+
+/** Every declared field path with its kind, in declaration order (`tun.name`, ..., `control.group`). */
+export function reloadFields(): Array<[string, ReloadKind]> {
+  const out: Array<[string, ReloadKind]> = [];
+  const walk = (node: unknown, prefix: string): void => {
+    if (isReloadKind(node)) { out.push([prefix, node]); return; }
+    for (const [k, v] of Object.entries(node as Record<string, unknown>)) walk(v, prefix ? `${prefix}.${k}` : k);
+  };
+  walk(RELOAD, '');
+  return out;
+}
 
 // ---------------------------------------------------------------------------
 // Public entry points

@@ -10,6 +10,8 @@
  *   forwards-list                     rows, then {count}
  *   forwards-add {forward}            {forward}: a runtime forward, checked like the config's
  *   forwards-remove {proto, publicPort}   {forward}: removes a runtime forward
+ *   reload                            {applied, warnings}: the config file reloaded, or an error naming
+ *                                     every field that needs a restart (the running config kept)
  *
  * Filtering, sorting and the limit (src/query/filters.ts, shared with the
  * CLI) run here so that a filtered listing of a large table sends only what
@@ -44,6 +46,8 @@ export interface ControlTarget {
   forwardsChanged(): Promise<void>;
   stats(): Record<string, unknown>;
   status(): Record<string, unknown>;
+  /** Reads the config file and applies it (serialised with SIGHUP). */
+  reloadFromFile(): Promise<{ ok: true; applied: string[]; warnings: string[] } | { ok: false; error: string }>;
   /** Table events after each batch was written (`conns watch`). */
   addObserver(o: JournalObserver): void;
   removeObserver(o: JournalObserver): void;
@@ -93,9 +97,17 @@ export class ControlCommands {
       case 'forwards-remove':
         return this.forwardsChange(() => this.target.forwards.remove(String(req.proto),
           req.publicPort === undefined || req.publicPort === null ? undefined : Number(req.publicPort)));
+      case 'reload':
+        return this.reload();
       default:
         throw new Error(`unknown command "${req.cmd}"`);
     }
+  }
+
+  private async reload(): Promise<ControlReply> {
+    const outcome = await this.target.reloadFromFile();
+    if (!outcome.ok) throw new Error(outcome.error);
+    return { result: { applied: outcome.applied, warnings: outcome.warnings } };
   }
 
   private list(req: ControlRequest): ControlReply {

@@ -22,6 +22,15 @@ export interface ControlReply {
 export type ControlHandler = (req: ControlRequest) => ControlReply | Promise<ControlReply>;
 
 export interface ControlServer {
+  /** The path the daemon listens on. */
+  readonly path: string;
+  /**
+   * Listens on `socketPath` (owned by `groupId`) instead: the new socket is
+   * bound before the old one is removed, so a client always finds one, and
+   * open connections (watchers) stay until they end. The same path only
+   * changes the group.
+   */
+  move(socketPath: string, groupId: number | null): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -36,41 +45,70 @@ export function lookupGroup(name: string, groupFile = '/etc/group'): number | nu
   return null;
 }
 
-export async function startControlServer(socketPath: string, groupId: number | null, handler: ControlHandler): Promise<ControlServer> {
-  fs.mkdirSync(path.dirname(socketPath), { recursive: true, mode: 0o755 });
-  try { fs.unlinkSync(socketPath); } catch { /* not there */ }
-  const open = new Set<net.Socket>();
-  const server = net.createServer((conn) => {
-    open.add(conn);
-    conn.once('close', () => open.delete(conn));
-    let pending = '';
-    conn.setEncoding('utf8');
-    conn.on('error', () => conn.destroy());
-    conn.on('data', (chunk: string) => {
-      pending += chunk;
-      if (pending.length > MAX_REQUEST_BYTES) {
-        conn.end(JSON.stringify({ ok: false, error: 'request too large' }) + '\n');
-        return;
-      }
-      let nl: number;
-      while ((nl = pending.indexOf('\n')) >= 0) {
-        const line = pending.slice(0, nl);
-        pending = pending.slice(nl + 1);
-        void answer(conn, line, handler);
-      }
-    });
-  });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(socketPath, () => resolve());
-  });
+/** Access is the socket's mode (0660) and group: root and the control group. */
+function restrict(socketPath: string, groupId: number | null): void {
   fs.chmodSync(socketPath, 0o660);
   if (groupId !== null) fs.chownSync(socketPath, 0, groupId);
+}
+
+export async function startControlServer(socketPath: string, groupId: number | null, handler: ControlHandler): Promise<ControlServer> {
+  const open = new Set<net.Socket>();
+  const listen = async (at: string): Promise<net.Server> => {
+    fs.mkdirSync(path.dirname(at), { recursive: true, mode: 0o755 });
+    try { fs.unlinkSync(at); } catch { /* not there */ }
+    const server = net.createServer((conn) => {
+      open.add(conn);
+      conn.once('close', () => open.delete(conn));
+      let pending = '';
+      conn.setEncoding('utf8');
+      conn.on('error', () => conn.destroy());
+      conn.on('data', (chunk: string) => {
+        pending += chunk;
+        if (pending.length > MAX_REQUEST_BYTES) {
+          conn.end(JSON.stringify({ ok: false, error: 'request too large' }) + '\n');
+          return;
+        }
+        let nl: number;
+        while ((nl = pending.indexOf('\n')) >= 0) {
+          const line = pending.slice(0, nl);
+          pending = pending.slice(nl + 1);
+          void answer(conn, line, handler);
+        }
+      });
+    });
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(at, () => { server.off('error', reject); resolve(); });
+    });
+    return server;
+  };
+  const stopListening = (server: net.Server, at: string): void => {
+    server.close();
+    try { fs.unlinkSync(at); } catch { /* gone */ }
+  };
+  let current = { server: await listen(socketPath), path: socketPath };
+  restrict(socketPath, groupId);
   return {
+    get path() { return current.path; },
+    async move(to, group) {
+      if (to !== current.path) {
+        const next = { server: await listen(to), path: to };
+        try {
+          restrict(to, group);
+        } catch (e) {
+          stopListening(next.server, to);
+          throw e;
+        }
+        stopListening(current.server, current.path);
+        current = next;
+      } else {
+        restrict(to, group);
+      }
+    },
     close: () => new Promise<void>((resolve) => {
-      server.close(() => resolve());
+      current.server.close(() => resolve());
       for (const conn of open) conn.destroy(); // watchers never end on their own
-      try { fs.unlinkSync(socketPath); } catch { /* gone */ }
+      try { fs.unlinkSync(current.path); } catch { /* gone */ }
     }),
   };
 }

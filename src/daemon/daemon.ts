@@ -4,7 +4,7 @@
  */
 import * as path from 'node:path';
 import { Config } from '../config/schema';
-import { configDiff } from './reload';
+import { reloadPlan, RestartNeeded, restartMessage, sectionsOf } from './reload';
 import { MetricsServer, MetricsSource, startMetricsServer } from './metrics';
 import { mssClampValue } from '../nat/mss-clamp';
 import { SharedMode, steerableRange } from '../edge/netlink/shared-mode';
@@ -13,8 +13,11 @@ import { ControlReply, ControlRequest, ControlServer, lookupGroup, startControlS
 import { ControlCommands } from './control-commands';
 import { Logger } from './log';
 import { Datapath, rxSlotSize } from '../nat/datapath';
+import type { NatTimers } from '../nat/napt';
+import { NO_FORWARD } from '../nat/forwards';
 import { Journal, JournalListener } from '../core/journal';
-import { SessionTable, SLOT_ICMP, SLOT_TCP, SLOT_UDP, TABLE_SESSIONS } from '../nat/sessions';
+import { PortPolicy, SessionTable, SLOT_ICMP, SLOT_TCP, SLOT_UDP, TABLE_SESSIONS } from '../nat/sessions';
+import { PROTO_TCP, PROTO_UDP } from '../wire/ipv4';
 import { allRows, ConnRow, ConnTables, rowOf } from '../query/rows';
 import { JournalFeed, JournalObserver } from '../query/journal-feed';
 import { IdIndex, IdSource } from '../query/id-index';
@@ -33,7 +36,7 @@ import { Forwards } from '../nat/forwards';
 import { PptpCounter } from '../helpers/pptp/counters';
 import { PptpMasq } from '../helpers/pptp/pptp';
 import { TABLE_GRE_CALLS } from '../helpers/pptp/calls';
-import { IPSEC_EVENT_NAMES, IpsecMasq, MIN_LIFETIME_MS, TABLE_ESP, TABLE_ISAKMP } from '../helpers/ipsec/ipsec';
+import { IPSEC_EVENT_NAMES, IpsecMasq, IpsecOptions, MIN_LIFETIME_MS, TABLE_ESP, TABLE_ISAKMP } from '../helpers/ipsec/ipsec';
 import { attachIpsec } from '../helpers/ipsec/nat';
 
 /** Policy routing table and rule priority the daemon owns. */
@@ -59,6 +62,44 @@ const PPTP_LOGGED: ReadonlyArray<[number, string]> = [
   [PptpCounter.LOST_CALL, 'pptp-lost-call'], [PptpCounter.MALFORMED, 'pptp-malformed'],
 ];
 
+/** What a reload did: the runtime fields it applied, or why it was rejected (the running config kept). */
+export type ReloadOutcome = { ok: true; applied: string[]; warnings: string[] } | { ok: false; error: string };
+
+/** How the daemon applies the changed fields of one config section on reload; null: the section has no runtime field. */
+type Applier = ((next: Config, prev: Config) => void | Promise<void>) | null;
+
+/** NAPT timers of a config, in ms. */
+function natTimers(cfg: Config): NatTimers {
+  const t = cfg.timeouts;
+  return {
+    tcpEstablishedMs: t.tcpEstablished * 1000,
+    tcpTransitoryMs: t.tcpTransitory * 1000,
+    udpMs: t.udp * 1000,
+    icmpMs: t.icmp * 1000,
+    fragmentMs: t.fragment * 1000,
+  };
+}
+
+/** IPsec masquerade options of a config (the table capacity is the daemon's). */
+function ipsecOptions(cfg: Config): Omit<IpsecOptions, 'capacity'> {
+  const t = cfg.timeouts;
+  return {
+    lifetimeMs: Math.max(MIN_LIFETIME_MS, t.ipsec * 1000),
+    pendingMs: t.espPending * 1000,
+    squelchMs: t.espSquelch * 1000,
+    retries: cfg.ipsec.retries,
+    parallel: cfg.ipsec.parallel,
+    guessing: cfg.ipsec.guessing,
+    guessMax: cfg.ipsec.guessMax,
+  };
+}
+
+/** Public ports for new mappings (shared mode leaves out 65535: no rule can steer it). */
+function portPolicy(cfg: Config): PortPolicy {
+  const ports = cfg.ports;
+  return { range: cfg.wan.mode === 'shared' ? steerableRange(ports.range) : ports.range, lowRange: ports.lowRange, preserve: ports.preserve };
+}
+
 export interface DaemonOptions {
   /** Wall-clock milliseconds; injectable for tests. */
   now?: () => number;
@@ -73,6 +114,8 @@ export interface DaemonOptions {
    * store, and exits non-zero for the service manager to restart it.
    */
   onFatal?: (reason: Error) => void;
+  /** `vpnmasq reload` over the control socket: reads the config file and reloads it (the lifecycle's, serialised with SIGHUP). */
+  reloadFromFile?: () => Promise<ReloadOutcome>;
 }
 
 export class Daemon implements MetricsSource {
@@ -111,22 +154,66 @@ export class Daemon implements MetricsSource {
   readonly ipsec: IpsecMasq;
   private readonly pptpLogged = new Float64Array(PPTP_LOGGED.length);
   private pptpSweptAt = 0;
+  /** Shared mode's saved sysctls, next to the control socket the daemon started with. */
+  private readonly sharedSave: string;
+  readonly reloadFromFile: () => Promise<ReloadOutcome>;
+  /** The last reload (status). */
+  private lastReload: { at: number; ok: boolean; applied?: string[]; error?: string } | null = null;
+  /**
+   * Per config section, how a reload applies its runtime fields (the
+   * schema's RELOAD says which fields are runtime). Each applier sets the
+   * live state from the new config, for the entries that exist too.
+   */
+  private readonly appliers: { readonly [S in keyof Config]: Applier } = {
+    tun: null,
+    lan: null,
+    // wan.onAddressChange is read when the address changes.
+    wan: () => undefined,
+    ports: (next) => this.applyPorts(next),
+    timeouts: (next) => this.applyTimers(next),
+    limits: (next) => {
+      this.table.limit = next.limits.maxSessions;
+      this.datapath.frags.holdLimit = next.limits.maxHeldFragments;
+    },
+    filtering: (next) => this.applyTimers(next),
+    ipsec: (next) => this.ipsec.configure(ipsecOptions(next)),
+    pptp: (next) => { this.pptp.gre.allowNonPptp = next.pptp.nonPptpGre === 'address-only'; },
+    forwards: async (next) => {
+      const dropped = this.forwards.configure(next.forwards);
+      if (dropped.length > 0) this.log.warn('runtime forwards dropped: the reloaded config claims their ports', { forwards: JSON.stringify(dropped) });
+      await this.forwardsChanged();
+    },
+    mssClamp: (next) => { this.datapath.napt.mssClamp = mssClampValue(next.mssClamp, next.tun.mtu); },
+    state: (next) => this.store?.configure(next.state),
+    log: (next) => this.log.configure(next.log),
+    metrics: async (next) => {
+      await this.metrics?.close();
+      this.metrics = null;
+      if (next.metrics) this.metrics = await startMetricsServer(next.metrics.listen, this, this.log);
+    },
+    control: async (next) => {
+      const group = lookupGroup(next.control.group);
+      if (group === null) this.log.warn('control group not found: the control socket is open to root only', { group: next.control.group });
+      await this.control?.move(next.control.socket, group);
+    },
+  };
 
   constructor(public config: Config, private readonly log: Logger, opts: DaemonOptions = {}) {
     this.now = opts.now ?? Date.now;
     this.persist = opts.persist ?? true;
     this.openTun = opts.openTun ?? ((o) => NativeTun.open(o.name, { offloads: o.offloads }));
     this.onFatal = opts.onFatal ?? (() => undefined);
+    this.reloadFromFile = opts.reloadFromFile ?? (() => Promise.resolve({ ok: false, error: 'this daemon was started without a config file to reload' }));
+    this.sharedSave = path.join(path.dirname(config.control.socket), 'shared-mode-sysctls.json');
     this.faults = new BatchFaults(log, (reason) => this.fail(reason), this.now);
     this.startedAt = this.now();
     this.commands = new ControlCommands(this, this.now);
     const cfg = config;
-    const ports = cfg.ports;
     this.table = new SessionTable(
       cfg.limits.maxSessions,
       // Shared mode: the WAN interface's address, read in start().
       ipv4ToInt32(cfg.wan.publicAddress ?? '0.0.0.0'),
-      { range: cfg.wan.mode === 'shared' ? steerableRange(ports.range) : ports.range, lowRange: ports.lowRange, preserve: ports.preserve },
+      portPolicy(cfg),
       new Journal(),
     );
     const t = cfg.timeouts;
@@ -144,13 +231,7 @@ export class Daemon implements MetricsSource {
           const c = parseCidr(p);
           return [ipv4ToNumber(c.network) | 0, prefixMask(c.prefixLen) | 0] as [number, number];
         }),
-        timers: {
-          tcpEstablishedMs: t.tcpEstablished * 1000,
-          tcpTransitoryMs: t.tcpTransitory * 1000,
-          udpMs: t.udp * 1000,
-          icmpMs: t.icmp * 1000,
-          fragmentMs: t.fragment * 1000,
-        },
+        timers: natTimers(cfg),
         endpointIndependentFiltering: cfg.filtering === 'endpoint-independent',
         vnetLen: 10,
       },
@@ -158,21 +239,12 @@ export class Daemon implements MetricsSource {
     const napt = this.datapath.napt;
     this.forwards = new Forwards(this.table, cfg.forwards);
     this.pptp = new PptpMasq(PPTP_CALLS, this.table, this.table.journal);
-    this.pptp.calls.graceMs = t.pptpGrace * 1000;
+    this.pptp.calls.setGrace(t.pptpGrace * 1000);
     this.pptp.gre.allowNonPptp = cfg.pptp.nonPptpGre === 'address-only';
     this.pptp.attach(napt);
     napt.forwards = this.forwards;
     napt.sharedAddress = cfg.wan.mode === 'shared';
-    this.ipsec = new IpsecMasq({
-      lifetimeMs: Math.max(MIN_LIFETIME_MS, t.ipsec * 1000),
-      pendingMs: t.espPending * 1000,
-      squelchMs: t.espSquelch * 1000,
-      retries: cfg.ipsec.retries,
-      parallel: cfg.ipsec.parallel,
-      guessing: cfg.ipsec.guessing,
-      guessMax: cfg.ipsec.guessMax,
-      capacity: IPSEC_ENTRIES,
-    });
+    this.ipsec = new IpsecMasq({ ...ipsecOptions(cfg), capacity: IPSEC_ENTRIES });
     attachIpsec(napt, this.ipsec);
     this.ipsec.serials = this.table.serials;
     this.ipsec.journal = this.table.journal;
@@ -209,7 +281,7 @@ export class Daemon implements MetricsSource {
   async start(): Promise<void> {
     const cfg = this.config;
     // Shared mode moves the `local` rule: put it back before anything else removes rules.
-    const sharedLeft = await SharedMode.cleanupLeftovers(this.sharedSavePath());
+    const sharedLeft = await SharedMode.cleanupLeftovers(this.sharedSave);
     if (sharedLeft > 0) this.log.warn('restored the local rule and sysctls of an earlier shared-mode run', { rules: sharedLeft });
     if (cfg.wan.mode === 'shared') this.table.publicAddr = ipv4ToInt32(await this.wanAddress());
     const leftovers = await RouterNet.cleanupLeftovers(ROUTE_TABLE);
@@ -468,6 +540,8 @@ export class Daemon implements MetricsSource {
       sessions: this.table.sessionCount,
       limit: this.table.capacity,
       state: this.store ? { path: this.store.path, ...this.store.health() } : null,
+      control: this.control?.path ?? this.config.control.socket,
+      lastReload: this.lastReload === null ? null : { ...this.lastReload, at: new Date(this.lastReload.at).toISOString() },
     };
   }
 
@@ -482,11 +556,6 @@ export class Daemon implements MetricsSource {
 
   publicAddress(): string {
     return int32ToIpv4(this.table.publicAddr);
-  }
-
-  /** Previous sysctl values of shared mode live next to the control socket (RuntimeDirectory). */
-  private sharedSavePath(): string {
-    return path.join(path.dirname(this.config.control.socket), 'shared-mode-sysctls.json');
   }
 
   /** Shared mode: the configured address if set, else the WAN interface's primary address. */
@@ -509,7 +578,7 @@ export class Daemon implements MetricsSource {
     const cfg = this.config;
     this.shared = await SharedMode.setup({
       tunName, publicAddress: this.publicAddress(), table: ROUTE_TABLE, portRange: cfg.ports.range,
-      forwards: cfg.forwards, savePath: this.sharedSavePath(),
+      forwards: cfg.forwards, savePath: this.sharedSave,
     });
     this.wanWatch = await WanWatch.start(cfg.wan.interface, this.publicAddress(),
       (next, old) => void this.wanAddressChanged(next, old),
@@ -532,21 +601,84 @@ export class Daemon implements MetricsSource {
     this.log.warn('WAN address changed', { old, new: next ?? 'none', policy, dropped, kept: this.table.sessionCount });
   }
 
-  /** SIGHUP: applies a validated config that reloadable() accepted; every mapping stays. */
-  async reload(next: Config): Promise<void> {
+  /**
+   * Reload (SIGHUP, `vpnmasq reload`): applies every changed runtime field of
+   * `next` to the running daemon, the existing entries included, and keeps
+   * every mapping; rejects the whole config, keeping the running one, when a
+   * field that needs a restart changed (the schema's RELOAD) or a limit was
+   * raised above what the tables were allocated with.
+   */
+  async reload(next: Config, warnings: string[] = []): Promise<ReloadOutcome> {
     const prev = this.config;
+    const plan = reloadPlan(prev, next);
+    const blocked = [...plan.restart, ...this.beyondAllocation(next)];
+    if (blocked.length > 0) return this.reloaded({ ok: false, error: restartMessage(blocked) });
     this.config = next;
-    this.datapath.napt.mssClamp = mssClampValue(next.mssClamp, next.tun.mtu);
-    const changed = configDiff(prev, next);
-    if (changed.includes('forwards')) {
-      const dropped = this.forwards.configure(next.forwards);
-      if (dropped.length > 0) this.log.warn('runtime forwards dropped: the reloaded config claims their ports', { forwards: JSON.stringify(dropped) });
-      await this.forwardsChanged();
+    const failed: string[] = [];
+    for (const section of sectionsOf(plan.apply) as Array<keyof Config>) {
+      try {
+        await (this.appliers[section] as NonNullable<Applier>)(next, prev);
+      } catch (e) {
+        failed.push(`${section}: ${(e as Error).message}`);
+      }
     }
-    if (changed.some((field) => field === 'metrics' || field.startsWith('metrics.'))) {
-      await this.metrics?.close();
-      this.metrics = next.metrics ? await startMetricsServer(next.metrics.listen, this, this.log) : null;
+    this.drainJournal();
+    if (failed.length > 0) {
+      return this.reloaded({ ok: false, error: `applying the reloaded config failed (the other changes are applied):\n${failed.join('\n')}` });
     }
+    return this.reloaded({ ok: true, applied: plan.apply, warnings });
+  }
+
+  private reloaded(outcome: ReloadOutcome): ReloadOutcome {
+    this.lastReload = outcome.ok ? { at: this.now(), ok: true, applied: outcome.applied } : { at: this.now(), ok: false, error: outcome.error };
+    return outcome;
+  }
+
+  /** Config sections whose runtime fields a reload applies (every section with one, tested against the schema). */
+  reloadSections(): string[] {
+    return Object.entries(this.appliers).filter(([, a]) => a !== null).map(([section]) => section);
+  }
+
+  /** Limits above what the tables were allocated with at start: raising them needs a restart. */
+  private beyondAllocation(next: Config): RestartNeeded[] {
+    const out: RestartNeeded[] = [];
+    const sessions = next.limits.maxSessions;
+    if (sessions > this.table.capacity) {
+      out.push({ field: 'limits.maxSessions', why: `${sessions} is above the ${this.table.capacity} sessions the table was allocated with at start; lowering works at runtime` });
+    }
+    const slots = this.datapath.layout.holdSlots;
+    if (next.limits.maxHeldFragments > slots) {
+      out.push({ field: 'limits.maxHeldFragments', why: `${next.limits.maxHeldFragments} is above the ${slots} hold slots allocated at start; lowering works at runtime` });
+    }
+    return out;
+  }
+
+  /** Timeouts and filtering, for new entries and the existing ones (their deadlines move with the change). */
+  private applyTimers(next: Config): void {
+    this.datapath.napt.configure(natTimers(next), next.filtering === 'endpoint-independent');
+    this.ipsec.configure(ipsecOptions(next));
+    this.pptp.calls.setGrace(next.timeouts.pptpGrace * 1000);
+    // Deadlines moved without a packet: the stored rows are rewritten.
+    this.store?.markAllDirty();
+  }
+
+  /**
+   * The port range for new mappings. Shared mode also moves the steering
+   * rules and the box's ephemeral range, and removes the mappings left
+   * outside the new range (the box may now use those ports itself, and no
+   * rule steers their replies any more); a forward's port stays. Dedicated
+   * mode keeps such mappings until they expire: the whole address is ours.
+   */
+  private async applyPorts(next: Config): Promise<void> {
+    const policy = portPolicy(next);
+    if (this.shared !== null) await this.shared.setPortRange(next.ports.range);
+    this.table.ports = policy;
+    if (this.shared === null) return;
+    const [lo, hi] = policy.range;
+    const fw = this.forwards;
+    const removed = this.table.removeUnless((slot, port) => (port >= lo && port <= hi) ||
+      fw.portForward(slot === SLOT_TCP ? PROTO_TCP : PROTO_UDP, port) !== NO_FORWARD);
+    if (removed > 0) this.log.warn('sessions outside the new port range removed', { range: `${lo}-${hi}`, removed });
   }
 
   private async stopAppliance(): Promise<void> {

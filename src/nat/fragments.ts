@@ -36,6 +36,8 @@ export class FragmentTracker {
   private readonly hKey: Int32Array;
   private readonly hExpires: Float64Array;
   heldCount = 0;
+  /** Most fragments held at once: every hold slot, or fewer after a reload lowered limits.maxHeldFragments. */
+  holdLimit: number;
   private releasedPending = false;
 
   constructor(maxDatagrams: number, holdBase: number, holdSlotSize: number, holdSlots: number) {
@@ -55,6 +57,7 @@ export class FragmentTracker {
     this.hDst = new Int32Array(holdSlots);
     this.hKey = new Int32Array(holdSlots);
     this.hExpires = new Float64Array(holdSlots);
+    this.holdLimit = holdSlots;
   }
 
   static key(proto: number, id: number): number {
@@ -99,6 +102,7 @@ export class FragmentTracker {
   /** Copies a fragment into a free hold slot; returns false when the pool is full or it does not fit. */
   /** `off` points into `arena` itself (the packet as read). */
   hold(arena: Uint8Array, off: number, len: number, src: number, dst: number, key: number, expires: number): boolean {
+    if (this.heldCount >= this.holdLimit) return false;
     const h = this.claim(arena, off, len, HELD);
     if (h < 0) return false;
     this.hSrc[h] = src;
@@ -155,6 +159,13 @@ export class FragmentTracker {
     this.releasedPending = false;
     const st = this.hState;
     for (let h = 0; h < st.length; h++) if (st[h] === RELEASED) st[h] = 0;
+  }
+
+  /** Moves every deadline by `deltaMs` (timeouts.fragment changed on reload). Not the packet path. */
+  shiftDeadlines(deltaMs: number): void {
+    const inUse = this.dRows.inUse;
+    for (let d = 0; d < inUse.length; d++) if (inUse[d] === 1) this.dExpires[d] += deltaMs;
+    for (let h = 0; h < this.hState.length; h++) if (this.hState[h] === HELD) this.hExpires[h] += deltaMs;
   }
 
   /** Drops expired datagram entries and held fragments; returns the number of fragments dropped. */

@@ -90,11 +90,19 @@ export class SessionTable {
   readonly serials = new Serials();
   private sweepCursor = 0;
 
-  private readonly ports: PortPolicy;
+  /** The public port policy for new mappings (a reload may replace it). */
+  ports: PortPolicy;
+  /**
+   * Most sessions at once: `capacity` (allocated at start) or less after a
+   * reload lowered limits.maxSessions; beyond it new sessions are refused as
+   * TABLE_FULL while the existing ones stay until they end.
+   */
+  limit: number;
   private random: () => number;
 
   constructor(capacity: number, publicAddr: number, ports: PortPolicy, journal: Journal | null, random: () => number = Math.random) {
     this.capacity = capacity;
+    this.limit = capacity;
     this.publicAddr = publicAddr | 0;
     this.ports = ports;
     this.journal = journal;
@@ -208,7 +216,7 @@ export class SessionTable {
   }
 
   private initSession(m: number, rem: number, remPort: number, now: number, state: number, expires: number, serial: number): number {
-    const s = this.sRows.take(serial);
+    const s = this.sRows.count < this.limit ? this.sRows.take(serial) : -1;
     if (s < 0) {
       if (this.mRefs[m] === 0) this.freeMapping(m);
       return -1;
@@ -306,6 +314,25 @@ export class SessionTable {
    */
   deleteSerials(ids: ReadonlySet<number>): number {
     return this.sRows.removeRows(ids, this.removeRow);
+  }
+
+  /**
+   * Removes the sessions of TCP and UDP mappings whose public port `keep`
+   * rejects (shared mode after ports.range changed: the box takes those
+   * ports back); returns how many. Not the packet path.
+   */
+  removeUnless(keep: (slot: number, pubPort: number) => boolean): number {
+    let n = 0;
+    for (let s = 0; s < this.capacity; s++) {
+      if (this.sInUse[s] === 0) continue;
+      const m = this.sMap[s];
+      const slot = protoSlot(this.mProto[m]);
+      if (slot !== SLOT_ICMP && !keep(slot, this.mPubPort[m])) {
+        this.removeSession(s);
+        n++;
+      }
+    }
+    return n;
   }
 
   /** Removes every session (a WAN address change under wan.onAddressChange "drop"); returns how many. */

@@ -33,9 +33,28 @@ export class Transport {
   constructor(
     private readonly table: SessionTable,
     private readonly timers: NatTimers,
-    private readonly endpointIndependentFiltering: boolean,
+    /** RFC 4787 REQ-8; a reload may switch it (sessions already made stay). */
+    public endpointIndependentFiltering: boolean,
     private readonly trackers: TrackerRegistry,
   ) {}
+
+  /**
+   * Gives every session the deadline the current timers give it: its last
+   * packet plus the timeout of its protocol and TCP state (after a reload
+   * changed the timeouts). A deadline already passed expires the session at
+   * the next sweep. Not the packet path.
+   */
+  retime(): void {
+    const t = this.table;
+    const timers = this.timers;
+    for (let s = 0; s < t.capacity; s++) {
+      if (t.sInUse[s] === 0) continue;
+      const proto = t.mProto[t.sMap[s]];
+      const timeout = proto === PROTO_TCP ? tcpTimeoutMs(t.sState[s], timers.tcpEstablishedMs, timers.tcpTransitoryMs)
+        : proto === PROTO_ICMP ? timers.icmpMs : timers.udpMs;
+      t.sExpires[s] = t.sLastSeen[s] + timeout;
+    }
+  }
 
   /**
    * Length and checksum checks every TCP and UDP packet gets, whichever path

@@ -112,7 +112,7 @@ export class Store implements JournalListener {
   private readonly commitQueue: () => void;
 
   /** Opens (or creates) the database; never throws: a fault leaves the store unhealthy and retrying. */
-  constructor(private readonly cfg: StoreConfig, private readonly log: StoreLog, opts: StoreOptions = {}) {
+  constructor(private cfg: StoreConfig, private readonly log: StoreLog, opts: StoreOptions = {}) {
     this.now = opts.now ?? Date.now;
     this.commitQueue = () => this.tx(() => this.applyQueue());
     this.tryOpen(true);
@@ -272,6 +272,30 @@ export class Store implements JournalListener {
     } catch (e) {
       this.fault('tick', e);
     }
+  }
+
+  /**
+   * A reload's `synchronous` and flush interval: the pragma is set on the
+   * open connection (and on every reopen), the timer restarted.
+   */
+  configure(next: Pick<StoreConfig, 'synchronous' | 'flushIntervalMs'>): void {
+    const intervalChanged = next.flushIntervalMs !== this.cfg.flushIntervalMs;
+    this.cfg = { ...this.cfg, ...next };
+    try {
+      this.conn?.pragma(`synchronous = ${this.cfg.synchronous}`);
+    } catch (e) {
+      this.fault('configure', e);
+    }
+    if (intervalChanged && this.timer !== null) {
+      clearInterval(this.timer);
+      this.timer = null;
+      this.start();
+    }
+  }
+
+  /** Every live row is written again by the next update flushes (deadlines recomputed on reload). */
+  markAllDirty(): void {
+    for (const r of this.registered) r.codec.markAllDirty();
   }
 
   /** Final flush of everything and close. */

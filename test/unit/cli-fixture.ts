@@ -162,6 +162,13 @@ export class FakeDaemon implements ControlTarget {
 
   async forwardsChanged(): Promise<void> {}
 
+  /** What the next `reload` answers. */
+  reloadOutcome: { ok: true; applied: string[]; warnings: string[] } | { ok: false; error: string } = { ok: true, applied: [], warnings: [] };
+
+  reloadFromFile(): Promise<typeof this.reloadOutcome> {
+    return Promise.resolve(this.reloadOutcome);
+  }
+
   /** Creates a session the way the packet path does; returns its slot. */
   add(proto: number, lan: string, lanPort: number, rem: string, remPort: number, state = 0, ttlMs = 300_000): number {
     const s = this.table.createOut(proto, ipv4ToInt32(lan), lanPort, ipv4ToInt32(rem), remPort, this.now, state, this.now + ttlMs);

@@ -29,7 +29,7 @@ function settings(text: string): Map<string, string[]> {
 function verifiableCopy(): { dir: string; file: string } {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vpnmasq-unit-'));
   const file = path.join(dir, 'vpnmasq.service');
-  fs.writeFileSync(file, fs.readFileSync(UNIT, 'utf8').replace(/^ExecStart=.*$/m, 'ExecStart=/bin/true'));
+  fs.writeFileSync(file, fs.readFileSync(UNIT, 'utf8').replace(/^ExecStart=.*$/m, 'ExecStart=/bin/true').replace(/^ExecReload=.*$/m, 'ExecReload=/bin/true'));
   return { dir, file };
 }
 
@@ -42,7 +42,7 @@ describe('systemd/vpnmasq.service', () => {
     assert.equal(one('NotifyAccess'), 'main');
     assert.equal(one('WatchdogSec'), '30s');
     assert.equal(one('ExecStart'), '/opt/vpnmasq/bin/vpnmasq run');
-    assert.equal(one('ExecReload'), '/bin/kill -HUP $MAINPID');
+    assert.equal(one('ExecReload'), '/opt/vpnmasq/bin/vpnmasq reload');
     assert.equal(one('Restart'), 'on-failure');
     assert.equal(one('CapabilityBoundingSet'), 'CAP_NET_ADMIN');
     assert.equal(one('AmbientCapabilities'), 'CAP_NET_ADMIN');

@@ -141,13 +141,40 @@ export class SharedMode {
     await this.removeRules(old);
   }
 
-  /** New forwards after a reload. */
+  /** New forwards after a reload or `forwards add|remove`. */
   async setForwards(forwards: Forward[]): Promise<void> {
-    const old = this.steering;
-    this.steering = [];
     this.o.forwards = forwards;
-    await this.removeRules(old);
-    await this.addSteering(this.o.publicAddress, steeringRules(this.o.portRange, forwards));
+    await this.replaceSteering();
+  }
+
+  /**
+   * A reload's ports.range: the box's ephemeral range and reserved ports are
+   * recomputed from the values found at start (a range that would leave the
+   * box no ephemeral ports throws before anything changes), then the
+   * steering rules follow: the new range's go in before the old range's
+   * come out.
+   */
+  async setPortRange(range: PortRange): Promise<void> {
+    const saved = JSON.parse(await fsp.readFile(this.o.savePath, 'utf8')) as Record<string, string>;
+    const [lo, hi] = saved[PORT_RANGE].split(/\s+/).map(Number) as PortRange;
+    const narrowed = narrowPortRange([lo, hi], range);
+    const ours = `${range[0]}-${range[1]}`;
+    await fsp.writeFile(RESERVED_PORTS, saved[RESERVED_PORTS] ? `${saved[RESERVED_PORTS]},${ours}\n` : `${ours}\n`);
+    await fsp.writeFile(PORT_RANGE, `${narrowed[0]} ${narrowed[1]}\n`);
+    this.o.portRange = range;
+    await this.replaceSteering();
+  }
+
+  /** The steering rules for the current range and forwards: the missing ones are added first, then the stale ones removed. */
+  private async replaceSteering(): Promise<void> {
+    const key = (a: rt.RuleAttrs) => JSON.stringify([a.ipProto, a.dportRange, a.sportRange]);
+    const wanted = steeringRules(this.o.portRange, this.o.forwards).map((r) => this.ruleAttrs(this.o.publicAddress, r));
+    const have = new Set(this.steering.map(key));
+    const want = new Set(wanted.map(key));
+    for (const attrs of wanted) if (!have.has(key(attrs))) await addRule(this.sock, attrs, 32);
+    const stale = this.steering.filter((attrs) => !want.has(key(attrs)));
+    this.steering = wanted;
+    await this.removeRules(stale);
   }
 
   /** Restores the local rule, removes the steering rules, restores sysctls. Idempotent. */
@@ -205,14 +232,18 @@ export class SharedMode {
     await fsp.writeFile(accept, '1\n');
   }
 
+  private ruleAttrs(address: string, r: Steer): rt.RuleAttrs {
+    const attrs: rt.RuleAttrs = {
+      priority: STEER_PRIORITY, table: this.o.table, dst: Buffer.from(parseIPv4(address)), protocol: VPNMASQ_RTPROT, ipProto: r.ipProto,
+    };
+    if (r.dport) attrs.dportRange = { start: r.dport[0], end: r.dport[1] };
+    if (r.sport) attrs.sportRange = { start: r.sport[0], end: r.sport[1] };
+    return attrs;
+  }
+
   private async addSteering(address: string, rules: Steer[]): Promise<void> {
-    const dst = Buffer.from(parseIPv4(address));
     for (const r of rules) {
-      const attrs: rt.RuleAttrs = {
-        priority: STEER_PRIORITY, table: this.o.table, dst, protocol: VPNMASQ_RTPROT, ipProto: r.ipProto,
-      };
-      if (r.dport) attrs.dportRange = { start: r.dport[0], end: r.dport[1] };
-      if (r.sport) attrs.sportRange = { start: r.sport[0], end: r.sport[1] };
+      const attrs = this.ruleAttrs(address, r);
       await addRule(this.sock, attrs, 32);
       this.steering.push(attrs);
     }

@@ -160,6 +160,21 @@ export class IpsecMasq {
     this.rFree = new SoaRows(cap);
   }
 
+  /**
+   * A reload's options (capacity excepted: the tables are allocated). Entries
+   * that exist keep their last activity: each deadline moves by the change
+   * of the lifetime its state runs on, so a shorter lifetime can expire
+   * them at the next sweep. Not the packet path.
+   */
+  configure(next: Omit<IpsecOptions, 'capacity'>): void {
+    const o = this.opts;
+    const delta = [0, next.pendingMs - o.pendingMs, next.lifetimeMs - o.lifetimeMs, next.squelchMs - o.squelchMs];
+    const cap = o.capacity;
+    if (delta[ESP_ESTABLISHED] !== 0) for (let k = 0; k < cap; k++) if (this.kInUse[k] === 1) this.kExpires[k] += delta[ESP_ESTABLISHED];
+    for (let e = 0; e < cap; e++) if (this.eInUse[e] === 1) this.eExpires[e] += delta[this.eState[e]];
+    Object.assign(o, next);
+  }
+
   get isakmpCount(): number { return this.kRows.count; }
   /** Counted events by name (spec §10). */
   get eventCounts(): Float64Array { return this.events.counts; }

@@ -64,6 +64,7 @@ export class PptpCalls {
   private readonly next: Int32Array;
   private readonly prev: Int32Array;
   private readonly index: FlowIndex;
+  /** How long a cleared call stays (timeouts.pptpGrace); set through setGrace after construction. */
   graceMs = 30_000;
   private readonly removeCall = (c: number): void => this.remove(c);
 
@@ -180,6 +181,14 @@ export class PptpCalls {
     this.expires[c] = now + this.graceMs;
     this.counters.counts[PptpCounter.CALLS_CLEARED]++;
     if (this.journal !== null) this.journal.push(EV_UPDATE, TABLE_GRE_CALLS, c, this.serial[c]);
+  }
+
+  /** A new grace time (reload): calls already clearing keep their clearing time, their deadline moves. */
+  setGrace(ms: number): void {
+    const delta = ms - this.graceMs;
+    this.graceMs = ms;
+    if (delta === 0) return;
+    for (let c = 0; c < this.capacity; c++) if (this.inUse[c] === 1 && this.state[c] === CALL_CLEARING) this.expires[c] += delta;
   }
 
   /** A refused call (result != 1) leaves no mapping [LA SetExpire(0)]. */
