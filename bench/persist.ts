@@ -27,7 +27,7 @@ import { routerConfig } from '../test/lab/router-harness';
 
 const quiet: Logger = {
   error: () => undefined, warn: () => undefined, info: () => undefined, debug: () => undefined, event: () => undefined,
-  enabled: () => false, configure: () => undefined,
+  lazyEvent: () => undefined, enabled: () => false, configure: () => undefined,
 };
 const PUB = ipv4ToInt32('198.18.0.2');
 /** Remote endpoints per mapping: 1 M sessions need more than the 64 k public ports of one address. */

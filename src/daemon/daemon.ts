@@ -12,6 +12,7 @@ import { WanWatch } from '../edge/netlink/wan-watch';
 import { ControlReply, ControlRequest, ControlServer, lookupGroup, startControlServer } from './control';
 import { ControlCommands } from './control-commands';
 import { Logger } from './log';
+import { DebugLog } from './debug-log';
 import { Datapath, rxSlotSize } from '../nat/datapath';
 import type { NatTimers } from '../nat/napt';
 import { NO_FORWARD } from '../nat/forwards';
@@ -157,6 +158,9 @@ export class Daemon implements MetricsSource {
   /** Shared mode's saved sysctls, next to the control socket the daemon started with. */
   private readonly sharedSave: string;
   readonly reloadFromFile: () => Promise<ReloadOutcome>;
+  /** Debug lines of table events and drops, an observer while log.level is debug. */
+  private readonly debugLog: DebugLog;
+  private debugging = false;
   /** The last reload (status). */
   private lastReload: { at: number; ok: boolean; applied?: string[]; error?: string } | null = null;
   /**
@@ -185,7 +189,10 @@ export class Daemon implements MetricsSource {
     },
     mssClamp: (next) => { this.datapath.napt.mssClamp = mssClampValue(next.mssClamp, next.tun.mtu); },
     state: (next) => this.store?.configure(next.state),
-    log: (next) => this.log.configure(next.log),
+    log: (next) => {
+      this.log.configure(next.log);
+      this.syncDebugLog();
+    },
     metrics: async (next) => {
       await this.metrics?.close();
       this.metrics = null;
@@ -251,6 +258,21 @@ export class Daemon implements MetricsSource {
     this.ids = new IdIndex(() => this.idSources());
     this.feed.add(this.ids);
     this.journalListeners.push(this.feed);
+    this.debugLog = new DebugLog(log, (table, index, serial) => this.rowOf(table, index, serial));
+    this.syncDebugLog();
+  }
+
+  /** The debug observer follows the log level. */
+  private syncDebugLog(): void {
+    const on = this.log.enabled('debug');
+    if (on === this.debugging) return;
+    this.debugging = on;
+    if (on) {
+      this.debugLog.startDrops(this.datapath.napt.drops.counts);
+      this.addObserver(this.debugLog);
+    } else {
+      this.removeObserver(this.debugLog);
+    }
   }
 
   /** Every table's records and serials, for the id index. */
@@ -387,6 +409,7 @@ export class Daemon implements MetricsSource {
     if (now - this.pptpSweptAt >= 1000) {
       this.pptpSweptAt = now;
       this.pptpTick(now);
+      if (this.debugging) this.debugLog.drops(this.datapath.napt.drops.counts);
     }
     this.drainJournal();
   }

@@ -20,6 +20,8 @@ export interface Logger {
    * some were suppressed carries `suppressed=N`.
    */
   event(kind: string, msg: string, fields?: LogFields, level?: 'info' | 'debug'): void;
+  /** Like event(), for a line that costs something to build: `build` runs only when the line is written. */
+  lazyEvent(kind: string, level: 'info' | 'debug', build: () => [msg: string, fields: LogFields]): void;
   /** Whether lines of `level` are written (so a caller can skip building them). */
   enabled(level: LogLevel): boolean;
   /** A reload's format, level and rate limit, from the next line on. */
@@ -67,18 +69,21 @@ export function createLogger(options: LoggerOptions): Logger {
     output.log({ level, message: msg, ts: new Date(now()).toISOString(), fields });
   };
   const limiter = new EventRateLimiter(options.rateLimitPerMinute, now);
+  const lazyEvent: Logger['lazyEvent'] = (kind, level, build) => {
+    if (!output.isLevelEnabled(level)) return;
+    const suppressed = limiter.admit(kind);
+    if (suppressed === undefined) return;
+    const [msg, fields] = build();
+    write(level, msg, suppressed > 0 ? { event: kind, ...fields, suppressed } : { event: kind, ...fields });
+  };
 
   return {
     error: (msg, fields) => write('error', msg, fields),
     warn: (msg, fields) => write('warn', msg, fields),
     info: (msg, fields) => write('info', msg, fields),
     debug: (msg, fields) => write('debug', msg, fields),
-    event(kind, msg, fields, level = 'info') {
-      if (!output.isLevelEnabled(level)) return;
-      const suppressed = limiter.admit(kind);
-      if (suppressed === undefined) return;
-      write(level, msg, suppressed > 0 ? { event: kind, ...fields, suppressed } : { event: kind, ...fields });
-    },
+    event: (kind, msg, fields, level = 'info') => lazyEvent(kind, level, () => [msg, fields ?? {}]),
+    lazyEvent,
     enabled: (level) => output.isLevelEnabled(level),
     configure(next) {
       renderLine = renderer(next.format);

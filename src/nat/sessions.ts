@@ -14,7 +14,7 @@
  * No string keys, no allocation after construction.
  */
 import { FlowIndex } from '../core/flow-index';
-import { EV_DESTROY, EV_NEW, Journal } from '../core/journal';
+import { EV_DESTROY, EV_NEW, EV_UPDATE, Journal } from '../core/journal';
 import { PROTO_ICMP, PROTO_TCP, PROTO_UDP } from '../wire/ipv4';
 import { SlotPool } from '../core/slot-pool';
 import { columns, Serials, SoaRows } from '../core/table';
@@ -256,6 +256,11 @@ export class SessionTable {
       port = port === hi ? lo : port + 1;
     }
     return -1;
+  }
+
+  /** Session `s` changed a state operators see (an UPDATE event for `conns watch`; the store's flush picks up the values). */
+  updated(s: number): void {
+    if (this.journal !== null) this.journal.push(EV_UPDATE, TABLE_SESSIONS, s, this.sSerial[s]);
   }
 
   // ---- removal -----------------------------------------------------------

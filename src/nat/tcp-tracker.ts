@@ -42,13 +42,24 @@ export function tcpTimeoutMs(state: number, establishedMs: number, transitoryMs:
   return tcpIsEstablished(state) ? establishedMs : transitoryMs;
 }
 
+/** Names for operators, conntrack-like, indexed by tcpStateClass. */
+const TCP_STATE_NAMES: readonly string[] = ['NONE', 'SYN_SENT', 'SYN_RECV', 'ESTABLISHED', 'FIN_WAIT', 'TIME_WAIT', 'CLOSE'];
+
+/**
+ * The state an operator sees, as a small number (an index of
+ * TCP_STATE_NAMES): a change of it is a state change worth an UPDATE event.
+ */
+export function tcpStateClass(state: number): number {
+  if (state & TCP_RST_SEEN) return 6;
+  if ((state & (TCP_FIN_OUT | TCP_FIN_IN)) === (TCP_FIN_OUT | TCP_FIN_IN)) return 5;
+  if (state & (TCP_FIN_OUT | TCP_FIN_IN)) return 4;
+  if (tcpIsEstablished(state)) return 3;
+  if (state & TCP_SYN_OUT) return 1;
+  if (state & TCP_SYN_IN) return 2;
+  return 0;
+}
+
 /** Name for operators, conntrack-like. */
 export function tcpStateName(state: number): string {
-  if (state & TCP_RST_SEEN) return 'CLOSE';
-  if ((state & (TCP_FIN_OUT | TCP_FIN_IN)) === (TCP_FIN_OUT | TCP_FIN_IN)) return 'TIME_WAIT';
-  if (state & (TCP_FIN_OUT | TCP_FIN_IN)) return 'FIN_WAIT';
-  if (tcpIsEstablished(state)) return 'ESTABLISHED';
-  if (state & TCP_SYN_OUT) return 'SYN_SENT';
-  if (state & TCP_SYN_IN) return 'SYN_RECV';
-  return 'NONE';
+  return TCP_STATE_NAMES[tcpStateClass(state)];
 }

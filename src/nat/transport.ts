@@ -11,7 +11,7 @@ import { UDP_OK } from '../wire/udp';
 import { VNET_F_DATA_VALID, VNET_F_NEEDS_CSUM } from '../wire/vnet';
 import { Drop, Verdict } from '../core/verdict';
 import { SLOT_TCP, SLOT_UDP, SessionTable, protoSlot } from './sessions';
-import { tcpInitialState, tcpNextState, tcpTimeoutMs } from './tcp-tracker';
+import { tcpInitialState, tcpNextState, tcpStateClass, tcpTimeoutMs } from './tcp-tracker';
 import { clampMss } from './mss-clamp';
 import { rewriteTransport } from './rewrite';
 import { Packet, TrackerRegistry } from './tracker';
@@ -195,16 +195,25 @@ export class Transport {
     return s < 0 ? -2 : s;
   }
 
-  /** Updates TCP state, expiry and counters of a session for a packet in one direction. */
+  /**
+   * Updates TCP state, expiry and counters of a session for a packet in one
+   * direction. A state an operator sees changing (a TCP state, the first
+   * reply of a UDP or ICMP flow) is an UPDATE event, except on the packet
+   * that created the session (its NEW event shows the state).
+   */
   refresh(s: number, isTcp: boolean, flags: number, outbound: boolean, bytes: number, now: number): void {
     const t = this.table;
     const timers = this.timers;
+    const seen = t.sPktsOut[s] + t.sPktsIn[s] > 0;
     let timeout: number;
     if (isTcp) {
-      const st = tcpNextState(t.sState[s], flags, outbound);
+      const old = t.sState[s];
+      const st = tcpNextState(old, flags, outbound);
       t.sState[s] = st;
+      if (seen && st !== old && tcpStateClass(st) !== tcpStateClass(old)) t.updated(s);
       timeout = tcpTimeoutMs(st, timers.tcpEstablishedMs, timers.tcpTransitoryMs);
     } else {
+      if (seen && !outbound && t.sPktsIn[s] === 0) t.updated(s);
       timeout = t.mProto[t.sMap[s]] === PROTO_ICMP ? timers.icmpMs : timers.udpMs;
     }
     t.sExpires[s] = now + timeout;

@@ -40,7 +40,7 @@ function rig(extra: Record<string, unknown> = {}) {
   const chunks: string[] = [];
   const stream = new Writable({ write(c: Buffer, _e, done) { chunks.push(c.toString()); done(); } });
   const base = config(extra);
-  const log = createLogger({ ...base.log, stream });
+  const log = createLogger({ ...base.log, stream, now: () => clock.t });
   const tun = new FakeTun({ name: 'fake0' });
   const daemon = new Daemon(base, log, { persist: false, openTun: () => tun, now: () => clock.t });
   daemon.startPacketLoop(tun);
@@ -53,6 +53,8 @@ function rig(extra: Record<string, unknown> = {}) {
   return {
     daemon, tun, clock, send, row, drops, base,
     reload: (more: Record<string, unknown>) => daemon.reload(config({ ...extra, ...more })),
+    /** The lines written so far, without letting the event loop turn (so the feed has not delivered). */
+    written: () => chunks.join('').split('\n').filter((l) => l !== ''),
     async lines() { await tick(); return chunks.join('').split('\n').filter((l) => l !== ''); },
   };
 }
@@ -145,5 +147,50 @@ describe('reload on a running daemon', () => {
     r.clock.t += 30_000;
     assert.equal((await r.reload({ timeouts: { espPending: 60 } })).ok, true);
     assert.equal(pending()?.expiresInSeconds, 30);
+  });
+});
+
+describe('debug logging', () => {
+  const debugLines = async (r: ReturnType<typeof rig>) =>
+    (await r.lines()).map((l) => JSON.parse(l) as Record<string, any>).filter((l) => l.level === 'debug');
+
+  it('is off at info; a reload to debug turns on lines for new, updated and expired entries and drops, after the batch', async () => {
+    const r = rig();
+    r.send(LAN, REMOTE, 40000, 7000);
+    await tick();
+    assert.deepEqual(await debugLines(r), []);
+    assert.equal((await r.reload({ log: { level: 'debug', format: 'json' } })).ok, true);
+    const [out] = r.send(LAN, REMOTE, 40001, 7000);
+    assert.deepEqual(r.written().filter((l) => JSON.parse(l).level === 'debug'), [], 'nothing is logged inside the batch');
+    await tick();
+    r.send(REMOTE, PUBLIC, 7000, Number(out.sport));
+    r.send(OTHER, PUBLIC, 7000, Number(out.sport));
+    await tick();
+    r.clock.t += 301_000;
+    const d = r.daemon as unknown as { sweep(b: number): void };
+    d.sweep(1 << 20);
+    await tick();
+    const lines = await debugLines(r);
+    assert.deepEqual(lines.map((l) => [l.event, l.msg]), [
+      ['conn-new', 'new udp 10.77.0.11:40001 -> 198.18.0.11:7000 as 198.18.0.2:40001'],
+      ['conn-update', 'REPLIED udp 10.77.0.11:40001 -> 198.18.0.11:7000 as 198.18.0.2:40001'],
+      // The sweep's once-a-second drop report, then the sweep's table events (after it).
+      ['drop-filtered', 'dropped 1 packet: filtered'],
+      ['conn-end', 'expired udp 10.77.0.11:40000 -> 198.18.0.11:7000 as 198.18.0.2:40000 after 301s idle'],
+      ['conn-end', 'expired udp 10.77.0.11:40001 -> 198.18.0.11:7000 as 198.18.0.2:40001 after 301s idle'],
+    ]);
+    assert.equal(lines[3].reason, 'expired');
+  });
+
+  it('is rate limited per kind, and counts what it left out', async () => {
+    const r = rig({ log: { level: 'debug', format: 'json', rateLimitPerMinute: 5 } });
+    for (let i = 0; i < 8; i++) r.send(LAN, REMOTE, 42000 + i, 7000);
+    await tick();
+    r.clock.t += 61_000;
+    r.send(LAN, REMOTE, 42100, 7000);
+    await tick();
+    const news = (await debugLines(r)).filter((l) => l.event === 'conn-new');
+    assert.equal(news.length, 6);
+    assert.equal(news[5].suppressed, 3);
   });
 });

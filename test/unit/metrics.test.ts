@@ -18,7 +18,7 @@ function fakeSource(): MetricsSource & { dropsByReason: Record<string, number> }
   };
 }
 
-const quietLog: Logger = { error() {}, warn() {}, info() {}, debug() {}, event() {}, enabled: () => false, configure() {} };
+const quietLog: Logger = { error() {}, warn() {}, info() {}, debug() {}, event() {}, lazyEvent() {}, enabled: () => false, configure() {} };
 
 function fetch(port: number, path: string): Promise<{ status: number; type: string; body: string }> {
   return new Promise((resolve, reject) => {

@@ -37,7 +37,7 @@ function logger(lines: Logged[]): Logger {
   const w = (level: string) => (msg: string, fields?: Record<string, unknown>) => { lines.push({ level, msg, fields }); };
   return {
     error: w('error'), warn: w('warn'), info: w('info'), debug: w('debug'), event: (_k, msg, fields) => lines.push({ level: 'event', msg, fields }),
-    enabled: () => true, configure: () => undefined,
+    lazyEvent: () => undefined, enabled: () => true, configure: () => undefined,
   };
 }
 

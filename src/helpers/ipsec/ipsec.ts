@@ -189,7 +189,8 @@ export class IpsecMasq {
     if ((ic0 | ic1) === 0) this.events.push(IpsecEvent.ZERO_COOKIE, lan, rem, 0, 0);
     // Rule I-2: one entry per (L, R, all 8 initiator cookie bytes).
     let k = this.liveIsakmp(this.kOut.get(lan, rem, ic0, ic1), now);
-    if (k < 0) {
+    const created = k < 0;
+    if (created) {
       // Rule I-4: while another host's exchange with this cookie awaits its responder cookie, a new one collides.
       const o = this.kIn.get(rem, ic0, ic1, 0);
       if (o >= 0) {
@@ -204,7 +205,7 @@ export class IpsecMasq {
       this.journalNew(TABLE_ISAKMP, k, this.serials.next++);
     }
     // A LAN host answering an exchange the remote started carries the responder cookie from its first packet.
-    if (this.kHasRc[k] === 0 && (rc0 | rc1) !== 0) this.learnRcookie(k, rc0, rc1);
+    if (this.kHasRc[k] === 0 && (rc0 | rc1) !== 0) this.learnRcookie(k, rc0, rc1, !created);
     this.kExpires[k] = now + this.opts.lifetimeMs;
     this.kPktsOut[k]++;
     this.touchRecent(this.kRemote[k], lan, now);
@@ -224,7 +225,7 @@ export class IpsecMasq {
     }
     const k = this.liveIsakmp(this.kIn.get(rem, ic0, ic1, 0), now);
     if (k >= 0) {
-      if ((rc0 | rc1) !== 0) this.learnRcookie(k, rc0, rc1);
+      if ((rc0 | rc1) !== 0) this.learnRcookie(k, rc0, rc1, true);
       return this.deliverIsakmp(k, now, to);
     }
     if ((ic0 | ic1) === 0) this.events.push(IpsecEvent.ZERO_COOKIE, rem, 0, 0, 0);
@@ -252,7 +253,7 @@ export class IpsecMasq {
       k = this.createIsakmp(server, rem, ic0, ic1, this.serials.next);
       if (k < 0) return Drop.TABLE_FULL;
       this.journalNew(TABLE_ISAKMP, k, this.serials.next++);
-      if ((rc0 | rc1) !== 0) this.learnRcookie(k, rc0, rc1);
+      if ((rc0 | rc1) !== 0) this.learnRcookie(k, rc0, rc1, false);
       this.events.push(IpsecEvent.ISAKMP_FORWARD, rem, server, ic0, ic1);
     }
     this.kServer[k] = 1;
@@ -298,7 +299,8 @@ export class IpsecMasq {
     return k;
   }
 
-  private learnRcookie(k: number, rc0: number, rc1: number): void {
+  /** The entry's responder cookie; `report`: the entry existed before this packet, so the change is an UPDATE event (UNREPLIED -> REPLIED). */
+  private learnRcookie(k: number, rc0: number, rc1: number, report: boolean): void {
     const rem = this.kRem[k];
     const ic0 = this.kIc0[k];
     const ic1 = this.kIc1[k];
@@ -307,6 +309,7 @@ export class IpsecMasq {
     this.kRc1[k] = rc1;
     this.kHasRc[k] = 1;
     this.kIn.set(rem, ic0, ic1, rcookieKey(rc0, rc1), k);
+    if (report && this.journal !== null) this.journal.push(EV_UPDATE, TABLE_ISAKMP, k, this.kSerial[k]);
   }
 
   private removeIsakmp(k: number): void {
@@ -527,7 +530,7 @@ export class IpsecMasq {
     if (hasRc && this.kIn.get(rem, ic0, ic1, rcookieKey(rc0, rc1)) >= 0) return NONE;
     const k = this.createIsakmp(lan, rem, ic0, ic1, serial);
     if (k < 0) return NONE;
-    if (hasRc) this.learnRcookie(k, rc0, rc1);
+    if (hasRc) this.learnRcookie(k, rc0, rc1, false);
     if (server) {
       // Restored in serial order: the last one is the remote's newest server entry.
       this.kServer[k] = 1;
