@@ -34,10 +34,12 @@ import { Store } from '../persist/store';
 import { EspCodec, GreCallCodec, IsakmpCodec, SessionCodec } from '../persist/tables';
 import { DbHealth } from '../persist/health';
 import { Forwards } from '../nat/forwards';
-import { PptpCounter } from '../helpers/pptp/counters';
+import { PPTP_COUNTER_NAMES, PptpCounter } from '../helpers/pptp/counters';
 import { PptpMasq } from '../helpers/pptp/pptp';
 import { TABLE_GRE_CALLS } from '../helpers/pptp/calls';
-import { IPSEC_EVENT_NAMES, IpsecMasq, IpsecOptions, MIN_LIFETIME_MS, TABLE_ESP, TABLE_ISAKMP } from '../helpers/ipsec/ipsec';
+import {
+  ESP_ESTABLISHED, ESP_PENDING, ESP_SQUELCHED, IPSEC_EVENT_NAMES, IpsecMasq, IpsecOptions, MIN_LIFETIME_MS, TABLE_ESP, TABLE_ISAKMP,
+} from '../helpers/ipsec/ipsec';
 import { attachIpsec } from '../helpers/ipsec/nat';
 
 /** Policy routing table and rule priority the daemon owns. */
@@ -161,6 +163,8 @@ export class Daemon implements MetricsSource {
   /** Debug lines of table events and drops, an observer while log.level is debug. */
   private readonly debugLog: DebugLog;
   private debugging = false;
+  /** Reloads applied, rejected. */
+  private readonly reloadCount = [0, 0];
   /** The last reload (status). */
   private lastReload: { at: number; ok: boolean; applied?: string[]; error?: string } | null = null;
   /**
@@ -391,9 +395,13 @@ export class Daemon implements MetricsSource {
     store.registerTable(new IsakmpCodec(this.ipsec, this.table));
     store.registerTable(new EspCodec(this.ipsec, this.table));
     store.registerTable(new GreCallCodec(this.pptp.calls, this.table));
+    // The VPN counters continue where the last run left them (stats, vpnmasq_vpn_events_total).
+    store.registerCounters(IPSEC_EVENT_NAMES.map((n) => `ipsec-${n}`), this.ipsec.eventCounts);
+    store.registerCounters(PPTP_COUNTER_NAMES.map((n) => `pptp-${n}`), this.pptp.counters.counts);
     store.restore({ now: this.now(), publicAddr: this.table.publicAddr, onAddressChange: this.config.wan.onAddressChange });
-    // Restored entries come without table events.
+    // Restored entries come without table events; restored counters are not news for the log.
     this.ids.rebuild();
+    PPTP_LOGGED.forEach(([counter], i) => { this.pptpLogged[i] = this.pptp.counters.counts[counter]; });
     this.addJournalListener(store);
     store.start();
     this.store = store;
@@ -542,7 +550,7 @@ export class Daemon implements MetricsSource {
       bytes: { out: napt.traffic[T_BYTES_OUT], in: napt.traffic[T_BYTES_IN] },
       mappings: { tcp: t.countBySlot[SLOT_TCP], udp: t.countBySlot[SLOT_UDP], icmp: t.countBySlot[SLOT_ICMP] },
       sessions: t.sessionCount,
-      limit: t.capacity,
+      limit: t.limit,
       drops: napt.drops.byName(),
       ipsec: this.ipsec.stats(),
       pptp: this.pptp.stats(),
@@ -561,7 +569,7 @@ export class Daemon implements MetricsSource {
       publicAddress: this.publicAddress(),
       lanPrefixes: this.config.lan.prefixes,
       sessions: this.table.sessionCount,
-      limit: this.table.capacity,
+      limit: this.table.limit,
       state: this.store ? { path: this.store.path, ...this.store.health() } : null,
       control: this.control?.path ?? this.config.control.socket,
       lastReload: this.lastReload === null ? null : { ...this.lastReload, at: new Date(this.lastReload.at).toISOString() },
@@ -653,6 +661,7 @@ export class Daemon implements MetricsSource {
   }
 
   private reloaded(outcome: ReloadOutcome): ReloadOutcome {
+    this.reloadCount[outcome.ok ? 0 : 1]++;
     this.lastReload = outcome.ok ? { at: this.now(), ok: true, applied: outcome.applied } : { at: this.now(), ok: false, error: outcome.error };
     return outcome;
   }
@@ -712,11 +721,52 @@ export class Daemon implements MetricsSource {
 
   mappingsByProto(): Record<string, number> {
     const c = this.table.countBySlot;
-    return { tcp: c[SLOT_TCP], udp: c[SLOT_UDP], icmp: c[SLOT_ICMP] };
+    const e = this.ipsec.espCountByState;
+    return {
+      tcp: c[SLOT_TCP], udp: c[SLOT_UDP], icmp: c[SLOT_ICMP],
+      isakmp: this.ipsec.isakmpCount, esp: e[ESP_PENDING] + e[ESP_ESTABLISHED] + e[ESP_SQUELCHED], gre: this.pptp.calls.count,
+    };
+  }
+
+  vpnEntries(): Record<string, Record<string, number>> {
+    const m = this.ipsec;
+    const replied = m.isakmpReplied();
+    const e = m.espCountByState;
+    return {
+      isakmp: { replied, unreplied: m.isakmpCount - replied },
+      esp: { pending: e[ESP_PENDING], established: e[ESP_ESTABLISHED], squelched: e[ESP_SQUELCHED] },
+      gre: this.pptp.calls.countByState(),
+    };
+  }
+
+  tables(): Record<string, { entries: number; capacity: number }> {
+    const t = this.table;
+    const m = this.ipsec;
+    const f = this.datapath.frags;
+    const e = m.espCountByState;
+    return {
+      sessions: { entries: t.sessionCount, capacity: t.limit },
+      mappings: { entries: t.mappingCount, capacity: t.capacity },
+      isakmp: { entries: m.isakmpCount, capacity: m.opts.capacity },
+      esp: { entries: e[ESP_PENDING] + e[ESP_ESTABLISHED] + e[ESP_SQUELCHED], capacity: m.opts.capacity },
+      'ipsec-remotes': { entries: m.remoteCount, capacity: m.opts.capacity },
+      'pptp-calls': { entries: this.pptp.calls.count, capacity: this.pptp.calls.capacity },
+      'pptp-control': { entries: this.pptp.control.count, capacity: this.pptp.control.capacity },
+      'fragments-held': { entries: f.heldCount, capacity: f.holdLimit },
+      'fragment-datagrams': { entries: f.datagramCount, capacity: f.datagramCapacity },
+    };
+  }
+
+  reloads(): Record<string, number> {
+    return { applied: this.reloadCount[0], rejected: this.reloadCount[1] };
+  }
+
+  nowMs(): number {
+    return this.now();
   }
 
   tableLimit(): number {
-    return this.table.capacity;
+    return this.table.limit;
   }
 
   drops(): Record<string, number> {

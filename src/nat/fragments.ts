@@ -60,6 +60,10 @@ export class FragmentTracker {
     this.holdLimit = holdSlots;
   }
 
+  /** Datagrams remembered (first fragment translated), and how many can be. */
+  get datagramCount(): number { return this.dRows.count; }
+  get datagramCapacity(): number { return this.dRows.capacity; }
+
   static key(proto: number, id: number): number {
     return (proto << 16) | id;
   }

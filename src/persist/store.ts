@@ -87,12 +87,22 @@ export interface StoreOptions {
   now?: () => number;
 }
 
+/** Counters kept across restarts: `values[i]` is stored under `names[i]`. */
+interface Counters {
+  names: readonly string[];
+  values: Float64Array;
+  /** The values last written (NaN: write it). */
+  written: Float64Array;
+}
+
 export class Store implements JournalListener {
   private conn: Database.Database | null = null;
   private fileId = '';
   private lastFileCheck = 0;
   private readonly tables: (Registered | undefined)[] = [];
   private readonly registered: Registered[] = [];
+  private readonly counters: Counters[] = [];
+  private upsertCounter: Database.Statement | null = null;
   private readonly qKind = new Uint8Array(QUEUE_MAX);
   private readonly qTable = new Uint8Array(QUEUE_MAX);
   private readonly qIndex = new Int32Array(QUEUE_MAX);
@@ -136,6 +146,14 @@ export class Store implements JournalListener {
     }
   }
 
+  /**
+   * Monotonic counters that survive restarts (the VPN event counts): restore()
+   * adds the stored totals to `values`, every tick writes the ones that moved.
+   */
+  registerCounters(names: readonly string[], values: Float64Array): void {
+    this.counters.push({ names, values, written: new Float64Array(values.length).fill(NaN) });
+  }
+
   // ---- restore ---------------------------------------------------------
 
   /**
@@ -168,6 +186,7 @@ export class Store implements JournalListener {
         }
         r.codec.restored();
       }
+      this.restoreCounters(db);
       this.tx(() => {
         this.registered.forEach((r, i) => { for (const serial of discard[i]) (r.remove as Database.Statement).run(serial); });
       });
@@ -180,6 +199,23 @@ export class Store implements JournalListener {
     this.rowsDiscarded += discarded;
     this.log.info('state restored', { path: this.cfg.path, restored, discarded, ms: Date.now() - t0 });
     return { restored, discarded };
+  }
+
+  /** Adds the stored totals to the registered counters (a stored value that is not a count is ignored, and logged). */
+  private restoreCounters(db: Database.Database): void {
+    if (this.counters.length === 0) return;
+    const stored = new Map<string, unknown>();
+    for (const row of db.prepare('SELECT name, value FROM counters').raw().all() as unknown[][]) stored.set(String(row[0]), row[1]);
+    const bad: string[] = [];
+    for (const c of this.counters) {
+      c.names.forEach((name, i) => {
+        const v = stored.get(name);
+        if (v === undefined) return;
+        if (typeof v === 'number' && Number.isFinite(v) && v >= 0) c.values[i] += v;
+        else bad.push(name);
+      });
+    }
+    if (bad.length > 0) this.log.error('state database counters that are not counts were reset', { path: this.cfg.path, counters: bad.join(', ') });
   }
 
   /**
@@ -262,6 +298,7 @@ export class Store implements JournalListener {
         this.tx(() => {
           this.applyQueue();
           this.applyUpdates(maxUpdates);
+          this.writeCounters();
         });
       }
       if (!this.healthy) {
@@ -361,7 +398,21 @@ export class Store implements JournalListener {
     }
   }
 
+  /** The counters that moved since they were written. */
+  private writeCounters(): void {
+    const upsert = this.upsertCounter as Database.Statement;
+    for (const c of this.counters) {
+      for (let i = 0; i < c.values.length; i++) {
+        if (c.values[i] === c.written[i]) continue;
+        upsert.run(c.names[i], c.values[i]);
+        c.written[i] = c.values[i];
+      }
+    }
+  }
+
   private rewriteAll(): void {
+    for (const c of this.counters) c.written.fill(NaN);
+    this.writeCounters();
     const db = this.conn as Database.Database;
     for (const r of this.registered) {
       db.prepare(`DELETE FROM ${r.codec.sqlTable}`).run();
@@ -404,6 +455,7 @@ export class Store implements JournalListener {
     this.fileId = this.statFile();
     this.lastFileCheck = this.now();
     for (const r of this.registered) this.prepare(this.conn, r);
+    this.upsertCounter = this.conn.prepare('INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value');
     if (atStart) this.healthy = true;
     return true;
   }

@@ -176,6 +176,15 @@ export class IpsecMasq {
   }
 
   get isakmpCount(): number { return this.kRows.count; }
+  /** Remotes with an entry (or just looked up for one). */
+  get remoteCount(): number { return this.rFree.count; }
+
+  /** ISAKMP entries that learnt their responder cookie (REPLIED); a scan, for the metrics. */
+  isakmpReplied(): number {
+    let n = 0;
+    for (let k = 0; k < this.opts.capacity; k++) if (this.kInUse[k] === 1 && this.kHasRc[k] === 1) n++;
+    return n;
+  }
   /** Counted events by name (spec §10). */
   get eventCounts(): Float64Array { return this.events.counts; }
 

@@ -87,6 +87,19 @@ export class PptpCalls {
 
   get count(): number { return this.rows.count; }
 
+  /** Calls per state (requested, confirmed, clearing); a scan, for the metrics. */
+  countByState(): { requested: number; confirmed: number; clearing: number } {
+    const out = { requested: 0, confirmed: 0, clearing: 0 };
+    for (let c = 0; c < this.capacity; c++) {
+      if (this.inUse[c] === 0) continue;
+      const st = this.state[c];
+      if (st === CALL_REQUESTED) out.requested++;
+      else if (st === CALL_CONFIRMED) out.confirmed++;
+      else out.clearing++;
+    }
+    return out;
+  }
+
   findLan(lan: number, rem: number, lanId: number): number { return this.index.get(lan, rem, lanId, TAG_LAN); }
   findPub(rem: number, pubId: number): number { return this.index.get(rem, pubId, 0, TAG_PUB); }
   findRem(rem: number, remId: number): number { return this.index.get(rem, remId, 0, TAG_REM); }
