@@ -9,6 +9,7 @@ import { CliError, EXIT_FAILURE, EXIT_USAGE } from './client';
 import { connsCommand } from './commands-conns';
 import { RunDaemon, runCommand, systemCommands } from './commands-system';
 import { completionCommand } from './completion';
+import { ipsecCommand } from './commands-ipsec';
 import { version } from '../core/version';
 
 /** `runDaemon` is what `vpnmasq run` does; the entry point (src/bin/vpnmasq.ts) supplies it. */
@@ -29,6 +30,7 @@ The daemon's control socket (control.socket in the config) is open to root and t
   runCommand(program, runDaemon);
   systemCommands(program);
   connsCommand(program);
+  ipsecCommand(program);
   completionCommand(program);
   program.helpCommand(false);
   program

@@ -10,6 +10,7 @@
  *   forwards-list                     rows, then {count}
  *   forwards-add {forward}            {forward}: a runtime forward, checked like the config's
  *   forwards-remove {proto, publicPort}   {forward}: removes a runtime forward
+ *   ipsec {remote?}                   one row per remote (src/query/ipsec-report.ts), then {count}
  *   reload                            {applied, warnings}: the config file reloaded, or an error naming
  *                                     every field that needs a restart (the running config kept)
  *
@@ -29,6 +30,8 @@ import { EV_DESTROY, EV_NEW, EV_UPDATE } from '../core/journal';
 import { ConnRow } from '../query/rows';
 import { SessionTable } from '../nat/sessions';
 import { Forwards } from '../nat/forwards';
+import { IpsecRemote } from '../query/ipsec-report';
+import { ipv4ToInt32, isIPv4 } from '../core/ipv4-addr';
 
 /** What the commands need from the daemon. */
 export interface ControlTarget {
@@ -46,6 +49,8 @@ export interface ControlTarget {
   forwardsChanged(): Promise<void>;
   stats(): Record<string, unknown>;
   status(): Record<string, unknown>;
+  /** The IPsec tables per remote (`vpnmasq ipsec`), or only this remote's. */
+  ipsecRemotes(remote: number | null): IpsecRemote[];
   /** Reads the config file and applies it (serialised with SIGHUP). */
   reloadFromFile(): Promise<{ ok: true; applied: string[]; warnings: string[] } | { ok: false; error: string }>;
   /** Table events after each batch was written (`conns watch`). */
@@ -97,6 +102,13 @@ export class ControlCommands {
       case 'forwards-remove':
         return this.forwardsChange(() => this.target.forwards.remove(String(req.proto),
           req.publicPort === undefined || req.publicPort === null ? undefined : Number(req.publicPort)));
+      case 'ipsec': {
+        if (req.remote !== undefined && (typeof req.remote !== 'string' || !isIPv4(req.remote))) {
+          throw new Error(`ipsec: remote must be an IPv4 address, not ${JSON.stringify(req.remote)}`);
+        }
+        const rows = this.target.ipsecRemotes(req.remote === undefined ? null : ipv4ToInt32(req.remote));
+        return { rows, result: { count: rows.length } };
+      }
       case 'reload':
         return this.reload();
       default:

@@ -20,6 +20,7 @@ import { Journal, JournalListener } from '../core/journal';
 import { PortPolicy, SessionTable, SLOT_ICMP, SLOT_TCP, SLOT_UDP, TABLE_SESSIONS } from '../nat/sessions';
 import { PROTO_TCP, PROTO_UDP } from '../wire/ipv4';
 import { allRows, ConnRow, ConnTables, rowOf } from '../query/rows';
+import { IpsecRemote, ipsecReport } from '../query/ipsec-report';
 import { JournalFeed, JournalObserver } from '../query/journal-feed';
 import { IdIndex, IdSource } from '../query/id-index';
 import { Drop } from '../core/verdict';
@@ -556,6 +557,10 @@ export class Daemon implements MetricsSource {
       pptp: this.pptp.stats(),
       tun: tunStats,
     };
+  }
+
+  ipsecRemotes(remote: number | null): IpsecRemote[] {
+    return ipsecReport(this.ipsec, this.now(), remote);
   }
 
   status(): Record<string, unknown> {

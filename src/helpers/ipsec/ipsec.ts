@@ -52,6 +52,9 @@ export const ESP_ESTABLISHED = 2;
 export const ESP_SQUELCHED = 3;
 export const ESP_STATE_NAMES: readonly string[] = ['free', 'pending', 'established', 'squelched'];
 
+/** LAN hosts remembered per remote as turned away (a blocked new SPI or a colliding cookie), for `vpnmasq ipsec`. */
+export const TURNED_SLOTS = 4;
+
 /** Distinct AH flows remembered so each is logged once. */
 const AH_FLOWS = 1024;
 
@@ -117,6 +120,12 @@ export class IpsecMasq {
   /** The newest forwarded-server ISAKMP entry with this remote, or -1 (inbound ESP steering, spec §6). */
   private readonly rServer: Int32Array;
   private readonly rFree: SoaRows;
+  /** Hosts turned away per remote (TURNED_SLOTS each): host, its SPI or cookie high word, the IpsecEvent, the host in the way, when (-1: empty). */
+  private readonly rTurnLan: Int32Array;
+  private readonly rTurnId: Int32Array;
+  private readonly rTurnBy: Int32Array;
+  private readonly rTurnWhy: Uint8Array;
+  private readonly rTurnSeen: Float64Array;
 
   private readonly ahFlows = new FlowIndex(AH_FLOWS);
   private readonly removeK = (k: number): void => this.removeIsakmp(k);
@@ -158,6 +167,9 @@ export class IpsecMasq {
     this.rRecentSeen = new Float64Array(cap * GUESS_SLOTS).fill(-1);
     this.rServer = new Int32Array(cap).fill(NONE);
     this.rFree = new SoaRows(cap);
+    [this.rTurnLan, this.rTurnId, this.rTurnBy] = columns(Int32Array, cap * TURNED_SLOTS, 3);
+    this.rTurnWhy = new Uint8Array(cap * TURNED_SLOTS);
+    this.rTurnSeen = new Float64Array(cap * TURNED_SLOTS).fill(-1);
   }
 
   /**
@@ -205,6 +217,7 @@ export class IpsecMasq {
       if (o >= 0) {
         if (this.kExpires[o] > now) {
           this.events.push(IpsecEvent.ISAKMP_COLLISION, lan, rem, ic0, this.kLan[o]);
+          this.turnAway(this.kRemote[o], lan, ic0, IpsecEvent.ISAKMP_COLLISION, this.kLan[o], now);
           return Drop.ISAKMP_COLLISION;
         }
         this.removeIsakmp(o);
@@ -373,12 +386,15 @@ export class IpsecMasq {
     if (p >= 0) {
       // One unresolved new SPI per remote at a time (spec §4.2 step 3), also for a second SA of the same host.
       this.eBlocking[p] = 1;
-      this.events.push(this.eLan[p] === lan ? IpsecEvent.ESP_BLOCKED_SELF : IpsecEvent.ESP_BLOCKED, lan, rem, spi, this.eLan[p]);
+      const why = this.eLan[p] === lan ? IpsecEvent.ESP_BLOCKED_SELF : IpsecEvent.ESP_BLOCKED;
+      this.events.push(why, lan, rem, spi, this.eLan[p]);
+      this.turnAway(r, lan, spi, why, this.eLan[p], now);
       this.unrefIfIdle(r);
       return Drop.ESP_BLOCKED;
     }
     if (!this.opts.parallel && this.rLive[r] > 0 && this.rOwner[r] !== lan) {
       this.events.push(IpsecEvent.ESP_BLOCKED_PARALLEL, lan, rem, spi, this.rOwner[r]);
+      this.turnAway(r, lan, spi, IpsecEvent.ESP_BLOCKED_PARALLEL, this.rOwner[r], now);
       this.unrefIfIdle(r);
       return Drop.ESP_BLOCKED;
     }
@@ -603,6 +619,7 @@ export class IpsecMasq {
     this.rLive[r] = 0;
     this.rRecentSeen.fill(-1, r * GUESS_SLOTS, (r + 1) * GUESS_SLOTS);
     this.rServer[r] = NONE;
+    this.rTurnSeen.fill(-1, r * TURNED_SLOTS, (r + 1) * TURNED_SLOTS);
     this.rIndex.set(rem, 0, 0, 0, r);
     return r;
   }
@@ -636,6 +653,25 @@ export class IpsecMasq {
     seen[slot] = now;
   }
 
+  /** Remembers a host turned away by remote record `r`: its slot, else the oldest (no allocation). */
+  private turnAway(r: number, lan: number, id: number, why: number, by: number, now: number): void {
+    const base = r * TURNED_SLOTS;
+    const seen = this.rTurnSeen;
+    let slot = base;
+    for (let i = base; i < base + TURNED_SLOTS; i++) {
+      if (seen[i] >= 0 && this.rTurnLan[i] === lan) {
+        slot = i;
+        break;
+      }
+      if (seen[i] < seen[slot]) slot = i;
+    }
+    this.rTurnLan[slot] = lan;
+    this.rTurnId[slot] = id;
+    this.rTurnBy[slot] = by;
+    this.rTurnWhy[slot] = why;
+    seen[slot] = now;
+  }
+
   /**
    * Guess candidates for `rem` into `to`, most recent ISAKMP activity
    * first: hosts whose ISAKMP entry has more than 5 min left (spec §4.3
@@ -661,6 +697,33 @@ export class IpsecMasq {
       bound = seen[best];
     }
     return to.count;
+  }
+
+  // ---- per-remote view (`vpnmasq ipsec`, off the packet path) -------------------
+
+  /** The remote's pending ESP entry (the one new SPI it may have unresolved, spec §4.2 step 3), or -1. */
+  pendingOf(rem: number): number {
+    const r = this.rIndex.get(rem, 0, 0, 0);
+    return r < 0 ? NONE : this.rPending[r];
+  }
+
+  /** The hosts an unmatched inbound SPI or cookie from `rem` would be copied to now (empty when guessing is off). */
+  guessCandidates(rem: number, now: number, to: Targets): number {
+    to.count = 0;
+    return this.opts.guessing ? this.candidates(rem, now, to) : 0;
+  }
+
+  /**
+   * The hosts `rem` turned away since `since` (a blocked new SPI or a
+   * colliding cookie), each once with its latest refusal: host, SPI or
+   * initiator cookie high word, IpsecEvent, the host in the way, when.
+   */
+  turnedAway(rem: number, since: number, fn: (lan: number, id: number, why: number, by: number, at: number) => void): void {
+    const r = this.rIndex.get(rem, 0, 0, 0);
+    if (r < 0) return;
+    for (let i = r * TURNED_SLOTS; i < (r + 1) * TURNED_SLOTS; i++) {
+      if (this.rTurnSeen[i] >= 0 && this.rTurnSeen[i] >= since) fn(this.rTurnLan[i], this.rTurnId[i], this.rTurnWhy[i], this.rTurnBy[i], this.rTurnSeen[i]);
+    }
   }
 
   // ---- housekeeping (off the packet path) -------------------------------------
