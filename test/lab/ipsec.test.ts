@@ -8,7 +8,7 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { createLab, Lab } from './lab';
-import { peer, peerServer, RouterHandle, startRouter } from './router-harness';
+import { CLI, peer, peerServer, RouterHandle, startRouter } from './router-harness';
 
 const isRoot = process.getuid?.() === 0;
 
@@ -126,5 +126,38 @@ describe('IPsec masquerade in the lab (raw ESP, no NAT-T)', { skip: !isRoot && '
     assert.equal(inner[9], 50, 'quotes ESP');
     assert.equal([...inner.subarray(12, 16)].join('.'), lab.addr.lan[2], 'quoted source is the LAN host again');
     assert.equal(inner.subarray(ihl, ihl + 4).toString('hex'), spi);
+  });
+
+  it('vpnmasq ipsec shows the pending SPI, the host turned away behind it and why it waits, then lets it through', async () => {
+    const cli = (...args: string[]) => lab.exec(lab.ns.router, [process.execPath, CLI, '-c', router.configPath, ...args], { timeoutMs: 20000 });
+    const srv = await peerServer(lab, lab.ns.vpnServer, ['ike-esp-responder', '--seconds', '20', '--idle', '3', '--silent-spi', '0x4001']);
+    // One ESP packet a second: the silent host squelches only after 5 retries (5 s) once the other is turned away.
+    const silent = client(1, 'd4d4d4d4d4d4d4d4', 0x4001, ['--packets', '1', '--timeout', '10', '--interval', '1']);
+    await new Promise((r) => setTimeout(r, 1200));
+    const waiting = client(2, 'd4d4d4d4d4d4d4d5', 0x4002, ['--packets', '2', '--interval', '1']);
+    let report: Record<string, any> | undefined;
+    for (const until = Date.now() + 4000; Date.now() < until; await new Promise((r) => setTimeout(r, 200))) {
+      const r = await cli('ipsec', remote, '--json');
+      assert.equal(r.code, 0, r.stderr);
+      report = JSON.parse(r.stdout.trim() || 'null') ?? undefined;
+      if (report?.queue.turnedAway.some((t: any) => t.lan === lab.addr.lan[2])) break;
+    }
+    assert.ok(report, 'no report for the remote');
+    assert.equal(report.queue.pending?.lan, lab.addr.lan[1], JSON.stringify(report));
+    assert.equal(report.queue.pending.spiOut, '0x00004001');
+    assert.equal(report.queue.pending.blocking, true);
+    const turned = report.queue.turnedAway.find((t: any) => t.lan === lab.addr.lan[2]);
+    assert.deepEqual([turned?.spi, turned?.reason, turned?.by], ['0x00004002', 'esp-blocked', lab.addr.lan[1]], JSON.stringify(report));
+    assert.ok(report.ike.some((k: any) => k.lan === lab.addr.lan[2] && k.state === 'REPLIED'), 'its IKE exchange went through');
+    const human = await cli('ipsec', remote);
+    assert.match(human.stdout, new RegExp(`^ +${lab.addr.lan[2].replace(/\./g, '\\.')}: its new SPI 0x00004002 was refused`, 'm'), human.stdout);
+    const w = await waiting;
+    await silent;
+    await srv.result;
+    assert.equal(w.flow.good, 2, JSON.stringify(w));
+    const end = JSON.parse((await cli('ipsec', remote, '--json')).stdout.trim());
+    assert.ok(end.squelched.some((p: any) => p.lan === lab.addr.lan[1] && p.spiOut === '0x00004001'), JSON.stringify(end));
+    assert.ok(end.esp.some((p: any) => p.lan === lab.addr.lan[2] && p.spiOut === '0x00004002' && p.state === 'established'));
+    assert.ok(!end.queue.turnedAway.some((t: any) => t.lan === lab.addr.lan[2]), 'through: no longer turned away');
   });
 });
