@@ -10,6 +10,7 @@ import { connsCommand } from './commands-conns';
 import { RunDaemon, runCommand, systemCommands } from './commands-system';
 import { completionCommand } from './completion';
 import { ipsecCommand } from './commands-ipsec';
+import { firewallCommand } from './commands-firewall';
 import { version } from '../core/version';
 
 /** `runDaemon` is what `vpnmasq run` does; the entry point (src/bin/vpnmasq.ts) supplies it. */
@@ -31,6 +32,7 @@ The daemon's control socket (control.socket in the config) is open to root and t
   systemCommands(program);
   connsCommand(program);
   ipsecCommand(program);
+  firewallCommand(program);
   completionCommand(program);
   program.helpCommand(false);
   program

@@ -28,6 +28,10 @@ export type LogFormat = 'journal' | 'json';
 export type LogLevel = 'error' | 'warn' | 'info' | 'debug';
 
 export interface TunConfig { name: string; mtu: number; offloads: boolean }
+/** Every TUN device the daemon opens for this config; what follows the devices (the firewall ruleset) takes them from here. */
+export function tunDevices(cfg: { tun: TunConfig }): string[] {
+  return [cfg.tun.name];
+}
 export interface LanConfig { interfaces: string[]; prefixes: string[] }
 export interface WanConfig {
   interface: string;
