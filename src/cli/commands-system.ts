@@ -38,7 +38,7 @@ export function runCommand(program: Command, runDaemon: RunDaemon): void {
 
 /** Human status: a headline, then the known facts, then anything else the daemon reports. */
 function statusText(st: Record<string, unknown>): string {
-  const { running: _r, pid, uptimeSeconds, tun, mode, publicAddress, lanPrefixes, sessions, limit, state, control, lastReload, ...rest } = st;
+  const { running: _r, pid, uptimeSeconds, tun, mode, publicAddress, lanPrefixes, lanIpv6, sessions, limit, state, control, lastReload, ...rest } = st;
   const reload = lastReload as { at: string; ok: boolean; applied?: string[]; error?: string } | null | undefined;
   const t = tun as { name: string; offloads: number } | null;
   const used = Number(sessions);
@@ -48,6 +48,7 @@ function statusText(st: Record<string, unknown>): string {
     ['TUN', t ? `${t.name} (offloads 0x${t.offloads.toString(16)})` : '-'],
     ['Mode', `${String(mode)}, public address ${String(publicAddress)}`],
     ['LAN', (lanPrefixes as string[]).join(', ')],
+    ...(lanIpv6 === undefined ? [] : [['LAN IPv6', ipv6Text(lanIpv6 as { policy: string; rules: string[] })] as [string, string]]),
     ['Table', `${used} of ${cap} sessions (${((100 * used) / cap).toFixed(1)}%)`],
     ['Database', db ? `${db.path}: ${db.healthy ? 'healthy' : `FAILING (${String(db.lastError)})`}; ${db.rowsRestored} rows restored, ${db.rowsDiscarded} discarded at start` : 'none (not persisted)'],
     ...(control === undefined ? [] : [['Control', String(control)] as [string, string]]),
@@ -56,6 +57,12 @@ function statusText(st: Record<string, unknown>): string {
     ...flatten(rest),
   ];
   return `vpnmasq is running (pid ${String(pid)}, up ${seconds(Number(uptimeSeconds))})\n${keyValues(pairs)}`;
+}
+
+/** lan.ipv6 as the status line says it. */
+function ipv6Text(v: { policy: string; rules: string[] }): string {
+  if (v.policy === 'route') return 'route (left to the kernel\'s IPv6 routing, not translated)';
+  return `drop (refused, ICMPv6 administratively prohibited${v.rules.length > 0 ? `: ${v.rules.join('; ')}` : ''})`;
 }
 
 /** Human stats: one aligned line per counter; zero drop counters are left out. */

@@ -32,7 +32,14 @@ export interface TunConfig { name: string; mtu: number; offloads: boolean }
 export function tunDevices(cfg: { tun: TunConfig }): string[] {
   return [cfg.tun.name];
 }
-export interface LanConfig { interfaces: string[]; prefixes: string[] }
+/**
+ * What happens to IPv6 from the LAN; vpnmasq translates IPv4 only.
+ * 'drop' (default): refused as it arrives, with ICMPv6 administratively
+ * prohibited so dual-stack hosts fall back to IPv4 at once; 'route': left to
+ * the kernel's IPv6 routing and the operator's ip6 firewall, untranslated.
+ */
+export type LanIpv6Policy = 'drop' | 'route';
+export interface LanConfig { interfaces: string[]; prefixes: string[]; ipv6: LanIpv6Policy }
 export interface WanConfig {
   interface: string;
   mode: WanMode;
@@ -84,7 +91,7 @@ export interface Config {
 /** Values used for absent fields. `wan.interface` has none: it is required. */
 export const DEFAULTS = {
   tun: { name: 'vpnmasq0', mtu: 1500, offloads: true },
-  lan: { interfaces: ['lan0'], prefixes: ['10.77.0.0/24'] },
+  lan: { interfaces: ['lan0'], prefixes: ['10.77.0.0/24'], ipv6: 'drop' },
   wan: { mode: 'shared', publicAddress: null, onAddressChange: 'move' },
   ports: {
     shared: { range: [61000, 65535], lowRange: null },
@@ -149,6 +156,7 @@ export const RELOAD: ReloadKinds<Config> = {
   lan: {
     interfaces: restart('the policy rules for the LAN are installed at start'),
     prefixes: restart('the policy rules and the packet path\'s direction test are set up at start'),
+    ipv6: restart('the IPv6 rules for the LAN are installed at start'),
   },
   wan: {
     interface: restart('the WAN interface is watched and routed from start'),
@@ -309,14 +317,14 @@ function resolveTun(check: Checker, value: unknown): TunConfig {
 
 /** The LAN section, plus its parsed prefixes (null when any is invalid, so containment checks are skipped). */
 function resolveLan(check: Checker, value: unknown): { config: LanConfig; prefixes: Cidr[] | null } {
-  const raw = check.object('lan', value, ['interfaces', 'prefixes']);
+  const raw = check.object('lan', value, ['interfaces', 'prefixes', 'ipv6']);
   const d = DEFAULTS.lan;
   const interfaces = check.list('lan.interfaces', raw.interfaces, (f, v) => check.string(f, v, interfaceNameProblem));
   const prefixes = check.list('lan.prefixes', raw.prefixes, (f, v) => check.string(f, v, prefixProblem));
   const valid = raw.prefixes === undefined || prefixes !== undefined;
   const resolved = prefixes ?? [...d.prefixes];
   return {
-    config: { interfaces: interfaces ?? [...d.interfaces], prefixes: resolved },
+    config: { interfaces: interfaces ?? [...d.interfaces], prefixes: resolved, ipv6: check.choice('lan.ipv6', raw.ipv6, ['drop', 'route']) ?? d.ipv6 },
     prefixes: valid ? resolved.map((p) => parsePrefix(p) as Cidr) : null,
   };
 }

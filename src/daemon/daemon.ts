@@ -26,6 +26,7 @@ import { IdIndex, IdSource } from '../query/id-index';
 import { Drop } from '../core/verdict';
 import { T_BYTES_IN, T_BYTES_OUT, T_PKTS_IN, T_PKTS_OUT } from '../nat/napt';
 import { RouterNet } from '../edge/netlink/router-net';
+import { Ipv6LanPolicy } from '../edge/netlink/ipv6-lan';
 import { int32ToIpv4, ipv4ToInt32, ipv4ToNumber, parseCidr, prefixMask } from '../core/ipv4-addr';
 import type { TunDevice, TunEvent, TunFactory } from '../edge/tun/device';
 import { NativeTun } from '../edge/tun/native-tun';
@@ -138,6 +139,8 @@ export class Daemon implements MetricsSource {
   /** Exceptions on the packet path: logged, counted, fatal when they repeat. */
   readonly faults: BatchFaults;
   private net: RouterNet | null = null;
+  /** lan.ipv6: the IPv6 rules for the LAN interfaces (src/edge/netlink/ipv6-lan.ts). */
+  private ipv6: Ipv6LanPolicy | null = null;
   private control: ControlServer | null = null;
   private sweepTimer: NodeJS.Timeout | null = null;
   private stopping: Promise<void> | null = null;
@@ -330,6 +333,8 @@ export class Daemon implements MetricsSource {
       publicAddress: cfg.wan.mode === 'shared' ? null : cfg.wan.publicAddress,
       wanInterface: cfg.wan.interface,
     });
+    this.ipv6 = await Ipv6LanPolicy.apply(cfg.lan.ipv6, cfg.lan.interfaces);
+    if (this.ipv6.note !== null) this.log.info(this.ipv6.note);
     if (cfg.wan.mode === 'shared') await this.startShared(tun.name);
     this.startPacketLoop(tun);
     const controlGroup = lookupGroup(cfg.control.group);
@@ -475,6 +480,7 @@ export class Daemon implements MetricsSource {
     await this.control?.close().catch(() => undefined);
     this.tun?.close();
     this.store?.close();
+    await this.ipv6?.remove().catch((e: Error) => this.log.error('removing the IPv6 rules failed', { error: e.message }));
     if (this.net) {
       await this.net.teardown().catch((e: Error) => this.log.error('teardown failed', { error: e.message }));
       this.net.close();
@@ -573,6 +579,7 @@ export class Daemon implements MetricsSource {
       mode: this.config.wan.mode,
       publicAddress: this.publicAddress(),
       lanPrefixes: this.config.lan.prefixes,
+      lanIpv6: { policy: this.config.lan.ipv6, rules: this.ipv6?.describe() ?? [] },
       sessions: this.table.sessionCount,
       limit: this.table.limit,
       state: this.store ? { path: this.store.path, ...this.store.health() } : null,

@@ -237,13 +237,13 @@ test('every config field has exactly one reload kind, and nothing else is declar
   assert.throws(() => reloadKind('timeouts'), /is a section/);
   assert.throws(() => reloadKind('colour'), /no reload kind declared/);
   assert.deepEqual(reloadFields().filter(([, k]) => k.kind === 'restart').map(([f]) => f),
-    ['tun.name', 'tun.mtu', 'tun.offloads', 'lan.interfaces', 'lan.prefixes', 'wan.interface', 'wan.mode', 'wan.publicAddress', 'state.path']);
+    ['tun.name', 'tun.mtu', 'tun.offloads', 'lan.interfaces', 'lan.prefixes', 'lan.ipv6', 'wan.interface', 'wan.mode', 'wan.publicAddress', 'state.path']);
 });
 
 test('the README lists exactly the fields that need a restart', () => {
   const readme = readFileSync(join(__dirname, '../../../README.md'), 'utf8');
   const section = /\*\*Needs a restart\*\*[\s\S]*?\n\n/.exec(readme)?.[0] ?? '';
-  const listed = [...section.matchAll(/`([a-z]+\.[A-Za-z]+)`/g)].map((m) => m[1]).filter((f) => !f.startsWith('limits.'));
+  const listed = [...section.matchAll(/`([a-z]+\.[A-Za-z0-9]+)`/g)].map((m) => m[1]).filter((f) => !f.startsWith('limits.'));
   assert.deepEqual(listed, reloadFields().filter(([, k]) => k.kind === 'restart').map(([f]) => f));
 });
 
@@ -255,4 +255,16 @@ test('a retired field (state.groupCommitMs) is accepted with a warning, an unkno
   assert.deepEqual(warnings.map((w) => w.field), ['state.groupCommitMs']);
   assert.match(warnings[0].message, /^no longer used: .*; remove it$/);
   assert.deepEqual(errors(doc({ state: { groupCommitMS: 2 } })), [`${FILE}: state.groupCommitMS: unknown field`]);
+});
+
+test('lan.ipv6: drop by default, route on request, anything else named; a change needs a restart', () => {
+  assert.equal(DEFAULTS.lan.ipv6, 'drop');
+  assert.equal(parse(doc()).lan.ipv6, 'drop');
+  assert.equal(parse(doc({ lan: { ipv6: 'route' } })).lan.ipv6, 'route');
+  const bad = errors(doc({ lan: { ipv6: 'nat66' } }));
+  assert.equal(bad.length, 1);
+  assert.match(bad[0], /^\/etc\/vpnmasq\/vpnmasq\.json: lan\.ipv6: .*"drop".*"route"/);
+  assert.equal(reloadKind('lan.ipv6').kind, 'restart');
+  assert.deepEqual(restartMessage(reloadPlan(parse(doc()), parse(doc({ lan: { ipv6: 'route' } }))).restart),
+    'lan.ipv6: needs a restart (the IPv6 rules for the LAN are installed at start)');
 });
