@@ -134,14 +134,18 @@ describe('the control server moves to a new socket', () => {
       const lines: string[] = [];
       watcher.on('data', (x) => lines.push(x.toString()));
       watcher.write('{"cmd":"watch"}\n');
-      await new Promise((r) => setTimeout(r, 50));
+      /** Waits (bounded: a loaded machine is slow, never this slow) until the watcher's stream shows `re`. */
+      const seen = async (re: RegExp) => {
+        for (const until = Date.now() + 5000; !re.test(lines.join('')) && Date.now() < until;) await new Promise((r) => setTimeout(r, 10));
+      };
+      await seen(/"watching":true/);
       await server.move(b, null);
       assert.equal(server.path, b);
       assert.equal(fs.existsSync(a), false);
       assert.equal((fs.statSync(b).mode & 0o777), 0o660);
       assert.deepEqual(await controlRequest(b, { cmd: 'status' }), { ok: true, end: true, answer: 'status' });
       (watcherEnd as unknown as () => void)();
-      await new Promise((r) => setTimeout(r, 50));
+      await seen(/"end":true/);
       assert.match(lines.join(''), /"watching":true[\s\S]*"end":true/, 'the watcher on the old socket was answered to the end');
       watcher.destroy();
     } finally {
