@@ -77,7 +77,7 @@ for (const mode of ['shared', 'dedicated'] as const) {
 
     /** Whether UDP from a WAN host straight to a LAN host's address (routed by the box, no TUN) arrives. */
     const wanToLan = async (port: number) => {
-      const l = await peerServer(lab, lab.ns.lan[0], ['listen-raw', '--proto', '17', '--seconds', '2']);
+      const l = await peerServer(lab, lab.ns.lan[0], ['listen-raw', '--proto', '17', '--seconds', '6']); // outlasts a slow python start on a loaded machine
       await peer(lab, lab.ns.wan[0], ['udp-client', '--host', lab.addr.lan[0], '--port', String(port), '--timeout', '1']);
       return JSON.parse((await l.result).trim().split('\n').pop() as string).received as number;
     };
