@@ -4,15 +4,19 @@
  * plus `vpnmasq firewall | nft -f -`. First the firewall alone loses the TUN
  * paths (so the ruleset is what makes them work), then with the ruleset:
  * TCP, UDP, ICMP, raw ESP with IKE, PPTP (control and GRE), a port forward
- * and pings to the box, asserting what the far side received and from which
+ * and pings to the box, a strongSwan tunnel (IKEv2, NAT-T), asserting what the far side received and from which
  * address, and that the ruleset opens nothing else (WAN -> LAN directly
  * stays dropped). Shared-address and dedicated mode.
  */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { createLab, Lab, LAB_ROUTER_WAN } from './lab';
 import { CLI, peer, peerServer, PPTP_HOST, RouterHandle, startRouter } from './router-harness';
 import { acceptRule, DEFAULT_FIREWALL_MARK } from '../../src/edge/netlink/firewall';
+import { hasCharon, initiate, PROTECTED_HOST, startClient, startServer } from './charon';
 
 const isRoot = process.getuid?.() === 0;
 
@@ -43,6 +47,7 @@ for (const mode of ['shared', 'dedicated'] as const) {
     let lab: Lab;
     let router: RouterHandle;
     let publicAddr: string;
+    let base: string | undefined;
 
     const sh = async (script: string) => {
       const r = await lab.exec(lab.ns.router, ['sh', '-c', script], { timeoutMs: 20000 });
@@ -72,6 +77,7 @@ for (const mode of ['shared', 'dedicated'] as const) {
         if (router) await router.stop();
       } finally {
         if (lab) await lab.destroy();
+        if (base) fs.rmSync(base, { recursive: true, force: true });
       }
     });
 
@@ -142,6 +148,20 @@ for (const mode of ['shared', 'dedicated'] as const) {
       assert.equal(r.calls[0].dataBack, 4, JSON.stringify(r));
       assert.deepEqual(r.foreign, []);
       assert.ok(JSON.stringify(seen).includes(publicAddr), `the server saw the public address: ${JSON.stringify(seen)}`);
+    });
+
+    it('strongSwan: an IKEv2 tunnel comes up (NAT-T) and TCP inside it reaches the protected host', async () => {
+      assert.ok(hasCharon, 'strongSwan (charon, swanctl) is installed by scripts/ensure-deps.sh');
+      base = fs.mkdtempSync(path.join(os.tmpdir(), `${lab.prefix}-swan-`));
+      await startServer(lab, base, lab.ns.vpnServer, lab.addr.vpnServer);
+      const client = await startClient(lab, base, lab.ns.lan[0], 'client0', lab.addr.vpnServer);
+      const up = await initiate(lab, client);
+      assert.match(up.stdout, /initiate completed successfully/, `${up.stdout}${up.stderr}\n${client.log().slice(-3000)}`);
+      const srv = await peerServer(lab, lab.ns.vpnServer, ['tcp-server', '--port', '7104', '--timeout', '20']);
+      const t = await peer(lab, lab.ns.lan[0], ['tcp-client', '--host', PROTECTED_HOST, '--port', '7104', '--bytes', '300000', '--timeout', '20'], 30000);
+      await srv.result;
+      assert.equal(t.reply?.sha256, t.sha256, JSON.stringify(t));
+      assert.match(String(t.reply.peer), /^100\.64\.0\./, 'the server saw the virtual IP: the connection ran inside the tunnel');
     });
 
     it('a port forward reaches the LAN server from the WAN', async () => {
