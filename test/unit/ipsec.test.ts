@@ -222,6 +222,14 @@ describe('ESP masquerade (spec §4)', () => {
     off.dropped(Drop.ESP_NO_MAPPING, esp(R, PUBLIC, 0x7777));
   });
 
+  it('guessing reaches every recent host, also hosts last seen in the same millisecond (one batch)', () => {
+    const h = setup();
+    ikeDone(h, L1, '0000000100000001');
+    ikeDone(h, L2, '0000000200000002');
+    ikeDone(h, L3, '0000000300000003');
+    assert.deepEqual(dests(h, esp(R, PUBLIC, 0x7778)).sort(), [L1, L2, L3]);
+  });
+
   it('three hosts each end with their own bidirectional flow; nobody gets another host\'s ESP', () => {
     const h = setup();
     const hosts = [L1, L2, L3];

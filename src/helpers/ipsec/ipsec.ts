@@ -686,15 +686,20 @@ export class IpsecMasq {
     const after = now - (this.opts.lifetimeMs - GUESS_MIN_LEFT_MS);
     const max = this.opts.guessMax;
     let bound = Infinity;
-    // Selection by descending time: at most GUESS_SLOTS passes over GUESS_SLOTS slots.
+    let boundSlot = NONE;
+    // Selection by descending (time, then slot order): at most GUESS_SLOTS passes over GUESS_SLOTS
+    // slots. Hosts seen at the same millisecond (one batch) are all taken, not just the first.
     while (to.count < max) {
       let best = NONE;
       for (let i = base; i < base + GUESS_SLOTS; i++) {
-        if (seen[i] >= 0 && seen[i] > after && seen[i] < bound && (best < 0 || seen[i] > seen[best])) best = i;
+        const t = seen[i];
+        if (t < 0 || t <= after || t > bound || (t === bound && i <= boundSlot)) continue;
+        if (best < 0 || t > seen[best]) best = i;
       }
       if (best < 0) break;
       to.add(this.rRecentLan[best]);
       bound = seen[best];
+      boundSlot = best;
     }
     return to.count;
   }
