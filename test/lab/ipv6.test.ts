@@ -1,7 +1,8 @@
 /**
  * lan.ipv6: "drop" (the default) refuses IPv6 that the box would forward
  * from the LAN with ICMPv6 administratively prohibited, keeps IPv6 to the
- * box itself, and takes its rule away at stop; "route" leaves LAN IPv6 to
+ * box itself, and keeps refusing while the daemon is down (the rule is part
+ * of the safety net: `vpnmasq teardown` removes it); "route" leaves LAN IPv6 to
  * the kernel's routing. The lab turns IPv6 on for one LAN host, one WAN host
  * and the router's two bridges (the lab keeps it off everywhere else).
  * Asserted on the wire: what the WAN host received.
@@ -74,7 +75,7 @@ describe('lan.ipv6 in the lab', { skip: !isRoot && 'needs root' }, () => {
     }
   });
 
-  it('drop (the default): forwarded IPv6 is refused as administratively prohibited, the box itself still answers, the rule goes at stop', async () => {
+  it('drop (the default): forwarded IPv6 is refused as administratively prohibited, the box itself still answers, the rule stays while down, teardown removes it', async () => {
     router = await startRouter(lab);
     const status = await router.request('status');
     assert.deepEqual(status.lanIpv6, { policy: 'drop', rules: ['7100: from all iif lan0 prohibit'] });
@@ -85,9 +86,17 @@ describe('lan.ipv6 in the lab', { skip: !isRoot && 'needs root' }, () => {
     assert.equal(got, 0, 'nothing reached the WAN host');
     const own = await ping6(R_LAN6);
     assert.equal(own.code, 0, `the box's own LAN address: ${own.stdout}`);
-    await router.stop();
+    const handle = router;
+    await handle.stop();
     router = undefined;
-    assert.doesNotMatch(await sh(lab.ns.router, 'ip -6 rule show'), /7100:/, 'removed at stop');
+    // Fail-closed: the daemon is down, the refusal stays.
+    assert.match(await sh(lab.ns.router, 'ip -6 rule show'), /^7100:\s+from all iif lan0 prohibit proto 247/m, 'kept while the daemon is down');
+    const down = await pingWan();
+    assert.match(down.p.stdout, /Administratively prohibited/i, down.p.stdout);
+    assert.equal(down.got, 0, 'nothing reached the WAN host while vpnmasq was down');
+    const td = await handle.teardown();
+    assert.equal(td.code, 0, td.stderr);
+    assert.doesNotMatch(await sh(lab.ns.router, 'ip -6 rule show'), /7100:/, 'removed by teardown');
   });
 
   it('route: LAN IPv6 is the kernel\'s, forwarded untouched', async () => {

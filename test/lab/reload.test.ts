@@ -135,7 +135,7 @@ for (const mode of MODES) {
       st = await cli('status', '--json');
       assert.equal(st.code, 0, st.stderr);
       assert.equal(st.stderr, '');
-      assert.equal(JSON.parse(st.stdout).control, moved);
+      assert.equal(JSON.parse(st.stdout).control.socket, moved);
       // Let the harness stop the daemon by signal; its socket is the new one now.
       router.socket = moved;
     });
