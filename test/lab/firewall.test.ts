@@ -109,7 +109,7 @@ for (const mode of ['shared', 'dedicated'] as const) {
       await sh(load);
       const table = await sh('nft list table inet vpnmasq');
       assert.equal((table.match(/comment "/g) ?? []).length, mode === 'shared' ? 5 : 4, table);
-      assert.match(table, /iifname "lan0" oifname "vmq0" ip saddr 10\.77\.0\.0\/24 meta mark set meta mark \| 0x10000000/);
+      assert.match(table, new RegExp(`iifname "lan0" oifname "${router.tunName}" ip saddr 10\\.77\\.0\\.0/24 meta mark set meta mark \\| 0x10000000`));
       assert.equal((await sh('nft list tables')).match(/inet vpnmasq/g)?.length, 1);
     });
 
