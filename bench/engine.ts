@@ -31,7 +31,8 @@ import { Daemon } from '../src/daemon/daemon';
 import type { Logger } from '../src/daemon/log';
 import { Drop } from '../src/core/verdict';
 
-const quiet: Logger = { error: () => undefined, warn: () => undefined, info: () => undefined, debug: () => undefined, event: () => undefined };
+const quiet: Logger = { error: () => undefined, warn: () => undefined, info: () => undefined, debug: () => undefined, event: () => undefined,
+  lazyEvent: () => undefined, enabled: () => false, configure: () => undefined };
 
 const VNET = 10;
 const IP = VNET;

@@ -25,7 +25,10 @@ import { ipv4ToInt32, prefixPairs } from '../src/core/ipv4-addr';
 import { createLab } from '../test/lab/lab';
 import { routerConfig } from '../test/lab/router-harness';
 
-const quiet: Logger = { error: () => undefined, warn: () => undefined, info: () => undefined, debug: () => undefined, event: () => undefined };
+const quiet: Logger = {
+  error: () => undefined, warn: () => undefined, info: () => undefined, debug: () => undefined, event: () => undefined,
+  lazyEvent: () => undefined, enabled: () => false, configure: () => undefined,
+};
 const PUB = ipv4ToInt32('198.18.0.2');
 /** Remote endpoints per mapping: 1 M sessions need more than the 64 k public ports of one address. */
 const SESSIONS_PER_MAPPING = 20;

@@ -55,8 +55,9 @@ export function netCommands(program: Command): void {
 Stopping or restarting the daemon, and a crash, leave the safety net in place:
 policy rules and blackhole routes that drop LAN traffic and inbound traffic for
 vpnmasq's ports and VPN protocols while nothing translates. This command removes
-them and every rule, route and proxy neighbour vpnmasq added (protocol 247),
-puts "lookup local" back at priority 0, and writes back the sysctls it changed
+them and every rule (IPv4 and IPv6), route and proxy neighbour vpnmasq added
+(protocol 247), puts "lookup local" back at priority 0, and writes back the
+sysctls it changed
 (ip_forward, rp_filter, proxy_delay, ip_local_port_range,
 ip_local_reserved_ports) with the values saved in the state directory before
 its first change. scripts/uninstall.sh runs it.`)
@@ -79,10 +80,10 @@ its first change. scripts/uninstall.sh runs it.`)
     .description('install the safety net saved by the last run (at boot, before the network: vpnmasq-safety-net.service)')
     .addHelpText('after', `
 Reads the spec of the last safety net from the state directory and installs it:
-the LAN rules and blackholes, the steering of the last public address (its
-ports, UDP 500, ESP, GRE, forwards) and the port reservation. Run before any
-interface has an address, it leaves no moment in which a packet for a restored
-mapping meets the box's own stack. Without saved state it does nothing.`)
+the LAN rules (with lan.ipv6's IPv6 refusal) and blackholes, the steering of
+the last public address (its ports, UDP 500, ESP, GRE, forwards) and the port
+reservation. Run before any interface has an address, it leaves no moment in
+which a packet for a restored mapping meets the box's own stack. Without saved state it does nothing.`)
     .action(async () => {
       const cfg = configOrDefaults(program);
       const file = hostStatePath(cfg.state.path);

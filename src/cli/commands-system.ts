@@ -64,7 +64,12 @@ function databaseLines(db: (DbHealth & { path: string }) | null): Array<[string,
 
 /** Human status: a headline, then the known facts, then anything else the daemon reports. */
 function statusText(st: Record<string, unknown>): string {
-  const { running: _r, translating: _t, waitingFor: _w, statusText: line, safetyNet, pid, uptimeSeconds, tun, mode, publicAddress, lanPrefixes, sessions, limit, state, ...rest } = st;
+  const {
+    running: _r, translating: _t, waitingFor: _w, statusText: line, safetyNet, pid, uptimeSeconds, tun, mode, publicAddress, lanPrefixes, lanIpv6,
+    sessions, limit, state, control, lastReload, ...rest
+  } = st;
+  const reload = lastReload as { at: string; ok: boolean; applied?: string[]; error?: string } | null | undefined;
+  const ctl = control as { socket?: string; connections?: number; watchers?: number; refused?: number } | null | undefined;
   const t = tun as { name: string; offloads: number } | null;
   const used = Number(sessions);
   const cap = Number(limit);
@@ -74,17 +79,36 @@ function statusText(st: Record<string, unknown>): string {
     ['TUN', t ? `${t.name} (offloads 0x${t.offloads.toString(16)})` : '-'],
     ['Mode', `${String(mode)}, public address ${String(publicAddress)}`],
     ['LAN', (lanPrefixes as string[]).join(', ')],
+    ...(lanIpv6 === undefined ? [] : [['LAN IPv6', ipv6Text(lanIpv6 as { policy: string; rules: string[] })] as [string, string]]),
     ['Table', `${used} of ${cap} sessions (${((100 * used) / cap).toFixed(1)}%)`],
     ...databaseLines(state as (DbHealth & { path: string }) | null),
+    ...(ctl == null ? [] : [['Control', controlText(ctl)] as [string, string]]),
+    ...(reload ? [['Reload', reload.ok ? `applied at ${reload.at}: ${reload.applied?.length ? reload.applied.join(', ') : 'nothing changed'}`
+      : `REJECTED at ${reload.at}, running the previous config: ${String(reload.error).split('\n').join('; ')}`] as [string, string]] : []),
     ...flatten(rest),
   ];
   return `vpnmasq is running (pid ${String(pid)}, up ${seconds(Number(uptimeSeconds))})\n${keyValues(pairs)}`;
+}
+
+/** The control socket and its clients. */
+function controlText(c: { socket?: string; connections?: number; watchers?: number; refused?: number }): string {
+  const clients = `${c.connections ?? 0} connections, ${c.watchers ?? 0} watching, ${c.refused ?? 0} refused since start`;
+  return c.socket === undefined ? clients : `${c.socket} (${clients})`;
+}
+
+/** lan.ipv6 as the status line says it. */
+function ipv6Text(v: { policy: string; rules: string[] }): string {
+  if (v.policy === 'route') return 'route (left to the kernel\'s IPv6 routing, not translated)';
+  return `drop (refused, ICMPv6 administratively prohibited${v.rules.length > 0 ? `: ${v.rules.join('; ')}` : ''})`;
 }
 
 /** Human stats: one aligned line per counter; zero drop counters are left out. */
 function statsText(st: Record<string, unknown>): string {
   return keyValues(flatten(st).filter(([k, v]) => !(k.startsWith('drops.') && v === '0')));
 }
+
+/** A reload waits for the daemon to apply everything (rules, a retime of every entry). */
+const RELOAD_TIMEOUT_MS = 60_000;
 
 export function systemCommands(program: Command): void {
   program
@@ -104,6 +128,25 @@ export function systemCommands(program: Command): void {
           : `vpnmasq is not running\n${keyValues([['Safety net', safetyNetText(net)]])}`);
         process.exitCode = EXIT_FAILURE;
       }
+    });
+
+  program
+    .command('reload')
+    .description('reload the config file in the running daemon and wait for its answer (systemctl reload runs this)')
+    .addHelpText('after', `
+Every changed field is applied at once, to the existing connections too
+(timeouts, limits, ports, filtering, IPsec/PPTP options, forwards, log,
+metrics, state flushing, the control socket), or the whole file is rejected
+and the running config kept: a field that needs a restart is named with the
+reason, as is every problem "vpnmasq config check" would find.
+Exit status: 0 when the config was applied, 1 when it was rejected or the
+daemon could not be reached. SIGHUP reloads the same way but answers only in
+the log.`)
+    .action(async () => {
+      const r = await request(program, { cmd: 'reload' }, undefined, RELOAD_TIMEOUT_MS);
+      for (const w of (r.warnings as string[] | undefined) ?? []) note(`warning: ${w}`);
+      const applied = (r.applied as string[] | undefined) ?? [];
+      note(applied.length > 0 ? `config reloaded; applied: ${applied.join(', ')}` : 'config reloaded; nothing changed');
     });
 
   program

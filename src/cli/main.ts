@@ -11,6 +11,8 @@ import { netCommands } from './commands-net';
 import { RunDaemon, runCommand, systemCommands } from './commands-system';
 import { completionCommand } from './completion';
 import { shown } from '../query/filters';
+import { ipsecCommand } from './commands-ipsec';
+import { firewallCommand } from './commands-firewall';
 import { version } from '../core/version';
 
 /** `runDaemon` is what `vpnmasq run` does; the entry point (src/bin/vpnmasq.ts) supplies it. */
@@ -32,6 +34,8 @@ The daemon's control socket (control.socket in the config) is open to root and t
   systemCommands(program);
   netCommands(program);
   connsCommand(program);
+  ipsecCommand(program);
+  firewallCommand(program);
   completionCommand(program);
   program.helpCommand(false);
   program

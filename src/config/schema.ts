@@ -3,7 +3,7 @@
  * checks, resolved into a complete {@link Config}. The file is JSON with
  * comment lines (json.ts); problems are collected and named by field
  * (checks.ts), so `vpnmasq config check FILE` lists everything to fix.
- * What may change on reload is the daemon's decision (src/daemon/reload.ts).
+ * What a reload does with each field is declared once, in {@link RELOAD}.
  */
 import { closeSync, openSync, readSync } from 'node:fs';
 import { Cidr, cidrContains, formatCidr, formatIPv4, ipv4ToNumber, numberToIPv4, parseCidr } from '../core/ipv4-addr';
@@ -29,7 +29,18 @@ export type LogLevel = 'error' | 'warn' | 'info' | 'debug';
 
 export type TunIoMode = 'auto' | 'uring' | 'threads';
 export interface TunConfig { name: string; mtu: number; offloads: boolean; io: TunIoMode }
-export interface LanConfig { interfaces: string[]; prefixes: string[] }
+/** Every TUN device the daemon opens for this config; what follows the devices (the firewall ruleset) takes them from here. */
+export function tunDevices(cfg: { tun: TunConfig }): string[] {
+  return [cfg.tun.name];
+}
+/**
+ * What happens to IPv6 from the LAN; vpnmasq translates IPv4 only.
+ * 'drop' (default): refused as it arrives, with ICMPv6 administratively
+ * prohibited so dual-stack hosts fall back to IPv4 at once; 'route': left to
+ * the kernel's IPv6 routing and the operator's ip6 firewall, untranslated.
+ */
+export type LanIpv6Policy = 'drop' | 'route';
+export interface LanConfig { interfaces: string[]; prefixes: string[]; ipv6: LanIpv6Policy }
 export interface WanConfig {
   interface: string;
   mode: WanMode;
@@ -115,7 +126,7 @@ export interface Config {
 /** Values used for absent fields. `wan.interface` has none: it is required. */
 export const DEFAULTS = {
   tun: { name: 'vpnmasq0', mtu: 1500, offloads: true, io: 'threads' as TunIoMode },
-  lan: { interfaces: ['lan0'], prefixes: ['10.77.0.0/24'] },
+  lan: { interfaces: ['lan0'], prefixes: ['10.77.0.0/24'], ipv6: 'drop' as LanIpv6Policy },
   wan: { mode: 'shared', publicAddress: null, onAddressChange: 'move' },
   ports: {
     // Shared mode: Linux's ip_local_port_range defaults to 32768-60999; the box keeps 32768-36863 (4096 ports)
@@ -149,6 +160,109 @@ export const DEFAULTS = {
   metrics: null,
   control: { socket: '/run/vpnmasq/control.sock', group: 'vpnmasq' },
 } as const;
+
+// ---------------------------------------------------------------------------
+// Reload
+
+/**
+ * What a reload (`vpnmasq reload`, SIGHUP) does with a changed field:
+ * `runtime` fields are applied by the running daemon, to the entries that
+ * exist as well as to new ones; a changed `restart` field makes the whole
+ * reload fail with "FIELD: needs a restart (WHY)", the running config kept.
+ */
+export type ReloadKind = { readonly kind: 'runtime' } | { readonly kind: 'restart'; readonly why: string };
+
+/** One kind per field; a section's object, an array or a nullable section is one field. */
+export type ReloadKinds<T> = {
+  readonly [K in keyof T]-?: null extends T[K] ? ReloadKind : T[K] extends readonly unknown[] ? ReloadKind
+    : T[K] extends object ? ReloadKinds<T[K]> : ReloadKind;
+};
+
+const RUNTIME: ReloadKind = { kind: 'runtime' };
+const restart = (why: string): ReloadKind => ({ kind: 'restart', why });
+
+/**
+ * Every field's reload kind. A field added to {@link Config} does not compile
+ * until it is declared here; the daemon applies every runtime section
+ * (src/daemon/reload.ts). Two limits are runtime only downwards: the tables
+ * are allocated at start, so raising `limits.*` above the size the daemon
+ * started with also needs a restart (the daemon says so).
+ */
+export const RELOAD: ReloadKinds<Config> = {
+  tun: {
+    name: restart('the TUN device is created at start'),
+    mtu: restart('the packet buffers are sized for it at start'),
+    offloads: restart('the TUN device is opened with them'),
+    io: restart('the TUN queues are opened in this mode at start'),
+  },
+  lan: {
+    interfaces: restart('the policy rules for the LAN are installed at start'),
+    prefixes: restart('the policy rules and the packet path\'s direction test are set up at start'),
+    ipv6: restart('the IPv6 rules for the LAN are installed at start'),
+  },
+  wan: {
+    interface: restart('the WAN interface is watched and routed from start'),
+    mode: restart('shared and dedicated mode install different routing at start'),
+    publicAddress: restart('the public address is bound at start; every mapping uses it'),
+    publicAddresses: restart('the public addresses are bound at start; every mapping uses one of them'),
+    onAddressChange: RUNTIME,
+  },
+  ports: { range: RUNTIME, lowRange: RUNTIME, preserve: RUNTIME, rangeSet: RUNTIME, lowRangeSet: RUNTIME },
+  timeouts: {
+    tcpEstablished: RUNTIME, tcpTransitory: RUNTIME, udp: RUNTIME, icmp: RUNTIME, fragment: RUNTIME,
+    ipsec: RUNTIME, espPending: RUNTIME, espSquelch: RUNTIME, pptpGrace: RUNTIME, unanswered: RUNTIME,
+  },
+  limits: {
+    maxSessions: RUNTIME, maxHeldFragments: RUNTIME, hostSessions: RUNTIME, hostNewPerSecond: RUNTIME, refuse: RUNTIME,
+    forwardUnanswered: restart('each forward\'s ring of unanswered sessions is allocated at start'),
+    remoteUnanswered: RUNTIME,
+    fragmentsPerSource: restart('the fragment hold pool is set up at start'),
+  },
+  filtering: restart('the session table is built for it at start (endpoint-independent filtering gives each mapping a public port of its own)'),
+  ipsec: { parallel: RUNTIME, guessing: RUNTIME, guessMax: RUNTIME, retries: RUNTIME },
+  pptp: { nonPptpGre: RUNTIME },
+  forwards: RUNTIME,
+  mssClamp: RUNTIME,
+  state: {
+    path: restart('the state database is opened and restored at start'),
+    synchronous: RUNTIME,
+    flushIntervalMs: RUNTIME,
+  },
+  log: { format: RUNTIME, level: RUNTIME, rateLimitPerMinute: RUNTIME },
+  metrics: RUNTIME,
+  control: { socket: RUNTIME, group: RUNTIME },
+};
+
+/**
+ * The reload kind of a field path as configDiff names it (`timeouts.udp`,
+ * `metrics`, `forwards`): the declaration of the field or of the nearest
+ * section above it that is declared as one field.
+ */
+export function reloadKind(field: string): ReloadKind {
+  let node: unknown = RELOAD;
+  for (const part of field.split('.')) {
+    if (isReloadKind(node)) return node;
+    if (!isPlainObject(node) || !Object.hasOwn(node, part)) throw new Error(`no reload kind declared for config field "${field}"`);
+    node = node[part];
+  }
+  if (!isReloadKind(node)) throw new Error(`config field "${field}" is a section; its fields have their own reload kinds`);
+  return node;
+}
+
+function isReloadKind(node: unknown): node is ReloadKind {
+  return isPlainObject(node) && (node.kind === 'runtime' || node.kind === 'restart') && Object.keys(node).every((k) => k === 'kind' || k === 'why');
+}
+
+/** Every declared field path with its kind, in declaration order (`tun.name`, ..., `control.group`). */
+export function reloadFields(): Array<[string, ReloadKind]> {
+  const out: Array<[string, ReloadKind]> = [];
+  const walk = (node: unknown, prefix: string): void => {
+    if (isReloadKind(node)) { out.push([prefix, node]); return; }
+    for (const [k, v] of Object.entries(node as Record<string, unknown>)) walk(v, prefix ? `${prefix}.${k}` : k);
+  };
+  walk(RELOAD, '');
+  return out;
+}
 
 // ---------------------------------------------------------------------------
 // Public entry points
@@ -271,14 +385,14 @@ function resolveTun(check: Checker, value: unknown): TunConfig {
 
 /** The LAN section, plus its parsed prefixes (null when any is invalid, so containment checks are skipped). */
 function resolveLan(check: Checker, value: unknown): { config: LanConfig; prefixes: Cidr[] | null } {
-  const raw = check.object('lan', value, ['interfaces', 'prefixes']);
+  const raw = check.object('lan', value, ['interfaces', 'prefixes', 'ipv6']);
   const d = DEFAULTS.lan;
   const interfaces = check.list('lan.interfaces', raw.interfaces, (f, v) => check.string(f, v, interfaceNameProblem));
   const prefixes = check.list('lan.prefixes', raw.prefixes, (f, v) => check.string(f, v, prefixProblem));
   const valid = raw.prefixes === undefined || prefixes !== undefined;
   const resolved = prefixes ?? [...d.prefixes];
   return {
-    config: { interfaces: interfaces ?? [...d.interfaces], prefixes: resolved },
+    config: { interfaces: interfaces ?? [...d.interfaces], prefixes: resolved, ipv6: check.choice('lan.ipv6', raw.ipv6, ['drop', 'route']) ?? d.ipv6 },
     prefixes: valid ? resolved.map((p) => parsePrefix(p) as Cidr) : null,
   };
 }

@@ -20,11 +20,10 @@ export interface TableSetup {
 /** How the session table is built for `cfg`. */
 export function tableSetup(cfg: Config): TableSetup {
   const shared = cfg.wan.mode === 'shared';
-  const p = cfg.ports;
   const lim = cfg.limits;
   return {
     publicAddrs: shared ? [ipv4ToInt32(cfg.wan.publicAddress ?? '0.0.0.0')] : cfg.wan.publicAddresses.map(ipv4ToInt32),
-    ports: { range: shared ? steerableRange(p.range) : p.range, lowRange: p.lowRange, preserve: p.preserve },
+    ports: portPolicy(cfg),
     options: {
       exclusivePorts: cfg.filtering === 'endpoint-independent',
       hostLimits: hostLimits(cfg),
@@ -32,6 +31,12 @@ export function tableSetup(cfg: Config): TableSetup {
       inboundLimits: { perTarget: lim.forwardUnanswered, perRemote: lim.remoteUnanswered, unansweredMs: cfg.timeouts.unanswered * 1000 },
     },
   };
+}
+
+/** Public ports for new mappings (applied again on reload; shared mode leaves out 65535: no rule can steer it). */
+export function portPolicy(cfg: Config): PortPolicy {
+  const p = cfg.ports;
+  return { range: cfg.wan.mode === 'shared' ? steerableRange(p.range) : p.range, lowRange: p.lowRange, preserve: p.preserve };
 }
 
 /** Per-LAN-host limits (applied again on reload). */

@@ -10,6 +10,9 @@
  *   forwards-list                     rows, then {count}
  *   forwards-add {forward}            {forward}: a runtime forward, checked like the config's
  *   forwards-remove {proto, publicPort}   {forward}: removes a runtime forward
+ *   ipsec {remote?}                   one row per remote (src/query/ipsec-report.ts), then {count}
+ *   reload                            {applied, warnings}: the config file reloaded, or an error naming
+ *                                     every field that needs a restart (the running config kept)
  *
  * Filtering, sorting and the limit (src/query/filters.ts, shared with the
  * CLI) run here so that a filtered listing of a large table sends only what
@@ -29,6 +32,8 @@ import { sliced, slicedSort, yieldIfSpent } from './slices';
 import { WatchHub } from './watchers';
 import { SessionTable } from '../nat/sessions';
 import { Forwards } from '../nat/forwards';
+import { IpsecRemote } from '../query/ipsec-report';
+import { ipv4ToInt32, isIPv4 } from '../core/ipv4-addr';
 
 /** What the commands need from the daemon. */
 export interface ControlTarget {
@@ -46,6 +51,10 @@ export interface ControlTarget {
   forwardsChanged(): Promise<void>;
   stats(): Record<string, unknown>;
   status(): Record<string, unknown>;
+  /** The IPsec tables per remote (`vpnmasq ipsec`), or only this remote's. */
+  ipsecRemotes(remote: number | null): IpsecRemote[];
+  /** Reads the config file and applies it (serialised with SIGHUP). */
+  reloadFromFile(): Promise<{ ok: true; applied: string[]; warnings: string[] } | { ok: false; error: string }>;
   /** Table events after each batch was written (`conns watch`). */
   addObserver(o: JournalObserver): void;
   removeObserver(o: JournalObserver): void;
@@ -101,9 +110,24 @@ export class ControlCommands {
       case 'forwards-remove':
         return this.forwardsChange(() => this.target.forwards.remove(String(req.proto),
           req.publicPort === undefined || req.publicPort === null ? undefined : Number(req.publicPort)));
+      case 'ipsec': {
+        if (req.remote !== undefined && (typeof req.remote !== 'string' || !isIPv4(req.remote))) {
+          throw new Error(`ipsec: remote must be an IPv4 address, not ${JSON.stringify(req.remote)}`);
+        }
+        const rows = this.target.ipsecRemotes(req.remote === undefined ? null : ipv4ToInt32(req.remote));
+        return { rows, result: { count: rows.length } };
+      }
+      case 'reload':
+        return this.reload();
       default:
         throw new Error(`unknown command "${req.cmd}"`);
     }
+  }
+
+  private async reload(): Promise<ControlReply> {
+    const outcome = await this.target.reloadFromFile();
+    if (!outcome.ok) throw new Error(outcome.error);
+    return { result: { applied: outcome.applied, warnings: outcome.warnings } };
   }
 
   private list(req: ControlRequest): ControlReply {

@@ -55,6 +55,15 @@ export interface ControlServer {
   readonly connections: number;
   /** Connections refused since start (too many open). */
   readonly refused: number;
+  /** The path the daemon listens on. */
+  readonly path: string;
+  /**
+   * Listens on `socketPath` (owned by `groupId`) instead: the new socket is
+   * bound before the old one is removed, so a client always finds one, and
+   * open connections (watchers) stay until they end. The same path only
+   * changes the group.
+   */
+  move(socketPath: string, groupId: number | null): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -69,15 +78,19 @@ export function lookupGroup(name: string, groupFile = '/etc/group'): number | nu
   return null;
 }
 
+/** Access is the socket's mode (0660) and group: root and the control group. */
+function restrict(socketPath: string, groupId: number | null): void {
+  fs.chmodSync(socketPath, 0o660);
+  if (groupId !== null) fs.chownSync(socketPath, 0, groupId);
+}
+
 export async function startControlServer(socketPath: string, groupId: number | null, handler: ControlHandler,
   opts: ControlServerOptions = {}): Promise<ControlServer> {
   const maxConnections = opts.maxConnections ?? MAX_CONNECTIONS;
   const requestTimeoutMs = opts.requestTimeoutMs ?? REQUEST_TIMEOUT_MS;
-  fs.mkdirSync(path.dirname(socketPath), { recursive: true, mode: 0o755 });
-  try { fs.unlinkSync(socketPath); } catch { /* not there */ }
   const open = new Set<net.Socket>();
   let refused = 0;
-  const server = net.createServer((conn) => {
+  const onConnection = (conn: net.Socket): void => {
     conn.on('error', () => conn.destroy());
     if (open.size >= maxConnections) {
       refused++;
@@ -118,20 +131,46 @@ export async function startControlServer(socketPath: string, groupId: number | n
         queue = queue.then(() => answer(conn, line, handler)).finally(() => { queued--; });
       }
     });
-  });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(socketPath, () => resolve());
-  });
-  fs.chmodSync(socketPath, 0o660);
-  if (groupId !== null) fs.chownSync(socketPath, 0, groupId);
+  };
+  const listen = async (at: string): Promise<net.Server> => {
+    fs.mkdirSync(path.dirname(at), { recursive: true, mode: 0o755 });
+    try { fs.unlinkSync(at); } catch { /* not there */ }
+    const server = net.createServer(onConnection);
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(at, () => { server.off('error', reject); resolve(); });
+    });
+    return server;
+  };
+  const stopListening = (server: net.Server, at: string): void => {
+    server.close();
+    try { fs.unlinkSync(at); } catch { /* gone */ }
+  };
+  let current = { server: await listen(socketPath), path: socketPath };
+  restrict(socketPath, groupId);
   return {
     get connections() { return open.size; },
     get refused() { return refused; },
+    get path() { return current.path; },
+    async move(to, group) {
+      if (to !== current.path) {
+        const next = { server: await listen(to), path: to };
+        try {
+          restrict(to, group);
+        } catch (e) {
+          stopListening(next.server, to);
+          throw e;
+        }
+        stopListening(current.server, current.path);
+        current = next;
+      } else {
+        restrict(to, group);
+      }
+    },
     close: () => new Promise<void>((resolve) => {
-      server.close(() => resolve());
+      current.server.close(() => resolve());
       for (const conn of open) conn.destroy(); // watchers never end on their own
-      try { fs.unlinkSync(socketPath); } catch { /* gone */ }
+      try { fs.unlinkSync(current.path); } catch { /* gone */ }
     }),
   };
 }

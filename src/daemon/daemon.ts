@@ -4,20 +4,25 @@
  */
 import { IntervalHistogram, monitorEventLoopDelay } from 'node:perf_hooks';
 import { Config } from '../config/schema';
-import { configDiff } from './reload';
+import { reloadPlan, RestartNeeded, restartMessage, sectionsOf } from './reload';
 import { MetricsServer, MetricsSource, startMetricsServer } from './metrics';
 import { mssClampValue } from '../nat/mss-clamp';
 import { NetSpec } from '../edge/netlink/plan';
 import { HostState, hostStatePath } from '../edge/netlink/host-state';
 import { WanState, WanWatch } from '../edge/netlink/wan-watch';
-import { capacityStats, hostLimits, logOffenders, tableSetup } from './capacity';
+import { capacityStats, hostLimits, logOffenders, portPolicy, tableSetup } from './capacity';
 import { ControlReply, ControlRequest, ControlServer, lookupGroup, startControlServer } from './control';
 import { ControlCommands } from './control-commands';
 import { Logger } from './log';
+import { DebugLog } from './debug-log';
 import { Datapath, rxSlotSize } from '../nat/datapath';
+import type { NatTimers } from '../nat/napt';
+import { NO_FORWARD } from '../nat/forwards';
 import { Journal, JournalListener } from '../core/journal';
 import { SessionTable, SLOT_ICMP, SLOT_TCP, SLOT_UDP, TABLE_SESSIONS } from '../nat/sessions';
+import { PROTO_TCP, PROTO_UDP } from '../wire/ipv4';
 import { allRows, ConnRow, ConnTables, rowOf } from '../query/rows';
+import { IpsecRemote, ipsecReport } from '../query/ipsec-report';
 import { JournalFeed, JournalObserver } from '../query/journal-feed';
 import { IdIndex, IdSource } from '../query/id-index';
 import { Drop } from '../core/verdict';
@@ -32,10 +37,12 @@ import { Store } from '../persist/store';
 import { EspCodec, GreCallCodec, IsakmpCodec, SessionCodec } from '../persist/tables';
 import { DbHealth, NOT_PERSISTED } from '../persist/health';
 import { Forwards } from '../nat/forwards';
-import { PptpCounter } from '../helpers/pptp/counters';
+import { PPTP_COUNTER_NAMES, PptpCounter } from '../helpers/pptp/counters';
 import { PptpMasq } from '../helpers/pptp/pptp';
 import { TABLE_GRE_CALLS } from '../helpers/pptp/calls';
-import { IPSEC_EVENT_NAMES, IpsecMasq, MIN_LIFETIME_MS, TABLE_ESP, TABLE_ISAKMP } from '../helpers/ipsec/ipsec';
+import {
+  ESP_ESTABLISHED, ESP_PENDING, ESP_SQUELCHED, IPSEC_EVENT_NAMES, IpsecMasq, IpsecOptions, MIN_LIFETIME_MS, TABLE_ESP, TABLE_ISAKMP,
+} from '../helpers/ipsec/ipsec';
 import { attachIpsec } from '../helpers/ipsec/nat';
 
 /** Receive slots per TUN queue: a whole 64 KiB super-packet each with offloads, an MTU without. */
@@ -64,6 +71,38 @@ const PPTP_LOGGED: ReadonlyArray<[number, string]> = [
   [PptpCounter.NO_CALL_SLOT, 'pptp-call-without-id'], [PptpCounter.CONTROL_TABLE_FULL, 'pptp-control-table-full'],
 ];
 
+/** What a reload did: the runtime fields it applied, or why it was rejected (the running config kept). */
+export type ReloadOutcome = { ok: true; applied: string[]; warnings: string[] } | { ok: false; error: string };
+
+/** How the daemon applies the changed fields of one config section on reload; null: the section has no runtime field. */
+type Applier = ((next: Config, prev: Config) => void | Promise<void>) | null;
+
+/** NAPT timers of a config, in ms. */
+function natTimers(cfg: Config): NatTimers {
+  const t = cfg.timeouts;
+  return {
+    tcpEstablishedMs: t.tcpEstablished * 1000,
+    tcpTransitoryMs: t.tcpTransitory * 1000,
+    udpMs: t.udp * 1000,
+    icmpMs: t.icmp * 1000,
+    fragmentMs: t.fragment * 1000,
+  };
+}
+
+/** IPsec masquerade options of a config (the table capacity is the daemon's). */
+function ipsecOptions(cfg: Config): Omit<IpsecOptions, 'capacity'> {
+  const t = cfg.timeouts;
+  return {
+    lifetimeMs: Math.max(MIN_LIFETIME_MS, t.ipsec * 1000),
+    pendingMs: t.espPending * 1000,
+    squelchMs: t.espSquelch * 1000,
+    retries: cfg.ipsec.retries,
+    parallel: cfg.ipsec.parallel,
+    guessing: cfg.ipsec.guessing,
+    guessMax: cfg.ipsec.guessMax,
+  };
+}
+
 export interface DaemonOptions {
   /** Wall-clock milliseconds; injectable for tests. */
   now?: () => number;
@@ -83,6 +122,8 @@ export interface DaemonOptions {
   onFatal?: (reason: Error) => void;
   /** A state file of a newer schema version: left untouched (default) or moved aside (`vpnmasq run --force-downgrade`). */
   newerSchema?: 'refuse' | 'move-aside';
+  /** `vpnmasq reload` over the control socket: reads the config file and reloads it (the lifecycle's, serialised with SIGHUP). */
+  reloadFromFile?: () => Promise<ReloadOutcome>;
 }
 
 export class Daemon implements MetricsSource {
@@ -132,6 +173,53 @@ export class Daemon implements MetricsSource {
   readonly ipsec: IpsecMasq;
   private readonly pptpLogged = new Float64Array(PPTP_LOGGED.length);
   private pptpSweptAt = 0;
+  readonly reloadFromFile: () => Promise<ReloadOutcome>;
+  /** Debug lines of table events and drops, an observer while log.level is debug. */
+  private readonly debugLog: DebugLog;
+  private debugging = false;
+  /** Reloads applied, rejected. */
+  private readonly reloadCount = [0, 0];
+  /** The last reload (status). */
+  private lastReload: { at: number; ok: boolean; applied?: string[]; error?: string } | null = null;
+  /**
+   * Per config section, how a reload applies its runtime fields (the
+   * schema's RELOAD says which fields are runtime). Each applier sets the
+   * live state from the new config, for the entries that exist too.
+   */
+  private readonly appliers: { readonly [S in keyof Config]: Applier } = {
+    tun: null,
+    lan: null,
+    // wan.onAddressChange is read when the address changes.
+    wan: () => undefined,
+    ports: (next) => this.applyPorts(next),
+    timeouts: (next) => this.applyTimers(next),
+    limits: (next) => this.applyLimits(next),
+    filtering: null,
+    ipsec: (next) => this.ipsec.configure(ipsecOptions(next)),
+    pptp: (next) => { this.pptp.gre.allowNonPptp = next.pptp.nonPptpGre === 'address-only'; },
+    forwards: async (next) => {
+      const dropped = this.forwards.configure(next.forwards);
+      if (dropped.length > 0) this.log.warn('runtime forwards dropped: the reloaded config claims their ports', { forwards: JSON.stringify(dropped) });
+      // Reloads run in the chain already: the safety net is re-installed here, not through forwardsChanged().
+      await this.steerAgain();
+    },
+    mssClamp: (next) => { this.datapath.napt.mssClamp = mssClampValue(next.mssClamp, next.tun.mtu); },
+    state: (next) => this.store?.configure(next.state),
+    log: (next) => {
+      this.log.configure(next.log);
+      this.syncDebugLog();
+    },
+    metrics: async (next) => {
+      await this.metrics?.close();
+      this.metrics = null;
+      if (next.metrics) this.metrics = await startMetricsServer(next.metrics.listen, this, this.log);
+    },
+    control: async (next) => {
+      const group = lookupGroup(next.control.group);
+      if (group === null) this.log.warn('control group not found: the control socket is open to root only', { group: next.control.group });
+      await this.control?.move(next.control.socket, group);
+    },
+  };
 
   constructor(public config: Config, private readonly log: Logger, opts: DaemonOptions = {}) {
     this.now = opts.now ?? Date.now;
@@ -140,6 +228,7 @@ export class Daemon implements MetricsSource {
     this.newerSchema = opts.newerSchema ?? 'refuse';
     this.openTun = opts.openTun ?? ((o) => NativeTun.open(o));
     this.onFatal = opts.onFatal ?? (() => undefined);
+    this.reloadFromFile = opts.reloadFromFile ?? (() => Promise.resolve({ ok: false, error: 'this daemon was started without a config file to reload' }));
     this.faults = new BatchFaults(log, (reason) => this.fail(reason), this.now);
     this.startedAt = this.now();
     this.commands = new ControlCommands(this, this.now);
@@ -159,13 +248,7 @@ export class Daemon implements MetricsSource {
       Math.max(1024, cfg.limits.maxHeldFragments * 4),
       {
         lanPrefixes: prefixPairs(cfg.lan.prefixes),
-        timers: {
-          tcpEstablishedMs: t.tcpEstablished * 1000,
-          tcpTransitoryMs: t.tcpTransitory * 1000,
-          udpMs: t.udp * 1000,
-          icmpMs: t.icmp * 1000,
-          fragmentMs: t.fragment * 1000,
-        },
+        timers: natTimers(cfg),
         endpointIndependentFiltering: cfg.filtering === 'endpoint-independent',
         vnetLen: 10,
         refuseWithIcmp: cfg.limits.refuse === 'icmp',
@@ -174,27 +257,33 @@ export class Daemon implements MetricsSource {
     const napt = this.datapath.napt;
     this.forwards = new Forwards(this.table, cfg.forwards);
     this.pptp = new PptpMasq(PPTP_CALLS, this.table, this.table.journal);
-    this.pptp.calls.graceMs = t.pptpGrace * 1000;
+    this.pptp.calls.setGrace(t.pptpGrace * 1000);
     this.pptp.gre.allowNonPptp = cfg.pptp.nonPptpGre === 'address-only';
     this.pptp.attach(napt);
     napt.forwards = this.forwards;
     napt.sharedAddress = cfg.wan.mode === 'shared';
-    this.ipsec = new IpsecMasq({
-      lifetimeMs: Math.max(MIN_LIFETIME_MS, t.ipsec * 1000),
-      pendingMs: t.espPending * 1000,
-      squelchMs: t.espSquelch * 1000,
-      retries: cfg.ipsec.retries,
-      parallel: cfg.ipsec.parallel,
-      guessing: cfg.ipsec.guessing,
-      guessMax: cfg.ipsec.guessMax,
-      capacity: IPSEC_ENTRIES,
-    });
+    this.ipsec = new IpsecMasq({ ...ipsecOptions(cfg), capacity: IPSEC_ENTRIES });
     attachIpsec(napt, this.ipsec);
     this.ipsec.serials = this.table.serials;
     this.ipsec.journal = this.table.journal;
     this.ids = new IdIndex(() => this.idSources());
     this.feed.add(this.ids);
     this.journalListeners.push(this.feed);
+    this.debugLog = new DebugLog(log, (table, index, serial) => this.rowOf(table, index, serial));
+    this.syncDebugLog();
+  }
+
+  /** The debug observer follows the log level. */
+  private syncDebugLog(): void {
+    const on = this.log.enabled('debug');
+    if (on === this.debugging) return;
+    this.debugging = on;
+    if (on) {
+      this.debugLog.startDrops(this.datapath.napt.drops.counts);
+      this.addObserver(this.debugLog);
+    } else {
+      this.removeObserver(this.debugLog);
+    }
   }
 
   /** Every table's records and serials, for the id index. */
@@ -275,6 +364,7 @@ export class Daemon implements MetricsSource {
       mode: cfg.wan.mode, tunName: cfg.tun.name, lanInterfaces: cfg.lan.interfaces, lanPrefixes: cfg.lan.prefixes,
       wanInterface: cfg.wan.interface, publicAddress: address, portRange: cfg.ports.range, forwardPorts: ports,
       otherPublicAddresses: cfg.wan.mode === 'dedicated' ? cfg.wan.publicAddresses.slice(1) : [],
+      lanIpv6: cfg.lan.ipv6,
     };
   }
 
@@ -284,6 +374,7 @@ export class Daemon implements MetricsSource {
     this.spec = spec;
     await this.inspectNet();
     if (changes.added.length + changes.removed.length > 0) this.log.info('safety net installed', { added: changes.added.length, removed: changes.removed.length });
+    if (changes.note !== undefined) this.log.info(changes.note);
     for (const r of changes.removed) this.log.debug('removed stale plumbing', { entry: r });
   }
 
@@ -413,12 +504,17 @@ export class Daemon implements MetricsSource {
     store.registerTable(new IsakmpCodec(this.ipsec, this.table));
     store.registerTable(new EspCodec(this.ipsec, this.table));
     store.registerTable(new GreCallCodec(this.pptp.calls, this.table));
+    // The VPN counters continue where the last run left them (stats, vpnmasq_vpn_events_total).
+    store.registerCounters(IPSEC_EVENT_NAMES.map((n) => `ipsec-${n}`), this.ipsec.eventCounts);
+    store.registerCounters(PPTP_COUNTER_NAMES.map((n) => `pptp-${n}`), this.pptp.counters.counts);
     store.restore({
       now: this.now(), isPublic: (a) => this.table.publicIndexOf(a) >= 0, onAddressChange: this.config.wan.onAddressChange,
       lanPrefixes: prefixPairs(this.config.lan.prefixes),
     });
     // Restored entries come without table events: the id index is rebuilt at its first lookup, off the start path.
     this.ids.lost();
+    // Restored counters are not news for the log.
+    PPTP_LOGGED.forEach(([counter], i) => { this.pptpLogged[i] = this.pptp.counters.counts[counter]; });
     this.addJournalListener(store);
     store.start();
     this.store = store;
@@ -441,6 +537,7 @@ export class Daemon implements MetricsSource {
       this.pptpSweptAt = now;
       this.pptpTick(now);
       logOffenders(this.table, this.log, now);
+      if (this.debugging) this.debugLog.drops(this.datapath.napt.drops.counts);
     }
     this.drainJournal();
   }
@@ -583,7 +680,7 @@ export class Daemon implements MetricsSource {
       bytes: { out: napt.traffic[T_BYTES_OUT], in: napt.traffic[T_BYTES_IN] },
       mappings: { tcp: t.countBySlot[SLOT_TCP], udp: t.countBySlot[SLOT_UDP], icmp: t.countBySlot[SLOT_ICMP] },
       sessions: t.sessionCount,
-      limit: t.capacity,
+      limit: t.limit,
       drops: napt.drops.byName(),
       ipsec: this.ipsec.stats(),
       pptp: this.pptp.stats(),
@@ -591,6 +688,10 @@ export class Daemon implements MetricsSource {
       tun: tunStats,
       ...(this.loopDelay ? { eventLoop: { p99Ms: this.loopDelay.percentile(99) / 1e6, maxMs: this.loopDelay.max / 1e6 } } : {}),
     };
+  }
+
+  ipsecRemotes(remote: number | null): IpsecRemote[] {
+    return ipsecReport(this.ipsec, this.now(), remote);
   }
 
   status(): Record<string, unknown> {
@@ -607,10 +708,14 @@ export class Daemon implements MetricsSource {
       mode: this.config.wan.mode,
       publicAddress: this.publicAddress(),
       lanPrefixes: this.config.lan.prefixes,
+      lanIpv6: { policy: this.config.lan.ipv6, rules: this.netStatus !== null && 'ipv6Rules' in this.netStatus ? this.netStatus.ipv6Rules : [] },
       sessions: this.table.sessionCount,
-      limit: this.table.capacity,
+      limit: this.table.limit,
       state: this.store ? { path: this.store.path, ...this.store.health() } : null,
-      control: this.control ? { connections: this.control.connections, watchers: this.commands.watching, refused: this.control.refused } : null,
+      control: this.control
+        ? { socket: this.control.path, connections: this.control.connections, watchers: this.commands.watching, refused: this.control.refused }
+        : { socket: this.config.control.socket },
+      lastReload: this.lastReload === null ? null : { ...this.lastReload, at: new Date(this.lastReload.at).toISOString() },
     };
   }
 
@@ -640,32 +745,167 @@ export class Daemon implements MetricsSource {
     this.log.warn('WAN address changed', { old, new: next, policy, dropped, kept: this.table.sessionCount });
   }
 
-  /** SIGHUP: applies a validated config that reloadable() accepted; every mapping stays. */
-  async reload(next: Config): Promise<void> {
+  /**
+   * Reload (SIGHUP, `vpnmasq reload`): applies every changed runtime field of
+   * `next` to the running daemon, the existing entries included, and keeps
+   * every mapping; rejects the whole config, keeping the running one, when a
+   * field that needs a restart changed (the schema's RELOAD) or a limit was
+   * raised above what the tables were allocated with.
+   */
+  reload(next: Config, warnings: string[] = []): Promise<ReloadOutcome> {
+    // One at a time with WAN changes and stop: a reload re-installs the safety net.
+    return this.serial(() => this.doReload(next, warnings));
+  }
+
+  private async doReload(next: Config, warnings: string[]): Promise<ReloadOutcome> {
+    if (this.stopping !== null) return this.reloaded({ ok: false, error: 'vpnmasq is stopping' });
     const prev = this.config;
+    const plan = reloadPlan(prev, next);
+    const blocked = [...plan.restart, ...this.beyondAllocation(next)];
+    if (blocked.length > 0) return this.reloaded({ ok: false, error: restartMessage(blocked) });
     this.config = next;
-    this.datapath.napt.mssClamp = mssClampValue(next.mssClamp, next.tun.mtu);
+    const failed: string[] = [];
+    for (const section of sectionsOf(plan.apply) as Array<keyof Config>) {
+      try {
+        await (this.appliers[section] as NonNullable<Applier>)(next, prev);
+      } catch (e) {
+        failed.push(`${section}: ${(e as Error).message}`);
+      }
+    }
+    this.drainJournal();
+    if (failed.length > 0) {
+      return this.reloaded({ ok: false, error: `applying the reloaded config failed (the other changes are applied):\n${failed.join('\n')}` });
+    }
+    return this.reloaded({ ok: true, applied: plan.apply, warnings });
+  }
+
+  private reloaded(outcome: ReloadOutcome): ReloadOutcome {
+    this.reloadCount[outcome.ok ? 0 : 1]++;
+    this.lastReload = outcome.ok ? { at: this.now(), ok: true, applied: outcome.applied } : { at: this.now(), ok: false, error: outcome.error };
+    return outcome;
+  }
+
+  /** Config sections whose runtime fields a reload applies (every section with one, tested against the schema). */
+  reloadSections(): string[] {
+    return Object.entries(this.appliers).filter(([, a]) => a !== null).map(([section]) => section);
+  }
+
+  /** Limits above what the tables were allocated with at start: raising them needs a restart. */
+  private beyondAllocation(next: Config): RestartNeeded[] {
+    const out: RestartNeeded[] = [];
+    const sessions = next.limits.maxSessions;
+    if (sessions > this.table.capacity) {
+      out.push({ field: 'limits.maxSessions', why: `${sessions} is above the ${this.table.capacity} sessions the table was allocated with at start; lowering works at runtime` });
+    }
+    const slots = this.datapath.layout.holdSlots;
+    if (next.limits.maxHeldFragments > slots) {
+      out.push({ field: 'limits.maxHeldFragments', why: `${next.limits.maxHeldFragments} is above the ${slots} hold slots allocated at start; lowering works at runtime` });
+    }
+    return out;
+  }
+
+  /**
+   * Limits: lowering maxSessions refuses new sessions while the existing ones
+   * stay; the per-host and inbound budgets and the refusal policy apply to
+   * the next decision they make.
+   */
+  private applyLimits(next: Config): void {
+    const lim = next.limits;
+    this.table.limit = lim.maxSessions;
+    this.datapath.frags.holdLimit = lim.maxHeldFragments;
     this.table.hosts.limits = hostLimits(next);
-    this.datapath.napt.refusals.icmp = next.limits.refuse === 'icmp';
-    const changed = configDiff(prev, next);
-    if (changed.includes('forwards')) {
-      const dropped = this.forwards.configure(next.forwards);
-      if (dropped.length > 0) this.log.warn('runtime forwards dropped: the reloaded config claims their ports', { forwards: JSON.stringify(dropped) });
-      await this.forwardsChanged();
-    }
-    if (changed.some((field) => field === 'metrics' || field.startsWith('metrics.'))) {
-      await this.metrics?.close();
-      this.metrics = next.metrics ? await startMetricsServer(next.metrics.listen, this, this.log) : null;
-    }
+    this.table.inbound.limits = { ...this.table.inbound.limits, perRemote: lim.remoteUnanswered };
+    this.datapath.napt.refusals.icmp = lim.refuse === 'icmp';
+  }
+
+  /** Timeouts, for new entries and the existing ones (their deadlines move with the change). */
+  private applyTimers(next: Config): void {
+    // Before the sessions are retimed: an unanswered session's deadline is capped by it.
+    this.table.inbound.limits = { ...this.table.inbound.limits, unansweredMs: next.timeouts.unanswered * 1000 };
+    this.datapath.napt.configure(natTimers(next));
+    this.ipsec.configure(ipsecOptions(next));
+    this.pptp.calls.setGrace(next.timeouts.pptpGrace * 1000);
+    // Deadlines moved without a packet: the stored rows are rewritten.
+    this.store?.markAllDirty();
+  }
+
+  /**
+   * The port range for new mappings. Shared mode first re-installs the
+   * safety net (plan.ts), so the new range is steered to the TUN and taken
+   * out of the box's ephemeral ports before a mapping can use it, and the old
+   * range's steering goes. The port spaces are then rebuilt for the new range
+   * (every existing mapping keeps its port) and, in shared mode, the mappings
+   * left outside the range are removed (the box may now use those ports
+   * itself, and no rule steers their replies any more); a forward's port
+   * stays. Dedicated mode keeps such mappings until they expire: the whole
+   * address is ours.
+   */
+  private async applyPorts(next: Config): Promise<void> {
+    await this.steerAgain();
+    const policy = portPolicy(next);
+    this.table.setPorts(policy);
+    if (next.wan.mode !== 'shared') return;
+    const [lo, hi] = policy.range;
+    const fw = this.forwards;
+    const removed = this.table.removeUnless((slot, port) => (port >= lo && port <= hi) ||
+      fw.portForward(slot === SLOT_TCP ? PROTO_TCP : PROTO_UDP, port) !== NO_FORWARD);
+    if (removed > 0) this.log.warn('sessions outside the new port range removed', { range: `${lo}-${hi}`, removed });
+  }
+
+  /** Shared mode, in the chain: the safety net again for the running config (its port range and forwards). */
+  private async steerAgain(): Promise<void> {
+    if (this.config.wan.mode !== 'shared' || this.spec === null || this.net === null) return;
+    await this.installSafetyNet(this.spec.publicAddress);
   }
 
   mappingsByProto(): Record<string, number> {
     const c = this.table.countBySlot;
-    return { tcp: c[SLOT_TCP], udp: c[SLOT_UDP], icmp: c[SLOT_ICMP] };
+    const e = this.ipsec.espCountByState;
+    return {
+      tcp: c[SLOT_TCP], udp: c[SLOT_UDP], icmp: c[SLOT_ICMP],
+      isakmp: this.ipsec.isakmpCount, esp: e[ESP_PENDING] + e[ESP_ESTABLISHED] + e[ESP_SQUELCHED], gre: this.pptp.calls.count,
+    };
+  }
+
+  vpnEntries(): Record<string, Record<string, number>> {
+    const m = this.ipsec;
+    const replied = m.isakmpReplied();
+    const e = m.espCountByState;
+    return {
+      isakmp: { replied, unreplied: m.isakmpCount - replied },
+      esp: { pending: e[ESP_PENDING], established: e[ESP_ESTABLISHED], squelched: e[ESP_SQUELCHED] },
+      gre: this.pptp.calls.countByState(),
+    };
+  }
+
+  tables(): Record<string, { entries: number; capacity: number }> {
+    const t = this.table;
+    const m = this.ipsec;
+    const f = this.datapath.frags;
+    const e = m.espCountByState;
+    return {
+      sessions: { entries: t.sessionCount, capacity: t.limit },
+      mappings: { entries: t.mappingCount, capacity: t.capacity },
+      isakmp: { entries: m.isakmpCount, capacity: m.opts.capacity },
+      esp: { entries: e[ESP_PENDING] + e[ESP_ESTABLISHED] + e[ESP_SQUELCHED], capacity: m.opts.capacity },
+      'ipsec-remotes': { entries: m.remoteCount, capacity: m.opts.capacity },
+      'pptp-calls': { entries: this.pptp.calls.count, capacity: this.pptp.calls.capacity },
+      'pptp-control': { entries: this.pptp.control.count, capacity: this.pptp.control.capacity },
+      'fragments-held': { entries: f.heldCount, capacity: f.holdLimit },
+      'fragment-datagrams': { entries: f.datagramCount, capacity: f.datagramCapacity },
+    };
+  }
+
+  reloads(): Record<string, number> {
+    return { applied: this.reloadCount[0], rejected: this.reloadCount[1] };
+  }
+
+  nowMs(): number {
+    return this.now();
   }
 
   tableLimit(): number {
-    return this.table.capacity;
+    return this.table.limit;
   }
 
   drops(): Record<string, number> {

@@ -7,9 +7,8 @@
  * answers, also while the daemon still waits for the WAN; STATUS= says which.
  * No exit, clean or not, removes the safety net (Daemon.start() reconciles it).
  */
-import { Config, ConfigError, loadConfig } from '../config/schema';
-import { reloadable } from './reload';
-import { Daemon } from './daemon';
+import { Config, ConfigError, ConfigProblem, loadConfig } from '../config/schema';
+import { Daemon, ReloadOutcome } from './daemon';
 import { createLogger, Logger } from './log';
 import { loadTunNative } from '../edge/tun/native';
 
@@ -44,25 +43,19 @@ function monotonicUsec(): bigint {
   return process.hrtime.bigint() / 1000n;
 }
 
-/** Loads and validates `path` and checks it can replace `current` while running; returns it or the reason not to. */
-export function loadReload(path: string, current: Config): { config: Config } | { error: string } {
-  let next: Config;
-  try {
-    next = loadConfig(path);
-  } catch (e) {
-    return { error: e instanceof ConfigError ? e.message : (e as Error).message };
-  }
-  const ok = reloadable(current, next);
-  return ok.ok ? { config: next } : { error: ok.reason };
-}
-
 /** Runs the daemon until SIGTERM/SIGINT; exits the process. */
 export async function runDaemon(configPath: string, config: Config, opts: { forceDowngrade?: boolean } = {}): Promise<void> {
   const log = createLogger(config.log);
   const notify = new Notifier();
+  let reloading: Promise<unknown> = Promise.resolve();
+  /** One reload at a time, SIGHUP and `vpnmasq reload` alike; resolves with what it did. */
+  const reload = (trigger: string): Promise<ReloadOutcome> => {
+    const run = reloading.then(() => doReload(configPath, daemon, notify, log, trigger));
+    reloading = run.catch(() => undefined);
+    return run;
+  };
   let watchdog: NodeJS.Timeout | null = null;
   let stopping = false;
-  let reloading: Promise<void> = Promise.resolve();
 
   const stop = (signal: string, code = 0, status?: string): void => {
     if (stopping) return;
@@ -83,13 +76,11 @@ export async function runDaemon(configPath: string, config: Config, opts: { forc
     onStatus: (status) => notify.send(`STATUS=${status}`),
     onFatal: (reason) => stop('fatal', EXIT_FAILURE, reason.message),
     newerSchema: opts.forceDowngrade === true ? 'move-aside' : 'refuse',
+    reloadFromFile: () => (stopping ? Promise.resolve({ ok: false, error: 'vpnmasq is stopping' }) : reload('vpnmasq reload')),
   });
-  const reload = (): void => {
-    reloading = reloading.then(() => doReload(configPath, daemon, notify, log));
-  };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
-  process.on('SIGHUP', () => { if (!stopping) reload(); });
+  process.on('SIGHUP', () => { if (!stopping) void reload('SIGHUP'); });
 
   try {
     await daemon.start();
@@ -105,20 +96,29 @@ export async function runDaemon(configPath: string, config: Config, opts: { forc
   if (interval > 0) watchdog = setInterval(() => notify.send('WATCHDOG=1'), interval);
 }
 
-async function doReload(configPath: string, daemon: Daemon, notify: Notifier, log: Logger): Promise<void> {
+/**
+ * Reads the config file and hands it to the daemon; systemd hears RELOADING=1
+ * first and READY=1 when the answer is known. A file that does not parse or
+ * check, or that changes a field needing a restart, is rejected and the
+ * running config kept.
+ */
+async function doReload(configPath: string, daemon: Daemon, notify: Notifier, log: Logger, trigger: string): Promise<ReloadOutcome> {
   notify.send(`RELOADING=1\nMONOTONIC_USEC=${monotonicUsec()}`);
-  const r = loadReload(configPath, daemon.config);
-  if ('error' in r) {
-    log.error('reload rejected, keeping the running config', { error: r.error });
-    notify.send('READY=1\nSTATUS=reload rejected, running the previous config');
-    return;
-  }
+  let outcome: ReloadOutcome;
+  const warnings: ConfigProblem[] = [];
   try {
-    await daemon.reload(r.config);
-    log.info('config reloaded', { mappings: daemon.table.sessionCount });
-    notify.send('READY=1\nSTATUS=config reloaded');
+    const next = loadConfig(configPath, warnings);
+    outcome = await daemon.reload(next, warnings.map((w) => `${w.field}: ${w.message}`));
   } catch (e) {
-    log.error('reload failed', { error: (e as Error).message });
-    notify.send('READY=1');
+    outcome = { ok: false, error: e instanceof ConfigError ? e.message : `reload failed: ${(e as Error).message}` };
   }
+  if (outcome.ok) {
+    for (const w of outcome.warnings) log.warn('config warning', { warning: w });
+    log.info('config reloaded', { trigger, applied: outcome.applied.length > 0 ? outcome.applied.join(', ') : 'nothing changed', mappings: daemon.table.sessionCount });
+    notify.send('READY=1\nSTATUS=config reloaded');
+  } else {
+    log.error('reload rejected, keeping the running config', { trigger, error: outcome.error });
+    notify.send('READY=1\nSTATUS=reload rejected, running the previous config');
+  }
+  return outcome;
 }

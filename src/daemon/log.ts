@@ -15,11 +15,17 @@ export interface Logger {
   info(msg: string, fields?: LogFields): void;
   debug(msg: string, fields?: LogFields): void;
   /**
-   * Logs an info line for an event of `kind`, at most `rateLimitPerMinute`
-   * per kind per minute. The first line logged after some were suppressed
-   * carries `suppressed=N`.
+   * Logs a line (info, or `level`) for an event of `kind`, at most
+   * `rateLimitPerMinute` per kind per minute. The first line logged after
+   * some were suppressed carries `suppressed=N`.
    */
-  event(kind: string, msg: string, fields?: LogFields): void;
+  event(kind: string, msg: string, fields?: LogFields, level?: 'info' | 'debug'): void;
+  /** Like event(), for a line that costs something to build: `build` runs only when the line is written. */
+  lazyEvent(kind: string, level: 'info' | 'debug', build: () => [msg: string, fields: LogFields]): void;
+  /** Whether lines of `level` are written (so a caller can skip building them). */
+  enabled(level: LogLevel): boolean;
+  /** A reload's format, level and rate limit, from the next line on. */
+  configure(options: LogConfig): void;
 }
 
 export interface LoggerOptions extends LogConfig {
@@ -47,7 +53,8 @@ interface LineInfo {
 
 export function createLogger(options: LoggerOptions): Logger {
   const now = options.now ?? Date.now;
-  const renderLine = options.format === 'json' ? renderJsonLine : renderJournalLine;
+  const renderer = (format: LogConfig['format']) => (format === 'json' ? renderJsonLine : renderJournalLine);
+  let renderLine = renderer(options.format);
   const output = winston.createLogger({
     levels: SEVERITY,
     level: options.level,
@@ -62,17 +69,26 @@ export function createLogger(options: LoggerOptions): Logger {
     output.log({ level, message: msg, ts: new Date(now()).toISOString(), fields });
   };
   const limiter = new EventRateLimiter(options.rateLimitPerMinute, now);
+  const lazyEvent: Logger['lazyEvent'] = (kind, level, build) => {
+    if (!output.isLevelEnabled(level)) return;
+    const suppressed = limiter.admit(kind);
+    if (suppressed === undefined) return;
+    const [msg, fields] = build();
+    write(level, msg, suppressed > 0 ? { event: kind, ...fields, suppressed } : { event: kind, ...fields });
+  };
 
   return {
     error: (msg, fields) => write('error', msg, fields),
     warn: (msg, fields) => write('warn', msg, fields),
     info: (msg, fields) => write('info', msg, fields),
     debug: (msg, fields) => write('debug', msg, fields),
-    event(kind, msg, fields) {
-      if (!output.isLevelEnabled('info')) return;
-      const suppressed = limiter.admit(kind);
-      if (suppressed === undefined) return;
-      write('info', msg, suppressed > 0 ? { event: kind, ...fields, suppressed } : { event: kind, ...fields });
+    event: (kind, msg, fields, level = 'info') => lazyEvent(kind, level, () => [msg, fields ?? {}]),
+    lazyEvent,
+    enabled: (level) => output.isLevelEnabled(level),
+    configure(next) {
+      renderLine = renderer(next.format);
+      output.level = next.level;
+      limiter.perMinute = next.rateLimitPerMinute;
     },
   };
 }
@@ -81,7 +97,7 @@ export function createLogger(options: LoggerOptions): Logger {
 class EventRateLimiter {
   private readonly windows = new Map<string, { start: number; admitted: number; suppressed: number }>();
 
-  constructor(private readonly perMinute: number, private readonly now: () => number) {}
+  constructor(public perMinute: number, private readonly now: () => number) {}
 
   /**
    * Returns undefined if this event must be suppressed, otherwise how many

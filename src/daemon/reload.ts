@@ -1,8 +1,9 @@
 /**
- * Reload policy: which config changes the running daemon applies on SIGHUP
- * and which need a restart.
+ * Reload: which fields a new config changes, whether the running daemon can
+ * take them (each field's kind is declared once, in RELOAD of the config
+ * schema) and the sections the daemon then applies.
  */
-import type { Config } from '../config/schema';
+import { Config, reloadKind } from '../config/schema';
 import { isPlainObject } from '../config/checks';
 import { childField } from '../config/json';
 
@@ -20,14 +21,39 @@ export function configDiff(a: Config, b: Config): string[] {
   return changed;
 }
 
-/** Fields that only take effect on restart: they define the interfaces, address plan and database. */
-const RESTART_ONLY_FIELDS = [
-  'tun.name', 'tun.io', 'wan.mode', 'wan.interface', 'wan.publicAddresses', 'lan.interfaces', 'lan.prefixes', 'state.path',
-];
+/** A field a reload cannot apply, and why. */
+export interface RestartNeeded {
+  field: string;
+  why: string;
+}
 
-/** Whether the running daemon can switch from config `a` to config `b` without a restart. */
-export function reloadable(a: Config, b: Config): { ok: true } | { ok: false; reason: string } {
-  const blocked = configDiff(a, b).filter((field) => RESTART_ONLY_FIELDS.includes(field));
-  if (blocked.length === 0) return { ok: true };
-  return { ok: false, reason: `${blocked.join(', ')} cannot change while running; restart vpnmasq to apply` };
+/** What a reload from `a` to `b` would do: the runtime fields to apply, or the restart fields that block it. */
+export interface ReloadPlan {
+  changed: string[];
+  /** Runtime fields that change, applied by the daemon. */
+  apply: string[];
+  /** Restart fields that change: the reload is rejected while there is one. */
+  restart: RestartNeeded[];
+}
+
+export function reloadPlan(a: Config, b: Config): ReloadPlan {
+  const changed = configDiff(a, b);
+  const apply: string[] = [];
+  const restart: RestartNeeded[] = [];
+  for (const field of changed) {
+    const k = reloadKind(field);
+    if (k.kind === 'runtime') apply.push(field);
+    else restart.push({ field, why: k.why });
+  }
+  return { changed, apply, restart };
+}
+
+/** The rejection message: one line per field, `FIELD: needs a restart (WHY)`. */
+export function restartMessage(blocked: readonly RestartNeeded[]): string {
+  return blocked.map((b) => `${b.field}: needs a restart (${b.why})`).join('\n');
+}
+
+/** The top-level sections of some field paths (`timeouts.udp` -> `timeouts`), in first-seen order. */
+export function sectionsOf(fields: readonly string[]): string[] {
+  return [...new Set(fields.map((f) => f.split(/[.[]/)[0]))];
 }

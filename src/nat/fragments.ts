@@ -65,6 +65,8 @@ export class FragmentTracker {
   private readonly hMore: Uint8Array;
   private readonly hExpires: Float64Array;
   heldCount = 0;
+  /** Most fragments held at once: every hold slot, or fewer after a reload lowered limits.maxHeldFragments. */
+  holdLimit: number;
   private releasedPending = false;
 
   /**
@@ -95,7 +97,12 @@ export class FragmentTracker {
     this.hFragLen = new Int32Array(holdSlots);
     this.hMore = new Uint8Array(holdSlots);
     this.hExpires = new Float64Array(holdSlots);
+    this.holdLimit = holdSlots;
   }
+
+  /** Datagrams remembered (first fragment translated), and how many can be. */
+  get datagramCount(): number { return this.dRows.count; }
+  get datagramCapacity(): number { return this.dRows.capacity; }
 
   static key(proto: number, id: number): number {
     return (proto << 16) | id;
@@ -149,6 +156,7 @@ export class FragmentTracker {
   /** As hold(), with a fragment's payload offset and length in the datagram and its MF flag; returns the slot or -1. */
   holdSlot(arena: Uint8Array, off: number, len: number, src: number, dst: number, key: number, expires: number,
     kind: number, fragOff: number, fragLen: number, more: boolean): number {
+    if (this.heldCount >= this.holdLimit) return NONE;
     const h = this.claim(arena, off, len, HELD);
     if (h < 0) return NONE;
     this.hKind[h] = kind;
@@ -266,6 +274,17 @@ export class FragmentTracker {
     this.releasedPending = false;
     const st = this.hState;
     for (let h = 0; h < st.length; h++) if (st[h] === RELEASED) st[h] = 0;
+  }
+
+  /**
+   * Moves the deadline of every datagram and held fragment by `deltaMs`
+   * (timeouts.fragment changed on reload; a helper's held segments keep
+   * theirs). Not the packet path.
+   */
+  shiftDeadlines(deltaMs: number): void {
+    const inUse = this.dRows.inUse;
+    for (let d = 0; d < inUse.length; d++) if (inUse[d] === 1) this.dExpires[d] += deltaMs;
+    for (let h = 0; h < this.hState.length; h++) if (this.hState[h] === HELD && this.hKind[h] === FRAGMENT) this.hExpires[h] += deltaMs;
   }
 
   /** Drops expired datagram entries and held packets; returns the number of held packets dropped. */

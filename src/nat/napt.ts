@@ -139,6 +139,20 @@ export class Napt implements SessionListener, SegmentHolder {
 
   get publicAddr(): number { return this.table.publicAddr; }
 
+  /**
+   * A reload's new timers: new entries get them, and so do the
+   * existing ones (sessions' deadlines are recomputed from their last packet,
+   * fragment deadlines move by the change). Not the packet path.
+   */
+  configure(timers: NatTimers): void {
+    const current = this.opts.timers;
+    const fragmentDelta = timers.fragmentMs - current.fragmentMs;
+    // The one timers object NAPT, the transport and the ICMP translator share.
+    Object.assign(current, timers);
+    this.transport.retime();
+    if (fragmentDelta !== 0) this.frags.shiftDeadlines(fragmentDelta);
+  }
+
   /** IP protocol `proto` (ESP, GRE, AH) is translated by `t`. */
   registerProtocol(proto: number, t: Tracker): void {
     this.trackers.protocol(proto, t);

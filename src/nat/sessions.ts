@@ -39,7 +39,7 @@
  * No string keys, no allocation after construction.
  */
 import { TupleIndex } from '../core/tuple-index';
-import { EV_DESTROY, EV_NEW, Journal } from '../core/journal';
+import { EV_DESTROY, EV_NEW, EV_UPDATE, Journal } from '../core/journal';
 import { PROTO_ICMP, PROTO_TCP, PROTO_UDP } from '../wire/ipv4';
 import { SlotPool } from '../core/slot-pool';
 import { columns, Serials, SoaRows } from '../core/table';
@@ -200,9 +200,16 @@ export class SessionTable implements BudgetSessions {
   private readonly remNegKey: Int32Array;
   private readonly remNegUntil: Float64Array;
 
-  private readonly ports: PortPolicy;
+  /** The public port policy for new mappings (a reload may replace it: setPorts). */
+  private ports: PortPolicy;
   /** Per protocol slot: ports no mapping takes dynamically. */
   private readonly reserved: number[][] = [[], [], []];
+  /**
+   * Most sessions at once: `capacity` (allocated at start) or less after a
+   * reload lowered limits.maxSessions; beyond it new sessions are refused as
+   * TABLE_FULL while the existing ones stay until they end.
+   */
+  limit: number;
   private random: () => number;
 
   constructor(capacity: number, publicAddrs: number | readonly number[], ports: PortPolicy, journal: Journal | null,
@@ -210,6 +217,7 @@ export class SessionTable implements BudgetSessions {
     const addrs = typeof publicAddrs === 'number' ? [publicAddrs] : publicAddrs;
     if (addrs.length === 0 || addrs.length > MAX_PUBLIC_ADDRESSES) throw new RangeError(`1 to ${MAX_PUBLIC_ADDRESSES} public addresses`);
     this.capacity = capacity;
+    this.limit = capacity;
     this.ports = ports;
     this.journal = journal;
     this.random = random;
@@ -301,6 +309,23 @@ export class SessionTable implements BudgetSessions {
     }
     return sp;
   }
+
+  /**
+   * A reload's port policy for new mappings: every port space is rebuilt
+   * with the new ranges, the mappings that exist keep their ports (one left
+   * outside the new range still counts, so its port is never handed out
+   * twice) and the reserved ports stay reserved. Not the packet path.
+   */
+  setPorts(ports: PortPolicy): void {
+    this.ports = ports;
+    for (const per of this.spaces) per.fill(null);
+    for (let m = 0; m < this.capacity; m++) {
+      if (this.mRefs[m] > 0) this.space(this.mPubIdx[m], protoSlot(this.mProto[m])).take(this.mPubPort[m]);
+    }
+  }
+
+  /** The public port policy for new mappings. */
+  get portPolicy(): Readonly<PortPolicy> { return this.ports; }
 
   /**
    * Ports of protocol slot `slot` that no mapping takes dynamically from now
@@ -462,7 +487,7 @@ export class SessionTable implements BudgetSessions {
    */
   createOut(proto: number, lan: number, lanPort: number, rem: number, remPort: number, now: number, state: number, expires: number,
     pubIdx = 0, synSeq: number | null = null): number {
-    if (this.sRows.available === 0) return TABLE_FULL;
+    if (this.sRows.count >= this.limit) return TABLE_FULL;
     let m = this.mapIndex.get(lan, lanPort, 0, proto);
     let guarded = false;
     if (m === NONE) {
@@ -610,7 +635,7 @@ export class SessionTable implements BudgetSessions {
    */
   restoreSession(proto: number, lan: number, lanPort: number, pubIdx: number, pubPort: number, rem: number, remPort: number,
     created: number, state: number, expires: number, serial: number): number {
-    if (this.sRows.available === 0) return TABLE_FULL;
+    if (this.sRows.count >= this.limit) return TABLE_FULL;
     let m = this.mapIndex.get(lan, lanPort, 0, proto);
     if (m !== NONE && (this.mPubPort[m] !== pubPort || this.mPubIdx[m] !== pubIdx)) return PORTS_EXHAUSTED;
     if (this.inIndex.get(rem, (pubPort << 16) | remPort, pubIdx, proto) !== NONE) return MAPPING_CONFLICT;
@@ -636,7 +661,7 @@ export class SessionTable implements BudgetSessions {
   }
 
   private initSession(m: number, rem: number, remPort: number, now: number, state: number, expires: number, serial: number): number {
-    const s = this.sRows.take(serial);
+    const s = this.sRows.count < this.limit ? this.sRows.take(serial) : -1;
     if (s < 0) {
       if (this.mRefs[m] === 0) this.freeMapping(m);
       return TABLE_FULL;
@@ -708,6 +733,11 @@ export class SessionTable implements BudgetSessions {
     this.remNegUntil[i] = now + REMOTE_NEGATIVE_MS;
   }
 
+  /** Session `s` changed a state operators see (an UPDATE event for `conns watch`; the store's flush picks up the values). */
+  updated(s: number): void {
+    if (this.journal !== null) this.journal.push(EV_UPDATE, TABLE_SESSIONS, s, this.sSerial[s]);
+  }
+
   // ---- removal -----------------------------------------------------------
 
   removeSession(s: number): void {
@@ -772,6 +802,24 @@ export class SessionTable implements BudgetSessions {
    */
   deleteSerials(ids: ReadonlySet<number>): number {
     return this.sRows.removeRows(ids, this.removeRow);
+  }
+
+  /**
+   * Removes the sessions of TCP and UDP mappings whose public port `keep`
+   * rejects (shared mode after ports.range changed: the box takes those
+   * ports back); returns how many. Not the packet path.
+   */
+  removeUnless(keep: (slot: number, pubPort: number) => boolean): number {
+    let n = 0;
+    for (let s = 0; s < this.capacity; s++) {
+      if (this.sInUse[s] === 0) continue;
+      const slot = protoSlot(this.protoOf(s));
+      if (slot !== SLOT_ICMP && !keep(slot, this.pubPortOf(s))) {
+        this.removeSession(s);
+        n++;
+      }
+    }
+    return n;
   }
 
   /** Removes every session (a WAN address change under wan.onAddressChange "drop"); returns how many. */

@@ -57,17 +57,24 @@ export function tcpTimeoutMs(state: number, establishedMs: number, transitoryMs:
   return tcpIsEstablished(state) ? establishedMs : transitoryMs;
 }
 
-/** The names operators see, conntrack-like. */
+/** The names operators see, conntrack-like, indexed by tcpStateClass. */
 export const TCP_STATE_NAMES = ['NONE', 'SYN_SENT', 'SYN_RECV', 'ESTABLISHED', 'FIN_WAIT', 'TIME_WAIT', 'CLOSE'] as const;
+
+/**
+ * The state an operator sees, as a small number (an index of
+ * TCP_STATE_NAMES): a change of it is a state change worth an UPDATE event.
+ */
+export function tcpStateClass(state: number): number {
+  if (state & TCP_RST_SEEN) return 6;
+  if ((state & (TCP_FIN_OUT | TCP_FIN_IN)) === (TCP_FIN_OUT | TCP_FIN_IN)) return 5;
+  if (state & (TCP_FIN_OUT | TCP_FIN_IN)) return 4;
+  if (tcpIsEstablished(state)) return 3;
+  if (state & TCP_SYN_OUT) return 1;
+  if (state & TCP_SYN_IN) return 2;
+  return 0;
+}
 
 /** Name for operators, conntrack-like. */
 export function tcpStateName(state: number): string {
-  const [none, synSent, synRecv, established, finWait, timeWait, close] = TCP_STATE_NAMES;
-  if (state & TCP_RST_SEEN) return close;
-  if ((state & (TCP_FIN_OUT | TCP_FIN_IN)) === (TCP_FIN_OUT | TCP_FIN_IN)) return timeWait;
-  if (state & (TCP_FIN_OUT | TCP_FIN_IN)) return finWait;
-  if (tcpIsEstablished(state)) return established;
-  if (state & TCP_SYN_OUT) return synSent;
-  if (state & TCP_SYN_IN) return synRecv;
-  return none;
+  return TCP_STATE_NAMES[tcpStateClass(state)];
 }

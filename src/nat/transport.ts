@@ -14,7 +14,7 @@ import { PORTS_EXHAUSTED, SF_GUARDED, SF_HOST, SF_UNANSWERED, SLOT_TCP, SLOT_UDP
 import { ADMITTED, HOST_SESSION_LIMIT } from './hosts';
 import { BUDGET_OK, EIF_TARGET } from './budget';
 import { BUDGET_REFUSED } from './forwards';
-import { tcpInitialState, tcpNextState, tcpTimeoutMs } from './tcp-tracker';
+import { tcpInitialState, tcpNextState, tcpStateClass, tcpTimeoutMs } from './tcp-tracker';
 import { clampMss } from './mss-clamp';
 import { rewriteTransport } from './rewrite';
 import { Packet, TrackerRegistry } from './tracker';
@@ -39,6 +39,25 @@ export class Transport {
     private readonly endpointIndependentFiltering: boolean,
     private readonly trackers: TrackerRegistry,
   ) {}
+
+  /**
+   * Gives every session the deadline the current timers give it: its last
+   * packet plus the timeout of its protocol and TCP state (after a reload
+   * changed the timeouts). A deadline already passed expires the session at
+   * the next sweep. Not the packet path.
+   */
+  retime(): void {
+    const t = this.table;
+    const timers = this.timers;
+    for (let s = 0; s < t.capacity; s++) {
+      if (t.sInUse[s] === 0) continue;
+      const proto = t.protoOf(s);
+      let timeout = proto === PROTO_TCP ? tcpTimeoutMs(t.stateOf(s), timers.tcpEstablishedMs, timers.tcpTransitoryMs)
+        : proto === PROTO_ICMP ? timers.icmpMs : timers.udpMs;
+      if ((t.flagsOf(s) & SF_UNANSWERED) !== 0 && timeout > t.inbound.limits.unansweredMs) timeout = t.inbound.limits.unansweredMs;
+      t.setExpires(s, t.lastSeenOf(s) + timeout);
+    }
+  }
 
   /**
    * Length and checksum checks every TCP and UDP packet gets, whichever path
@@ -212,16 +231,25 @@ export class Transport {
     return s;
   }
 
-  /** Updates TCP state, expiry and counters of a session for a packet in one direction. */
+  /**
+   * Updates TCP state, expiry and counters of a session for a packet in one
+   * direction. A state an operator sees changing (a TCP state, the first
+   * reply of a UDP or ICMP flow) is an UPDATE event, except on the packet
+   * that created the session (its NEW event shows the state).
+   */
   refresh(s: number, isTcp: boolean, flags: number, outbound: boolean, bytes: number, now: number): void {
     const t = this.table;
     const timers = this.timers;
+    const seen = t.pktsOut(s) + t.pktsIn(s) > 0;
     let timeout: number;
     if (isTcp) {
-      const st = tcpNextState(t.stateOf(s), flags, outbound);
+      const old = t.stateOf(s);
+      const st = tcpNextState(old, flags, outbound);
       t.setState(s, st);
+      if (seen && st !== old && tcpStateClass(st) !== tcpStateClass(old)) t.updated(s);
       timeout = tcpTimeoutMs(st, timers.tcpEstablishedMs, timers.tcpTransitoryMs);
     } else {
+      if (seen && !outbound && t.pktsIn(s) === 0) t.updated(s);
       timeout = t.protoOf(s) === PROTO_ICMP ? timers.icmpMs : timers.udpMs;
     }
     if ((t.flagsOf(s) & SF_UNANSWERED) !== 0) {

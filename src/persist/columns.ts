@@ -382,6 +382,11 @@ export class TableCodec<T = unknown, N extends string = string> {
     for (let c = 0; c < this.watched.length; c++) this.lastWritten[c][index] = this.watched[c](index);
   }
 
+  /** Every live entry counts as changed until it is written again. */
+  markAllDirty(): void {
+    for (const w of this.lastWritten) w.fill(NaN);
+  }
+
   liveCount(): number {
     return this.spec.count(this.table);
   }

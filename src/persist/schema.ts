@@ -7,7 +7,7 @@
  * SCHEMA_VERSION - 1, each in one transaction. Released versions are history
  * and stay literal text here. To change a table: change its spec, bump
  * SCHEMA_VERSION, append the migration, and freeze the previous version's
- * statements in SCHEMAS (for version 3 that is `[...V2, ...VPN_TABLES]`), so
+ * statements in SCHEMAS (version 3 is `[...V2, ...VPN_TABLES]`), so
  * the test migrates every old version and compares the result with a fresh
  * database.
  */
@@ -54,7 +54,16 @@ const VPN_TABLES: readonly string[] = [
     last_seen REAL NOT NULL, pkts_out REAL NOT NULL, pkts_in REAL NOT NULL)`,
 ];
 
-export const SCHEMA_VERSION = 3;
+/** Version 3: version 2 plus the ISAKMP, ESP and PPTP call tables. */
+const V3: readonly string[] = [...V2, ...VPN_TABLES];
+
+/**
+ * Counters kept across restarts (the VPN event counts of `vpnmasq stats` and
+ * vpnmasq_vpn_events_total), one row per counter name.
+ */
+export const COUNTERS_TABLE = 'CREATE TABLE counters (name TEXT PRIMARY KEY, value REAL NOT NULL)';
+
+export const SCHEMA_VERSION = 4;
 
 /**
  * Rows restore could not take, with their values and the reason (store.ts).
@@ -68,11 +77,11 @@ export const SIDE_TABLES: readonly string[] = [
   `CREATE TABLE IF NOT EXISTS ${QUARANTINE_TABLE} (
     id INTEGER PRIMARY KEY, quarantined_at REAL NOT NULL, source TEXT NOT NULL, serial, reason TEXT NOT NULL, row TEXT NOT NULL)`,
 ];
-/** The current version (3: version 2 plus the ISAKMP, ESP and PPTP call tables), from the specs. */
-export const CREATE_STATEMENTS: readonly string[] = TABLES.flatMap((spec) => createStatements(spec));
+/** The current version (4: version 3 with the ISAKMP packet counters and the counters table), from the specs. */
+export const CREATE_STATEMENTS: readonly string[] = [...TABLES.flatMap((spec) => createStatements(spec)), COUNTERS_TABLE];
 
 /** CREATE statements of every version, by version (for the migration tests). */
-export const SCHEMAS: Readonly<Record<number, readonly string[]>> = { 1: V1, 2: V2, [SCHEMA_VERSION]: CREATE_STATEMENTS };
+export const SCHEMAS: Readonly<Record<number, readonly string[]>> = { 1: V1, 2: V2, 3: V3, [SCHEMA_VERSION]: CREATE_STATEMENTS };
 
 /**
  * MIGRATIONS[v - 1] takes a database from version v to v + 1. Version 1 rows
@@ -89,4 +98,9 @@ export const MIGRATIONS: readonly (readonly string[])[] = [
     'CREATE INDEX sessions_expires ON sessions (expires)',
   ],
   VPN_TABLES,
+  [
+    'ALTER TABLE isakmp ADD COLUMN pkts_out REAL NOT NULL DEFAULT 0',
+    'ALTER TABLE isakmp ADD COLUMN pkts_in REAL NOT NULL DEFAULT 0',
+    COUNTERS_TABLE,
+  ],
 ];

@@ -112,12 +112,22 @@ export interface StoreOptions {
   newerSchema?: 'refuse' | 'move-aside';
 }
 
+/** Counters kept across restarts: `values[i]` is stored under `names[i]`. */
+interface Counters {
+  names: readonly string[];
+  values: Float64Array;
+  /** The values last written (NaN: write it). */
+  written: Float64Array;
+}
+
 export class Store implements JournalListener {
   private conn: Database.Database | null = null;
   private fileId = '';
   private lastFileCheck = 0;
   private readonly tables: (Registered | undefined)[] = [];
   private readonly registered: Registered[] = [];
+  private readonly counters: Counters[] = [];
+  private upsertCounter: Database.Statement | null = null;
   private readonly qKind = new Uint8Array(QUEUE_MAX);
   private readonly qTable = new Uint8Array(QUEUE_MAX);
   private readonly qIndex = new Int32Array(QUEUE_MAX);
@@ -144,7 +154,7 @@ export class Store implements JournalListener {
   private readonly commitQueue: () => void;
 
   /** Opens (or creates) the database; never throws: a fault leaves the store unhealthy and retrying. */
-  constructor(private readonly cfg: StoreConfig, private readonly log: StoreLog, opts: StoreOptions = {}) {
+  constructor(private cfg: StoreConfig, private readonly log: StoreLog, opts: StoreOptions = {}) {
     this.now = opts.now ?? Date.now;
     this.newerSchema = opts.newerSchema ?? 'refuse';
     this.commitQueue = () => this.tx(() => this.applyQueue());
@@ -167,6 +177,14 @@ export class Store implements JournalListener {
         this.fault('prepare', e);
       }
     }
+  }
+
+  /**
+   * Monotonic counters that survive restarts (the VPN event counts): restore()
+   * adds the stored totals to `values`, every tick writes the ones that moved.
+   */
+  registerCounters(names: readonly string[], values: Float64Array): void {
+    this.counters.push({ names, values, written: new Float64Array(values.length).fill(NaN) });
   }
 
   // ---- restore ---------------------------------------------------------
@@ -228,6 +246,7 @@ export class Store implements JournalListener {
         }
         codec.restored();
       }
+      this.restoreCounters(db);
     } catch (e) {
       this.restoreFailed(e, restored);
       return { restored, discarded: 0, quarantined: 0 };
@@ -277,6 +296,23 @@ export class Store implements JournalListener {
     }
     db.prepare(`DELETE FROM ${QUARANTINE_TABLE} WHERE id <= (SELECT MAX(id) FROM ${QUARANTINE_TABLE}) - ${QUARANTINE_MAX}`).run();
     this.pendingQuarantine = [];
+  }
+
+  /** Adds the stored totals to the registered counters (a stored value that is not a count is ignored, and logged). */
+  private restoreCounters(db: Database.Database): void {
+    if (this.counters.length === 0) return;
+    const stored = new Map<string, unknown>();
+    for (const row of db.prepare('SELECT name, value FROM counters').raw().all() as unknown[][]) stored.set(String(row[0]), row[1]);
+    const bad: string[] = [];
+    for (const c of this.counters) {
+      c.names.forEach((name, i) => {
+        const v = stored.get(name);
+        if (v === undefined) return;
+        if (typeof v === 'number' && Number.isFinite(v) && v >= 0) c.values[i] += v;
+        else bad.push(name);
+      });
+    }
+    if (bad.length > 0) this.log.error('state database counters that are not counts were reset', { path: this.cfg.path, counters: bad.join(', ') });
   }
 
   /**
@@ -366,6 +402,7 @@ export class Store implements JournalListener {
           this.applyQuarantine();
           this.applyQueue();
           this.applyUpdates(maxUpdates);
+          this.writeCounters();
         });
       }
       if (!this.healthy) {
@@ -376,6 +413,30 @@ export class Store implements JournalListener {
     } catch (e) {
       this.fault('tick', e);
     }
+  }
+
+  /**
+   * A reload's `synchronous` and flush interval: the pragma is set on the
+   * open connection (and on every reopen), the timer restarted.
+   */
+  configure(next: Pick<StoreConfig, 'synchronous' | 'flushIntervalMs'>): void {
+    const intervalChanged = next.flushIntervalMs !== this.cfg.flushIntervalMs;
+    this.cfg = { ...this.cfg, ...next };
+    try {
+      this.conn?.pragma(`synchronous = ${this.cfg.synchronous}`);
+    } catch (e) {
+      this.fault('configure', e);
+    }
+    if (intervalChanged && this.timer !== null) {
+      clearInterval(this.timer);
+      this.timer = null;
+      this.start();
+    }
+  }
+
+  /** Every live row is written again by the next update flushes (deadlines recomputed on reload). */
+  markAllDirty(): void {
+    for (const r of this.registered) r.codec.markAllDirty();
   }
 
   /** Final flush of everything and close. */
@@ -442,7 +503,21 @@ export class Store implements JournalListener {
     }
   }
 
+  /** The counters that moved since they were written. */
+  private writeCounters(): void {
+    const upsert = this.upsertCounter as Database.Statement;
+    for (const c of this.counters) {
+      for (let i = 0; i < c.values.length; i++) {
+        if (c.values[i] === c.written[i]) continue;
+        upsert.run(c.names[i], c.values[i]);
+        c.written[i] = c.values[i];
+      }
+    }
+  }
+
   private rewriteAll(): void {
+    for (const c of this.counters) c.written.fill(NaN);
+    this.writeCounters();
     const db = this.conn as Database.Database;
     for (const r of this.registered) {
       db.prepare(`DELETE FROM ${r.codec.sqlTable}`).run();
@@ -499,6 +574,7 @@ export class Store implements JournalListener {
     this.fileId = this.statFile();
     this.lastFileCheck = this.now();
     for (const r of this.registered) this.prepare(this.conn, r);
+    this.upsertCounter = this.conn.prepare('INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value');
     if (atStart) this.healthy = true;
     return true;
   }

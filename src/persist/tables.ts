@@ -89,7 +89,7 @@ function vpnEntry<T extends { readonly t: SessionTable }>(serial: (x: T) => Floa
 /** The IPsec tables' live side: the masquerade and the session table (for the public address). */
 export interface IpsecTables { readonly m: IpsecMasq; readonly t: SessionTable }
 
-/** ISAKMP entries: cookies, the LAN host and whether it is the forwarded server. */
+/** ISAKMP entries: cookies, the LAN host, whether it is the forwarded server, and its packet counters. */
 export const ISAKMP = defineTable<IpsecTables>()({
   sqlTable: 'isakmp',
   journalTable: TABLE_ISAKMP,
@@ -102,6 +102,9 @@ export const ISAKMP = defineTable<IpsecTables>()({
     has_rcookie: { type: 'INTEGER', array: (x) => x.m.kHasRc, update: true, watch: true, check: FLAG },
     server: { type: 'INTEGER', array: (x) => x.m.kServer, update: true, watch: true, check: FLAG },
     expires: { type: 'REAL', array: (x) => x.m.kExpires, update: true, watch: true, check: DEADLINE },
+    // Added in schema version 4 (rows of version 3 restore with 0).
+    pkts_out: { type: 'REAL', array: (x) => x.m.kPktsOut, assign: true, update: true, default: 0, check: NON_NEGATIVE },
+    pkts_in: { type: 'REAL', array: (x) => x.m.kPktsIn, assign: true, update: true, default: 0, check: NON_NEGATIVE },
   },
   capacity: (x) => x.m.opts.capacity,
   count: (x) => x.m.isakmpCount,

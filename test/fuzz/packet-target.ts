@@ -125,7 +125,8 @@ export class Rig {
     const sink = (level: string) => (msg: string, fields?: Record<string, unknown>): void => {
       if (level === 'error') this.errors.push(`${msg}${fields?.error ? `: ${String(fields.error)}` : ''}${fields?.stack ? `\n${String(fields.stack)}` : ''}`);
     };
-    const log: Logger = { error: sink('error'), warn: sink('warn'), info: sink('info'), debug: sink('debug'), event: () => undefined };
+    const log: Logger = { error: sink('error'), warn: sink('warn'), info: sink('info'), debug: sink('debug'), event: () => undefined,
+      lazyEvent: () => undefined, enabled: () => false, configure: () => undefined };
     this.tun = new FuzzTun(profile.offloads ? 0x67 : 0);
     this.daemon = new Daemon(config, log, {
       persist: false, openTun: () => this.tun, now: () => this.now, onFatal: (e) => this.fatal.push(e.message),

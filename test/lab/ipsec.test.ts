@@ -8,7 +8,7 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { requireRoot, createLab, Lab } from './lab';
-import { peer, peerServer, RouterHandle, startRouter } from './router-harness';
+import { CLI, peer, peerServer, RouterHandle, startRouter } from './router-harness';
 
 requireRoot();
 
@@ -90,6 +90,7 @@ for (const mode of ['shared', 'dedicated'] as const) describe(`IPsec masquerade 
   it('guessing: ESP on an unknown SPI goes to every host that recently spoke ISAKMP with the remote', async () => {
     // The listeners count for 6 s from when they are ready: long enough for the sender to start on a loaded machine.
     const before = await events();
+    // The windows outlast the sender's python start on a loaded machine (with 2 s, the first-started listeners closed before the packet came).
     const listeners = await Promise.all([0, 1, 2].map((i) => peerServer(lab, lab.ns.lan[i], ['listen-raw', '--proto', '50', '--seconds', '6'])));
     await peer(lab, lab.ns.vpnServer, ['raw', '--dst', pub, '--proto', '50', '--hex', '7e7e7e7e00000001' + '00'.repeat(32)]);
     const got = await Promise.all(listeners.map(async (l) => JSON.parse((await l.result).trim().split('\n').pop() as string).received));
@@ -186,5 +187,38 @@ for (const mode of ['shared', 'dedicated'] as const) describe(`IPsec masquerade 
     } finally {
       await restart();
     }
+  });
+
+  it('vpnmasq ipsec shows the pending SPI, the host turned away behind it and why it waits, then lets it through', async () => {
+    const cli = (...args: string[]) => lab.exec(lab.ns.router, [process.execPath, CLI, '-c', router.configPath, ...args], { timeoutMs: 20000 });
+    const srv = await peerServer(lab, lab.ns.vpnServer, ['ike-esp-responder', '--seconds', '20', '--idle', '3', '--silent-spi', '0x4001']);
+    // One ESP packet a second: the silent host squelches only after 5 retries (5 s) once the other is turned away.
+    const silent = client(1, 'd4d4d4d4d4d4d4d4', 0x4001, ['--packets', '1', '--timeout', '10', '--interval', '1']);
+    await new Promise((r) => setTimeout(r, 1200));
+    const waiting = client(2, 'd4d4d4d4d4d4d4d5', 0x4002, ['--packets', '2', '--interval', '1']);
+    let report: Record<string, any> | undefined;
+    for (const until = Date.now() + 4000; Date.now() < until; await new Promise((r) => setTimeout(r, 200))) {
+      const r = await cli('ipsec', remote, '--json');
+      assert.equal(r.code, 0, r.stderr);
+      report = JSON.parse(r.stdout.trim() || 'null') ?? undefined;
+      if (report?.queue.turnedAway.some((t: any) => t.lan === lab.addr.lan[2])) break;
+    }
+    assert.ok(report, 'no report for the remote');
+    assert.equal(report.queue.pending?.lan, lab.addr.lan[1], JSON.stringify(report));
+    assert.equal(report.queue.pending.spiOut, '0x00004001');
+    assert.equal(report.queue.pending.blocking, true);
+    const turned = report.queue.turnedAway.find((t: any) => t.lan === lab.addr.lan[2]);
+    assert.deepEqual([turned?.spi, turned?.reason, turned?.by], ['0x00004002', 'esp-blocked', lab.addr.lan[1]], JSON.stringify(report));
+    assert.ok(report.ike.some((k: any) => k.lan === lab.addr.lan[2] && k.state === 'REPLIED'), 'its IKE exchange went through');
+    const human = await cli('ipsec', remote);
+    assert.match(human.stdout, new RegExp(`^ +${lab.addr.lan[2].replace(/\./g, '\\.')}: its new SPI 0x00004002 was refused`, 'm'), human.stdout);
+    const w = await waiting;
+    await silent;
+    await srv.result;
+    assert.equal(w.flow.good, 2, JSON.stringify(w));
+    const end = JSON.parse((await cli('ipsec', remote, '--json')).stdout.trim());
+    assert.ok(end.squelched.some((p: any) => p.lan === lab.addr.lan[1] && p.spiOut === '0x00004001'), JSON.stringify(end));
+    assert.ok(end.esp.some((p: any) => p.lan === lab.addr.lan[2] && p.spiOut === '0x00004002' && p.state === 'established'));
+    assert.ok(!end.queue.turnedAway.some((t: any) => t.lan === lab.addr.lan[2]), 'through: no longer turned away');
   });
 });

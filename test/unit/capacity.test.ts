@@ -423,3 +423,21 @@ for (const vnetLen of [10, 0]) {
     });
   });
 }
+
+describe('a new port range (reload): the port spaces are rebuilt, existing mappings keep their ports', () => {
+  it('new mappings take the new range; the old ones keep theirs, and back in range their ports are not handed out again', () => {
+    const h = new NatHarness({ vnetLen: 10, now: T0, ports: { ...RANGE64, preserve: false } });
+    const old = [...Array(10).keys()].map((i) => parse(h.one(udpOut(A, 30000 + i, S1))).sport ?? -1);
+    assert.ok(old.every((p) => p >= 20000 && p <= 20063), String(old));
+    h.table.setPorts({ range: [20064, 20127], lowRange: null, preserve: false });
+    const fresh = parse(h.one(udpOut(B, 31000, S1))).sport ?? -1;
+    assert.ok(fresh >= 20064 && fresh <= 20127, `new mapping on ${fresh}`);
+    assert.equal(parse(h.one(udpOut(A, 30000, S1))).sport, old[0], 'an existing mapping keeps its port');
+    assert.equal(parse(h.one(udpBack(S1, old[0]))).dst, A, 'and its replies still arrive');
+    // Back to the first range: the 10 ports still in use are not unused ports; 54 new mappings get the other 54.
+    h.table.setPorts({ ...RANGE64, preserve: false });
+    const more = [...Array(54).keys()].map((i) => parse(h.one(udpOut(C, 32000 + i, S2))).sport ?? -1);
+    assert.equal(new Set(more).size, 54, 'one unused port each');
+    assert.deepEqual(more.filter((p) => old.includes(p) || p < 20000 || p > 20063), []);
+  });
+});

@@ -19,6 +19,8 @@ import { SessionTable, TABLE_SESSIONS } from '../../src/nat/sessions';
 import { Forwards } from '../../src/nat/forwards';
 import { CREATE_STATEMENTS, SCHEMA_VERSION } from '../../src/persist/schema';
 import { ipv4ToInt32 } from '../../src/core/ipv4-addr';
+import { IpsecMasq } from '../../src/helpers/ipsec/ipsec';
+import { IpsecRemote, ipsecReport } from '../../src/query/ipsec-report';
 
 export const ROOT = path.resolve(__dirname, '../../..');
 export const CLI = path.join(ROOT, 'dist/src/bin/vpnmasq.js');
@@ -172,6 +174,13 @@ export class FakeDaemon implements ControlTarget {
 
   async forwardsChanged(): Promise<void> {}
 
+  /** What the next `reload` answers. */
+  reloadOutcome: { ok: true; applied: string[]; warnings: string[] } | { ok: false; error: string } = { ok: true, applied: [], warnings: [] };
+
+  reloadFromFile(): Promise<typeof this.reloadOutcome> {
+    return Promise.resolve(this.reloadOutcome);
+  }
+
   /** Creates a session the way the packet path does; returns its slot. */
   add(proto: number, lan: string, lanPort: number, rem: string, remPort: number, state = 0, ttlMs = 300_000): number {
     const s = this.table.createOut(proto, ipv4ToInt32(lan), lanPort, ipv4ToInt32(rem), remPort, this.now, state, this.now + ttlMs);
@@ -198,6 +207,13 @@ export class FakeDaemon implements ControlTarget {
       running: true, pid: process.pid, uptimeSeconds: 3725, tun: { name: 'vmq0', offloads: 17 }, mode: 'dedicated',
       publicAddress: PUBLIC, lanPrefixes: ['10.77.0.0/24'], sessions: this.table.sessionCount, limit: this.table.capacity, state: null,
     };
+  }
+
+  /** A real IPsec table for `vpnmasq ipsec` (tests drive it with outEsp/inEsp...). */
+  readonly ipsec = new IpsecMasq({ lifetimeMs: 1_800_000, pendingMs: 120_000, squelchMs: 30_000, retries: 5, parallel: true, guessing: true, guessMax: 5, capacity: 64 });
+
+  ipsecRemotes(remote: number | null): IpsecRemote[] {
+    return ipsecReport(this.ipsec, this.now, remote);
   }
 
   addObserver(l: JournalObserver): void { this.listeners.push(l); }

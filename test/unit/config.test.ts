@@ -2,8 +2,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { checkForwards, Config, ConfigError, ConfigProblem, DEFAULTS, loadConfig, parseConfig } from '../../src/config/schema';
-import { configDiff, reloadable } from '../../src/daemon/reload';
+import { checkForwards, Config, ConfigError, ConfigProblem, DEFAULTS, loadConfig, parseConfig, RELOAD, reloadFields, reloadKind } from '../../src/config/schema';
+import { configDiff, reloadPlan, restartMessage } from '../../src/daemon/reload';
 
 const FILE = '/etc/vpnmasq/vpnmasq.json';
 
@@ -249,25 +249,58 @@ test('loadConfig reports unreadable files as a ConfigError', () => {
   });
 });
 
-test('configDiff and reloadable', () => {
+test('configDiff names the changed fields; reloadPlan sorts them by their declared kind', () => {
   const base = parse(doc());
   assert.deepEqual(configDiff(base, parse(doc())), []);
-  assert.deepEqual(reloadable(base, parse(doc())), { ok: true });
+  assert.deepEqual(reloadPlan(base, parse(doc())), { changed: [], apply: [], restart: [] });
 
   const tuned = parse(doc({ timeouts: { udp: 600 }, log: { level: 'debug' }, metrics: { listen: 'localhost:9469' }, mssClamp: 'auto' }));
   assert.deepEqual(configDiff(base, tuned), ['timeouts.udp', 'mssClamp', 'log.level', 'metrics']);
-  assert.deepEqual(reloadable(base, tuned), { ok: true });
+  assert.deepEqual(reloadPlan(base, tuned).apply, ['timeouts.udp', 'mssClamp', 'log.level', 'metrics']);
+  assert.deepEqual(reloadPlan(base, tuned).restart, []);
 
-  const forwarded = parse(doc({ forwards: [{ proto: 'gre', lanAddress: '10.77.0.3' }] }));
-  assert.deepEqual(reloadable(base, forwarded), { ok: true });
+  const forwarded = parse(doc({ forwards: [{ proto: 'gre', lanAddress: '10.77.0.3' }], control: { socket: '/run/other.sock' } }));
+  assert.deepEqual(reloadPlan(base, forwarded).apply, ['forwards', 'control.socket']);
 
-  const moved = parse(doc({ tun: { name: 'vpnmasq1' }, lan: { prefixes: ['10.78.0.0/24'] }, state: { path: '/srv/state.db' } }));
-  assert.deepEqual(reloadable(base, moved), {
-    ok: false,
-    reason: 'tun.name, lan.prefixes, state.path cannot change while running; restart vpnmasq to apply',
-  });
-  assert.equal(reloadable(base, parse(doc({}, { interface: 'eth1' }))).ok, false);
-  assert.equal(reloadable(base, parse(doc({}, { mode: 'dedicated', publicAddress: '198.51.100.7' }))).ok, false);
+  const moved = parse(doc({ tun: { name: 'vpnmasq1' }, lan: { prefixes: ['10.78.0.0/24'] }, state: { path: '/srv/state.db' }, timeouts: { udp: 200 } }));
+  const plan = reloadPlan(base, moved);
+  assert.deepEqual(plan.apply, ['timeouts.udp']);
+  assert.deepEqual(restartMessage(plan.restart).split('\n'), [
+    'tun.name: needs a restart (the TUN device is created at start)',
+    "lan.prefixes: needs a restart (the policy rules and the packet path's direction test are set up at start)",
+    'state.path: needs a restart (the state database is opened and restored at start)',
+  ]);
+  assert.deepEqual(reloadPlan(base, parse(doc({}, { interface: 'eth1' }))).restart.map((r) => r.field), ['wan.interface']);
+  // The mode's port defaults change too; those are runtime fields.
+  assert.deepEqual(reloadPlan(base, parse(doc({}, { mode: 'dedicated', publicAddress: '198.51.100.7' }))).restart.map((r) => r.field),
+    ['wan.mode', 'wan.publicAddress', 'wan.publicAddresses']);
+});
+
+test('every config field has exactly one reload kind, and nothing else is declared', () => {
+  // The fields of a complete config, as configDiff would name them against an empty one.
+  const fields: string[] = [];
+  const walk = (v: unknown, prefix: string, kinds: unknown): void => {
+    if ('kind' in (kinds as object)) { fields.push(prefix); return; }
+    for (const k of Object.keys(v as object)) walk((v as Record<string, unknown>)[k], prefix ? `${prefix}.${k}` : k, (kinds as Record<string, unknown>)[k]);
+  };
+  walk(parse(doc()), '', RELOAD);
+  assert.deepEqual(reloadFields().map(([f]) => f), fields);
+  for (const f of fields) assert.ok(['runtime', 'restart'].includes(reloadKind(f).kind), f);
+  assert.equal(reloadKind('metrics.listen').kind, 'runtime');
+  assert.throws(() => reloadKind('timeouts'), /is a section/);
+  assert.throws(() => reloadKind('colour'), /no reload kind declared/);
+  assert.deepEqual(reloadFields().filter(([, k]) => k.kind === 'restart').map(([f]) => f),
+    ['tun.name', 'tun.mtu', 'tun.offloads', 'tun.io', 'lan.interfaces', 'lan.prefixes', 'lan.ipv6', 'wan.interface', 'wan.mode',
+      'wan.publicAddress', 'wan.publicAddresses', 'limits.forwardUnanswered', 'limits.fragmentsPerSource', 'filtering', 'state.path']);
+});
+
+test('the README lists exactly the fields that need a restart', () => {
+  const readme = readFileSync(join(__dirname, '../../../README.md'), 'utf8');
+  const section = /\*\*Needs a restart\*\*[\s\S]*?\n\n/.exec(readme)?.[0] ?? '';
+  const listed = [...section.matchAll(/`([a-z][A-Za-z0-9]*(?:\.[A-Za-z0-9]+)?)`/g)].map((m) => m[1])
+    // The two limits named after "and raising": runtime downwards (Daemon.reload says when raising needs a restart).
+    .filter((f) => f !== 'limits.maxSessions' && f !== 'limits.maxHeldFragments');
+  assert.deepEqual(listed, reloadFields().filter(([, k]) => k.kind === 'restart').map(([f]) => f));
 });
 
 test('a retired field (state.groupCommitMs) is accepted with a warning, an unknown one is not', () => {
@@ -278,4 +311,16 @@ test('a retired field (state.groupCommitMs) is accepted with a warning, an unkno
   assert.deepEqual(warnings.map((w) => w.field), ['state.groupCommitMs']);
   assert.match(warnings[0].message, /^no longer used: .*; remove it$/);
   assert.deepEqual(errors(doc({ state: { groupCommitMS: 2 } })), [`${FILE}: state.groupCommitMS: unknown field`]);
+});
+
+test('lan.ipv6: drop by default, route on request, anything else named; a change needs a restart', () => {
+  assert.equal(DEFAULTS.lan.ipv6, 'drop');
+  assert.equal(parse(doc()).lan.ipv6, 'drop');
+  assert.equal(parse(doc({ lan: { ipv6: 'route' } })).lan.ipv6, 'route');
+  const bad = errors(doc({ lan: { ipv6: 'nat66' } }));
+  assert.equal(bad.length, 1);
+  assert.match(bad[0], /^\/etc\/vpnmasq\/vpnmasq\.json: lan\.ipv6: .*"drop".*"route"/);
+  assert.equal(reloadKind('lan.ipv6').kind, 'restart');
+  assert.deepEqual(restartMessage(reloadPlan(parse(doc()), parse(doc({ lan: { ipv6: 'route' } }))).restart),
+    'lan.ipv6: needs a restart (the IPv6 rules for the LAN are installed at start)');
 });

@@ -9,7 +9,7 @@ import {
   Drop, NatHarness, PUBLIC, MF, UDP, checksumsValid, concat, fragment, icmpError, icmpPacket, ipv4, parse, r32, reassemble,
   udpPacket,
 } from './packet-builder';
-import { IpsecOptions, TABLE_ESP } from '../../src/helpers/ipsec/ipsec';
+import { IpsecOptions, TABLE_ESP, TABLE_ISAKMP } from '../../src/helpers/ipsec/ipsec';
 import { EV_DESTROY, EV_NEW, EV_UPDATE } from '../../src/core/journal';
 import { ConnRow, espRow, isakmpRow } from '../../src/query/rows';
 import { Forwards } from '../../src/nat/forwards';
@@ -177,6 +177,14 @@ describe('ESP masquerade (spec §4)', () => {
     const off = setup({ guessing: false });
     ikeDone(off, L1, '0000000100000001');
     off.dropped(Drop.ESP_NO_MAPPING, esp(R, PUBLIC, 0x7777));
+  });
+
+  it('guessing reaches every recent host, also hosts last seen in the same millisecond (one batch)', () => {
+    const h = setup();
+    ikeDone(h, L1, '0000000100000001');
+    ikeDone(h, L2, '0000000200000002');
+    ikeDone(h, L3, '0000000300000003');
+    assert.deepEqual(dests(h, esp(R, PUBLIC, 0x7778)).sort(), [L1, L2, L3]);
   });
 
   it('three hosts each end with their own bidirectional flow; nobody gets another host\'s ESP', () => {
@@ -387,6 +395,21 @@ describe('IPsec tables and the journal', () => {
     assert.deepEqual(events(h), [[EV_UPDATE, TABLE_ESP]]);
     h.one(esp(R, PUBLIC, 0x7200, 2));
     assert.deepEqual(events(h), [], 'no event per packet');
+  });
+
+  it('an ISAKMP entry learning its responder cookie from the first reply is an UPDATE event; one made with it is only NEW', () => {
+    const h = setup({ guessing: false });
+    h.ipsec!.journal = h.journal;
+    h.one(ike(L1, R, '6161616161616161', ZERO));
+    assert.deepEqual(events(h), [[EV_NEW, TABLE_ISAKMP]]);
+    h.one(ike(R, PUBLIC, '6161616161616161', '7171717171717171'));
+    assert.deepEqual(events(h), [[EV_UPDATE, TABLE_ISAKMP]]);
+    h.one(ike(R, PUBLIC, '6161616161616161', '7171717171717171', 32));
+    h.one(ike(L1, R, '6161616161616161', '7171717171717171', 32));
+    assert.deepEqual(events(h), [], 'no event per packet');
+    // A LAN host answering the remote's exchange carries both cookies in its first packet.
+    h.one(ike(L2, R, '5151515151515151', '4141414141414141'));
+    assert.deepEqual(events(h), [[EV_NEW, TABLE_ISAKMP]]);
   });
 
   it('removeAll ends every ISAKMP and ESP entry: nothing translates inbound afterwards', () => {

@@ -6,7 +6,8 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { Drop, DROP_NAMES } from '../../src/core/verdict';
-import { EV_DESTROY, EV_NEW } from '../../src/core/journal';
+import { EV_DESTROY, EV_NEW, EV_UPDATE } from '../../src/core/journal';
+import { tcpStateName } from '../../src/nat/tcp-tracker';
 import { T_BYTES_IN, T_BYTES_OUT, T_PKTS_IN, T_PKTS_OUT } from '../../src/nat/napt';
 import { TABLE_SESSIONS } from '../../src/nat/sessions';
 import { VNET_F_DATA_VALID, VNET_F_NEEDS_CSUM, VNET_GSO_TCPV4, VNET_GSO_UDP_L4 } from '../../src/wire/vnet';
@@ -254,6 +255,28 @@ for (const vnetLen of [10, 0]) {
         h.one(syn(SYN | ACK, 5000, 1001, 'in'));
         h.one(syn(ACK, 1001, 5001));
       };
+
+      it('TCP: each state an operator sees changing is an UPDATE event, the creating SYN only a NEW', () => {
+        const h = nat();
+        const states = (): string[] => {
+          const out: string[] = [];
+          h.journal.drain((kind, _t, s) => out.push(kind === EV_NEW ? 'NEW' : kind === EV_UPDATE ? tcpStateName(h.table.stateOf(s)) : 'DESTROY'));
+          return out;
+        };
+        h.journal.drain(() => undefined);
+        h.one(syn(SYN));
+        h.one(syn(SYN));
+        assert.deepEqual(states(), ['NEW'], 'the retransmitted SYN changes nothing');
+        h.one(syn(SYN | ACK, 5000, 1001, 'in'));
+        assert.deepEqual(states(), ['ESTABLISHED']);
+        h.one(syn(ACK, 1001, 5001));
+        h.one(syn(ACK | PSH, 1001, 5001));
+        assert.deepEqual(states(), [], 'data on an established connection changes nothing');
+        h.one(syn(FIN | ACK, 1001, 5001));
+        assert.deepEqual(states(), ['FIN_WAIT']);
+        h.one(syn(FIN | ACK, 5001, 1002, 'in'));
+        assert.deepEqual(states(), ['TIME_WAIT']);
+      });
 
       it('TCP: a session that only saw a SYN expires after the transitory timer (240 s)', () => {
         const h = nat();
@@ -757,7 +780,11 @@ for (const vnetLen of [10, 0]) {
         const take = (): number[][] => { events.length = 0; h.journal.drain((...e) => events.push(e)); return events; };
         const s = h.session(UDP, A, 5000, R1, 53);
         const serial = h.table.sSerial[s];
-        assert.deepEqual(take(), [[EV_NEW, TABLE_SESSIONS, s, serial]]);
+        // The first reply is a state change (UNREPLIED -> REPLIED); the filtered packet changes nothing.
+        assert.deepEqual(take(), [[EV_NEW, TABLE_SESSIONS, s, serial], [EV_UPDATE, TABLE_SESSIONS, s, serial]]);
+        h.one(UDP_KIND.back(R1, 53, PUBLIC, 5000));
+        h.one(UDP_KIND.out(A, 5000, R1, 53));
+        assert.deepEqual(take(), [], 'no more state changes');
         h.table.sweep(T0 + 301 * SEC, 100);
         assert.deepEqual(take(), [[EV_DESTROY, TABLE_SESSIONS, s, serial]]);
         // Inline expiry (a packet finding its session expired) is journaled too, before the replacement's NEW.

@@ -34,7 +34,8 @@ interface Logged { level: string; msg: string; fields?: Record<string, unknown> 
 
 function logger(lines: Logged[]): Logger {
   const w = (level: string) => (msg: string, fields?: Record<string, unknown>) => { lines.push({ level, msg, fields }); };
-  return { error: w('error'), warn: w('warn'), info: w('info'), debug: w('debug'), event: (_k, msg, fields) => lines.push({ level: 'event', msg, fields }) };
+  return { error: w('error'), warn: w('warn'), info: w('info'), debug: w('debug'), event: (_k, msg, fields) => lines.push({ level: 'event', msg, fields }),
+    lazyEvent: () => undefined, enabled: () => false, configure: () => undefined };
 }
 
 const newTable = (): SessionTable => new SessionTable(1024, PUB, { range: [1024, 65535], lowRange: null, preserve: true }, new Journal());

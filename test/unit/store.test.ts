@@ -36,7 +36,10 @@ interface Logged { level: string; msg: string; fields?: Record<string, unknown> 
 
 function logger(lines: Logged[]): Logger {
   const w = (level: string) => (msg: string, fields?: Record<string, unknown>) => { lines.push({ level, msg, fields }); };
-  return { error: w('error'), warn: w('warn'), info: w('info'), debug: w('debug'), event: (_k, msg, fields) => lines.push({ level: 'event', msg, fields }) };
+  return {
+    error: w('error'), warn: w('warn'), info: w('info'), debug: w('debug'), event: (_k, msg, fields) => lines.push({ level: 'event', msg, fields }),
+    lazyEvent: () => undefined, enabled: () => true, configure: () => undefined,
+  };
 }
 
 function newTable(pub = PUB, capacity = 1024): SessionTable {
@@ -199,6 +202,7 @@ describe('state store', () => {
   const SAMPLE_ROW: Record<number, string> = {
     1: `INSERT INTO sessions VALUES (77, ${PROTO_UDP}, ${LAN}, 40030, 40031, ${REM}, 7000, 0, ${T0}, ${T0}, ${T0 + 30000})`,
     2: `INSERT INTO sessions VALUES (77, ${PROTO_UDP}, ${LAN}, 40030, ${PUB}, 40031, ${REM}, 7000, 0, ${T0}, ${T0}, ${T0 + 30000}, 1, 2, 3, 4)`,
+    3: `INSERT INTO sessions VALUES (77, ${PROTO_UDP}, ${LAN}, 40030, ${PUB}, 40031, ${REM}, 7000, 0, ${T0}, ${T0}, ${T0 + 30000}, 1, 2, 3, 4)`,
   };
 
   for (let v = 1; v < SCHEMA_VERSION; v++) {
@@ -523,6 +527,39 @@ describe('state store', () => {
       // New rows continue above every restored serial (one id space).
       const n = w.t.createOut(PROTO_UDP, LAN, 40102, REM, 53, clock, 0, clock + 30000);
       assert.ok(w.t.sSerial[n] > Math.max(v.g.serial[call2], v.t.sSerial[ctl2]));
+    });
+
+    it('VPN packet counters survive a restart: the ISAKMP and ESP entries\' and the registered event counters', () => {
+      const v = vpnTables();
+      const events = new Float64Array(3);
+      let store = openVpn(v);
+      store.registerCounters(['ipsec-a', 'ipsec-b', 'pptp-c'], events);
+      restore(store, v.t);
+      v.m.outIsakmp(LAN, VPN, ...cookies(0x11111111, 0x22222222, 0, 0), clock);
+      for (let i = 0; i < 3; i++) v.m.inIsakmp(VPN, ...cookies(0x11111111, 0x22222222, 0x33333333, 0x44444444), clock, NO_FORWARD, to);
+      v.m.outEsp(LAN, VPN, 0x1000, clock);
+      v.m.inEsp(VPN, 0x2000, clock, NO_FORWARD, to);
+      events.set([5, 0, 2]);
+      drain(v.t, store);
+      store.close();
+
+      const w = vpnTables();
+      const again = new Float64Array(3);
+      store = openVpn(w);
+      store.registerCounters(['ipsec-a', 'ipsec-b', 'pptp-c'], again);
+      restore(store, w.t);
+      assert.deepEqual([...again], [5, 0, 2]);
+      const [k] = [...Array(256).keys()].filter((i) => w.m.kInUse[i] === 1);
+      assert.deepEqual([w.m.kPktsOut[k], w.m.kPktsIn[k]], [1, 3]);
+      const [e] = [...Array(256).keys()].filter((i) => w.m.eInUse[i] === 1);
+      assert.deepEqual([w.m.ePktsOut[e], w.m.ePktsIn[e]], [1, 1]);
+      // Counting goes on from there and is written by the next tick.
+      again[0] += 2;
+      store.tick();
+      const db = new Database(cfg.path, { readonly: true });
+      assert.deepEqual(db.prepare('SELECT name, value FROM counters ORDER BY name').all(),
+        [{ name: 'ipsec-a', value: 7 }, { name: 'ipsec-b', value: 0 }, { name: 'pptp-c', value: 2 }]);
+      db.close();
     });
 
     it('a squelched entry is restored squelched; a call without its control connection is dropped', () => {

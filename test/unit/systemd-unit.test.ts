@@ -35,7 +35,7 @@ function verifiableCopy(): { dir: string; file: string; early: string } {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vpnmasq-unit-'));
   const file = path.join(dir, 'vpnmasq.service');
   const early = path.join(dir, 'vpnmasq-safety-net.service');
-  fs.writeFileSync(file, fs.readFileSync(UNIT, 'utf8').replace(/^ExecStart=.*$/m, 'ExecStart=/bin/true'));
+  fs.writeFileSync(file, fs.readFileSync(UNIT, 'utf8').replace(/^ExecStart=.*$/m, 'ExecStart=/bin/true').replace(/^ExecReload=.*$/m, 'ExecReload=/bin/true'));
   fs.writeFileSync(early, fs.readFileSync(EARLY, 'utf8').replace(/^ExecStart=.*$/m, 'ExecStart=/bin/true'));
   return { dir, file, early };
 }
@@ -49,7 +49,7 @@ describe('systemd/vpnmasq.service', () => {
     assert.equal(one('NotifyAccess'), 'main');
     assert.equal(one('WatchdogSec'), '30s');
     assert.equal(one('ExecStart'), '/opt/vpnmasq/bin/vpnmasq run');
-    assert.equal(one('ExecReload'), '/bin/kill -HUP $MAINPID');
+    assert.equal(one('ExecReload'), '/opt/vpnmasq/bin/vpnmasq reload');
     assert.equal(one('Restart'), 'on-failure');
     assert.equal(one('CapabilityBoundingSet'), 'CAP_NET_ADMIN');
     assert.equal(one('AmbientCapabilities'), 'CAP_NET_ADMIN');

@@ -19,6 +19,7 @@
  *     pref 100   lookup local            (shared: moved here from pref 0)
  *     pref 7100  from PREFIX iif LANIF lookup LAN
  *     table LAN, table WAN:  blackhole default metric 4294967295
+ *     IPv6: pref 7100 iif LANIF prohibit                         (lan.ipv6 "drop", ipv6-lan.ts)
  *
  * - The TUN part, bound to the device and so gone with it:
  *
@@ -58,6 +59,8 @@ export const PRIO_STEER = 50;
 /** Where shared mode moves `lookup local` (it must follow the steering rules, which match local addresses). */
 export const PRIO_LOCAL = 100;
 export const PRIO_LAN = 7100;
+/** The IPv6 refusal per LAN interface (lan.ipv6 "drop"). */
+export const PRIO_LAN6 = 7100;
 
 /** The TUN route wins while the device exists; the blackhole is what is left without it. */
 export const METRIC_TUN = 0;
@@ -87,6 +90,8 @@ export interface NetSpec {
   portRange: PortRange;
   /** Shared mode: forwarded TCP/UDP public ports, steered to the TUN. */
   forwardPorts: Array<{ proto: 'tcp' | 'udp'; port: number }>;
+  /** lan.ipv6: "drop" refuses forwarded IPv6 from the LAN interfaces; absent (a spec saved before it existed): "drop". */
+  lanIpv6?: 'drop' | 'route';
 }
 
 export interface RuleSpec {
@@ -193,6 +198,11 @@ export function safetyNet(s: NetSpec): SafetyNet {
   }
   const blackholes: RouteSpec[] = [TABLE_LAN, TABLE_WAN].map((table) => ({ table, type: 'blackhole', metric: METRIC_BLACKHOLE }));
   return { rules, blackholes, localMoved: shared };
+}
+
+/** The LAN interfaces whose forwarded IPv6 the safety net refuses (ipv6-lan.ts). */
+export function ipv6Refused(s: NetSpec): string[] {
+  return (s.lanIpv6 ?? 'drop') === 'drop' ? [...s.lanInterfaces] : [];
 }
 
 /** `default dev TUN` in every table the mode uses. */

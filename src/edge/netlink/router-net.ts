@@ -15,10 +15,14 @@
 import { createRtNetlink, FlagsNew, RtNetlinkSocket, rt } from 'netlink';
 import { formatIPv4, parseIPv4 } from '../../core/ipv4-addr';
 import { HostState } from './host-state';
+import { netlinkErrno } from './errno';
+import { installIpv6Refusal, ipv6Refusals, removeIpv6Refusal } from './ipv6-lan';
 import {
-  NetSpec, OUR_TABLES, PRIO_LOCAL, dedicatedAddresses, RT_TABLE_LOCAL, RTPROT_VPNMASQ, RouteSpec, RuleSpec, SYSCTL, ruleText,
+  NetSpec, OUR_TABLES, PRIO_LOCAL, dedicatedAddresses, ipv6Refused, RT_TABLE_LOCAL, RTPROT_VPNMASQ, RouteSpec, RuleSpec, SYSCTL, ruleText,
   safetyNet, safetyNetSysctls, sysctlPaths, tunDeviceSysctls, tunRoutes, tunSysctls, wanSysctls,
 } from './plan';
+
+export { netlinkErrno };
 
 const AF_INET = 2;
 const RTPROT_KERNEL = 2;
@@ -31,6 +35,8 @@ const GONE = new Set(['ENOENT', 'ESRCH', 'ENODEV']);
 export interface NetChanges {
   added: string[];
   removed: string[];
+  /** Something worth a log line about what could not be installed and why that is fine (no IPv6 in the kernel). */
+  note?: string;
 }
 
 /** What the kernel holds of vpnmasq's plumbing (for `vpnmasq status`, no privileges needed). */
@@ -41,6 +47,8 @@ export interface SafetyNetStatus {
   blackholes: number[];
   /** Tables whose default goes to a device (the TUN: something translates). */
   tunRoutes: number[];
+  /** The IPv6 rules (lan.ipv6 "drop"), as `ip -6 rule` prints them. */
+  ipv6Rules: string[];
 }
 
 export interface TeardownReport {
@@ -51,15 +59,6 @@ export interface TeardownReport {
   localRule: boolean;
   /** Sysctls written back, path (under /proc/sys) and value. */
   sysctls: Array<[string, string]>;
-}
-
-/** Extracts the errno name from an error thrown by the `netlink` package ("Request rejected: EEXIST"). */
-export function netlinkErrno(e: unknown): string | undefined {
-  const msg = e instanceof Error ? e.message : String(e);
-  const m = /Request rejected: ([A-Z0-9_]+)/.exec(msg);
-  if (m) return m[1];
-  const code = (e as { code?: unknown } | null)?.code;
-  return typeof code === 'string' ? code : undefined;
 }
 
 /** Header `table` is a u8 in both rtmsg and fib_rule_hdr; larger ids go in the TABLE attribute only. */
@@ -185,6 +184,11 @@ export class RouterNet {
       await this.addRule(r);
       changes.added.push(ruleText(r));
     }
+    // IPv6 from the LAN: added, and the stale rules removed, like the IPv4 rules.
+    const v6 = await installIpv6Refusal(this.sock, ipv6Refused(spec));
+    changes.added.push(...v6.added);
+    changes.removed.push(...v6.removed);
+    if (v6.note !== undefined) changes.note = v6.note;
     const localAt0 = have.has(ruleText(LOCAL_AT_0));
     if (net.localMoved) {
       if (localAt0) {
@@ -279,7 +283,7 @@ export class RouterNet {
         if (r.data.type === 'BLACKHOLE') blackholes.add(t);
         else if (r.attrs.oif !== undefined) tunRoutesSeen.add(t);
       }
-      return { rules, blackholes: [...blackholes].sort(), tunRoutes: [...tunRoutesSeen].sort() };
+      return { rules, blackholes: [...blackholes].sort(), tunRoutes: [...tunRoutesSeen].sort(), ipv6Rules: await ipv6Refusals(sock) };
     } finally {
       sock.socket.close();
     }
@@ -319,6 +323,7 @@ export class RouterNet {
       await this.delRule(r.spec);
       report.rules++;
     }
+    report.rules += await removeIpv6Refusal(this.sock);
     for (const r of await dumpRoutes(this.sock)) {
       await this.delRoute(r.msg);
       report.routes++;

@@ -7,7 +7,7 @@
  */
 import { createRtNetlink, RtNetlinkSocket } from 'netlink';
 import { formatIPv4 } from '../../core/ipv4-addr';
-import { netlinkErrno } from './router-net';
+import { netlinkErrno } from './errno';
 
 const AF_INET = 2;
 const OPTS = { timeout: 5000 };

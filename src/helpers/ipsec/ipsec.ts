@@ -52,6 +52,9 @@ export const ESP_ESTABLISHED = 2;
 export const ESP_SQUELCHED = 3;
 export const ESP_STATE_NAMES: readonly string[] = ['free', 'pending', 'established', 'squelched'];
 
+/** LAN hosts remembered per remote as turned away (a blocked new SPI or a colliding cookie), for `vpnmasq ipsec`. */
+export const TURNED_SLOTS = 4;
+
 /** Distinct AH flows remembered so each is logged once. */
 const AH_FLOWS = 1024;
 /** Index word of the by-initiator-cookie key in kIn (rcookieKey words are odd, 0 is "not learnt"). */
@@ -149,6 +152,12 @@ export class IpsecMasq {
   private readonly rOtherOutAt: Float64Array;
   private readonly rCredited: Uint8Array;
   private readonly rFree: SoaRows;
+  /** Hosts turned away per remote (TURNED_SLOTS each): host, its SPI or cookie high word, the IpsecEvent, the host in the way, when (-1: empty). */
+  private readonly rTurnLan: Int32Array;
+  private readonly rTurnId: Int32Array;
+  private readonly rTurnBy: Int32Array;
+  private readonly rTurnWhy: Uint8Array;
+  private readonly rTurnSeen: Float64Array;
 
   private readonly ahFlows = new FlowIndex(AH_FLOWS);
   private readonly removeK = (k: number): void => this.removeIsakmp(k);
@@ -197,9 +206,36 @@ export class IpsecMasq {
     this.rOtherOutAt = new Float64Array(cap).fill(-Infinity);
     this.rCredited = new Uint8Array(cap);
     this.rFree = new SoaRows(cap);
+    [this.rTurnLan, this.rTurnId, this.rTurnBy] = columns(Int32Array, cap * TURNED_SLOTS, 3);
+    this.rTurnWhy = new Uint8Array(cap * TURNED_SLOTS);
+    this.rTurnSeen = new Float64Array(cap * TURNED_SLOTS).fill(-1);
+  }
+
+  /**
+   * A reload's options (capacity excepted: the tables are allocated). Entries
+   * that exist keep their last activity: each deadline moves by the change
+   * of the lifetime its state runs on, so a shorter lifetime can expire
+   * them at the next sweep. Not the packet path.
+   */
+  configure(next: Omit<IpsecOptions, 'capacity'>): void {
+    const o = this.opts;
+    const delta = [0, next.pendingMs - o.pendingMs, next.lifetimeMs - o.lifetimeMs, next.squelchMs - o.squelchMs];
+    const cap = o.capacity;
+    if (delta[ESP_ESTABLISHED] !== 0) for (let k = 0; k < cap; k++) if (this.kInUse[k] === 1) this.kExpires[k] += delta[ESP_ESTABLISHED];
+    for (let e = 0; e < cap; e++) if (this.eInUse[e] === 1) this.eExpires[e] += delta[this.eState[e]];
+    Object.assign(o, next);
   }
 
   get isakmpCount(): number { return this.kRows.count; }
+  /** Remotes with an entry (or just looked up for one). */
+  get remoteCount(): number { return this.rFree.count; }
+
+  /** ISAKMP entries that learnt their responder cookie (REPLIED); a scan, for the metrics. */
+  isakmpReplied(): number {
+    let n = 0;
+    for (let k = 0; k < this.opts.capacity; k++) if (this.kInUse[k] === 1 && this.kHasRc[k] === 1) n++;
+    return n;
+  }
   /** Counted events by name (spec §10). */
   get eventCounts(): Float64Array { return this.events.counts; }
 
@@ -213,12 +249,14 @@ export class IpsecMasq {
     if ((ic0 | ic1) === 0) this.events.push(IpsecEvent.ZERO_COOKIE, lan, rem, 0, 0);
     // Rule I-2: one entry per (L, R, all 8 initiator cookie bytes).
     let k = this.liveIsakmp(this.kOut.get(lan, rem, ic0, ic1), now);
-    if (k < 0) {
+    const created = k < 0;
+    if (created) {
       // Rule I-4: while another host's exchange with this cookie awaits its responder cookie, a new one collides.
       const o = this.kIn.get(rem, ic0, ic1, 0);
       if (o >= 0) {
         if (this.kExpires[o] > now) {
           this.events.push(IpsecEvent.ISAKMP_COLLISION, lan, rem, ic0, this.kLan[o]);
+          this.turnAway(this.kRemote[o], lan, ic0, IpsecEvent.ISAKMP_COLLISION, this.kLan[o], now);
           return Drop.ISAKMP_COLLISION;
         }
         this.removeIsakmp(o);
@@ -237,8 +275,9 @@ export class IpsecMasq {
       this.journalNew(TABLE_ISAKMP, k, this.serials.next++);
     }
     // The LAN host's own responder cookie: the one it answers, or the one it learnt and now uses. Until it
-    // has used one, a new one from the remote replaces it (inIsakmp).
-    if ((rc0 | rc1) !== 0 && (this.kHasRc[k] === 0 || this.kRc0[k] !== rc0 || this.kRc1[k] !== rc1)) this.learnRcookie(k, rc0, rc1);
+    // has used one, a new one from the remote replaces it (inIsakmp). Learnt on the creating packet, the
+    // NEW event shows it; later, an UPDATE.
+    if ((rc0 | rc1) !== 0 && (this.kHasRc[k] === 0 || this.kRc0[k] !== rc0 || this.kRc1[k] !== rc1)) this.learnRcookie(k, rc0, rc1, !created);
     if ((rc0 | rc1) !== 0) this.kConfirmed[k] = 1;
     this.kExpires[k] = now + this.opts.lifetimeMs;
     this.kPktsOut[k]++;
@@ -259,7 +298,7 @@ export class IpsecMasq {
     }
     const k = this.liveIsakmp(this.kIn.get(rem, ic0, ic1, 0), now);
     if (k >= 0) {
-      if ((rc0 | rc1) !== 0) this.learnRcookie(k, rc0, rc1);
+      if ((rc0 | rc1) !== 0) this.learnRcookie(k, rc0, rc1, true);
       return this.deliverIsakmp(k, now, to);
     }
     if ((rc0 | rc1) !== 0) {
@@ -267,7 +306,7 @@ export class IpsecMasq {
       // before the LAN host used the first one: learn the new one.
       const a = this.liveIsakmp(this.kIn.get(rem, ic0, ic1, BY_ICOOKIE), now);
       if (a >= 0 && this.kConfirmed[a] === 0) {
-        this.learnRcookie(a, rc0, rc1);
+        this.learnRcookie(a, rc0, rc1, true);
         return this.deliverIsakmp(a, now, to);
       }
     }
@@ -296,7 +335,7 @@ export class IpsecMasq {
       k = this.createIsakmp(server, rem, ic0, ic1, this.serials.next);
       if (k < 0) return Drop.TABLE_FULL;
       this.journalNew(TABLE_ISAKMP, k, this.serials.next++);
-      if ((rc0 | rc1) !== 0) this.learnRcookie(k, rc0, rc1);
+      if ((rc0 | rc1) !== 0) this.learnRcookie(k, rc0, rc1, false);
       this.events.push(IpsecEvent.ISAKMP_FORWARD, rem, server, ic0, ic1);
     }
     this.kServer[k] = 1;
@@ -344,7 +383,8 @@ export class IpsecMasq {
     return k;
   }
 
-  private learnRcookie(k: number, rc0: number, rc1: number): void {
+  /** The entry's responder cookie; `report`: the entry existed before this packet, so the change is an UPDATE event (UNREPLIED -> REPLIED). */
+  private learnRcookie(k: number, rc0: number, rc1: number, report: boolean): void {
     const rem = this.kRem[k];
     const ic0 = this.kIc0[k];
     const ic1 = this.kIc1[k];
@@ -353,6 +393,7 @@ export class IpsecMasq {
     this.kRc1[k] = rc1;
     this.kHasRc[k] = 1;
     this.kIn.set(rem, ic0, ic1, rcookieKey(rc0, rc1), k);
+    if (report && this.journal !== null) this.journal.push(EV_UPDATE, TABLE_ISAKMP, k, this.kSerial[k]);
   }
 
   private removeIsakmp(k: number): void {
@@ -409,12 +450,15 @@ export class IpsecMasq {
     if (p >= 0) {
       // One unresolved new SPI per remote at a time (spec §4.2 step 3), also for a second SA of the same host.
       this.eBlocking[p] = 1;
-      this.events.push(this.eLan[p] === lan ? IpsecEvent.ESP_BLOCKED_SELF : IpsecEvent.ESP_BLOCKED, lan, rem, spi, this.eLan[p]);
+      const why = this.eLan[p] === lan ? IpsecEvent.ESP_BLOCKED_SELF : IpsecEvent.ESP_BLOCKED;
+      this.events.push(why, lan, rem, spi, this.eLan[p]);
+      this.turnAway(r, lan, spi, why, this.eLan[p], now);
       this.unrefIfIdle(r);
       return Drop.ESP_BLOCKED;
     }
     if (!this.opts.parallel && this.rLive[r] > 0 && this.rOwner[r] !== lan) {
       this.events.push(IpsecEvent.ESP_BLOCKED_PARALLEL, lan, rem, spi, this.rOwner[r]);
+      this.turnAway(r, lan, spi, IpsecEvent.ESP_BLOCKED_PARALLEL, this.rOwner[r], now);
       this.unrefIfIdle(r);
       return Drop.ESP_BLOCKED;
     }
@@ -677,7 +721,7 @@ export class IpsecMasq {
     if (hasRc && this.kIn.get(rem, ic0, ic1, rcookieKey(rc0, rc1)) >= 0) return NONE;
     const k = this.createIsakmp(lan, rem, ic0, ic1, serial);
     if (k < 0) return NONE;
-    if (hasRc) this.learnRcookie(k, rc0, rc1);
+    if (hasRc) this.learnRcookie(k, rc0, rc1, false);
     // A stored responder cookie belongs to an exchange that went on: not re-learnt.
     this.kConfirmed[k] = hasRc ? 1 : 0;
     if (server) {
@@ -745,6 +789,7 @@ export class IpsecMasq {
     this.rServer[r] = NONE;
     this.rLastOut[r] = NONE;
     this.rOtherOutAt[r] = -Infinity;
+    this.rTurnSeen.fill(-1, r * TURNED_SLOTS, (r + 1) * TURNED_SLOTS);
     this.rIndex.set(rem, 0, 0, 0, r);
     return r;
   }
@@ -778,6 +823,25 @@ export class IpsecMasq {
     seen[slot] = now;
   }
 
+  /** Remembers a host turned away by remote record `r`: its slot, else the oldest (no allocation). */
+  private turnAway(r: number, lan: number, id: number, why: number, by: number, now: number): void {
+    const base = r * TURNED_SLOTS;
+    const seen = this.rTurnSeen;
+    let slot = base;
+    for (let i = base; i < base + TURNED_SLOTS; i++) {
+      if (seen[i] >= 0 && this.rTurnLan[i] === lan) {
+        slot = i;
+        break;
+      }
+      if (seen[i] < seen[slot]) slot = i;
+    }
+    this.rTurnLan[slot] = lan;
+    this.rTurnId[slot] = id;
+    this.rTurnBy[slot] = by;
+    this.rTurnWhy[slot] = why;
+    seen[slot] = now;
+  }
+
   /**
    * Guess candidates for `rem` into `to`, most recent ISAKMP activity
    * first: hosts whose ISAKMP entry has more than 5 min left (spec §4.3
@@ -808,6 +872,33 @@ export class IpsecMasq {
       boundSlot = best;
     }
     return to.count;
+  }
+
+  // ---- per-remote view (`vpnmasq ipsec`, off the packet path) -------------------
+
+  /** The remote's pending ESP entry (the one new SPI it may have unresolved, spec §4.2 step 3), or -1. */
+  pendingOf(rem: number): number {
+    const r = this.rIndex.get(rem, 0, 0, 0);
+    return r < 0 ? NONE : this.rPending[r];
+  }
+
+  /** The hosts an unmatched inbound SPI or cookie from `rem` would be copied to now (empty when guessing is off). */
+  guessCandidates(rem: number, now: number, to: Targets): number {
+    to.count = 0;
+    return this.opts.guessing ? this.candidates(rem, now, to) : 0;
+  }
+
+  /**
+   * The hosts `rem` turned away since `since` (a blocked new SPI or a
+   * colliding cookie), each once with its latest refusal: host, SPI or
+   * initiator cookie high word, IpsecEvent, the host in the way, when.
+   */
+  turnedAway(rem: number, since: number, fn: (lan: number, id: number, why: number, by: number, at: number) => void): void {
+    const r = this.rIndex.get(rem, 0, 0, 0);
+    if (r < 0) return;
+    for (let i = r * TURNED_SLOTS; i < (r + 1) * TURNED_SLOTS; i++) {
+      if (this.rTurnSeen[i] >= 0 && this.rTurnSeen[i] >= since) fn(this.rTurnLan[i], this.rTurnId[i], this.rTurnWhy[i], this.rTurnBy[i], this.rTurnSeen[i]);
+    }
   }
 
   // ---- housekeeping (off the packet path) -------------------------------------

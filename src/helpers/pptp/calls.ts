@@ -74,6 +74,7 @@ export class PptpCalls {
   private readonly index: FlowIndex;
   /** Where the search of the whole Call ID space goes on (shared by all remotes). */
   private cursor = 1;
+  /** How long a cleared call stays (timeouts.pptpGrace); set through setGrace after construction. */
   graceMs = 30_000;
   private readonly removeCall = (c: number): void => this.remove(c);
 
@@ -96,6 +97,19 @@ export class PptpCalls {
 
   get count(): number { return this.rows.count; }
   get full(): boolean { return this.rows.available === 0; }
+
+  /** Calls per state (requested, confirmed, clearing); a scan, for the metrics. */
+  countByState(): { requested: number; confirmed: number; clearing: number } {
+    const out = { requested: 0, confirmed: 0, clearing: 0 };
+    for (let c = 0; c < this.capacity; c++) {
+      if (this.inUse[c] === 0) continue;
+      const st = this.state[c];
+      if (st === CALL_REQUESTED) out.requested++;
+      else if (st === CALL_CONFIRMED) out.confirmed++;
+      else out.clearing++;
+    }
+    return out;
+  }
 
   findLan(lan: number, rem: number, lanId: number): number { return this.index.get(lan, rem, lanId, TAG_LAN); }
   findPub(rem: number, pubId: number): number { return this.index.get(rem, pubId, 0, TAG_PUB); }
@@ -233,6 +247,14 @@ export class PptpCalls {
     this.expires[c] = now + this.graceMs;
     this.counters.counts[PptpCounter.CALLS_CLEARED]++;
     if (this.journal !== null) this.journal.push(EV_UPDATE, TABLE_GRE_CALLS, c, this.serial[c]);
+  }
+
+  /** A new grace time (reload): calls already clearing keep their clearing time, their deadline moves. */
+  setGrace(ms: number): void {
+    const delta = ms - this.graceMs;
+    this.graceMs = ms;
+    if (delta === 0) return;
+    for (let c = 0; c < this.capacity; c++) if (this.inUse[c] === 1 && this.state[c] === CALL_CLEARING) this.expires[c] += delta;
   }
 
   /** A refused call (result != 1) leaves no mapping [LA SetExpire(0)]. */
