@@ -63,6 +63,19 @@ async function vpnTraffic(lab: Lab): Promise<void> {
   console.log(`  the server saw Call IDs ${seenIds.join('; ')}`);
 }
 
+/** The metrics endpoint, in the router namespace. */
+const METRICS = '127.0.0.1:9640';
+const SCRAPE = 'import urllib.request, sys\nprint(urllib.request.urlopen("http://" + sys.argv[1] + "/metrics", timeout=5).read().decode())';
+
+/** The VPN series of the Prometheus endpoint (what `curl http://METRICS/metrics` shows), non-zero ones only. */
+async function vpnMetrics(lab: Lab): Promise<void> {
+  say(`VPN metrics (curl http://${METRICS}/metrics in the router namespace)`);
+  const r = await lab.exec(lab.ns.router, ['python3', '-c', SCRAPE, METRICS]);
+  const lines = r.stdout.split('\n').filter((l) => /^vpnmasq_(vpn_|mappings\{proto="(isakmp|esp|gre)")/.test(l) && !/ 0$/.test(l));
+  for (const l of lines) console.log(`  ${l}`);
+  if (lines.length === 0) console.log(`  no VPN series: ${r.stderr.trim() || 'empty'}`);
+}
+
 async function show(router: RouterHandle): Promise<void> {
   say('connection table (vpnmasq conns list)');
   const rows = (await router.conns()) as unknown as ConnRow[];
@@ -94,11 +107,12 @@ async function main(): Promise<void> {
     console.log(`  namespaces: ${lab.namespaces().join(' ')}`);
     console.log(`  LAN ${lab.lanPrefix}, public address ${lab.addr.public}, WAN hosts ${lab.addr.wan.join(' ')}`);
     say('starting vpnmasq in the router namespace');
-    router = await startRouter(lab);
+    router = await startRouter(lab, { metrics: { listen: METRICS } });
     console.log(`  control socket ${router.socket}`);
     await traffic(lab);
     await vpnTraffic(lab);
     await show(router);
+    await vpnMetrics(lab);
     if (keep) {
       say(`lab kept; try: ip netns exec ${lab.ns.lan[0]} ping ${lab.addr.wan[0]}`);
       console.log(`  node dist/src/bin/vpnmasq.js --config ${router.configPath} conns list`);
