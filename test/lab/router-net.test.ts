@@ -102,7 +102,9 @@ describe('RouterNet (netlink) in a lab router namespace', { timeout: 180_000 }, 
     const before = await e.snapshot();
 
     const changes = await e.fx('attach', e.hostFile, JSON.stringify(e.spec()), '1400');
-    assert.equal(changes.added.length, 2 + 1 + PREFIXES.length, JSON.stringify(changes));
+    // Two blackholes, the public address's rule, a LAN rule per prefix, and lan.ipv6 "drop"'s IPv6 refusal on the LAN interface.
+    assert.equal(changes.added.length, 2 + 1 + PREFIXES.length + 1, JSON.stringify(changes));
+    assert.ok(changes.added.includes('7100: from all iif lan0 prohibit (IPv6)'), JSON.stringify(changes));
     const rules = await e.sh(R, ['ip', 'rule', 'show']);
     assert.match(rules, /^0:\s+from all lookup local/m, 'the local rule stays first');
     assert.match(rules, new RegExp(`^50:\\s+from all to ${lab.addr.public.replace(/\./g, '\\.')} lookup ${TABLE_WAN} proto 247`, 'm'));
@@ -158,7 +160,7 @@ describe('RouterNet (netlink) in a lab router namespace', { timeout: 180_000 }, 
 
     await e.sh(R, ['ip', 'tuntap', 'add', 'dev', tun, 'mode', 'tun']);
     const report = await e.fx('teardown', e.hostFile);
-    assert.equal(report.rules, 1 + PREFIXES.length);
+    assert.equal(report.rules, 1 + PREFIXES.length + 1, 'the public address\'s rule, the LAN rules and the IPv6 refusal');
     assert.equal(report.routes, 2);
     assert.equal(report.proxyNeighbours, 1);
     assert.equal(await e.snapshot(), before, 'the namespace as it was found');
