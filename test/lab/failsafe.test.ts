@@ -16,24 +16,12 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { requireRoot, createLab, Lab, TestOwner } from './lab';
 import { peer, peerServer, RouterHandle, startRouter } from './router-harness';
+import { hostSnapshot, TCP_PROBE } from './host-probes';
 import { capture, isPrivateSource, leaks } from './capture';
 
 requireRoot();
 
 type Mode = 'shared' | 'dedicated';
-const SYSCTLS = ['net/ipv4/ip_forward', 'net/ipv4/conf/all/rp_filter', 'net/ipv4/neigh/wan0/proxy_delay',
-  'net/ipv4/ip_local_port_range', 'net/ipv4/ip_local_reserved_ports'];
-
-const TCP_PROBE = `
-import socket, sys
-s = socket.socket(); s.settimeout(float(sys.argv[3]))
-try:
-    s.connect((sys.argv[1], int(sys.argv[2]))); print("connected")
-except ConnectionRefusedError: print("refused")
-except socket.timeout: print("timeout")
-except OSError as e: print("error %d" % e.errno)
-`;
-
 /** Datagram listener standing in for systemd's notify socket. */
 const NOTIFY_LISTENER = `
 import socket, sys
@@ -90,12 +78,7 @@ async function world(t: TestOwner, lanHosts = 2): Promise<World> {
   };
   return {
     lab, dir, sh,
-    async hostSettings() {
-      const R = lab.ns.router;
-      const parts = [await sh(R, ['ip', 'rule', 'show']), await sh(R, ['ip', 'route', 'show', 'table', 'all']), await sh(R, ['ip', 'neigh', 'show', 'proxy'])];
-      for (const s of SYSCTLS) parts.push(`${s}=${(await sh(R, ['cat', `/proc/sys/${s}`])).trim()}`);
-      return parts.join('\n');
-    },
+    hostSettings: () => hostSnapshot(sh, lab.ns.router),
     config: (mode, extra = {}) => ({
       tun: { name: `${lab.prefix.slice(3)}f`, mtu: 1500, offloads: true },
       state: { path: path.join(dir, 'state.db') },

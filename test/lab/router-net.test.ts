@@ -13,6 +13,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { requireRoot, createLab, Lab, TestOwner } from './lab';
+import { hostSnapshot, TCP_PROBE } from './host-probes';
 import { capture, leaks } from './capture';
 import { NetSpec, TABLE_LAN, TABLE_WAN, TABLE_WAN_ICMP } from '../../src/edge/netlink/plan';
 
@@ -21,20 +22,6 @@ requireRoot();
 const FIXTURE = path.join(__dirname, 'fixtures', 'router-net-fixture.js');
 const PYTHON = fs.existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
 const PREFIXES = ['10.77.0.0/24', '10.78.0.0/16'];
-/** Host-wide sysctls vpnmasq may change (not the TUN's own, which die with it). */
-const SYSCTLS = ['net/ipv4/ip_forward', 'net/ipv4/conf/all/rp_filter', 'net/ipv4/neigh/wan0/proxy_delay',
-  'net/ipv4/ip_local_port_range', 'net/ipv4/ip_local_reserved_ports'];
-
-const TCP_PROBE = `
-import socket, sys
-s = socket.socket(); s.settimeout(float(sys.argv[3]))
-try:
-    s.connect((sys.argv[1], int(sys.argv[2]))); print("connected")
-except ConnectionRefusedError: print("refused")
-except socket.timeout: print("timeout")
-except OSError as e: print("error %s" % e.errno)
-`;
-
 interface Env {
   lab: Lab;
   R: string;
@@ -73,12 +60,7 @@ async function env(t: TestOwner): Promise<Env> {
       assert.equal(r.code, 0, `fixture ${args[0]}: ${out?.error ?? r.stderr}`);
       return out;
     },
-    async snapshot() {
-      const parts = [await sh(R, ['ip', 'rule', 'show']), await sh(R, ['ip', 'route', 'show', 'table', 'all']),
-        await sh(R, ['ip', 'neigh', 'show', 'proxy'])];
-      for (const s of SYSCTLS) parts.push(`${s}=${(await sh(R, ['cat', `/proc/sys/${s}`])).trim()}`);
-      return parts.join('\n');
-    },
+    snapshot: () => hostSnapshot(sh, R),
     spec: (over = {}) => ({
       mode: 'dedicated', tunName: tun, lanInterfaces: ['lan0'], lanPrefixes: PREFIXES, wanInterface: 'wan0',
       publicAddress: lab.addr.public, portRange: [61000, 65535], forwardPorts: [], ...over,
