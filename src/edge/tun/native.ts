@@ -1,7 +1,7 @@
 // Typed binding to the vpnmasq_tun N-API addon (native/tun.cc, native/notify.cc).
 import fs from 'node:fs';
 import path from 'node:path';
-import type { TunEvent } from './device';
+import type { TunBuffers, TunEvent } from './device';
 
 // TUNSETOFFLOAD flags, include/uapi/linux/if_tun.h.
 export const TUN_F_CSUM = 0x01;
@@ -55,18 +55,11 @@ export interface TunOpenResult {
 export type TunIo = 'uring' | 'threads';
 
 /** What start() takes: see TunBuffers (src/edge/tun/device.ts) for the memory. */
-export interface LoopSpec {
+/** The loop's buffers are the TunBuffers the daemon hands the device (device.ts). */
+export interface LoopSpec extends TunBuffers {
   io: TunIo;
   /** Per device tag, the fds of its queues; their rings follow each other from arena byte 0. */
   devices: number[][];
-  arena: Uint8Array;
-  slotSize: number;
-  ringSlots: number;
-  rxOffs: Uint32Array;
-  rxLens: Uint32Array;
-  rxDevs: Uint8Array;
-  txList: Uint32Array;
-  txDevs: Uint8Array;
   onBatch: (count: number) => number;
   onEvent: (event: TunEvent) => void;
 }
