@@ -40,14 +40,19 @@ export class TupleIndex {
 
   /** The record stored for the key, or -1. */
   get(k0: number, k1: number, k2: number, tag: number): number {
+    const w = this.slots[(this.find(k0, k1, k2, tag) << 2) + 3];
+    return w === EMPTY ? EMPTY : w >>> 8;
+  }
+
+  /** The slot holding the key, or the empty slot that ends its probe run. */
+  private find(k0: number, k1: number, k2: number, tag: number): number {
     const a = this.slots;
     const mask = this.mask;
     let s = this.home(k0, k1, k2, tag);
     for (;;) {
       const o = s << 2;
       const w = a[o + 3];
-      if (w === EMPTY) return EMPTY;
-      if ((w & 0xff) === tag && a[o] === k0 && a[o + 1] === k1 && a[o + 2] === k2) return w >>> 8;
+      if (w === EMPTY || ((w & 0xff) === tag && a[o] === k0 && a[o + 1] === k1 && a[o + 2] === k2)) return s;
       s = (s + 1) & mask;
     }
   }
@@ -55,24 +60,14 @@ export class TupleIndex {
   /** Inserts or replaces. Returns false when the index is full and the key is new. */
   set(k0: number, k1: number, k2: number, tag: number, record: number): boolean {
     const a = this.slots;
-    const mask = this.mask;
-    let s = this.home(k0, k1, k2, tag);
-    for (;;) {
-      const o = s << 2;
-      const w = a[o + 3];
-      if (w === EMPTY) {
-        if (this.count >= this.maxEntries) return false;
-        a[o] = k0; a[o + 1] = k1; a[o + 2] = k2;
-        a[o + 3] = (record << 8) | tag;
-        this.count++;
-        return true;
-      }
-      if ((w & 0xff) === tag && a[o] === k0 && a[o + 1] === k1 && a[o + 2] === k2) {
-        a[o + 3] = (record << 8) | tag;
-        return true;
-      }
-      s = (s + 1) & mask;
+    const o = this.find(k0, k1, k2, tag) << 2;
+    if (a[o + 3] === EMPTY) {
+      if (this.count >= this.maxEntries) return false;
+      a[o] = k0; a[o + 1] = k1; a[o + 2] = k2;
+      this.count++;
     }
+    a[o + 3] = (record << 8) | tag;
+    return true;
   }
 
   /** Removes the key if it leads to `record` (another record may have taken the key since); returns whether it did. */
@@ -88,17 +83,9 @@ export class TupleIndex {
   private remove(k0: number, k1: number, k2: number, tag: number, record: number): boolean {
     const a = this.slots;
     const mask = this.mask;
-    let s = this.home(k0, k1, k2, tag);
-    for (;;) {
-      const o = s << 2;
-      const w = a[o + 3];
-      if (w === EMPTY) return false;
-      if ((w & 0xff) === tag && a[o] === k0 && a[o + 1] === k1 && a[o + 2] === k2) {
-        if (record >= 0 && w >>> 8 !== record) return false;
-        break;
-      }
-      s = (s + 1) & mask;
-    }
+    const s = this.find(k0, k1, k2, tag);
+    const w0 = a[(s << 2) + 3];
+    if (w0 === EMPTY || (record >= 0 && w0 >>> 8 !== record)) return false;
     // Backward shift: later members of the probe run move into the hole
     // unless their home lies cyclically in (hole, j].
     let hole = s;
