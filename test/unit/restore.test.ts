@@ -12,7 +12,6 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import Database from 'better-sqlite3';
-import type { Logger } from '../../src/daemon/log';
 import { Journal } from '../../src/core/journal';
 import { ipv4ToInt32, prefixPairs } from '../../src/core/ipv4-addr';
 import { SessionTable } from '../../src/nat/sessions';
@@ -22,6 +21,7 @@ import { TableCodec } from '../../src/persist/columns';
 import { SCHEMA_VERSION } from '../../src/persist/schema';
 import { Store, StoreOptions } from '../../src/persist/store';
 import { EspCodec, GreCallCodec, IsakmpCodec, SESSIONS, SessionCodec } from '../../src/persist/tables';
+import { Logged, recordingLogger as logger } from './recording-logger';
 import { PROTO_UDP } from '../../src/wire/ipv4';
 
 const PUB = ipv4ToInt32('198.18.0.2');
@@ -30,13 +30,6 @@ const REM = ipv4ToInt32('198.18.0.11');
 const T0 = 1_700_000_000_000;
 const LAN_PREFIXES = prefixPairs(['10.77.0.0/24']);
 
-interface Logged { level: string; msg: string; fields?: Record<string, unknown> }
-
-function logger(lines: Logged[]): Logger {
-  const w = (level: string) => (msg: string, fields?: Record<string, unknown>) => { lines.push({ level, msg, fields }); };
-  return { error: w('error'), warn: w('warn'), info: w('info'), debug: w('debug'), event: (_k, msg, fields) => lines.push({ level: 'event', msg, fields }),
-    lazyEvent: () => undefined, enabled: () => false, configure: () => undefined };
-}
 
 const newTable = (): SessionTable => new SessionTable(1024, PUB, { range: [1024, 65535], lowRange: null, preserve: true }, new Journal());
 

@@ -10,7 +10,6 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import Database from 'better-sqlite3';
 import type { AddressChangePolicy, StateConfig } from '../../src/config/schema';
-import type { Logger } from '../../src/daemon/log';
 import { Journal } from '../../src/core/journal';
 import { SessionTable } from '../../src/nat/sessions';
 import { openReadOnly } from '../../src/query/stored';
@@ -22,6 +21,7 @@ import { CALL_CONFIRMED, CALL_REQUESTED, PptpCalls, ROLE_PAC, ROLE_PNS } from '.
 import { NO_FORWARD } from '../../src/nat/forwards';
 import { Targets } from '../../src/core/targets';
 import { Verdict } from '../../src/core/verdict';
+import { Logged, recordingLogger as logger } from './recording-logger';
 import { PROTO_TCP, PROTO_UDP } from '../../src/wire/ipv4';
 import { ipv4ToInt32, prefixPairs } from '../../src/core/ipv4-addr';
 
@@ -32,15 +32,6 @@ const REM = ipv4ToInt32('198.18.0.11');
 const T0 = 1_700_000_000_000;
 const LAN_PREFIXES = prefixPairs(['10.77.0.0/24']);
 
-interface Logged { level: string; msg: string; fields?: Record<string, unknown> }
-
-function logger(lines: Logged[]): Logger {
-  const w = (level: string) => (msg: string, fields?: Record<string, unknown>) => { lines.push({ level, msg, fields }); };
-  return {
-    error: w('error'), warn: w('warn'), info: w('info'), debug: w('debug'), event: (_k, msg, fields) => lines.push({ level: 'event', msg, fields }),
-    lazyEvent: () => undefined, enabled: () => true, configure: () => undefined,
-  };
-}
 
 function newTable(pub = PUB, capacity = 1024): SessionTable {
   return new SessionTable(capacity, pub, { range: [1024, 65535], lowRange: null, preserve: true }, new Journal());
