@@ -325,7 +325,7 @@ struct Loop {
     if (refs[slot].fetch_sub(1, std::memory_order_seq_cst) != 1) return;
     Queue* q = OwnerOf(slot);
     if (mode == Mode::kUring) {
-      GiveBuffer(q, slot);
+      GiveBuffer(q, slot - q->firstSlot);  // `slot` is arena-wide; the buffer ring counts from the queue's first slot
     } else if (q->readerWaiting.load(std::memory_order_seq_cst)) {
       Wake(q->readerWake);
     }
