@@ -120,7 +120,9 @@ for (const m of modes) {
       assert.match(afterStop, /^STOPPING=1\|STATUS=TUN .* is gone/, notified.slice(-500));
       await new Promise((r) => setTimeout(r, 300));
       assert.doesNotMatch(notified.slice(notified.lastIndexOf('STOPPING=1')), /WATCHDOG=1/, 'no watchdog ping after the failure');
-      assert.doesNotMatch((await lab.exec(lab.ns.router, ['ip', 'rule', 'show'])).stdout, /lookup 7100/, 'policy rules removed');
+      // Fail closed: the steering rules stay and the safety net's blackholes take what the TUN took.
+      assert.match((await lab.exec(lab.ns.router, ['ip', 'rule', 'show'])).stdout, /lookup 7100/, 'policy rules kept');
+      assert.match((await lab.exec(lab.ns.router, ['ip', 'route', 'show', 'table', '7100'])).stdout, /^blackhole default/m, 'LAN table ends in a blackhole');
 
       const second = await startRouter(lab, { ...config, control: { socket: first.socket, group: 'root' } });
       routers.push(second);
