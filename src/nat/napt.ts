@@ -25,7 +25,7 @@ import {
 } from '../wire/ipv4';
 import { TCP_ACK, TCP_ACK_FLAG, TCP_CSUM, TCP_DATA_OFF, TCP_FIN, TCP_FLAGS, TCP_MIN_HDR, TCP_RST, TCP_SEQ, TCP_SYN, TCP_URGENT, TCP_WINDOW } from '../wire/tcp';
 import { VNET_OK, VnetHeader } from '../wire/vnet';
-import { isIcmpQueryRequest } from '../wire/icmp';
+import { isIcmpError, isIcmpQueryRequest } from '../wire/icmp';
 import { Drop, DropCounters, Verdict } from '../core/verdict';
 import { TxList } from '../core/tx-list';
 import { COLLECT, DONE, FOLLOW, FRAGMENT, FragmentTracker, SEGMENT } from './fragments';
@@ -206,7 +206,7 @@ export class Napt implements SessionListener, SegmentHolder {
       p.sport = read16(p.buf, ip.payloadOff);
       p.dport = read16(p.buf, ip.payloadOff + 2);
     }
-    if (this.isLan(p.src) !== fromLan) {
+    if (this.isLan(p.src) !== fromLan && !this.boxError(p, fromLan)) {
       this.drops.counts[Drop.SPOOFED_SOURCE]++;
       this.lastSpoof[0] = p.src;
       this.lastSpoof[1] = fromLan ? 1 : 0;
@@ -215,6 +215,20 @@ export class Napt implements SessionListener, SegmentHolder {
     const outbound = fromLan;
     const verdict = !this.selectPublic(p, outbound) ? Drop.NOT_OURS : outbound ? this.outbound(p, out) : this.inbound(p, out);
     this.finish(verdict, outbound, off, out);
+  }
+
+  /**
+   * An ICMP error with a LAN source from the WAN device: the box's own (a
+   * frag-needed or time-exceeded it sends to the public address for a
+   * translated packet leaves by the WAN table, and the kernel gives it the
+   * first address it finds, often its LAN one; RFC 1812 §4.3.2.4). Let
+   * through: an error only translates against the mapping of the packet it
+   * quotes (RFC 5508 §3.2) and never creates one, and a spoofed one from the
+   * WAN interface is already refused by its strict rp_filter.
+   */
+  private boxError(p: Packet, fromLan: boolean): boolean {
+    const ip = p.ip;
+    return !fromLan && ip.proto === PROTO_ICMP && ip.payloadLen > 0 && !ip.isLaterFragment && isIcmpError(p.buf[ip.payloadOff]);
   }
 
   /**
@@ -325,8 +339,9 @@ export class Napt implements SessionListener, SegmentHolder {
       }
     } else if (proto === PROTO_ICMP) {
       // An echo or timestamp request to a public address has no one behind it
-      // (RFC 5508 REQ-7 hairpins queries only for Basic NAT): no mapping is made for it.
-      if (ip.payloadLen > 0 && isIcmpQueryRequest(p.buf[ip.payloadOff]) && this.table.publicIndexOf(dst) >= 0) return Drop.NO_MAPPING;
+      // (RFC 5508 REQ-7 hairpins queries only for Basic NAT): no mapping is made
+      // for it. In shared mode the address is the box's, which answers it itself.
+      if (ip.payloadLen > 0 && isIcmpQueryRequest(p.buf[ip.payloadOff]) && this.table.publicIndexOf(dst) >= 0) return this.sharedAddress ? TO_KERNEL : Drop.NO_MAPPING;
       r = this.icmp.outbound(p);
       // An error about a hairpinned packet goes on to the host it quotes.
       if (r === TRANSLATED && this.hairpin(p, ip.dst)) r = this.icmp.inbound(p);

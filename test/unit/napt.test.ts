@@ -868,6 +868,16 @@ describe('direction by device (core/side.ts)', () => {
     assert.equal(h.table.sessionCount, 1);
   });
 
+  it('the box\'s own ICMP error about a translated packet, sent from its LAN address, reaches the LAN host', () => {
+    const h = nat();
+    const out = h.one(UDP_KIND.out(A, 40000, R1, 53));
+    // frag-needed from the box (source: its LAN address) to the public address, through the WAN device.
+    const err = h.one(icmpPacket('10.77.0.1', PUBLIC, icmpError(3, 4, out, 28, 1400)), undefined, SIDE_WAN);
+    assert.deepEqual([parse(err).src, parse(err).dst], ['10.77.0.1', A]);
+    // An echo request with that source is no error: a spoof.
+    h.expectDrop(Drop.SPOOFED_SOURCE, () => h.send(icmpPacket('10.77.0.1', PUBLIC, icmpEcho({ id: 9, seq: 1 })), undefined, SIDE_WAN));
+  });
+
   it('a foreign source read from the LAN device is a spoof: no reply can be injected on the LAN side', () => {
     const h = nat();
     const pub = parse(h.one(UDP_KIND.out(A, 40000, R1, 53))).sport as number;

@@ -554,10 +554,10 @@ export class NatHarness {
     return this.processRaw(raw, raw.length, side);
   }
 
-  /** Sends a packet expected to produce exactly one output packet (and no drop), and returns it. */
-  one(ip: Uint8Array, vnet?: VnetSpec): Uint8Array {
+  /** Sends a packet (from `side`, default by its source) expected to produce exactly one output packet (and no drop), and returns it. */
+  one(ip: Uint8Array, vnet?: VnetSpec, side?: Side): Uint8Array {
     const before = Float64Array.from(this.napt.drops.counts);
-    const out = this.send(ip, vnet);
+    const out = this.send(ip, vnet, side);
     assert.deepEqual(this.dropDelta(before), {}, 'unexpected drop');
     assert.equal(out.length, 1, `expected one packet out, got ${out.length}`);
     return out[0];
