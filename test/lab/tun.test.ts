@@ -554,6 +554,11 @@ function registerTests(io: TunIo): void {
         assert.equal((await udpRoundTrip(router, a, 0)).dev, 0);
         assert.equal((await udpRoundTrip(router, b, 1)).dev, 1);
         assert.ok(kernelRxPackets(ns, a) >= 1 && kernelRxPackets(ns, b) >= 1, 'each reply written to its own device');
+        // More packets than the second device's ring holds: its slots are handed back to its own ring and reused.
+        for (let k = 0; k < 2 * RING_SLOTS; k++) {
+          const client = startChild('udp-client', { [PEER_ENV]: '10.99.1.2' });
+          await client.waitFor('udp-reply');
+        }
         router.send('close');
         await router.waitFor('closed');
         assert.equal(linkExists(ns, a) || linkExists(ns, b), false, 'both devices removed');
