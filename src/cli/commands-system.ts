@@ -41,14 +41,14 @@ export function runCommand(program: Command, runDaemon: RunDaemon): void {
 /** Human status: a headline, then the known facts, then anything else the daemon reports. */
 function statusText(st: Record<string, unknown>): string {
   const { running: _r, translating: _t, waitingFor: _w, statusText: line, safetyNet, pid, uptimeSeconds, tun, mode, publicAddress, lanPrefixes, sessions, limit, state, ...rest } = st;
-  const t = tun as { name: string; offloads: number } | null;
+  const t = tun as { name: string; devices?: string[]; offloads: number } | null;
   const used = Number(sessions);
   const cap = Number(limit);
   const db = state as { path: string; healthy: boolean; lastError: string | null; rowsRestored: number; rowsDiscarded: number } | null;
   const pairs: Array<[string, string]> = [
     ...(line === undefined ? [] : [['State', String(line)] as [string, string]]),
     ...(safetyNet == null ? [] : [['Safety net', safetyNetText(safetyNet as SafetyNetStatus | { error: string })] as [string, string]]),
-    ['TUN', t ? `${t.name} (offloads 0x${t.offloads.toString(16)})` : '-'],
+    ['TUN', t ? `${t.devices?.length === 2 ? `${t.devices[0]} (LAN), ${t.devices[1]} (WAN)` : t.name} (offloads 0x${t.offloads.toString(16)})` : '-'],
     ['Mode', `${String(mode)}, public address ${String(publicAddress)}`],
     ['LAN', (lanPrefixes as string[]).join(', ')],
     ['Table', `${used} of ${cap} sessions (${((100 * used) / cap).toFixed(1)}%)`],

@@ -604,7 +604,7 @@ export class Daemon implements MetricsSource {
       safetyNet: this.netStatus,
       pid: process.pid,
       uptimeSeconds: Math.round((this.now() - this.startedAt) / 1000),
-      tun: this.tun ? { name: this.tun.names.join(','), offloads: this.tun.offloads, io: this.tun.io?.mode ?? null } : null,
+      tun: this.tun ? { name: this.config.tun.name, devices: [...this.tun.names], offloads: this.tun.offloads, io: this.tun.io?.mode ?? null } : null,
       mode: this.config.wan.mode,
       publicAddress: this.publicAddress(),
       lanPrefixes: this.config.lan.prefixes,

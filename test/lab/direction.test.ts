@@ -66,8 +66,10 @@ for (const { mode, dport } of MODES) {
 
     it('the WAN interface has strict reverse-path filtering; each side has its own TUN device', async () => {
       assert.equal((await sh(lab.ns.router, ['cat', `/proc/sys/net/ipv4/conf/${lab.routerIfaces.wan}/rp_filter`])).trim(), '1');
-      const status = await router.request('status') as { tun: { name: string } };
-      assert.equal(status.tun.name, `${router.tunName},${router.tunName}-w`);
+      const status = await router.request('status') as { tun: { name: string; devices: string[] } };
+      assert.deepEqual([status.tun.name, status.tun.devices], [router.tunName, [router.tunName, `${router.tunName}-w`]]);
+      const human = await router.cli('status');
+      assert.match(human.stdout, new RegExp(`^TUN +${router.tunName} \\(LAN\\), ${router.tunName}-w \\(WAN\\) \\(offloads 0x`, 'm'));
       const routes = await sh(lab.ns.router, ['ip', 'route', 'show', 'table', 'all']);
       assert.match(routes, new RegExp(`^default dev ${router.tunName} table 7100 `, 'm'));
       assert.match(routes, new RegExp(`^default dev ${router.tunName}-w table 7101 `, 'm'));
