@@ -23,6 +23,7 @@ import * as path from 'node:path';
 import { ChildProcess } from 'node:child_process';
 import { createLab, Lab } from '../test/lab/lab';
 import { RouterHandle, startRouter } from '../test/lab/router-harness';
+import { engineSection } from './engine';
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 10);
 const CRR_SECONDS = Number(process.env.BENCH_CRR_SECONDS ?? 60);
@@ -234,6 +235,7 @@ function table(title: string, kernel: Figures[], vpnmasq: Figures[], io: string)
 async function main(): Promise<void> {
   if (process.getuid?.() !== 0) throw new Error('npm run bench needs root');
   buildTools();
+  engineSection();
   const lab = await createLab({ lanHosts: 1, wanHosts: 1, vpnServer: false, farHost: false });
   const out: string[] = [];
   try {

@@ -89,6 +89,9 @@ enum Stat : uint32_t {
 
 // Batches delivered per wakeup before yielding to the event loop.
 constexpr int kMaxRoundsPerWakeup = 8;
+// io_uring_enter calls per SubmitAndReap: a batch's writes, the re-armed
+// reads their completions allowed, and retries after EBUSY (each frees room).
+constexpr int kMaxSubmitsPerReap = 8;
 // Bounds on a loop's shape.
 constexpr uint32_t kMaxQueues = 64;
 constexpr uint32_t kMaxDevices = 255;
@@ -249,6 +252,7 @@ struct Loop {
   // Wakes the JS thread: readers and writers ("threads"), or the loop itself
   // when it yields with work left ("uring").
   uv_async_t async;
+  bool asyncReady = false;  // async is initialized
   bool closing = false;
   int handlesOpen = 0;  // libuv handles to close before the Loop is freed
   napi_async_cleanup_hook_handle cleanupHook = nullptr;
@@ -480,8 +484,10 @@ struct Loop {
     q->bufsAdded = true;
   }
 
-  // Publishes freed buffers and re-arms reads that ran out of them.
-  void Refill() {
+  // Publishes freed buffers and re-arms reads that ran out of them; true
+  // when it prepared a read that still has to be submitted.
+  bool Refill() {
+    bool prepared = false;
     for (auto& q : queues) {
       if (q->bufsAdded) {
         q->bufs.Publish();
@@ -489,11 +495,13 @@ struct Loop {
       }
       if (q->armed || q->bufsAvail == 0 || Failed()) continue;
       io_uring_sqe* sqe = Sqe();
-      if (sqe == nullptr) return;
+      if (sqe == nullptr) return true;
       uring::PrepReadMultishot(sqe, q->fd, static_cast<uint16_t>(q->firstSlot / ringSlots),
                                kUdRead | (q->firstSlot / ringSlots));
       q->armed = true;
+      prepared = true;
     }
+    return prepared;
   }
 
   void OnCqe(const io_uring_cqe& c) {
@@ -549,16 +557,28 @@ struct Loop {
   // takes them; returns how many there were. A write still in flight after
   // that met EAGAIN: it stays queued in io_uring (counted) until the device
   // takes it.
+  //
+  // The completions just taken can free slots (a write from them is done)
+  // after a multishot read ended for want of buffers (ENOBUFS: every slot
+  // was held by JS or a write). Those buffers are published and the read
+  // re-armed here, before the loop may go to sleep: with no read armed
+  // nothing would post a completion, signal the eventfd and wake it again.
   uint32_t SubmitAndReap(bool getEvents) {
     Refill();
     uint32_t n = 0;
-    for (int tries = 0; tries < 2; ++tries) {
+    bool unsent = true;
+    for (int tries = 0; unsent && tries < kMaxSubmitsPerReap; ++tries) {
       int err = ring->Submit(getEvents);
       n += ring->Reap([this](const io_uring_cqe& c) { OnCqe(c); });
       if (err == EBUSY || err == EAGAIN) continue;  // completions were waiting: reaped, try again
-      if (err != 0) Fail(queues[0].get(), kOpEnter, err);
-      break;
+      if (err != 0) {
+        Fail(queues[0].get(), kOpEnter, err);
+        break;
+      }
+      unsent = Refill();
     }
+    // Still something to submit after the bound: come back after the event loop had its turn.
+    if (unsent && asyncReady && !Failed() && !closing) uv_async_send(&async);
     for (uint32_t i : submitted) {
       if (inflight[i].active) queues[inflight[i].queue]->txQueued.Add(1);
     }
@@ -1200,6 +1220,7 @@ Napi::Value Start(const Napi::CallbackInfo& info) {
     ThrowErrno(env, "uv_async_init", -rc);
     return env.Undefined();
   }
+  L->asyncReady = true;
   L->handlesOpen++;
   L->arenaRef = Napi::Persistent(arena);
   L->rxOffsRef = Napi::Persistent(rxOffs);

@@ -275,6 +275,7 @@ export class Daemon implements MetricsSource {
     return {
       mode: cfg.wan.mode, tunName: cfg.tun.name, lanInterfaces: cfg.lan.interfaces, lanPrefixes: cfg.lan.prefixes,
       wanInterface: cfg.wan.interface, publicAddress: address, portRange: cfg.ports.range, forwardPorts: ports,
+      otherPublicAddresses: cfg.wan.mode === 'dedicated' ? cfg.wan.publicAddresses.slice(1) : [],
     };
   }
 
@@ -412,8 +413,8 @@ export class Daemon implements MetricsSource {
     store.registerTable(new EspCodec(this.ipsec, this.table));
     store.registerTable(new GreCallCodec(this.pptp.calls, this.table));
     store.restore({ now: this.now(), isPublic: (a) => this.table.publicIndexOf(a) >= 0, onAddressChange: this.config.wan.onAddressChange });
-    // Restored entries come without table events.
-    this.ids.rebuild();
+    // Restored entries come without table events: the id index is rebuilt at its first lookup, off the start path.
+    this.ids.lost();
     this.addJournalListener(store);
     store.start();
     this.store = store;

@@ -339,9 +339,12 @@ export class Napt implements SessionListener, SegmentHolder {
       }
     } else if (proto === PROTO_ICMP) {
       // An echo or timestamp request to a public address has no one behind it
-      // (RFC 5508 REQ-7 hairpins queries only for Basic NAT): no mapping is made
-      // for it. In shared mode the address is the box's, which answers it itself.
-      if (ip.payloadLen > 0 && isIcmpQueryRequest(p.buf[ip.payloadOff]) && this.table.publicIndexOf(dst) >= 0) return this.sharedAddress ? TO_KERNEL : Drop.NO_MAPPING;
+      // (RFC 5508 REQ-7 hairpins queries only for Basic NAT): no mapping is made for it.
+      if (ip.payloadLen > 0 && isIcmpQueryRequest(p.buf[ip.payloadOff]) && this.table.publicIndexOf(dst) >= 0) {
+        // Shared mode: the public address is the box's own, which answers;
+        // its reply comes back through the mapping like any remote's.
+        return this.sharedAddress ? this.icmp.outbound(p) : Drop.NO_MAPPING;
+      }
       r = this.icmp.outbound(p);
       // An error about a hairpinned packet goes on to the host it quotes.
       if (r === TRANSLATED && this.hairpin(p, ip.dst)) r = this.icmp.inbound(p);

@@ -128,6 +128,13 @@ const SHARE_PROBES = 16;
 /** A LAN endpoint that found no public port is answered from the negative cache this long. */
 export const NEGATIVE_MS = 500;
 const NEGATIVE_SLOTS = 4096;
+/**
+ * A remote endpoint towards which a share found no free 5-tuple (all probed
+ * ports already lead there): new LAN endpoints to it are refused this long
+ * without probing, so a spray of new flows to a saturated remote costs one
+ * lookup each, not SHARE_PROBES random reads of the 5-tuple index.
+ */
+export const REMOTE_NEGATIVE_MS = 100;
 
 const NONE = -1;
 const TWO32 = 4294967296;
@@ -190,6 +197,8 @@ export class SessionTable implements BudgetSessions {
   // Negative cache of LAN endpoints that found no public port: direct-mapped.
   private readonly negKey: Int32Array;
   private readonly negUntil: Float64Array;
+  private readonly remNegKey: Int32Array;
+  private readonly remNegUntil: Float64Array;
 
   private readonly ports: PortPolicy;
   /** Per protocol slot: ports no mapping takes dynamically. */
@@ -230,6 +239,8 @@ export class SessionTable implements BudgetSessions {
     this.inIndex = new TupleIndex(capacity);
     this.negKey = new Int32Array(NEGATIVE_SLOTS * 2);
     this.negUntil = new Float64Array(NEGATIVE_SLOTS);
+    this.remNegKey = new Int32Array(NEGATIVE_SLOTS * 3);
+    this.remNegUntil = new Float64Array(NEGATIVE_SLOTS);
     this.hosts = new LanHosts(options.hostCapacity ?? Math.min(65536, Math.max(1024, capacity)), this.pub,
       options.hostLimits ?? { maxSessions: capacity, ratePerSecond: 0, burst: 0 });
     this.inbound = new InboundBudget(this, capacity, options.inboundLimits ?? { perTarget: capacity, perRemote: capacity, unansweredMs: Infinity });
@@ -500,7 +511,12 @@ export class SessionTable implements BudgetSessions {
     let port = NONE;
     if (this.ports.preserve && sp.inClass(cls, lanPort) && sp.isUnused(lanPort)) port = lanPort;
     if (port < 0) port = sp.randomFree(cls, this.random());
-    if (port < 0 && !this.exclusivePorts) port = this.sharePort(sp, cls, pubIdx, proto, lanPort, rem, remPort, synSeq, now);
+    if (port < 0 && !this.exclusivePorts) {
+      const key = (pubIdx << 2) | cls;
+      if (this.remoteSaturated(proto, key, rem, remPort, now)) return PORTS_EXHAUSTED;
+      port = this.sharePort(sp, cls, pubIdx, proto, lanPort, rem, remPort, synSeq, now);
+      if (port < 0) this.rememberRemote(proto, key, rem, remPort, now);
+    }
     if (port < 0) return PORTS_EXHAUSTED;
     return this.placeMapping(proto, lan, lanPort, pubIdx, port);
   }
@@ -668,6 +684,28 @@ export class SessionTable implements BudgetSessions {
     this.negKey[2 * i] = lan;
     this.negKey[2 * i + 1] = (lanPort << 8) | proto;
     this.negUntil[i] = now + NEGATIVE_MS;
+  }
+
+  private remSlot(proto: number, key: number, rem: number, remPort: number): number {
+    let h = Math.imul(rem ^ Math.imul((remPort << 8) | proto, 0x9e3779b1), 0x85ebca6b);
+    h = Math.imul(h ^ (h >>> 15) ^ key, 0xc2b2ae35);
+    return (h ^ (h >>> 13)) & (NEGATIVE_SLOTS - 1);
+  }
+
+  /** A share towards (rem, remPort) from public address and class `key` found no 5-tuple within REMOTE_NEGATIVE_MS. */
+  private remoteSaturated(proto: number, key: number, rem: number, remPort: number, now: number): boolean {
+    const i = this.remSlot(proto, key, rem, remPort);
+    const k = this.remNegKey;
+    return this.remNegUntil[i] > now && k[3 * i] === rem && k[3 * i + 1] === ((remPort << 8) | proto) && k[3 * i + 2] === key;
+  }
+
+  private rememberRemote(proto: number, key: number, rem: number, remPort: number, now: number): void {
+    const i = this.remSlot(proto, key, rem, remPort);
+    const k = this.remNegKey;
+    k[3 * i] = rem;
+    k[3 * i + 1] = (remPort << 8) | proto;
+    k[3 * i + 2] = key;
+    this.remNegUntil[i] = now + REMOTE_NEGATIVE_MS;
   }
 
   // ---- removal -----------------------------------------------------------

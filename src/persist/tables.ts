@@ -34,9 +34,10 @@ export const SESSIONS = defineTable<SessionTable>()({
     rem_port: { type: 'INTEGER', get: (t, s) => t.remPortOf(s), check: PORT },
     state: { type: 'INTEGER', get: (t, s) => t.stateOf(s), update: true, check: UINT8 },
     created: { type: 'REAL', array: (t) => t.sCreated },
-    // Every packet of the flow moves last_seen (whole seconds): it is what makes a row dirty.
-    last_seen: { type: 'REAL', get: (t, s) => t.lastSeenOf(s), set: (t, s, v) => t.setLastSeen(s, v), assign: true, update: true, watch: true },
-    expires: { type: 'REAL', get: (t, s) => t.expiresOf(s), update: true },
+    // Every packet of the flow moves its deadline (ms): that is what makes a row dirty. last_seen is kept in
+    // whole seconds, so it alone would miss the packets of the second the row was written in (the first reply).
+    last_seen: { type: 'REAL', get: (t, s) => t.lastSeenOf(s), set: (t, s, v) => t.setLastSeen(s, v), assign: true, update: true },
+    expires: { type: 'REAL', get: (t, s) => t.expiresOf(s), update: true, watch: true },
     pkts_out: { type: 'REAL', get: (t, s) => t.pktsOut(s), set: (t, s, v) => t.setPktsOut(s, v), assign: true, update: true, default: 0, check: NON_NEGATIVE },
     pkts_in: { type: 'REAL', get: (t, s) => t.pktsIn(s), set: (t, s, v) => t.setPktsIn(s, v), assign: true, update: true, default: 0, check: NON_NEGATIVE },
     bytes_out: { type: 'REAL', get: (t, s) => t.bytesOut(s), set: (t, s, v) => t.setBytesOut(s, v), assign: true, update: true, default: 0, check: NON_NEGATIVE },

@@ -48,6 +48,7 @@ export class IdIndex implements JournalObserver {
     }
   }
 
+  /** Events were lost, or entries came without them (a restore): rebuilt at the next lookup. */
   lost(): void {
     this.stale = true;
   }

@@ -256,9 +256,9 @@ describe('appliance: shared-address mode in the lab', () => {
     await waitFor('STOPPING=1', () => /STOPPING=1/.test(notified));
     assert.match(router.log(), /the safety net stays in place/);
     const kept = await sh(lab.ns.router, ['ip', 'rule', 'show']);
-    assert.match(kept, /^50:\s+from all to 198\.18\.0\.1 ipproto tcp dport 61000-65534 lookup 7101/m, 'steering survives a planned stop');
+    assert.match(kept, /^50:\s+from all to 198\.18\.0\.1 ipproto tcp dport 36864-65534 lookup 7101/m, 'steering survives a planned stop');
     assert.doesNotMatch(kept, /^0:/m);
-    assert.equal((await sh(lab.ns.router, ['cat', '/proc/sys/net/ipv4/ip_local_reserved_ports'])).trim(), '61000-65535');
+    assert.equal((await sh(lab.ns.router, ['cat', '/proc/sys/net/ipv4/ip_local_reserved_ports'])).trim(), '36864-65535');
     const td = await router.teardown();
     assert.equal(td.code, 0, td.stderr);
     assert.match(td.stderr, /"lookup local" back at priority 0/);
@@ -277,7 +277,7 @@ describe('appliance: shared-address mode in the lab', () => {
       const crashed = await startRouter(lab, shared);
       await crashed.kill9();
       assert.doesNotMatch(await sh(lab.ns.router, ['ip', 'rule', 'show']), /^0:/m, 'the local rule stays moved after a crash');
-      assert.equal((await sh(lab.ns.router, ['cat', '/proc/sys/net/ipv4/ip_local_reserved_ports'])).trim(), '61000-65535');
+      assert.equal((await sh(lab.ns.router, ['cat', '/proc/sys/net/ipv4/ip_local_reserved_ports'])).trim(), '36864-65535');
       const next = await startRouter(lab, { ...shared, control: { socket: crashed.socket, group: 'root' } });
       assert.equal(await next.stop(), 0);
       const saved = JSON.parse(fs.readFileSync(path.join(stateDir, 'host-state.json'), 'utf8'));

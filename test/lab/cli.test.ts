@@ -321,7 +321,8 @@ describe('vpnmasq CLI in the lab', () => {
 
   it('a daemon that is down is reported; conns list reads the database it left', async () => {
     const sessionIds = (rows: Array<Record<string, any>>) => rows.filter((r) => SESSION_PROTOS.includes(r.proto)).map((r) => r.id).sort();
-    const before = sessionIds(await list());
+    // A session that may expire before the database is read (an unanswered one has 10 s) is left out of the comparison.
+    const before = sessionIds((await list()).filter((r) => r.expiresInSeconds > 60));
     assert.equal(await router.stop(), 0);
     const st = await router.cli('status');
     assert.equal(st.code, 1);
@@ -329,7 +330,7 @@ describe('vpnmasq CLI in the lab', () => {
     const r = await cli('conns', 'list', '--json');
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stderr, /vpnmasq is not running .* reading \S+state\.db read-only/);
-    assert.deepEqual(sessionIds(jsonLines(r.stdout)), before, 'the persisted sessions');
+    assert.deepEqual(sessionIds(jsonLines(r.stdout)).filter((id) => before.includes(id)), before, 'the persisted sessions');
     const del = await cli('conns', 'flush', '--yes');
     assert.equal(del.code, 1);
     assert.match(del.stderr, /not running/);

@@ -71,7 +71,8 @@ let started = 0;
 
 export function routerConfig(lab: Lab, dir: string, overrides: Record<string, unknown> = {}): Record<string, unknown> {
   return {
-    tun: { name: `${lab.prefix.slice(3)}v${started++}`, mtu: 1500, offloads: true },
+    // VMQ_IO ('auto' | 'uring' | 'threads') runs a lab file on one TUN I/O mode; the config validates it.
+    tun: { name: `${lab.prefix.slice(3)}v${started++}`, mtu: 1500, offloads: true, io: process.env.VMQ_IO || 'auto' },
     lan: { interfaces: [lab.routerIfaces.lan], prefixes: [lab.lanPrefix] },
     wan: { interface: lab.routerIfaces.wan, mode: 'dedicated', publicAddress: lab.addr.public },
     state: { path: path.join(dir, 'state.db') },

@@ -40,6 +40,10 @@ const PEER_ADDR = '10.99.0.2';
 const UDP_ECHO_PORT = 7;
 const UDP_PAYLOAD = 'vpnmasq tun echo';
 const UDP_RESEND_MS = 200;
+/** Datagrams a burst client sends at once: more than the ring has slots. */
+const BURST_ENV = 'VMQTUN_BURST';
+/** Idle time between bursts: the loop goes back to sleep on its wakeup. */
+const BURST_GAP_MS = 300;
 const TCP_SINK_PORT = 5001;
 const TCP_SEND_BYTES = 256 * 1024;
 const TCP_SERVER_ISN = 0x10000000;
@@ -219,6 +223,7 @@ type ChildEvent =
   | { event: 'closed'; stats: number[] }
   | { event: 'tun-event'; tunEvent: Exclude<TunEvent, { kind: 'callback-error' }> | { kind: 'callback-error'; message: string; dropped: number }; stats: number[] }
   | { event: 'udp-reply'; from: string; port: number; payload: string }
+  | { event: 'udp-burst'; sent: number; replies: number }
   | { event: 'tcp-connected' };
 
 function emit(e: ChildEvent): void {
@@ -291,6 +296,25 @@ function runUdpClient(): void {
   setTimeout(() => process.exit(1), STEP_TIMEOUT_MS);
 }
 
+/** Sends BURST_ENV datagrams to PEER_ADDR in one go (no resend) and counts the echoes. */
+function runUdpBurst(): void {
+  const sock = dgram.createSocket('udp4');
+  const sent = Number(process.env[BURST_ENV]);
+  const seen = new Set<string>();
+  const report = (): never => {
+    emit({ event: 'udp-burst', sent, replies: seen.size });
+    process.exit(0);
+  };
+  sock.on('message', (msg) => {
+    seen.add(msg.toString());
+    if (seen.size === sent) report();
+  });
+  sock.bind(() => {
+    for (let i = 0; i < sent; i++) sock.send(`${UDP_PAYLOAD} ${i}`, UDP_ECHO_PORT, PEER_ADDR);
+  });
+  setTimeout(report, STEP_TIMEOUT_MS / 2);
+}
+
 /** Connects to PEER_ADDR and writes TCP_SEND_BYTES in one go, then idles. */
 function runTcpClient(): void {
   const sock = net.connect(TCP_SINK_PORT, PEER_ADDR, () => {
@@ -304,7 +328,12 @@ function runTcpClient(): void {
   setTimeout(() => process.exit(0), CLIENT_LIFETIME_MS);
 }
 
-const ROLES: Record<string, () => void> = { router: runRouter, 'udp-client': runUdpClient, 'tcp-client': runTcpClient };
+const ROLES: Record<string, () => void> = {
+  router: runRouter,
+  'udp-client': runUdpClient,
+  'udp-burst': runUdpBurst,
+  'tcp-client': runTcpClient,
+};
 
 // ---------------------------------------------------------------- test side
 
@@ -577,6 +606,25 @@ function registerTests(io: TunIo): void {
         assert.equal(kernelRxPackets(ns, b), 0, `nothing written to ${b}`);
         assert.ok(kernelRxPackets(ns, a) > written, `the reply was written to ${a}`);
         await closeAndCheck(router, a);
+      });
+    });
+
+    describe('bursts larger than the ring', () => {
+      const dev = `vmq${suffix}r`;
+
+      it('(k) every slot taken by a write at once, then an idle gap: the reads resume and every burst is answered', async () => {
+        const router = startChild('router', { [DEV_ENV]: dev, [OFFLOADS_ENV]: '1' });
+        await router.waitFor('opened');
+        await udpRoundTrip(router, dev);
+        const burst = 4 * RING_SLOTS;
+        for (let round = 0; round < 3; round++) {
+          await new Promise((r) => setTimeout(r, BURST_GAP_MS));
+          const client = startChild('udp-burst', { [BURST_ENV]: String(burst) });
+          const result = await client.waitFor('udp-burst');
+          assert.deepEqual(result, { event: 'udp-burst', sent: burst, replies: burst }, `burst ${round}`);
+        }
+        const stats = await closeAndCheck(router, dev);
+        assert.ok(stats[Stat.TX_PACKETS] >= 3 * burst + 1, `tx packets ${stats[Stat.TX_PACKETS]}`);
       });
     });
 

@@ -9,7 +9,7 @@ import { describe, it } from 'node:test';
 import { EV_DESTROY } from '../../src/core/journal';
 import { Forwards } from '../../src/nat/forwards';
 import { pairedAddress } from '../../src/nat/hosts';
-import { NEGATIVE_MS } from '../../src/nat/sessions';
+import { NEGATIVE_MS, REMOTE_NEGATIVE_MS } from '../../src/nat/sessions';
 import { IpsecMasq } from '../../src/helpers/ipsec/ipsec';
 import { attachIpsec } from '../../src/helpers/ipsec/nat';
 import { PptpMasq } from '../../src/helpers/pptp/pptp';
@@ -109,6 +109,22 @@ for (const vnetLen of [10, 0]) {
       h.one(udpOut(A, 40001, S1));
       h.now += NEGATIVE_MS;
       h.one(udpOut(A, 40000, S1));
+    });
+
+    it('a remote whose 5-tuples are all taken refuses new LAN endpoints without probing for a short while', () => {
+      const h = nat({ ports: RANGE64 });
+      const ports = fill(h);
+      // Every port leads to S2:53: no share is possible towards it; other remotes still share.
+      h.refused(Drop.PORTS_EXHAUSTED, udpOut(A, 40000, S2));
+      const p = parse(h.one(udpOut(C, 40001, S1))).sport ?? -1;
+      // B's flow on p ends; p stays in use by C's mapping, so (p, S2:53) is a free 5-tuple only a share finds.
+      const s = h.table.findOut(17, ipv4ToInt32(B), 30000 + ports.indexOf(p), ipv4ToInt32(S2), 53);
+      h.table.removeSession(s);
+      // Within the window even a LAN endpoint whose own port is p (tried first) is refused from the cache...
+      h.refused(Drop.PORTS_EXHAUSTED, udpOut(C, p, S2));
+      // ...after it the share probes again and finds the tuple.
+      h.now += REMOTE_NEGATIVE_MS;
+      assert.equal(parse(h.one(udpOut(A, p, S2))).sport, p);
     });
   });
 

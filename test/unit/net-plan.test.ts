@@ -8,8 +8,8 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import {
-  NetSpec, narrowPortRange, ruleText, safetyNet, safetyNetSysctls, steerableRange, sysctlPaths, tunDeviceNames, tunDeviceSysctls, tunRoutes,
-  wanSysctls, TABLE_LAN, TABLE_WAN, TABLE_WAN_ICMP,
+  NetSpec, dedicatedAddresses, narrowPortRange, ruleText, safetyNet, safetyNetSysctls, steerableRange, sysctlPaths, tunDeviceNames,
+  tunDeviceSysctls, tunRoutes, wanSysctls, TABLE_LAN, TABLE_WAN, TABLE_WAN_ICMP,
 } from '../../src/edge/netlink/plan';
 import { TUN_NAME_MAX } from '../../src/core/side';
 import { HostState } from '../../src/edge/netlink/host-state';
@@ -54,6 +54,22 @@ describe('safety net plan', () => {
       '7100: from 10.77.0.0/24 iif lan0 lookup 7100',
       '7100: from 10.78.0.0/16 iif lan0 lookup 7100',
     ]);
+  });
+
+  it('dedicated with several public addresses: a rule and a proxy neighbour for each; shared mode has none', () => {
+    const several: NetSpec = { ...dedicated, lanInterfaces: ['lan0'], otherPublicAddresses: ['198.18.0.3', '198.18.0.4'] };
+    assert.deepEqual(safetyNet(several).rules.map(ruleText), [
+      '48: from all to 198.18.0.2 iif lan0 lookup 7100',
+      '50: from all to 198.18.0.2 lookup 7101',
+      '48: from all to 198.18.0.3 iif lan0 lookup 7100',
+      '50: from all to 198.18.0.3 lookup 7101',
+      '48: from all to 198.18.0.4 iif lan0 lookup 7100',
+      '50: from all to 198.18.0.4 lookup 7101',
+      '7099: from all to 10.77.0.0/24 lookup main suppress_prefixlength 0',
+      '7100: from 10.77.0.0/24 iif lan0 lookup 7100',
+    ]);
+    assert.deepEqual(dedicatedAddresses(several), ['198.18.0.2', '198.18.0.3', '198.18.0.4']);
+    assert.deepEqual(dedicatedAddresses(shared), []);
   });
 
   it('shared: steering ahead of the moved local rule; ICMP to a table without a blackhole; forwards outside the range', () => {

@@ -123,6 +123,19 @@ describe('state store', () => {
     assert.equal(rows[0].state, 3);
   });
 
+  it('a reply in the second the row was written reaches the database (its deadline moved, its last_seen did not)', () => {
+    const t = newTable();
+    const store = open(t);
+    // A forward's session starts with a deadline of now; the answer in the same second gives it its timer.
+    const s = t.createOut(PROTO_UDP, LAN, 40003, REM, 5060, clock, 0, clock);
+    drain(t, store);
+    t.touch(s, false, 100, clock + 300, clock + 300 + 120000);
+    store.tick();
+    const rows = rowsIn(cfg.path);
+    assert.equal(rows[0].expires, clock + 300 + 120000);
+    assert.equal(rows[0].pkts_in, 1);
+  });
+
   it('restore: wall-clock deadlines count the downtime; same ports and serials; expired rows deleted', () => {
     const t = newTable();
     let store = open(t);

@@ -102,6 +102,8 @@ export interface NetSpec {
   wanInterface: string;
   /** Dedicated: the NAT's own address. Shared: the WAN address in use, or the last one known (null: none yet). */
   publicAddress: string | null;
+  /** Dedicated mode with several public addresses (wan.publicAddresses): those after publicAddress. */
+  otherPublicAddresses?: string[];
   /** Shared mode: vpnmasq's dynamic port range (steered to the TUN and reserved from the box's own ephemeral ports). */
   portRange: PortRange;
   /** Shared mode: forwarded TCP/UDP public ports, steered to the TUN. */
@@ -196,6 +198,12 @@ function steering(s: NetSpec, address: string, lanIf?: string): RuleSpec[] {
   return rules;
 }
 
+/** Dedicated mode: every public address (steered to the TUN, answered for by proxy ARP); shared mode: none. */
+export function dedicatedAddresses(s: NetSpec): string[] {
+  if (s.mode !== 'dedicated' || s.publicAddress === null) return [];
+  return [s.publicAddress, ...(s.otherPublicAddresses ?? [])];
+}
+
 /** The rules and blackholes that keep the box closed while nothing translates (see the module comment). */
 export function safetyNet(s: NetSpec): SafetyNet {
   const rules: RuleSpec[] = [];
@@ -208,11 +216,13 @@ export function safetyNet(s: NetSpec): SafetyNet {
     }
     if (address !== null) rules.push(...steering(s, address));
     rules.push({ priority: PRIO_LOCAL, table: RT_TABLE_LOCAL, src: '0.0.0.0', srcLen: 0, dst: '0.0.0.0', dstLen: 0 });
-  } else if (address !== null) {
-    for (const iif of s.lanInterfaces) {
-      rules.push({ priority: PRIO_LAN_STEER, table: TABLE_LAN, src: '0.0.0.0', srcLen: 0, dst: address, dstLen: 32, iifname: iif });
+  } else {
+    for (const a of dedicatedAddresses(s)) {
+      for (const iif of s.lanInterfaces) {
+        rules.push({ priority: PRIO_LAN_STEER, table: TABLE_LAN, src: '0.0.0.0', srcLen: 0, dst: a, dstLen: 32, iifname: iif });
+      }
+      rules.push({ priority: PRIO_STEER, table: TABLE_WAN, src: '0.0.0.0', srcLen: 0, dst: a, dstLen: 32 });
     }
-    rules.push({ priority: PRIO_STEER, table: TABLE_WAN, src: '0.0.0.0', srcLen: 0, dst: address, dstLen: 32 });
   }
   for (const p of s.lanPrefixes) {
     const [net, len] = parsePrefix(p);

@@ -16,7 +16,7 @@ import { createRtNetlink, FlagsNew, RtNetlinkSocket, rt } from 'netlink';
 import { formatIPv4, parseIPv4 } from '../../core/ipv4-addr';
 import { HostState } from './host-state';
 import {
-  NetSpec, OUR_TABLES, PRIO_LOCAL, RT_TABLE_LOCAL, RTPROT_VPNMASQ, RouteSpec, RuleSpec, SYSCTL, ruleText,
+  NetSpec, OUR_TABLES, PRIO_LOCAL, dedicatedAddresses, RT_TABLE_LOCAL, RTPROT_VPNMASQ, RouteSpec, RuleSpec, SYSCTL, ruleText,
   safetyNet, safetyNetSysctls, sysctlPaths, tunDeviceNames, tunDeviceSysctls, tunRoutes, tunSysctls, wanSysctls,
 } from './plan';
 
@@ -224,8 +224,8 @@ export class RouterNet {
       await this.delRoute(r.msg);
       changes.removed.push(r.text);
     }
-    const proxied = spec.mode === 'dedicated' ? spec.publicAddress : null;
-    changes.removed.push(...await this.removeProxyNeighbours((dst) => dst !== proxied));
+    const proxied = new Set(dedicatedAddresses(spec));
+    changes.removed.push(...await this.removeProxyNeighbours((dst) => !proxied.has(dst)));
     this.host.apply(safetyNetSysctls(spec));
     this.host.restoreExcept(sysctlPaths(spec));
     return changes;
@@ -263,18 +263,20 @@ export class RouterNet {
     const index = await this.ifindex(spec.wanInterface);
     if (index === null) return false;
     this.host.apply(wanSysctls(spec));
-    if (spec.mode !== 'dedicated' || spec.publicAddress === null) return true;
-    try {
-      // == `ip neigh replace proxy PUBLIC dev WAN protocol 247`
-      await this.sock.newNeighbor(
-        { family: AF_INET, ifindex: index, flags: { proxy: true }, state: { permanent: true } },
-        { dst: Buffer.from(parseIPv4(spec.publicAddress)), protocol: Buffer.from([RTPROT_VPNMASQ]) },
-        { flags: FlagsNew.CREATE | FlagsNew.REPLACE, ...OPTS },
-      );
-    } catch (e) {
-      throw errorOf(`adding proxy neighbour ${spec.publicAddress} on ${spec.wanInterface}`, e);
+    const addresses = dedicatedAddresses(spec);
+    for (const a of addresses) {
+      try {
+        // == `ip neigh replace proxy PUBLIC dev WAN protocol 247`
+        await this.sock.newNeighbor(
+          { family: AF_INET, ifindex: index, flags: { proxy: true }, state: { permanent: true } },
+          { dst: Buffer.from(parseIPv4(a)), protocol: Buffer.from([RTPROT_VPNMASQ]) },
+          { flags: FlagsNew.CREATE | FlagsNew.REPLACE, ...OPTS },
+        );
+      } catch (e) {
+        throw errorOf(`adding proxy neighbour ${a} on ${spec.wanInterface}`, e);
+      }
     }
-    await this.removeProxyNeighbours((dst, ifindex) => dst !== spec.publicAddress || ifindex !== index);
+    await this.removeProxyNeighbours((dst, ifindex) => !addresses.includes(dst) || ifindex !== index);
     return true;
   }
 
