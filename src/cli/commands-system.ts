@@ -70,13 +70,13 @@ function statusText(st: Record<string, unknown>): string {
   } = st;
   const reload = lastReload as { at: string; ok: boolean; applied?: string[]; error?: string } | null | undefined;
   const ctl = control as { socket?: string; connections?: number; watchers?: number; refused?: number } | null | undefined;
-  const t = tun as { name: string; offloads: number } | null;
+  const t = tun as { name: string; devices?: string[]; offloads: number } | null;
   const used = Number(sessions);
   const cap = Number(limit);
   const pairs: Array<[string, string]> = [
     ...(line === undefined ? [] : [['State', String(line)] as [string, string]]),
     ...(safetyNet == null ? [] : [['Safety net', safetyNetText(safetyNet as SafetyNetStatus | { error: string })] as [string, string]]),
-    ['TUN', t ? `${t.name} (offloads 0x${t.offloads.toString(16)})` : '-'],
+    ['TUN', t ? `${t.devices?.length === 2 ? `${t.devices[0]} (LAN), ${t.devices[1]} (WAN)` : t.name} (offloads 0x${t.offloads.toString(16)})` : '-'],
     ['Mode', `${String(mode)}, public address ${String(publicAddress)}`],
     ['LAN', (lanPrefixes as string[]).join(', ')],
     ...(lanIpv6 === undefined ? [] : [['LAN IPv6', ipv6Text(lanIpv6 as { policy: string; rules: string[] })] as [string, string]]),

@@ -14,6 +14,15 @@ import {
   isPlainObject, listenProblem, parsePrefix, prefixProblem, socketPathProblem,
 } from './checks';
 import { JsonSyntaxError, readJsonWithComments } from './json';
+import { TUN_NAME_MAX, tunDeviceNames } from '../core/side';
+
+/** tun.name names two devices (core/side.ts): both must be valid interface names. */
+function tunNameProblem(name: string): string | undefined {
+  const bad = interfaceNameProblem(name);
+  if (bad !== undefined) return bad;
+  if (name.length > TUN_NAME_MAX) return `${JSON.stringify(name)} is too long: at most ${TUN_NAME_MAX} characters, so that the WAN-side device (the name plus "-w") fits the 15 of an interface name`;
+  return undefined;
+}
 
 export type { AddressChangePolicy, Forward, PortRange };
 export { ConfigError };
@@ -31,7 +40,7 @@ export type TunIoMode = 'auto' | 'uring' | 'threads';
 export interface TunConfig { name: string; mtu: number; offloads: boolean; io: TunIoMode }
 /** Every TUN device the daemon opens for this config; what follows the devices (the firewall ruleset) takes them from here. */
 export function tunDevices(cfg: { tun: TunConfig }): string[] {
-  return [cfg.tun.name];
+  return [...tunDeviceNames(cfg.tun.name)];
 }
 /**
  * What happens to IPv6 from the LAN; vpnmasq translates IPv4 only.
@@ -376,7 +385,7 @@ function resolveTun(check: Checker, value: unknown): TunConfig {
   const raw = check.object('tun', value, ['name', 'mtu', 'offloads', 'io']);
   const d = DEFAULTS.tun;
   return {
-    name: check.string('tun.name', raw.name, interfaceNameProblem) ?? d.name,
+    name: check.string('tun.name', raw.name, tunNameProblem) ?? d.name,
     mtu: check.integer('tun.mtu', raw.mtu, { min: 576, max: 65535 }) ?? d.mtu,
     offloads: check.boolean('tun.offloads', raw.offloads) ?? d.offloads,
     io: check.choice('tun.io', raw.io, ['auto', 'uring', 'threads']) ?? d.io,

@@ -68,6 +68,12 @@ export const Drop = {
   STALE_SEGMENT: 40,
   /** The remote holds its limit of unanswered inbound sessions (limits.remoteUnanswered). */
   UNANSWERED_LIMIT: 41,
+  /**
+   * The source does not belong to the side the packet entered from: a LAN
+   * address from the WAN, or a non-LAN address from the LAN (RFC 2827
+   * ingress filtering; core/side.ts). Nothing is created for it.
+   */
+  SPOOFED_SOURCE: 42,
 } as const;
 
 export type DropCode = (typeof Drop)[keyof typeof Drop];

@@ -7,7 +7,7 @@ import { Config } from '../config/schema';
 import { reloadPlan, RestartNeeded, restartMessage, sectionsOf } from './reload';
 import { MetricsServer, MetricsSource, startMetricsServer } from './metrics';
 import { mssClampValue } from '../nat/mss-clamp';
-import { NetSpec } from '../edge/netlink/plan';
+import { NetSpec, tunDeviceNames } from '../edge/netlink/plan';
 import { HostState, hostStatePath } from '../edge/netlink/host-state';
 import { WanState, WanWatch } from '../edge/netlink/wan-watch';
 import { capacityStats, hostLimits, logOffenders, portPolicy, tableSetup } from './capacity';
@@ -48,8 +48,10 @@ import { attachIpsec } from '../helpers/ipsec/nat';
 /** Receive slots per TUN queue: a whole 64 KiB super-packet each with offloads, an MTU without. */
 const RING_SLOTS_OFFLOADS = 256;
 const RING_SLOTS_MTU = 1024;
-/** Queues of the TUN device (IFF_MULTI_QUEUE above 1), each with its reader and writer thread. */
+/** Queues of each TUN device (IFF_MULTI_QUEUE above 1), each with its reader and writer thread. */
 const TUN_QUEUES = 1;
+/** TUN devices: one per side (core/side.ts). */
+const TUN_DEVICES = 2;
 /** Packets translated per call into the packet path at most. */
 const BATCH = 128;
 const SWEEP_INTERVAL_MS = 100;
@@ -172,6 +174,8 @@ export class Daemon implements MetricsSource {
   /** IPsec masquerade: ISAKMP by cookie on port 500, ESP by SPI (spec §3, §4). */
   readonly ipsec: IpsecMasq;
   private readonly pptpLogged = new Float64Array(PPTP_LOGGED.length);
+  /** Drop.SPOOFED_SOURCE as last logged. */
+  private spoofsLogged = 0;
   private pptpSweptAt = 0;
   readonly reloadFromFile: () => Promise<ReloadOutcome>;
   /** Debug lines of table events and drops, an observer while log.level is debug. */
@@ -240,7 +244,7 @@ export class Daemon implements MetricsSource {
       this.table,
       {
         slotSize: rxSlotSize(cfg.tun.offloads, cfg.tun.mtu),
-        rxSlots: TUN_QUEUES * this.ringSlots(),
+        rxSlots: TUN_DEVICES * TUN_QUEUES * this.ringSlots(),
         batch: BATCH,
         holdSlots: cfg.limits.maxHeldFragments,
         holdSlotSize: rxSlotSize(false, cfg.tun.mtu),
@@ -419,11 +423,12 @@ export class Daemon implements MetricsSource {
     if (this.spec?.publicAddress !== address) await this.installSafetyNet(address);
     this.table.publicAddr = ipv4ToInt32(address);
     if (this.persist) this.openStore();
-    const tun = this.openTun({ names: [cfg.tun.name], offloads: cfg.tun.offloads, queues: TUN_QUEUES, io: cfg.tun.io });
+    // Tag = side (core/side.ts): the LAN device first, then the WAN one.
+    const tun = this.openTun({ names: [...tunDeviceNames(cfg.tun.name)], offloads: cfg.tun.offloads, queues: TUN_QUEUES, io: cfg.tun.io });
     this.tun = tun;
-    const tunName = tun.names[0];
+    const tunName = tun.names.join(',');
     if (cfg.tun.offloads && tun.offloadError) this.log.warn('TUN offloads unavailable, running without them', { reason: tun.offloadError });
-    await net.attachTun(tunName, cfg.tun.mtu);
+    await net.attachTun(cfg.tun.mtu);
     await net.attachWan();
     this.startPacketLoop(tun);
     if (tun.io?.fallback) this.log.warn('TUN I/O through threads: io_uring unavailable', { reason: tun.io.fallback });
@@ -538,8 +543,21 @@ export class Daemon implements MetricsSource {
       this.pptpTick(now);
       logOffenders(this.table, this.log, now);
       if (this.debugging) this.debugLog.drops(this.datapath.napt.drops.counts);
+      this.logSpoofs();
     }
     this.drainJournal();
+  }
+
+  /** Spoofed sources (napt.ts), at most one line a second while they go on. */
+  private logSpoofs(): void {
+    const napt = this.datapath.napt;
+    const total = napt.drops.counts[Drop.SPOOFED_SOURCE];
+    const n = total - this.spoofsLogged;
+    if (n <= 0) return;
+    this.spoofsLogged = total;
+    const side = napt.lastSpoof[1] === 1 ? 'lan' : 'wan';
+    const last = int32ToIpv4(napt.lastSpoof[0]);
+    this.log.event('spoofed-source', `spoofed-source: ${n} packets dropped since last report, last from ${last} on the ${side} side`, { count: n, total, side, source: last });
   }
 
   addJournalListener(listener: JournalListener): void {
@@ -704,7 +722,7 @@ export class Daemon implements MetricsSource {
       safetyNet: this.netStatus,
       pid: process.pid,
       uptimeSeconds: Math.round((this.now() - this.startedAt) / 1000),
-      tun: this.tun ? { name: this.tun.names.join(','), offloads: this.tun.offloads, io: this.tun.io?.mode ?? null } : null,
+      tun: this.tun ? { name: this.config.tun.name, devices: [...this.tun.names], offloads: this.tun.offloads, io: this.tun.io?.mode ?? null } : null,
       mode: this.config.wan.mode,
       publicAddress: this.publicAddress(),
       lanPrefixes: this.config.lan.prefixes,

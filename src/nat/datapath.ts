@@ -63,20 +63,21 @@ export class Datapath {
    * Translates the `count` packets of the batch; returns how many tx entries
    * to write. A packet whose translation throws is not written (it may be half
    * rewritten): it goes to `onError` with its index and the batch goes on
-   * with the next one.
+   * with the next one. A packet's device tag is its side (core/side.ts).
    */
   processBatch(count: number, now: number, onError: (error: unknown, index: number) => void): number {
     const napt = this.napt;
     const tx = this.tx;
     const offs = this.rxOffs;
     const lens = this.rxLens;
+    const devs = this.rxDevs;
     napt.now = now;
     this.frags.recycleReleased();
     tx.count = 0;
     let i = 0;
     while (i < count) {
       try {
-        for (; i < count; i++) napt.process(offs[i], lens[i], tx);
+        for (; i < count; i++) napt.process(offs[i], lens[i], tx, devs[i]);
       } catch (e) {
         onError(e, i++);
       }

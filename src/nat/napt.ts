@@ -4,8 +4,12 @@
  * arena. Pure: no I/O, no clock reads (the caller sets `now` per batch), no
  * allocation, no string keys.
  *
- * Direction is decided by addresses: a source inside a LAN prefix is
- * outbound; a destination equal to the public address is inbound. TCP, UDP
+ * Direction is decided by the TUN device the packet was read from (its side,
+ * core/side.ts), never by its addresses alone: only a packet from the LAN
+ * device with a source inside a LAN prefix is outbound and may create a
+ * mapping; a packet from the WAN device is inbound. A LAN-device packet with
+ * a source outside the LAN prefixes, or a WAN-device packet with one inside,
+ * is a spoof (Drop.SPOOFED_SOURCE; RFC 2827 ingress filtering). TCP, UDP
  * and ICMP are NAPT's own (transport.ts, icmp.ts); other protocols, and the
  * port pairs and sessions the helpers registered for, go to their Tracker
  * (tracker.ts). Fragments follow their first fragment's translation, or are
@@ -21,7 +25,7 @@ import {
 } from '../wire/ipv4';
 import { TCP_ACK, TCP_ACK_FLAG, TCP_CSUM, TCP_DATA_OFF, TCP_FIN, TCP_FLAGS, TCP_MIN_HDR, TCP_RST, TCP_SEQ, TCP_SYN, TCP_URGENT, TCP_WINDOW } from '../wire/tcp';
 import { VNET_OK, VnetHeader } from '../wire/vnet';
-import { isIcmpQueryRequest } from '../wire/icmp';
+import { isIcmpError, isIcmpQueryRequest } from '../wire/icmp';
 import { Drop, DropCounters, Verdict } from '../core/verdict';
 import { TxList } from '../core/tx-list';
 import { COLLECT, DONE, FOLLOW, FRAGMENT, FragmentTracker, SEGMENT } from './fragments';
@@ -34,6 +38,7 @@ import { restoreHop, setAddresses, setUdpAddress } from './rewrite';
 import { HairpinPeers } from './hairpin';
 import { NO_FORWARD } from './forwards';
 import { Packet, SegmentHolder, Tracker, TrackerRegistry } from './tracker';
+import { SIDE_LAN } from '../core/side';
 
 export type { NatTimers };
 
@@ -82,6 +87,8 @@ IP_ERR_TO_DROP[IPV4_ERR_CHECKSUM] = Drop.IP_BAD_CHECKSUM;
 export class Napt implements SessionListener, SegmentHolder {
   readonly drops = new DropCounters();
   readonly traffic = new Float64Array(4);
+  /** The last Drop.SPOOFED_SOURCE packet: its source (int32) and 1 when it came from the LAN device (for the log). */
+  readonly lastSpoof = new Int32Array(2);
   /**
    * Shared-address mode (set by the daemon): the public address is also the
    * box's own, so inbound ICMP that belongs to no mapping goes to the kernel
@@ -183,8 +190,12 @@ export class Napt implements SessionListener, SegmentHolder {
     return false;
   }
 
-  /** Translates the packet at `off` (vnet header included) of `len` bytes and queues what is to be sent. */
-  process(off: number, len: number, out: TxList): void {
+  /**
+   * Translates the packet at `off` (vnet header included) of `len` bytes,
+   * read from the TUN device of `side` (SIDE_LAN, SIDE_WAN), and queues what
+   * is to be sent.
+   */
+  process(off: number, len: number, out: TxList, side: number): void {
     const buf = this.arena;
     const p = this.pkt;
     const v = this.opts.vnetLen;
@@ -192,12 +203,12 @@ export class Napt implements SessionListener, SegmentHolder {
     const ip = p.ip;
     const err = ip.parse(buf, off + v, len - v, true, true);
     if (err !== IPV4_OK) { this.drops.counts[IP_ERR_TO_DROP[err]]++; return; }
-    this.translate(off, v > 0 ? this.vnet.flags : 0, out);
+    this.translate(off, v > 0 ? this.vnet.flags : 0, out, side === SIDE_LAN);
     if (this.releaseCount > 0) this.runReleases(out);
   }
 
-  /** Translates the packet parsed into p.ip (its vnet header at `off`) and queues it. */
-  private translate(off: number, vflags: number, out: TxList): void {
+  /** Translates the packet parsed into p.ip (its vnet header at `off`), read from the LAN device or not, and queues it. */
+  private translate(off: number, vflags: number, out: TxList, fromLan: boolean): void {
     const p = this.pkt;
     const ip = p.ip;
     p.vflags = vflags;
@@ -209,9 +220,29 @@ export class Napt implements SessionListener, SegmentHolder {
       p.sport = read16(p.buf, ip.payloadOff);
       p.dport = read16(p.buf, ip.payloadOff + 2);
     }
-    const outbound = this.isLan(p.src);
+    if (this.isLan(p.src) !== fromLan && !this.boxError(p, fromLan)) {
+      this.drops.counts[Drop.SPOOFED_SOURCE]++;
+      this.lastSpoof[0] = p.src;
+      this.lastSpoof[1] = fromLan ? 1 : 0;
+      return;
+    }
+    const outbound = fromLan;
     const verdict = !this.selectPublic(p, outbound) ? Drop.NOT_OURS : outbound ? this.outbound(p, out) : this.inbound(p, out);
     this.finish(verdict, outbound, off, out);
+  }
+
+  /**
+   * An ICMP error with a LAN source from the WAN device: the box's own (a
+   * frag-needed or time-exceeded it sends to the public address for a
+   * translated packet leaves by the WAN table, and the kernel gives it the
+   * first address it finds, often its LAN one; RFC 1812 §4.3.2.4). Let
+   * through: an error only translates against the mapping of the packet it
+   * quotes (RFC 5508 §3.2) and never creates one, and a spoofed one from the
+   * WAN interface is already refused by its strict rp_filter.
+   */
+  private boxError(p: Packet, fromLan: boolean): boolean {
+    const ip = p.ip;
+    return !fromLan && ip.proto === PROTO_ICMP && ip.payloadLen > 0 && !ip.isLaterFragment && isIcmpError(p.buf[ip.payloadOff]);
   }
 
   /**

@@ -26,6 +26,7 @@ import { PacketGenerator, View } from './generator';
 import { Sides, checkOutput, protoName } from './oracle';
 import { Profile, PUBLIC, drawProfile, isLanAddr } from './world';
 import { r16, r32 } from './inet';
+import { SIDE_LAN, SIDE_WAN, tunDeviceNames } from '../../src/core/side';
 
 /** One thing that happens to the daemon: a batch read from the TUN, or work between batches. */
 export type FuzzEvent =
@@ -77,7 +78,7 @@ function isRefusal(pkt: Uint8Array, origin: Uint8Array): boolean {
 
 /** An in-memory TUN: the rig writes frames into the receive slots and reads the tx list itself. */
 class FuzzTun implements TunDevice {
-  readonly names = ['fuzz0'];
+  readonly names = [...tunDeviceNames('fuzz0')];
   readonly queues = 1;
   readonly offloadError = null;
   readonly io = { mode: 'fake', fallback: null };
@@ -188,6 +189,18 @@ export class Rig {
     return out;
   }
 
+  /**
+   * The TUN device the policy routing would read `frame` from: the LAN one
+   * for a source in a LAN prefix, else the WAN one; except one frame in 64
+   * (by its IP ID), which comes in on the other side as a spoof would.
+   */
+  private deviceOf(frame: Uint8Array): number {
+    if (frame.length < VNET_LEN + 20) return frame.length & 1;
+    const lan = isLanAddr(this.profile, r32(frame, VNET_LEN + 12));
+    const misrouted = (r16(frame, VNET_LEN + 4) & 63) === 0;
+    return lan !== misrouted ? SIDE_LAN : SIDE_WAN;
+  }
+
   private batch(now: number, frames: Uint8Array[]): Violation[] {
     const tun = this.tun;
     const b = tun.buffers as TunBuffers;
@@ -202,7 +215,7 @@ export class Rig {
       arena.set(f, base);
       b.rxOffs[i] = base;
       b.rxLens[i] = f.length;
-      b.rxDevs[i] = 0;
+      b.rxDevs[i] = this.deviceOf(f);
       origins.push(f);
       this.remember(f);
       const end = Math.min(slot, f.length + CANARY);
@@ -272,7 +285,7 @@ export class Rig {
 
   /**
    * Frames that may come out of a hold slot later (fragments, inbound ESP and
-   * ISAKMP that guessing copies), by fingerprint: the bytes a translation
+   * ISAKMP that guessing copies, PPTP control segments beyond a gap), by fingerprint: the bytes a translation
    * never changes. Bounded: the oldest go first.
    */
   private readonly prints = new Map<string, Uint8Array[]>();
@@ -284,7 +297,10 @@ export class Rig {
     const ip = f.subarray(VNET_LEN);
     const proto = ip[9];
     const fragmented = (r16(ip, 6) & 0x3fff) !== 0;
-    if (!fragmented && proto !== 50 && !(proto === UDP && ip.length >= (ip[0] & 15) * 4 + 4 && r16(ip, (ip[0] & 15) * 4) === 500)) return;
+    const hl = (ip[0] & 15) * 4;
+    const ports = ip.length >= hl + 4;
+    const pptp = proto === TCP && ports && (r16(ip, hl) === PPTP_PORT || r16(ip, hl + 2) === PPTP_PORT);
+    if (!fragmented && proto !== 50 && !pptp && !(proto === UDP && ports && r16(ip, hl) === 500)) return;
     const key = fingerprint(f);
     const list = this.prints.get(key);
     if (list !== undefined) {
@@ -330,7 +346,11 @@ export class Rig {
         if (p.length === 0) break;
       }
     }
-    if (origin !== null) problems.push(...this.laterFragment(pkt, origin));
+    if (origin !== null) {
+      // A reassembled datagram leaves as its fragments, all from hold slots, first fragment first.
+      if (from === null) this.firstFragment(pkt, origin);
+      problems.push(...this.laterFragment(pkt, origin));
+    }
     if (this.observer !== null && pkt.length >= VNET_LEN + 20) this.observer(pkt.subarray(VNET_LEN), isLanAddr(this.profile, r32(pkt, VNET_LEN + 16)));
     return problems.map((p) => ({ problem: p, signature: signatureOf(p), input: origin ? hex(origin) : '(held)', output: hex(pkt) }));
   }
@@ -516,13 +536,20 @@ function tableView(d: Daemon): View {
 }
 
 /** The bytes of a frame no translation changes: IP ID, protocol, fragment field, length, and payload past the first 8 L4 bytes. */
+/** The PPTP control port (RFC 2637 §2.1), whose segments the helper may hold beyond a gap. */
+const PPTP_PORT = 1723;
+
 function fingerprint(f: Uint8Array): string {
   const ip = f.subarray(VNET_LEN);
   const hl = (ip[0] & 0x0f) * 4;
   const total = Math.min(r16(ip, 2), ip.length);
   const later = (r16(ip, 6) & 0x1fff) !== 0;
-  const from = later ? hl : hl + 8;
-  return `${r16(ip, 4)}/${ip[9]}/${r16(ip, 6)}/${r16(ip, 2)}/${hex(ip.subarray(Math.min(from, total), Math.min(from + 24, total)))}`;
+  // A TCP segment or first fragment (a PPTP control segment held beyond a gap, a datagram reassembled for the helper) by its
+  // sequence number: the helper rewrites its payload and checksum.
+  if (!later && ip[9] === TCP) return `${r16(ip, 4)}/${ip[9]}/${r16(ip, 6)}/${r16(ip, 2)}/${hex(ip.subarray(Math.min(hl + 4, total), Math.min(hl + 8, total)))}`;
+  // A later fragment by its place alone: when its datagram was reassembled for a helper, its payload carries translated bytes.
+  if (later) return `${r16(ip, 4)}/${ip[9]}/${r16(ip, 6)}/${r16(ip, 2)}`;
+  return `${r16(ip, 4)}/${ip[9]}/${r16(ip, 6)}/${r16(ip, 2)}/${hex(ip.subarray(Math.min(hl + 8, total), Math.min(hl + 32, total)))}`;
 }
 
 /** A datagram as it was read: source, destination, protocol, IP ID. */

@@ -15,6 +15,8 @@ exits; every wait is bounded by --timeout. Subcommands:
               --icookie); report the path MTU learnt from frag-needed
   raw         --dst D --proto N --hex PAYLOAD [--bad-checksum]  send one raw IPv4 payload (kernel builds the IP header)
   udp-frags   --src S --dst D --sport A --dport B --size N [--reverse]  send one UDP datagram as IP fragments
+  udp-spoof   --src S --dst D --sport A --dport B [--count N]  send N UDP datagrams with any source (IP_HDRINCL), from
+              source ports A, A+1, ...
   listen-raw  --proto N --seconds T [--dump]  count raw packets of a protocol arriving at this host
   ike-esp-responder --seconds T [--idle I] [--silent-spi S,...] [--push-spis S,... --push-delay D]
               answer IKEv1-style headers on UDP 500 and raw ESP with own SPIs; stops at an Informational "BYE" from a
@@ -256,6 +258,23 @@ def udp_frags(a):
     for f in frags:
         s.sendto(f, (a.dst, 0))
     out({"fragments": len(frags), "sha256": hashlib.sha256(data).hexdigest()})
+
+
+def udp_spoof(a):
+    """UDP datagrams with a source address of our choosing (IP_HDRINCL): what a spoofing host sends."""
+    src = socket.inet_aton(a.src)
+    dst = socket.inet_aton(a.dst)
+    data = b"spoofed"
+    ulen = 8 + len(data)
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    for i in range(a.count):
+        sport = a.sport + i
+        pseudo = src + dst + struct.pack("!BBH", 0, 17, ulen)
+        csum = checksum(pseudo + struct.pack("!HHHH", sport, a.dport, ulen, 0) + data) or 0xFFFF
+        hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + ulen, i & 0xFFFF, 0, 64, 17, 0, src, dst)
+        hdr = hdr[:10] + struct.pack("!H", checksum(hdr)) + hdr[12:]
+        s.sendto(hdr + struct.pack("!HHHH", sport, a.dport, ulen, csum) + data, (a.dst, 0))
+    out({"sent": a.count})
 
 
 def listen_raw(a):
@@ -513,7 +532,7 @@ def main():
     p.add_argument("--backoff", action="store_true")
     a = p.parse_args()
     cmds = {"tcp-server": tcp_server, "tcp-client": tcp_client, "tcp-source": tcp_source, "tcp-sink": tcp_sink, "udp-server": udp_server, "udp-client": udp_client,
-            "udp-refused": udp_refused, "udp-pmtu": udp_pmtu, "raw": raw, "udp-frags": udp_frags, "listen-raw": listen_raw,
+            "udp-refused": udp_refused, "udp-pmtu": udp_pmtu, "raw": raw, "udp-frags": udp_frags, "udp-spoof": udp_spoof, "listen-raw": listen_raw,
             "ike-esp-responder": ike_esp_responder, "ike-esp-client": ike_esp_client}
     cmds[a.cmd](a)
 

@@ -5,7 +5,7 @@
  */
 
 /** Host-wide sysctls vpnmasq may change (not the TUN's own, which die with it). */
-export const SYSCTLS = ['net/ipv4/ip_forward', 'net/ipv4/conf/all/rp_filter', 'net/ipv4/neigh/wan0/proxy_delay',
+export const SYSCTLS = ['net/ipv4/ip_forward', 'net/ipv4/conf/all/rp_filter', 'net/ipv4/conf/wan0/rp_filter', 'net/ipv4/neigh/wan0/proxy_delay',
   'net/ipv4/ip_local_port_range', 'net/ipv4/ip_local_reserved_ports'];
 
 /** argv: HOST PORT TIMEOUT. Prints connected, refused (a RST came), timeout (nothing came) or error ERRNO. */

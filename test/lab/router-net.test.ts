@@ -15,6 +15,7 @@ import * as path from 'node:path';
 import { requireRoot, createLab, Lab, TestOwner } from './lab';
 import { hostSnapshot, TCP_PROBE } from './host-probes';
 import { capture, leaks } from './capture';
+import { tunDeviceNames } from '../../src/core/side';
 import { NetSpec, TABLE_LAN, TABLE_WAN, TABLE_WAN_ICMP } from '../../src/edge/netlink/plan';
 
 requireRoot();
@@ -25,7 +26,9 @@ const PREFIXES = ['10.77.0.0/24', '10.78.0.0/16'];
 interface Env {
   lab: Lab;
   R: string;
+  /** The LAN-side TUN (tunName); its WAN-side one is tunW. */
   tun: string;
+  tunW: string;
   hostFile: string;
   sh(ns: string, argv: string[]): Promise<string>;
   fx(...args: string[]): Promise<any>;
@@ -42,18 +45,18 @@ async function env(t: TestOwner): Promise<Env> {
     fs.rmSync(dir, { recursive: true, force: true });
   });
   const R = lab.ns.router;
-  const tun = `${lab.prefix}t`;
+  const [tun, tunW] = tunDeviceNames(`${lab.prefix}t`);
   const sh = async (ns: string, argv: string[]): Promise<string> => {
     const r = await lab.exec(ns, argv);
     assert.equal(r.code, 0, `${argv.join(' ')}: ${r.stderr}${r.stdout}`);
     return r.stdout;
   };
-  await sh(R, ['ip', 'tuntap', 'add', 'dev', tun, 'mode', 'tun']);
-  await sh(R, ['sysctl', '-qw', 'net.ipv4.ip_forward=0', 'net.ipv4.conf.all.rp_filter=2', 'net.ipv4.neigh.wan0.proxy_delay=70',
+  for (const dev of [tun, tunW]) await sh(R, ['ip', 'tuntap', 'add', 'dev', dev, 'mode', 'tun']);
+  await sh(R, ['sysctl', '-qw', 'net.ipv4.ip_forward=0', 'net.ipv4.conf.all.rp_filter=2', 'net.ipv4.conf.wan0.rp_filter=2', 'net.ipv4.neigh.wan0.proxy_delay=70',
     'net.ipv4.ip_local_port_range=30000 60999', 'net.ipv4.ip_local_reserved_ports=8080']);
   const hostFile = path.join(dir, 'host-state.json');
   const e: Env = {
-    lab, R, tun, hostFile, sh,
+    lab, R, tun, tunW, hostFile, sh,
     async fx(...args) {
       const r = await lab.exec(R, [process.execPath, FIXTURE, ...args], { timeoutMs: 20000 });
       const out = JSON.parse(r.stdout.trim().split('\n').pop() || '{}');
@@ -77,31 +80,36 @@ const tableRoutes = async (e: Env, table: number) =>
 describe('RouterNet (netlink) in a lab router namespace', { timeout: 180_000 }, () => {
   it('dedicated: safety net, TUN routes, proxy ARP and sysctls; the toy NAT carries a ping; without the TUN nothing leaks or answers; teardown restores the namespace', async (t) => {
     const e = await env(t);
-    const { lab, R, tun } = e;
+    const { lab, R, tun, tunW } = e;
     // Foreign entries that must survive everything.
     await e.sh(R, ['ip', 'rule', 'add', 'pref', '7200', 'from', '10.99.0.0/16', 'lookup', '7200']);
     await e.sh(R, ['ip', 'neigh', 'add', 'proxy', '198.18.0.3', 'dev', 'wan0']);
     const before = await e.snapshot();
 
     const changes = await e.fx('attach', e.hostFile, JSON.stringify(e.spec()), '1400');
-    // Two blackholes, the public address's rule, a LAN rule per prefix, and lan.ipv6 "drop"'s IPv6 refusal on the LAN interface.
-    assert.equal(changes.added.length, 2 + 1 + PREFIXES.length + 1, JSON.stringify(changes));
+    // Two blackholes, the public address's rule and its LAN-ingress copy, a LAN rule and a LAN->LAN rule per prefix, and lan.ipv6 "drop"'s IPv6 refusal on the LAN interface.
+    assert.equal(changes.added.length, 2 + 1 + 1 + 2 * PREFIXES.length + 1, JSON.stringify(changes));
     assert.ok(changes.added.includes('7100: from all iif lan0 prohibit (IPv6)'), JSON.stringify(changes));
     const rules = await e.sh(R, ['ip', 'rule', 'show']);
     assert.match(rules, /^0:\s+from all lookup local/m, 'the local rule stays first');
     assert.match(rules, new RegExp(`^50:\\s+from all to ${lab.addr.public.replace(/\./g, '\\.')} lookup ${TABLE_WAN} proto 247`, 'm'));
+    assert.match(rules, new RegExp(`^48:\\s+from all to ${lab.addr.public.replace(/\./g, '\\.')} iif lan0 lookup ${TABLE_LAN} proto 247`, 'm'));
     for (const p of PREFIXES) assert.match(rules, new RegExp(`^7100:\\s+from ${p.replace(/\./g, '\\.')} iif lan0 lookup ${TABLE_LAN} proto 247`, 'm'));
-    for (const table of [TABLE_LAN, TABLE_WAN]) {
+    for (const p of PREFIXES) assert.match(rules, new RegExp(`^7099:\\s+from all to ${p.replace(/\./g, '\\.')} lookup main suppress_prefixlength 0 proto 247`, 'm'));
+    for (const [table, dev] of [[TABLE_LAN, tun], [TABLE_WAN, tunW]] as const) {
       const routes = await tableRoutes(e, table);
-      assert.match(routes, new RegExp(`^default dev ${tun} table ${table} proto 247 scope link (linkdown )?$`, 'm'), routes);
+      assert.match(routes, new RegExp(`^default dev ${dev} table ${table} proto 247 scope link (linkdown )?$`, 'm'), routes);
       assert.match(routes, new RegExp(`^blackhole default table ${table} proto 247 metric 4294967295 $`, 'm'), routes);
     }
     assert.doesNotMatch(await e.sh(R, ['ip', 'route', 'show']), /198\.18\.0\.2/, 'no public-address route in main: a rule steers it');
     assert.match(await e.sh(R, ['ip', 'neigh', 'show', 'proxy']), new RegExp(`^${lab.addr.public.replace(/\./g, '\\.')} dev wan0 proxy`, 'm'));
-    assert.match(await e.sh(R, ['ip', 'link', 'show', 'dev', tun]), /mtu 1400/);
+    for (const dev of [tun, tunW]) {
+      assert.match(await e.sh(R, ['ip', 'link', 'show', 'dev', dev]), /mtu 1400/);
+      assert.equal(await sysctl(e, `net/ipv4/conf/${dev}/rp_filter`), '0');
+    }
     assert.equal(await sysctl(e, 'net/ipv4/ip_forward'), '1');
     assert.equal(await sysctl(e, 'net/ipv4/conf/all/rp_filter'), '0');
-    assert.equal(await sysctl(e, `net/ipv4/conf/${tun}/rp_filter`), '0');
+    assert.equal(await sysctl(e, 'net/ipv4/conf/wan0/rp_filter'), '1', 'strict reverse-path filtering on the WAN');
     assert.equal(await sysctl(e, 'net/ipv4/neigh/wan0/proxy_delay'), '0');
     // Idempotent: a second run adds and removes nothing.
     const again = await e.fx('attach', e.hostFile, JSON.stringify(e.spec()), '1400');
@@ -114,7 +122,7 @@ describe('RouterNet (netlink) in a lab router namespace', { timeout: 180_000 }, 
       assert.equal((await lab.ping(lab.ns.lan[0], dst, { count: 1 })).received, 1, dst);
     }
     // End to end through a toy NAT on the TUN: the LAN rule, the table, rp_filter, forwarding, the public rule, proxy ARP.
-    const nat = lab.spawn(R, [PYTHON, '-c', TOY_NAT_PY, tun, lab.addr.lan[0], lab.addr.public, '15']);
+    const nat = lab.spawn(R, [PYTHON, '-c', TOY_NAT_PY, tun, tunW, lab.addr.lan[0], lab.addr.public, '15']);
     let natOut = '';
     nat.stdout?.on('data', (d: Buffer) => { natOut += d.toString(); });
     await waitFor(() => natOut.includes('attached'));
@@ -124,9 +132,10 @@ describe('RouterNet (netlink) in a lab router namespace', { timeout: 180_000 }, 
     assert.match(natOut, new RegExp(`in ${lab.addr.wan[0].replace(/\./g, '\\.')} -> ${lab.addr.public.replace(/\./g, '\\.')}`));
     nat.kill('SIGKILL');
 
-    // The TUN goes away (as when the daemon dies): its routes go with it, the blackholes stay.
-    await e.sh(R, ['ip', 'link', 'del', tun]);
+    // The TUNs go away (as when the daemon dies): their routes go with them, the blackholes stay.
+    for (const dev of [tun, tunW]) await e.sh(R, ['ip', 'link', 'del', dev]);
     assert.doesNotMatch(await tableRoutes(e, TABLE_LAN), /dev/);
+    assert.doesNotMatch(await tableRoutes(e, TABLE_WAN), /dev/);
     const cap = await capture(lab, lab.ns.wan[0]);
     const from = Date.now() / 1000;
     const lanPing = await lab.ping(lab.ns.lan[0], lab.addr.wan[0], { count: 3, waitMs: 500 });
@@ -140,9 +149,9 @@ describe('RouterNet (netlink) in a lab router namespace', { timeout: 180_000 }, 
     assert.deepEqual(leaks(seen, [lab.addr.routerWan, lab.addr.public], from), []);
     assert.deepEqual(seen.filter((x) => x.src === lab.addr.lan[0]), [], 'no LAN packet left untranslated');
 
-    await e.sh(R, ['ip', 'tuntap', 'add', 'dev', tun, 'mode', 'tun']);
+    for (const dev of [tun, tunW]) await e.sh(R, ['ip', 'tuntap', 'add', 'dev', dev, 'mode', 'tun']);
     const report = await e.fx('teardown', e.hostFile);
-    assert.equal(report.rules, 1 + PREFIXES.length + 1, 'the public address\'s rule, the LAN rules and the IPv6 refusal');
+    assert.equal(report.rules, 1 + 1 + 2 * PREFIXES.length + 1, 'the public address\'s rule and its LAN-ingress copy, the LAN and LAN->LAN rules and the IPv6 refusal');
     assert.equal(report.routes, 2);
     assert.equal(report.proxyNeighbours, 1);
     assert.equal(await e.snapshot(), before, 'the namespace as it was found');
@@ -200,11 +209,12 @@ describe('RouterNet (netlink) in a lab router namespace', { timeout: 180_000 }, 
     await e.fx('install', e.hostFile, JSON.stringify(shared));
     // The WAN address changes: steering moves.
     const moved = await e.fx('install', e.hostFile, JSON.stringify({ ...shared, publicAddress: '198.18.0.3' }));
-    assert.ok(moved.added.every((x: string) => x.includes('198.18.0.3')) && moved.added.length === 6, JSON.stringify(moved));
-    assert.ok(moved.removed.every((x: string) => x.includes('198.18.0.1')) && moved.removed.length === 6, JSON.stringify(moved));
+    // Six steering rules for the WAN side and the same six for LAN ingress (hairpin).
+    assert.ok(moved.added.every((x: string) => x.includes('198.18.0.3')) && moved.added.length === 12, JSON.stringify(moved));
+    assert.ok(moved.removed.every((x: string) => x.includes('198.18.0.1')) && moved.removed.length === 12, JSON.stringify(moved));
     // Another LAN, then dedicated mode: the local rule and the port sysctls come back.
     const lan = await e.fx('install', e.hostFile, JSON.stringify({ ...shared, publicAddress: '198.18.0.3', lanPrefixes: ['10.77.0.0/24'] }));
-    assert.deepEqual(lan, { added: [], removed: ['7100: from 10.78.0.0/16 iif lan0 lookup 7100'] });
+    assert.deepEqual(lan, { added: [], removed: ['7099: from all to 10.78.0.0/16 lookup main suppress_prefixlength 0', '7100: from 10.78.0.0/16 iif lan0 lookup 7100'] });
     await e.fx('install', e.hostFile, JSON.stringify(e.spec({ lanPrefixes: ['10.77.0.0/24'] })));
     const rules = await e.sh(R, ['ip', 'rule', 'show']);
     assert.match(rules, /^0:\s+from all lookup local/m);
@@ -252,13 +262,18 @@ async function waitFor(fn: () => boolean | Promise<boolean>, ms = 10000): Promis
   }
 }
 
-/** argv: TUN LAN_ADDR PUBLIC_ADDR SECONDS. Prints "attached", then "out SRC -> DST" / "in SRC -> DST" per translated packet. */
+/**
+ * argv: TUN TUN_W LAN_ADDR PUBLIC_ADDR SECONDS: reads the LAN-side and the WAN-side device, writes to the LAN one.
+ * Prints "attached", then "out SRC -> DST" / "in SRC -> DST" per translated packet.
+ */
 const TOY_NAT_PY = String.raw`
 import fcntl, os, select, socket, struct, sys, time
-tun, lan, pub, secs = sys.argv[1], socket.inet_aton(sys.argv[2]), socket.inet_aton(sys.argv[3]), float(sys.argv[4])
+tuns, lan, pub, secs = sys.argv[1:3], socket.inet_aton(sys.argv[3]), socket.inet_aton(sys.argv[4]), float(sys.argv[5])
 TUNSETIFF, IFF_TUN, IFF_NO_PI = 0x400454ca, 0x0001, 0x1000
-fd = os.open('/dev/net/tun', os.O_RDWR)
-fcntl.ioctl(fd, TUNSETIFF, struct.pack('16sH', tun.encode(), IFF_TUN | IFF_NO_PI))
+fds = []
+for tun in tuns:
+    fds.append(os.open('/dev/net/tun', os.O_RDWR))
+    fcntl.ioctl(fds[-1], TUNSETIFF, struct.pack('16sH', tun.encode(), IFF_TUN | IFF_NO_PI))
 def csum(b):
     t = sum(struct.unpack('!%dH' % (len(b) // 2), b))
     while t >> 16: t = (t & 0xffff) + (t >> 16)
@@ -266,9 +281,9 @@ def csum(b):
 print('attached', flush=True)
 end = time.time() + secs
 while time.time() < end:
-    r, _, _ = select.select([fd], [], [], 0.2)
+    r, _, _ = select.select(fds, [], [], 0.2)
     if not r: continue
-    p = bytearray(os.read(fd, 65535))
+    p = bytearray(os.read(r[0], 65535))
     if len(p) < 20 or p[0] >> 4 != 4: continue
     ihl = (p[0] & 15) * 4
     src, dst = bytes(p[12:16]), bytes(p[16:20])
@@ -277,6 +292,6 @@ while time.time() < end:
     else: continue
     p[10:12] = b'\0\0'
     p[10:12] = struct.pack('!H', csum(bytes(p[:ihl])))
-    os.write(fd, bytes(p))
+    os.write(fds[0], bytes(p))
     print('%s %s -> %s' % (tag, socket.inet_ntoa(src), socket.inet_ntoa(dst)), flush=True)
 `;

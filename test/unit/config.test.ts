@@ -136,6 +136,13 @@ test('enum values', () => {
   ]);
 });
 
+test('tun.name leaves room for the WAN-side device', () => {
+  assert.deepEqual(errors(doc({ tun: { name: 'fourteen-chars' } })), [
+    `${FILE}: tun.name: "fourteen-chars" is too long: at most 13 characters, so that the WAN-side device (the name plus "-w") fits the 15 of an interface name`,
+  ]);
+  assert.equal(parseConfig(doc({ tun: { name: 'thirteen-char' } }), FILE).tun.name, 'thirteen-char');
+});
+
 test('duplicate fields are reported with their position', () => {
   assert.deepEqual(errors('{\n  "wan": { "interface": "eth0" },\n  "wan": { "interface": "eth1" }\n}'), [
     `${FILE}: wan: duplicate field at line 3, column 3`,

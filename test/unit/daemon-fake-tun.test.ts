@@ -12,6 +12,7 @@ import { createLogger } from '../../src/daemon/log';
 import { FakeTun } from '../../src/edge/tun/fake-tun';
 import type { TunFactory } from '../../src/edge/tun/device';
 import { concat, parse, udpPacket, vnetHeader } from './packet-builder';
+import { SIDE_LAN, SIDE_WAN, tunDeviceNames } from '../../src/core/side';
 
 const LAN_HOST = '10.77.0.11';
 const REMOTE = '198.18.0.11';
@@ -36,7 +37,7 @@ function rig(): Rig {
   const chunks: string[] = [];
   const stream = new Writable({ write(c: Buffer, _e, done) { chunks.push(c.toString()); done(); } });
   const log = createLogger({ format: 'json', level: 'debug', rateLimitPerMinute: 60, stream });
-  const tun = new FakeTun({ names: ['fake0'] });
+  const tun = new FakeTun({ names: [...tunDeviceNames('fake0')] });
   const fatal: Error[] = [];
   const openTun: TunFactory = () => tun;
   const daemon = new Daemon(config, log, { persist: false, openTun, onFatal: (e) => fatal.push(e) });
@@ -57,11 +58,11 @@ const packet = (src: string, dst: string, sport: number, dport: number): Uint8Ar
 function poison(daemon: Daemon, dport: number): void {
   const napt = daemon.datapath.napt;
   const process = napt.process.bind(napt);
-  napt.process = (off, len, out) => {
+  napt.process = (off, len, out, side) => {
     const a = napt.arena;
     const l4 = off + 10 + (a[off + 10] & 0x0f) * 4;
     if (((a[l4 + 2] << 8) | a[l4 + 3]) === dport) throw new TypeError(`poisoned packet to port ${dport}`);
-    process(off, len, out);
+    process(off, len, out, side);
   };
 }
 
@@ -73,10 +74,31 @@ describe('daemon packet loop on a fake TUN', () => {
     assert.ok(out, 'outbound packet written');
     const p = parse(out.packet.subarray(10));
     assert.deepEqual([p.src, p.sport, p.dst, p.dport], [PUBLIC, 40000, REMOTE, 7000]);
-    tun.inject(packet(REMOTE, PUBLIC, 7000, 40000));
+    tun.inject(packet(REMOTE, PUBLIC, 7000, 40000), SIDE_WAN);
     const [back] = tun.deliver();
     const q = parse(back.packet.subarray(10));
     assert.deepEqual([q.src, q.sport, q.dst, q.dport], [REMOTE, 7000, LAN_HOST, 40000]);
+  });
+
+  it('direction is by device: a LAN source from the WAN device and a foreign source from the LAN device are spoofs and create nothing', async () => {
+    const { daemon, tun, lines } = rig();
+    for (let i = 0; i < 20; i++) tun.inject(packet('10.77.0.99', PUBLIC, 7000, 40100 + i), SIDE_WAN);
+    tun.inject(packet(REMOTE, '198.18.0.99', 7000, 40200), SIDE_LAN);
+    // The reply to a mapping that exists, sent on the LAN device: not inbound either.
+    tun.inject(packet(LAN_HOST, REMOTE, 40300, 7000), SIDE_LAN);
+    const written = tun.deliver();
+    assert.equal(written.length, 1, 'only the genuine outbound datagram is written');
+    tun.inject(packet(REMOTE, PUBLIC, 7000, 40300), SIDE_LAN);
+    assert.deepEqual(tun.deliver(), []);
+    const drops = daemon.drops();
+    assert.equal(drops['spoofed-source'], 22);
+    assert.equal(daemon.table.sessionCount, 1);
+    (daemon as unknown as { logSpoofs(): void }).logSpoofs();
+    const spoofLines = (await lines()).map((l) => JSON.parse(l) as Record<string, unknown>).filter((l) => l.event === 'spoofed-source');
+    assert.equal(spoofLines.length, 1);
+    assert.equal(spoofLines[0].count, 22);
+    assert.equal(spoofLines[0].side, 'lan');
+    assert.equal(spoofLines[0].source, REMOTE);
   });
 
   it('commits a new mapping (journal flush) inside the batch, before its packet is written', () => {

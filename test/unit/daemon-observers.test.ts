@@ -13,6 +13,7 @@ import { createLogger } from '../../src/daemon/log';
 import { EV_DESTROY, EV_NEW } from '../../src/core/journal';
 import { TABLE_SESSIONS } from '../../src/nat/sessions';
 import { FakeTun } from '../../src/edge/tun/fake-tun';
+import { tunDeviceNames } from '../../src/core/side';
 import { concat, udpPacket, vnetHeader } from './packet-builder';
 
 const PUBLIC = '198.18.0.2';
@@ -28,7 +29,7 @@ function rig(): { daemon: Daemon; tun: FakeTun } {
   }), 'test');
   const stream = new Writable({ write(_c, _e, done) { done(); } });
   const log = createLogger({ format: 'json', level: 'info', rateLimitPerMinute: 60, stream });
-  const tun = new FakeTun({ names: ['fake0'] });
+  const tun = new FakeTun({ names: [...tunDeviceNames('fake0')] });
   const daemon = new Daemon(config, log, { persist: false, openTun: () => tun, onFatal: () => undefined });
   daemon.startPacketLoop(tun);
   return { daemon, tun };

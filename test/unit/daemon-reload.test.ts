@@ -14,6 +14,7 @@ import { createLogger } from '../../src/daemon/log';
 import { FakeTun } from '../../src/edge/tun/fake-tun';
 import { concat, ipv4, parse, udpPacket, vnetHeader } from './packet-builder';
 import { Drop, DROP_NAMES } from '../../src/core/verdict';
+import { SIDE_LAN, SIDE_WAN, tunDeviceNames } from '../../src/core/side';
 
 const LAN = '10.77.0.11';
 const REMOTE = '198.18.0.11';
@@ -41,11 +42,12 @@ function rig(extra: Record<string, unknown> = {}) {
   const stream = new Writable({ write(c: Buffer, _e, done) { chunks.push(c.toString()); done(); } });
   const base = config(extra);
   const log = createLogger({ ...base.log, stream, now: () => clock.t });
-  const tun = new FakeTun({ names: ['fake0'] });
+  const tun = new FakeTun({ names: [...tunDeviceNames('fake0')] });
   const daemon = new Daemon(base, log, { persist: false, openTun: () => tun, now: () => clock.t });
   daemon.startPacketLoop(tun);
   const send = (src: string, dst: string, sport: number, dport: number) => {
-    tun.inject(concat(vnetHeader(), udpPacket(src, dst, { sport, dport, payload: new Uint8Array(8) })));
+    // Read from the device the policy routing feeds: LAN for a LAN source, else WAN.
+    tun.inject(concat(vnetHeader(), udpPacket(src, dst, { sport, dport, payload: new Uint8Array(8) })), src === LAN ? SIDE_LAN : SIDE_WAN);
     return tun.deliver().map((w) => parse(w.packet.subarray(10)));
   };
   const row = (lanPort: number) => [...daemon.rows()].find((r) => r.lan.port === lanPort);
@@ -143,7 +145,7 @@ describe('reload on a running daemon', () => {
     const r = rig();
     const esp = new Uint8Array(16);
     esp.set([0xc0, 0xff, 0xee, 0x01], 0);
-    r.tun.inject(concat(vnetHeader(), ipv4({ src: LAN, dst: REMOTE, proto: 50, payload: esp })));
+    r.tun.inject(concat(vnetHeader(), ipv4({ src: LAN, dst: REMOTE, proto: 50, payload: esp })), SIDE_LAN);
     r.tun.deliver();
     const pending = () => [...r.daemon.rows()].find((x) => x.proto === 'esp');
     assert.equal(pending()?.expiresInSeconds, 120);

@@ -51,7 +51,7 @@ describe('vpnmasq firewall', () => {
     assert.equal(acceptRule(0x4), 'meta mark & 0x00000004 == 0x00000004 accept');
     assert.throws(() => firewallRuleset({ ...BASE, mark: 0 }), /mark must be 1\.\.0xffffffff/);
     assert.throws(() => firewallRuleset({ ...BASE, tuns: [] }), /no TUN device/);
-    assert.deepEqual(tunDevices({ tun: { name: 'vpnmasq0', mtu: 1500, offloads: true, io: 'threads' } }), ['vpnmasq0']);
+    assert.deepEqual(tunDevices({ tun: { name: 'vpnmasq0', mtu: 1500, offloads: true, io: 'threads' } }), ['vpnmasq0', 'vpnmasq0-w'], 'the LAN and the WAN device');
   });
 
   it('prints the ruleset for the config file, no daemon needed; a bad --mark is a usage error', async () => {
@@ -65,7 +65,7 @@ describe('vpnmasq firewall', () => {
       const r = await runCli(['-c', file, 'firewall']);
       assert.equal(r.code, 0, r.stderr);
       assert.equal(r.stdout, firewallRuleset({
-        tuns: ['vmq7'], lanInterfaces: ['lan3'], lanPrefixes: ['10.9.0.0/24'], wanInterface: 'wan9', mode: 'dedicated',
+        tuns: ['vmq7', 'vmq7-w'], lanInterfaces: ['lan3'], lanPrefixes: ['10.9.0.0/24'], wanInterface: 'wan9', mode: 'dedicated',
         publicAddress: '198.18.0.9', mark: DEFAULT_FIREWALL_MARK, source: file,
       }));
       const m = await runCli(['-c', file, 'firewall', '--mark', '0x20']);

@@ -10,6 +10,7 @@ import { EV_DESTROY, EV_NEW, EV_UPDATE } from '../../src/core/journal';
 import { tcpStateName } from '../../src/nat/tcp-tracker';
 import { T_BYTES_IN, T_BYTES_OUT, T_PKTS_IN, T_PKTS_OUT } from '../../src/nat/napt';
 import { TABLE_SESSIONS } from '../../src/nat/sessions';
+import { SIDE_LAN, SIDE_WAN } from '../../src/core/side';
 import { VNET_F_DATA_VALID, VNET_F_NEEDS_CSUM, VNET_GSO_TCPV4, VNET_GSO_UDP_L4 } from '../../src/wire/vnet';
 import {
   ACK, Addr, DF, FIN, ICMP, IpOpts, MF, NatHarness, NatSetup, PSH, PUBLIC, Parsed, RST, SYN, TCP, UDP,
@@ -874,5 +875,43 @@ describe('Napt with vnet offloads (vnetLen 10)', () => {
     assert.ok(h.out.list[0] >= NatHarness.SLOT, 'released fragment is written from the hold pool');
     assert.equal(h.out.list[2], 0, 'then the first fragment from its receive slot');
     assert.ok(out.every((o) => (r16(o, 6) & MF) !== 0 || (r16(o, 6) & 0x1fff) !== 0));
+  });
+});
+
+describe('direction by device (core/side.ts)', () => {
+  const nat = (): NatHarness => new NatHarness({ vnetLen: 10, now: T0 });
+
+  it('a LAN source read from the WAN device is a spoof: dropped, nothing created, also when it matches a mapping', () => {
+    const h = nat();
+    for (const k of [UDP_KIND, TCP_KIND]) {
+      h.expectDrop(Drop.SPOOFED_SOURCE, () => h.send(k.out(A, 40000, R1, k.remPort), undefined, SIDE_WAN));
+      h.expectDrop(Drop.SPOOFED_SOURCE, () => h.send(k.out(A, 40000, PUBLIC, 40000), undefined, SIDE_WAN));
+    }
+    h.expectDrop(Drop.SPOOFED_SOURCE, () => h.send(ICMP_KIND.out(A, 7, R1, 0), undefined, SIDE_WAN));
+    assert.equal(h.table.sessionCount, 0);
+    // With a mapping in place, the same spoof from the WAN device does not ride it either.
+    h.one(UDP_KIND.out(A, 40000, R1, 53));
+    h.expectDrop(Drop.SPOOFED_SOURCE, () => h.send(UDP_KIND.out(A, 40000, R1, 53), undefined, SIDE_WAN));
+    assert.equal(h.table.sessionCount, 1);
+  });
+
+  it('the box\'s own ICMP error about a translated packet, sent from its LAN address, reaches the LAN host', () => {
+    const h = nat();
+    const out = h.one(UDP_KIND.out(A, 40000, R1, 53));
+    // frag-needed from the box (source: its LAN address) to the public address, through the WAN device.
+    const err = h.one(icmpPacket('10.77.0.1', PUBLIC, icmpError(3, 4, out, 28, 1400)), undefined, SIDE_WAN);
+    assert.deepEqual([parse(err).src, parse(err).dst], ['10.77.0.1', A]);
+    // An echo request with that source is no error: a spoof.
+    h.expectDrop(Drop.SPOOFED_SOURCE, () => h.send(icmpPacket('10.77.0.1', PUBLIC, icmpEcho({ id: 9, seq: 1 })), undefined, SIDE_WAN));
+  });
+
+  it('a foreign source read from the LAN device is a spoof: no reply can be injected on the LAN side', () => {
+    const h = nat();
+    const pub = parse(h.one(UDP_KIND.out(A, 40000, R1, 53))).sport as number;
+    h.expectDrop(Drop.SPOOFED_SOURCE, () => h.send(UDP_KIND.back(R1, 53, PUBLIC, pub), undefined, SIDE_LAN));
+    h.expectDrop(Drop.SPOOFED_SOURCE, () => h.send(UDP_KIND.out(R2, 40000, R1, 53), undefined, SIDE_LAN));
+    // The genuine reply, from the WAN device, still goes through.
+    assert.deepEqual(parse(h.one(UDP_KIND.back(R1, 53, PUBLIC, pub))).dst, A);
+    assert.equal(h.table.sessionCount, 1);
   });
 });

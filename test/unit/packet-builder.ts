@@ -18,6 +18,7 @@ import type { HostLimits } from '../../src/nat/hosts';
 import type { InboundLimits } from '../../src/nat/budget';
 import { TxList } from '../../src/core/tx-list';
 import { int32ToIpv4, ipv4ToInt32 } from '../../src/core/ipv4-addr';
+import { SIDE_LAN, SIDE_WAN, type Side } from '../../src/core/side';
 
 export const ICMP = 1;
 export const TCP = 6;
@@ -518,12 +519,19 @@ export class NatHarness {
   get now(): number { return this.napt.now; }
   set now(t: number) { this.napt.now = t; }
 
-  /** Runs one batch of one packet given as raw bytes (vnet header included) and `len`; returns the IP packets queued. */
-  processRaw(raw: Uint8Array, len = raw.length): Uint8Array[] {
+  /**
+   * Runs one batch of one packet given as raw bytes (vnet header included)
+   * and `len`, read from the TUN device of `side`; returns the IP packets
+   * queued. By default the side the policy routing would feed it from: LAN
+   * when its source is in the LAN prefix, else WAN.
+   */
+  processRaw(raw: Uint8Array, len = raw.length, side?: Side): Uint8Array[] {
     this.frags.recycleReleased();
     this.out.count = 0;
     this.arena.set(raw, 0);
-    this.napt.process(0, len, this.out);
+    const v0 = this.vnetLen;
+    const src = raw.length >= v0 + 16 ? ((raw[v0 + 12] << 24) | (raw[v0 + 13] << 16) | (raw[v0 + 14] << 8) | raw[v0 + 15]) : addr(LAN_NET);
+    this.napt.process(0, len, this.out, side ?? (this.napt.isLan(src) ? SIDE_LAN : SIDE_WAN));
     const v = this.vnetLen;
     const pkts: Uint8Array[] = [];
     this.lastVnet = [];
@@ -536,19 +544,20 @@ export class NatHarness {
     return pkts;
   }
 
-  /** Sends one IP packet (prefixed with a vnet header built from `vnet` when vnetLen is 10). */
-  send(ip: Uint8Array, vnet?: VnetSpec): Uint8Array[] {
+  /** Sends one IP packet (prefixed with a vnet header built from `vnet` when vnetLen is 10), from `side` (default: by its source). */
+  send(ip: Uint8Array, vnet?: VnetSpec, side?: Side): Uint8Array[] {
     if (this.vnetLen === 0) {
       assert.equal(vnet, undefined, 'vnet header given but vnetLen is 0');
-      return this.processRaw(ip);
+      return this.processRaw(ip, ip.length, side);
     }
-    return this.processRaw(concat(vnetHeader(vnet), ip));
+    const raw = concat(vnetHeader(vnet), ip);
+    return this.processRaw(raw, raw.length, side);
   }
 
-  /** Sends a packet expected to produce exactly one output packet (and no drop), and returns it. */
-  one(ip: Uint8Array, vnet?: VnetSpec): Uint8Array {
+  /** Sends a packet (from `side`, default by its source) expected to produce exactly one output packet (and no drop), and returns it. */
+  one(ip: Uint8Array, vnet?: VnetSpec, side?: Side): Uint8Array {
     const before = Float64Array.from(this.napt.drops.counts);
-    const out = this.send(ip, vnet);
+    const out = this.send(ip, vnet, side);
     assert.deepEqual(this.dropDelta(before), {}, 'unexpected drop');
     assert.equal(out.length, 1, `expected one packet out, got ${out.length}`);
     return out[0];

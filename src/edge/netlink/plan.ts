@@ -10,22 +10,38 @@
  *   (through the early `vpnmasq safety-net` stage) a reboot, and removed only
  *   by `vpnmasq teardown`:
  *
- *     pref 49    iif TUN lookup local                              (shared)
+ *     pref 48    iif LANIF to PUBLIC lookup LAN                    (dedicated: hairpin)
+ *     pref 48    iif LANIF + each steering selector below, lookup LAN  (shared: hairpin)
+ *     pref 49    iif TUN_LAN lookup local, iif TUN_WAN lookup local (shared)
  *     pref 50    to PUBLIC lookup WAN                              (dedicated)
  *     pref 50    to WAN/32 ipproto tcp|udp dport RANGE lookup WAN  (shared, and forwarded ports)
  *     pref 50    to WAN/32 ipproto udp sport 500 dport 500 lookup WAN
  *     pref 50    to WAN/32 ipproto esp | gre lookup WAN
  *     pref 50    to WAN/32 ipproto icmp lookup WAN_ICMP
  *     pref 100   lookup local            (shared: moved here from pref 0)
+ *     pref 7099  to PREFIX lookup main suppress_prefixlength 0
  *     pref 7100  from PREFIX iif LANIF lookup LAN
  *     table LAN, table WAN:  blackhole default metric 4294967295
  *     IPv6: pref 7100 iif LANIF prohibit                         (lan.ipv6 "drop", ipv6-lan.ts)
  *
- * - The TUN part, bound to the device and so gone with it:
+ * - The TUN part, bound to the devices and so gone with them:
  *
- *     table LAN, WAN (and WAN_ICMP in shared mode): default dev TUN metric 0
+ *     table LAN: default dev TUN_LAN metric 0
+ *     table WAN (and WAN_ICMP in shared mode): default dev TUN_WAN metric 0
  *
- * While the TUN exists its route wins (lower metric); once it is gone the
+ * Direction is by ingress interface, not by address (core/side.ts): table LAN
+ * feeds the LAN device and only LAN-ingress rules (pref 48, 7100) look it
+ * up; table WAN feeds the WAN device and only the steering (pref 50) looks it
+ * up. The packet path creates outbound mappings only for packets read from
+ * the LAN device. A LAN host's packet to the public address (hairpin) would
+ * match the steering too, so pref 48 sends it to the LAN side first.
+ *
+ * Pref 7099 keeps traffic between LAN prefixes routed, not masqueraded. With
+ * suppress_prefixlength 0 a main-table answer that is only the default route
+ * is refused and the lookup goes on to pref 7100: a LAN prefix whose
+ * interface is down never leaks to the WAN untranslated.
+ *
+ * While a TUN exists its route wins (lower metric); once it is gone the
  * blackhole is all the LAN and WAN tables hold, so LAN traffic and inbound
  * traffic for vpnmasq's ports, VPN protocols and forwards are dropped without
  * an answer (a blackhole route on a forwarding device is a silent drop:
@@ -34,10 +50,10 @@
  * and the box answers pings itself. Nothing else about ICMP can open the box:
  * the kernel never answers an ICMP error, and errors or echo replies for LAN
  * flows find no local socket.
- *
- * One table per ingress side (LAN, WAN) so that each side can get a TUN of
- * its own: today both tables point at the same device.
  */
+import { SIDE_LAN, SIDE_WAN, tunDeviceNames } from '../../core/side';
+
+export { tunDeviceNames };
 
 /** Inclusive [low, high] port range. */
 export type PortRange = [number, number];
@@ -55,9 +71,13 @@ export const OUR_TABLES: ReadonlySet<number> = new Set([TABLE_LAN, TABLE_WAN, TA
 
 /** `iif TUN lookup local`: what vpnmasq writes back to the box is not steered again. */
 export const PRIO_TUN_LOCAL = 49;
+/** LAN ingress to the public address (hairpin): to the LAN device, ahead of the steering. */
+export const PRIO_LAN_STEER = 48;
 export const PRIO_STEER = 50;
 /** Where shared mode moves `lookup local` (it must follow the steering rules, which match local addresses). */
 export const PRIO_LOCAL = 100;
+/** LAN -> LAN: routed by the main table, ahead of the LAN rule. */
+export const PRIO_LAN_ROUTED = 7099;
 export const PRIO_LAN = 7100;
 /** The IPv6 refusal per LAN interface (lan.ipv6 "drop"). */
 export const PRIO_LAN6 = 7100;
@@ -67,6 +87,7 @@ export const METRIC_TUN = 0;
 export const METRIC_BLACKHOLE = 0xffffffff;
 
 export const RT_TABLE_LOCAL = 255;
+export const RT_TABLE_MAIN = 254;
 
 const IPPROTO_ICMP = 1;
 const IPPROTO_TCP = 6;
@@ -107,6 +128,8 @@ export interface RuleSpec {
   ipProto?: number;
   sport?: PortRange;
   dport?: PortRange;
+  /** `suppress_prefixlength N`: a route found with a prefix this short or shorter is refused (the rules go on). */
+  suppressPrefixLength?: number;
 }
 
 export interface RouteSpec {
@@ -114,6 +137,8 @@ export interface RouteSpec {
   /** 'blackhole': part of the safety net; 'tun': `default dev TUN`, gone with the device. */
   type: 'blackhole' | 'tun';
   metric: number;
+  /** 'tun': the device (tunDeviceNames()) the route leads to. */
+  dev?: string;
 }
 
 export interface SafetyNet {
@@ -151,11 +176,16 @@ function parsePrefix(cidr: string): [string, number] {
   return [net, len === undefined ? 32 : Number(len)];
 }
 
-/** Shared mode: the inbound packets for `address` that belong to vpnmasq. */
-function steering(s: NetSpec, address: string): RuleSpec[] {
+/**
+ * Shared mode: the inbound packets for `address` that belong to vpnmasq; with
+ * `lanIf`, the same selectors for that LAN interface's packets (pref 48, to
+ * the LAN device).
+ */
+function steering(s: NetSpec, address: string, lanIf?: string): RuleSpec[] {
   const range = steerableRange(s.portRange);
-  const to = (table: number, ipProto: number, extra: Partial<RuleSpec> = {}): RuleSpec =>
-    ({ priority: PRIO_STEER, table, src: '0.0.0.0', srcLen: 0, dst: address, dstLen: 32, ipProto, ...extra });
+  const to = (table: number, ipProto: number, extra: Partial<RuleSpec> = {}): RuleSpec => (lanIf === undefined
+    ? { priority: PRIO_STEER, table, src: '0.0.0.0', srcLen: 0, dst: address, dstLen: 32, ipProto, ...extra }
+    : { priority: PRIO_LAN_STEER, table: TABLE_LAN, src: '0.0.0.0', srcLen: 0, dst: address, dstLen: 32, iifname: lanIf, ipProto, ...extra });
   const rules = [
     to(TABLE_WAN, IPPROTO_TCP, { dport: range }),
     to(TABLE_WAN, IPPROTO_UDP, { dport: range }),
@@ -183,12 +213,25 @@ export function dedicatedAddresses(s: NetSpec): string[] {
 export function safetyNet(s: NetSpec): SafetyNet {
   const rules: RuleSpec[] = [];
   const shared = s.mode === 'shared';
+  const address = s.publicAddress;
   if (shared) {
-    rules.push({ priority: PRIO_TUN_LOCAL, table: RT_TABLE_LOCAL, src: '0.0.0.0', srcLen: 0, dst: '0.0.0.0', dstLen: 0, iifname: s.tunName });
-    if (s.publicAddress !== null) rules.push(...steering(s, s.publicAddress));
+    if (address !== null) for (const iif of s.lanInterfaces) rules.push(...steering(s, address, iif));
+    for (const tun of tunDeviceNames(s.tunName)) {
+      rules.push({ priority: PRIO_TUN_LOCAL, table: RT_TABLE_LOCAL, src: '0.0.0.0', srcLen: 0, dst: '0.0.0.0', dstLen: 0, iifname: tun });
+    }
+    if (address !== null) rules.push(...steering(s, address));
     rules.push({ priority: PRIO_LOCAL, table: RT_TABLE_LOCAL, src: '0.0.0.0', srcLen: 0, dst: '0.0.0.0', dstLen: 0 });
   } else {
-    for (const a of dedicatedAddresses(s)) rules.push({ priority: PRIO_STEER, table: TABLE_WAN, src: '0.0.0.0', srcLen: 0, dst: a, dstLen: 32 });
+    for (const a of dedicatedAddresses(s)) {
+      for (const iif of s.lanInterfaces) {
+        rules.push({ priority: PRIO_LAN_STEER, table: TABLE_LAN, src: '0.0.0.0', srcLen: 0, dst: a, dstLen: 32, iifname: iif });
+      }
+      rules.push({ priority: PRIO_STEER, table: TABLE_WAN, src: '0.0.0.0', srcLen: 0, dst: a, dstLen: 32 });
+    }
+  }
+  for (const p of s.lanPrefixes) {
+    const [net, len] = parsePrefix(p);
+    rules.push({ priority: PRIO_LAN_ROUTED, table: RT_TABLE_MAIN, src: '0.0.0.0', srcLen: 0, dst: net, dstLen: len, suppressPrefixLength: 0 });
   }
   for (const iif of s.lanInterfaces) {
     for (const p of s.lanPrefixes) {
@@ -205,10 +248,11 @@ export function ipv6Refused(s: NetSpec): string[] {
   return (s.lanIpv6 ?? 'drop') === 'drop' ? [...s.lanInterfaces] : [];
 }
 
-/** `default dev TUN` in every table the mode uses. */
+/** `default dev TUN` in every table the mode uses: table LAN to the LAN device, the WAN tables to the WAN one. */
 export function tunRoutes(s: NetSpec): RouteSpec[] {
+  const dev = tunDeviceNames(s.tunName);
   const tables = s.mode === 'shared' ? [TABLE_LAN, TABLE_WAN, TABLE_WAN_ICMP] : [TABLE_LAN, TABLE_WAN];
-  return tables.map((table) => ({ table, type: 'tun', metric: METRIC_TUN }));
+  return tables.map((table) => ({ table, type: 'tun', metric: METRIC_TUN, dev: dev[table === TABLE_LAN ? SIDE_LAN : SIDE_WAN] }));
 }
 
 export const SYSCTL = {
@@ -257,17 +301,36 @@ export function tunSysctls(): SysctlPlan {
   return [[SYSCTL.rpFilterAll, () => '0']];
 }
 
-/** Sysctls of the WAN interface (applied once it exists). */
+/**
+ * Sysctls of the WAN interface (applied once it exists). Strict reverse-path
+ * filtering (RFC 3704 §2.2, value 1): a packet that enters from the WAN with
+ * a source the box routes elsewhere (a LAN address, the public address in
+ * dedicated mode) is dropped by the kernel before any steering. It cannot
+ * break the design: vpnmasq sends every translated packet out by the main
+ * table, so the replies it waits for come back on the interface the main
+ * table routes their source to, the WAN. The reverse lookup runs with iif lo
+ * and so never matches the `iif` rules that lead to the TUNs. The TUNs stay
+ * at 0 (translated inbound packets carry remote sources) and so does
+ * conf/all (the effective value is the larger of all and the device's);
+ * the LAN interfaces keep the operator's setting (routed LAN segments may be
+ * asymmetric). The packet path checks the same thing again by device
+ * (Drop.SPOOFED_SOURCE), for whatever reaches the WAN device another way.
+ */
 export function wanSysctls(s: NetSpec): SysctlPlan {
+  const plan: SysctlPlan = [[SYSCTL.rpFilter(s.wanInterface), () => '1']];
   // Dedicated mode: proxy ARP for the public address answers at once instead of after 0..800 ms.
-  return s.mode === 'dedicated' ? [[SYSCTL.proxyDelay(s.wanInterface), () => '0']] : [];
+  if (s.mode === 'dedicated') plan.push([SYSCTL.proxyDelay(s.wanInterface), () => '0']);
+  return plan;
 }
 
-/** Per-device sysctls of the TUN: they die with it, so nothing needs saving. */
+/** Per-device sysctls of the TUNs: they die with them, so nothing needs saving. */
 export function tunDeviceSysctls(s: NetSpec): Array<[string, string]> {
-  const out: Array<[string, string]> = [[SYSCTL.rpFilter(s.tunName), '0']];
-  // Shared mode: translated packets carry the box's own address as source.
-  if (s.mode === 'shared') out.push([SYSCTL.acceptLocal(s.tunName), '1']);
+  const out: Array<[string, string]> = [];
+  for (const dev of tunDeviceNames(s.tunName)) {
+    out.push([SYSCTL.rpFilter(dev), '0']);
+    // Shared mode: translated packets carry the box's own address as source.
+    if (s.mode === 'shared') out.push([SYSCTL.acceptLocal(dev), '1']);
+  }
   return out;
 }
 
@@ -287,6 +350,7 @@ export function ruleText(r: RuleSpec): string {
   const range = (x: PortRange) => (x[0] === x[1] ? String(x[0]) : `${x[0]}-${x[1]}`);
   if (r.sport) parts.push('sport', range(r.sport));
   if (r.dport) parts.push('dport', range(r.dport));
-  parts.push('lookup', r.table === RT_TABLE_LOCAL ? 'local' : String(r.table));
+  parts.push('lookup', r.table === RT_TABLE_LOCAL ? 'local' : r.table === RT_TABLE_MAIN ? 'main' : String(r.table));
+  if (r.suppressPrefixLength !== undefined) parts.push('suppress_prefixlength', String(r.suppressPrefixLength));
   return parts.join(' ');
 }

@@ -19,7 +19,7 @@ import { netlinkErrno } from './errno';
 import { installIpv6Refusal, ipv6Refusals, removeIpv6Refusal } from './ipv6-lan';
 import {
   NetSpec, OUR_TABLES, PRIO_LOCAL, dedicatedAddresses, ipv6Refused, RT_TABLE_LOCAL, RTPROT_VPNMASQ, RouteSpec, RuleSpec, SYSCTL, ruleText,
-  safetyNet, safetyNetSysctls, sysctlPaths, tunDeviceSysctls, tunRoutes, tunSysctls, wanSysctls,
+  safetyNet, safetyNetSysctls, sysctlPaths, tunDeviceNames, tunDeviceSysctls, tunRoutes, tunSysctls, wanSysctls,
 } from './plan';
 
 export { netlinkErrno };
@@ -61,6 +61,9 @@ export interface TeardownReport {
   sysctls: Array<[string, string]>;
 }
 
+/** FRA_SUPPRESS_PREFIXLEN as the kernel dumps it when the rule has none (-1). */
+const NO_SUPPRESS = 0xffffffff;
+
 /** Header `table` is a u8 in both rtmsg and fib_rule_hdr; larger ids go in the TABLE attribute only. */
 function headerTable(table: number): number | undefined {
   return table > 0 && table < 256 ? table : undefined;
@@ -86,6 +89,8 @@ function ruleOf(r: rt.RuleMessage): RuleSpec | null {
   if (a.ipProto !== undefined) spec.ipProto = a.ipProto;
   if (a.sportRange) spec.sport = [a.sportRange.start ?? 0, a.sportRange.end ?? 0];
   if (a.dportRange) spec.dport = [a.dportRange.start ?? 0, a.dportRange.end ?? 0];
+  const suppress = a.suppressPrefixlen && a.suppressPrefixlen.length >= 4 ? a.suppressPrefixlen.readUInt32LE(0) : NO_SUPPRESS;
+  if (suppress !== NO_SUPPRESS) spec.suppressPrefixLength = suppress;
   return spec;
 }
 
@@ -100,6 +105,12 @@ function ruleMsg(r: RuleSpec, protocol: number): { data: rt.Rule; attrs: rt.Rule
   if (r.ipProto !== undefined) attrs.ipProto = r.ipProto;
   if (r.sport) attrs.sportRange = { start: r.sport[0], end: r.sport[1] };
   if (r.dport) attrs.dportRange = { start: r.dport[0], end: r.dport[1] };
+  if (r.suppressPrefixLength !== undefined) {
+    // FRA_SUPPRESS_PREFIXLEN: a u32 in host order.
+    const b = Buffer.alloc(4);
+    b.writeUInt32LE(r.suppressPrefixLength, 0);
+    attrs.suppressPrefixlen = b;
+  }
   return { data, attrs };
 }
 
@@ -138,13 +149,14 @@ async function dumpRoutes(sock: RtNetlinkSocket): Promise<KernelRoute[]> {
 }
 
 /** A planned route in the same words as dumpRoutes(). */
-function routeText(r: RouteSpec, tunName: string): string {
-  return `default ${r.type === 'blackhole' ? 'blackhole' : `dev ${tunName}`} table ${r.table} metric ${r.metric}`;
+function routeText(r: RouteSpec): string {
+  return `default ${r.type === 'blackhole' ? 'blackhole' : `dev ${r.dev}`} table ${r.table} metric ${r.metric}`;
 }
 
 export class RouterNet {
   private spec: NetSpec | null = null;
-  private tun: { name: string; index: number } | null = null;
+  /** The attached TUN devices' interface indexes, by name. */
+  private tuns: Map<string, number> | null = null;
 
   private constructor(private readonly sock: RtNetlinkSocket, private readonly host: HostState) {}
 
@@ -169,13 +181,13 @@ export class RouterNet {
     this.host.saveSpec(spec);
     this.spec = spec;
     const net = safetyNet(spec);
-    const wantRoutes = new Set(net.blackholes.map((r) => routeText(r, spec.tunName)));
+    const wantRoutes = new Set(net.blackholes.map(routeText));
     const kernelRoutes = await dumpRoutes(this.sock);
     const haveRoutes = new Set(kernelRoutes.map((r) => r.text));
     for (const r of net.blackholes) {
-      if (haveRoutes.has(routeText(r, spec.tunName))) continue;
+      if (haveRoutes.has(routeText(r))) continue;
       await this.addRoute(r);
-      changes.added.push(routeText(r, spec.tunName));
+      changes.added.push(routeText(r));
     }
     const rules = await dumpRules(this.sock);
     const have = new Set(rules.map((r) => ruleText(r.spec)));
@@ -209,9 +221,10 @@ export class RouterNet {
       await this.delRule(r.spec);
       changes.removed.push(ruleText(r.spec));
     }
+    const tunDevs = tunDeviceNames(spec.tunName).map((name) => ` dev ${name} `);
     for (const r of kernelRoutes) {
-      // The TUN's own routes are attachTun()'s and go with the device; any other route of ours is left over.
-      if (wantRoutes.has(r.text) || r.text.includes(` dev ${spec.tunName} `)) continue;
+      // The TUNs' own routes are attachTun()'s and go with the devices; any other route of ours is left over.
+      if (wantRoutes.has(r.text) || tunDevs.some((d) => r.text.includes(d))) continue;
       await this.delRoute(r.msg);
       changes.removed.push(r.text);
     }
@@ -222,19 +235,26 @@ export class RouterNet {
     return changes;
   }
 
-  /** Brings the TUN up and routes the tables to it (after installSafetyNet). */
-  async attachTun(name: string, mtu: number): Promise<void> {
+  /**
+   * Brings the TUN devices (tunDeviceNames() of the spec, both opened by the
+   * caller) up and routes the tables to them (after installSafetyNet).
+   */
+  async attachTun(mtu: number): Promise<void> {
     const spec = this.mustSpec();
-    const index = await this.ifindex(name);
-    if (index === null) throw new Error(`TUN device ${name} does not exist`);
-    try {
-      await this.sock.setLink({ index, flags: { up: true }, change: { up: true } }, { mtu }, OPTS);
-    } catch (e) {
-      throw errorOf(`setting ${name} up with mtu ${mtu}`, e);
+    const tuns = new Map<string, number>();
+    for (const name of tunDeviceNames(spec.tunName)) {
+      const index = await this.ifindex(name);
+      if (index === null) throw new Error(`TUN device ${name} does not exist`);
+      try {
+        await this.sock.setLink({ index, flags: { up: true }, change: { up: true } }, { mtu }, OPTS);
+      } catch (e) {
+        throw errorOf(`setting ${name} up with mtu ${mtu}`, e);
+      }
+      tuns.set(name, index);
     }
     for (const [p, v] of tunDeviceSysctls(spec)) this.host.writeDevice(p, v);
     this.host.apply(tunSysctls());
-    this.tun = { name, index };
+    this.tuns = tuns;
     for (const r of tunRoutes(spec)) await this.addRoute(r);
   }
 
@@ -264,9 +284,9 @@ export class RouterNet {
     return true;
   }
 
-  /** The device is gone (closed): its routes went with it. */
+  /** The devices are gone (closed): their routes went with them. */
   detachTun(): void {
-    this.tun = null;
+    this.tuns = null;
   }
 
   /** What the kernel of this namespace holds of vpnmasq's plumbing. */
@@ -361,14 +381,15 @@ export class RouterNet {
     if (ht !== undefined) data.table = ht;
     const attrs: rt.RouteAttrs = { table: r.table, priority: r.metric };
     if (r.type === 'tun') {
-      if (this.tun === null) throw new Error('RouterNet: no TUN attached');
-      attrs.oif = this.tun.index;
+      const oif = r.dev === undefined ? undefined : this.tuns?.get(r.dev);
+      if (oif === undefined) throw new Error(`RouterNet: TUN ${r.dev} not attached`);
+      attrs.oif = oif;
     }
     try {
       // NLM_F_CREATE|NLM_F_REPLACE == `ip route replace`: idempotent (same table, prefix and metric).
       await this.sock.newRoute(data, attrs, { flags: FlagsNew.CREATE | FlagsNew.REPLACE, ...OPTS });
     } catch (e) {
-      throw errorOf(`adding route ${routeText(r, this.tun?.name ?? '')}`, e);
+      throw errorOf(`adding route ${routeText(r)}`, e);
     }
   }
 
