@@ -5,7 +5,8 @@
  *    was written;
  *  - it leaves on the WAN side only with the public address as source, goes
  *    to a LAN host, or (shared mode, ICMP the box owns) back to the kernel
- *    unchanged; nothing else is addressed to the public address;
+ *    unchanged; nothing else is addressed to the public address but (shared
+ *    mode) a LAN host's echo request to the box;
  *  - valid L4 checksums where the router verified them on the way in, else
  *    the same error (residual) as the input had, or for a partial checksum
  *    the same relation to the pseudo-header;
@@ -30,6 +31,8 @@ export interface Sides {
 }
 
 const ICMP_ERRORS = new Set([3, 4, 11, 12]);
+/** The PPTP control port (RFC 2637 §2.1): the helper reassembles its datagrams, holds its segments beyond a gap and rewrites Call IDs. */
+export const PPTP_PORT = 1723;
 
 /** Sum of the words a NAT changes in a TCP/UDP header: checksum, addresses, ports; moves together when updated right. */
 function headerResidual(csum: number, src: number, dst: number, sport: number, dport: number): number {
@@ -72,13 +75,18 @@ export function checkOutput(sides: Sides, out: Uint8Array, origin: Uint8Array | 
   const later = (frag & 0x1fff) !== 0;
   const fragment = (frag & 0x3fff) !== 0;
   const toLan = isLanAddr(sides.profile, dst);
-  // Shared mode: the box's own ICMP goes back to the kernel unchanged (never from the public address itself).
-  const toKernel = !toLan && dst === pub && src !== pub && sides.profile.shared && proto === ICMP;
+  const oip = origin !== null && origin.length >= VNET_LEN + 20 ? origin.subarray(VNET_LEN) : null;
+  // Shared mode: the box's own ICMP goes back to the kernel unchanged; from the public address itself only when it
+  // came in so (the box's own packet to itself, steered into the TUN), never because a translation made it so.
+  const fromBox = oip !== null && r32(oip, 12) === pub;
+  const toKernel = !toLan && dst === pub && (src !== pub || fromBox) && sides.profile.shared && proto === ICMP;
+  // Shared mode: a LAN host's echo or timestamp request to the box's own address, translated; the box's
+  // answer is steered back into the TUN by the ICMP rule and reaches the host through the mapping.
+  const toBox = !toLan && dst === pub && src === pub && sides.profile.shared && proto === ICMP && total > hl && (ip[hl] === 8 || ip[hl] === 13);
   if (!toLan) {
-    if (dst === pub && !toKernel) bad(`${protoName(proto)} addressed to the public address ${ipText(pub)} (from ${ipText(src)}): it would come back into the TUN`);
+    if (dst === pub && !toKernel && !toBox) bad(`${protoName(proto)} addressed to the public address ${ipText(pub)} (from ${ipText(src)}): it would come back into the TUN`);
     else if (dst !== pub && src !== pub) bad(`leaves on the WAN side (to ${ipText(dst)}) with source ${ipText(src)}, not the public address`);
   }
-  const oip = origin !== null && origin.length >= VNET_LEN + 20 ? origin.subarray(VNET_LEN) : null;
   if (oip !== null) {
     for (let i = 0; i < VNET_LEN; i++) if (out[i] !== (origin as Uint8Array)[i]) { bad('the virtio-net header changed'); break; }
     if (oip[9] !== proto) bad(`protocol changed from ${oip[9]} to ${proto}`);
@@ -98,8 +106,11 @@ export function checkOutput(sides: Sides, out: Uint8Array, origin: Uint8Array | 
     const csum = r16(ip, at);
     const oCsum = oip !== null && oip.length >= at + 2 ? r16(oip, at) : -1;
     if (fragment) {
-      // A first fragment: the checksum covers bytes not here; it must move exactly with the addresses and ports.
-      if (oip !== null && (proto !== TCP || (ip[l4 + 13] & 0x02) === 0) && (vflags & F_NEEDS_CSUM) === 0) {
+      // A first fragment: the checksum covers bytes not here; it must move exactly with the addresses and ports. Not on the
+      // PPTP control port: that datagram is reassembled and its Call IDs rewritten (RFC 2637 §2), wherever they lie.
+      const onPptpPort = (b: Uint8Array): boolean => r16(b, l4) === PPTP_PORT || r16(b, l4 + 2) === PPTP_PORT;
+      const pptp = proto === TCP && (onPptpPort(ip) || (oip !== null && oip.length >= l4 + 4 && onPptpPort(oip)));
+      if (oip !== null && !pptp && (proto !== TCP || (ip[l4 + 13] & 0x02) === 0) && (vflags & F_NEEDS_CSUM) === 0) {
         if (proto === UDP && (oCsum === 0) !== (csum === 0)) bad('a UDP checksum turned on or off');
         else if (!(proto === UDP && csum === 0) && !onesEqual(
           headerResidual(csum, src, dst, r16(ip, l4), r16(ip, l4 + 2)),

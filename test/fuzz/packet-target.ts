@@ -23,7 +23,7 @@ import { SLOT_COUNT } from '../../src/nat/sessions';
 import { Rng } from './rng';
 import { ICMP, TCP, UDP, VNET_LEN, ipText } from './craft';
 import { PacketGenerator, View } from './generator';
-import { Sides, checkOutput, protoName } from './oracle';
+import { PPTP_PORT, Sides, checkOutput, protoName } from './oracle';
 import { Profile, PUBLIC, drawProfile, isLanAddr } from './world';
 import { r16, r32 } from './inet';
 import { SIDE_LAN, SIDE_WAN, tunDeviceNames } from '../../src/core/side';
@@ -285,10 +285,16 @@ export class Rig {
 
   /**
    * Frames that may come out of a hold slot later (fragments, inbound ESP and
-   * ISAKMP that guessing copies, PPTP control segments beyond a gap), by fingerprint: the bytes a translation
+   * ISAKMP that guessing copies), by fingerprint: the bytes a translation
    * never changes. Bounded: the oldest go first.
    */
   private readonly prints = new Map<string, Uint8Array[]>();
+  /**
+   * PPTP control segments (TCP 1723) and first fragments of them, by IP ID:
+   * the helper may hold one beyond a gap and send it later, whole and cut to
+   * what the stream has not had yet.
+   */
+  private readonly segments = new Map<number, Uint8Array[]>();
   /** Datagram (as read: source, destination, protocol, IP ID) -> the addresses its first fragment left with. */
   private readonly firsts = new Map<string, string>();
 
@@ -300,16 +306,10 @@ export class Rig {
     const hl = (ip[0] & 15) * 4;
     const ports = ip.length >= hl + 4;
     const pptp = proto === TCP && ports && (r16(ip, hl) === PPTP_PORT || r16(ip, hl + 2) === PPTP_PORT);
-    if (!fragmented && proto !== 50 && !pptp && !(proto === UDP && ports && r16(ip, hl) === 500)) return;
-    const key = fingerprint(f);
-    const list = this.prints.get(key);
-    if (list !== undefined) {
-      list.push(f);
-      if (list.length > 4) list.shift();
-      return;
-    }
-    this.prints.set(key, [f]);
-    if (this.prints.size > 100_000) this.prints.delete(this.prints.keys().next().value as string);
+    if (pptp && (r16(ip, 6) & 0x1fff) === 0) keep(this.segments, r16(ip, 4), f);
+    if (pptp && !fragmented) return;
+    if (!fragmented && proto !== 50 && !(proto === UDP && ports && r16(ip, hl) === 500)) return;
+    keep(this.prints, fingerprint(f), f);
   }
 
   /** Records where a translated first fragment went (keyed by the datagram as it was read). */
@@ -336,6 +336,9 @@ export class Rig {
     let problems: string[];
     if (origin !== null) {
       problems = checkOutput(sides, pkt, origin);
+    } else if (isWholeTcp(pkt) && this.segments.has(r16(pkt, VNET_LEN + 4))) {
+      problems = checkOutput(sides, pkt, null);
+      if (!(this.segments.get(r16(pkt, VNET_LEN + 4)) ?? []).some((c) => covers(c, pkt))) problems.push('a TCP segment from a hold slot lies in no PPTP segment that was read');
     } else {
       const candidates = this.prints.get(fingerprint(pkt)) ?? [];
       problems = checkOutput(sides, pkt, null);
@@ -536,20 +539,56 @@ function tableView(d: Daemon): View {
 }
 
 /** The bytes of a frame no translation changes: IP ID, protocol, fragment field, length, and payload past the first 8 L4 bytes. */
-/** The PPTP control port (RFC 2637 §2.1), whose segments the helper may hold beyond a gap. */
-const PPTP_PORT = 1723;
-
 function fingerprint(f: Uint8Array): string {
   const ip = f.subarray(VNET_LEN);
   const hl = (ip[0] & 0x0f) * 4;
   const total = Math.min(r16(ip, 2), ip.length);
   const later = (r16(ip, 6) & 0x1fff) !== 0;
-  // A TCP segment or first fragment (a PPTP control segment held beyond a gap, a datagram reassembled for the helper) by its
-  // sequence number: the helper rewrites its payload and checksum.
+  // A TCP first fragment (of a datagram reassembled for the PPTP helper) by its sequence number: the helper rewrites its
+  // payload and checksum.
   if (!later && ip[9] === TCP) return `${r16(ip, 4)}/${ip[9]}/${r16(ip, 6)}/${r16(ip, 2)}/${hex(ip.subarray(Math.min(hl + 4, total), Math.min(hl + 8, total)))}`;
   // A later fragment by its place alone: when its datagram was reassembled for a helper, its payload carries translated bytes.
   if (later) return `${r16(ip, 4)}/${ip[9]}/${r16(ip, 6)}/${r16(ip, 2)}`;
   return `${r16(ip, 4)}/${ip[9]}/${r16(ip, 6)}/${r16(ip, 2)}/${hex(ip.subarray(Math.min(hl + 8, total), Math.min(hl + 32, total)))}`;
+}
+
+/** A TCP segment that is not a fragment (the PPTP helper sends held ones whole, also when they came in fragments). */
+function isWholeTcp(f: Uint8Array): boolean {
+  return f.length >= VNET_LEN + 40 && f[VNET_LEN + 9] === TCP && (r16(f, VNET_LEN + 6) & 0x3fff) === 0;
+}
+
+/**
+ * Whether the payload of segment `out` lies within that of `read` (a
+ * segment or the first fragment of one, same IP ID), by sequence number. A
+ * first fragment's datagram may be up to 64 KiB long.
+ */
+function covers(read: Uint8Array, out: Uint8Array): boolean {
+  const span = (f: Uint8Array): [number, number] | null => {
+    const ip = f.subarray(VNET_LEN);
+    const hl = (ip[0] & 0x0f) * 4;
+    const total = Math.min(r16(ip, 2), ip.length);
+    if ((r16(ip, 6) & 0x2000) !== 0) return total < hl + 8 ? null : [r32(ip, hl + 4) >>> 0, 0xffff];
+    if (total < hl + 20) return null;
+    const doff = (ip[hl + 12] >> 4) * 4;
+    return [r32(ip, hl + 4) >>> 0, Math.max(0, total - hl - doff)];
+  };
+  const a = span(read);
+  const b = span(out);
+  if (a === null || b === null) return false;
+  const start = (b[0] - a[0]) >>> 0;
+  return start <= a[1] && start + b[1] <= a[1];
+}
+
+/** Appends `f` to the list under `key`, at most 4 per key and 100,000 keys; the oldest go first. */
+function keep<K>(map: Map<K, Uint8Array[]>, key: K, f: Uint8Array): void {
+  const list = map.get(key);
+  if (list !== undefined) {
+    list.push(f);
+    if (list.length > 4) list.shift();
+    return;
+  }
+  map.set(key, [f]);
+  if (map.size > 100_000) map.delete(map.keys().next().value as K);
 }
 
 /** A datagram as it was read: source, destination, protocol, IP ID. */
@@ -649,31 +688,9 @@ export class EventSource {
   }
 }
 
-/**
- * Violations of open product issues that belong to other work: counted and
- * reported with one example each, but they do not stop the run unless
- * `strict` is set. Remove an entry when its fix lands.
- */
-export const KNOWN: ReadonlyArray<{ id: string; what: string; match: RegExp }> = [
-  {
-    id: 'hairpin-vpn',
-    what: 'no hairpin for ICMP, ESP, ISAKMP and GRE sent to the public address: they leave with source = destination = the public address',
-    match: /addressed to the public address 198\.18\.0\.2 \(from 198\.18\.0\.2\)/,
-  },
-];
-
-export interface KnownCount {
-  id: string;
-  what: string;
-  count: number;
-  example: Violation;
-}
-
 export interface PacketFuzzOptions {
   seed: number;
   packets: number;
-  /** Known violations (KNOWN) fail the run too. */
-  strict?: boolean;
   /** Packets per epoch (one profile, one daemon); default 50,000. */
   epochPackets?: number;
   /** Called about once a second. */
@@ -695,7 +712,6 @@ export interface PacketFuzzResult {
   epochs: string[];
   seconds: number;
   failure: Failure | null;
-  known: KnownCount[];
   /** What the packets reached, summed over the epochs: drop reasons, translated traffic, VPN helper counters. */
   coverage: Record<string, number>;
 }
@@ -725,19 +741,9 @@ export async function fuzzPackets(opts: PacketFuzzOptions): Promise<PacketFuzzRe
   let done = 0;
   let outputs = 0;
   const names: string[] = [];
-  const known = new Map<string, KnownCount>();
   const coverage: Record<string, number> = {};
-  /** Drops (and counts) the known violations unless the run is strict. */
-  const real = (v: Violation[]): Violation[] => (opts.strict ? v : v.filter((x) => {
-    const k = isKnown(x) ? KNOWN.find((kn) => kn.match.test(x.problem)) : undefined;
-    if (k === undefined) return true;
-    const c = known.get(k.id) ?? { id: k.id, what: k.what, count: 0, example: x };
-    c.count++;
-    known.set(k.id, c);
-    return false;
-  }));
   const result = (packets: number, failure: Failure | null): PacketFuzzResult =>
-    ({ packets, outputs, epochs: names, seconds: elapsed(started), failure, known: [...known.values()], coverage });
+    ({ packets, outputs, epochs: names, seconds: elapsed(started), failure, coverage });
   let lastReport = Date.now();
   for (let epoch = 0; done < opts.packets; epoch++) {
     const plan = epochPlan(opts.seed, epoch);
@@ -758,15 +764,14 @@ export async function fuzzPackets(opts: PacketFuzzOptions): Promise<PacketFuzzRe
           if (batches % DEEP_EVERY === 0) v.push(...rig.deepCheck());
           if (batches % HEAP_EVERY === 0) v.push(...rig.heapCheck());
         }
-        const bad = v.length > 0 ? real(v) : v;
-        if (bad.length > 0) return result(done + source.packets, { seed: opts.seed, epoch, plan, events, violations: bad });
+        if (v.length > 0) return result(done + source.packets, { seed: opts.seed, epoch, plan, events, violations: v });
         if (opts.progress && Date.now() - lastReport >= 1000) {
           lastReport = Date.now();
           const d = done + source.packets;
           opts.progress(d, d / elapsed(started));
         }
       }
-      const v = real(rig.deepCheck());
+      const v = rig.deepCheck();
       if (v.length > 0) return result(done + source.packets, { seed: opts.seed, epoch, plan, events, violations: v });
     } finally {
       addCoverage(coverage, rig.daemon);
@@ -779,23 +784,19 @@ export async function fuzzPackets(opts: PacketFuzzOptions): Promise<PacketFuzzRe
 
 const elapsed = (start: bigint): number => Number(process.hrtime.bigint() - start) / 1e9;
 
-const isKnown = (v: Violation): boolean => KNOWN.some((k) => k.match.test(v.problem));
-
 /**
- * Replays events on a fresh daemon of the plan; returns the first violations
- * (known ones skipped unless `strict`), or null. With `deep` the tables are
- * walked after every batch.
+ * Replays events on a fresh daemon of the plan; returns the first violations,
+ * or null. With `deep` the tables are walked after every batch.
  */
-export async function replay(plan: EpochPlan, events: readonly FuzzEvent[], deep = true, strict = false): Promise<Violation[] | null> {
+export async function replay(plan: EpochPlan, events: readonly FuzzEvent[], deep = true): Promise<Violation[] | null> {
   const rig = new Rig(plan.profile, plan.randomSeed);
-  const keep = (v: Violation[]): Violation[] => (strict ? v : v.filter((x) => !isKnown(x)));
   try {
     for (const e of events) {
-      let v = keep(await rig.run(e));
-      if (v.length === 0 && deep && e.t === 'batch') v = keep(rig.deepCheck());
+      let v = await rig.run(e);
+      if (v.length === 0 && deep && e.t === 'batch') v = rig.deepCheck();
       if (v.length > 0) return v;
     }
-    const v = keep(rig.deepCheck());
+    const v = rig.deepCheck();
     return v.length > 0 ? v : null;
   } finally {
     rig.close();

@@ -6,19 +6,21 @@
  * TCP, UDP, ICMP, raw ESP with IKE, PPTP (control and GRE), a port forward
  * and pings to the box, a strongSwan tunnel (IKEv2, NAT-T), asserting what the far side received and from which
  * address, and that the ruleset opens nothing else (WAN -> LAN directly
- * stays dropped). Shared-address and dedicated mode.
+ * stays dropped, also with the WAN's strict reverse-path filter off).
+ * Shared-address and dedicated mode.
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { createLab, Lab, LAB_ROUTER_WAN } from './lab';
+import { createLab, Lab, LAB_ROUTER_WAN, requireRoot } from './lab';
 import { CLI, peer, peerServer, PPTP_HOST, RouterHandle, startRouter } from './router-harness';
 import { acceptRule, DEFAULT_FIREWALL_MARK } from '../../src/edge/netlink/firewall';
+import { tunDeviceNames } from '../../src/core/side';
 import { hasCharon, initiate, PROTECTED_HOST, startClient, startServer } from './charon';
 
-const isRoot = process.getuid?.() === 0;
+requireRoot();
 
 /** The operator's firewall: default drop, the usual rules, and the one rule per chain that vpnmasq's table needs. */
 const operatorRuleset = (withMarkRule: boolean): string => `
@@ -43,7 +45,7 @@ table inet filter {
 `;
 
 for (const mode of ['shared', 'dedicated'] as const) {
-  describe(`behind a default-drop forward and input policy plus vpnmasq firewall (${mode} mode)`, { skip: !isRoot && 'needs root' }, () => {
+  describe(`behind a default-drop forward and input policy plus vpnmasq firewall (${mode} mode)`, () => {
     let lab: Lab;
     let router: RouterHandle;
     let publicAddr: string;
@@ -87,11 +89,27 @@ for (const mode of ['shared', 'dedicated'] as const) {
       await peer(lab, lab.ns.wan[0], ['udp-client', '--host', lab.addr.lan[0], '--port', String(port), '--timeout', '1']);
       return JSON.parse((await l.result).trim().split('\n').pop() as string).received as number;
     };
+    /**
+     * The same with the WAN's strict reverse-path filter off for the probe:
+     * vpnmasq sets it (the reverse lookup of a LAN address from the WAN side
+     * finds the LAN rule and the TUN), so WAN -> LAN never gets as far as the
+     * forward chain. Off, the probe shows what the forward chain alone does.
+     */
+    const wanToLanLoose = async (port: number) => {
+      const rpf = '/proc/sys/net/ipv4/conf/wan0/rp_filter';
+      await sh(`echo 0 > ${rpf}`);
+      try {
+        return await wanToLan(port);
+      } finally {
+        await sh(`echo 1 > ${rpf}`);
+      }
+    };
 
     it('the default-drop policy alone loses the TUN paths: LAN traffic and pings to the box', async () => {
       const route = await lab.exec(lab.ns.wan[0], ['ip', 'route', 'replace', lab.lanPrefix, 'via', LAB_ROUTER_WAN]);
       assert.equal(route.code, 0, route.stderr);
-      assert.equal(await wanToLan(7008), 1, 'without a firewall the box routes WAN -> LAN (the control for the last test)');
+      assert.equal(await wanToLan(7008), 0, 'strict reverse-path filtering on the WAN drops WAN -> LAN');
+      assert.equal(await wanToLanLoose(7010), 1, 'without it and without a firewall the box routes WAN -> LAN (the control for the last test)');
       await loadOperator(false);
       const r = await udp(lab.ns.lan[0], lab.addr.wan[0], 7001);
       assert.equal(r.reply, null);
@@ -109,7 +127,8 @@ for (const mode of ['shared', 'dedicated'] as const) {
       await sh(load);
       const table = await sh('nft list table inet vpnmasq');
       assert.equal((table.match(/comment "/g) ?? []).length, mode === 'shared' ? 5 : 4, table);
-      assert.match(table, new RegExp(`iifname "lan0" oifname "${router.tunName}" ip saddr 10\\.77\\.0\\.0/24 meta mark set meta mark \\| 0x10000000`));
+      const [lanTun, wanTun] = tunDeviceNames(router.tunName);
+      assert.match(table, new RegExp(`iifname "lan0" oifname \\{ "${lanTun}", "${wanTun}" \\} ip saddr 10\\.77\\.0\\.0/24 meta mark set meta mark \\| 0x10000000`));
       assert.equal((await sh('nft list tables')).match(/inet vpnmasq/g)?.length, 1);
     });
 
@@ -178,7 +197,7 @@ for (const mode of ['shared', 'dedicated'] as const) {
     });
 
     it('the ruleset opens nothing else: WAN -> LAN directly stays dropped, and the mark rules did the work', async () => {
-      assert.equal(await wanToLan(7009), 0, 'WAN -> LAN is not a TUN path');
+      assert.equal(await wanToLanLoose(7009), 0, 'WAN -> LAN is not a TUN path, also without the reverse-path filter');
       const counters = [...(await sh('nft list table inet filter')).matchAll(/meta mark & 0x10000000 == 0x10000000 counter packets (\d+)/g)].map((m) => Number(m[1]));
       assert.equal(counters.length, 2);
       assert.ok(counters[1] > 0, 'forward accepted marked packets');

@@ -12,10 +12,10 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { createLab, Lab } from './lab';
+import { createLab, Lab, requireRoot } from './lab';
 import { peerServer, RouterHandle, startRouter } from './router-harness';
 
-const isRoot = process.getuid?.() === 0;
+requireRoot();
 const R_LAN6 = '2001:db8:77::1';
 const R_WAN6 = '2001:db8:18::1';
 const LAN6 = '2001:db8:77::11';
@@ -37,7 +37,7 @@ while time.time() < end:
 print(json.dumps({"echoRequests": n}), flush=True)
 `;
 
-describe('lan.ipv6 in the lab', { skip: !isRoot && 'needs root' }, () => {
+describe('lan.ipv6 in the lab', () => {
   let lab: Lab;
   let router: RouterHandle | undefined;
   const listener = path.join(os.tmpdir(), `vpnmasq-listen6-${process.pid}.py`);
