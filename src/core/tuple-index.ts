@@ -44,6 +44,18 @@ export class TupleIndex {
     return w === EMPTY ? EMPTY : w >>> 8;
   }
 
+  /**
+   * Reads the key's home slot and nothing else: its record when the key sits
+   * there, else -1. A batch calls it for every packet before translating any,
+   * so the cache misses of a large index overlap instead of queuing.
+   */
+  peek(k0: number, k1: number, k2: number, tag: number): number {
+    const a = this.slots;
+    const o = this.home(k0, k1, k2, tag) << 2;
+    const w = a[o + 3];
+    return w !== EMPTY && (w & 0xff) === tag && a[o] === k0 && a[o + 1] === k1 && a[o + 2] === k2 ? w >>> 8 : EMPTY;
+  }
+
   /** The slot holding the key, or the empty slot that ends its probe run. */
   private find(k0: number, k1: number, k2: number, tag: number): number {
     const a = this.slots;

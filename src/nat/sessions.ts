@@ -457,6 +457,22 @@ export class SessionTable implements BudgetSessions {
     return this.inIndex.get(rem, (pubPort << 16) | remPort, pubIdx, proto);
   }
 
+  /**
+   * Batch warm-up (Napt.warm): reads the index entry (its home slot only,
+   * TupleIndex.peek) and the session row an outbound (`fromLan`) or inbound
+   * TCP/UDP packet will look up. Reads only; returns a word of the row (0
+   * when there is none) for the caller to fold.
+   */
+  warm(fromLan: boolean, proto: number, src: number, sport: number, dst: number, dport: number): number {
+    let s: number;
+    if (fromLan) s = this.outIndex.peek(src, dst, (sport << 16) | dport, proto);
+    else {
+      const pubIdx = this.publicIndexOf(dst);
+      s = pubIdx < 0 ? NONE : this.inIndex.peek(src, (dport << 16) | sport, pubIdx, proto);
+    }
+    return s < 0 ? 0 : this.hot[s * SESSION_WORDS + W_PORTS];
+  }
+
   /** Mapping of a LAN endpoint, or -1. */
   findMapping(proto: number, lan: number, lanPort: number): number {
     return this.mapIndex.get(lan, lanPort, 0, proto);

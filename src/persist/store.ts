@@ -216,12 +216,15 @@ export class Store implements JournalListener {
         const codec = r.codec;
         const unique = codec.uniqueColumns;
         // Pages of RESTORE_PAGE rows by serial (every spec's first column): `all()` is several times faster than `iterate()` per row.
-        // The serial also comes as text, exact where a double is not (a hostile 2^63 - 1), to page on and to delete by.
+        // The serial, to page on and to delete by, is v[0] where a double holds it exactly and also comes as text where it
+        // does not (a hostile 2^63 - 1, a real or a string): text for every row would cost a third of the read.
         const n = codec.columns.length;
-        const select = `SELECT ${codec.columns.join(', ')}, CAST(serial AS TEXT) FROM ${codec.sqlTable}`;
+        const serialText = (v: readonly unknown[]): string => (v[n] === null ? String(v[0]) : (v[n] as string));
+        const select = `SELECT ${codec.columns.join(', ')}, CASE WHEN typeof(serial) = 'integer' AND serial BETWEEN ${-Number.MAX_SAFE_INTEGER} ` +
+          `AND ${Number.MAX_SAFE_INTEGER} THEN NULL ELSE CAST(serial AS TEXT) END FROM ${codec.sqlTable}`;
         const first = db.prepare(`${select} ORDER BY serial LIMIT ${RESTORE_PAGE}`).raw();
         const next = db.prepare(`${select} WHERE serial > CAST(? AS INTEGER) ORDER BY serial LIMIT ${RESTORE_PAGE}`).raw();
-        for (let page = first.all() as unknown[][]; page.length > 0; page = next.all(page[page.length - 1][n]) as unknown[][]) {
+        for (let page = first.all() as unknown[][]; page.length > 0; page = next.all(serialText(page[page.length - 1])) as unknown[][]) {
           for (const v of page) {
             let why = duplicateOf(unique, codec.columns, v, taken);
             if (why === undefined) {
@@ -232,12 +235,12 @@ export class Store implements JournalListener {
                 continue;
               }
               if (rejected.kind !== 'invalid' && rejected.kind !== 'conflict') {
-                gone.push(v[n] as string);
+                gone.push(serialText(v));
                 continue;
               }
               why = rejected.column === '' ? rejected.problem : `${rejected.column}: ${rejected.problem}`;
             }
-            quarantine.push({ table: codec.sqlTable, serial: v[n] as string, row: rowJson(codec.columns, v), reason: why });
+            quarantine.push({ table: codec.sqlTable, serial: serialText(v), row: rowJson(codec.columns, v), reason: why });
             if (typeof v[0] === 'number') {
               if (!held.has(codec.sqlTable)) held.set(codec.sqlTable, new Set());
               (held.get(codec.sqlTable) as Set<number>).add(v[0]);

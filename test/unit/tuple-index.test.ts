@@ -36,6 +36,23 @@ describe('TupleIndex', () => {
     assert.throws(() => new TupleIndex(0x1000000 + 1), RangeError);
   });
 
+  it('peek reads only the home slot: the record of a key that sits there, else -1, and changes nothing', () => {
+    const x = new TupleIndex(1024);
+    let home = 0;
+    let displaced = 0;
+    for (let i = 0; i < 1024; i++) x.set(i, i * 7, -i, 17, i);
+    for (let i = 0; i < 1024; i++) {
+      const r = x.peek(i, i * 7, -i, 17);
+      if (r === i) home++;
+      else { assert.equal(r, -1, 'a key off its home slot (after a collision) is not found by peek'); displaced++; }
+    }
+    assert.ok(home > 600 && displaced > 0, `${home} at home, ${displaced} displaced: load 1/2 leaves most keys at home`);
+    assert.equal(x.peek(5000, 0, 0, 17), -1, 'an absent key');
+    assert.equal(x.peek(3, 21, -3, 6), -1, 'another tag');
+    assert.equal(x.size, 1024);
+    for (let i = 0; i < 1024; i++) assert.equal(x.get(i, i * 7, -i, 17), i);
+  });
+
   it('matches a Map over random inserts and deletes (backward-shift deletion keeps every key reachable)', () => {
     const rnd = prng(7);
     const x = new TupleIndex(2000);
