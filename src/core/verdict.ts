@@ -74,6 +74,8 @@ export const Drop = {
    * ingress filtering; core/side.ts). Nothing is created for it.
    */
   SPOOFED_SOURCE: 42,
+  /** The source holds its share of the fragment pool already (limits.fragmentsPerSource). */
+  FRAGMENT_SOURCE_LIMIT: 43,
 } as const;
 
 export type DropCode = (typeof Drop)[keyof typeof Drop];

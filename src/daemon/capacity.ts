@@ -8,6 +8,7 @@ import type { Logger } from './log';
 import { int32ToIpv4, ipv4ToInt32 } from '../core/ipv4-addr';
 import { steerableRange } from '../edge/netlink/plan';
 import type { Napt } from '../nat/napt';
+import { Drop, DROP_NAMES } from '../core/verdict';
 import { PortPolicy, SessionTable, SessionTableOptions } from '../nat/sessions';
 
 export interface TableSetup {
@@ -77,5 +78,30 @@ export function logOffenders(t: SessionTable, log: Logger, now: number): void {
   if (t.hosts.offendersLost > 0) {
     log.warn('more LAN hosts hit their limits than are reported one by one', { event: 'host-limit', unreported: t.hosts.offendersLost });
     t.hosts.offendersLost = 0;
+  }
+}
+
+/** The drop reasons that are caps: a limit reached, not a bad packet (the per-host limits have lines of their own). */
+const CAPS = [Drop.TABLE_FULL, Drop.PORTS_EXHAUSTED, Drop.UNANSWERED_LIMIT, Drop.FRAGMENT_HOLD_FULL, Drop.FRAGMENT_SOURCE_LIMIT] as const;
+/** At most one line per this long while caps go on being hit; the first one at once. */
+const CAP_REPORT_MS = 60_000;
+
+/** One warning line, at most once a minute, naming every cap that refused packets since the last one, with counts. */
+export class CapReport {
+  private readonly reported = new Float64Array(CAPS.length);
+  private at = -Infinity;
+
+  report(counts: Float64Array, log: Logger, now: number): void {
+    if (now - this.at < CAP_REPORT_MS) return;
+    const moved: Record<string, number> = {};
+    CAPS.forEach((d, i) => {
+      const n = counts[d] - this.reported[i];
+      if (n > 0) moved[DROP_NAMES[d]] = n;
+      this.reported[i] = counts[d];
+    });
+    const names = Object.keys(moved);
+    if (names.length === 0) return;
+    this.at = now;
+    log.warn(`limits reached, packets refused since the last report: ${names.map((k) => `${k} ${moved[k]}`).join(', ')}`, { event: 'limit', ...moved });
   }
 }

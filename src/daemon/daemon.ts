@@ -10,7 +10,7 @@ import { mssClampValue } from '../nat/mss-clamp';
 import { NetSpec, tunDeviceNames } from '../edge/netlink/plan';
 import { HostState, hostStatePath } from '../edge/netlink/host-state';
 import { WanState, WanWatch } from '../edge/netlink/wan-watch';
-import { capacityStats, hostLimits, logOffenders, portPolicy, tableSetup } from './capacity';
+import { capacityStats, hostLimits, logOffenders, portPolicy, tableSetup, CapReport } from './capacity';
 import { ControlReply, ControlRequest, ControlServer, lookupGroup, startControlServer } from './control';
 import { ControlCommands } from './control-commands';
 import { Logger } from './log';
@@ -176,6 +176,7 @@ export class Daemon implements MetricsSource {
   private readonly pptpLogged = new Float64Array(PPTP_LOGGED.length);
   /** Drop.SPOOFED_SOURCE as last logged. */
   private spoofsLogged = 0;
+  private readonly caps = new CapReport();
   private pptpSweptAt = 0;
   readonly reloadFromFile: () => Promise<ReloadOutcome>;
   /** Debug lines of table events and drops, an observer while log.level is debug. */
@@ -259,6 +260,7 @@ export class Daemon implements MetricsSource {
       },
     );
     const napt = this.datapath.napt;
+    this.datapath.frags.perSourceLimit = cfg.limits.fragmentsPerSource;
     this.forwards = new Forwards(this.table, cfg.forwards);
     this.pptp = new PptpMasq(PPTP_CALLS, this.table, this.table.journal);
     this.pptp.calls.setGrace(t.pptpGrace * 1000);
@@ -542,6 +544,7 @@ export class Daemon implements MetricsSource {
       this.pptpSweptAt = now;
       this.pptpTick(now);
       logOffenders(this.table, this.log, now);
+      this.caps.report(this.datapath.napt.drops.counts, this.log, now);
       if (this.debugging) this.debugLog.drops(this.datapath.napt.drops.counts);
       this.logSpoofs();
     }

@@ -19,6 +19,7 @@
  */
 import { FlowIndex } from '../core/flow-index';
 import { SoaRows } from '../core/table';
+import { TupleIndex } from '../core/tuple-index';
 
 const NONE = -1;
 const HELD = 1;
@@ -33,6 +34,9 @@ export const DONE = 2;
 /** Kinds of held packet: a fragment, or a session helper's segment (kind = SEGMENT + helper-specific bits). */
 export const FRAGMENT = 0;
 export const SEGMENT = 2;
+
+/** holdSlot(): the source holds perSourceLimit fragments already. */
+export const SOURCE_LIMIT = -2;
 
 /** Bytes of the reassembly area: a whole IPv4 datagram and a vnet header. */
 export const WHOLE_SIZE = 65535 + 64;
@@ -67,6 +71,13 @@ export class FragmentTracker {
   heldCount = 0;
   /** Most fragments held at once: every hold slot, or fewer after a reload lowered limits.maxHeldFragments. */
   holdLimit: number;
+  /**
+   * Most fragments one source address may hold (limits.fragmentsPerSource),
+   * so that fragments sprayed from one place cannot take the whole pool.
+   */
+  perSourceLimit: number;
+  /** Held fragments by source address. */
+  private readonly bySource: TupleIndex;
   private releasedPending = false;
 
   /**
@@ -98,6 +109,8 @@ export class FragmentTracker {
     this.hMore = new Uint8Array(holdSlots);
     this.hExpires = new Float64Array(holdSlots);
     this.holdLimit = holdSlots;
+    this.perSourceLimit = holdSlots;
+    this.bySource = new TupleIndex(holdSlots);
   }
 
   /** Datagrams remembered (first fragment translated), and how many can be. */
@@ -153,12 +166,18 @@ export class FragmentTracker {
     return this.holdSlot(arena, off, len, src, dst, key, expires, kind, 0, 0, false) >= 0;
   }
 
-  /** As hold(), with a fragment's payload offset and length in the datagram and its MF flag; returns the slot or -1. */
+  /**
+   * As hold(), with a fragment's payload offset and length in the datagram
+   * and its MF flag; returns the slot, -1 (the pool is full) or SOURCE_LIMIT.
+   */
   holdSlot(arena: Uint8Array, off: number, len: number, src: number, dst: number, key: number, expires: number,
     kind: number, fragOff: number, fragLen: number, more: boolean): number {
     if (this.heldCount >= this.holdLimit) return NONE;
+    const bySource = kind === FRAGMENT ? Math.max(0, this.bySource.get(src, 0, 0, 0)) : 0;
+    if (kind === FRAGMENT && bySource >= this.perSourceLimit) return SOURCE_LIMIT;
     const h = this.claim(arena, off, len, HELD);
     if (h < 0) return NONE;
+    if (kind === FRAGMENT) this.bySource.set(src, 0, 0, 0, bySource + 1);
     this.hKind[h] = kind;
     this.hSrc[h] = src;
     this.hDst[h] = dst;
@@ -258,14 +277,23 @@ export class FragmentTracker {
   /** Marks a held slot as written in this batch. */
   release(h: number): void {
     this.hState[h] = RELEASED;
-    this.heldCount--;
+    this.unhold(h);
     this.releasedPending = true;
   }
 
   /** Frees a held slot without writing it. */
   discard(h: number): void {
     this.hState[h] = 0;
+    this.unhold(h);
+  }
+
+  private unhold(h: number): void {
     this.heldCount--;
+    if (this.hKind[h] !== FRAGMENT) return;
+    const src = this.hSrc[h];
+    const n = this.bySource.get(src, 0, 0, 0);
+    if (n > 1) this.bySource.set(src, 0, 0, 0, n - 1);
+    else this.bySource.delete(src, 0, 0, 0);
   }
 
   /** Called at the start of every batch: slots released in the previous batch have been written. */

@@ -28,7 +28,7 @@ import { VNET_OK, VnetHeader } from '../wire/vnet';
 import { isIcmpError, isIcmpQueryRequest } from '../wire/icmp';
 import { Drop, DropCounters, Verdict } from '../core/verdict';
 import { TxList } from '../core/tx-list';
-import { COLLECT, DONE, FOLLOW, FRAGMENT, FragmentTracker, SEGMENT } from './fragments';
+import { COLLECT, DONE, FOLLOW, FRAGMENT, FragmentTracker, SEGMENT, SOURCE_LIMIT } from './fragments';
 import type { Forwards } from './forwards';
 import { SLOT_TCP, SLOT_UDP, SessionListener, SessionTable } from './sessions';
 import { Refusals } from './refuse';
@@ -562,9 +562,8 @@ export class Napt implements SessionListener, SegmentHolder {
     const deadline = p.now + this.opts.timers.fragmentMs;
     const fragOff = (read16(p.buf, ip.off + IPV4_FRAG) & IPV4_FRAG_OFFSET_MASK) << 3;
     const more = (read16(p.buf, ip.off + IPV4_FRAG) & IPV4_FLAG_MF) !== 0;
-    if (f.holdSlot(this.arena, ip.off - v, len, src, dst, key, deadline, FRAGMENT, fragOff, ip.payloadLen, more) < 0) {
-      return Drop.FRAGMENT_HOLD_FULL;
-    }
+    const held = f.holdSlot(this.arena, ip.off - v, len, src, dst, key, deadline, FRAGMENT, fragOff, ip.payloadLen, more);
+    if (held < 0) return held === SOURCE_LIMIT ? Drop.FRAGMENT_SOURCE_LIMIT : Drop.FRAGMENT_HOLD_FULL;
     if (!collect) return HELD;
     if (d < 0) f.remember(src, dst, key, src, dst, deadline, COLLECT);
     const n = f.whole(src, dst, key, this.pieces);

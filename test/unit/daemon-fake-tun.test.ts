@@ -11,7 +11,7 @@ import { Daemon } from '../../src/daemon/daemon';
 import { createLogger } from '../../src/daemon/log';
 import { FakeTun } from '../../src/edge/tun/fake-tun';
 import type { TunFactory } from '../../src/edge/tun/device';
-import { concat, parse, udpPacket, vnetHeader } from './packet-builder';
+import { concat, ipv4, MF, parse, udpPacket, vnetHeader } from './packet-builder';
 import { SIDE_LAN, SIDE_WAN, tunDeviceNames } from '../../src/core/side';
 
 const LAN_HOST = '10.77.0.11';
@@ -99,6 +99,27 @@ describe('daemon packet loop on a fake TUN', () => {
     assert.equal(spoofLines[0].count, 22);
     assert.equal(spoofLines[0].side, 'lan');
     assert.equal(spoofLines[0].source, REMOTE);
+  });
+
+  it('one source gets limits.fragmentsPerSource (64) of the fragment pool; the cap is counted and logged once a minute', async () => {
+    const { daemon, tun, lines } = rig();
+    const later = (src: string, id: number): Uint8Array =>
+      concat(vnetHeader(), ipv4({ src, dst: PUBLIC, proto: 17, id, flags: MF, fragOffset: 1480, payload: new Uint8Array(16) }));
+    for (let i = 0; i < 70; i++) tun.inject(later(REMOTE, i), SIDE_WAN);
+    assert.deepEqual(tun.deliver(), [], 'later fragments wait for their first');
+    for (let i = 0; i < 5; i++) tun.inject(later('198.18.0.12', i), SIDE_WAN);
+    tun.deliver();
+    assert.equal(daemon.datapath.frags.heldCount, 64 + 5, 'another source still gets slots');
+    assert.equal(daemon.drops()['fragment-source-limit'], 6);
+    daemon.sweep();
+    for (let i = 0; i < 3; i++) tun.inject(later(REMOTE, 100 + i), SIDE_WAN);
+    tun.deliver();
+    daemon.sweep();
+    const limit = (await lines()).map((l) => JSON.parse(l) as Record<string, unknown>).filter((l) => l.event === 'limit');
+    assert.equal(limit.length, 1, 'one line a minute at most');
+    assert.equal(limit[0].level, 'warn');
+    assert.equal(limit[0]['fragment-source-limit'], 6);
+    assert.match(String(limit[0].msg), /limits reached, packets refused since the last report: fragment-source-limit 6/);
   });
 
   it('commits a new mapping (journal flush) inside the batch, before its packet is written', () => {

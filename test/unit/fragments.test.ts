@@ -4,7 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { FragmentTracker } from '../../src/nat/fragments';
+import { FRAGMENT, FragmentTracker, SEGMENT, SOURCE_LIMIT } from '../../src/nat/fragments';
 import { addr, pattern } from './packet-builder';
 
 const SRC = addr('10.77.0.10');
@@ -48,6 +48,24 @@ describe('FragmentTracker', () => {
     f.recycleReleased();
     assert.ok(f.hold(arena, 200, 10, SRC, DST, FragmentTracker.key(6, 2), 5000));
     assert.deepEqual(arena.subarray(f.heldOffset(0), f.heldOffset(0) + 10), pattern(256).subarray(200, 210));
+  });
+
+  it('one source holds at most perSourceLimit fragments (SOURCE_LIMIT); another source still gets the rest; freed slots count down', () => {
+    const { f, arena } = setUp();
+    f.perSourceLimit = 2;
+    const OTHER = addr('198.51.100.9');
+    const hold = (src: number, id: number): number => f.holdSlot(arena, 0, 20, src, DST, FragmentTracker.key(17, id), 5000, FRAGMENT, 8, 12, true);
+    assert.ok(hold(SRC, 1) >= 0);
+    assert.ok(hold(SRC, 2) >= 0);
+    assert.equal(hold(SRC, 3), SOURCE_LIMIT, 'its share is used up while the pool has room');
+    assert.ok(hold(OTHER, 4) >= 0, 'another source is not affected');
+    assert.equal(f.takeHeld(SRC, DST, FragmentTracker.key(17, 1), 0), 0);
+    f.recycleReleased();
+    assert.ok(hold(SRC, 5) >= 0, 'a released fragment gives its source the slot back');
+    f.discard(f.nextHeld(FRAGMENT, SRC, DST, FragmentTracker.key(17, 2), 0));
+    assert.ok(hold(SRC, 6) >= 0, 'so does a discarded one');
+    assert.equal(hold(SRC, 7), -1, 'and then the pool itself is full');
+    assert.ok(f.hold(arena, 0, 20, OTHER, DST, 1, 5000, SEGMENT) === false, 'a helper\'s segment finds the pool full too, and is not counted per source');
   });
 
   it('refuses a fragment larger than a slot', () => {
