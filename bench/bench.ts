@@ -199,6 +199,10 @@ async function vpnmasqRun(lab: Lab, bench: Bench, pinned: boolean, io: string): 
     throw e;
   } finally {
     await router.stop();
+    // The safety net outlives the daemon by design (fail closed): its steering would send the kernel
+    // masquerade's replies to a blackhole in the next kernel run. The box goes back to no vpnmasq at all.
+    const down = await router.teardown();
+    if (down.code !== 0) throw new Error(`vpnmasq teardown failed (${down.code}): ${down.stderr}`);
   }
 }
 
