@@ -22,7 +22,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { ChildProcess } from 'node:child_process';
 import { createLab, Lab } from '../test/lab/lab';
-import { RouterHandle, startRouter } from '../test/lab/router-harness';
+import { RouterHandle, startRouter, UNIT_NICE } from '../test/lab/router-harness';
 import { engineSection } from './engine';
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 10);
@@ -40,8 +40,6 @@ const SMALL_PAYLOAD = 18;
 
 const ROOT = path.resolve(__dirname, '../..');
 const TOOLS = path.join(ROOT, 'dist/bench/hosts');
-/** The daemon runs at the priority the installed service gives it. */
-const UNIT_NICE = /^Nice=(-?\d+)$/m.exec(fs.readFileSync(path.join(ROOT, 'systemd/vpnmasq.service'), 'utf8'))?.[1] ?? '0';
 
 interface Figures {
   tcp1Gbps: number;

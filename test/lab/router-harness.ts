@@ -13,6 +13,8 @@ export const ROOT = path.resolve(__dirname, '../../..');
 export const CLI = path.join(ROOT, 'dist/src/bin/vpnmasq.js');
 export const PEER = path.join(ROOT, 'test/hosts/peer.py');
 export const PPTP_HOST = path.join(ROOT, 'test/hosts/pptp_host.py');
+/** The priority the installed service runs the daemon at (systemd/vpnmasq.service, Nice=). */
+export const UNIT_NICE = /^Nice=(-?\d+)$/m.exec(fs.readFileSync(path.join(ROOT, 'systemd/vpnmasq.service'), 'utf8'))?.[1] ?? '0';
 
 export interface RouterHandle {
   configPath: string;
