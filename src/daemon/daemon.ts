@@ -50,8 +50,6 @@ const RING_SLOTS_OFFLOADS = 256;
 const RING_SLOTS_MTU = 1024;
 /** Queues of each TUN device (IFF_MULTI_QUEUE above 1), each with its reader and writer thread. */
 const TUN_QUEUES = 1;
-/** TUN devices: one per side (core/side.ts). */
-const TUN_DEVICES = 2;
 /** Packets translated per call into the packet path at most. */
 const BATCH = 128;
 const SWEEP_INTERVAL_MS = 100;
@@ -245,7 +243,7 @@ export class Daemon implements MetricsSource {
       this.table,
       {
         slotSize: rxSlotSize(cfg.tun.offloads, cfg.tun.mtu),
-        rxSlots: TUN_DEVICES * TUN_QUEUES * this.ringSlots(),
+        rxSlots: tunDeviceNames(cfg.tun.name).length * TUN_QUEUES * this.ringSlots(),
         batch: BATCH,
         holdSlots: cfg.limits.maxHeldFragments,
         holdSlotSize: rxSlotSize(false, cfg.tun.mtu),

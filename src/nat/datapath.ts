@@ -72,7 +72,7 @@ export class Datapath {
     const lens = this.rxLens;
     const devs = this.rxDevs;
     napt.now = now;
-    napt.warm(offs, this.rxLens, this.rxDevs, count);
+    napt.warm(offs, lens, devs, count);
     this.frags.recycleReleased();
     tx.count = 0;
     let i = 0;

@@ -447,14 +447,16 @@ export class SessionTable implements BudgetSessions {
 
   // ---- lookups -----------------------------------------------------------
 
-  /** Session for an outbound packet, or -1. */
-  findOut(proto: number, lan: number, lanPort: number, rem: number, remPort: number): number {
-    return this.outIndex.get(lan, rem, (lanPort << 16) | remPort, proto);
+  /** Session for an outbound packet, or -1; `homeOnly`: TupleIndex.peek (the batch warm-up). */
+  findOut(proto: number, lan: number, lanPort: number, rem: number, remPort: number, homeOnly = false): number {
+    const k2 = (lanPort << 16) | remPort;
+    return homeOnly ? this.outIndex.peek(lan, rem, k2, proto) : this.outIndex.get(lan, rem, k2, proto);
   }
 
-  /** Session for an inbound packet to public address `pubIdx`, or -1. */
-  findIn(proto: number, pubIdx: number, pubPort: number, rem: number, remPort: number): number {
-    return this.inIndex.get(rem, (pubPort << 16) | remPort, pubIdx, proto);
+  /** Session for an inbound packet to public address `pubIdx`, or -1; `homeOnly` as for findOut. */
+  findIn(proto: number, pubIdx: number, pubPort: number, rem: number, remPort: number, homeOnly = false): number {
+    const k1 = (pubPort << 16) | remPort;
+    return homeOnly ? this.inIndex.peek(rem, k1, pubIdx, proto) : this.inIndex.get(rem, k1, pubIdx, proto);
   }
 
   /**
@@ -465,10 +467,10 @@ export class SessionTable implements BudgetSessions {
    */
   warm(fromLan: boolean, proto: number, src: number, sport: number, dst: number, dport: number): number {
     let s: number;
-    if (fromLan) s = this.outIndex.peek(src, dst, (sport << 16) | dport, proto);
+    if (fromLan) s = this.findOut(proto, src, sport, dst, dport, true);
     else {
       const pubIdx = this.publicIndexOf(dst);
-      s = pubIdx < 0 ? NONE : this.inIndex.peek(src, (dport << 16) | sport, pubIdx, proto);
+      s = pubIdx < 0 ? NONE : this.findIn(proto, pubIdx, dport, src, sport, true);
     }
     return s < 0 ? 0 : this.hot[s * SESSION_WORDS + W_PORTS];
   }

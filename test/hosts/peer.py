@@ -232,16 +232,27 @@ def raw(a):
     out({"sent": len(payload)})
 
 
+def udp_datagram(src, dst, sport, dport, data):
+    """A UDP header and `data`, checksum over the pseudo-header (addresses packed; 0 is sent as 0xFFFF)."""
+    ulen = 8 + len(data)
+    pseudo = src + dst + struct.pack("!BBH", 0, 17, ulen)
+    csum = checksum(pseudo + struct.pack("!HHHH", sport, dport, ulen, 0) + data) or 0xFFFF
+    return struct.pack("!HHHH", sport, dport, ulen, csum) + data
+
+
+def ipv4_header(src, dst, payload_len, ident, flags=0, proto=17):
+    """A 20-byte IPv4 header with its checksum (addresses packed)."""
+    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + payload_len, ident, flags, 64, proto, 0, src, dst)
+    return hdr[:10] + struct.pack("!H", checksum(hdr)) + hdr[12:]
+
+
 def udp_frags(a):
     """One UDP datagram sent as hand-made IP fragments (IP_HDRINCL)."""
     src = socket.inet_aton(a.src)
     dst = socket.inet_aton(a.dst)
     block, full, rest = pattern(a.size)
     data = (block * (full + 1))[: a.size]
-    ulen = 8 + len(data)
-    pseudo = src + dst + struct.pack("!BBH", 0, 17, ulen)
-    csum = checksum(pseudo + struct.pack("!HHHH", a.sport, a.dport, ulen, 0) + data) or 0xFFFF
-    datagram = struct.pack("!HHHH", a.sport, a.dport, ulen, csum) + data
+    datagram = udp_datagram(src, dst, a.sport, a.dport, data)
     ident = a.ident
     step = 1480
     frags = []
@@ -249,9 +260,7 @@ def udp_frags(a):
         chunk = datagram[off: off + step]
         more = off + step < len(datagram)
         flags = (0x2000 if more else 0) | (off // 8)
-        hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(chunk), ident, flags, 64, 17, 0, src, dst)
-        hdr = hdr[:10] + struct.pack("!H", checksum(hdr)) + hdr[12:]
-        frags.append(hdr + chunk)
+        frags.append(ipv4_header(src, dst, len(chunk), ident, flags) + chunk)
     if a.reverse:
         frags.reverse()
     s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
@@ -264,16 +273,10 @@ def udp_spoof(a):
     """UDP datagrams with a source address of our choosing (IP_HDRINCL): what a spoofing host sends."""
     src = socket.inet_aton(a.src)
     dst = socket.inet_aton(a.dst)
-    data = b"spoofed"
-    ulen = 8 + len(data)
     s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
     for i in range(a.count):
-        sport = a.sport + i
-        pseudo = src + dst + struct.pack("!BBH", 0, 17, ulen)
-        csum = checksum(pseudo + struct.pack("!HHHH", sport, a.dport, ulen, 0) + data) or 0xFFFF
-        hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + ulen, i & 0xFFFF, 0, 64, 17, 0, src, dst)
-        hdr = hdr[:10] + struct.pack("!H", checksum(hdr)) + hdr[12:]
-        s.sendto(hdr + struct.pack("!HHHH", sport, a.dport, ulen, csum) + data, (a.dst, 0))
+        datagram = udp_datagram(src, dst, a.sport + i, a.dport, b"spoofed")
+        s.sendto(ipv4_header(src, dst, len(datagram), i & 0xFFFF) + datagram, (a.dst, 0))
     out({"sent": a.count})
 
 

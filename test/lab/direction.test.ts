@@ -101,7 +101,7 @@ for (const { mode, dport } of MODES) {
 
     it('LAN -> LAN through the router is routed, not masqueraded: the receiver sees the real source and port', async () => {
       // The hosts share a bridge; a host route through the router (and no redirects) makes the datagram cross it.
-      for (const ns of [lab.ns.router]) await sh(ns, ['sysctl', '-qw', 'net.ipv4.conf.all.send_redirects=0', `net.ipv4.conf.${lab.routerIfaces.lan}.send_redirects=0`]);
+      await sh(lab.ns.router, ['sysctl', '-qw', 'net.ipv4.conf.all.send_redirects=0', `net.ipv4.conf.${lab.routerIfaces.lan}.send_redirects=0`]);
       await sh(lab.ns.lan[0], ['ip', 'route', 'add', `${lab.addr.lan[1]}/32`, 'via', ROUTER_LAN]);
       await sh(lab.ns.lan[1], ['ip', 'route', 'add', `${lab.addr.lan[0]}/32`, 'via', ROUTER_LAN]);
       assert.match(await sh(lab.ns.lan[0], ['ip', 'route', 'get', lab.addr.lan[1]]), new RegExp(`via ${ROUTER_LAN.replace(/\./g, '\\.')}`));

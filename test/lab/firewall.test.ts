@@ -96,7 +96,7 @@ for (const mode of ['shared', 'dedicated'] as const) {
      * forward chain. Off, the probe shows what the forward chain alone does.
      */
     const wanToLanLoose = async (port: number) => {
-      const rpf = '/proc/sys/net/ipv4/conf/wan0/rp_filter';
+      const rpf = `/proc/sys/net/ipv4/conf/${lab.routerIfaces.wan}/rp_filter`;
       await sh(`echo 0 > ${rpf}`);
       try {
         return await wanToLan(port);

@@ -308,8 +308,13 @@ export function tunSysctls(): SysctlPlan {
  * dedicated mode) is dropped by the kernel before any steering. It cannot
  * break the design: vpnmasq sends every translated packet out by the main
  * table, so the replies it waits for come back on the interface the main
- * table routes their source to, the WAN. The reverse lookup runs with iif lo
- * and so never matches the `iif` rules that lead to the TUNs. The TUNs stay
+ * table routes their source to, the WAN. The kernel makes the reverse lookup
+ * as if the reply came in by the interface the forward route leaves by: for
+ * a packet to the public address that is a TUN, and no rule sends a remote
+ * source anywhere but the main table; for a packet from the WAN to a LAN
+ * address it is the LAN interface, whose rule (pref 7100) answers with the
+ * LAN table and its TUN, not the WAN, so the box never routes WAN -> LAN
+ * directly. The TUNs stay
  * at 0 (translated inbound packets carry remote sources) and so does
  * conf/all (the effective value is the larger of all and the device's);
  * the LAN interfaces keep the operator's setting (routed LAN segments may be
