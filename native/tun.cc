@@ -617,7 +617,16 @@ struct Loop {
         DrainEvent(self->ringEvent);
         if (!self->ring->Pending()) return;
       }
+      self->ComeBackIfPending();
     });
+  }
+
+  // Work still waits after a wakeup's bound (a burst), and the eventfd was
+  // read: with DEFER_TASKRUN the kernel signals it only when its list of
+  // deferred work goes from empty to not empty, so nothing would wake the
+  // loop again. Come back after the event loop had its turn.
+  void ComeBackIfPending() {
+    if (!closing && !Failed() && ring->Pending()) uv_async_send(&async);
   }
 
   void EmitFailure() {
@@ -690,6 +699,7 @@ struct Loop {
       if (self->Failed()) return;
       if (self->mode == Mode::kUring) {
         self->RunRing();
+        self->ComeBackIfPending();
       } else {
         self->Deliver();
       }
