@@ -36,6 +36,7 @@
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -84,8 +85,25 @@ enum Stat : uint32_t {
   ERR_CALLBACK = 9,
   TX_QUEUE_LEN = 10,
   RX_RING_FULL = 11,
-  STATS_COUNT = 12,
+  // Batches by how long their oldest packet waited for the JS thread (from
+  // its read until the batch was gathered), then the longest wait in µs.
+  RX_WAIT_UNDER_64US = 12,
+  RX_WAIT_UNDER_256US = 13,
+  RX_WAIT_UNDER_1MS = 14,
+  RX_WAIT_UNDER_4MS = 15,
+  RX_WAIT_4MS_OR_MORE = 16,
+  RX_WAIT_MAX_US = 17,
+  STATS_COUNT = 18,
 };
+
+constexpr uint64_t kWaitBoundsUs[] = {64, 256, 1000, 4000};
+constexpr uint32_t kWaitBuckets = RX_WAIT_MAX_US - RX_WAIT_UNDER_64US;
+
+uint64_t NowNs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000000u + static_cast<uint64_t>(ts.tv_nsec);
+}
 
 // Batches delivered per wakeup before yielding to the event loop.
 constexpr int kMaxRoundsPerWakeup = 8;
@@ -207,6 +225,7 @@ struct Queue {
   // order the device returned the packets; the JS thread consumes.
   std::vector<uint32_t> rxFifo;  // ring slot of each packet, by arrival
   std::vector<uint32_t> rxLen;   // bytes read into each ring slot
+  std::vector<uint64_t> rxStamp;  // CLOCK_MONOTONIC ns when each ring slot was read (reaped, with io_uring)
   alignas(64) std::atomic<uint32_t> rxHead{0};
   std::atomic<bool> readerWaiting{false};
   uint32_t rxTail = 0;  // JS thread only
@@ -295,6 +314,8 @@ struct Loop {
   bool reported = false;
 
   Counter rxBatches, errCallback, txDrops, txInvalid;  // JS thread
+  uint64_t rxWait[kWaitBuckets] = {};                   // JS thread: batches by wait (CountWait)
+  uint64_t rxWaitMaxUs = 0;
 
   // "uring": the ring, the eventfd it signals when completions or deferred
   // work wait (polled on the event loop: epoll on the ring fd itself is not
@@ -351,10 +372,15 @@ struct Loop {
   uint32_t Gather() {
     uint32_t count = 0;
     uint32_t n = static_cast<uint32_t>(queues.size());
+    uint64_t oldest = UINT64_MAX;
     ++batchNo;
     for (uint32_t k = 0; k < n && count < batchCapacity; ++k) {
       Queue* q = queues[(nextQueue + k) % n].get();
       uint32_t avail = q->rxHead.load(std::memory_order_acquire) - q->rxTail;
+      if (avail > 0) {
+        uint64_t t = q->rxStamp[q->rxFifo[q->rxTail % ringSlots]];
+        if (t < oldest) oldest = t;
+      }
       for (; avail > 0 && count < batchCapacity; --avail, ++q->rxTail, ++count) {
         uint32_t slot = q->rxFifo[q->rxTail % ringSlots];
         uint32_t g = q->firstSlot + slot;
@@ -366,7 +392,18 @@ struct Loop {
       }
     }
     nextQueue = (nextQueue + 1) % n;
+    if (count > 0) CountWait(oldest);
     return count;
+  }
+
+  // Files the batch under how long its oldest packet waited.
+  void CountWait(uint64_t stamp) {
+    uint64_t now = NowNs();
+    uint64_t us = now > stamp ? (now - stamp) / 1000 : 0;
+    uint32_t b = 0;
+    while (b < kWaitBuckets - 1 && us >= kWaitBoundsUs[b]) ++b;
+    ++rxWait[b];
+    if (us > rxWaitMaxUs) rxWaitMaxUs = us;
   }
 
   // Calls onEvent(ev). An exception from the handler itself is raised as an
@@ -513,6 +550,7 @@ struct Loop {
       if (!(c.flags & IORING_CQE_F_MORE)) q->armed = false;
       if (c.res > 0 && hasBuf) {
         q->rxLen[slot] = static_cast<uint32_t>(c.res);
+        q->rxStamp[slot] = NowNs();
         refs[q->firstSlot + slot].store(1, std::memory_order_relaxed);
         uint32_t head = q->rxHead.load(std::memory_order_relaxed);
         q->rxFifo[head % ringSlots] = slot;
@@ -724,6 +762,8 @@ struct Loop {
     s[ERR_CALLBACK] = errCallback.Get();
     s[TX_QUEUE_DROPS] = txDrops.Get();
     s[TX_ERRORS] += txInvalid.Get();
+    for (uint32_t b = 0; b < kWaitBuckets; ++b) s[RX_WAIT_UNDER_64US + b] = rxWait[b];
+    s[RX_WAIT_MAX_US] = rxWaitMaxUs;
     for (uint32_t i = 0; i < STATS_COUNT; ++i) out[i] = static_cast<double>(s[i]);
   }
 
@@ -855,6 +895,7 @@ void Queue::ReaderMain() {
     if (r > 0) {
       pollError = false;
       rxLen[slot] = static_cast<uint32_t>(r);
+      rxStamp[slot] = NowNs();
       rxFifo[slot] = slot;  // read in slot order
       ref.store(1, std::memory_order_relaxed);
       rxHead.store(++head, std::memory_order_release);
@@ -1187,6 +1228,7 @@ Napi::Value Start(const Napi::CallbackInfo& info) {
       q->ring = L->arena + size_t{q->firstSlot} * slotSize;
       q->rxFifo.assign(ringSlots, 0);
       q->rxLen.assign(ringSlots, 0);
+      q->rxStamp.assign(ringSlots, 0);
       Queue* qp = q.get();
       L->devices[d].push_back(qp);
       L->queues.push_back(std::move(q));

@@ -56,6 +56,16 @@ export class TupleIndex {
     return w !== EMPTY && (w & 0xff) === tag && a[o] === k0 && a[o + 1] === k1 && a[o + 2] === k2 ? w >>> 8 : EMPTY;
   }
 
+  /** The key's home slot, as an offset for word(): computes the hash and reads nothing. */
+  homeOf(k0: number, k1: number, k2: number, tag: number): number {
+    return this.home(k0, k1, k2, tag) << 2;
+  }
+
+  /** The record word at home offset `o` (homeOf), read only to bring its cache line in. */
+  word(o: number): number {
+    return this.slots[o + 3];
+  }
+
   /** The slot holding the key, or the empty slot that ends its probe run. */
   private find(k0: number, k1: number, k2: number, tag: number): number {
     const a = this.slots;

@@ -31,7 +31,7 @@ import { RouterNet, SafetyNetStatus } from '../edge/netlink/router-net';
 import { int32ToIpv4, ipv4ToInt32, prefixPairs } from '../core/ipv4-addr';
 import { ringBytes, type TunDevice, type TunEvent, type TunFactory } from '../edge/tun/device';
 import { NativeTun } from '../edge/tun/native-tun';
-import { Stat } from '../edge/tun/native';
+import { RX_WAIT_BUCKETS, Stat } from '../edge/tun/native';
 import { BatchFaults } from '../edge/tun/batch-faults';
 import { Store } from '../persist/store';
 import { EspCodec, GreCallCodec, IsakmpCodec, SessionCodec } from '../persist/tables';
@@ -913,6 +913,13 @@ export class Daemon implements MetricsSource {
       'fragments-held': { entries: f.heldCount, capacity: f.holdLimit },
       'fragment-datagrams': { entries: f.datagramCount, capacity: f.datagramCapacity },
     };
+  }
+
+  forwardingWaits(): Record<string, number> {
+    const out: Record<string, number> = {};
+    const counters = this.tun?.stats();
+    for (const b of RX_WAIT_BUCKETS) out[b.name] = counters?.[b.stat] ?? 0;
+    return out;
   }
 
   reloads(): Record<string, number> {

@@ -24,6 +24,8 @@ export interface MetricsSource {
   traffic(): { packetsOut: number; packetsIn: number; bytesOut: number; bytesIn: number };
   /** VPN event -> count (monotonic). */
   vpnEvents(): Record<string, number>;
+  /** TUN batches by how long their oldest packet waited for the event loop (bucket name -> count, monotonic; none before the TUN is open). */
+  forwardingWaits(): Record<string, number>;
   /** Reloads by result (applied, rejected), since start. */
   reloads(): Record<string, number>;
   /** Wall-clock ms when the daemon started. */
@@ -89,6 +91,11 @@ export const METRICS: readonly MetricDef[] = [
   {
     name: 'vpnmasq_vpn_events_total', help: 'VPN tracking events (IPsec, PPTP) by event; kept across restarts.', type: 'counter', labels: ['event'],
     read: (s) => by('event', s.vpnEvents()),
+  },
+  {
+    name: 'vpnmasq_forwarding_wait_batches_total',
+    help: 'Packet batches by how long their oldest packet waited in the TUN ring for the event loop (under_64us ... 4ms_or_more).',
+    type: 'counter', labels: ['wait'], read: (s) => by('wait', s.forwardingWaits()),
   },
   { name: 'vpnmasq_reloads_total', help: 'Config reloads by result (applied, rejected).', type: 'counter', labels: ['result'], read: (s) => by('result', s.reloads()) },
   { name: 'vpnmasq_db_healthy', help: '1 if the state database accepts writes, else 0.', type: 'gauge', labels: [], read: (s) => one(s.db().healthy ? 1 : 0) },

@@ -192,27 +192,49 @@ export class Napt implements SessionListener, SegmentHolder {
 
   /** Folded words of warm(): kept so the reads are not optimized away. */
   private warmth = 0;
+  /** warm(): the sessions the first pass found, for the second (grown to the largest batch, never per packet). */
+  private warmSessions = new Int32Array(0);
+  private warmPackets = new Int32Array(0);
 
   /**
    * Before a batch is translated: for every unfragmented TCP or UDP packet
-   * with a plain 20-byte header, reads the index entry and the session row
-   * its lookup will touch (SessionTable.warm). The reads of different packets
-   * are independent, so the CPU overlaps their cache misses instead of
-   * taking them one after another; translation then finds them cached.
+   * with a plain 20-byte header, reads the index entry and then the session
+   * row its lookup will touch. Two passes, so that the reads within each
+   * pass are independent of each other: the CPU overlaps their cache misses
+   * instead of taking them one after another (a row's address is known only
+   * once its index entry arrived); translation then finds them cached.
    */
   warm(offs: Uint32Array, lens: Uint32Array, devs: Uint8Array, count: number): void {
     const b = this.arena;
     const v = this.opts.vnetLen;
     const t = this.table;
-    let sink = 0;
+    if (this.warmSessions.length < count) {
+      this.warmSessions = new Int32Array(count);
+      this.warmPackets = new Int32Array(count);
+    }
+    const found = this.warmSessions;
+    const packets = this.warmPackets;
+    let n = 0;
     for (let i = 0; i < count; i++) {
       const o = offs[i] + v;
       if (lens[i] < v + IPV4_MIN_HDR + 4 || b[o + IPV4_VER_IHL] !== 0x45 || (read16(b, o + IPV4_FRAG) & (IPV4_FLAG_MF | IPV4_FRAG_OFFSET_MASK)) !== 0) continue;
       const proto = b[o + IPV4_PROTO];
       if (proto !== PROTO_TCP && proto !== PROTO_UDP) continue;
       const l4 = o + IPV4_MIN_HDR;
-      sink ^= t.warm(devs[i] === SIDE_LAN, proto, read32(b, o + IPV4_SRC), read16(b, l4), read32(b, o + IPV4_DST), read16(b, l4 + 2));
+      const h = t.warmHome(devs[i] === SIDE_LAN, proto, read32(b, o + IPV4_SRC), read16(b, l4), read32(b, o + IPV4_DST), read16(b, l4 + 2));
+      if (h >= 0) { found[n] = h; packets[n++] = i; }
     }
+    let sink = 0;
+    for (let k = 0; k < n; k++) sink ^= t.warmSlot(found[k]);
+    let m = 0;
+    for (let k = 0; k < n; k++) {
+      const i = packets[k];
+      const o = offs[i] + v;
+      const l4 = o + IPV4_MIN_HDR;
+      const s = t.warmIndex(devs[i] === SIDE_LAN, b[o + IPV4_PROTO], read32(b, o + IPV4_SRC), read16(b, l4), read32(b, o + IPV4_DST), read16(b, l4 + 2));
+      if (s >= 0) found[m++] = s;
+    }
+    for (let k = 0; k < m; k++) sink ^= t.warmRow(found[k]);
     this.warmth ^= sink;
   }
 

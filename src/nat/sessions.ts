@@ -460,19 +460,35 @@ export class SessionTable implements BudgetSessions {
   }
 
   /**
-   * Batch warm-up (Napt.warm): reads the index entry (its home slot only,
-   * TupleIndex.peek) and the session row an outbound (`fromLan`) or inbound
-   * TCP/UDP packet will look up. Reads only; returns a word of the row (0
-   * when there is none) for the caller to fold.
+   * Batch warm-up, first pass (Napt.warm): where the index entry of an
+   * outbound (`fromLan`) or inbound TCP/UDP packet lies (its home slot, as
+   * offset << 1 | inbound), or -1; reads nothing of the index.
    */
-  warm(fromLan: boolean, proto: number, src: number, sport: number, dst: number, dport: number): number {
-    let s: number;
-    if (fromLan) s = this.findOut(proto, src, sport, dst, dport, true);
-    else {
-      const pubIdx = this.publicIndexOf(dst);
-      s = pubIdx < 0 ? NONE : this.findIn(proto, pubIdx, dport, src, sport, true);
-    }
-    return s < 0 ? 0 : this.hot[s * SESSION_WORDS + W_PORTS];
+  warmHome(fromLan: boolean, proto: number, src: number, sport: number, dst: number, dport: number): number {
+    if (fromLan) return this.outIndex.homeOf(src, dst, (sport << 16) | dport, proto) << 1;
+    const pubIdx = this.publicIndexOf(dst);
+    return pubIdx < 0 ? NONE : (this.inIndex.homeOf(src, (dport << 16) | sport, pubIdx, proto) << 1) | 1;
+  }
+
+  /** Batch warm-up, second pass: reads the index slot warmHome() named. */
+  warmSlot(home: number): number {
+    return ((home & 1) === 0 ? this.outIndex : this.inIndex).word(home >>> 1);
+  }
+
+  /**
+   * Batch warm-up, third pass: reads the index entry (its home
+   * slot only, TupleIndex.peek) an outbound (`fromLan`) or inbound TCP/UDP
+   * packet will look up; returns the session it holds, or -1.
+   */
+  warmIndex(fromLan: boolean, proto: number, src: number, sport: number, dst: number, dport: number): number {
+    if (fromLan) return this.findOut(proto, src, sport, dst, dport, true);
+    const pubIdx = this.publicIndexOf(dst);
+    return pubIdx < 0 ? NONE : this.findIn(proto, pubIdx, dport, src, sport, true);
+  }
+
+  /** Batch warm-up, last pass: reads session `s`'s row; returns a word of it for the caller to fold. */
+  warmRow(s: number): number {
+    return this.hot[s * SESSION_WORDS + W_PORTS];
   }
 
   /** Mapping of a LAN endpoint, or -1. */

@@ -16,6 +16,7 @@ import type { ChildProcess } from 'node:child_process';
 import * as net from 'node:net';
 import { createLab, Lab, requireRoot } from './lab';
 import { RouterHandle, startRouter, UNIT_NICE } from './router-harness';
+import { RX_WAIT_BUCKETS } from '../../src/edge/tun/native';
 
 requireRoot();
 const PINGS = 500;
@@ -132,16 +133,27 @@ for (const mode of ['shared', 'dedicated'] as const) {
       const e = (await router.stats()).eventLoop as { p99Ms: number; maxMs: number };
       return `daemon event-loop delay since start p99 ${e.p99Ms.toFixed(2)} ms, max ${e.maxMs.toFixed(2)} ms`;
     };
+    // The TUN batches by how long their oldest packet waited for the event loop (Stat.RX_WAIT_*): a phase's count is the difference.
+    const waits = async (): Promise<number[]> => {
+      const t = (await router.stats()).tun as Record<string, number>;
+      return RX_WAIT_BUCKETS.map((b) => t[`rx_wait_${b.name}`]);
+    };
+    const waited = (from: number[], to: number[]): string => {
+      const d = to.map((v, i) => v - from[i]);
+      return `${d.reduce((a, b) => a + b, 0)} batches waited ${RX_WAIT_BUCKETS.map((b, i) => `${b.name.replace(/_/g, ' ')}: ${d[i]}`).join(', ')}`;
+    };
     const watchers = async (): Promise<number> => Number(((await router.request('status')).control as Record<string, number>).watchers);
 
     it('300 non-reading watchers: each is told how many events it lost, then disconnected; forwarding goes on (ping percentiles with and without them reported)', async () => {
       await flows(lab, 10_000, PREFILL, 20_000);
       const before0 = await mappings();
       process.stdout.write(`# ${mode}: ${before0} mappings after ${PREFILL} flows offered at 20,000/s; ${await loop()}\n`);
+      const w0 = await waits();
       const baseFlows = flows(lab, 40_000, 3000, 600);
       const base = await pingRtts(lab, PINGS);
       await baseFlows;
       const before1 = await mappings();
+      const w1 = await waits();
 
       for (let i = 0; i < WATCHERS; i++) sockets.push(silentWatcher(router.socket));
       const deadline = Date.now() + 10_000;
@@ -150,11 +162,12 @@ for (const mode of ['shared', 'dedicated'] as const) {
       const loadFlows = flows(lab, 44_000, 3000, 600);
       const loaded = await pingRtts(lab, PINGS);
       await loadFlows;
+      const w2 = await waits();
       const after1 = await mappings();
 
       process.stdout.write(`# ${mode}: ping p99 ${p99(base).toFixed(2)} ms without watchers, ${p99(loaded).toFixed(2)} ms with ${WATCHERS} silent watchers; ` +
         `max ${Math.max(...base).toFixed(2)} / ${Math.max(...loaded).toFixed(2)} ms; new mappings per 3000 flows offered: ${before1 - before0} without, ` +
-        `${after1 - before1} with; ${await loop()}\n`);
+        `${after1 - before1} with; ${await loop()}\n# ${mode}: without watchers ${waited(w0, w1)}; with them ${waited(w1, w2)}\n`);
 
       // Each silent watcher was told how many events it lost, then disconnected.
       const ends = await Promise.all(sockets.map((s) => drain(s)));
@@ -164,9 +177,11 @@ for (const mode of ['shared', 'dedicated'] as const) {
     });
 
     it('full-table listings while flows arrive: ping and event-loop delay measured (reported, not asserted)', async () => {
+      const w0 = await waits();
       const baseFlows = flows(lab, 48_000, 2000, 600);
       const base = await pingRtts(lab, PINGS);
       await baseFlows;
+      const w1 = await waits();
       const rows = await mappings();
       const loadFlows = flows(lab, 52_000, 2000, 600);
       const lists = (async () => {
@@ -177,8 +192,10 @@ for (const mode of ['shared', 'dedicated'] as const) {
       const loaded = await pingRtts(lab, PINGS);
       await loadFlows;
       const listed = await lists;
+      const w2 = await waits();
       process.stdout.write(`# ${mode}: ping p99 ${p99(base).toFixed(2)} ms without listings, ${p99(loaded).toFixed(2)} ms during 3 full listings ` +
-        `(${listed.join(', ')} rows); max ${Math.max(...base).toFixed(2)} / ${Math.max(...loaded).toFixed(2)} ms; ${await loop()}\n`);
+        `(${listed.join(', ')} rows); max ${Math.max(...base).toFixed(2)} / ${Math.max(...loaded).toFixed(2)} ms; ${await loop()}\n` +
+        `# ${mode}: without listings ${waited(w0, w1)}; during them ${waited(w1, w2)}\n`);
       assert.ok(listed.every((n) => n >= rows), `listings of ${listed.join(', ')} rows, ${rows} mappings before`);
     });
   });

@@ -21,6 +21,7 @@ function fakeSource(): MetricsSource & { dropsByReason: Record<string, number> }
     vpnEntries: () => ({ isakmp: { replied: 1, unreplied: 0 }, esp: { pending: 1, established: 1, squelched: 0 }, gre: { requested: 0, confirmed: 0, clearing: 0 } }),
     tables: () => ({ sessions: { entries: 4, capacity: 262144 }, esp: { entries: 2, capacity: 16384 } }),
     reloads: () => ({ applied: 2, rejected: 1 }),
+    forwardingWaits: () => ({ under_64us: 40, under_1ms: 2 }),
     startedAt: 1_700_000_000_000,
     nowMs: () => 1_700_000_090_000,
   };

@@ -35,9 +35,25 @@ export const Stat = {
   TX_QUEUE_LEN: 10,
   /** Times a reader found its next slot still in use and waited (backpressure: the kernel queues or drops meanwhile). */
   RX_RING_FULL: 11,
+  /**
+   * Batches by how long their oldest packet waited for the JS thread, from
+   * its read (with io 'uring': its completion's reap) until the batch was
+   * gathered: the forwarding delay whatever else the event loop runs adds.
+   */
+  RX_WAIT_UNDER_64US: 12,
+  RX_WAIT_UNDER_256US: 13,
+  RX_WAIT_UNDER_1MS: 14,
+  RX_WAIT_UNDER_4MS: 15,
+  RX_WAIT_4MS_OR_MORE: 16,
+  /** The longest such wait, µs. */
+  RX_WAIT_MAX_US: 17,
 } as const;
+/** The RX_WAIT_* buckets in order (Stat key, and the name metrics and tests give it: "under_64us" ...). */
+export const RX_WAIT_BUCKETS: ReadonlyArray<{ stat: number; name: string }> = Object.entries(Stat)
+  .filter(([k]) => k.startsWith('RX_WAIT_') && k !== 'RX_WAIT_MAX_US')
+  .map(([k, stat]) => ({ stat, name: k.slice('RX_WAIT_'.length).toLowerCase() }));
 /** Length of the array stats() fills. */
-export const STATS_COUNT = 12;
+export const STATS_COUNT = 18;
 
 export interface TunOpenResult {
   /** One fd per queue (IFF_MULTI_QUEUE when more than one). */
