@@ -48,6 +48,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import Database from 'better-sqlite3';
+import { Checkpointer } from './checkpointer';
 import { EV_DESTROY, EV_NEW, EV_UPDATE, JournalListener } from '../core/journal';
 import { RestoreContext, TableCodec } from './columns';
 import { classify, DbHealth, describeError, errorCode, Fault, SCHEMA_MISMATCH, SCHEMA_NEWER } from './health';
@@ -76,6 +77,8 @@ const FILE_CHECK_MS = 2000;
 /** Pages freed per incremental vacuum step. */
 const VACUUM_PAGES = 256;
 const WAL_SIZE_LIMIT = 4 * 1024 * 1024;
+/** SQLite's automatic checkpoint (pages), used while the checkpoint thread is not. */
+const AUTO_CHECKPOINT_PAGES = 1000;
 /** Rows read per query at restore. */
 const RESTORE_PAGE = 10000;
 
@@ -152,6 +155,8 @@ export class Store implements JournalListener {
   private timer: NodeJS.Timeout | null = null;
   private readonly now: () => number;
   private readonly commitQueue: () => void;
+  /** WAL checkpoints on a thread of their own once the timer runs (checkpointer.ts). */
+  private readonly checkpointer = new Checkpointer((reason) => this.checkpointsHere(reason));
 
   /** Opens (or creates) the database; never throws: a fault leaves the store unhealthy and retrying. */
   constructor(private cfg: StoreConfig, private readonly log: StoreLog, opts: StoreOptions = {}) {
@@ -375,7 +380,24 @@ export class Store implements JournalListener {
     if (this.timer === null) {
       this.timer = setInterval(() => this.tick(), this.cfg.flushIntervalMs);
       this.timer.unref();
+      this.attachCheckpointer();
     }
+  }
+
+  /** While the timer runs and a file is open, the checkpoint thread checkpoints it and the connection does not. */
+  private attachCheckpointer(): void {
+    if (this.timer === null || this.conn === null) return;
+    if (this.checkpointer.attach(this.cfg.path)) this.conn.pragma('wal_autocheckpoint = 0');
+  }
+
+  /** The checkpoint thread stopped: commits checkpoint again (SQLite's default, every 1000 WAL pages). */
+  private checkpointsHere(reason: string): void {
+    try {
+      this.conn?.pragma(`wal_autocheckpoint = ${AUTO_CHECKPOINT_PAGES}`);
+    } catch {
+      // the connection is failing: tick() reopens it, with the default
+    }
+    this.log.warn('state database checkpoints back on the packet thread', { path: this.cfg.path, reason });
   }
 
   /** Periodic work: file identity check, recovery, update flush, vacuum step. Never throws. */
@@ -450,6 +472,7 @@ export class Store implements JournalListener {
       this.tick(Number.MAX_SAFE_INTEGER);
       this.closeQuiet();
     }
+    this.checkpointer.close();
   }
 
   health(): DbHealth {
@@ -578,6 +601,7 @@ export class Store implements JournalListener {
     this.lastFileCheck = this.now();
     for (const r of this.registered) this.prepare(this.conn, r);
     this.upsertCounter = this.conn.prepare('INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value');
+    this.attachCheckpointer();
     if (atStart) this.healthy = true;
     return true;
   }
@@ -651,6 +675,7 @@ export class Store implements JournalListener {
   }
 
   private closeQuiet(): void {
+    this.checkpointer.detach();
     try {
       this.conn?.close();
     } catch {
