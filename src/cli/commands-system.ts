@@ -59,6 +59,7 @@ function databaseLines(db: (DbHealth & { path: string }) | null): Array<[string,
     lines.push(['', `${rows(db.rowsQuarantined)} could not be restored and ${db.rowsQuarantined === 1 ? 'is' : 'are'} kept in the file's "quarantine" table with the reason (see the log)`]);
   }
   if (db.movedAside !== null) lines.push(['', `the previous file was moved aside to ${db.movedAside}: ${String(db.movedAsideReason)}`]);
+  if (db.healthy && db.refused === null && !db.checkpointThread) lines.push(['', 'checkpoints run inside commits: the checkpoint thread stopped (see the log)']);
   return lines;
 }
 

@@ -32,6 +32,9 @@ export class Checkpointer {
   constructor(private readonly onFailure: (reason: string) => void, private readonly intervalMs = CHECKPOINT_INTERVAL_MS,
     private readonly script = path.join(__dirname, 'checkpoint-worker.js')) {}
 
+  /** The thread is checkpointing a file. */
+  get running(): boolean { return this.worker !== null && this.attached; }
+
   /** Checkpoints `file` from the thread from now on; false when the thread could not start. */
   attach(file: string): boolean {
     if (this.worker === null) {

@@ -23,12 +23,14 @@ export interface DbHealth {
   movedAsideReason: string | null;
   /** The file is left untouched and not used (a newer schema version): why, and what to do. */
   refused: string | null;
+  /** WAL checkpoints run on their own thread (checkpointer.ts); false before the store started and after that thread failed (they run inside commits then). */
+  checkpointThread: boolean;
 }
 
 /** Health of a daemon that persists nothing. */
 export const NOT_PERSISTED: DbHealth = {
   healthy: true, pendingWrites: 0, lastError: null, lastErrorAt: null, rowsRestored: 0, rowsDiscarded: 0, rowsQuarantined: 0,
-  movedAside: null, movedAsideReason: null, refused: null,
+  movedAside: null, movedAsideReason: null, refused: null, checkpointThread: false,
 };
 
 /** What the store does about an error. */

@@ -485,6 +485,7 @@ export class Store implements JournalListener {
       healthy: this.healthy, pendingWrites: pending + this.pendingQuarantine.length, lastError: this.lastError, lastErrorAt: this.lastErrorAt,
       rowsRestored: this.rowsRestored, rowsDiscarded: this.rowsDiscarded, rowsQuarantined: this.rowsQuarantined,
       movedAside: this.movedAside, movedAsideReason: this.movedAsideReason, refused: this.refused,
+      checkpointThread: this.checkpointer.running,
     };
   }
 

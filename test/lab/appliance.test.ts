@@ -134,6 +134,8 @@ describe('appliance: shared-address mode in the lab', () => {
     const st = await router.request('status');
     assert.equal(st.mode, 'shared');
     assert.equal(st.publicAddress, ROUTER_WAN);
+    // The state store's WAL checkpoints run on their own thread, not in the commits before a batch.
+    assert.equal((st.state as { checkpointThread: boolean }).checkpointThread, true);
   });
 
   it('masquerades LAN traffic behind the router\'s own WAN address, in the reserved range', async () => {
