@@ -49,6 +49,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import Database from 'better-sqlite3';
 import { Checkpointer } from './checkpointer';
+import { IdSet } from './id-set';
 import { EV_DESTROY, EV_NEW, EV_UPDATE, JournalListener } from '../core/journal';
 import { RestoreContext, TableCodec } from './columns';
 import { classify, DbHealth, describeError, errorCode, Fault, SCHEMA_MISMATCH, SCHEMA_NEWER } from './health';
@@ -77,6 +78,14 @@ const FILE_CHECK_MS = 2000;
 /** Pages freed per incremental vacuum step. */
 const VACUUM_PAGES = 256;
 const WAL_SIZE_LIMIT = 4 * 1024 * 1024;
+/**
+ * The checkpoint thread copies the WAL back, but only a writer restarts the
+ * WAL from its start, and only when a checkpoint copied all of it: under
+ * commits that never pause, that does not happen and the WAL grows. Beyond
+ * this size the timer's tick checkpoints and truncates it on the packet
+ * thread; the thread has copied most of it by then, so that costs little.
+ */
+const WAL_TRIM_BYTES = 64 * 1024 * 1024;
 /** SQLite's automatic checkpoint (pages), used while the checkpoint thread is not. */
 const AUTO_CHECKPOINT_PAGES = 1000;
 /** Rows read per query at restore. */
@@ -113,6 +122,8 @@ export interface StoreOptions {
    * (`vpnmasq run --force-downgrade`).
    */
   newerSchema?: 'refuse' | 'move-aside';
+  /** The WAL size beyond which tick() truncates it (default WAL_TRIM_BYTES; tests lower it). */
+  walTrimBytes?: number;
 }
 
 /** Counters kept across restarts: `values[i]` is stored under `names[i]`. */
@@ -151,6 +162,7 @@ export class Store implements JournalListener {
   /** Quarantined rows not yet written (the restore transaction failed): they go first in the next write. */
   private pendingQuarantine: QuarantinedRow[] = [];
   private readonly newerSchema: 'refuse' | 'move-aside';
+  private readonly walTrimBytes: number;
   private readonly dirtyBuf = new Int32Array(UPDATE_BATCH);
   private timer: NodeJS.Timeout | null = null;
   private readonly now: () => number;
@@ -162,6 +174,7 @@ export class Store implements JournalListener {
   constructor(private cfg: StoreConfig, private readonly log: StoreLog, opts: StoreOptions = {}) {
     this.now = opts.now ?? Date.now;
     this.newerSchema = opts.newerSchema ?? 'refuse';
+    this.walTrimBytes = opts.walTrimBytes ?? WAL_TRIM_BYTES;
     this.commitQueue = () => this.tx(() => this.applyQueue());
     this.tryOpen(true);
   }
@@ -209,13 +222,14 @@ export class Store implements JournalListener {
     /** Serials (as text) of the rows to delete, per registered table. */
     const discard: string[][] = [];
     const quarantine: QuarantinedRow[] = [];
-    /** Values of the `unique` columns restored so far (ids: one space across the tables), and which table holds each. */
-    const taken = new Map<number, string>();
+    /** Values of the `unique` columns restored so far (ids: one space across the tables), and which table (of `registered`) holds each. */
+    const taken = new IdSet(RESTORE_PAGE);
+    const tableNames = this.registered.map((r) => r.codec.sqlTable);
     /** Serials quarantined so far, by table: what belongs to them is quarantined too. */
     const held = new Map<string, Set<number>>();
     const rctx: RestoreContext = { ...ctx, quarantined: (table, serial) => held.get(table)?.has(serial) === true };
     try {
-      for (const r of this.registered) {
+      for (const [ti, r] of this.registered.entries()) {
         const gone: string[] = [];
         discard.push(gone);
         const codec = r.codec;
@@ -231,12 +245,12 @@ export class Store implements JournalListener {
         const next = db.prepare(`${select} WHERE serial > CAST(? AS INTEGER) ORDER BY serial LIMIT ${RESTORE_PAGE}`).raw();
         for (let page = first.all() as unknown[][]; page.length > 0; page = next.all(serialText(page[page.length - 1])) as unknown[][]) {
           for (const v of page) {
-            let why = duplicateOf(unique, codec.columns, v, taken);
+            let why = duplicateOf(unique, codec.columns, v, taken, tableNames);
             if (why === undefined) {
               const rejected = codec.restore(v, rctx);
               if (rejected === undefined) {
                 restored++;
-                for (const c of unique) taken.set(v[c] as number, codec.sqlTable);
+                for (const c of unique) if (typeof v[c] === 'number') taken.add(v[c] as number, ti);
                 continue;
               }
               if (rejected.kind !== 'invalid' && rejected.kind !== 'conflict') {
@@ -390,6 +404,11 @@ export class Store implements JournalListener {
     if (this.checkpointer.attach(this.cfg.path)) this.conn.pragma('wal_autocheckpoint = 0');
   }
 
+  /** Size of the WAL file (0 when there is none). */
+  private walBytes(): number {
+    return fs.statSync(`${this.cfg.path}-wal`, { throwIfNoEntry: false })?.size ?? 0;
+  }
+
   /** The checkpoint thread stopped: commits checkpoint again (SQLite's default, every 1000 WAL pages). */
   private checkpointsHere(reason: string): void {
     try {
@@ -435,6 +454,7 @@ export class Store implements JournalListener {
         this.log.warn('state database writes resumed', { path: this.cfg.path, after: this.lastError });
       }
       if ((db.pragma('freelist_count', { simple: true }) as number) > 0) db.pragma(`incremental_vacuum(${VACUUM_PAGES})`);
+      if (this.checkpointer.running && this.walBytes() > this.walTrimBytes) db.pragma('wal_checkpoint(TRUNCATE)');
     } catch (e) {
       this.fault('tick', e);
     }
@@ -759,10 +779,11 @@ export function checkTables(db: Database.Database): void {
 }
 
 /** A row whose `unique` column (its id) a row of this or another table already holds: why, or undefined. */
-function duplicateOf(unique: readonly number[], columns: readonly string[], v: readonly unknown[], taken: ReadonlyMap<number, string>): string | undefined {
+function duplicateOf(unique: readonly number[], columns: readonly string[], v: readonly unknown[], taken: IdSet,
+  tableNames: readonly string[]): string | undefined {
   for (const c of unique) {
-    const holder = taken.get(v[c] as number);
-    if (holder !== undefined) return `${columns[c]}: ${String(v[c])} is already the id of a restored ${holder} row`;
+    const holder = typeof v[c] === 'number' ? taken.holder(v[c] as number) : -1;
+    if (holder >= 0) return `${columns[c]}: ${String(v[c])} is already the id of a restored ${tableNames[holder]} row`;
   }
   return undefined;
 }

@@ -96,6 +96,36 @@ describe('state store', () => {
     assert.equal(store.health().healthy, true);
   });
 
+  it('WAL checkpoints run on their own thread once started; commits that never pause get the WAL truncated by tick', async () => {
+    const t = newTable();
+    const store = new Store(cfg, logger(lines), { now: () => clock, walTrimBytes: 1 << 20 });
+    store.registerTable(new SessionCodec(t));
+    stores.push(store);
+    assert.equal(store.health().checkpointThread, false, 'not before start()');
+    store.start();
+    assert.equal(store.health().checkpointThread, true);
+    // Commits back to back: the thread's checkpoints never catch up with the writer, so the WAL is not restarted.
+    for (let i = 0; i < 2000; i++) {
+      const s = t.createOut(PROTO_UDP, LAN, 20000 + (i % 1000), REM, 7000, clock, 0, clock + 30000);
+      drain(t, store);
+      t.removeSession(s);
+      drain(t, store);
+    }
+    const wal = `${cfg.path}-wal`;
+    assert.ok(fs.statSync(wal).size > 1 << 20, `the WAL holds ${fs.statSync(wal).size} bytes`);
+    // A tick that meets the thread's own checkpoint under way (busy) truncates at the next one.
+    for (let i = 0; i < 5 && fs.statSync(wal).size > 0; i++) {
+      store.tick();
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.equal(fs.statSync(wal).size, 0, 'truncated by the tick');
+    assert.equal(rowsIn(cfg.path).length, 0);
+    assert.equal(lines.filter((l) => l.level === 'warn').length, 0, JSON.stringify(lines));
+    store.close();
+    assert.equal(store.health().checkpointThread, false, 'the thread ends with the store');
+    assert.equal(fs.existsSync(wal), false, 'the store closed as the last connection: the thread had closed its own');
+  });
+
   it('updates are flushed by tick, deletions by the next flush', () => {
     const t = newTable();
     const store = open(t);
