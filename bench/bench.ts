@@ -13,7 +13,7 @@
  *
  * Every figure is the median of BENCH_REPEAT runs, shown raw and as a ratio
  * to the kernel's. BENCH_SECONDS sets the length of the bulk and flood runs;
- * BENCH_IO lists the tun.io settings to measure (default "threads", what a
+ * BENCH_IO lists the tun.io settings to measure (default "auto", what a
  * default config runs; e.g. "uring,threads" to compare them).
  */
 import { execFileSync } from 'node:child_process';
@@ -29,7 +29,7 @@ const SECONDS = Number(process.env.BENCH_SECONDS ?? 10);
 const CRR_SECONDS = Number(process.env.BENCH_CRR_SECONDS ?? 60);
 const REPEAT = Number(process.env.BENCH_REPEAT ?? 3);
 const RR_COUNT = Number(process.env.BENCH_RR_COUNT ?? 20000);
-const IO_MODES = (process.env.BENCH_IO ?? 'threads').split(',');
+const IO_MODES = (process.env.BENCH_IO ?? 'auto').split(',');
 const CRR_THREADS = 8;
 const IPERF_PORTS = [5201, 5202, 5203, 5204];
 const FLOOD_PORT = 7000;

@@ -85,8 +85,10 @@ enum Stat : uint32_t {
   ERR_CALLBACK = 9,
   TX_QUEUE_LEN = 10,
   RX_RING_FULL = 11,
-  // Batches by how long their oldest packet waited for the JS thread (from
-  // its read until the batch was gathered), then the longest wait in µs.
+  // "threads": batches by how long their oldest packet waited for the JS
+  // thread (from its read until the batch was gathered), then the longest
+  // wait in µs. With io_uring the kernel holds what arrived until the loop's
+  // next io_uring_enter, and nothing stamps that: these stay 0.
   RX_WAIT_UNDER_64US = 12,
   RX_WAIT_UNDER_256US = 13,
   RX_WAIT_UNDER_1MS = 14,
@@ -225,7 +227,7 @@ struct Queue {
   // order the device returned the packets; the JS thread consumes.
   std::vector<uint32_t> rxFifo;  // ring slot of each packet, by arrival
   std::vector<uint32_t> rxLen;   // bytes read into each ring slot
-  std::vector<uint64_t> rxStamp;  // CLOCK_MONOTONIC ns when each ring slot was read (reaped, with io_uring)
+  std::vector<uint64_t> rxStamp;  // "threads": CLOCK_MONOTONIC ns when the reader read each ring slot
   alignas(64) std::atomic<uint32_t> rxHead{0};
   std::atomic<bool> readerWaiting{false};
   uint32_t rxTail = 0;  // JS thread only
@@ -392,7 +394,7 @@ struct Loop {
       }
     }
     nextQueue = (nextQueue + 1) % n;
-    if (count > 0) CountWait(oldest);
+    if (count > 0 && mode == Mode::kThreads) CountWait(oldest);
     return count;
   }
 
@@ -550,7 +552,6 @@ struct Loop {
       if (!(c.flags & IORING_CQE_F_MORE)) q->armed = false;
       if (c.res > 0 && hasBuf) {
         q->rxLen[slot] = static_cast<uint32_t>(c.res);
-        q->rxStamp[slot] = NowNs();
         refs[q->firstSlot + slot].store(1, std::memory_order_relaxed);
         uint32_t head = q->rxHead.load(std::memory_order_relaxed);
         q->rxFifo[head % ringSlots] = slot;

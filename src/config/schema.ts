@@ -134,7 +134,7 @@ export interface Config {
 
 /** Values used for absent fields. `wan.interface` has none: it is required. */
 export const DEFAULTS = {
-  tun: { name: 'vpnmasq0', mtu: 1500, offloads: true, io: 'threads' as TunIoMode },
+  tun: { name: 'vpnmasq0', mtu: 1500, offloads: true, io: 'auto' as TunIoMode },
   lan: { interfaces: ['lan0'], prefixes: ['10.77.0.0/24'], ipv6: 'drop' as LanIpv6Policy },
   wan: { mode: 'shared', publicAddress: null, onAddressChange: 'move' },
   ports: {

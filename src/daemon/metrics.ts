@@ -94,7 +94,7 @@ export const METRICS: readonly MetricDef[] = [
   },
   {
     name: 'vpnmasq_forwarding_wait_batches_total',
-    help: 'Packet batches by how long their oldest packet waited in the TUN ring for the event loop (under_64us ... 4ms_or_more).',
+    help: 'Packet batches by how long their oldest packet waited in the TUN ring for the event loop (under_64us ... 4ms_or_more; tun.io threads only).',
     type: 'counter', labels: ['wait'], read: (s) => by('wait', s.forwardingWaits()),
   },
   { name: 'vpnmasq_reloads_total', help: 'Config reloads by result (applied, rejected).', type: 'counter', labels: ['result'], read: (s) => by('result', s.reloads()) },

@@ -99,7 +99,7 @@ export interface TunOptions {
   /**
    * 'uring': io_uring on the translating thread (fewest system calls, no
    * thread hand-offs); 'threads': a reader and a writer thread per queue (the
-   * kernel's share of the work on other cores; the default); 'auto':
+   * kernel's share of the work on other cores); 'auto' (the default):
    * io_uring when the kernel offers it, else threads.
    */
   io?: 'uring' | 'threads' | 'auto';

@@ -36,9 +36,10 @@ export const Stat = {
   /** Times a reader found its next slot still in use and waited (backpressure: the kernel queues or drops meanwhile). */
   RX_RING_FULL: 11,
   /**
-   * Batches by how long their oldest packet waited for the JS thread, from
-   * its read (with io 'uring': its completion's reap) until the batch was
-   * gathered: the forwarding delay whatever else the event loop runs adds.
+   * io 'threads': batches by how long their oldest packet waited for the JS
+   * thread, from its read until the batch was gathered: the forwarding delay
+   * whatever else the event loop runs adds. With io 'uring' they stay 0 (the
+   * kernel holds what arrived until the next io_uring_enter; nothing stamps it).
    */
   RX_WAIT_UNDER_64US: 12,
   RX_WAIT_UNDER_256US: 13,
