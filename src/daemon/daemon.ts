@@ -688,7 +688,9 @@ export class Daemon implements MetricsSource {
     const tun = this.tun;
     if (tun) {
       const counters = tun.stats();
-      for (const [name, i] of Object.entries(Stat)) tunStats[name.toLowerCase()] = counters[i];
+      // The rx-wait counts exist only where a reader thread stamps each packet (tun.io threads).
+      const waits = tun.io?.mode === 'threads';
+      for (const [name, i] of Object.entries(Stat)) if (waits || !name.startsWith('RX_WAIT_')) tunStats[name.toLowerCase()] = counters[i];
     }
     const f = this.faults;
     tunStats.packet_errors = f.packetErrors;
@@ -917,8 +919,10 @@ export class Daemon implements MetricsSource {
 
   forwardingWaits(): Record<string, number> {
     const out: Record<string, number> = {};
-    const counters = this.tun?.stats();
-    for (const b of RX_WAIT_BUCKETS) out[b.name] = counters?.[b.stat] ?? 0;
+    const tun = this.tun;
+    if (tun?.io?.mode !== 'threads') return out;
+    const counters = tun.stats();
+    for (const b of RX_WAIT_BUCKETS) out[b.name] = counters[b.stat];
     return out;
   }
 

@@ -24,7 +24,7 @@ export interface MetricsSource {
   traffic(): { packetsOut: number; packetsIn: number; bytesOut: number; bytesIn: number };
   /** VPN event -> count (monotonic). */
   vpnEvents(): Record<string, number>;
-  /** TUN batches by how long their oldest packet waited for the event loop (bucket name -> count, monotonic; none before the TUN is open). */
+  /** TUN batches by how long their oldest packet waited for the event loop (bucket name -> count, monotonic; none before the TUN is open or with tun.io uring). */
   forwardingWaits(): Record<string, number>;
   /** Reloads by result (applied, rejected), since start. */
   reloads(): Record<string, number>;
