@@ -379,7 +379,7 @@ struct Loop {
     for (uint32_t k = 0; k < n && count < batchCapacity; ++k) {
       Queue* q = queues[(nextQueue + k) % n].get();
       uint32_t avail = q->rxHead.load(std::memory_order_acquire) - q->rxTail;
-      if (avail > 0) {
+      if (avail > 0 && mode == Mode::kThreads) {
         uint64_t t = q->rxStamp[q->rxFifo[q->rxTail % ringSlots]];
         if (t < oldest) oldest = t;
       }
@@ -394,7 +394,7 @@ struct Loop {
       }
     }
     nextQueue = (nextQueue + 1) % n;
-    if (count > 0 && mode == Mode::kThreads) CountWait(oldest);
+    if (oldest != UINT64_MAX) CountWait(oldest);
     return count;
   }
 

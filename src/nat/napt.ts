@@ -30,7 +30,7 @@ import { Drop, DropCounters, Verdict } from '../core/verdict';
 import { TxList } from '../core/tx-list';
 import { COLLECT, DONE, FOLLOW, FRAGMENT, FragmentTracker, SEGMENT, SOURCE_LIMIT } from './fragments';
 import type { Forwards } from './forwards';
-import { SLOT_TCP, SLOT_UDP, SessionListener, SessionTable } from './sessions';
+import { LOOKUP_HOME, LOOKUP_PEEK, SLOT_TCP, SLOT_UDP, SessionListener, SessionTable } from './sessions';
 import { Refusals } from './refuse';
 import { IcmpNat } from './icmp';
 import { NatTimers, Transport } from './transport';
@@ -192,27 +192,30 @@ export class Napt implements SessionListener, SegmentHolder {
 
   /** Folded words of warm(): kept so the reads are not optimized away. */
   private warmth = 0;
-  /** warm(): the sessions the first pass found, for the second (grown to the largest batch, never per packet). */
-  private warmSessions = new Int32Array(0);
+  /** warm(): the home slots, then the sessions, the passes found (grown to the largest batch, never per packet). */
+  private warmFound = new Int32Array(0);
+  /** warm(): the batch index of each packet looked up. */
   private warmPackets = new Int32Array(0);
 
   /**
    * Before a batch is translated: for every unfragmented TCP or UDP packet
    * with a plain 20-byte header, reads the index entry and then the session
-   * row its lookup will touch. Two passes, so that the reads within each
-   * pass are independent of each other: the CPU overlaps their cache misses
-   * instead of taking them one after another (a row's address is known only
-   * once its index entry arrived); translation then finds them cached.
+   * row its lookup will touch, in passes whose reads do not depend on each
+   * other, so the CPU overlaps their cache misses instead of taking them one
+   * after another (a row's address is known only once its index entry
+   * arrived): the home slots are computed (nothing read), then read, then
+   * matched against the keys (now cached) for the sessions, whose rows are
+   * read last. Translation then finds them cached.
    */
   warm(offs: Uint32Array, lens: Uint32Array, devs: Uint8Array, count: number): void {
     const b = this.arena;
     const v = this.opts.vnetLen;
     const t = this.table;
-    if (this.warmSessions.length < count) {
-      this.warmSessions = new Int32Array(count);
+    if (this.warmFound.length < count) {
+      this.warmFound = new Int32Array(count);
       this.warmPackets = new Int32Array(count);
     }
-    const found = this.warmSessions;
+    const found = this.warmFound;
     const packets = this.warmPackets;
     let n = 0;
     for (let i = 0; i < count; i++) {
@@ -220,8 +223,7 @@ export class Napt implements SessionListener, SegmentHolder {
       if (lens[i] < v + IPV4_MIN_HDR + 4 || b[o + IPV4_VER_IHL] !== 0x45 || (read16(b, o + IPV4_FRAG) & (IPV4_FLAG_MF | IPV4_FRAG_OFFSET_MASK)) !== 0) continue;
       const proto = b[o + IPV4_PROTO];
       if (proto !== PROTO_TCP && proto !== PROTO_UDP) continue;
-      const l4 = o + IPV4_MIN_HDR;
-      const h = t.warmHome(devs[i] === SIDE_LAN, proto, read32(b, o + IPV4_SRC), read16(b, l4), read32(b, o + IPV4_DST), read16(b, l4 + 2));
+      const h = this.warmLookup(LOOKUP_HOME, o, devs[i]);
       if (h >= 0) { found[n] = h; packets[n++] = i; }
     }
     let sink = 0;
@@ -229,13 +231,18 @@ export class Napt implements SessionListener, SegmentHolder {
     let m = 0;
     for (let k = 0; k < n; k++) {
       const i = packets[k];
-      const o = offs[i] + v;
-      const l4 = o + IPV4_MIN_HDR;
-      const s = t.warmIndex(devs[i] === SIDE_LAN, b[o + IPV4_PROTO], read32(b, o + IPV4_SRC), read16(b, l4), read32(b, o + IPV4_DST), read16(b, l4 + 2));
+      const s = this.warmLookup(LOOKUP_PEEK, offs[i] + v, devs[i]);
       if (s >= 0) found[m++] = s;
     }
     for (let k = 0; k < m; k++) sink ^= t.warmRow(found[k]);
     this.warmth ^= sink;
+  }
+
+  /** SessionTable.warmLookup of the TCP/UDP packet whose IPv4 header (20 bytes) is at `o`, read from device `dev`. */
+  private warmLookup(how: number, o: number, dev: number): number {
+    const b = this.arena;
+    const l4 = o + IPV4_MIN_HDR;
+    return this.table.warmLookup(how, dev === SIDE_LAN, b[o + IPV4_PROTO], read32(b, o + IPV4_SRC), read16(b, l4), read32(b, o + IPV4_DST), read16(b, l4 + 2));
   }
 
   /**

@@ -139,6 +139,17 @@ export const REMOTE_NEGATIVE_MS = 100;
 const NONE = -1;
 const TWO32 = 4294967296;
 
+/** How findOut/findIn look an entry up: probing (the packet path), */
+export const LOOKUP_FIND = 0;
+/** its home slot only (TupleIndex.peek), */
+export const LOOKUP_PEEK = 1;
+/** or only where its home slot lies (TupleIndex.homeOf), reading nothing. */
+export const LOOKUP_HOME = 2;
+
+function look(ix: TupleIndex, k0: number, k1: number, k2: number, tag: number, how: number): number {
+  return how === LOOKUP_FIND ? ix.get(k0, k1, k2, tag) : how === LOOKUP_PEEK ? ix.peek(k0, k1, k2, tag) : ix.homeOf(k0, k1, k2, tag);
+}
+
 /** Told about every session just before it is removed (expiry, replacement, takeover, `conns delete`, an address change). */
 export interface SessionListener {
   sessionRemoved(s: number): void;
@@ -447,43 +458,37 @@ export class SessionTable implements BudgetSessions {
 
   // ---- lookups -----------------------------------------------------------
 
-  /** Session for an outbound packet, or -1; `homeOnly`: TupleIndex.peek (the batch warm-up). */
-  findOut(proto: number, lan: number, lanPort: number, rem: number, remPort: number, homeOnly = false): number {
-    const k2 = (lanPort << 16) | remPort;
-    return homeOnly ? this.outIndex.peek(lan, rem, k2, proto) : this.outIndex.get(lan, rem, k2, proto);
+  /** Session for an outbound packet, or -1; `how` other than LOOKUP_FIND: the batch warm-up (warmLookup). */
+  findOut(proto: number, lan: number, lanPort: number, rem: number, remPort: number, how = LOOKUP_FIND): number {
+    return look(this.outIndex, lan, rem, (lanPort << 16) | remPort, proto, how);
   }
 
-  /** Session for an inbound packet to public address `pubIdx`, or -1; `homeOnly` as for findOut. */
-  findIn(proto: number, pubIdx: number, pubPort: number, rem: number, remPort: number, homeOnly = false): number {
-    const k1 = (pubPort << 16) | remPort;
-    return homeOnly ? this.inIndex.peek(rem, k1, pubIdx, proto) : this.inIndex.get(rem, k1, pubIdx, proto);
+  /** Session for an inbound packet to public address `pubIdx`, or -1; `how` as for findOut. */
+  findIn(proto: number, pubIdx: number, pubPort: number, rem: number, remPort: number, how = LOOKUP_FIND): number {
+    return look(this.inIndex, rem, (pubPort << 16) | remPort, pubIdx, proto, how);
   }
 
   /**
-   * Batch warm-up, first pass (Napt.warm): where the index entry of an
-   * outbound (`fromLan`) or inbound TCP/UDP packet lies (its home slot, as
-   * offset << 1 | inbound), or -1; reads nothing of the index.
+   * Batch warm-up (Napt.warm) of the index entry an outbound (`fromLan`) or
+   * inbound TCP/UDP packet will look up. LOOKUP_HOME: where its home slot
+   * lies, as offset << 1 | inbound, for warmSlot(), reading nothing of the
+   * index; LOOKUP_PEEK: the session its home slot holds. -1 when the packet
+   * is to no public address, or (PEEK) its home slot holds another key.
    */
-  warmHome(fromLan: boolean, proto: number, src: number, sport: number, dst: number, dport: number): number {
-    if (fromLan) return this.outIndex.homeOf(src, dst, (sport << 16) | dport, proto) << 1;
+  warmLookup(how: number, fromLan: boolean, proto: number, src: number, sport: number, dst: number, dport: number): number {
+    if (fromLan) {
+      const r = this.findOut(proto, src, sport, dst, dport, how);
+      return how === LOOKUP_HOME ? r << 1 : r;
+    }
     const pubIdx = this.publicIndexOf(dst);
-    return pubIdx < 0 ? NONE : (this.inIndex.homeOf(src, (dport << 16) | sport, pubIdx, proto) << 1) | 1;
+    if (pubIdx < 0) return NONE;
+    const r = this.findIn(proto, pubIdx, dport, src, sport, how);
+    return how === LOOKUP_HOME ? (r << 1) | 1 : r;
   }
 
-  /** Batch warm-up, second pass: reads the index slot warmHome() named. */
+  /** Batch warm-up: reads the index slot warmLookup(LOOKUP_HOME) named. */
   warmSlot(home: number): number {
     return ((home & 1) === 0 ? this.outIndex : this.inIndex).word(home >>> 1);
-  }
-
-  /**
-   * Batch warm-up, third pass: reads the index entry (its home
-   * slot only, TupleIndex.peek) an outbound (`fromLan`) or inbound TCP/UDP
-   * packet will look up; returns the session it holds, or -1.
-   */
-  warmIndex(fromLan: boolean, proto: number, src: number, sport: number, dst: number, dport: number): number {
-    if (fromLan) return this.findOut(proto, src, sport, dst, dport, true);
-    const pubIdx = this.publicIndexOf(dst);
-    return pubIdx < 0 ? NONE : this.findIn(proto, pubIdx, dport, src, sport, true);
   }
 
   /** Batch warm-up, last pass: reads session `s`'s row; returns a word of it for the caller to fold. */

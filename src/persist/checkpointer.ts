@@ -3,7 +3,7 @@
  * inside the commit that crosses 1000 WAL pages, on the thread that commits:
  * the packet thread, whose write-ahead commit precedes a new mapping's first
  * packet. That checkpoint writes the pages back and syncs the file, and held
- * forwarding for 4 to 28 ms about once every 1000 commits. The store turns
+ * forwarding for 4 to 28 ms once every 1000 pages of WAL. The store turns
  * it off on its connection while a worker thread (checkpoint-worker.ts), on
  * a connection of its own, checkpoints every CHECKPOINT_INTERVAL_MS. When
  * the thread cannot do that, the store gets its automatic checkpoint back:

@@ -1,7 +1,7 @@
 /**
  * The ids restore has taken so far, and which table took each: an
  * open-addressing set of float64 keys in typed arrays, growing by doubling.
- * A Map of a million numbers cost restore about half a second of its five;
+ * A Map of a million numbers cost restore most of a second of its five;
  * this one touches one or two cache lines per lookup and allocates only when
  * it grows. Any number is accepted (a hostile row may carry a fraction or
  * -0); NaN is never taken, as a Map's SameValueZero would have it equal itself
