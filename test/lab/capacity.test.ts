@@ -182,8 +182,9 @@ for (const mode of ['shared', 'dedicated'] as Mode[]) {
         assert.equal(stats.drops['host-session-limit'], FLOOD - limits.hostSessions);
         // The first line comes with the next sweep, which may fall inside the flood: it counts the refusals so far (the
         // rest wait for the next line, a minute on); the drop count above has them all.
-        assert.ok(await waitForLog(router, /LAN host 10\.77\.0\.11 refused new flows: \d+ at its limit of 16 sessions/, 3000), router.log());
-        const logged = Number(/refused new flows: (\d+) at its limit/.exec(router.log())?.[1]);
+        const line = /LAN host 10\.77\.0\.11 refused new flows: (\d+) at its limit of 16 sessions/;
+        assert.ok(await waitForLog(router, line, 3000), router.log());
+        const logged = Number(line.exec(router.log())?.[1]);
         assert.ok(logged >= 1 && logged <= FLOOD - limits.hostSessions, `the line counted ${logged} refusals`);
         assert.doesNotMatch(router.log(), /LAN host 10\.77\.0\.12 refused/);
       });
