@@ -217,6 +217,8 @@ export class RowDecoder<N extends string = string> {
   private readonly rowCheck: ((row: Row<N | RequiredColumn>) => string | undefined) | undefined;
   /** The decoded values, in column order (what `record` reads). */
   readonly values: Float64Array;
+  /** A row's leading numbers, for decode(). */
+  private readonly scratch: Float64Array;
 
   constructor(spec: TableSpec<never, N>) {
     this.rowCheck = spec.rowCheck === undefined ? undefined : (row) => (spec.rowCheck as (r: typeof row) => string | undefined)(row);
@@ -226,27 +228,45 @@ export class RowDecoder<N extends string = string> {
     this.real = Uint8Array.from(this.defs, (c) => (c.type === 'REAL' ? 1 : 0));
     this.checks = this.defs.map((c) => c.check);
     const values = new Float64Array(this.names.length);
+    this.scratch = new Float64Array(this.names.length);
     const view: Record<string, PropertyDescriptor> = {};
     this.names.forEach((name, i) => { view[name] = { get: () => values[i], enumerable: true }; });
     this.record = Object.defineProperties({}, view) as Row<N | RequiredColumn>;
     this.values = values;
   }
 
-  /** Decodes one row (its first values, in column order) into `record`; a rejection naming the first wrong column (or the row), or undefined. */
+  /** Decodes one row as read (its first values, in column order) into `record`; a rejection naming the first wrong column (or the row), or undefined. */
   decode(row: readonly unknown[], ctx: CheckContext): Rejection | undefined {
     const out = this.values;
-    for (let i = 0; i < out.length; i++) {
-      const v = row[i];
+    let n = 0;
+    while (n < out.length && typeof row[n] === 'number') n++;
+    for (let i = 0; i < n; i++) this.scratch[i] = row[i] as number;
+    const bad = this.decodeColumns(this.scratch, 0, n, ctx);
+    if (bad !== undefined || n === out.length) return bad;
+    return { kind: 'invalid', column: this.names[n], problem: typeProblem(this.defs[n], row[n]) as string };
+  }
+
+  /** decode() of a row whose values are all numbers: `values[at + column]`. */
+  decodeAt(values: Float64Array, at: number, ctx: CheckContext): Rejection | undefined {
+    return this.decodeColumns(values, at, this.values.length, ctx);
+  }
+
+  /** Checks and decodes columns 0..n-1 from `values[at + column]`; the row's own check once all columns are there. */
+  private decodeColumns(values: Float64Array, at: number, n: number, ctx: CheckContext): Rejection | undefined {
+    const out = this.values;
+    for (let i = 0; i < n; i++) {
+      const v = values[at + i];
       const check = this.checks[i];
-      if (typeof v === 'number' && (this.real[i] === 1 ? Number.isFinite(v) : Number.isSafeInteger(v)) && (check === undefined || check(v, ctx) === undefined)) {
+      if ((this.real[i] === 1 ? Number.isFinite(v) : Number.isSafeInteger(v)) && (check === undefined || check(v, ctx) === undefined)) {
         out[i] = v;
         continue;
       }
       // The slow path says what is wrong (or accepts an infinite REAL where the column allows it).
-      const problem = typeProblem(this.defs[i], v) ?? check?.(v as number, ctx);
+      const problem = typeProblem(this.defs[i], v) ?? check?.(v, ctx);
       if (problem !== undefined) return { kind: 'invalid', column: this.names[i], problem };
-      out[i] = v as number;
+      out[i] = v;
     }
+    if (n < out.length) return undefined;
     const problem = this.rowCheck?.(this.record);
     return problem === undefined ? undefined : { kind: 'invalid', column: '', problem };
   }
@@ -295,7 +315,8 @@ export class TableCodec<T = unknown, N extends string = string> {
   /** Watched columns: their live values, and the values last written (NaN forces a rewrite). */
   private readonly watched: readonly Getter[];
   private readonly lastWritten: readonly Float64Array[];
-  private readonly capacity: number;
+  /** Entries the live table holds at most. */
+  readonly capacity: number;
   private cursor = 0;
 
   constructor(readonly spec: TableSpec<T, N>, readonly table: T) {
@@ -402,7 +423,15 @@ export class TableCodec<T = unknown, N extends string = string> {
    * the remaining columns. Returns why it was not restored, or undefined.
    */
   restore(values: readonly unknown[], ctx: RestoreContext): Rejection | undefined {
-    const bad = this.decoder.decode(values, ctx);
+    return this.restoreDecoded(this.decoder.decode(values, ctx), ctx);
+  }
+
+  /** restore() of a row whose values are all numbers: `values[at + column]` (a page of the restore reader). */
+  restoreAt(values: Float64Array, at: number, ctx: RestoreContext): Rejection | undefined {
+    return this.restoreDecoded(this.decoder.decodeAt(values, at, ctx), ctx);
+  }
+
+  private restoreDecoded(bad: Rejection | undefined, ctx: RestoreContext): Rejection | undefined {
     if (bad !== undefined) return bad;
     const v = this.decoder.values;
     if (v[this.expiresColumn] <= ctx.now) return EXPIRED;

@@ -31,9 +31,11 @@
  * tables.ts), conflicts with one restored before it or finds no room is moved
  * to the `quarantine` table with its values and the reason, in the same
  * transaction that takes it out of its table, and the count is logged at
- * error level and shown by `vpnmasq status`. If restore itself fails, the
- * file is moved aside as it is (`.unrestored-<timestamp>`) before anything is
- * written, and the rows read so far go into a new file.
+ * error level and shown by `vpnmasq status`. The rows are read on a thread
+ * of their own while the store checks the file and rebuilds the tables
+ * (restore-reader.ts). If restore itself fails, the file is moved aside as
+ * it is (`.unrestored-<timestamp>`) before anything is written, and the rows
+ * read so far go into a new file.
  *
  * ---- Adding a table ----------------------------------------------------
  * 1. Declare its column spec in tables.ts (columns.ts says what a column
@@ -41,15 +43,16 @@
  *    schema version whose migration creates the table (schema.ts).
  * 2. Push EV_NEW / EV_DESTROY (src/core/journal.ts) with the spec's journal
  *    table id and the entry's index and serial, exactly like SessionTable does.
- * 3. `store.registerTable(new TableCodec(SPEC, liveTable))` in the daemon
- *    before `store.restore(...)`, after the tables its rows refer to (tables
- *    restore in registration order).
+ * 3. Add the spec to TABLES (tables.ts) after the tables its rows refer to:
+ *    tables restore in that order. `store.registerTable(new TableCodec(SPEC,
+ *    liveTable))` in the daemon before `store.restore(...)`.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import Database from 'better-sqlite3';
 import { Checkpointer } from './checkpointer';
 import { IdSet } from './id-set';
+import { PAGE_ROWS, PageRows, PageSource, ReadTable } from './restore-reader';
 import { EV_DESTROY, EV_NEW, EV_UPDATE, JournalListener } from '../core/journal';
 import { RestoreContext, TableCodec } from './columns';
 import { classify, DbHealth, describeError, errorCode, Fault, SCHEMA_MISMATCH, SCHEMA_NEWER } from './health';
@@ -88,8 +91,6 @@ const WAL_SIZE_LIMIT = 4 * 1024 * 1024;
 const WAL_TRIM_BYTES = 64 * 1024 * 1024;
 /** SQLite's automatic checkpoint (pages), used while the checkpoint thread is not. */
 const AUTO_CHECKPOINT_PAGES = 1000;
-/** Rows read per query at restore. */
-const RESTORE_PAGE = 10000;
 
 /** Rows kept in the quarantine table; beyond that the oldest go. */
 const QUARANTINE_MAX = 100_000;
@@ -167,6 +168,8 @@ export class Store implements JournalListener {
   private timer: NodeJS.Timeout | null = null;
   private readonly now: () => number;
   private readonly commitQueue: () => void;
+  /** The restore's read, started at open so that it runs beside the quick_check (restore-reader.ts). */
+  private pages: PageSource | null = null;
   /** WAL checkpoints on a thread of their own once the timer runs (checkpointer.ts). */
   private readonly checkpointer = new Checkpointer((reason) => this.checkpointsHere(reason));
 
@@ -181,7 +184,12 @@ export class Store implements JournalListener {
 
   get path(): string { return this.cfg.path; }
 
+  /** Registers the live table of one of TABLES (with its columns), before restore(). */
   registerTable(codec: TableCodec): void {
+    const stored = TABLES.find((spec) => spec.sqlTable === codec.sqlTable);
+    if (stored === undefined || columnNames(stored).join() !== codec.columns.join()) {
+      throw new Error(`${codec.sqlTable}: not a stored table with these columns`);
+    }
     const r: Registered = {
       codec, buf: new Array(codec.columns.length), upd: new Array(codec.updateColumns.length + 1),
       insert: null, update: null, remove: null,
@@ -219,57 +227,75 @@ export class Store implements JournalListener {
     if (db === null) return { restored: 0, discarded: 0, quarantined: 0 };
     const t0 = Date.now();
     let restored = 0;
-    /** Serials (as text) of the rows to delete, per registered table. */
-    const discard: string[][] = [];
+    /** Serials (as text) of the rows to delete, per table of TABLES. */
+    const discard: string[][] = TABLES.map(() => []);
     const quarantine: QuarantinedRow[] = [];
-    /** Values of the `unique` columns restored so far (ids: one space across the tables), and which table (of `registered`) holds each. */
-    const taken = new IdSet(RESTORE_PAGE);
-    const tableNames = this.registered.map((r) => r.codec.sqlTable);
+    /** The registered codec of each stored table (TABLES order, the order they restore in), or null. */
+    const codecs = TABLES.map((spec) => this.registered.find((r) => r.codec.sqlTable === spec.sqlTable)?.codec ?? null);
+    /** Values of the `unique` columns restored so far (ids: one space across the tables), and which table (of TABLES) holds each. */
+    const taken = new IdSet(this.registered.reduce((n, r) => n + r.codec.capacity, 0));
+    const tableNames = TABLES.map((spec) => spec.sqlTable);
     /** Serials quarantined so far, by table: what belongs to them is quarantined too. */
     const held = new Map<string, Set<number>>();
     const rctx: RestoreContext = { ...ctx, quarantined: (table, serial) => held.get(table)?.has(serial) === true };
+    const source = this.pages ?? new PageSource(db, this.cfg.path, TABLES.map(readTable));
+    this.pages = null;
     try {
-      for (const [ti, r] of this.registered.entries()) {
-        const gone: string[] = [];
-        discard.push(gone);
-        const codec = r.codec;
+      /** Tables before this one are restored (codec.restored() called). */
+      let done = 0;
+      for (let page = source.next(); page !== null; page = source.next()) {
+        for (; done < page.table; done++) codecs[done]?.restored();
+        const ti = page.table;
+        const codec = codecs[ti];
+        if (codec === null) continue;
+        const gone = discard[ti];
         const unique = codec.uniqueColumns;
-        // Pages of RESTORE_PAGE rows by serial (every spec's first column): `all()` is several times faster than `iterate()` per row.
-        // The serial, to page on and to delete by, is v[0] where a double holds it exactly and also comes as text where it
-        // does not (a hostile 2^63 - 1, a real or a string): text for every row would cost a third of the read.
-        const n = codec.columns.length;
-        const serialText = (v: readonly unknown[]): string => (v[n] === null ? String(v[0]) : (v[n] as string));
-        const select = `SELECT ${codec.columns.join(', ')}, CASE WHEN typeof(serial) = 'integer' AND serial BETWEEN ${-Number.MAX_SAFE_INTEGER} ` +
-          `AND ${Number.MAX_SAFE_INTEGER} THEN NULL ELSE CAST(serial AS TEXT) END FROM ${codec.sqlTable}`;
-        const first = db.prepare(`${select} ORDER BY serial LIMIT ${RESTORE_PAGE}`).raw();
-        const next = db.prepare(`${select} WHERE serial > CAST(? AS INTEGER) ORDER BY serial LIMIT ${RESTORE_PAGE}`).raw();
-        for (let page = first.all() as unknown[][]; page.length > 0; page = next.all(serialText(page[page.length - 1])) as unknown[][]) {
-          for (const v of page) {
-            let why = duplicateOf(unique, codec.columns, v, taken, tableNames);
-            if (why === undefined) {
-              const rejected = codec.restore(v, rctx);
-              if (rejected === undefined) {
-                restored++;
-                for (const c of unique) if (typeof v[c] === 'number') taken.add(v[c] as number, ti);
-                continue;
-              }
-              if (rejected.kind !== 'invalid' && rejected.kind !== 'conflict') {
-                gone.push(serialText(v));
-                continue;
-              }
-              why = rejected.column === '' ? rejected.problem : `${rejected.column}: ${rejected.problem}`;
-            }
-            quarantine.push({ table: codec.sqlTable, serial: serialText(v), row: rowJson(codec.columns, v), reason: why });
-            if (typeof v[0] === 'number') {
-              if (!held.has(codec.sqlTable)) held.set(codec.sqlTable, new Set());
-              (held.get(codec.sqlTable) as Set<number>).add(v[0]);
+        const width = codec.columns.length + 1;
+        const rows = new PageRows(page, width);
+        const values = page.values;
+        for (let i = 0; i < page.rows; i++) {
+          // A row of numbers is checked and restored where it lies in the page; the rare others as they were read.
+          const odd = rows.irregular(i);
+          const o = rows.offset(i);
+          let why: string | undefined;
+          for (const c of unique) {
+            const id = valueOf(values, o, odd, c);
+            const holder = typeof id === 'number' ? taken.holder(id) : -1;
+            if (holder >= 0) {
+              why = `${codec.columns[c]}: ${String(id)} is already the id of a restored ${tableNames[holder]} row`;
+              break;
             }
           }
+          if (why === undefined) {
+            const rejected = odd === null ? codec.restoreAt(values, o, rctx) : codec.restore(odd, rctx);
+            if (rejected === undefined) {
+              restored++;
+              for (const c of unique) {
+                const id = valueOf(values, o, odd, c);
+                if (typeof id === 'number') taken.add(id, ti);
+              }
+              continue;
+            }
+            if (rejected.kind !== 'invalid' && rejected.kind !== 'conflict') {
+              gone.push(rows.serialText(i, odd));
+              continue;
+            }
+            why = rejected.column === '' ? rejected.problem : `${rejected.column}: ${rejected.problem}`;
+          }
+          const v = rows.row(i, odd);
+          quarantine.push({ table: codec.sqlTable, serial: rows.serialText(i, odd), row: rowJson(codec.columns, v), reason: why });
+          if (typeof v[0] === 'number') {
+            if (!held.has(codec.sqlTable)) held.set(codec.sqlTable, new Set());
+            (held.get(codec.sqlTable) as Set<number>).add(v[0]);
+          }
         }
-        codec.restored();
       }
+      source.close();
+      for (; done < codecs.length; done++) codecs[done]?.restored();
+      if (source.fellBack !== null) this.log.warn('state restored without its reader thread', { path: this.cfg.path, reason: source.fellBack });
       this.restoreCounters(db);
     } catch (e) {
+      source.close();
       this.restoreFailed(e, restored);
       return { restored, discarded: 0, quarantined: 0 };
     }
@@ -277,8 +303,9 @@ export class Store implements JournalListener {
     this.pendingQuarantine = quarantine;
     try {
       this.tx(() => {
-        this.registered.forEach((r, i) => {
-          const remove = db.prepare(`DELETE FROM ${r.codec.sqlTable} WHERE serial = CAST(? AS INTEGER)`);
+        TABLES.forEach((spec, i) => {
+          if (discard[i].length === 0) return;
+          const remove = db.prepare(`DELETE FROM ${spec.sqlTable} WHERE serial = CAST(? AS INTEGER)`);
           for (const serial of discard[i]) remove.run(serial);
         });
         this.applyQuarantine();
@@ -391,6 +418,8 @@ export class Store implements JournalListener {
 
   /** Starts the update/health timer (every state.flushIntervalMs). */
   start(): void {
+    // A restore not taken by now is not wanted: its thread's read snapshot would keep the WAL from restarting.
+    this.dropPages();
     if (this.timer === null) {
       this.timer = setInterval(() => this.tick(), this.cfg.flushIntervalMs);
       this.timer.unref();
@@ -593,7 +622,7 @@ export class Store implements JournalListener {
   private tryOpen(atStart: boolean): boolean {
     if (this.refused !== null) return false;
     try {
-      this.conn = this.openDb();
+      this.conn = this.openDb(atStart);
     } catch (e) {
       const newer = errorCode(e) === SCHEMA_NEWER;
       if (newer && this.newerSchema === 'refuse') {
@@ -611,7 +640,7 @@ export class Store implements JournalListener {
         return false;
       }
       try {
-        this.conn = this.openDb();
+        this.conn = this.openDb(false);
       } catch (e2) {
         this.fault('open', e2);
         this.needsRewrite = true;
@@ -637,7 +666,8 @@ export class Store implements JournalListener {
     this.log.error('state database not used: it was written by a newer vpnmasq', { path: this.cfg.path, reason: this.refused });
   }
 
-  private openDb(): Database.Database {
+  /** Opens, migrates and checks the file; `read`: starts the restore's read of its rows too. */
+  private openDb(read: boolean): Database.Database {
     const file = this.cfg.path;
     fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o750 });
     const db = new Database(file, { timeout: BUSY_TIMEOUT_MS });
@@ -650,6 +680,8 @@ export class Store implements JournalListener {
       db.pragma('journal_mode = WAL');
       migrate(db);
       checkTables(db);
+      // The rows are read on a thread while this connection checks the file; restore() takes them only if it is sound.
+      if (read) this.pages = new PageSource(db, file, TABLES.map(readTable));
       if (db.pragma('quick_check', { simple: true }) !== 'ok') {
         throw Object.assign(new Error('quick_check failed'), { code: 'SQLITE_CORRUPT' });
       }
@@ -658,6 +690,7 @@ export class Store implements JournalListener {
       db.pragma(`journal_size_limit = ${WAL_SIZE_LIMIT}`);
       return db;
     } catch (e) {
+      this.dropPages();
       db.close();
       throw e;
     }
@@ -695,7 +728,13 @@ export class Store implements JournalListener {
     }
   }
 
+  private dropPages(): void {
+    this.pages?.close();
+    this.pages = null;
+  }
+
   private closeQuiet(): void {
+    this.dropPages();
     this.checkpointer.detach();
     try {
       this.conn?.close();
@@ -778,14 +817,26 @@ export function checkTables(db: Database.Database): void {
   }
 }
 
-/** A row whose `unique` column (its id) a row of this or another table already holds: why, or undefined. */
-function duplicateOf(unique: readonly number[], columns: readonly string[], v: readonly unknown[], taken: IdSet,
-  tableNames: readonly string[]): string | undefined {
-  for (const c of unique) {
-    const holder = typeof v[c] === 'number' ? taken.holder(v[c] as number) : -1;
-    if (holder >= 0) return `${columns[c]}: ${String(v[c])} is already the id of a restored ${tableNames[holder]} row`;
-  }
-  return undefined;
+/**
+ * How restore reads a table: by serial (every spec's first column), which is
+ * v[0] where a double holds it exactly and also comes as text where it does
+ * not (a hostile 2^63 - 1, a real or a string): text for every row would
+ * cost a third of the read.
+ */
+function readTable(spec: (typeof TABLES)[number]): ReadTable {
+  const columns = columnNames(spec);
+  const select = `SELECT ${columns.join(', ')}, CASE WHEN typeof(serial) = 'integer' AND serial BETWEEN ${-Number.MAX_SAFE_INTEGER} ` +
+    `AND ${Number.MAX_SAFE_INTEGER} THEN NULL ELSE CAST(serial AS TEXT) END FROM ${spec.sqlTable}`;
+  return {
+    first: `${select} ORDER BY serial LIMIT ${PAGE_ROWS}`,
+    next: `${select} WHERE serial > CAST(? AS INTEGER) ORDER BY serial LIMIT ${PAGE_ROWS}`,
+    width: columns.length + 1,
+  };
+}
+
+/** Column c of a page's row: in place at offset o of the page's values, or of the row as read when it is not all numbers. */
+function valueOf(values: Float64Array, o: number, odd: readonly unknown[] | null, c: number): unknown {
+  return odd === null ? values[o + c] : odd[c];
 }
 
 /** The stored values of a row by column, as JSON (blobs as hex, big integers as strings). */
