@@ -95,11 +95,24 @@ enum Stat : uint32_t {
   RX_WAIT_UNDER_4MS = 15,
   RX_WAIT_4MS_OR_MORE = 16,
   RX_WAIT_MAX_US = 17,
-  STATS_COUNT = 18,
+  // "uring" with busyPollUs: idle moments the loop spun through and found
+  // work in (no sleep, no wakeup), and those it spun through in vain.
+  BUSY_POLL_HITS = 18,
+  BUSY_POLL_MISSES = 19,
+  STATS_COUNT = 20,
 };
 
 constexpr uint64_t kWaitBoundsUs[] = {64, 256, 1000, 4000};
 constexpr uint32_t kWaitBuckets = RX_WAIT_MAX_US - RX_WAIT_UNDER_64US;
+
+// A spin-wait hint: lets the core's other hardware thread run, saves power.
+inline void CpuRelax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
 
 uint64_t NowNs() {
   timespec ts;
@@ -316,6 +329,12 @@ struct Loop {
   bool reported = false;
 
   Counter rxBatches, errCallback, txDrops, txInvalid;  // JS thread
+  Counter busyPollHits, busyPollMisses;                 // JS thread ("uring")
+  // "uring": how long the loop may spin for work before it sleeps (0: never),
+  // whether it spins at its next idle moment, and since when it sleeps (0: awake).
+  uint64_t busyPollNs = 0;
+  bool spinNext = false;
+  uint64_t idleSinceNs = 0;
   uint64_t rxWait[kWaitBuckets] = {};                   // JS thread: batches by wait (CountWait)
   uint64_t rxWaitMaxUs = 0;
 
@@ -650,14 +669,53 @@ struct Loop {
     Loop* self = static_cast<Loop*>(handle->data);
     if (self->closing) return;
     self->InCallbackScope([self] {
+      self->Woken();
       for (int pass = 0; pass < kMaxRoundsPerWakeup && !self->Failed() && !self->closing; ++pass) {
         self->RunRing();
         if (self->closing) return;
         DrainEvent(self->ringEvent);
-        if (!self->ring->Pending()) return;
+        if (!self->ring->Pending() && !self->BusyPoll()) return;
       }
       self->ComeBackIfPending();
     });
+  }
+
+  // Adaptive busy polling. Sleeping costs a wakeup when the next packet
+  // comes: the eventfd, epoll and, on a virtual machine, the vCPU's halt and
+  // the interrupt that ends it, tens of µs each way of a request/response.
+  // When the loop runs out of work it reads the ring's flags (shared memory,
+  // no system call) for up to busyPollNs instead, but only while that pays:
+  // it spins after a wakeup that came within busyPollNs of falling asleep,
+  // and stops spinning after a spin that found nothing. Sparse traffic so
+  // costs at most one vain spin per burst. Returns whether work arrived.
+  bool BusyPoll() {
+    if (!spinNext) {
+      idleSinceNs = busyPollNs == 0 ? 0 : NowNs();
+      return false;
+    }
+    uint64_t until = NowNs() + busyPollNs;
+    for (;;) {
+      for (int i = 0; i < 64; ++i) {
+        if (ring->Pending()) {
+          busyPollHits.Add(1);
+          return true;
+        }
+        CpuRelax();
+      }
+      uint64_t now = NowNs();
+      if (now >= until) {
+        busyPollMisses.Add(1);
+        spinNext = false;
+        idleSinceNs = now;
+        return false;
+      }
+    }
+  }
+
+  // The eventfd woke the loop: had it spun, would the work have come in time?
+  void Woken() {
+    if (idleSinceNs != 0) spinNext = NowNs() - idleSinceNs <= busyPollNs;
+    idleSinceNs = 0;
   }
 
   // Work still waits after a wakeup's bound (a burst), and the eventfd was
@@ -765,6 +823,8 @@ struct Loop {
     s[TX_ERRORS] += txInvalid.Get();
     for (uint32_t b = 0; b < kWaitBuckets; ++b) s[RX_WAIT_UNDER_64US + b] = rxWait[b];
     s[RX_WAIT_MAX_US] = rxWaitMaxUs;
+    s[BUSY_POLL_HITS] = busyPollHits.Get();
+    s[BUSY_POLL_MISSES] = busyPollMisses.Get();
     for (uint32_t i = 0; i < STATS_COUNT; ++i) out[i] = static_cast<double>(s[i]);
   }
 
@@ -1119,7 +1179,7 @@ Napi::Value Start(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const char* usage =
       "start({ io: 'uring' | 'threads', devices: number[][], arena: Uint8Array, slotSize, ringSlots, rxOffs: Uint32Array, "
-      "rxLens: Uint32Array, rxDevs: Uint8Array, txList: Uint32Array, txDevs: Uint8Array, "
+      "rxLens: Uint32Array, rxDevs: Uint8Array, txList: Uint32Array, txDevs: Uint8Array, busyPollUs: number, "
       "onBatch: function, onEvent: function })";
   if (info.Length() < 1 || !info[0].IsObject()) {
     ThrowType(env, usage);
@@ -1128,7 +1188,7 @@ Napi::Value Start(const Napi::CallbackInfo& info) {
   Napi::Object o = info[0].As<Napi::Object>();
   Napi::Uint8Array arena, rxDevs, txDevs;
   Napi::Uint32Array rxOffs, rxLens, txList;
-  uint32_t slotSize, ringSlots;
+  uint32_t slotSize, ringSlots, busyPollUs;
   Napi::Value devs = o.Get("devices");
   Napi::Value io = o.Get("io");
   std::string ioName = io.IsString() ? io.As<Napi::String>().Utf8Value() : "";
@@ -1136,7 +1196,8 @@ Napi::Value Start(const Napi::CallbackInfo& info) {
       !GetTyped(o, "rxOffs", napi_uint32_array, &rxOffs) || !GetTyped(o, "rxLens", napi_uint32_array, &rxLens) ||
       !GetTyped(o, "rxDevs", napi_uint8_array, &rxDevs) || !GetTyped(o, "txList", napi_uint32_array, &txList) ||
       !GetTyped(o, "txDevs", napi_uint8_array, &txDevs) || !GetCount(o.Get("slotSize"), UINT32_MAX, &slotSize) ||
-      !GetCount(o.Get("ringSlots"), UINT32_MAX, &ringSlots) || !o.Get("onBatch").IsFunction() ||
+      !GetCount(o.Get("ringSlots"), UINT32_MAX, &ringSlots) || !GetCount(o.Get("busyPollUs"), 1000000, &busyPollUs) ||
+      !o.Get("onBatch").IsFunction() ||
       !o.Get("onEvent").IsFunction()) {
     ThrowType(env, usage);
     return env.Undefined();
@@ -1200,6 +1261,7 @@ Napi::Value Start(const Napi::CallbackInfo& info) {
   L->arenaLen = arena.ByteLength();
   L->slotSize = slotSize;
   L->ringSlots = ringSlots;
+  L->busyPollNs = mode == Mode::kUring ? static_cast<uint64_t>(busyPollUs) * 1000 : 0;
   L->ringsEnd = static_cast<size_t>(ringsEnd);
   L->rxOffs = rxOffs.Data();
   L->rxLens = rxLens.Data();

@@ -37,7 +37,7 @@ export type LogFormat = 'journal' | 'json';
 export type LogLevel = 'error' | 'warn' | 'info' | 'debug';
 
 export type TunIoMode = 'auto' | 'uring' | 'threads';
-export interface TunConfig { name: string; mtu: number; offloads: boolean; io: TunIoMode }
+export interface TunConfig { name: string; mtu: number; offloads: boolean; io: TunIoMode; busyPollUs: number }
 /** Every TUN device the daemon opens for this config; what follows the devices (the firewall ruleset) takes them from here. */
 export function tunDevices(cfg: { tun: TunConfig }): string[] {
   return [...tunDeviceNames(cfg.tun.name)];
@@ -134,7 +134,7 @@ export interface Config {
 
 /** Values used for absent fields. `wan.interface` has none: it is required. */
 export const DEFAULTS = {
-  tun: { name: 'vpnmasq0', mtu: 1500, offloads: true, io: 'auto' as TunIoMode },
+  tun: { name: 'vpnmasq0', mtu: 1500, offloads: true, io: 'auto' as TunIoMode, busyPollUs: 100 },
   lan: { interfaces: ['lan0'], prefixes: ['10.77.0.0/24'], ipv6: 'drop' as LanIpv6Policy },
   wan: { mode: 'shared', publicAddress: null, onAddressChange: 'move' },
   ports: {
@@ -203,6 +203,7 @@ export const RELOAD: ReloadKinds<Config> = {
     mtu: restart('the packet buffers are sized for it at start'),
     offloads: restart('the TUN device is opened with them'),
     io: restart('the TUN queues are opened in this mode at start'),
+    busyPollUs: restart('the packet loop is started with it'),
   },
   lan: {
     interfaces: restart('the policy rules for the LAN are installed at start'),
@@ -382,13 +383,14 @@ function resolveConfig(document: unknown, check: Checker): Config {
 }
 
 function resolveTun(check: Checker, value: unknown): TunConfig {
-  const raw = check.object('tun', value, ['name', 'mtu', 'offloads', 'io']);
+  const raw = check.object('tun', value, ['name', 'mtu', 'offloads', 'io', 'busyPollUs']);
   const d = DEFAULTS.tun;
   return {
     name: check.string('tun.name', raw.name, tunNameProblem) ?? d.name,
     mtu: check.integer('tun.mtu', raw.mtu, { min: 576, max: 65535 }) ?? d.mtu,
     offloads: check.boolean('tun.offloads', raw.offloads) ?? d.offloads,
     io: check.choice('tun.io', raw.io, ['auto', 'uring', 'threads']) ?? d.io,
+    busyPollUs: check.integer('tun.busyPollUs', raw.busyPollUs, { min: 0, max: 1000 }) ?? d.busyPollUs,
   };
 }
 

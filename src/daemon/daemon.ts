@@ -424,7 +424,8 @@ export class Daemon implements MetricsSource {
     this.table.publicAddr = ipv4ToInt32(address);
     if (this.persist) this.openStore();
     // Tag = side (core/side.ts): the LAN device first, then the WAN one.
-    const tun = this.openTun({ names: [...tunDeviceNames(cfg.tun.name)], offloads: cfg.tun.offloads, queues: TUN_QUEUES, io: cfg.tun.io });
+    const tun = this.openTun({ names: [...tunDeviceNames(cfg.tun.name)], offloads: cfg.tun.offloads, queues: TUN_QUEUES, io: cfg.tun.io,
+      busyPollUs: cfg.tun.busyPollUs });
     this.tun = tun;
     const tunName = tun.names.join(',');
     if (cfg.tun.offloads && tun.offloadError) this.log.warn('TUN offloads unavailable, running without them', { reason: tun.offloadError });
@@ -688,9 +689,11 @@ export class Daemon implements MetricsSource {
     const tun = this.tun;
     if (tun) {
       const counters = tun.stats();
-      // The rx-wait counts exist only where a reader thread stamps each packet (tun.io threads).
-      const waits = tun.io?.mode === 'threads';
-      for (const [name, i] of Object.entries(Stat)) if (waits || !name.startsWith('RX_WAIT_')) tunStats[name.toLowerCase()] = counters[i];
+      // The rx-wait counts exist only where a reader thread stamps each packet (tun.io threads), busy polling only with io_uring.
+      const threads = tun.io?.mode === 'threads';
+      for (const [name, i] of Object.entries(Stat)) {
+        if (threads ? !name.startsWith('BUSY_POLL_') : !name.startsWith('RX_WAIT_')) tunStats[name.toLowerCase()] = counters[i];
+      }
     }
     const f = this.faults;
     tunStats.packet_errors = f.packetErrors;

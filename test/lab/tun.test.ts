@@ -42,6 +42,10 @@ const UDP_PAYLOAD = 'vpnmasq tun echo';
 const UDP_RESEND_MS = 200;
 /** Datagrams a burst client sends at once: more than the ring has slots. */
 const BURST_ENV = 'VMQTUN_BURST';
+/** Exchanges a ping-pong client makes: one datagram in flight, the next when its echo came back. */
+const EXCHANGES_ENV = 'VMQTUN_EXCHANGES';
+/** The loop's tun.busyPollUs (default 0). */
+const BUSYPOLL_ENV = 'VMQTUN_BUSYPOLL';
 /** Idle time between bursts: the loop goes back to sleep on its wakeup. */
 const BURST_GAP_MS = 300;
 const TCP_SINK_PORT = 5001;
@@ -224,6 +228,7 @@ type ChildEvent =
   | { event: 'tun-event'; tunEvent: Exclude<TunEvent, { kind: 'callback-error' }> | { kind: 'callback-error'; message: string; dropped: number }; stats: number[] }
   | { event: 'udp-reply'; from: string; port: number; payload: string }
   | { event: 'udp-burst'; sent: number; replies: number }
+  | { event: 'udp-pingpong'; sent: number; replies: number }
   | { event: 'tcp-connected' };
 
 function emit(e: ChildEvent): void {
@@ -237,6 +242,7 @@ function runRouter(): void {
     offloads: process.env[OFFLOADS_ENV] === '1',
     queues: Number(process.env[QUEUES_ENV] ?? 1),
     io: process.env[IO_ENV] as TunIo,
+    busyPollUs: Number(process.env[BUSYPOLL_ENV] ?? 0),
   });
   const txDev = process.env[TXDEV_ENV] === undefined ? -1 : Number(process.env[TXDEV_ENV]);
   const arena = new Uint8Array(ringBytes(dev.queues, RING_SLOTS, SLOT_SIZE));
@@ -315,6 +321,23 @@ function runUdpBurst(): void {
   setTimeout(report, STEP_TIMEOUT_MS / 2);
 }
 
+/** Sends EXCHANGES_ENV datagrams to PEER_ADDR one at a time, each when the echo of the one before came back. */
+function runUdpPingPong(): void {
+  const sock = dgram.createSocket('udp4');
+  const sent = Number(process.env[EXCHANGES_ENV]);
+  let replies = 0;
+  const report = (): never => {
+    emit({ event: 'udp-pingpong', sent, replies });
+    process.exit(0);
+  };
+  sock.on('message', () => {
+    if (++replies === sent) report();
+    sock.send(`${UDP_PAYLOAD} ${replies}`, UDP_ECHO_PORT, PEER_ADDR);
+  });
+  sock.bind(() => sock.send(`${UDP_PAYLOAD} 0`, UDP_ECHO_PORT, PEER_ADDR));
+  setTimeout(report, STEP_TIMEOUT_MS / 2);
+}
+
 /** Connects to PEER_ADDR and writes TCP_SEND_BYTES in one go, then idles. */
 function runTcpClient(): void {
   const sock = net.connect(TCP_SINK_PORT, PEER_ADDR, () => {
@@ -332,6 +355,7 @@ const ROLES: Record<string, () => void> = {
   router: runRouter,
   'udp-client': runUdpClient,
   'udp-burst': runUdpBurst,
+  'udp-pingpong': runUdpPingPong,
   'tcp-client': runTcpClient,
 };
 
@@ -626,6 +650,26 @@ function registerTests(io: TunIo): void {
         const stats = await closeAndCheck(router, dev);
         assert.ok(stats[Stat.TX_PACKETS] >= 3 * burst + 1, `tx packets ${stats[Stat.TX_PACKETS]}`);
       });
+    });
+
+    describe('busy polling', () => {
+      // A spin ends a wait before the wakeup would: the exchanges' echoes all come back either way, and only
+      // io_uring with tun.busyPollUs spins (one in flight and a 1 ms spin: most gaps are far shorter).
+      for (const busyPollUs of [1000, 0]) {
+        const dev = `vmq${suffix}b${busyPollUs > 0 ? 'y' : 'n'}`;
+        const spins = io === 'uring' && busyPollUs > 0;
+        it(`(l) busyPollUs ${busyPollUs}: request after response, every echo back, ${spins ? 'the loop spins and finds work' : 'no spin'}`, async () => {
+          const router = startChild('router', { [DEV_ENV]: dev, [OFFLOADS_ENV]: '1', [BUSYPOLL_ENV]: String(busyPollUs) });
+          await router.waitFor('opened');
+          await udpRoundTrip(router, dev);
+          const client = startChild('udp-pingpong', { [EXCHANGES_ENV]: '300' });
+          assert.deepEqual(await client.waitFor('udp-pingpong'), { event: 'udp-pingpong', sent: 300, replies: 300 });
+          const stats = await closeAndCheck(router, dev);
+          const counts = `hits ${stats[Stat.BUSY_POLL_HITS]}, misses ${stats[Stat.BUSY_POLL_MISSES]}`;
+          if (spins) assert.ok(stats[Stat.BUSY_POLL_HITS] > 0, counts);
+          else assert.equal(stats[Stat.BUSY_POLL_HITS] + stats[Stat.BUSY_POLL_MISSES], 0, counts);
+        });
+      }
     });
 
     describe('device removed under the loop', () => {

@@ -59,6 +59,8 @@ test('wrong type', () => {
 
 test('out of range', () => {
   assert.deepEqual(errors(doc({ tun: { mtu: 70000 } })), [`${FILE}: tun.mtu: must be between 576 and 65535, got 70000`]);
+  assert.deepEqual(errors(doc({ tun: { busyPollUs: 5000 } })), [`${FILE}: tun.busyPollUs: must be between 0 and 1000, got 5000`]);
+  assert.deepEqual(errors(doc({ tun: { busyPollUs: 2.5 } })), [`${FILE}: tun.busyPollUs: expected integer, got number 2.5`]);
   assert.deepEqual(errors(doc({ mssClamp: 500 })), [`${FILE}: mssClamp: must be between 536 and 65495, got 500`]);
 });
 
@@ -297,7 +299,7 @@ test('every config field has exactly one reload kind, and nothing else is declar
   assert.throws(() => reloadKind('timeouts'), /is a section/);
   assert.throws(() => reloadKind('colour'), /no reload kind declared/);
   assert.deepEqual(reloadFields().filter(([, k]) => k.kind === 'restart').map(([f]) => f),
-    ['tun.name', 'tun.mtu', 'tun.offloads', 'tun.io', 'lan.interfaces', 'lan.prefixes', 'lan.ipv6', 'wan.interface', 'wan.mode',
+    ['tun.name', 'tun.mtu', 'tun.offloads', 'tun.io', 'tun.busyPollUs', 'lan.interfaces', 'lan.prefixes', 'lan.ipv6', 'wan.interface', 'wan.mode',
       'wan.publicAddress', 'wan.publicAddresses', 'limits.forwardUnanswered', 'limits.fragmentsPerSource', 'filtering', 'state.path']);
 });
 

@@ -51,7 +51,7 @@ describe('vpnmasq firewall', () => {
     assert.equal(acceptRule(0x4), 'meta mark & 0x00000004 == 0x00000004 accept');
     assert.throws(() => firewallRuleset({ ...BASE, mark: 0 }), /mark must be 1\.\.0xffffffff/);
     assert.throws(() => firewallRuleset({ ...BASE, tuns: [] }), /no TUN device/);
-    assert.deepEqual(tunDevices({ tun: { name: 'vpnmasq0', mtu: 1500, offloads: true, io: 'threads' } }), ['vpnmasq0', 'vpnmasq0-w'], 'the LAN and the WAN device');
+    assert.deepEqual(tunDevices({ tun: { name: 'vpnmasq0', mtu: 1500, offloads: true, io: 'threads', busyPollUs: 0 } }), ['vpnmasq0', 'vpnmasq0-w'], 'the LAN and the WAN device');
   });
 
   it('prints the ruleset for the config file, no daemon needed; a bad --mark is a usage error', async () => {

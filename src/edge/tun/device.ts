@@ -103,6 +103,8 @@ export interface TunOptions {
    * io_uring when the kernel offers it, else threads.
    */
   io?: 'uring' | 'threads' | 'auto';
+  /** With io_uring: how long the loop spins for work before it sleeps, µs (tun.busyPollUs; default 0, never). */
+  busyPollUs?: number;
 }
 
 /** Opens the daemon's TUN devices; DaemonOptions.openTun replaces it in tests. */

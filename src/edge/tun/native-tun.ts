@@ -35,6 +35,7 @@ export class NativeTun implements TunDevice {
     readonly offloads: number,
     readonly offloadError: string | null,
     private readonly wantIo: 'uring' | 'threads' | 'auto',
+    private readonly busyPollUs: number,
   ) {
     this.queues = fds.reduce((n, q) => n + q.length, 0);
   }
@@ -54,7 +55,7 @@ export class NativeTun implements TunDevice {
     }
     const offloads = opened.reduce((m, d) => m & d.offloads, ~0);
     const offloadError = opened.map((d) => d.offloadError).find((e) => e !== null) ?? null;
-    return new NativeTun(opened.map((d) => d.name), opened.map((d) => d.fds), offloads, offloadError, o.io ?? 'auto');
+    return new NativeTun(opened.map((d) => d.name), opened.map((d) => d.fds), offloads, offloadError, o.io ?? 'auto', o.busyPollUs ?? 0);
   }
 
   /** Use VNET_HDR_LEN + 65535 as slotSize with offloads. With io 'auto', falls back to threads when io_uring is refused. */
@@ -64,6 +65,7 @@ export class NativeTun implements TunDevice {
     const spec = (io: TunIo): LoopSpec => ({
       io,
       devices: this.fds.map((q) => [...q]),
+      busyPollUs: this.busyPollUs,
       arena: b.arena, slotSize: b.slotSize, ringSlots: b.ringSlots,
       rxOffs: b.rxOffs, rxLens: b.rxLens, rxDevs: b.rxDevs, txList: b.txList, txDevs: b.txDevs,
       onBatch: (count) => sink.onBatch(count),

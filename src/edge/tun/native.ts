@@ -48,13 +48,17 @@ export const Stat = {
   RX_WAIT_4MS_OR_MORE: 16,
   /** The longest such wait, µs. */
   RX_WAIT_MAX_US: 17,
+  /** io 'uring' with tun.busyPollUs: idle moments the loop spun through and found work in (no sleep, no wakeup). */
+  BUSY_POLL_HITS: 18,
+  /** ... and those it spun through in vain (it then sleeps until a wakeup comes soon enough again). */
+  BUSY_POLL_MISSES: 19,
 } as const;
 /** The RX_WAIT_* buckets in order (Stat key, and the name metrics and tests give it: "under_64us" ...). */
 export const RX_WAIT_BUCKETS: ReadonlyArray<{ stat: number; name: string }> = Object.entries(Stat)
   .filter(([k]) => k.startsWith('RX_WAIT_') && k !== 'RX_WAIT_MAX_US')
   .map(([k, stat]) => ({ stat, name: k.slice('RX_WAIT_'.length).toLowerCase() }));
 /** Length of the array stats() fills. */
-export const STATS_COUNT = 18;
+export const STATS_COUNT = 20;
 
 export interface TunOpenResult {
   /** One fd per queue (IFF_MULTI_QUEUE when more than one). */
@@ -77,6 +81,8 @@ export interface LoopSpec extends TunBuffers {
   io: TunIo;
   /** Per device tag, the fds of its queues; their rings follow each other from arena byte 0. */
   devices: number[][];
+  /** io 'uring': how long the loop spins for work before it sleeps, µs (0: never; ignored with 'threads'). */
+  busyPollUs: number;
   onBatch: (count: number) => number;
   onEvent: (event: TunEvent) => void;
 }
