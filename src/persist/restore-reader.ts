@@ -66,6 +66,7 @@ export const STARTED = 2;
 export const PAGE_ROWS = 10000;
 /** Pages the thread reads ahead of the store (each about 1.4 MB for the sessions table): about the quick_check's time of a million rows. */
 export const PAGES_AHEAD = 16;
+
 export interface PageSourceOptions {
   /** The thread's script (tests give a broken one). */
   script?: string;
