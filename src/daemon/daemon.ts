@@ -929,6 +929,13 @@ export class Daemon implements MetricsSource {
     return out;
   }
 
+  busyPolls(): Record<string, number> {
+    const tun = this.tun;
+    if (tun?.io?.mode !== 'uring') return {};
+    const counters = tun.stats();
+    return { hit: counters[Stat.BUSY_POLL_HITS], miss: counters[Stat.BUSY_POLL_MISSES] };
+  }
+
   reloads(): Record<string, number> {
     return { applied: this.reloadCount[0], rejected: this.reloadCount[1] };
   }

@@ -26,6 +26,8 @@ export interface MetricsSource {
   vpnEvents(): Record<string, number>;
   /** TUN batches by how long their oldest packet waited for the event loop (bucket name -> count, monotonic; none before the TUN is open or with tun.io uring). */
   forwardingWaits(): Record<string, number>;
+  /** The io_uring loop's busy-poll spins by result (hit, miss; monotonic; none before the TUN is open or with tun.io threads). */
+  busyPolls(): Record<string, number>;
   /** Reloads by result (applied, rejected), since start. */
   reloads(): Record<string, number>;
   /** Wall-clock ms when the daemon started. */
@@ -96,6 +98,11 @@ export const METRICS: readonly MetricDef[] = [
     name: 'vpnmasq_forwarding_wait_batches_total',
     help: 'Packet batches by how long their oldest packet waited in the TUN ring for the event loop (under_64us ... 4ms_or_more; tun.io threads only).',
     type: 'counter', labels: ['wait'], read: (s) => by('wait', s.forwardingWaits()),
+  },
+  {
+    name: 'vpnmasq_busy_polls_total',
+    help: 'Idle moments the io_uring loop spun through for work (tun.busyPollUs), by result: hit (work came, no sleep, no wakeup) or miss (it slept).',
+    type: 'counter', labels: ['result'], read: (s) => by('result', s.busyPolls()),
   },
   { name: 'vpnmasq_reloads_total', help: 'Config reloads by result (applied, rejected).', type: 'counter', labels: ['result'], read: (s) => by('result', s.reloads()) },
   { name: 'vpnmasq_db_healthy', help: '1 if the state database accepts writes, else 0.', type: 'gauge', labels: [], read: (s) => one(s.db().healthy ? 1 : 0) },

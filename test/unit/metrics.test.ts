@@ -22,6 +22,7 @@ function fakeSource(): MetricsSource & { dropsByReason: Record<string, number> }
     tables: () => ({ sessions: { entries: 4, capacity: 262144 }, esp: { entries: 2, capacity: 16384 } }),
     reloads: () => ({ applied: 2, rejected: 1 }),
     forwardingWaits: () => ({ under_64us: 40, under_1ms: 2 }),
+    busyPolls: () => ({ hit: 30, miss: 3 }),
     startedAt: 1_700_000_000_000,
     nowMs: () => 1_700_000_090_000,
   };
