@@ -96,9 +96,9 @@ export function* readPages(db: Database.Database, tables: readonly ReadTable[], 
 
 /** The serial (as text) of a page's last row. */
 function lastSerial(page: Page, width: number): string {
-  const irr = page.irregular;
   const last = page.rows - 1;
-  return irr.length > 0 && irr[irr.length - 1].at === last ? serialText(irr[irr.length - 1].row, width) : String(page.values[last * width]);
+  const odd = page.irregular.at(-1);
+  return new PageRows(page, width).serialText(last, odd?.at === last ? odd.row : null);
 }
 
 function pageOf(table: number, rows: readonly unknown[][], width: number): Page {
