@@ -70,7 +70,7 @@ function statusText(st: Record<string, unknown>): string {
     sessions, limit, state, control, lastReload, ...rest
   } = st;
   const reload = lastReload as { at: string; ok: boolean; applied?: string[]; error?: string } | null | undefined;
-  const ctl = control as { socket?: string; connections?: number; watchers?: number; refused?: number } | null | undefined;
+  const ctl = control as { socket?: string; connections?: number; watchers?: number; refused?: number; thread?: boolean } | null | undefined;
   const t = tun as { name: string; devices?: string[]; offloads: number } | null;
   const used = Number(sessions);
   const cap = Number(limit);
@@ -92,9 +92,10 @@ function statusText(st: Record<string, unknown>): string {
 }
 
 /** The control socket and its clients. */
-function controlText(c: { socket?: string; connections?: number; watchers?: number; refused?: number }): string {
+function controlText(c: { socket?: string; connections?: number; watchers?: number; refused?: number; thread?: boolean }): string {
   const clients = `${c.connections ?? 0} connections, ${c.watchers ?? 0} watching, ${c.refused ?? 0} refused since start`;
-  return c.socket === undefined ? clients : `${c.socket} (${clients})`;
+  const where = c.thread === false ? '; served on the packet thread: the control thread stopped (see the log)' : '';
+  return (c.socket === undefined ? clients : `${c.socket} (${clients})`) + where;
 }
 
 /** lan.ipv6 as the status line says it. */

@@ -6,7 +6,8 @@
  *   conns-show {id}                   {conn}
  *   conns-delete {id | filter}        {deleted}
  *   conns-flush {filter}              {deleted}
- *   watch {filter}                    {event, time, conn} lines until the client disconnects
+ *   watch {filter}                    {event, time, conn} lines until the client disconnects: answered
+ *                                     on the connections' thread (control-io.ts), fed by the hub here
  *   forwards-list                     rows, then {count}
  *   forwards-add {forward}            {forward}: a runtime forward, checked like the config's
  *   forwards-remove {proto, publicPort}   {forward}: removes a runtime forward
@@ -64,7 +65,8 @@ export interface ControlTarget {
 const DELETE_CHUNK = 512;
 
 export class ControlCommands {
-  private readonly watchers: WatchHub;
+  /** `conns watch`: answered on the control socket's connections thread, fed from here (watchers.ts). */
+  readonly watchers: WatchHub;
 
   constructor(private readonly target: ControlTarget, now: () => number) {
     this.watchers = new WatchHub(target, now);
@@ -98,9 +100,6 @@ export class ControlCommands {
       }
       case 'conns-flush':
         return this.deleteMatching(req.filter as ConnFilter);
-      case 'watch':
-        compileFilter(req.filter as ConnFilter);
-        return { stream: (conn) => this.watchers.watch(conn, req.filter as ConnFilter), result: {} };
       case 'forwards-list': {
         const rows = this.target.forwards.list();
         return { rows, result: { count: rows.length } };

@@ -3,26 +3,33 @@
  * src/query/protocol.ts. Access is limited by the socket's mode (0660) and
  * group.
  *
- * No client can hold the daemon up: at most MAX_CONNECTIONS are open (the
- * next one gets a clear error and the refusal is logged), a connection that
- * sends no request within REQUEST_TIMEOUT_MS is closed, the requests of one
- * connection run one after another, and rows are written in slices of the
- * event loop (slices.ts), waiting for a client that reads slowly.
+ * No client can hold the daemon up. The connections live on a thread of
+ * their own (control-io.ts): at most MAX_CONNECTIONS are open, a connection
+ * that sends no request within REQUEST_TIMEOUT_MS is closed, and accepting,
+ * reading and writing cost the packet thread nothing. Here, on the packet
+ * thread, the requests of one connection run one after another, the
+ * thread's reports are worked through in slices of the event loop
+ * (slices.ts), and rows are written in slices too, waiting for a client that
+ * reads slowly.
  */
+import { EventEmitter } from 'node:events';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
-import { ControlRequest, MAX_REQUEST_BYTES } from '../query/protocol';
-import { spent, yieldIfSpent } from './slices';
+import { MessageChannel, MessagePort, Worker } from 'node:worker_threads';
+import { ControlRequest } from '../query/protocol';
+import { IoEvent, IoOp, IoReport, MAX_CONNECTIONS, REQUEST_TIMEOUT_MS, serveControlIo, units } from './control-io';
+import { pause, spent, yieldIfSpent } from './slices';
 
-/** Open control connections at most (watchers included): far below the daemon's file descriptors. */
-export const MAX_CONNECTIONS = 1024;
-/** A connection must send its request within this time. */
-export const REQUEST_TIMEOUT_MS = 10_000;
+export { MAX_CONNECTIONS, REQUEST_TIMEOUT_MS };
 /** Bytes of listing rows written at a time. */
 const CHUNK_BYTES = 16 * 1024;
 /** Requests one connection may have waiting behind the one running. */
 const MAX_QUEUED = 16;
+/** A connection's write() returns false beyond this much unflushed output (a socket's default high-water mark). */
+const HIGH_WATER = 16 * 1024;
+/** How long the connections' thread may take to start listening before the socket is served on this thread instead. */
+const START_TIMEOUT_MS = 5000;
 
 /** Where refusals are reported (the daemon's logger: rate-limited events). */
 export interface ControlLog {
@@ -35,15 +42,91 @@ export interface ControlServerOptions {
   maxConnections?: number;
   /** Default REQUEST_TIMEOUT_MS. */
   requestTimeoutMs?: number;
+  /** Gets the number of `conns watch` clients (answered on the connections' thread) and builds their rounds. */
+  watch?: WatchFeed;
+  /** The connections' thread script (tests: one that fails); default control-io-worker.js. */
+  script?: string;
 }
 
 export type { ControlRequest };
 
+/**
+ * One control connection as the packet thread sees it: a socket on the
+ * connections' thread. `writableLength` is what that socket holds and the
+ * kernel has not taken, so a client that does not read shows here as on the
+ * socket itself; what is on its way to the other thread counts only towards
+ * write()'s answer.
+ */
+/** The connections' thread as the watchers' hub (watchers.ts) uses it: rounds of lines for every watcher. */
+export interface WatchLink {
+  round(lines: string[]): void;
+  lost(n: number): void;
+}
+
+/** Who builds the watchers' rounds (watchers.ts): told how many watch now, and where their rounds go. */
+export interface WatchFeed {
+  watching(count: number, link: WatchLink): void;
+}
+
+class ControlConn extends EventEmitter {
+  /** Bytes the socket holds that the client has not taken (as last reported by the connections' thread). */
+  writableLength = 0;
+  /** Closed, or destroyed here. */
+  destroyed = false;
+  /** Units written here, and units the other thread has taken of them. */
+  private sent = 0;
+  private received = 0;
+  private needDrain = false;
+  private ended = false;
+
+  constructor(readonly id: number, private readonly send: (op: IoOp) => void) {
+    super();
+  }
+
+  /** Queues `data`; false once HIGH_WATER is unflushed ('drain' follows when all of it is flushed). */
+  write(data: string | Uint8Array): boolean {
+    if (this.destroyed || this.ended) return false;
+    this.sent += units(data);
+    this.send({ op: 'write', id: this.id, data });
+    if (this.writableLength + this.sent - this.received < HIGH_WATER) return true;
+    this.needDrain = true;
+    return false;
+  }
+
+  /** Writes `data`, then ends the connection once the client has taken everything. */
+  end(data?: string): void {
+    if (this.destroyed || this.ended) return;
+    this.ended = true;
+    this.send({ op: 'end', id: this.id, data: data ?? null });
+  }
+
+  destroy(): void {
+    if (this.destroyed) return;
+    this.send({ op: 'destroy', id: this.id });
+    this.closed();
+  }
+
+  /** @internal The other thread took `received` units in all; its socket holds `buffered` bytes. */
+  buffered(buffered: number, received: number): void {
+    this.writableLength = buffered;
+    this.received = received;
+    if (this.needDrain && buffered === 0 && received === this.sent) {
+      this.needDrain = false;
+      this.emit('drain');
+    }
+  }
+
+  /** @internal The connection is gone: 'close', once. */
+  closed(): void {
+    if (this.destroyed) return;
+    this.destroyed = true;
+    process.nextTick(() => this.emit('close'));
+  }
+}
+
 export interface ControlReply {
   /** Rows streamed before the final line (for listings). */
   rows?: Iterable<unknown> | AsyncIterable<unknown>;
-  /** Writes lines until it resolves (`conns watch` resolves when the client goes away). */
-  stream?: (conn: net.Socket) => Promise<void>;
   /** The final line. */
   result: Record<string, unknown>;
 }
@@ -57,6 +140,8 @@ export interface ControlServer {
   readonly refused: number;
   /** The path the daemon listens on. */
   readonly path: string;
+  /** The connections are served by a thread of their own (false: it could not start, they are served here). */
+  readonly thread: boolean;
   /**
    * Listens on `socketPath` (owned by `groupId`) instead: the new socket is
    * bound before the old one is removed, so a client always finds one, and
@@ -78,104 +163,210 @@ export function lookupGroup(name: string, groupFile = '/etc/group'): number | nu
   return null;
 }
 
-/** Access is the socket's mode (0660) and group: root and the control group. */
-function restrict(socketPath: string, groupId: number | null): void {
-  fs.chmodSync(socketPath, 0o660);
-  if (groupId !== null) fs.chownSync(socketPath, 0, groupId);
+interface Conversation {
+  conn: ControlConn;
+  queue: Promise<void>;
+  queued: number;
 }
 
 export async function startControlServer(socketPath: string, groupId: number | null, handler: ControlHandler,
   opts: ControlServerOptions = {}): Promise<ControlServer> {
   const maxConnections = opts.maxConnections ?? MAX_CONNECTIONS;
   const requestTimeoutMs = opts.requestTimeoutMs ?? REQUEST_TIMEOUT_MS;
-  const open = new Set<net.Socket>();
+  const conversations = new Map<number, Conversation>();
+  const waiting = new Map<number, (error: string | null) => void>();
+  let seq = 0;
+  let connections = 0;
   let refused = 0;
-  const onConnection = (conn: net.Socket): void => {
-    conn.on('error', () => conn.destroy());
-    if (open.size >= maxConnections) {
-      refused++;
-      conn.end(JSON.stringify({ ok: false, error: `too many control connections (${maxConnections} open); try again later` }) + '\n');
-      // Read (and drop) until the client closes its side, or the socket would stay half open; a client that does not is dropped.
-      conn.resume();
-      setTimeout(() => conn.destroy(), 1000).unref();
-      opts.log?.event('control-refused', 'control connection refused: too many open', { open: open.size, limit: maxConnections, refused });
-      return;
+  let at = { path: socketPath, group: groupId };
+  /** Served by the thread; started (listening); why the thread is not used; close() under way. */
+  let thread = false;
+  let started = false;
+  let why = '';
+  let closing = false;
+
+  // Writes of a turn go to the other thread as one message.
+  let outbox: IoOp[] = [];
+  let port: MessagePort | Worker | null = null;
+  const flushOut = (): void => {
+    const ops = outbox;
+    outbox = [];
+    port?.postMessage(ops);
+  };
+  const send = (op: IoOp): void => {
+    if (outbox.length === 0) setImmediate(flushOut);
+    outbox.push(op);
+  };
+  const link: WatchLink = { round: (lines) => send({ op: 'round', lines }), lost: (n) => send({ op: 'lost', n }) };
+
+  // The other thread's reports, worked through in order, in slices; the queue starts again at 0 whenever it is caught up.
+  const inbox: IoEvent[] = [];
+  let next = 0;
+  let pumping = false;
+  const pump = async (): Promise<void> => {
+    pumping = true;
+    while (next < inbox.length) {
+      const e = inbox[next++];
+      if (next === inbox.length) next = inbox.length = 0;
+      receive(e);
+      // A request's first steps (parse, handler) run in the promise jobs after it: one request a turn, the loop polls in between.
+      if (e.ev === 'request') await new Promise((resolve) => setImmediate(resolve));
+      else if (spent()) await pause();
     }
-    open.add(conn);
-    conn.once('close', () => open.delete(conn));
-    let pending = '';
-    let requests = 0;
-    let queue: Promise<void> = Promise.resolve();
-    let queued = 0;
-    const idle = setTimeout(() => conn.end(JSON.stringify({ ok: false, error: `no request within ${requestTimeoutMs} ms` }) + '\n'), requestTimeoutMs);
-    idle.unref();
-    conn.once('close', () => clearTimeout(idle));
-    conn.setEncoding('utf8');
-    conn.on('data', (chunk: string) => {
-      pending += chunk;
-      if (pending.length > MAX_REQUEST_BYTES) {
-        pending = '';
-        conn.end(JSON.stringify({ ok: false, error: `request too large (more than ${MAX_REQUEST_BYTES} bytes)` }) + '\n');
-        return;
-      }
-      let nl: number;
-      while ((nl = pending.indexOf('\n')) >= 0) {
-        const line = pending.slice(0, nl);
-        pending = pending.slice(nl + 1);
-        if (requests++ === 0) clearTimeout(idle);
-        if (queued >= MAX_QUEUED) {
-          conn.end(JSON.stringify({ ok: false, error: `more than ${MAX_QUEUED} requests waiting on one connection` }) + '\n');
+    pumping = false;
+  };
+  const onReport = (r: IoReport): void => {
+    connections = r.connections;
+    refused = r.refused;
+    for (const e of r.events) inbox.push(e);
+    if (!pumping) void pump();
+  };
+  const conversation = (id: number): Conversation => {
+    let c = conversations.get(id);
+    if (c === undefined) {
+      c = { conn: new ControlConn(id, send), queue: Promise.resolve(), queued: 0 };
+      conversations.set(id, c);
+    }
+    return c;
+  };
+  const receive = (e: IoEvent): void => {
+    switch (e.ev) {
+      case 'request': {
+        const c = conversation(e.id);
+        if (c.conn.destroyed) return;
+        if (c.queued >= MAX_QUEUED) {
+          c.conn.end(JSON.stringify({ ok: false, error: `more than ${MAX_QUEUED} requests waiting on one connection` }) + '\n');
           return;
         }
-        queued++;
-        queue = queue.then(() => answer(conn, line, handler)).finally(() => { queued--; });
+        c.queued++;
+        c.queue = c.queue.then(() => answer(c.conn, e.line, handler)).finally(() => { c.queued--; });
+        return;
       }
+      case 'buffered':
+        conversations.get(e.id)?.conn.buffered(e.buffered, e.received);
+        return;
+      case 'close':
+        conversations.get(e.id)?.conn.closed();
+        conversations.delete(e.id);
+        return;
+      case 'watchers':
+        // Observing from now on: the watchers counted are told they watch, and get every event after that.
+        opts.watch?.watching(e.count, link);
+        send({ op: 'armed', seq: e.seq });
+        return;
+      case 'refused':
+        opts.log?.event('control-refused', 'control connection refused: too many open', { open: e.open, limit: e.limit, refused: e.refused });
+        return;
+      case 'done':
+        waiting.get(e.seq)?.(e.error);
+        waiting.delete(e.seq);
+    }
+  };
+  const command = (op: (seq: number) => IoOp): Promise<void> => {
+    const n = ++seq;
+    return new Promise<void>((resolve, reject) => {
+      waiting.set(n, (error) => (error === null ? resolve() : reject(new Error(error))));
+      send(op(n));
     });
   };
-  const listen = async (at: string): Promise<net.Server> => {
-    fs.mkdirSync(path.dirname(at), { recursive: true, mode: 0o755 });
-    try { fs.unlinkSync(at); } catch { /* not there */ }
-    const server = net.createServer(onConnection);
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(at, () => { server.off('error', reject); resolve(); });
-    });
-    return server;
+  const listen = (): Promise<void> => command((n) => ({ op: 'listen', seq: n, path: at.path, group: at.group, maxConnections, requestTimeoutMs }));
+  /** Every connection of a thread that is gone is closed; what waited for it fails. */
+  const lost = (why: string): void => {
+    for (const c of conversations.values()) c.conn.closed();
+    conversations.clear();
+    for (const done of waiting.values()) done(why);
+    waiting.clear();
+    connections = 0;
+    opts.watch?.watching(0, link);
   };
-  const stopListening = (server: net.Server, at: string): void => {
-    server.close();
-    try { fs.unlinkSync(at); } catch { /* gone */ }
+
+  /** Serves the connections on this thread: the same code, over a channel. */
+  const serveHere = (): void => {
+    const channel = new MessageChannel();
+    serveControlIo(channel.port1);
+    channel.port2.on('message', onReport);
+    port = channel.port2;
+    thread = false;
   };
-  let current = { server: await listen(socketPath), path: socketPath };
-  restrict(socketPath, groupId);
+  /** The thread failed: its connections are closed, and once started the socket is served here from then on. */
+  const failed = (w: Worker, reason: string): void => {
+    if (port !== w || closing) return;
+    void w.terminate();
+    port = null;
+    thread = false;
+    why = reason;
+    lost(reason);
+    if (!started) return;
+    opts.log?.event('control-thread', `the control connections' thread failed (${reason}): they are served on the packet thread`, { error: reason });
+    serveHere();
+    listen().catch((e: Error) => opts.log?.event('control-thread', `the control socket could not be served: ${e.message}`, { error: e.message }));
+  };
+  try {
+    const w = new Worker(opts.script ?? path.join(__dirname, 'control-io-worker.js'));
+    w.unref();
+    w.on('message', (r: IoReport) => { if (port === w) onReport(r); });
+    w.on('error', (e) => failed(w, e.message));
+    w.on('exit', (code) => failed(w, `it exited with ${code}`));
+    port = w;
+    thread = true;
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<void>((resolve) => { timer = setTimeout(resolve, START_TIMEOUT_MS); });
+    try {
+      await Promise.race([listen(), late.then(() => failed(w, `it did not listen within ${START_TIMEOUT_MS} ms`))]);
+    } catch (e) {
+      // The thread runs, and could not listen (a bad path): the same error as on this thread.
+      if (port === w) {
+        closing = true;
+        await w.terminate();
+        throw e;
+      }
+    } finally {
+      clearTimeout(timer);
+    }
+  } catch (e) {
+    if (closing) throw e;
+    why = (e as Error).message; // no thread could be made
+  }
+  if (!thread) {
+    opts.log?.event('control-thread', `the control connections' thread did not start (${why}): they are served on the packet thread`, { error: why });
+    serveHere();
+    try {
+      await listen();
+    } catch (e) {
+      (port as MessagePort | null)?.close();
+      throw e;
+    }
+  }
+  started = true;
+
   return {
-    get connections() { return open.size; },
+    get connections() { return connections; },
     get refused() { return refused; },
-    get path() { return current.path; },
+    get path() { return at.path; },
+    get thread() { return thread; },
     async move(to, group) {
-      if (to !== current.path) {
-        const next = { server: await listen(to), path: to };
-        try {
-          restrict(to, group);
-        } catch (e) {
-          stopListening(next.server, to);
-          throw e;
-        }
-        stopListening(current.server, current.path);
-        current = next;
-      } else {
-        restrict(to, group);
+      const before = at;
+      at = { path: to, group };
+      try {
+        await listen();
+      } catch (e) {
+        at = before;
+        throw e;
       }
     },
-    close: () => new Promise<void>((resolve) => {
-      current.server.close(() => resolve());
-      for (const conn of open) conn.destroy(); // watchers never end on their own
-      try { fs.unlinkSync(current.path); } catch { /* gone */ }
-    }),
+    async close() {
+      closing = true;
+      if (port !== null) await command((n) => ({ op: 'close', seq: n })).catch(() => undefined);
+      lost('the control server closed');
+      const p = port;
+      port = null;
+      if (p instanceof Worker) await p.terminate();
+      else p?.close();
+    },
   };
 }
 
-async function answer(conn: net.Socket, line: string, handler: ControlHandler): Promise<void> {
+async function answer(conn: ControlConn, line: string, handler: ControlHandler): Promise<void> {
   let req: ControlRequest;
   try {
     const parsed = JSON.parse(line) as unknown;
@@ -203,7 +394,6 @@ async function answer(conn: net.Socket, line: string, handler: ControlHandler): 
       }
       if (chunk !== '') conn.write(chunk);
     }
-    if (reply.stream) await reply.stream(conn);
     if (conn.destroyed) return;
     conn.write(JSON.stringify({ ok: true, end: true, ...reply.result }) + '\n');
   } catch (e) {
@@ -211,8 +401,8 @@ async function answer(conn: net.Socket, line: string, handler: ControlHandler): 
   }
 }
 
-/** Resolves when the socket has drained its write buffer or closed. */
-function writable(conn: net.Socket): Promise<void> {
+/** Resolves when the connection has flushed its output or closed. */
+function writable(conn: ControlConn): Promise<void> {
   return new Promise((resolve) => {
     const done = () => { conn.off('drain', done); conn.off('close', done); resolve(); };
     conn.on('drain', done);

@@ -342,7 +342,7 @@ export class Daemon implements MetricsSource {
     await this.installSafetyNet(address);
     const controlGroup = lookupGroup(cfg.control.group);
     if (controlGroup === null) this.log.warn('control group not found: the control socket is open to root only', { group: cfg.control.group });
-    this.control = await startControlServer(cfg.control.socket, controlGroup, (req) => this.handleControl(req), { log: this.log });
+    this.control = await startControlServer(cfg.control.socket, controlGroup, (req) => this.handleControl(req), { log: this.log, watch: this.commands.watchers });
     if (cfg.metrics) this.metrics = await startMetricsServer(cfg.metrics.listen, this, this.log);
     await this.wanChanged(watched.state);
   }
@@ -737,7 +737,7 @@ export class Daemon implements MetricsSource {
       limit: this.table.limit,
       state: this.store ? { path: this.store.path, ...this.store.health() } : null,
       control: this.control
-        ? { socket: this.control.path, connections: this.control.connections, watchers: this.commands.watching, refused: this.control.refused }
+        ? { socket: this.control.path, connections: this.control.connections, watchers: this.commands.watching, refused: this.control.refused, thread: this.control.thread }
         : { socket: this.config.control.socket },
       lastReload: this.lastReload === null ? null : { ...this.lastReload, at: new Date(this.lastReload.at).toISOString() },
     };

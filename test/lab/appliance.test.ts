@@ -136,6 +136,8 @@ describe('appliance: shared-address mode in the lab', () => {
     assert.equal(st.publicAddress, ROUTER_WAN);
     // The state store's WAL checkpoints run on their own thread, not in the commits before a batch.
     assert.equal((st.state as { checkpointThread: boolean }).checkpointThread, true);
+    // So are the control socket's connections (control-io.ts), at a lower priority than the packet thread.
+    assert.equal((st.control as { thread: boolean }).thread, true);
   });
 
   it('masquerades LAN traffic behind the router\'s own WAN address, in the reserved range', async () => {

@@ -67,6 +67,8 @@ export interface StartOptions {
   timeoutMs?: number;
   /** Wait until the daemon translates (default), or only until its control socket answers (it may wait for the WAN). */
   waitTranslating?: boolean;
+  /** Starts the daemon at this nice value (the unit's Nice=, UNIT_NICE): its threads keep their own offsets from it. */
+  nice?: string;
 }
 
 let started = 0;
@@ -91,7 +93,7 @@ export async function startRouter(lab: Lab, overrides: Record<string, unknown> =
   const configPath = path.join(dir, 'vpnmasq.json');
   fs.writeFileSync(configPath, JSON.stringify(cfg, null, 2));
   const socket = (cfg.control as { socket: string }).socket;
-  const proc = lab.spawn(lab.ns.router, [process.execPath, CLI, '--config', configPath, 'run']);
+  const proc = lab.spawn(lab.ns.router, [...(opts.nice === undefined ? [] : ['nice', '-n', opts.nice]), process.execPath, CLI, '--config', configPath, 'run']);
   let output = '';
   proc.stdout?.on('data', (d: Buffer) => { output += d.toString(); });
   proc.stderr?.on('data', (d: Buffer) => { output += d.toString(); });

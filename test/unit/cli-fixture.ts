@@ -145,7 +145,7 @@ export class FakeDaemon implements ControlTarget {
   get configPath(): string { return path.join(this.dir, 'vpnmasq.json'); }
 
   async start(): Promise<void> {
-    this.server = await startControlServer(this.socket, null, (req) => this.commands.handle(req));
+    this.server = await startControlServer(this.socket, null, (req) => this.commands.handle(req), { watch: this.commands.watchers });
   }
 
   async stop(): Promise<void> {

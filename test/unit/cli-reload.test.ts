@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { ChildProcess, spawn } from 'node:child_process';
-import { controlRequest, startControlServer } from '../../src/daemon/control';
+import { controlRequest, startControlServer, WatchLink } from '../../src/daemon/control';
 import { findDaemons, runConfigOf } from '../../src/cli/locate';
 import { FakeDaemon, runCli, tempDir, writeConfig } from './cli-fixture';
 
@@ -125,10 +125,8 @@ describe('the control server moves to a new socket', () => {
     const dir = tempDir('move');
     const a = path.join(dir, 'a.sock');
     const b = path.join(dir, 'b.sock');
-    let watcherEnd: (() => void) | null = null;
-    const server = await startControlServer(a, null, (req) => (req.cmd === 'watch'
-      ? { stream: (conn) => new Promise<void>((resolve) => { conn.write('{"watching":true}\n'); watcherEnd = resolve; }), result: {} }
-      : { result: { answer: req.cmd } }));
+    let link: WatchLink | null = null;
+    const server = await startControlServer(a, null, (req) => ({ result: { answer: req.cmd } }), { watch: { watching: (_n, l) => { link = l; } } });
     try {
       const watcher = net.createConnection(a);
       const lines: string[] = [];
@@ -144,9 +142,10 @@ describe('the control server moves to a new socket', () => {
       assert.equal(fs.existsSync(a), false);
       assert.equal((fs.statSync(b).mode & 0o777), 0o660);
       assert.deepEqual(await controlRequest(b, { cmd: 'status' }), { ok: true, end: true, answer: 'status' });
-      (watcherEnd as unknown as () => void)();
-      await seen(/"end":true/);
-      assert.match(lines.join(''), /"watching":true[\s\S]*"end":true/, 'the watcher on the old socket was answered to the end');
+      assert.ok(link !== null, 'the watcher was counted');
+      (link as WatchLink).round(['{"event":"NEW","conn":{"id":1}}\n']);
+      await seen(/"event":"NEW"/);
+      assert.match(lines.join(''), /"watching":true[\s\S]*"event":"NEW"/, 'the watcher on the old socket still gets events');
       watcher.destroy();
     } finally {
       await server.close();

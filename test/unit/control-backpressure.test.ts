@@ -13,7 +13,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { ControlServer, startControlServer } from '../../src/daemon/control';
 import { slicedSort } from '../../src/daemon/slices';
-import { BEHIND_GRACE_MS, WATCH_BUFFER_BYTES } from '../../src/daemon/watchers';
+import { BEHIND_GRACE_MS, WATCH_BUFFER_BYTES } from '../../src/daemon/watch-fanout';
 import type { ConnRow } from '../../src/query/rows';
 import { PROTO_UDP } from '../../src/wire/ipv4';
 import { FakeDaemon } from './cli-fixture';
