@@ -297,9 +297,10 @@ export async function startControlServer(socketPath: string, groupId: number | n
     why = reason;
     lost(reason);
     if (!started) return;
-    opts.log?.event('control-thread', `the control connections' thread failed (${reason}): they are served on the packet thread`, { error: reason });
     serveHere();
-    listen().catch((e: Error) => opts.log?.event('control-thread', `the control socket could not be served: ${e.message}`, { error: e.message }));
+    listen().then(
+      () => opts.log?.event('control-thread', `the control connections' thread failed (${reason}): they are served on the packet thread`, { error: reason }),
+      (e: Error) => opts.log?.event('control-thread', `the control connections' thread failed (${reason}), and the socket could not be served: ${e.message}`, { error: e.message }));
   };
   try {
     const w = new Worker(opts.script ?? path.join(__dirname, 'control-io-worker.js'));
