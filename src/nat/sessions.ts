@@ -146,6 +146,15 @@ export const LOOKUP_PEEK = 1;
 /** or only where its home slot lies (TupleIndex.homeOf), reading nothing. */
 export const LOOKUP_HOME = 2;
 
+/**
+ * The 5-tuple indexes' port key: a LAN or public port and the remote port in
+ * one word. outIndex is keyed (lan, rem, portPair(lanPort, remPort), proto),
+ * inIndex (rem, portPair(pubPort, remPort), pubIdx, proto).
+ */
+function portPair(port: number, remPort: number): number {
+  return (port << 16) | remPort;
+}
+
 function look(ix: TupleIndex, k0: number, k1: number, k2: number, tag: number, how: number): number {
   return how === LOOKUP_FIND ? ix.get(k0, k1, k2, tag) : how === LOOKUP_PEEK ? ix.peek(k0, k1, k2, tag) : ix.homeOf(k0, k1, k2, tag);
 }
@@ -460,12 +469,12 @@ export class SessionTable implements BudgetSessions {
 
   /** Session for an outbound packet, or -1; `how` other than LOOKUP_FIND: the batch warm-up (warmLookup). */
   findOut(proto: number, lan: number, lanPort: number, rem: number, remPort: number, how = LOOKUP_FIND): number {
-    return look(this.outIndex, lan, rem, (lanPort << 16) | remPort, proto, how);
+    return look(this.outIndex, lan, rem, portPair(lanPort, remPort), proto, how);
   }
 
   /** Session for an inbound packet to public address `pubIdx`, or -1; `how` as for findOut. */
   findIn(proto: number, pubIdx: number, pubPort: number, rem: number, remPort: number, how = LOOKUP_FIND): number {
-    return look(this.inIndex, rem, (pubPort << 16) | remPort, pubIdx, proto, how);
+    return look(this.inIndex, rem, portPair(pubPort, remPort), pubIdx, proto, how);
   }
 
   /**
@@ -539,7 +548,7 @@ export class SessionTable implements BudgetSessions {
       guarded = this.tookOver;
     } else if (!this.exclusivePorts) {
       // EIM: the mapping's port, so the 5-tuple there must be free.
-      const o = this.inIndex.get(rem, (this.mPubPort[m] << 16) | remPort, this.mPubIdx[m], proto);
+      const o = this.inIndex.get(rem, portPair(this.mPubPort[m], remPort), this.mPubIdx[m], proto);
       if (o !== NONE) {
         if (this.expiresOf(o) <= now) {
           this.removeSession(o);
@@ -595,7 +604,7 @@ export class SessionTable implements BudgetSessions {
       // The LAN port first (preservation), then random ones.
       const port = i === 0 ? (this.ports.preserve && sp.inClass(cls, lanPort) ? lanPort : -1) : lo + Math.floor(this.random() * size);
       if (port < 0 || !sp.canShare(port)) continue;
-      const o = this.inIndex.get(rem, (port << 16) | remPort, pubIdx, proto);
+      const o = this.inIndex.get(rem, portPair(port, remPort), pubIdx, proto);
       if (o === NONE) return port;
       if (this.expiresOf(o) <= now) {
         this.removeSession(o);
@@ -677,7 +686,7 @@ export class SessionTable implements BudgetSessions {
     if (this.sRows.count >= this.limit) return TABLE_FULL;
     let m = this.mapIndex.get(lan, lanPort, 0, proto);
     if (m !== NONE && (this.mPubPort[m] !== pubPort || this.mPubIdx[m] !== pubIdx)) return PORTS_EXHAUSTED;
-    if (this.inIndex.get(rem, (pubPort << 16) | remPort, pubIdx, proto) !== NONE) return MAPPING_CONFLICT;
+    if (this.inIndex.get(rem, portPair(pubPort, remPort), pubIdx, proto) !== NONE) return MAPPING_CONFLICT;
     if (m === NONE) {
       m = this.createMapping(proto, lan, lanPort, pubIdx, pubPort);
       if (m < 0) return m;
@@ -723,8 +732,8 @@ export class SessionTable implements BudgetSessions {
     h[o + W_SEEN] = (now / 1000) >>> 0;
     h.fill(0, o + W_PKTS_OUT, o + SESSION_WORDS);
     this.sCreated[s] = now;
-    this.outIndex.set(lan, rem, (lanPort << 16) | remPort, proto, s);
-    this.inIndex.set(rem, (pubPort << 16) | remPort, pubIdx, proto, s);
+    this.outIndex.set(lan, rem, portPair(lanPort, remPort), proto, s);
+    this.inIndex.set(rem, portPair(pubPort, remPort), pubIdx, proto, s);
     this.mRefs[m]++;
     this.countBySlot[protoSlot(proto)]++;
     return s;
@@ -792,8 +801,8 @@ export class SessionTable implements BudgetSessions {
     const flags = h[o + W_PORTS] >>> 24;
     if (flags & SF_HOST) this.hosts.removed(h[o + W_LAN]);
     if (flags & SF_UNANSWERED) this.inbound.released(rem);
-    this.outIndex.deleteIf(h[o + W_LAN], rem, ((h[o + W_LANPORT] & 0xffff) << 16) | remPort, proto, s);
-    this.inIndex.deleteIf(rem, ((h[o + W_PUB] & 0xffff) << 16) | remPort, h[o + W_PUB] >>> 16, proto, s);
+    this.outIndex.deleteIf(h[o + W_LAN], rem, portPair(h[o + W_LANPORT] & 0xffff, remPort), proto, s);
+    this.inIndex.deleteIf(rem, portPair(h[o + W_PUB] & 0xffff, remPort), h[o + W_PUB] >>> 16, proto, s);
     this.sRows.give(s);
     this.countBySlot[protoSlot(proto)]--;
     if (--this.mRefs[m] === 0) this.freeMapping(m);

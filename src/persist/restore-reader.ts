@@ -157,7 +157,7 @@ export class PageSource {
   /** Where the pages taken so far end. */
   private from: ReadFrom = { table: 0, after: null };
   /** Why the thread was given up, if it was. */
-  fellBack: string | null = null;
+  private fellBack: string | null = null;
 
   private readonly startMs: number;
   private readonly stallMs: number;
@@ -185,10 +185,12 @@ export class PageSource {
     return page;
   }
 
-  close(): void {
+  /** Ends the read; returns why the thread was given up (the store read on its own), or null. */
+  close(): string | null {
     this.stopThread();
     this.inline?.return(undefined);
     this.inline = null;
+    return this.fellBack;
   }
 
   private nextFromThread(): Page | null {

@@ -290,9 +290,9 @@ export class Store implements JournalListener {
           }
         }
       }
-      source.close();
+      const fellBack = source.close();
       for (; done < codecs.length; done++) codecs[done]?.restored();
-      if (source.fellBack !== null) this.log.warn('state restored without its reader thread', { path: this.cfg.path, reason: source.fellBack });
+      if (fellBack !== null) this.log.warn('state restored without its reader thread', { path: this.cfg.path, reason: fellBack });
       this.restoreCounters(db);
     } catch (e) {
       source.close();
