@@ -35,7 +35,6 @@ export type IoOp =
   | { op: 'close'; seq: number }
   | { op: 'write'; id: number; data: string | Uint8Array }
   | { op: 'end'; id: number; data: string | null }
-  | { op: 'destroy'; id: number }
   /** A round of event lines for the watchers. */
   | { op: 'round'; lines: string[] }
   /** Every watcher missed `n` events. */
@@ -212,9 +211,6 @@ export function serveControlIo(port: MessagePort): void {
       case 'end':
         if (o.data === null) conns.get(o.id)?.end();
         else conns.get(o.id)?.end(o.data);
-        return;
-      case 'destroy':
-        conns.get(o.id)?.destroy();
         return;
       case 'round':
         watchers.round(o.lines);

@@ -50,13 +50,6 @@ export interface ControlServerOptions {
 
 export type { ControlRequest };
 
-/**
- * One control connection as the packet thread sees it: a socket on the
- * connections' thread. `writableLength` is what that socket holds and the
- * kernel has not taken, so a client that does not read shows here as on the
- * socket itself; what is on its way to the other thread counts only towards
- * write()'s answer.
- */
 /** The connections' thread as the watchers' hub (watchers.ts) uses it: rounds of lines for every watcher. */
 export interface WatchLink {
   round(lines: string[]): void;
@@ -68,10 +61,17 @@ export interface WatchFeed {
   watching(count: number, link: WatchLink): void;
 }
 
+/**
+ * One control connection as the packet thread sees it: a socket on the
+ * connections' thread. `writableLength` is what that socket holds and the
+ * kernel has not taken, so a client that does not read shows here as on the
+ * socket itself; what is on its way to the other thread counts only towards
+ * write()'s answer.
+ */
 class ControlConn extends EventEmitter {
   /** Bytes the socket holds that the client has not taken (as last reported by the connections' thread). */
   writableLength = 0;
-  /** Closed, or destroyed here. */
+  /** Closed. */
   destroyed = false;
   /** Units written here, and units the other thread has taken of them. */
   private sent = 0;
@@ -98,12 +98,6 @@ class ControlConn extends EventEmitter {
     if (this.destroyed || this.ended) return;
     this.ended = true;
     this.send({ op: 'end', id: this.id, data: data ?? null });
-  }
-
-  destroy(): void {
-    if (this.destroyed) return;
-    this.send({ op: 'destroy', id: this.id });
-    this.closed();
   }
 
   /** @internal The other thread took `received` units in all; its socket holds `buffered` bytes. */
