@@ -5,8 +5,8 @@
  * thread a burst of 300 connections held the event loop for 10 ms in one
  * callback (libuv accepts until the backlog is empty), and 1000 for 26 ms.
  * Here they cost the packet thread nothing: it gets each turn's requests,
- * closes and flushed byte counts as one message, and sends its writes as
- * one message (control.ts).
+ * closes and buffer counts as one message, and sends its writes as one
+ * message (control.ts).
  *
  * This side owns what needs no table: the connection cap (the next client
  * gets a clear error, the refusal is reported), the time a client has to

@@ -21,7 +21,6 @@ import { ControlRequest } from '../query/protocol';
 import { IoEvent, IoOp, IoReport, MAX_CONNECTIONS, REQUEST_TIMEOUT_MS, serveControlIo, units } from './control-io';
 import { pause, spent, yieldIfSpent } from './slices';
 
-export { MAX_CONNECTIONS, REQUEST_TIMEOUT_MS };
 /** Bytes of listing rows written at a time. */
 const CHUNK_BYTES = 16 * 1024;
 /** Requests one connection may have waiting behind the one running. */
@@ -134,7 +133,7 @@ export interface ControlServer {
   readonly refused: number;
   /** The path the daemon listens on. */
   readonly path: string;
-  /** The connections are served by a thread of their own (false: it could not start, they are served here). */
+  /** The connections are served by a thread of their own (false: it could not start or it stopped; they are served here). */
   readonly thread: boolean;
   /**
    * Listens on `socketPath` (owned by `groupId`) instead: the new socket is

@@ -14,7 +14,7 @@ import type { ConnRow } from '../query/rows';
 import type { WatchFeed, WatchLink } from './control';
 import { pause, spent } from './slices';
 
-export const EVENT_NAMES: Record<number, string> = { [EV_NEW]: 'NEW', [EV_UPDATE]: 'UPDATE', [EV_DESTROY]: 'DESTROY' };
+const EVENT_NAMES: Record<number, string> = { [EV_NEW]: 'NEW', [EV_UPDATE]: 'UPDATE', [EV_DESTROY]: 'DESTROY' };
 
 /** A round of lines goes to the watchers at most every this many ms... */
 const FLUSH_MS = 50;
