@@ -32,6 +32,7 @@
 #include <linux/if_tun.h>
 #include <net/if.h>
 #include <poll.h>
+#include <sched.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
@@ -119,6 +120,14 @@ uint64_t NowNs() {
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return static_cast<uint64_t>(ts.tv_sec) * 1000000000u + static_cast<uint64_t>(ts.tv_nsec);
 }
+
+// How often a busy-polling loop offers its CPU to other runnable tasks
+// (sched_yield(2)). A socket's wakeup is a sync wakeup (WF_SYNC: the waker
+// is expected to sleep soon), so the scheduler tends to queue the endpoint a
+// write just woke on the loop's own CPU; a spin at the unit's nice -10 would
+// keep it waiting until the spin ends. With nothing else runnable the call
+// returns at once, so a lone loop loses at most one system call's time.
+constexpr uint64_t kBusyPollYieldNs = 5000;
 
 // Batches delivered per wakeup before yielding to the event loop.
 constexpr int kMaxRoundsPerWakeup = 8;
@@ -687,13 +696,16 @@ struct Loop {
   // no system call) for up to busyPollNs instead, but only while that pays:
   // it spins after a wakeup that came within busyPollNs of falling asleep,
   // and stops spinning after a spin that found nothing. Sparse traffic so
-  // costs at most one vain spin per burst. Returns whether work arrived.
+  // costs at most one vain spin per burst. It offers the CPU to other tasks
+  // every kBusyPollYieldNs, the first time right after the batch it follows.
+  // Returns whether work arrived.
   bool BusyPoll() {
     if (!spinNext) {
       idleSinceNs = busyPollNs == 0 ? 0 : NowNs();
       return false;
     }
     uint64_t until = NowNs() + busyPollNs;
+    uint64_t yieldAt = 0;
     for (;;) {
       for (int i = 0; i < 64; ++i) {
         if (ring->Pending()) {
@@ -708,6 +720,10 @@ struct Loop {
         spinNext = false;
         idleSinceNs = now;
         return false;
+      }
+      if (now >= yieldAt) {
+        sched_yield();
+        yieldAt = now + kBusyPollYieldNs;
       }
     }
   }

@@ -146,7 +146,9 @@ export interface Lab extends LabInfo {
    * is configured (systemd's network-pre.target). Resolves with the time the router's addresses were in place.
    */
   rebuildRouter(opts?: { beforeWire?: () => Promise<void> }): Promise<{ addressesAt: number }>;
-  /** Kills tracked process groups and everything left in the namespaces, deletes the namespaces. Idempotent, never throws. */
+  /** A new directory in the system's temp dir, named after the lab and `label`; destroy() removes it. */
+  tempDir(label: string): string;
+  /** Kills tracked process groups and everything left in the namespaces, deletes the namespaces and the temp dirs. Idempotent, never throws. */
   destroy(): Promise<void>;
   readonly destroyed: boolean;
 }
@@ -401,6 +403,7 @@ class LabImpl implements Lab {
   readonly routerIfaces = { lan: 'lan0', wan: 'wan0' } as const;
   private readonly tracked = new Set<Tracked>();
   private readonly created: string[] = [];
+  private readonly dirs: string[] = [];
   private pidFile: string | null = null;
   private destroying: Promise<void> | null = null;
   private _destroyed = false;
@@ -669,6 +672,12 @@ class LabImpl implements Lab {
     }
   }
 
+  tempDir(label: string): string {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), `${this.prefix}-${label}-`));
+    this.dirs.push(dir);
+    return dir;
+  }
+
   // --------------------------------------------------------- teardown
 
   destroy(): Promise<void> {
@@ -718,6 +727,13 @@ class LabImpl implements Lab {
   }
 
   private finish(): void {
+    for (const dir of this.dirs.splice(0)) {
+      try {
+        fs.rmSync(dir, { recursive: true, force: true });
+      } catch {
+        /* still in use (a mount): left for the operator */
+      }
+    }
     if (this.pidFile) {
       try {
         fs.unlinkSync(this.pidFile);

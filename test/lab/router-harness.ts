@@ -3,7 +3,6 @@
  * generated config, and talks to it over its control socket.
  */
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { ChildProcess } from 'node:child_process';
 import { controlRequest } from '../../src/daemon/control';
@@ -88,7 +87,7 @@ export function routerConfig(lab: Lab, dir: string, overrides: Record<string, un
 
 export async function startRouter(lab: Lab, overrides: Record<string, unknown> = {}, opts: StartOptions = {}): Promise<RouterHandle> {
   const timeoutMs = opts.timeoutMs ?? 20000;
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `${lab.prefix}-router-`));
+  const dir = lab.tempDir('router');
   const cfg = routerConfig(lab, dir, overrides);
   const configPath = path.join(dir, 'vpnmasq.json');
   fs.writeFileSync(configPath, JSON.stringify(cfg, null, 2));
