@@ -6,7 +6,6 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { createLab, Lab } from './lab';
 import { peer, peerServer, ROOT, RouterHandle, startRouter } from './router-harness';
@@ -275,7 +274,7 @@ describe('capacity: paired pooling over two public addresses (dedicated mode)', 
   });
 
   it('every LAN host keeps one public address for all its flows, also across a restart; both addresses are used', async () => {
-    const state = fs.mkdtempSync(path.join('/tmp', `${lab.prefix}-pool-`));
+    const state = lab.tempDir('pool');
     const wan = { interface: lab.routerIfaces.wan, mode: 'dedicated', publicAddresses: [lab.addr.public, SECOND_PUBLIC] };
     const config = { wan, state: { path: path.join(state, 'state.db') } };
     const run = async (sport: number): Promise<Map<string, string>> => {
@@ -294,18 +293,14 @@ describe('capacity: paired pooling over two public addresses (dedicated mode)', 
       });
       return owner;
     };
-    try {
-      let first = new Map<string, string>();
-      await withRouter(lab, config, async (router) => {
-        first = await run(20000);
-        assert.deepEqual(new Set(first.values()), new Set([lab.addr.public, SECOND_PUBLIC]), JSON.stringify([...first]));
-        for (const c of await router.conns()) if (c.proto === 'udp') assert.equal(c.public.addr, first.get(c.lan.addr), JSON.stringify(c));
-      });
-      await withRouter(lab, config, async () => {
-        assert.deepEqual(await run(21000), first, 'a LAN host changed its public address across a restart');
-      });
-    } finally {
-      fs.rmSync(state, { recursive: true, force: true });
-    }
+    let first = new Map<string, string>();
+    await withRouter(lab, config, async (router) => {
+      first = await run(20000);
+      assert.deepEqual(new Set(first.values()), new Set([lab.addr.public, SECOND_PUBLIC]), JSON.stringify([...first]));
+      for (const c of await router.conns()) if (c.proto === 'udp') assert.equal(c.public.addr, first.get(c.lan.addr), JSON.stringify(c));
+    });
+    await withRouter(lab, config, async () => {
+      assert.deepEqual(await run(21000), first, 'a LAN host changed its public address across a restart');
+    });
   });
 });

@@ -11,7 +11,6 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawn } from 'node:child_process';
 import { requireRoot, createLab, Lab } from './lab';
@@ -301,13 +300,12 @@ describe('vpnmasq CLI in the lab', () => {
     }
   });
 
-  it('a user without access gets a clear permission message; a member of the control group gets the rows', async (t) => {
+  it('a user without access gets a clear permission message; a member of the control group gets the rows', async () => {
     const dir = path.dirname(router.configPath);
     fs.chmodSync(dir, 0o711);
     fs.chmodSync(router.configPath, 0o644);
     // The program as another user can read it, wherever the checkout lives.
-    const copy = fs.mkdtempSync(path.join(os.tmpdir(), `${lab.prefix}-cli-`));
-    t.after(() => fs.rmSync(copy, { recursive: true, force: true }));
+    const copy = lab.tempDir('cli');
     const readable = readableCli(copy);
     const r = await lab.exec(lab.ns.router, ['setpriv', '--reuid=nobody', '--regid=nogroup', '--clear-groups', process.execPath, readable, '-c', router.configPath, 'conns', 'list']);
     assert.equal(r.code, 1, r.stderr);

@@ -12,7 +12,6 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { requireRoot, createLab, Lab, TestOwner } from './lab';
 import { peer, peerServer, RouterHandle, startRouter } from './router-harness';
@@ -66,11 +65,8 @@ interface World {
 
 async function world(t: TestOwner, lanHosts = 2): Promise<World> {
   const lab = await createLab({ lanHosts, wanHosts: 1 });
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `${lab.prefix}-failsafe-`));
-  t.after(async () => {
-    await lab.destroy();
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
+  const dir = lab.tempDir('failsafe');
+  t.after(() => lab.destroy());
   const sh = async (ns: string, argv: string[]) => {
     const r = await lab.exec(ns, argv);
     assert.equal(r.code, 0, `${argv.join(' ')}: ${r.stderr}`);

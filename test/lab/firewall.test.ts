@@ -9,9 +9,6 @@
  * stays dropped, also with the WAN's strict reverse-path filter off).
  * Shared-address and dedicated mode.
  */
-import * as fs from 'node:fs';
-import * as os from 'node:os';
-import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { createLab, Lab, LAB_ROUTER_WAN, requireRoot } from './lab';
@@ -79,7 +76,6 @@ for (const mode of ['shared', 'dedicated'] as const) {
         if (router) await router.stop();
       } finally {
         if (lab) await lab.destroy();
-        if (base) fs.rmSync(base, { recursive: true, force: true });
       }
     });
 
@@ -171,7 +167,7 @@ for (const mode of ['shared', 'dedicated'] as const) {
 
     it('strongSwan: an IKEv2 tunnel comes up (NAT-T) and TCP inside it reaches the protected host', async () => {
       assert.ok(hasCharon, 'strongSwan (charon, swanctl) is installed by scripts/ensure-deps.sh');
-      base = fs.mkdtempSync(path.join(os.tmpdir(), `${lab.prefix}-swan-`));
+      base = lab.tempDir('swan');
       await startServer(lab, base, lab.ns.vpnServer, lab.addr.vpnServer);
       const client = await startClient(lab, base, lab.ns.lan[0], 'client0', lab.addr.vpnServer);
       const up = await initiate(lab, client);

@@ -56,11 +56,8 @@ interface Case {
 
 async function newCase(t: TestOwner, mode: Mode, lanHosts = 3): Promise<Case> {
   const lab = await createLab({ lanHosts, wanHosts: 2 });
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `${lab.prefix}-persist-`));
-  t.after(async () => {
-    await lab.destroy();
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
+  const dir = lab.tempDir('persist');
+  t.after(() => lab.destroy());
   const config: Record<string, unknown> = {
     // The same TUN name and state directory for every start of this case, as on a real box.
     tun: { name: `${lab.prefix.slice(3)}p`, mtu: 1500, offloads: true },

@@ -10,7 +10,6 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { requireRoot, createLab, Lab, TestOwner } from './lab';
 import { hostSnapshot, TCP_PROBE } from './host-probes';
@@ -39,11 +38,8 @@ interface Env {
 /** A lab of its own, a persistent TUN and non-default sysctls (so restoring them is observable); removed in t.after. */
 async function env(t: TestOwner): Promise<Env> {
   const lab = await createLab({ lanHosts: 2, wanHosts: 1, vpnServer: false, farHost: false });
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `${lab.prefix}-rn-`));
-  t.after(async () => {
-    await lab.destroy();
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
+  const dir = lab.tempDir('rn');
+  t.after(() => lab.destroy());
   const R = lab.ns.router;
   const [tun, tunW] = tunDeviceNames(`${lab.prefix}t`);
   const sh = async (ns: string, argv: string[]): Promise<string> => {

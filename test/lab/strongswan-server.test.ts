@@ -13,9 +13,6 @@
  *    client on the WAN side connecting to the public address. The client
  *    sees the server behind a NAT, so both float to NAT-T on UDP 4500.
  */
-import * as fs from 'node:fs';
-import * as os from 'node:os';
-import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { requireRoot, createLab, Lab } from './lab';
@@ -43,7 +40,7 @@ describe('IPsec server on the LAN behind forwards', () => {
         { proto: 'esp', lanAddress: server },
       ],
     });
-    base = fs.mkdtempSync(path.join(os.tmpdir(), `${lab.prefix}-swan-`));
+    base = lab.tempDir('swan');
   });
 
   after(async () => {
@@ -51,7 +48,6 @@ describe('IPsec server on the LAN behind forwards', () => {
       if (router) await router.stop();
     } finally {
       if (lab) await lab.destroy();
-      if (base) fs.rmSync(base, { recursive: true, force: true });
     }
   });
 

@@ -7,9 +7,6 @@
  * sees each client's virtual IP, which only exists inside the tunnel.
  * See /work/shared/reference/strongswan-in-namespaces.md.
  */
-import * as fs from 'node:fs';
-import * as os from 'node:os';
-import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { requireRoot, createLab, Lab } from './lab';
@@ -27,7 +24,7 @@ describe('strongSwan peers through vpnmasq', () => {
   before(async () => {
     lab = await createLab({ lanHosts: 3, wanHosts: 1, farHost: false });
     router = await startRouter(lab);
-    base = fs.mkdtempSync(path.join(os.tmpdir(), `${lab.prefix}-swan-`));
+    base = lab.tempDir('swan');
   });
 
   after(async () => {
@@ -35,7 +32,6 @@ describe('strongSwan peers through vpnmasq', () => {
       if (router) await router.stop();
     } finally {
       if (lab) await lab.destroy();
-      if (base) fs.rmSync(base, { recursive: true, force: true });
     }
   });
 

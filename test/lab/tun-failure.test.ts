@@ -8,7 +8,6 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { ChildProcess } from 'node:child_process';
 import { requireRoot, createLab, Lab } from './lab';
@@ -55,7 +54,7 @@ for (const m of modes) {
 
     before(async () => {
       lab = await createLab({ lanHosts: 2, wanHosts: 1, vpnServer: false, farHost: false });
-      dir = fs.mkdtempSync(path.join(os.tmpdir(), `${lab.prefix}-tunfail-`));
+      dir = lab.tempDir('tunfail');
     });
 
     after(async () => {
@@ -64,7 +63,6 @@ for (const m of modes) {
         notifyProc?.kill('SIGKILL');
       } finally {
         if (lab) await lab.destroy();
-        if (dir) fs.rmSync(dir, { recursive: true, force: true });
       }
     });
 
