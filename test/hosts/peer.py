@@ -308,6 +308,15 @@ def esp_packet(spi, seq, payload):
     return struct.pack("!II", spi, seq) + payload
 
 
+def answer(sock, data, addr, seen):
+    """A reply that finds no route is counted, not fatal: the router namespace is being rebuilt and this host's
+    link went with it between the request and its answer (the requester retransmits)."""
+    try:
+        sock.sendto(data, addr)
+    except OSError:
+        seen["unsent"] += 1
+
+
 def responder_spi(spi):
     """The remote's own SPI for a client SPI: different from it, deterministic, never reserved."""
     return (spi ^ 0x5A5A0000) | 0x01000000
@@ -324,7 +333,7 @@ def ike_esp_responder(a):
     pushes = []  # (own spi, peer) of the push SPIs' Quick Modes, in order
     push_at = None
     pushed = False
-    seen = {"ike": 0, "esp": {}, "ikeFrom": [], "pushed": []}
+    seen = {"ike": 0, "esp": {}, "ikeFrom": [], "pushed": [], "unsent": 0}
     print("ready", file=sys.stderr, flush=True)
     end = time.time() + a.seconds
     last = None  # --idle counts from the first packet
@@ -356,7 +365,7 @@ def ike_esp_responder(a):
                         pushes.append((responder_spi(client_spi), peer))
                         if push_at is None:
                             push_at = time.time() + a.push_delay
-                u.sendto(isakmp(ic, rc, exch, 0x20, body), peer)
+                answer(u, isakmp(ic, rc, exch, 0x20, body), peer, seen)
         if r in ready:
             data, peer = r.recvfrom(65535)
             hl = (data[0] & 15) * 4
@@ -365,7 +374,7 @@ def ike_esp_responder(a):
             seen["esp"][key] = seen["esp"].get(key, 0) + 1
             # The push SPIs are answered only once the remote has started on its new SAs itself.
             if spi not in silent and not (spi in push and not pushed):
-                r.sendto(esp_packet(responder_spi(spi), seq, data[hl + 8:]), (peer[0], 0))
+                answer(r, esp_packet(responder_spi(spi), seq, data[hl + 8:]), (peer[0], 0), seen)
     seen["ikeFrom"] = sorted(set(seen["ikeFrom"]))
     out(seen)
 

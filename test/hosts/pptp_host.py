@@ -428,7 +428,7 @@ def server(a):
     records = []
     calls = {}  # own call id -> (peer addr, peer call id)
     next_id = 0x5100
-    gre = {"data": {}, "ackOnly": {}, "from": [], "payloads": [], "unknownCallId": [], "sent": 0}
+    gre = {"data": {}, "ackOnly": {}, "from": [], "payloads": [], "unknownCallId": [], "sent": 0, "unsent": 0}
     closed = 0
     while time.time() < deadline and not (closed >= a.clients and not conns):
         ready, _, _ = select.select([lsock, raw] + ([sniff] if sniff else []) + list(conns), [], [],
@@ -462,12 +462,18 @@ def server(a):
                 key = str(call_id)
                 if seq is None:
                     gre["ackOnly"][key] = gre["ackOnly"].get(key, 0) + 1
-                    raw.sendto(gre_ack(target[1], ack or 0), (src, 0))
+                    reply = gre_ack(target[1], ack or 0)
                 else:
                     gre["data"][key] = gre["data"].get(key, 0) + 1
                     gre["payloads"].append(payload.decode(errors="replace"))
-                    raw.sendto(gre_data(target[1], seq, b"echo:" + payload), (src, 0))
-                gre["sent"] += 1
+                    reply = gre_data(target[1], seq, b"echo:" + payload)
+                try:
+                    raw.sendto(reply, (src, 0))
+                    gre["sent"] += 1
+                except OSError:
+                    # No route: the router namespace is being rebuilt and took this host's link between the
+                    # packet and its echo (the client keeps sending).
+                    gre["unsent"] += 1
             else:
                 rec = conns[s]
                 try:

@@ -196,9 +196,11 @@ function rawEsp(): Flow {
       const r = await client;
       assert.equal(r.error, undefined, JSON.stringify(r));
       assert.deepEqual(r.foreign, [], 'nothing of anyone else');
-      const after = r.hold.backAt.filter((t: number) => t >= resumedAt / 1000);
-      assert.ok(after.length >= 5, `ESP answered after the restart (at ${resumedAt / 1000}): ${after.length} of ${r.hold.sent} sent, answers at ${r.hold.backAt.join(' ')}`);
+      // The remote's account first: a remote that stopped answering says so here (its exit, or its counts).
       const seen = JSON.parse((await responder.result).trim().split('\n').pop() as string);
+      const after = r.hold.backAt.filter((t: number) => t >= resumedAt / 1000);
+      assert.ok(after.length >= 5, `ESP answered after the restart (at ${resumedAt / 1000}): ${after.length} of ${r.hold.sent} sent, ` +
+        `answers at ${r.hold.backAt.join(' ')}; the remote saw ${JSON.stringify(seen)}`);
       assert.deepEqual(seen.ikeFrom, [`${c.publicAddr}:500`], 'ISAKMP from public port 500');
       assert.deepEqual(Object.keys(seen.esp), ['00005100'], 'the remote only ever saw the one SPI');
     },
