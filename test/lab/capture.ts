@@ -32,11 +32,14 @@ const LINE = /^(\d+\.\d+) IP (\d+\.\d+\.\d+\.\d+)(?:\.(\d+))? > (\d+\.\d+\.\d+\.
 
 /** Starts tcpdump in `ns` on `iface` and resolves once it listens (bounded). */
 export async function capture(lab: Lab, ns: string, iface = 'eth0', filter = SUSPECT_FILTER): Promise<Capture> {
-  const proc: ChildProcess = lab.spawn(ns, ['tcpdump', '-l', '-n', '-tt', '-i', iface, filter]);
+  // --immediate-mode: piped, tcpdump would take packets from the kernel in blocks (up to 1 s late) and print
+  // the last of them only as it exits.
+  const proc: ChildProcess = lab.spawn(ns, ['tcpdump', '--immediate-mode', '-l', '-n', '-tt', '-i', iface, filter]);
   let out = '';
   let err = '';
   proc.stdout?.on('data', (d: Buffer) => { out += d.toString(); });
-  const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()));
+  // 'close', not 'exit': the last lines tcpdump wrote are read by then.
+  const exited = new Promise<void>((resolve) => proc.once('close', () => resolve()));
   await new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`tcpdump in ${ns} not listening: ${err}`)), 10000);
     proc.stderr?.on('data', (d: Buffer) => {

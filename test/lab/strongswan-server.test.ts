@@ -105,7 +105,7 @@ describe('IPsec server on the LAN behind forwards', () => {
     const server500 = await atServer.stop();
     const client500 = await atClient.stop();
     assert.ok(server500.some((p) => p.src === client && p.sport === 500 && p.dst === server && p.dport === 500),
-      `IKE_SA_INIT reached the server on port 500, from the client itself: ${server500.map((p) => p.line).join('\n')}`);
+      `IKE_SA_INIT reached the server on port 500, from the client itself: ${server500.map((p) => p.line).join('\n')}\n--- at the client\n${client500.map((p) => p.line).join('\n')}`);
     assert.ok(client500.some((p) => p.src === lab.addr.public && p.sport === 500 && p.dst === client && p.dport === 500),
       `its answer left from public port 500: ${client500.map((p) => p.line).join('\n')}`);
     const after = await events();
