@@ -3,18 +3,13 @@
 echo server that records who it saw, and a raw listener for ICMP errors.
 Every command prints one JSON line; every loop is bounded in count and time."""
 import argparse
-import json
 import select
 import signal
 import socket
 import struct
 import sys
 import time
-
-
-def out(obj):
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
+from hostlib import out
 
 
 def echo_server(a):

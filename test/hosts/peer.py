@@ -39,11 +39,7 @@ import socket
 import struct
 import sys
 import time
-
-
-def out(obj):
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
+from hostlib import answer, out, resumed
 
 
 def pattern(n, seed=7):
@@ -308,15 +304,6 @@ def esp_packet(spi, seq, payload):
     return struct.pack("!II", spi, seq) + payload
 
 
-def answer(sock, data, addr, seen):
-    """A reply that finds no route is counted, not fatal: the router namespace is being rebuilt and this host's
-    link went with it between the request and its answer (the requester retransmits)."""
-    try:
-        sock.sendto(data, addr)
-    except OSError:
-        seen["unsent"] += 1
-
-
 def responder_spi(spi):
     """The remote's own SPI for a client SPI: different from it, deterministic, never reserved."""
     return (spi ^ 0x5A5A0000) | 0x01000000
@@ -377,16 +364,6 @@ def ike_esp_responder(a):
                 answer(r, esp_packet(responder_spi(spi), seq, data[hl + 8:]), (peer[0], 0), seen)
     seen["ikeFrom"] = sorted(set(seen["ikeFrom"]))
     out(seen)
-
-
-def resumed(back, k, silence=1.5):
-    """K answers came back after a silence of at least `silence` seconds (an outage that ended)."""
-    if not k:
-        return False
-    for i in range(1, len(back)):
-        if back[i] - back[i - 1] >= silence:
-            return len(back) - i >= k
-    return False
 
 
 def ike_esp_client(a):

@@ -45,12 +45,12 @@ Every wait is bounded by --seconds. Each command prints one JSON line.
       retransmissions included ("wire").
 """
 import argparse
-import json
 import select
 import socket
 import struct
 import sys
 import time
+from hostlib import answer, out, resumed
 
 MAGIC = 0x1A2B3C4D
 SCCRQ, SCCRP, OCRQ, OCRP, CCRQ, CDN = 1, 2, 7, 8, 12, 13
@@ -102,11 +102,6 @@ def tcp_frames(sock):
     if ip[9] != 6:
         return None
     return addr[2], ip, (ip[0] & 15) * 4
-
-
-def out(obj):
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
 
 
 def control(ctype, fields=()):
@@ -337,16 +332,6 @@ def client(a):
     out(res)
 
 
-def resumed(back, k, silence=1.5):
-    """K answers came back after a silence of at least `silence` seconds (an outage that ended)."""
-    if not k:
-        return False
-    for i in range(1, len(back)):
-        if back[i] - back[i - 1] >= silence:
-            return len(back) - i >= k
-    return False
-
-
 def resend_first(a, sniff, t):
     """Finds the first OCRQ's segment among the packets this host sent and sends it again as it was."""
     sniff.setblocking(False)
@@ -467,13 +452,8 @@ def server(a):
                     gre["data"][key] = gre["data"].get(key, 0) + 1
                     gre["payloads"].append(payload.decode(errors="replace"))
                     reply = gre_data(target[1], seq, b"echo:" + payload)
-                try:
-                    raw.sendto(reply, (src, 0))
+                if answer(raw, reply, (src, 0), gre):
                     gre["sent"] += 1
-                except OSError:
-                    # No route: the router namespace is being rebuilt and took this host's link between the
-                    # packet and its echo (the client keeps sending).
-                    gre["unsent"] += 1
             else:
                 rec = conns[s]
                 try:
